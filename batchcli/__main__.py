@@ -1,0 +1,3 @@
+from batchcli.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""Atomic, durable file writes: temp file in the target folder, fsync, os.replace, fsync the folder."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+TMP_MARK = ".batchcli-tmp-"
+
+
+def tmp_name(path: str) -> str:
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def is_tmp_name(name: str) -> bool:
+    return name.startswith(".") and TMP_MARK in name
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes | memoryview, *, durable: bool = True) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never half."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    tmp = tmp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        fsync_dir(folder)
+
+
+def sweep_tmp(root: str) -> list[str]:
+    """Remove temp files a killed writer left under `root`. Returns the paths removed."""
+    removed = []
+    if not os.path.isdir(root):
+        return removed
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            if is_tmp_name(name):
+                p = os.path.join(folder, name)
+                try:
+                    os.unlink(p)
+                    removed.append(p)
+                except OSError:
+                    pass
+    return removed

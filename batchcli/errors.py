@@ -1,0 +1,77 @@
+"""Every exception batchcli raises on purpose. The CLI turns them into exit codes."""
+
+from __future__ import annotations
+
+# Exit codes: stable, documented in the README. Scripts and CI depend on them.
+EXIT_OK = 0
+EXIT_FAILED_ITEMS = 1
+EXIT_USAGE = 2
+EXIT_PAUSED = 3
+EXIT_CANCELLED = 4
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class BatchcliError(Exception):
+    """Base class: a one-line message for the user and the exit code that goes with it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class ConfigError(BatchcliError):
+    """Bad pipeline, bad option, bad input list: found before any item runs."""
+
+    exit_code = EXIT_USAGE
+
+
+class BatchNotFound(BatchcliError):
+    """No batch matches the id, prefix or name given (or the prefix is ambiguous)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidTransition(BatchcliError):
+    """The batch is not in a state that allows the requested command."""
+
+    exit_code = EXIT_USAGE
+
+
+class BatchLocked(BatchcliError):
+    """Another live runner holds the batch lock."""
+
+    exit_code = EXIT_USAGE
+
+
+class JournalCorrupt(BatchcliError):
+    """The journal cannot be used at all (its header is missing or unreadable)."""
+
+    exit_code = 1
+
+
+class NothingToExport(BatchcliError):
+    """The batch has no completed results."""
+
+    exit_code = 1
+
+
+class ItemError(Exception):
+    """Raised inside a worker for one item; becomes a failed item record, never a batch failure.
+
+    `error_class` is a short stable word (``decode``, ``truncated``, ``too_large``, ``unsupported``,
+    ``unreadable``, ``io``, ``network``, ``timeout``, ``crash``, ``oom``, ``model``, ``op``).
+    """
+
+    TRANSIENT = frozenset({"timeout", "crash", "oom", "io", "network"})
+
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class = error_class
+
+    @property
+    def transient(self) -> bool:
+        return self.error_class in self.TRANSIENT

@@ -1,0 +1,241 @@
+"""The operation protocol, parameter specs and the registry every op joins.
+
+An op is a small class: a name, a tuple of `Param`s, and `apply(frame) -> frame`. Parameters
+arrive as strings (command line) or TOML values and are validated here, in the parent, before
+any item runs. Ops are pickled to worker processes; `prepare()` runs once per worker process
+(load a model, build a LUT) and `apply()` once per image.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from batchcli.errors import ConfigError
+
+if TYPE_CHECKING:  # numpy stays out of the CLI start-up path
+    import numpy as np
+
+REQUIRED = object()
+_SIZE_RE = re.compile(r"^(\d+)?[xX](\d+)?$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass
+class Frame:
+    """What flows through a pipeline for one item."""
+
+    img: "np.ndarray"  # HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA); uint8 or uint16
+    src: str  # where the pixels came from (path or URL), for messages
+    fmt: str  # source format: "jpg", "png", "webp", "tiff", "bmp", "gif", ...
+    orientation: int = 1  # EXIF orientation not yet applied to `img` (1 = upright)
+    out_format: str | None = None  # set by `convert`; None keeps the source format
+    encode: dict = field(default_factory=dict)  # encoder settings set by `convert`
+    meta: dict = field(default_factory=dict)  # JSON-able results for the journal, key per op
+    shrink: int = 1  # the decoder already reduced the image by this factor (shrink-on-load)
+    src_size: tuple[int, int] = (0, 0)  # (width, height) of the source as stored
+    route: str | None = None  # a label: the worker also links the output under out/<label>/
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an op: how to parse it, its default, and its help line."""
+
+    name: str
+    kind: str = "str"  # int, float, bool, str, size, path, color, choice, floats
+    default: Any = REQUIRED
+    help: str = ""
+    positional: bool = False
+    choices: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def parse(self, op: str, value: Any) -> Any:
+        """Turn a command-line string (or TOML value) into a typed value, or raise ConfigError."""
+        where = f"{op}: {self.name}"
+        try:
+            out = _PARSERS[self.kind](value, self)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: {value!r} is not a valid {self.kind} ({exc})") from None
+        if self.kind in ("int", "float"):
+            if self.min is not None and out < self.min:
+                raise ConfigError(f"{where}: {out} is below the minimum {self.min:g}")
+            if self.max is not None and out > self.max:
+                raise ConfigError(f"{where}: {out} is above the maximum {self.max:g}")
+        if self.kind == "choice" and out not in self.choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(self.choices)}")
+        return out
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "required": self.required,
+            "default": None if self.required else self.default,
+            "positional": self.positional,
+            "choices": list(self.choices),
+            "help": self.help,
+        }
+
+
+def _parse_bool(v: Any, p: Param) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in _TRUE:
+        return True
+    if s in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_size(v: Any, p: Param) -> tuple[int, int]:
+    """'1024x768' -> (1024, 768); 'x768' or '1024x' leave the other side free (0)."""
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        w, h = int(v[0]), int(v[1])
+    else:
+        s = str(v).strip()
+        if s.isdigit():
+            w = h = int(s)
+        else:
+            m = _SIZE_RE.match(s)
+            if not m or not (m.group(1) or m.group(2)):
+                raise ValueError("expected WIDTHxHEIGHT, e.g. 1024x768")
+            w, h = int(m.group(1) or 0), int(m.group(2) or 0)
+    if w < 0 or h < 0 or (w == 0 and h == 0) or w > 65535 or h > 65535:
+        raise ValueError("sides must be between 1 and 65535")
+    return (w, h)
+
+
+def _parse_color(v: Any, p: Param) -> tuple[int, int, int]:
+    """'#rrggbb', 'rrggbb', 'r,g,b' or a few names -> (b, g, r) for OpenCV."""
+    names = {"black": "000000", "white": "ffffff", "gray": "808080", "grey": "808080"}
+    if isinstance(v, (list, tuple)) and len(v) == 3:
+        r, g, b = (int(x) for x in v)
+    else:
+        s = names.get(str(v).strip().lower(), str(v).strip().lstrip("#"))
+        if "," in s:
+            r, g, b = (int(x) for x in s.split(","))
+        elif len(s) == 6:
+            r, g, b = int(s[0:2], 16), int(s[2:4], 16), int(s[4:6], 16)
+        else:
+            raise ValueError("expected #rrggbb or r,g,b")
+    if not all(0 <= c <= 255 for c in (r, g, b)):
+        raise ValueError("channels must be 0..255")
+    return (b, g, r)
+
+
+def _parse_path(v: Any, p: Param) -> str:
+    s = os.path.expanduser(str(v))
+    return os.path.abspath(s)
+
+
+def _parse_floats(v: Any, p: Param) -> tuple[float, ...]:
+    if isinstance(v, (list, tuple)):
+        return tuple(float(x) for x in v)
+    return tuple(float(x) for x in str(v).split(","))
+
+
+_PARSERS = {
+    "int": lambda v, p: int(v),
+    "float": lambda v, p: float(v),
+    "bool": _parse_bool,
+    "str": lambda v, p: str(v),
+    "choice": lambda v, p: str(v).strip().lower(),
+    "size": _parse_size,
+    "color": _parse_color,
+    "path": _parse_path,
+    "floats": _parse_floats,
+}
+
+
+class Op:
+    """Base class of every operation. Subclasses set `name`, `summary`, `params`; implement `apply`."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    writes_image: ClassVar[bool] = True  # False for ops that only record metadata (analyze)
+    shrink_safe: ClassVar[bool] = False  # True when a smaller decoded input is fine before this op
+
+    def __init__(self, **values: Any):
+        self.p: dict[str, Any] = values
+
+    # --- construction and validation (parent process) -------------------------------------
+    @classmethod
+    def from_args(cls, positionals: list[Any], keywords: dict[str, Any]) -> "Op":
+        specs = {p.name: p for p in cls.params}
+        pos_specs = [p for p in cls.params if p.positional]
+        values: dict[str, Any] = {}
+        if len(positionals) > len(pos_specs):
+            extra = " ".join(str(x) for x in positionals[len(pos_specs):])
+            raise ConfigError(f"{cls.name}: unexpected value {extra!r}")
+        for spec, raw in zip(pos_specs, positionals):
+            values[spec.name] = spec.parse(cls.name, raw)
+        for key, raw in keywords.items():
+            if key not in specs:
+                known = ", ".join(specs) or "none"
+                raise ConfigError(f"{cls.name}: unknown parameter {key!r} (known: {known})")
+            if key in values:
+                raise ConfigError(f"{cls.name}: {key} given twice")
+            values[key] = specs[key].parse(cls.name, raw)
+        for spec in cls.params:
+            if spec.name not in values:
+                if spec.required:
+                    raise ConfigError(f"{cls.name}: missing required parameter {spec.name!r}")
+                values[spec.name] = spec.default
+        op = cls(**values)
+        op.check()
+        return op
+
+    def check(self) -> None:
+        """Cross-parameter and resource checks, in the parent, before any item. Raise ConfigError."""
+
+    def spec(self) -> dict:
+        """The canonical, JSON-able form of this op (used for the manifest and the fingerprint).
+        Parsing a spec again gives the same op."""
+        out: dict[str, Any] = {"name": self.name}
+        kinds = {p.name: p.kind for p in self.params}
+        for k, v in self.p.items():
+            if kinds.get(k) == "size":
+                v = f"{v[0] or ''}x{v[1] or ''}"
+            elif kinds.get(k) == "color":
+                v = "#%02x%02x%02x" % (v[2], v[1], v[0])
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[k] = v
+        return out
+
+    # --- execution (worker process) ------------------------------------------------------
+    def prepare(self) -> None:
+        """Once per worker process, before the first item (load a model, build tables)."""
+
+    def apply(self, frame: Frame) -> Frame:
+        raise NotImplementedError
+
+    def shrink_limit(self, width: int, height: int) -> int:
+        """For the first resizing op: the largest decode reduction (1, 2, 4, 8) that still leaves
+        at least as many pixels as this op's output needs. Default: no reduction."""
+        return 1
+
+
+REGISTRY: dict[str, type[Op]] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Class decorator: add an op to the registry under its name."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no name")
+    if cls.name in REGISTRY:
+        raise TypeError(f"op {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls

@@ -1,0 +1,164 @@
+"""Parse and validate pipelines: `"orient | resize 1024x1024 | convert webp quality=85"` or TOML.
+
+A pipeline is a value: its canonical spec (a list of dicts) is stored in the manifest and
+hashed into the batch fingerprint, and the same spec always rebuilds the same ops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from typing import Any, Iterable
+
+from batchcli.errors import ConfigError
+from batchcli.ops import get_op
+from batchcli.ops.base import Frame, Op
+
+
+def split_spec(text: str) -> list[tuple[str, list[str], dict[str, str]]]:
+    """'resize 1024x1024 upscale=true | convert webp' -> [(name, positionals, keywords), ...]."""
+    steps = []
+    for segment in _split_pipes(text):
+        try:
+            words = shlex.split(segment)
+        except ValueError as exc:
+            raise ConfigError(f"pipeline: cannot parse {segment.strip()!r}: {exc}") from None
+        if not words:
+            raise ConfigError("pipeline: empty step (two '|' in a row, or a trailing '|')")
+        name, rest = words[0].lower(), words[1:]
+        positionals: list[str] = []
+        keywords: dict[str, str] = {}
+        for word in rest:
+            key, eq, value = word.partition("=")
+            if eq and key.isidentifier():
+                if key in keywords:
+                    raise ConfigError(f"{name}: {key} given twice")
+                keywords[key] = value
+            elif keywords:
+                raise ConfigError(f"{name}: positional value {word!r} after key=value parameters")
+            else:
+                positionals.append(word)
+        steps.append((name, positionals, keywords))
+    return steps
+
+
+def _split_pipes(text: str) -> list[str]:
+    """Split on '|' outside quotes."""
+    parts, cur, quote = [], [], ""
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "|":
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur))
+    if len(parts) == 1 and not parts[0].strip():
+        return []
+    return parts
+
+
+class Pipeline:
+    """An ordered list of validated ops."""
+
+    def __init__(self, ops: list[Op]):
+        self.ops = ops
+
+    # --- construction --------------------------------------------------------------------
+    @classmethod
+    def parse(cls, text: str) -> "Pipeline":
+        return cls([_build(name, pos, kw) for name, pos, kw in split_spec(text)])
+
+    @classmethod
+    def from_toml(cls, path: str) -> "Pipeline":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read pipeline file: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        steps = doc.get("op")
+        if not isinstance(steps, list) or not steps:
+            raise ConfigError(f"{path}: no [[op]] tables")
+        return cls.from_spec(steps, where=path)
+
+    @classmethod
+    def from_spec(cls, steps: Iterable[dict], where: str = "pipeline") -> "Pipeline":
+        ops = []
+        for step in steps:
+            step = dict(step)
+            name = step.pop("name", None)
+            if not isinstance(name, str):
+                raise ConfigError(f"{where}: every [[op]] needs a name")
+            ops.append(_build(name.lower(), [], step))
+        return cls(ops)
+
+    # --- properties ----------------------------------------------------------------------
+    def spec(self) -> list[dict]:
+        return [op.spec() for op in self.ops]
+
+    def text(self) -> str:
+        """A human-readable one-liner of the canonical spec."""
+        parts = []
+        for step in self.spec():
+            args = " ".join(f"{k}={_fmt(v)}" for k, v in step.items() if k != "name")
+            parts.append(f"{step['name']} {args}".strip())
+        return " | ".join(parts)
+
+    def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
+        blob = json.dumps({"pipeline": self.spec(), "options": extra or {}}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def writes_image(self) -> bool:
+        return any(op.writes_image for op in self.ops) or not self.ops or self.output_format is not None
+
+    @property
+    def output_format(self) -> str | None:
+        fmt = None
+        for op in self.ops:
+            fmt = getattr(op, "output_format", None) or fmt
+        return fmt
+
+    def shrink_for(self, width: int, height: int) -> int:
+        """Decode reduction (1, 2, 4 or 8) allowed for a source of this size: only when every op
+        before the first resize tolerates a smaller input, and the resize still downsizes."""
+        for op in self.ops:
+            if type(op).shrink_limit is not Op.shrink_limit:
+                return op.shrink_limit(width, height)
+            if not op.shrink_safe:
+                return 1
+        return 1
+
+    # --- execution (worker) --------------------------------------------------------------
+    def prepare(self) -> None:
+        for op in self.ops:
+            op.prepare()
+
+    def run(self, frame: Frame) -> Frame:
+        for op in self.ops:
+            frame = op.apply(frame)
+        return frame
+
+
+def _build(name: str, positionals: list, keywords: dict) -> Op:
+    return get_op(name).from_args(positionals, keywords)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    s = str(v)
+    return shlex.quote(s) if any(c in s for c in " |'\"") else s
