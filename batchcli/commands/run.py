@@ -1,0 +1,181 @@
+"""start and resume: the commands that run a batch (here, or detached in the background)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from batchcli.cli import BatchArg, HomeOpt, JsonOpt, handle_errors
+
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, show_default=False,
+                                                   help="Worker processes (default: usable CPUs).")]
+RetriesOpt = Annotated[int, typer.Option("--retries", min=0,
+                                         help="Retries for transient failures (timeout, crash, I/O, network).")]
+TimeoutOpt = Annotated[float, typer.Option("--item-timeout", min=0,
+                                           help="Seconds before a stuck item's worker is killed (0 = no limit).")]
+MaxFailOpt = Annotated[Optional[str], typer.Option("--max-failures", show_default=False,
+                                                   help="Halt after N failed items, or P% of processed items.")]
+ProvidersOpt = Annotated[str, typer.Option("--providers", help="ONNX execution providers in order: cpu, cuda, tensorrt, openvino.")]
+MemoryOpt = Annotated[Optional[str], typer.Option("--worker-memory", show_default=False,
+                                                  help="Address-space cap per worker, e.g. 2G (default: free RAM / workers).")]
+FreeOpt = Annotated[str, typer.Option("--min-free-space", help="Pause the batch when the output disk has less free space.")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="local, dask (a local Dask cluster) or dask://HOST:PORT.")]
+TransferOpt = Annotated[bool, typer.Option("--transfer", help="With Dask: ship image bytes to workers and back (no shared file system).")]
+DetachOpt = Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; print the batch id and return.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output, only the summary.")]
+
+
+def run_options(workers: int | None, retries: int, item_timeout: float, max_failures: str | None,
+                providers: str, worker_memory: str | None = None, min_free_space: str = "1G",
+                executor: str = "local", transfer: bool = False):
+    """Validate the run flags (exit 2 before any work) and build RunOptions."""
+    from batchcli.errors import ConfigError
+    from batchcli.pool import usable_cpus
+    from batchcli.runner import RunOptions, _parse_max_failures
+    from batchcli.units import parse_bytes
+
+    cpus = usable_cpus()
+    n = workers or cpus
+    try:
+        _parse_max_failures(max_failures)
+    except ValueError:
+        raise ConfigError(f"--max-failures {max_failures!r}: expected a count (10) or a percentage (5%)") from None
+    if worker_memory is None:
+        memory = default_worker_memory(n)
+    else:
+        memory = parse_bytes(worker_memory, "--worker-memory")
+    return RunOptions(workers=n, threads=max(1, cpus // n), item_timeout=item_timeout, retries=retries,
+                      max_failures=max_failures, providers=providers, memory_limit=memory,
+                      min_free_space=parse_bytes(min_free_space, "--min-free-space"),
+                      executor=executor, transfer=transfer)
+
+
+def default_worker_memory(workers: int) -> int:
+    """Available RAM shared among the workers, but never under 1 GiB each (an address-space cap)."""
+    try:
+        import psutil
+
+        avail = psutil.virtual_memory().available
+    except Exception:
+        return 0
+    return max(1 << 30, avail // max(1, workers))
+
+
+def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> None:
+    """Run in this process with the right progress view, print the summary, exit with its code."""
+    from batchcli import console
+    from batchcli.runner import Runner
+
+    mode = "json" if json_out else "quiet" if quiet else "tty" if console.is_tty() else "plain"
+    with console.ProgressView(mode) as view:
+        result = Runner(paths, opts, view).run(resume=resume, **kw)
+    if not json_out:
+        console.summary(result)
+    raise typer.Exit(result.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(no_args_is_help=True)
+    @handle_errors
+    def start(
+        inputs: Annotated[Optional[list[str]], typer.Argument(
+            help="Image files, folders (walked recursively), glob patterns, URLs, or - for a list on stdin.",
+            show_default=False)] = None,
+        out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder (mirrors input paths).",
+                                                   show_default=False)] = None,
+        pipeline: Annotated[Optional[str], typer.Option("--pipeline", "-p", show_default=False,
+                                                        help='Operations, e.g. "orient | resize 1024x1024 | convert webp quality=85".')] = None,
+        pipeline_file: Annotated[Optional[str], typer.Option("--pipeline-file", show_default=False,
+                                                             help="Pipeline as a TOML file of [[op]] tables.")] = None,
+        name: Annotated[Optional[str], typer.Option("--name", help="A name to refer to the batch by.",
+                                                    show_default=False)] = None,
+        workers: WorkersOpt = None,
+        ext: Annotated[Optional[list[str]], typer.Option("--ext", show_default=False,
+                                                         help="Extensions to include (repeatable; default jpg jpeg png webp tif tiff bmp).")] = None,
+        exclude: Annotated[Optional[list[str]], typer.Option("--exclude", show_default=False,
+                                                             help="Skip paths matching this glob (repeatable).")] = None,
+        from_file: Annotated[Optional[str], typer.Option("--from-file", show_default=False,
+                                                         help="A file listing one path or URL per line (- for stdin).")] = None,
+        dedupe: Annotated[Optional[str], typer.Option("--dedupe", show_default=False,
+                                                      help="content: skip byte-identical inputs.")] = None,
+        name_template: Annotated[Optional[str], typer.Option("--name-template", show_default=False,
+                                                             help='Output names, e.g. "{stem}_web.{ext}".')] = None,
+        max_file_size: Annotated[str, typer.Option("--max-file-size", help="Larger inputs fail their item.")] = "200M",
+        max_pixels: Annotated[int, typer.Option("--max-pixels", help="Pixels (read from the header); larger inputs fail their item.")] = 150_000_000,
+        retries: RetriesOpt = 1,
+        item_timeout: TimeoutOpt = 0.0,
+        max_failures: MaxFailOpt = None,
+        worker_memory: MemoryOpt = None,
+        min_free_space: FreeOpt = "1G",
+        providers: ProvidersOpt = "cpu",
+        executor: ExecutorOpt = "local",
+        transfer: TransferOpt = False,
+        detach: DetachOpt = False,
+        quiet: QuietOpt = False,
+        json_out: JsonOpt = False,
+        home: HomeOpt = None,
+    ) -> None:
+        """Create a batch and run it.
+
+        Example: batchcli start photos/ --out web/ --pipeline "orient | resize 1024x1024 | convert webp quality=85"
+        """
+        from batchcli import api
+        from batchcli.errors import ConfigError
+        from batchcli.store import Store
+        from batchcli.units import parse_bytes
+
+        if not inputs and not from_file:
+            raise ConfigError("no inputs: give files, folders, globs, URLs, - (stdin) or --from-file")
+        opts = run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
+                           min_free_space, executor, transfer)
+        cfg = api.StartConfig(inputs=list(inputs or []), out_dir=out, pipeline_text=pipeline,
+                              pipeline_file=pipeline_file, name=name, exts=ext, exclude=exclude,
+                              from_file=from_file, dedupe=dedupe, name_template=name_template,
+                              max_file_size=parse_bytes(max_file_size, "--max-file-size"), max_pixels=max_pixels)
+        paths = api.create_batch(Store(home), cfg)
+        if detach:
+            from batchcli.detach import spawn_detached
+
+            spawn_detached(paths, opts, home)
+            typer.echo(paths.id)
+            return
+        execute(paths, opts, json_out, quiet, resume=False)
+
+    @app.command(no_args_is_help=True)
+    @handle_errors
+    def resume(
+        batch: BatchArg,
+        retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also run the items that failed.")] = False,
+        repair: Annotated[bool, typer.Option("--repair", help="Also redo items whose output is missing or changed.")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Resume even if the pipeline or options changed.")] = False,
+        workers: WorkersOpt = None,
+        retries: RetriesOpt = 1,
+        item_timeout: TimeoutOpt = 0.0,
+        max_failures: MaxFailOpt = None,
+        worker_memory: MemoryOpt = None,
+        min_free_space: FreeOpt = "1G",
+        providers: ProvidersOpt = "cpu",
+        executor: ExecutorOpt = "local",
+        transfer: TransferOpt = False,
+        detach: DetachOpt = False,
+        quiet: QuietOpt = False,
+        json_out: JsonOpt = False,
+        home: HomeOpt = None,
+    ) -> None:
+        """Continue a paused or interrupted batch: only items without a completed record run.
+
+        Example: batchcli resume nightly --retry-failed
+        """
+        from batchcli.store import Store
+
+        paths = Store(home).resolve(batch)
+        opts = run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
+                           min_free_space, executor, transfer)
+        if detach:
+            from batchcli.detach import spawn_detached
+
+            spawn_detached(paths, opts, home, resume=True, retry_failed=retry_failed, repair=repair, force=force)
+            typer.echo(paths.id)
+            return
+        execute(paths, opts, json_out, quiet, resume=True, requeue_failed=retry_failed)

@@ -1,0 +1,274 @@
+"""The append-only JSONL journal: one self-checking record per line, group-committed.
+
+Every line is a JSON object whose last field is ``"crc"``: the CRC-32 (hex) of the same object
+serialised without that field. A torn tail (crash mid-write) or a flipped bit is detected,
+reported and skipped; the file stays line-per-record JSON that ``jq`` reads.
+
+Replay is the state: the last record for an item wins. Only the process holding the batch
+lock writes (see runner.py); any process may read at any time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import orjson
+
+_CRC_KEY = b',"crc":"'
+
+# Item states as stored in the replay array (one byte per item).
+PENDING, COMPLETED, FAILED, SKIPPED = 0, 1, 2, 3
+STATE_NAMES = {PENDING: "pending", COMPLETED: "completed", FAILED: "failed", SKIPPED: "skipped"}
+
+# Record types that change the batch's lifecycle state, and the state they leave it in.
+LIFECYCLE = {
+    "header": "pending",
+    "batch_started": "running",
+    "batch_resumed": "running",
+    "batch_paused": "paused",
+    "batch_interrupted": "interrupted",
+    "batch_cancelled": "cancelled",
+    "batch_finished": None,  # its "status" field says completed or failed
+}
+
+GROUP_COMMIT_SECONDS = 0.05
+"""Flush and fsync the journal at least this often while records are pending."""
+GROUP_COMMIT_RECORDS = 1024
+"""...or as soon as this many records are pending."""
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    """A record as one journal line (with its CRC field and the newline)."""
+    body = orjson.dumps(record)
+    return b"%s,\"crc\":\"%08x\"}\n" % (body[:-1], zlib.crc32(body))
+
+
+def decode(line: bytes) -> dict[str, Any] | None:
+    """One line (without newline) back to a record, or None when it is torn or corrupt."""
+    p = line.rfind(_CRC_KEY)
+    if p < 0 or len(line) != p + 18 or not line.endswith(b'"}'):
+        return None
+    body = line[:p] + b"}"
+    try:
+        if zlib.crc32(body) != int(line[p + 8 : p + 16], 16):
+            return None
+        rec = orjson.loads(body)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+@dataclass
+class BadLine:
+    lineno: int
+    offset: int
+    reason: str
+
+
+def iter_records(path: str, bad: list[BadLine] | None = None) -> Iterator[dict[str, Any]]:
+    """Stream the valid records of a journal. Corrupt lines are skipped and appended to `bad`;
+    an unterminated last line is a write still in progress (or torn by a crash) and is skipped too."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        offset = 0
+        for lineno, raw in enumerate(fh, 1):
+            n = len(raw)
+            if raw.endswith(b"\n"):
+                rec = decode(raw[:-1])
+                if rec is not None:
+                    yield rec
+                elif bad is not None and raw.strip():
+                    bad.append(BadLine(lineno, offset, "checksum mismatch or malformed line"))
+            elif bad is not None:
+                bad.append(BadLine(lineno, offset, "torn final line (incomplete write)"))
+            offset += n
+
+
+@dataclass
+class Replay:
+    """The state of a batch as the journal tells it."""
+
+    total: int
+    items: bytearray
+    header: dict[str, Any] | None = None
+    state: str = "pending"
+    reason: str | None = None  # why paused / failed / interrupted
+    counts: Counter = field(default_factory=Counter)
+    failures: Counter = field(default_factory=Counter)  # "class: reason" -> count
+    times: dict[str, float] = field(default_factory=dict)  # created, started, paused, finished
+    runner_pid: int | None = None
+    last_seq: int = 0
+    records: int = 0
+    bad: list[BadLine] = field(default_factory=list)
+    workers: int | None = None
+    executor: str | None = None
+
+    @property
+    def completed(self) -> int:
+        return self.counts[COMPLETED]
+
+    @property
+    def failed(self) -> int:
+        return self.counts[FAILED]
+
+    @property
+    def skipped(self) -> int:
+        return self.counts[SKIPPED]
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.completed - self.failed - self.skipped
+
+
+_MAX_REASONS = 1000
+
+
+def failure_key(error_class: str | None, error: str | None) -> str:
+    """Group failures by class and the reason without the file name (`path: reason`)."""
+    msg = (error or "").split(": ", 1)[-1] if error and ": " in error else (error or "")
+    return f"{error_class or 'error'}: {msg[:120]}"
+
+
+def replay(path: str, total: int) -> Replay:
+    """Fold the journal into a Replay. Memory: one byte per item plus small counters."""
+    st = Replay(total=total, items=bytearray(total))
+    items, counts = st.items, st.counts
+    counts[PENDING] = total
+    for rec in iter_records(path, st.bad):
+        st.records += 1
+        st.last_seq = rec.get("seq", st.last_seq)
+        kind = rec.get("type")
+        i = rec.get("i")
+        if i is not None:
+            if not (0 <= i < total):
+                continue
+            new = _ITEM_STATES.get(kind)
+            if new is None:
+                continue
+            old = items[i]
+            if old != new:
+                counts[old] -= 1
+                counts[new] += 1
+                items[i] = new
+            if new == FAILED:
+                key = failure_key(rec.get("error_class"), rec.get("error"))
+                if key in st.failures or len(st.failures) < _MAX_REASONS:
+                    st.failures[key] += 1
+            continue
+        if kind == "items_requeued":  # resume --retry-failed / --repair: back to pending
+            for j in rec.get("items", ()):
+                if 0 <= j < total and items[j] != PENDING:
+                    counts[items[j]] -= 1
+                    counts[PENDING] += 1
+                    items[j] = PENDING
+            if rec.get("all_failed"):
+                for j in range(total):
+                    if items[j] == FAILED:
+                        items[j] = PENDING
+                counts[PENDING] += counts[FAILED]
+                counts[FAILED] = 0
+            continue
+        if kind in LIFECYCLE:
+            _lifecycle(st, kind, rec)
+    # Failure reasons are counted per record; keep only the ones still failing when small.
+    return st
+
+
+_ITEM_STATES = {"item_completed": COMPLETED, "item_failed": FAILED, "item_skipped": SKIPPED,
+                "item_pending": PENDING}
+
+
+def _lifecycle(st: Replay, kind: str, rec: dict[str, Any]) -> None:
+    t = rec.get("t")
+    if kind == "header":
+        st.header = rec
+        st.times["created"] = t
+        st.state = "pending"
+        return
+    if kind == "batch_finished":
+        st.state = rec.get("status", "completed")
+        st.times["finished"] = t
+    else:
+        st.state = LIFECYCLE[kind]
+    st.reason = rec.get("reason")
+    if kind in ("batch_started", "batch_resumed"):
+        st.times.setdefault("started", t)
+        st.times.pop("paused", None)
+        st.times.pop("finished", None)
+        st.runner_pid = rec.get("pid")
+        st.workers = rec.get("workers", st.workers)
+        st.executor = rec.get("executor", st.executor)
+    elif kind == "batch_paused":
+        st.times["paused"] = t
+    elif kind == "batch_cancelled":
+        st.times["finished"] = t
+        # every item still pending is skipped: computed, not written one record per item
+        for j in range(st.total):
+            if st.items[j] == PENDING:
+                st.items[j] = SKIPPED
+        st.counts[SKIPPED] += st.counts[PENDING]
+        st.counts[PENDING] = 0
+
+
+class JournalWriter:
+    """Appends records with group commit. Only the lock holder may create one."""
+
+    def __init__(self, path: str, last_seq: int = 0, durable: bool = True):
+        self.path = path
+        self.seq = last_seq
+        self.durable = durable
+        self._buf: list[bytes] = []
+        self._last_sync = time.monotonic()
+        self._fh = open(path, "ab", buffering=0)
+        # A torn tail left by a crash: start on a fresh line so new records stay valid JSONL.
+        size = os.fstat(self._fh.fileno()).st_size
+        if size:
+            with open(path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    self._fh.write(b"\n")
+
+    def append(self, type_: str, **fields: Any) -> dict[str, Any]:
+        self.seq += 1
+        rec = {"seq": self.seq, "t": round(time.time(), 3), "type": type_, **fields}
+        self._buf.append(encode(rec))
+        if len(self._buf) >= GROUP_COMMIT_RECORDS:
+            self.sync()
+        return rec
+
+    def maybe_sync(self) -> None:
+        """Call often: commits the pending group when it is old enough."""
+        if self._buf and time.monotonic() - self._last_sync >= GROUP_COMMIT_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._buf:
+            data = b"".join(self._buf)
+            self._buf.clear()
+            view = memoryview(data)
+            while view:
+                n = self._fh.write(view)
+                view = view[n:]
+            if self.durable:
+                os.fsync(self._fh.fileno())
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            self.sync()
+        finally:
+            self._fh.close()
+
+    def __enter__(self) -> "JournalWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

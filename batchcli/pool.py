@@ -1,0 +1,241 @@
+"""Executors: run chunks of items somewhere and report per-item results.
+
+The runner talks to an executor through four calls (`capacity`, `submit`, `poll`, `shutdown`),
+so a distributed engine can replace the local process pool without touching the runner.
+
+`ProcessPool` gives each worker process its own pipe, so it always knows which item each worker
+is on: a worker that dies or hangs costs exactly that item (reported as lost) and the items
+queued behind it (handed back), and a fresh worker takes its place.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any, Protocol
+
+from batchcli.worker import WorkerConfig, worker_main
+
+CHUNKS_PER_WORKER = 2
+"""Chunks queued per worker: one running, one waiting, so no worker idles between chunks."""
+
+
+@dataclass
+class Event:
+    kind: str  # "item" (a result), "lost" (item died with its worker), "requeue", "fatal"
+    result: dict[str, Any] | None = None
+    item: dict[str, Any] | None = None
+    items: list[dict[str, Any]] = field(default_factory=list)
+    error_class: str = ""
+    message: str = ""
+
+
+class Executor(Protocol):
+    workers: int
+    name: str
+
+    def capacity(self) -> int: ...
+    def submit(self, items: list[dict[str, Any]]) -> None: ...
+    def poll(self, timeout: float) -> list[Event]: ...
+    def busy(self) -> bool: ...
+    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """Drop queued work: each worker finishes its current item, then reports `stopped`."""
+        for p in self._procs:
+            if p.queue:
+                try:
+                    p.conn.send("stop")
+                except OSError:
+                    pass
+
+    def shutdown(self, abandon: bool = False) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class _Proc:
+    proc: Any
+    conn: Any
+    queue: deque = field(default_factory=deque)  # of [items, position]
+    ready: bool = False
+    item_started: float = 0.0
+
+    def current(self) -> dict[str, Any] | None:
+        if not self.queue:
+            return None
+        items, pos = self.queue[0]
+        return items[pos] if pos < len(items) else None
+
+    def unstarted(self) -> list[dict[str, Any]]:
+        out = []
+        for n, (items, pos) in enumerate(self.queue):
+            out.extend(items[pos + 1:] if n == 0 else items)
+        return out
+
+
+class ProcessPool:
+    """A pool of spawned worker processes with per-item crash and hang detection."""
+
+    name = "local"
+
+    def __init__(self, cfg: WorkerConfig, workers: int, item_timeout: float = 0.0):
+        self.cfg = cfg
+        self.workers = workers
+        self.item_timeout = item_timeout
+        self._ctx = mp.get_context("spawn")
+        self._procs: list[_Proc] = [self._spawn() for _ in range(workers)]
+        self.restarts = 0
+
+    def _spawn(self) -> _Proc:
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=worker_main, args=(child, self.cfg), daemon=True,
+                                 name="batchcli-worker")
+        proc.start()
+        child.close()
+        return _Proc(proc, parent)
+
+    def capacity(self) -> int:
+        return sum(CHUNKS_PER_WORKER - len(p.queue) for p in self._procs)
+
+    def busy(self) -> bool:
+        return any(p.queue for p in self._procs)
+
+    def submit(self, items: list[dict[str, Any]]) -> None:
+        p = min(self._procs, key=lambda q: len(q.queue))
+        if not p.queue:
+            p.item_started = time.monotonic()
+        p.queue.append([items, 0])
+        p.conn.send((0, items))
+
+    def poll(self, timeout: float) -> list[Event]:
+        events: list[Event] = []
+        by_obj = {}
+        for p in self._procs:
+            by_obj[p.conn] = p
+            by_obj[p.proc.sentinel] = p
+        ready = wait(list(by_obj), timeout)
+        dead: list[_Proc] = []
+        for obj in ready:
+            p = by_obj[obj]
+            if obj is p.conn:
+                if not self._drain(p, events):
+                    dead.append(p)
+            elif p not in dead:
+                dead.append(p)
+        now = time.monotonic()
+        if self.item_timeout > 0:
+            for p in self._procs:
+                if p.ready and p.current() is not None and p not in dead and now - p.item_started > self.item_timeout:
+                    p.proc.kill()
+                    p.proc.join(5)
+                    self._replace(p, events, "timeout", f"no result after {self.item_timeout:g} s (worker killed)")
+        for p in dead:
+            if p in self._procs:
+                self._drain(p, events)
+                p.proc.join(5)
+                code = p.proc.exitcode
+                how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                cls = "oom" if code == -9 and self.cfg.memory_limit else "crash"
+                self._replace(p, events, cls, f"worker died ({how}) while processing this item")
+        return events
+
+    def _drain(self, p: _Proc, events: list[Event]) -> bool:
+        """Read everything the worker sent. False when its pipe is closed."""
+        try:
+            while p.conn.poll():
+                msg = p.conn.recv()
+                kind = msg[0]
+                now = time.monotonic()
+                if kind == "item":
+                    events.append(Event("item", result=msg[1]))
+                    p.queue[0][1] += 1
+                    p.item_started = now
+                elif kind == "done":
+                    p.queue.popleft()
+                    p.item_started = now
+                elif kind == "stopped":
+                    p.queue.clear()
+                    p.item_started = now
+                elif kind == "ready":
+                    p.ready = True
+                    p.item_started = now
+                elif kind == "init_error":
+                    events.append(Event("fatal", message=f"worker failed to start: {msg[1]}"))
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _replace(self, p: _Proc, events: list[Event], error_class: str, message: str) -> None:
+        cur = p.current()
+        if cur is not None:
+            events.append(Event("lost", item=cur, error_class=error_class, message=message))
+        rest = p.unstarted()
+        if rest:
+            events.append(Event("requeue", items=rest))
+        try:
+            p.conn.close()
+        except OSError:
+            pass
+        idx = self._procs.index(p)
+        self._procs[idx] = self._spawn()
+        self.restarts += 1
+
+    def stop(self) -> None:
+        """Drop queued work: each worker finishes its current item, then reports `stopped`."""
+        for p in self._procs:
+            if p.queue:
+                try:
+                    p.conn.send("stop")
+                except OSError:
+                    pass
+
+    def shutdown(self, abandon: bool = False) -> list[dict[str, Any]]:
+        """Stop the workers. With abandon, kill them now and return the items they had not finished."""
+        left: list[dict[str, Any]] = []
+        for p in self._procs:
+            if abandon:
+                cur = p.current()
+                if cur is not None:
+                    left.append(cur)
+                left.extend(p.unstarted())
+                p.proc.kill()
+            else:
+                try:
+                    p.conn.send(None)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + 5
+        for p in self._procs:
+            p.proc.join(max(0.0, deadline - time.monotonic()))
+            if p.proc.is_alive():
+                p.proc.kill()
+                p.proc.join(1)
+            try:
+                p.conn.close()
+            except OSError:
+                pass
+        self._procs = []
+        return left
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def make_executor(opt: Any, cfg: WorkerConfig) -> Executor:
+    """The executor named by --executor: the local process pool, or Dask (an optional extra)."""
+    if opt.executor in ("", "local"):
+        return ProcessPool(cfg, opt.workers, opt.item_timeout)
+    if opt.executor == "dask" or opt.executor.startswith(("dask://", "tcp://")):
+        from batchcli.dask_executor import DaskExecutor  # needs: pip install batchcli[dask]
+
+        return DaskExecutor(cfg, opt)
+    from batchcli.errors import ConfigError
+
+    raise ConfigError(f"--executor {opt.executor!r}: expected local, dask or dask://HOST:PORT")

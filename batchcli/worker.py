@@ -1,0 +1,169 @@
+"""The child side: set up once per process, then turn items into results. Never raises."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchcli.errors import ItemError
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker process needs; pickled once per process."""
+
+    pipeline: bytes  # pickled Pipeline
+    out_dir: str | None
+    max_file_size: int
+    max_pixels: int
+    threads: int = 1
+    providers: str = "cpu"
+    memory_limit: int = 0  # bytes of address space per worker; 0 = no cap
+    extra: dict = field(default_factory=dict)
+
+
+class Worker:
+    """Holds the per-process state: the pipeline with its prepared ops and the limits."""
+
+    def __init__(self, cfg: WorkerConfig):
+        os.environ["BATCHCLI_THREADS"] = str(cfg.threads)
+        os.environ["BATCHCLI_PROVIDERS"] = cfg.providers
+        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
+        import cv2
+
+        cv2.setNumThreads(cfg.threads)
+        from batchcli.imageio import Limits
+
+        self.cfg = cfg
+        self.limits = Limits(cfg.max_file_size, cfg.max_pixels)
+        self.pipeline = pickle.loads(cfg.pipeline)
+        self.pipeline.prepare()
+        self.writes = self.pipeline.writes_image and cfg.out_dir is not None
+
+    def process(self, item: dict[str, Any]) -> dict[str, Any]:
+        """One item -> a result dict: {"i", "ok", "ms", ...}. Never raises."""
+        t0 = time.perf_counter()
+        src = item["src"]
+        try:
+            res = self._process(item)
+            res["ok"] = True
+        except ItemError as exc:
+            res = {"ok": False, "error_class": exc.error_class, "error": f"{src}: {exc}"}
+        except MemoryError:
+            res = {"ok": False, "error_class": "oom", "error": f"{src}: out of memory (over --worker-memory?)"}
+        except Exception as exc:  # an op's bug must fail its item, not the batch
+            msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            res = {"ok": False, "error_class": "op", "error": f"{src}: {type(exc).__name__}: {msg}"[:500]}
+        res["i"] = item["i"]
+        res["ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        return res
+
+    def _process(self, item: dict[str, Any]) -> dict[str, Any]:
+        from batchcli import imageio
+
+        src = item["src"]
+        data = None
+        if src.startswith(("http://", "https://")):
+            from batchcli.fetch import fetch_url  # inputs: URLs are fetched by the worker
+
+            data = fetch_url(src, self.limits)
+        frame = imageio.load(src, self.limits, self.pipeline.shrink_for, data=data)
+        frame = self.pipeline.run(frame)
+        res: dict[str, Any] = {}
+        if self.writes:
+            dest = os.path.join(self.cfg.out_dir, item["stem"])
+            path, nbytes, digest = imageio.save(frame, dest)
+            if os.path.realpath(path) == os.path.realpath(item["src"]):
+                raise ItemError("config", "output would overwrite the input")  # never reached: discover skips
+            res.update(out=os.path.relpath(path, self.cfg.out_dir), bytes=nbytes, sha256=digest)
+            if frame.route:
+                res["routed"] = _route(self.cfg.out_dir, frame.route, path)
+        if frame.meta:
+            res["meta"] = frame.meta
+        return res
+
+
+def _route(out_dir: str, label: str, path: str) -> str:
+    """Link (or copy) an output into out/<label>/ ; returns the relative path."""
+    import shutil
+
+    from batchcli.atomic import tmp_name
+
+    dest = os.path.join(out_dir, label, os.path.basename(path))
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = tmp_name(dest)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, dest)
+    return os.path.relpath(dest, out_dir)
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the runner dies, so a killed runner leaves no orphan workers."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _cap_memory(limit: int) -> None:
+    if limit <= 0:
+        return
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def worker_main(conn, cfg: WorkerConfig) -> None:
+    """Entry point of a pool process: receive chunks, send one message per item.
+
+    From the parent: (chunk_id, items) to queue work, "stop" to drop queued work after the
+    current item, None to exit. To the parent: ("ready",), ("item", result), ("done", chunk_id),
+    ("stopped",), ("init_error", msg). Messages are checked between items, so a pause waits for
+    at most one item per worker.
+    """
+    from collections import deque
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides what Ctrl-C means
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    _cap_memory(cfg.memory_limit)
+    try:
+        worker = Worker(cfg)
+    except Exception as exc:  # e.g. a model that loaded in the parent but not here
+        conn.send(("init_error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready",))
+    chunks: deque = deque()
+    try:
+        while True:
+            while not chunks or conn.poll():
+                msg = conn.recv()
+                if msg is None:
+                    return
+                if msg == "stop":
+                    chunks.clear()
+                    conn.send(("stopped",))
+                else:
+                    chunks.append([msg[0], msg[1], 0])
+            chunk = chunks[0]
+            chunk_id, items, pos = chunk
+            conn.send(("item", worker.process(items[pos])))
+            chunk[2] = pos + 1
+            if chunk[2] >= len(items):
+                chunks.popleft()
+                conn.send(("done", chunk_id))
+    except (EOFError, OSError, BrokenPipeError):
+        return
