@@ -38,6 +38,7 @@ class Frame:
     shrink: int = 1  # the decoder already reduced the image by this factor (shrink-on-load)
     src_size: tuple[int, int] = (0, 0)  # (width, height) of the source as stored
     route: str | None = None  # a label: the worker also links the output under out/<label>/
+    info: dict = field(default_factory=dict)  # source facts from decoding (mode, EXIF orientation, camera); for ops, not journaled
 
 
 @dataclass(frozen=True)
