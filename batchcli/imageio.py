@@ -472,6 +472,47 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return fn(img) if fn else img
 
 
+def upright(frame: Frame) -> Frame:
+    """Apply a pending EXIF orientation to the pixels, for ops that work in display coordinates."""
+    if frame.orientation != 1:
+        frame.img = apply_orientation(frame.img, frame.orientation)
+        frame.orientation = 1
+    return frame
+
+
+# --- small pixel helpers shared by the ops -----------------------------------------------------
+
+def max_value(img: np.ndarray) -> int:
+    """255 for uint8, 65535 for uint16."""
+    return 65535 if img.dtype == np.uint16 else 255
+
+
+def split_alpha(img: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(colour or gray pixels, alpha or None). Ops grade the first and pass the alpha through."""
+    if img.ndim == 3 and img.shape[2] == 4:
+        return img[:, :, :3], img[:, :, 3]
+    return img, None
+
+
+def merge_alpha(img: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    if alpha is None:
+        return img
+    return cv2.merge([*cv2.split(img), alpha])
+
+
+def color_for(img: np.ndarray, bgr: tuple[int, int, int]) -> tuple:
+    """An 8-bit (b, g, r) colour as a pixel value of `img`: gray (luma), BGR or opaque BGRA,
+    scaled to 16 bits when needed."""
+    k = 257 if img.dtype == np.uint16 else 1
+    b, g, r = (c * k for c in bgr)
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if channels == 1:
+        return (int(round(0.114 * b + 0.587 * g + 0.299 * r)),)
+    if channels == 4:
+        return (b, g, r, 255 * k)
+    return (b, g, r)
+
+
 def can_write(fmt: str) -> bool:
     """Whether this OpenCV build can encode `fmt` (AVIF depends on the build)."""
     ext = WRITABLE.get(fmt)

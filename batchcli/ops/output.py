@@ -1,27 +1,52 @@
-"""Output format: convert."""
+"""Output format: convert.
+
+OpenCV writes no EXIF, ICC or XMP: the orientation is applied to the pixels before writing, so
+outputs display upright, and colours are written as the sRGB values decoded.
+"""
 
 from __future__ import annotations
 
+from batchcli.errors import ConfigError
 from batchcli.ops.base import Frame, Op, Param, register
+
+FORMATS = ("jpg", "jpeg", "png", "webp", "tiff", "tif", "bmp", "avif")
+_ALIASES = {"jpeg": "jpg", "tif": "tiff"}
 
 
 @register
 class Convert(Op):
     name = "convert"
-    summary = "Choose the output format and its quality."
+    summary = "Choose the output format (jpg, png, webp, tiff, bmp, avif) and its quality."
     shrink_safe = True
     params = (
-        Param("format", "choice", positional=True, choices=("jpg", "jpeg", "png", "webp", "tiff", "bmp"),
-              help="output format"),
-        Param("quality", "int", 90, min=1, max=100, help="JPEG/WebP quality"),
-        Param("compression", "int", 3, min=0, max=9, help="PNG compression level"),
+        Param("format", "choice", positional=True, choices=FORMATS,
+              help="output format; avif only where this OpenCV build can write it"),
+        Param("quality", "int", 90, min=1, max=100, help="JPEG, WebP and AVIF quality"),
+        Param("compression", "int", 3, min=0, max=9, help="PNG compression level (0 fastest, 9 smallest)"),
+        Param("lossless", "bool", False, help="WebP: lossless instead of quality-based"),
+        Param("progressive", "bool", False, help="JPEG: progressive encoding"),
+        Param("background", "color", (255, 255, 255),
+              help="JPEG: colour that transparent pixels are flattened onto"),
     )
+
+    def check(self) -> None:
+        if self.output_format == "avif":
+            import cv2  # the parent checks the build the workers will use
+
+            if not cv2.haveImageWriter(".avif"):
+                raise ConfigError("convert: this OpenCV build cannot write AVIF (try webp)")
 
     @property
     def output_format(self) -> str:
-        return "jpg" if self.p["format"] == "jpeg" else self.p["format"]
+        return _ALIASES.get(self.p["format"], self.p["format"])
 
     def apply(self, frame: Frame) -> Frame:
         frame.out_format = self.output_format
-        frame.encode.update(quality=self.p["quality"], compression=self.p["compression"])
+        frame.encode.update(
+            quality=self.p["quality"],
+            compression=self.p["compression"],
+            lossless=self.p["lossless"],
+            progressive=self.p["progressive"],
+            background=self.p["background"],
+        )
         return frame
