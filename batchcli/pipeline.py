@@ -108,11 +108,19 @@ class Pipeline:
         return [op.spec() for op in self.ops]
 
     def text(self) -> str:
-        """A human-readable one-liner of the canonical spec."""
+        """A readable one-liner: positional values bare, parameters only where not the default.
+        Parsing it gives the same pipeline."""
         parts = []
-        for step in self.spec():
-            args = " ".join(f"{k}={_fmt(v)}" for k, v in step.items() if k != "name")
-            parts.append(f"{step['name']} {args}".strip())
+        for op in self.ops:
+            spec = op.spec()
+            words = [op.name]
+            for param in op.params:
+                value = spec.get(param.name)
+                if param.positional:
+                    words.append(_fmt(value))
+                elif param.required or value != _canon(op, param, param.default):
+                    words.append(f"{param.name}={_fmt(value)}")
+            parts.append(" ".join(words))
         return " | ".join(parts)
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
@@ -153,6 +161,19 @@ class Pipeline:
 
 def _build(name: str, positionals: list, keywords: dict) -> Op:
     return get_op(name).from_args(positionals, keywords)
+
+
+def _canon(op: Op, param: Any, value: Any) -> Any:
+    """A default value in the same canonical form as spec() gives."""
+    if value is None:
+        return None
+    try:
+        value = param.parse(op.name, value)
+    except Exception:
+        return value
+    probe = type(op).__new__(type(op))
+    probe.p = {param.name: value}
+    return Op.spec(probe)[param.name]
 
 
 def _fmt(v: Any) -> str:

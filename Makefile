@@ -1,0 +1,33 @@
+# make demo: set up .venv and run a real batch over examples/ ; make test: set up and run the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO   := demo
+
+.PHONY: help demo test bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)  ## generate sample images and run a real batch over them
+	$(BIN)/python examples/make_samples.py examples/generated
+	rm -rf $(DEMO)
+	BATCHCLI_HOME=$(DEMO)/home $(BIN)/batchcli start examples/generated --out $(DEMO)/web \
+		--pipeline-file examples/web.toml --name demo; rc=$$?; test $$rc -le 1
+	BATCHCLI_HOME=$(DEMO)/home $(BIN)/batchcli status demo --items
+	@echo "outputs are in $(DEMO)/web; try: BATCHCLI_HOME=$(DEMO)/home $(BIN)/batchcli status demo --json"
+
+test: $(STAMP)  ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## run the benchmarks (minutes; prints tables)
+	$(BIN)/python benchmarks/bench_core.py
+
+clean:  ## remove the venv, demo output and caches
+	rm -rf $(VENV) $(DEMO) examples/generated .pytest_cache

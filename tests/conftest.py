@@ -1,0 +1,73 @@
+"""Shared fixtures: a private batch home, sample images built in tmp_path, and the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test cleanly when it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not available")
+    return p
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("BATCHCLI_HOME", str(h))
+    return h
+
+
+def cli(*args: str, home: Path | None = None, input: str | None = None, timeout: float = 120,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m batchcli ARGS` as a real process (stdout is a pipe: plain log output)."""
+    e = dict(os.environ)
+    e.pop("CI", None)
+    if home is not None:
+        e["BATCHCLI_HOME"] = str(home)
+    if env:
+        e.update(env)
+    return subprocess.run([sys.executable, "-m", "batchcli", *args], capture_output=True, text=True,
+                          input=input, timeout=timeout, env=e)
+
+
+def cli_json(*args: str, home: Path | None = None) -> dict:
+    r = cli(*args, "--json", home=home)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def make_image(path: Path, w: int = 64, h: int = 48, seed: int = 0, ext: str | None = None) -> Path:
+    """Write a deterministic colour image; the format follows the extension."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    img[: h // 2] = (img[: h // 2] // 2) + 60  # some structure, so encoders have work to do
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(ext or path.suffix, img)
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def make_tree(root: Path, n: int = 20, size: tuple[int, int] = (64, 48)) -> list[Path]:
+    """n images over nested folders in a few formats."""
+    exts = [".jpg", ".png", ".webp", ".bmp", ".tif"]
+    out = []
+    for k in range(n):
+        sub = root / (f"d{k % 3}" if k % 2 else "") / ("deep" if k % 5 == 0 else "")
+        out.append(make_image(sub / f"img{k:03d}{exts[k % len(exts)]}", *size, seed=k))
+    return out

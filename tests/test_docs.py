@@ -1,0 +1,50 @@
+"""Every command has help text and appears in the README; the CLI path stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.main import get_command
+
+from batchcli.cli import app
+from conftest import ROOT
+
+COMMANDS = sorted(get_command(app).commands)  # type: ignore[attr-defined]
+
+
+def test_core_commands_exist():
+    for name in ("start", "status", "list"):
+        assert name in COMMANDS
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_command_has_help_and_is_in_readme(name):
+    cmd = get_command(app).commands[name]  # type: ignore[attr-defined]
+    assert cmd.help and len(cmd.help.strip()) > 10, f"{name} has no help text"
+    readme = (ROOT / "README.md").read_text()
+    assert f"batchcli {name}" in readme, f"'batchcli {name}' is not in the README"
+
+
+def test_readme_opens_with_the_two_commands():
+    head = (ROOT / "README.md").read_text().splitlines()[:25]
+    text = "\n".join(head)
+    assert "make demo" in text and "make test" in text
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status", "--help"], ["list", "--json"], ["status", "--json"]])
+def test_cli_path_does_not_import_heavy_modules(args, tmp_path):
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['batchcli', *{args!r}]\n"
+            "try:\n    runpy.run_module('batchcli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('cv2', 'numpy', 'onnxruntime', 'PIL') if m in sys.modules]\n"
+            "sys.stderr.write('HEAVY:' + ','.join(heavy))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={"BATCHCLI_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
+    assert r.stderr.rsplit("HEAVY:", 1)[-1] == "", f"{args} imported {r.stderr}"
+
+
+def test_version_is_fast_path():
+    r = subprocess.run([sys.executable, "-m", "batchcli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("batchcli ")
