@@ -81,39 +81,31 @@ def _tied_constant(name: str, arr: np.ndarray, nodes: list, inits: list) -> None
               helper.make_node("Add", [name + "_c", name + "_z"], [name])]
 
 
-def detector_boxes(folder: Path, boxes: np.ndarray, size: tuple[int, int] = (64, 64)) -> str:
-    """Input [1,3,H,W]; output dets [1,N,6] = the given (x1,y1,x2,y2,score,cls) rows."""
+def _constant_outputs(folder: Path, name: str, outputs: dict[str, np.ndarray], size: tuple[int, int]) -> str:
+    """A model with input [1,3,H,W] whose outputs are the given arrays (with a batch axis added)."""
     w, h = size
     nodes: list = []
     inits: list = []
-    _tied_constant("dets", boxes[None], nodes, inits)
-    graph = helper.make_graph(nodes, "detector", [_vi("x", TensorProto.FLOAT, [1, 3, h, w])],
-                              [_vi("dets", TensorProto.FLOAT, [1, len(boxes), 6])], inits)
-    return _save(graph, folder / "detector_boxes.onnx")
+    for out, arr in outputs.items():
+        _tied_constant(out, arr[None], nodes, inits)
+    graph = helper.make_graph(nodes, name, [_vi("x", TensorProto.FLOAT, [1, 3, h, w])],
+                              [_vi(out, TensorProto.FLOAT, [1, *arr.shape]) for out, arr in outputs.items()], inits)
+    return _save(graph, folder / f"{name}.onnx")
+
+
+def detector_boxes(folder: Path, boxes: np.ndarray, size: tuple[int, int] = (64, 64)) -> str:
+    """Output dets [1,N,6] = the given (x1,y1,x2,y2,score,cls) rows."""
+    return _constant_outputs(folder, "detector_boxes", {"dets": boxes}, size)
 
 
 def detector_ssd(folder: Path, scores: np.ndarray, boxes: np.ndarray, size: tuple[int, int] = (64, 48)) -> str:
     """UltraFace-like: scores [1,N,C] and normalised xyxy boxes [1,N,4]."""
-    w, h = size
-    nodes: list = []
-    inits: list = []
-    _tied_constant("scores", scores[None], nodes, inits)
-    _tied_constant("boxes", boxes[None], nodes, inits)
-    graph = helper.make_graph(nodes, "ssd", [_vi("x", TensorProto.FLOAT, [1, 3, h, w])],
-                              [_vi("scores", TensorProto.FLOAT, list(scores[None].shape)),
-                               _vi("boxes", TensorProto.FLOAT, list(boxes[None].shape))], inits)
-    return _save(graph, folder / "detector_ssd.onnx")
+    return _constant_outputs(folder, "detector_ssd", {"scores": scores, "boxes": boxes}, size)
 
 
 def detector_yolo(folder: Path, rows: np.ndarray, size: tuple[int, int] = (64, 64)) -> str:
     """YOLOv8-like: output [1, 4+C, N] (cx, cy, w, h, class scores...) per column."""
-    w, h = size
-    nodes: list = []
-    inits: list = []
-    _tied_constant("preds", rows[None], nodes, inits)
-    graph = helper.make_graph(nodes, "yolo", [_vi("x", TensorProto.FLOAT, [1, 3, h, w])],
-                              [_vi("preds", TensorProto.FLOAT, list(rows[None].shape))], inits)
-    return _save(graph, folder / "detector_yolo.onnx")
+    return _constant_outputs(folder, "detector_yolo", {"preds": rows}, size)
 
 
 def segmenter(folder: Path, size: int | None = 32, nhwc_out: bool = False, fixed_reshape: int = 0) -> str:
