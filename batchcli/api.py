@@ -20,14 +20,15 @@ class StartConfig:
     pipeline_text: str | None = None
     pipeline_file: str | None = None
     name: str | None = None
-    exts: list[str] | None = None
+    exts: list[str] | None = None  # --ext (repeatable, comma lists); None = the defaults
     exclude: list[str] | None = None  # --exclude GLOB (repeatable)
     from_file: str | None = None  # --from-file LIST: one path or URL per line ("-" = stdin)
-    dedupe: str | None = None  # --dedupe content|similar
+    dedupe: str | None = None  # --dedupe content
     name_template: str | None = None  # --name-template "{stem}_{preset}.{ext}"
     max_file_size: int = 200 * 1024 * 1024
     max_pixels: int = 150_000_000
     extra_options: dict[str, Any] = field(default_factory=dict)
+    stdin: Any = None  # binary stream read for "-" (default: sys.stdin.buffer)
 
 
 def build_pipeline(text: str | None, file: str | None):
@@ -43,6 +44,8 @@ def build_pipeline(text: str | None, file: str | None):
 def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
     """Validate everything, discover the inputs, and write the batch's immutable files.
     Raises ConfigError (exit 2) before any work when anything is wrong."""
+    import sys
+
     from batchcli import discover
 
     pipeline = build_pipeline(cfg.pipeline_text, cfg.pipeline_file)
@@ -51,29 +54,56 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
         raise ConfigError("--out is required: this pipeline writes images")
     if out_dir is not None and os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--out {cfg.out_dir}: exists and is not a folder")
+    if cfg.dedupe not in (None, "content"):
+        raise ConfigError(f"--dedupe {cfg.dedupe}: expected 'content' (skip byte-identical inputs)")
+    exts = discover.parse_exts(cfg.exts)
+    discover.check_inputs(cfg.inputs, cfg.from_file)
+    stdin = cfg.stdin
+    if "-" in cfg.inputs or cfg.from_file == "-":
+        if stdin is None:
+            if sys.stdin is None or sys.stdin.isatty():
+                raise ConfigError("- reads a list of paths from stdin, but stdin is a terminal "
+                                  "(pipe a list in, e.g. find photos -name '*.jpg' | batchcli start - --out web/)")
+            stdin = sys.stdin.buffer
+    spec = pipeline.spec()
+    template = discover.compile_template(cfg.name_template) if cfg.name_template else None
     options = {"max_file_size": cfg.max_file_size, "max_pixels": cfg.max_pixels, **cfg.extra_options}
     fingerprint = pipeline.fingerprint(options)
-    found = discover.find(cfg.inputs, cfg.exts, skip_dirs=[out_dir, store.home] if out_dir else [store.home])
+    inputs_opts = {"exts": list(exts), "exclude": list(cfg.exclude or []), "from_file": cfg.from_file,
+                   "dedupe": cfg.dedupe, "name_template": cfg.name_template}
+    stats = discover.DiscoveryStats()
+    found = discover.find(cfg.inputs, exts, skip_dirs=[out_dir, store.home] if out_dir else [store.home],
+                          exclude=cfg.exclude or (), from_file=cfg.from_file, dedupe=cfg.dedupe,
+                          stdin=stdin, stats=stats)
     paths = store.create()
     try:
+        namer = discover.Namer(cfg.name_template if template else None, cfg.name or paths.id,
+                               discover.preset_name(spec))
         with open(paths.items, "wb") as fh:
-            total = discover.write_items(found, fh)
+            total = discover.write_items(found, fh, namer)
             fh.flush()
             os.fsync(fh.fileno())
         if total == 0:
-            raise ConfigError("no input images found in " + ", ".join(cfg.inputs)
-                              + f" (extensions: {', '.join(cfg.exts or discover.DEFAULT_EXTENSIONS)})")
+            where = ", ".join([*cfg.inputs, *([f"--from-file {cfg.from_file}"] if cfg.from_file else [])])
+            left = [f"{n} {what}" for n, what in ((stats.excluded, "excluded"), (stats.duplicates, "duplicates"),
+                                                  (stats.dedupe_skipped, "same content"),
+                                                  (stats.in_output, "inside the output folder")) if n]
+            raise ConfigError(f"no input images found in {where} (extensions: {', '.join(exts)}"
+                              + (f"; left out: {', '.join(left)}" if left else "") + ")")
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
         now = time.time()
         paths.write_manifest({
             "batch_id": paths.id, "name": cfg.name, "created_at": now, "version": __version__,
-            "pipeline": pipeline.spec(), "pipeline_text": pipeline.text(), "options": options,
+            "pipeline": spec, "pipeline_text": pipeline.text(), "options": options,
             "fingerprint": fingerprint, "out_dir": out_dir, "inputs": cfg.inputs, "total": total,
+            "input_options": inputs_opts, "dedupe_skipped": stats.dedupe_skipped,
+            "discovery": {"excluded": stats.excluded, "duplicates": stats.duplicates,
+                          "dedupe_skipped": stats.dedupe_skipped, "in_output": stats.in_output},
         })
         with open(paths.journal, "wb") as fh:
             fh.write(encode({"seq": 0, "t": round(now, 3), "type": "header", "batch_id": paths.id,
-                             "version": __version__, "pipeline": pipeline.spec(),
+                             "version": __version__, "pipeline": spec,
                              "fingerprint": fingerprint, "total": total}))
             fh.flush()
             os.fsync(fh.fileno())

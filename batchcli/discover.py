@@ -1,18 +1,33 @@
-"""Inputs -> items.jsonl: walk folders and files in a deterministic order, skip the output
-folder, merge duplicates, and give each item a unique output stem. Streams: the list is written
-as it is found, never held in memory whole."""
+"""Inputs -> items.jsonl: resolve folders, files, glob patterns, list files, stdin and URLs in a
+deterministic order; filter by extension and --exclude; skip the output folder; merge the same
+file reached twice; optionally skip byte-identical files; give each item a unique output stem.
+
+Everything streams: items are written as they are found, and the sets that remember what was
+already seen hold fixed-size digests in flat arrays, not one Python object per item."""
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
+import string
+import sys
+import unicodedata
+from array import array
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import IO, Iterable, Iterator
+from urllib.parse import unquote, urlsplit
 
 import orjson
 
 from batchcli.errors import ConfigError
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp")
+URL_PREFIXES = ("http://", "https://")
+TEMPLATE_FIELDS = ("stem", "ext", "name", "i", "parent", "preset", "rel")
+MAX_NAME_BYTES = 200  # per path component, leaving room for a _N suffix and the extension
+HASH_CHUNK = 1 << 20
 
 
 @dataclass
@@ -23,98 +38,505 @@ class Found:
     mtime: float = 0.0
 
 
-def _norm_exts(exts: Iterable[str] | None) -> frozenset[str]:
-    return frozenset(e.lower().lstrip(".") for e in (exts or DEFAULT_EXTENSIONS))
+@dataclass
+class DiscoveryStats:
+    """What discovery left out, for the manifest (filled while `find` is consumed)."""
+
+    excluded: int = 0  # matched an --exclude pattern
+    duplicates: int = 0  # the same file (or URL) reached through another input
+    dedupe_skipped: int = 0  # --dedupe content: same bytes as an earlier item
+    in_output: int = 0  # inside the output folder (or the batch home): never re-ingested
 
 
-def _walk(root: str, skip: set[str], exts: frozenset[str]) -> Iterator[os.DirEntry]:
-    """Names sorted, files before sub-folders, symlinked folders not followed, `skip` folders skipped."""
+def is_url(s: str) -> bool:
+    return s[:8].lower().startswith(URL_PREFIXES)
+
+
+def parse_exts(exts: Iterable[str] | None) -> tuple[str, ...]:
+    """`--ext jpg --ext .PNG,webp` -> ("jpg", "png", "webp"); None -> the defaults."""
+    if not exts:
+        return DEFAULT_EXTENSIONS
+    out: list[str] = []
+    for value in exts:
+        for part in value.split(","):
+            e = part.strip().lstrip(".").lower()
+            if e and e not in out:
+                out.append(e)
+    if not out:
+        raise ConfigError("--ext: no extension given")
+    return tuple(out)
+
+
+class DigestSet:
+    """A set of 16-byte digests in two flat arrays of 64-bit words (open addressing, linear probing).
+    About 32-40 bytes per member and no Python object per member."""
+
+    def __init__(self, capacity: int = 1024):
+        cap = 1
+        while cap < capacity:
+            cap <<= 1
+        self._alloc(cap)
+        self.count = 0
+
+    def _alloc(self, cap: int) -> None:
+        self._mask = cap - 1
+        self._hi = array("Q", bytes(8 * cap))
+        self._lo = array("Q", bytes(8 * cap))
+
+    def add(self, digest: bytes) -> bool:
+        """Add; True when the digest was not there before."""
+        hi = int.from_bytes(digest[:8], "little")
+        lo = int.from_bytes(digest[8:16], "little") | 1  # never 0: (0, 0) marks an empty slot
+        if self._insert(hi, lo):
+            self.count += 1
+            if self.count * 2 > self._mask:
+                self._grow()
+            return True
+        return False
+
+    def _insert(self, hi: int, lo: int) -> bool:
+        his, los, mask = self._hi, self._lo, self._mask
+        j = hi & mask
+        while True:
+            slot_lo = los[j]
+            if slot_lo == 0:
+                his[j], los[j] = hi, lo
+                return True
+            if slot_lo == lo and his[j] == hi:
+                return False
+            j = (j + 1) & mask
+
+    def _grow(self) -> None:
+        old_hi, old_lo = self._hi, self._lo
+        self._alloc((self._mask + 1) * 2)
+        for hi, lo in zip(old_hi, old_lo):
+            if lo:
+                self._insert(hi, lo)
+
+
+def _digest(*parts: str | bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else os.fsencode(p))
+        h.update(b"\0")
+    return h.digest()
+
+
+def file_digest(path: str) -> bytes | None:
+    """blake2b-128 of a file's bytes, streamed; None when it cannot be read."""
+    h = hashlib.blake2b(digest_size=16)
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
     try:
-        with os.scandir(root) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        with open(path, "rb") as fh:
+            while True:
+                n = fh.readinto(buf)
+                if not n:
+                    break
+                h.update(view[:n])
     except OSError:
-        return
-    dirs = []
-    for entry in entries:  # the files of a folder first, then its sub-folders
-        try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-        except OSError:
-            is_dir = False
-        if is_dir:
-            if os.path.realpath(entry.path) not in skip:
-                dirs.append(entry.path)
-        elif os.path.splitext(entry.name)[1].lower().lstrip(".") in exts:
-            yield entry
-    for d in dirs:
-        yield from _walk(d, skip, exts)
+        return None
+    return h.digest()
 
 
-def find(inputs: list[str], exts: Iterable[str] | None = None, skip_dirs: Iterable[str] = ()) -> Iterator[Found]:
-    """Resolve inputs (files and folders) to Found items, in order, without duplicates."""
-    extset = _norm_exts(exts)
-    skip = {os.path.realpath(d) for d in skip_dirs if d}
-    roots: list[tuple[str, str]] = []  # (realpath, label)
-    seen_files: set[str] = set()  # explicit files and symlinks only: folders cannot repeat
-    multi = len(inputs) > 1
-    labels: dict[str, int] = {}
-    for raw in inputs:
-        path = os.path.abspath(os.path.expanduser(raw))
-        if not os.path.lexists(path):
-            raise ConfigError(f"{raw}: no such file or folder")
-        real = os.path.realpath(path)
-        if os.path.isdir(path):
-            if any(real == r or real.startswith(r + os.sep) for r, _ in roots):
-                continue  # already covered by an earlier folder
-            name = os.path.basename(real.rstrip(os.sep)) or "root"
-            n = labels.get(name, 0)
-            labels[name] = n + 1
-            label = name if n == 0 else f"{name}_{n + 1}"
-            roots.append((real, label))
-            for entry in _walk(path, skip, extset):
-                rel = os.path.relpath(entry.path, path)
-                if entry.is_symlink():
-                    target = os.path.realpath(entry.path)
-                    if target in seen_files:
-                        continue
-                    seen_files.add(target)
-                yield _found(entry.path, os.path.join(label, rel) if multi else rel)
+# --- resolving inputs --------------------------------------------------------------------------
+
+class _Resolver:
+    def __init__(self, exts: Iterable[str] | None, skip_dirs: Iterable[str | None], exclude: Iterable[str],
+                 dedupe: str | None, stats: DiscoveryStats, multi: bool):
+        self.exts = frozenset(parse_exts(exts))
+        self.skip = {os.path.realpath(d) for d in skip_dirs if d}
+        self.exclude = tuple(p for p in exclude if p)
+        self.dedupe = dedupe
+        self.stats = stats
+        self.multi = multi
+        self.seen = DigestSet()  # identity of every item: (device, inode), or the path / URL
+        self.contents = DigestSet() if dedupe == "content" else None
+        self.roots: list[str] = []  # folders walked so far (real paths)
+        self.labels: dict[str, int] = {}
+
+    # -- filters --
+    def excluded(self, *names: str) -> bool:
+        return any(fnmatchcase(n, p) for p in self.exclude for n in names if n)
+
+    def in_skip(self, real: str) -> bool:
+        return any(real == s or real.startswith(s.rstrip(os.sep) + os.sep) for s in self.skip)
+
+    def ext_ok(self, name: str) -> bool:
+        return os.path.splitext(name)[1].lower().lstrip(".") in self.exts
+
+    def label(self, path: str) -> str:
+        name = os.path.basename(os.path.realpath(path).rstrip(os.sep)) or "root"
+        n = self.labels.get(name, 0)
+        self.labels[name] = n + 1
+        return name if n == 0 else f"{name}_{n + 1}"
+
+    # -- emitting --
+    def emit(self, path: str, rel: str, st: os.stat_result | None = None, walked: bool = False) -> Iterator[Found]:
+        """One candidate file -> at most one Found (duplicates, exclusions and the output folder
+        dropped). `walked`: found in a folder walk, whose folder is known not to be skipped."""
+        if self.excluded(rel, os.path.basename(rel)):
+            self.stats.excluded += 1
+            return
+        if st is None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                st = None  # broken symlink, vanished file: the worker reports it on its own item
+        if not walked or os.path.islink(path):
+            if self.in_skip(os.path.realpath(path)):
+                self.stats.in_output += 1
+                return
+        if st is not None:
+            key = _digest("i", str(st.st_dev), str(st.st_ino))
         else:
-            if real in seen_files or any(real.startswith(r + os.sep) for r, _ in roots):
-                continue
-            seen_files.add(real)
-            yield _found(path, os.path.basename(path))
+            key = _digest("p", os.path.realpath(path))
+        if not self.seen.add(key):
+            self.stats.duplicates += 1
+            return
+        if self.contents is not None and st is not None:
+            d = file_digest(path)
+            if d is not None and not self.contents.add(d):
+                self.stats.dedupe_skipped += 1
+                return
+        if st is None:
+            yield Found(path, rel)
+        else:
+            yield Found(path, rel, st.st_size, st.st_mtime)
+
+    def emit_url(self, url: str) -> Iterator[Found]:
+        rel = url_name(url)
+        if self.excluded(url, rel):
+            self.stats.excluded += 1
+            return
+        if not self.seen.add(_digest("u", url)):
+            self.stats.duplicates += 1
+            return
+        yield Found(url, rel)
+
+    def walk(self, top: str, prefix: str) -> Iterator[Found]:
+        """A folder, recursively: names sorted, files before sub-folders, symlinked folders not
+        followed, the output folder and --exclude'd folders pruned. `prefix` goes before each rel."""
+        real = os.path.realpath(top)
+        if any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots):
+            return  # already covered by an earlier folder
+        if self.in_skip(real):
+            self.stats.in_output += 1
+            return
+        self.roots.append(real)
+        yield from self._walk(top, "", prefix)
+
+    def _walk(self, folder: str, inner: str, prefix: str) -> Iterator[Found]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        dirs = []
+        for entry in entries:  # the files of a folder first, then its sub-folders
+            sub = os.path.join(inner, entry.name) if inner else entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if os.path.realpath(entry.path) in self.skip:
+                    self.stats.in_output += 1
+                elif self.excluded(sub, entry.name, _join(prefix, sub)):
+                    self.stats.excluded += 1
+                else:
+                    dirs.append((entry.path, sub))
+            elif self.ext_ok(entry.name):
+                if self.exclude and self.excluded(sub):
+                    self.stats.excluded += 1
+                    continue
+                st = None
+                try:
+                    st = entry.stat()
+                except OSError:
+                    pass
+                yield from self.emit(entry.path, _join(prefix, sub), st, walked=True)
+        for path, sub in dirs:
+            yield from self._walk(path, sub, prefix)
+
+    # -- inputs --
+    def argument(self, raw: str) -> Iterator[Found]:
+        """A command-line input: URL, folder, file (always taken) or glob pattern."""
+        if is_url(raw):
+            yield from self.emit_url(raw)
+            return
+        path = os.path.abspath(os.path.expanduser(raw))
+        if os.path.lexists(path):
+            if os.path.isdir(path):
+                yield from self.walk(path, self.label(path) if self.multi else "")
+            else:
+                yield from self.emit(path, os.path.basename(path))
+            return
+        if glob.has_magic(raw):
+            yield from self.pattern(raw, os.getcwd(), listed=False)
+            return
+        raise ConfigError(f"{raw}: no such file or folder")
+
+    def pattern(self, pat: str, base: str, listed: bool) -> Iterator[Found]:
+        """A glob pattern (`**` crosses folders), matches sorted. Files keep their path below the
+        pattern's fixed part (or, from a list, below the list's folder)."""
+        full = os.path.join(base, os.path.expanduser(pat))
+        matches = sorted(glob.glob(full, recursive=True))
+        if not matches and not listed:
+            raise ConfigError(f"{pat}: no file matches this pattern")
+        fixed = _fixed_part(full)
+        prefix = self.label(fixed) if self.multi and not listed else ""
+        for m in matches:
+            m = os.path.abspath(m)
+            rel = _list_rel(m, base) if listed else _join(prefix, os.path.relpath(m, fixed))
+            if os.path.isdir(m):
+                yield from self.walk(m, rel)
+            elif self.ext_ok(m):
+                yield from self.emit(m, rel)
+
+    def listed(self, line: str, base: str) -> Iterator[Found]:
+        """One line of a list (--from-file or stdin): a URL, a file, a folder or a pattern.
+        A path that does not exist becomes an item that fails on its own."""
+        if is_url(line):
+            yield from self.emit_url(line)
+            return
+        path = os.path.normpath(os.path.join(base, os.path.expanduser(line)))
+        if not os.path.lexists(path):
+            stripped = line.strip()
+            alt = os.path.normpath(os.path.join(base, os.path.expanduser(stripped)))
+            if stripped != line and os.path.lexists(alt):
+                path, line = alt, stripped
+            elif glob.has_magic(line):
+                yield from self.pattern(line, base, listed=True)
+                return
+        if os.path.isdir(path):
+            yield from self.walk(path, _list_rel(path, base))
+        elif self.ext_ok(path):
+            yield from self.emit(path, _list_rel(path, base))
 
 
-def _found(path: str, rel: str) -> Found:
-    try:
-        st = os.stat(path)
-        return Found(path, rel, st.st_size, st.st_mtime)
-    except OSError:  # broken symlink, vanished file: the worker reports it on its own item
-        return Found(path, rel)
+def _join(prefix: str, rel: str) -> str:
+    return os.path.join(prefix, rel) if prefix else rel
 
 
-def write_items(found: Iterable[Found], fh: IO[bytes]) -> int:
-    """Write items.jsonl; give each item an output stem unique within its folder. Returns the count."""
-    n = 0
-    cur_dir, stems = None, set()
-    for f in found:
+def _fixed_part(pattern: str) -> str:
+    """The folder part of a pattern before its first wildcard: photos/**/*.jpg -> photos."""
+    parts = pattern.split(os.sep)
+    keep = []
+    for p in parts[:-1]:
+        if glob.has_magic(p):
+            break
+        keep.append(p)
+    return os.path.abspath(os.sep.join(keep) or os.sep)
+
+
+def _list_rel(path: str, base: str) -> str:
+    """A listed path mirrors its place below the list's folder; a path outside it mirrors its
+    absolute path (without the leading /)."""
+    rel = os.path.relpath(path, base)
+    if rel == os.curdir or rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+        return path.lstrip(os.sep) or "root"
+    return rel
+
+
+def url_name(url: str) -> str:
+    """The file name an URL item gets: the last segment of its path (or its host), made safe."""
+    parts = urlsplit(url)
+    name = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1])
+    if not name:
+        name = (parts.hostname or "download").replace(".", "_")
+    return safe_component(name) or "download"
+
+
+def iter_list(fh: IO[bytes]) -> Iterator[str]:
+    """Lines of a list: line endings removed, blank lines and # comments skipped. Streams."""
+    for raw in fh:
+        line = os.fsdecode(raw.rstrip(b"\r\n"))
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        yield line
+
+
+def find(inputs: list[str], exts: Iterable[str] | None = None, skip_dirs: Iterable[str | None] = (), *,
+         exclude: Iterable[str] = (), from_file: str | None = None, dedupe: str | None = None,
+         stdin: IO[bytes] | None = None, stats: DiscoveryStats | None = None) -> Iterator[Found]:
+    """Resolve inputs to Found items, in order, without duplicates.
+
+    `inputs` are files, folders, glob patterns, URLs, or "-" (a list on stdin); `from_file` is a
+    list file ("-" = stdin) read after them. List lines that are relative paths are relative to
+    the list's folder (the current folder for stdin)."""
+    if dedupe not in (None, "content"):
+        raise ConfigError(f"--dedupe {dedupe}: expected 'content'")
+    if from_file == "-" and "-" in inputs or inputs.count("-") > 1:
+        raise ConfigError("stdin can be read only once: give - once (as an input or as --from-file -)")
+    sources = len(inputs) + (1 if from_file else 0)
+    res = _Resolver(exts, skip_dirs, exclude or (), dedupe, stats or DiscoveryStats(), multi=sources > 1)
+    for raw in inputs:
+        if raw == "-":
+            yield from _from_list(res, stdin if stdin is not None else sys.stdin.buffer, os.getcwd())
+        else:
+            yield from res.argument(raw)
+    if from_file == "-":
+        yield from _from_list(res, stdin if stdin is not None else sys.stdin.buffer, os.getcwd())
+    elif from_file:
+        path = os.path.abspath(os.path.expanduser(from_file))
+        try:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise ConfigError(f"--from-file {from_file}: {exc.strerror or exc}") from None
+        with fh:
+            yield from _from_list(res, fh, os.path.dirname(path))
+
+
+def _from_list(res: _Resolver, fh: IO[bytes], base: str) -> Iterator[Found]:
+    for line in iter_list(fh):
+        yield from res.listed(line, base)
+
+
+def check_inputs(inputs: list[str], from_file: str | None) -> None:
+    """Fail fast (before a batch is created) on inputs that cannot work."""
+    for raw in inputs:
+        if raw == "-" or is_url(raw):
+            continue
+        path = os.path.abspath(os.path.expanduser(raw))
+        if not os.path.lexists(path) and not glob.has_magic(raw):
+            raise ConfigError(f"{raw}: no such file or folder")
+    if from_file and from_file != "-":
+        path = os.path.abspath(os.path.expanduser(from_file))
+        if not os.path.isfile(path):
+            raise ConfigError(f"--from-file {from_file}: no such file")
+
+
+# --- output names ------------------------------------------------------------------------------
+
+_SAFE_PUNCT = frozenset("._-+=@,")
+
+
+def safe_component(s: str) -> str:
+    """Letters and digits of any script and . _ - + = @ , ; anything else becomes _."""
+    s = unicodedata.normalize("NFC", s)
+    out = "".join(c if c.isalnum() or c in _SAFE_PUNCT else "_" for c in s)
+    return _clip(out) if out not in (".", "..") else ""
+
+
+def _mirror_component(s: str) -> str:
+    """Default naming keeps a name as it is, except control characters (newlines...)."""
+    out = "".join("_" if (ord(c) < 32 or ord(c) == 127) else c for c in s)
+    return _clip(out) if out not in (".", "..") else ""
+
+
+def _clip(s: str, limit: int = MAX_NAME_BYTES) -> str:
+    b = s.encode("utf-8", "surrogateescape")
+    if len(b) <= limit:
+        return s
+    return b[:limit].decode("utf-8", "ignore")
+
+
+def _clean_path(path: str, component) -> str:
+    return "/".join(c for c in (component(p) for p in path.replace("\\", "/").split("/")) if c)
+
+
+class Namer:
+    """Output stems: the input's relative path without its extension (the default), or
+    `--name-template`. The worker adds the extension of the output format."""
+
+    def __init__(self, template: str | None = None, batch_name: str = "", preset: str = "none"):
+        self.template = compile_template(template) if template else None
+        self.path_template = bool(self.template) and ("/" in self.template or "{rel" in self.template)
+        self.batch_name = safe_component(batch_name) or "batch"
+        self.preset = safe_component(preset) or "none"
+
+    def candidate(self, i: int, f: Found) -> tuple[str, str]:
+        """(stem, extension of the input) before collisions are resolved."""
         folder, name = os.path.split(f.rel)
-        if folder != cur_dir:
-            cur_dir, stems = folder, set()
         stem, ext = os.path.splitext(name)
+        if stem == "" or (stem.startswith(".") and not ext):  # ".jpg", ".hidden"
+            stem, ext = name, ""
+        if self.template is None:
+            out = _clean_path(os.path.join(folder, stem), _mirror_component)
+            return out or f"item{i}", ext
+        values = {"stem": safe_component(stem), "name": self.batch_name, "i": i,
+                  "parent": safe_component(_parent(f.src)), "preset": self.preset,
+                  "rel": _clean_path(folder, safe_component)}
+        text = self.template.format_map(values)
+        out = _clean_path(text, safe_component)
+        if not self.path_template:
+            out = _clean_path(os.path.join(folder, out), safe_component)
+        return out or f"item{i}", ext
+
+
+def _parent(src: str) -> str:
+    if is_url(src):
+        parts = urlsplit(src)
+        segs = [s for s in parts.path.split("/") if s]
+        return unquote(segs[-2]) if len(segs) > 1 else (parts.hostname or "")
+    return os.path.basename(os.path.dirname(src))
+
+
+def compile_template(template: str) -> str:
+    """Validate a --name-template; returns it without its trailing ".{ext}".
+    Raises ConfigError naming the problem."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"--name-template {template!r}: {exc}") from None
+    known = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+    fields = [(lit, fld, spec, conv) for lit, fld, spec, conv in parsed if fld is not None]
+    for n, (lit, fld, spec, conv) in enumerate(fields):
+        if fld not in TEMPLATE_FIELDS:
+            raise ConfigError(f"--name-template {template!r}: unknown field {{{fld}}} (known: {known})")
+        if conv:
+            raise ConfigError(f"--name-template {template!r}: conversions such as !{conv} are not supported")
+        if fld == "ext" and (n != len(fields) - 1 or parsed[-1][1] != "ext"):
+            raise ConfigError(f"--name-template {template!r}: {{ext}} can only come last, as '.{{ext}}' "
+                              "(the worker adds the extension once the output format is known)")
+    body = template
+    if fields and fields[-1][1] == "ext":
+        lit, _, spec, _ = parsed[-1]
+        if spec or not lit.endswith("."):
+            raise ConfigError(f"--name-template {template!r}: write the extension as '.{{ext}}' at the end")
+        body = template[: template.rindex("{")]
+        body = body[:-1]  # the dot before {ext}
+    try:
+        body.format_map({"stem": "a", "name": "b", "i": 1, "parent": "p", "preset": "none", "rel": "r"})
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--name-template {template!r}: {exc}") from None
+    if not body.strip():
+        raise ConfigError(f"--name-template {template!r}: the name before the extension is empty")
+    return body
+
+
+def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = None) -> int:
+    """Write items.jsonl; give each item an output stem unique in the whole batch (compared
+    case-insensitively). Returns the count."""
+    namer = namer or Namer()
+    taken = DigestSet()
+    n = 0
+    for f in found:
+        stem, ext = namer.candidate(n, f)
         out = stem
-        if out.lower() in stems:  # a.jpg and a.png in one folder: the second becomes a_png
-            out = f"{stem}_{ext.lstrip('.').lower()}"
-            k = 2
-            while out.lower() in stems:
-                out = f"{stem}_{ext.lstrip('.').lower()}{k}"
-                k += 1
-        stems.add(out.lower())
-        rec = {"i": n, "src": f.src, "rel": f.rel, "stem": os.path.join(folder, out),
-               "size": f.size, "mtime": f.mtime}
-        fh.write(orjson.dumps(rec) + b"\n")
+        if not taken.add(_digest(out.casefold())):
+            # a.jpg and a.png in one folder (default naming): the second becomes a_png; then _2, _3...
+            base = f"{stem}_{ext.lstrip('.').lower()}" if namer.template is None and ext else stem
+            out, k = base, 2
+            if base == stem:
+                out, k = f"{base}_2", 3
+            while not taken.add(_digest(out.casefold())):
+                out, k = f"{base}_{k}", k + 1
+        rec = {"i": n, "src": f.src, "rel": f.rel, "stem": out, "size": f.size, "mtime": f.mtime}
+        fh.write(_dumps(rec) + b"\n")
         n += 1
     return n
+
+
+def _dumps(rec: dict) -> bytes:
+    try:
+        return orjson.dumps(rec)
+    except TypeError:  # a file name that is not valid UTF-8: keep what can be shown
+        for k in ("src", "rel", "stem"):
+            rec[k] = rec[k].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return orjson.dumps(rec)
 
 
 def iter_items(path: str, start: int = 0) -> Iterator[dict]:
@@ -124,3 +546,25 @@ def iter_items(path: str, start: int = 0) -> Iterator[dict]:
             rec = orjson.loads(line)
             if rec["i"] >= start:
                 yield rec
+
+
+def preset_name(spec: list[dict]) -> str:
+    """{preset} in a name template: the look of the pipeline's first `preset` op, else "none"."""
+    for step in spec:
+        if step.get("name") != "preset":
+            continue
+        for key in ("look", "preset", "file", "path"):
+            v = step.get(key)
+            if isinstance(v, str) and v:
+                return _look_name(v)
+        for k, v in step.items():
+            if k != "name" and isinstance(v, str) and v:
+                return _look_name(v)
+        return "preset"
+    return "none"
+
+
+def _look_name(v: str) -> str:
+    if "/" in v or v.endswith(".toml"):
+        return os.path.splitext(os.path.basename(v))[0]
+    return v
