@@ -375,7 +375,7 @@ class Model(Op):
         if p["overlap"] * 2 >= max(1, p["tile"]) and p["tile"]:
             raise ConfigError(f"model: overlap={p['overlap']} must be under half of tile={p['tile']}")
         if task in ("classify", "embed"):
-            self.writes_image = False
+            self.writes_image = bool(p["route"])  # routing files the (unchanged) image by label
         elif task == "detect":
             self.writes_image = p["mark"] != "none"
         if p["route"] and task != "classify":
