@@ -43,15 +43,6 @@ class Executor(Protocol):
     def poll(self, timeout: float) -> list[Event]: ...
     def busy(self) -> bool: ...
     def stop(self) -> None: ...
-    def stop(self) -> None:
-        """Drop queued work: each worker finishes its current item, then reports `stopped`."""
-        for p in self._procs:
-            if p.queue:
-                try:
-                    p.conn.send("stop")
-                except OSError:
-                    pass
-
     def shutdown(self, abandon: bool = False) -> list[dict[str, Any]]: ...
 
 
@@ -137,9 +128,7 @@ class ProcessPool:
                 self._drain(p, events)
                 p.proc.join(5)
                 code = p.proc.exitcode
-                how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                cls = "oom" if code == -9 and self.cfg.memory_limit else "crash"
-                self._replace(p, events, cls, f"worker died ({how}) while processing this item")
+                self._replace(p, events, "crash", f"worker died ({_how(code)}) while processing this item")
         return events
 
     def _drain(self, p: _Proc, events: list[Event]) -> bool:
@@ -219,6 +208,18 @@ class ProcessPool:
                 pass
         self._procs = []
         return left
+
+
+def _how(code: int | None) -> str:
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    try:
+        import signal
+
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return name + (", killed: out of memory?" if code == -9 else "")
 
 
 def usable_cpus() -> int:

@@ -27,8 +27,11 @@ from batchcli.errors import (
     EXIT_CANCELLED, EXIT_FAILED_ITEMS, EXIT_OK, EXIT_PAUSED, EXIT_SIGINT, EXIT_SIGTERM,
     BatchLocked, InvalidTransition, ItemError,
 )
-from batchcli.journal import COMPLETED, FAILED, PENDING, JournalWriter, Replay, failure_key, replay
+from batchcli.journal import (
+    COMPLETED, FAILED, PENDING, JournalWriter, Replay, failure_key, iter_records, replay,
+)
 from batchcli.store import BatchPaths
+from batchcli.worker import WorkerConfig
 
 log = logging.getLogger("batchcli.runner")
 
@@ -36,6 +39,8 @@ PROGRESS_EVERY = 0.5
 """Seconds between progress events."""
 CONTROL_EVERY = 0.1
 """Seconds between looks at the control file (pause / cancel requests from other shells)."""
+SPACE_EVERY = 1.0
+"""Seconds between free-space checks of the output folder (--min-free-space)."""
 MAX_CHUNK = 16
 """Largest number of items sent to a worker in one message."""
 
@@ -144,7 +149,12 @@ class Runner:
         self._emb = None
 
     # --- public --------------------------------------------------------------------------
-    def run(self, resume: bool = False, requeue: list[int] | None = None, requeue_failed: bool = False) -> RunResult:
+    def run(self, resume: bool = False, requeue: list[int] | None = None, requeue_failed: bool = False,
+            repair: bool = False, force: bool = False, expect: tuple[str, ...] | None = None) -> RunResult:
+        """Run the batch's pending items. `resume` also reprocesses inputs changed since they were
+        recorded; `repair` redoes items whose output is missing or changed; `force` runs even when
+        the pipeline or options fingerprint changed; `expect` refuses unless the batch is in one
+        of these states (a detached start that a pause overtook)."""
         lock = FileLock(self.paths.lock)
         try:
             lock.acquire(timeout=0)
@@ -153,7 +163,8 @@ class Runner:
             raise BatchLocked(f"batch {self.paths.id} is being run by pid {info.get('pid', '?')}; "
                               f"use 'batchcli pause {self.paths.id}' or wait") from None
         try:
-            return self._run_locked(resume, requeue or [], requeue_failed)
+            self._locked_at = time.time()
+            return self._run_locked(resume, list(requeue or []), requeue_failed, repair, force, expect)
         finally:
             for p in (self.paths.runner, self.paths.control):
                 try:
@@ -163,24 +174,37 @@ class Runner:
             lock.release()
 
     # --- internals -------------------------------------------------------------------------
-    def _run_locked(self, resume: bool, requeue: list[int], requeue_failed: bool) -> RunResult:
+    def _run_locked(self, resume: bool, requeue: list[int], requeue_failed: bool, repair: bool,
+                    force: bool, expect: tuple[str, ...] | None) -> RunResult:
         st = replay(self.paths.journal, self.total)
-        if st.state in ("completed", "cancelled") and not (requeue or requeue_failed):
-            raise InvalidTransition(f"batch {self.paths.id} is {st.state}; nothing to resume")
-        try:
-            os.unlink(self.paths.control)  # a stale request must not stop the new run at once
-        except FileNotFoundError:
-            pass
+        if expect is not None and st.state not in expect:
+            raise InvalidTransition(f"batch {self.paths.id} is {st.state}, not {' or '.join(expect)}; not started")
+        if st.state == "cancelled":
+            raise InvalidTransition(f"batch {self.paths.id} is cancelled; nothing to resume")
+        check_fingerprint(self.paths, self.manifest, st, force)
+        if resume:
+            requeue += changed_inputs(self.paths, st)
+        if repair:
+            requeue += bad_outputs(self.paths, st)
+        requeue = sorted(set(requeue))
+        if st.state == "completed" and not (requeue or requeue_failed):
+            raise InvalidTransition(f"batch {self.paths.id} is completed; nothing to resume "
+                                    f"(--retry-failed reruns failed items, --repair missing outputs)")
+        self._drop_stale_control()
+        crashed = st.state == "running"  # we hold the lock, so the runner the journal names is gone
+        if crashed and self.out_dir:
+            sweep_dead_tmp(self.out_dir)
         self.journal = JournalWriter(self.paths.journal, st.last_seq, durable=self.opt.durable)
         try:
-            return self._loop(st, resume, requeue, requeue_failed)
+            if crashed:
+                self.journal.append("batch_interrupted", reason=f"runner pid {st.runner_pid} died", pid=st.runner_pid)
+            return self._loop(st, resume, requeue, requeue_failed, force)
         finally:
             self.journal.close()
 
-    def _loop(self, st: Replay, resume: bool, requeue: list[int], requeue_failed: bool) -> RunResult:
+    def _loop(self, st: Replay, resume: bool, requeue: list[int], requeue_failed: bool, force: bool) -> RunResult:
         from batchcli.pipeline import Pipeline
         from batchcli.pool import make_executor
-        from batchcli.worker import WorkerConfig
 
         j = self.journal
         if requeue or requeue_failed:
@@ -198,7 +222,8 @@ class Runner:
                 st.counts[FAILED] = 0
         me = os.getpid()
         j.append("batch_resumed" if resume or st.state != "pending" else "batch_started",
-                 pid=me, host=socket.gethostname(), workers=self.opt.workers, executor=self.opt.executor)
+                 pid=me, host=socket.gethostname(), workers=self.opt.workers, executor=self.opt.executor,
+                 **({"forced": True} if force else {}))
         j.sync()
         atomic_write(self.paths.runner, json.dumps({
             "pid": me, "host": socket.gethostname(), "started": process_start_time(me),
@@ -226,12 +251,12 @@ class Runner:
         stopping: str | None = None  # "pause", "cancel", "halt", "disk_full"
         stop_reason: str | None = None
         abandon = False
-        processed = 0
-        last_progress = last_control = 0.0
+        processed = failed_now = 0
+        last_progress = last_control = last_space = 0.0
         max_fail = _parse_max_failures(self.opt.max_failures)
 
         def finish_item(res: dict[str, Any]) -> None:
-            nonlocal processed
+            nonlocal processed, failed_now
             i = res["i"]
             old = st.items[i]
             if res.get("ok"):
@@ -245,6 +270,7 @@ class Runner:
                 j.append("item_failed", i=i, error_class=res.get("error_class"), error=res.get("error"),
                          ms=res.get("ms"), attempts=attempts.get(i, 0) + 1)
                 new = FAILED
+                failed_now += 1
                 failures[failure_key(res.get("error_class"), res.get("error"))] += 1
                 self.emit({"type": "item_failed", "i": i, "error_class": res.get("error_class"),
                            "error": res.get("error")})
@@ -290,6 +316,12 @@ class Runner:
                                 abandon = True
                                 break
                             pool.stop()
+                    if stopping is None and self.opt.min_free_space and self.out_dir and now - last_space >= SPACE_EVERY:
+                        last_space = now
+                        low = _low_space(self.out_dir, self.opt.min_free_space)
+                        if low:
+                            stopping, stop_reason = "disk_full", low
+                            pool.stop()
                     # feed
                     while stopping is None and pool.capacity() > 0:
                         batch_items: list[dict[str, Any]] = []
@@ -333,9 +365,9 @@ class Runner:
                             abandon = True
                     if abandon:
                         break
-                    if max_fail is not None and stopping is None and _over(max_fail, counts[FAILED], processed, self.total):
+                    if max_fail is not None and stopping is None and _over(max_fail, failed_now, processed, self.total):
                         stopping = "halt"
-                        stop_reason = f"halted: {counts[FAILED]} failed items (--max-failures {self.opt.max_failures})"
+                        stop_reason = f"halted: {failed_now} items failed in this run (--max-failures {self.opt.max_failures})"
                         pool.stop()
                     j.maybe_sync()
                     if now - last_progress >= PROGRESS_EVERY:
@@ -387,7 +419,8 @@ class Runner:
         items = st.items
         for rec in iter_items(self.paths.items):
             if items[rec["i"]] == PENDING:
-                yield {"i": rec["i"], "src": rec["src"], "stem": rec["stem"]}
+                yield {"i": rec["i"], "src": rec["src"], "stem": rec["stem"],
+                       "size": rec.get("size"), "mtime": rec.get("mtime")}
 
     def _embeddings(self):
         if self._emb is None:
@@ -395,6 +428,14 @@ class Runner:
 
             self._emb = EmbeddingStore(self.paths.dir)
         return self._emb
+
+    def _drop_stale_control(self) -> None:
+        """A request written before this runner took the lock was meant for a runner now gone."""
+        try:
+            if os.stat(self.paths.control).st_mtime < self._locked_at - 1.0:
+                os.unlink(self.paths.control)
+        except FileNotFoundError:
+            pass
 
     def _control(self) -> str | None:
         try:
@@ -434,3 +475,119 @@ def request(paths: BatchPaths, what: str) -> None:
     atomic_write(paths.control, what.encode() + b"\n", durable=False)
 
 
+
+
+def _low_space(folder: str, need: int) -> str | None:
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= need:
+        return None
+    return f"disk full: {free >> 20} MiB free in {folder}, below --min-free-space {need >> 20} MiB"
+
+
+def current_fingerprint(manifest: dict[str, Any]) -> str:
+    """What this code computes now from the manifest's pipeline and options."""
+    from batchcli.pipeline import Pipeline
+
+    return Pipeline.from_spec(manifest["pipeline"]).fingerprint(manifest.get("options") or {})
+
+
+def check_fingerprint(paths: BatchPaths, manifest: dict[str, Any], st: Replay, force: bool) -> None:
+    """Refuse (unless forced) when the recorded fingerprint is not what the code would run now."""
+    recorded = {manifest.get("fingerprint"), (st.header or {}).get("fingerprint", manifest.get("fingerprint"))}
+    now = current_fingerprint(manifest)
+    if recorded != {now} and not force:
+        raise InvalidTransition(
+            f"batch {paths.id}: the pipeline or options changed since the batch was created "
+            f"(fingerprint {'/'.join(sorted(str(r) for r in recorded))}, now {now}); "
+            f"outputs would mix two versions. Use --force to resume anyway")
+
+
+def changed_inputs(paths: BatchPaths, st: Replay) -> list[int]:
+    """Finished items whose local input's size or mtime differs from what was last recorded."""
+    seen: dict[int, list] = {}  # only items reprocessed after a change carry src_stat: few
+    for rec in iter_records(paths.journal):
+        if rec.get("type") == "item_completed" and "src_stat" in rec:
+            seen[rec["i"]] = rec["src_stat"]
+    out = []
+    for rec in iter_items(paths.items):
+        i = rec["i"]
+        if st.items[i] not in (COMPLETED, FAILED) or "size" not in rec or "://" in rec["src"]:
+            continue
+        try:
+            now = os.stat(rec["src"])
+        except OSError:
+            continue  # gone: keep its result rather than fail it
+        if [now.st_size, now.st_mtime] != seen.get(i, [rec["size"], rec.get("mtime")]):
+            out.append(i)
+    if out:
+        log.info("%d inputs changed since they were processed; reprocessing them", len(out))
+    return out
+
+
+def bad_outputs(paths: BatchPaths, st: Replay) -> list[int]:
+    """Completed items whose output file is missing or no longer matches its recorded sha256."""
+    try:
+        from batchcli.verify import find_bad
+    except ImportError:
+        return _find_bad_inline(paths, st)
+    return [i for i in find_bad(paths) if st.items[i] == COMPLETED]
+
+
+def _find_bad_inline(paths: BatchPaths, st: Replay) -> list[int]:
+    import hashlib
+
+    out_dir = paths.load_manifest().get("out_dir")
+    if not out_dir:
+        return []
+    last: dict[int, tuple[str, str | None]] = {}
+    for rec in iter_records(paths.journal):
+        if rec.get("type") == "item_completed" and rec.get("out"):
+            last[rec["i"]] = (rec["out"], rec.get("sha256"))
+    bad = []
+    for i, (rel, digest) in sorted(last.items()):
+        if st.items[i] != COMPLETED:
+            continue
+        h = hashlib.sha256()
+        try:
+            with open(os.path.join(out_dir, rel), "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        except OSError:
+            bad.append(i)
+            continue
+        if digest and h.hexdigest() != digest:
+            bad.append(i)
+    return bad
+
+
+def sweep_dead_tmp(root: str) -> list[str]:
+    """Remove temp files under `root` left by writers that are no longer alive (the pid is in
+    the name), so a live runner of another batch sharing the folder keeps its own."""
+    import contextlib
+    import pathlib
+
+    from batchcli.atomic import TMP_MARK
+
+    removed: list[str] = []
+    for p in pathlib.Path(root).rglob(f".*{TMP_MARK}*"):
+        pid = p.name.split(TMP_MARK, 1)[1].split("-", 1)[0]
+        if p.is_file() and not (pid.isdigit() and _pid_alive(int(pid))):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(str(p))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

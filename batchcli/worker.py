@@ -11,6 +11,11 @@ from typing import Any
 
 from batchcli.errors import ItemError
 
+if os.environ.get("BATCHCLI_TEST_OPS"):  # test-only ops (tests/crashops.py); never set in production
+    import importlib
+
+    importlib.import_module(os.environ["BATCHCLI_TEST_OPS"])
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -71,6 +76,7 @@ class Worker:
             from batchcli.fetch import fetch_url  # inputs: URLs are fetched by the worker
 
             data = fetch_url(src, self.limits)
+        changed = _changed_stat(item)
         frame = imageio.load(src, self.limits, self.pipeline.shrink_for, data=data)
         frame = self.pipeline.run(frame)
         res: dict[str, Any] = {}
@@ -84,7 +90,21 @@ class Worker:
                 res["routed"] = _route(self.cfg.out_dir, frame.route, path)
         if frame.meta:
             res["meta"] = frame.meta
+        if changed is not None:  # the input is not what items.jsonl recorded: journal what we read
+            res["src_stat"] = changed
         return res
+
+
+def _changed_stat(item: dict[str, Any]) -> list | None:
+    """[size, mtime] of a local input when they differ from the ones recorded for the item."""
+    if "size" not in item or item["src"].startswith(("http://", "https://")):
+        return None
+    try:
+        st = os.stat(item["src"])
+    except OSError:
+        return None  # the decoder reports it
+    now = [st.st_size, st.st_mtime]
+    return None if now == [item["size"], item.get("mtime")] else now
 
 
 def _route(out_dir: str, label: str, path: str) -> str:

@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         failed: Annotated[bool, typer.Option("--failed", help="With --items: only failed items.")] = False,
         limit: LimitOpt = None,
         offset: OffsetOpt = 0,
+        follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow a live batch until it ends (NDJSON with --json).")] = False,
         json_out: JsonOpt = False,
         home: HomeOpt = None,
     ) -> None:
@@ -32,6 +33,8 @@ def register(app: typer.Typer) -> None:
         from batchcli.store import Store
 
         paths = Store(home).resolve(batch)
+        if follow:
+            _follow(paths, json_out)
         if items or failed:
             data = api.item_rows(paths, failed_only=failed, limit=limit, offset=offset)
             if json_out:
@@ -72,3 +75,27 @@ def register(app: typer.Typer) -> None:
         console.table(["batch", "name", "status", "done", "failed", "total", "created"],
                       [[b["batch_id"], b["name"] or "", b["status"], str(b["completed"]), str(b["failed"]),
                         str(b["total"]), b["created_at"] or ""] for b in data["batches"]])
+
+
+FOLLOW_EXIT = {"completed": 0, "failed": 1, "paused": 3, "cancelled": 4, "interrupted": 1}
+
+
+def _follow(paths, json_out: bool) -> None:
+    """Print events until the batch ends; exit with the code its runner would have (0, 1, 3, 4)."""
+    from batchcli import console
+    from batchcli.lifecycle import follow
+
+    last = None
+    for ev in follow(paths):
+        last = ev
+        if json_out:
+            console.emit_json(ev)
+        elif ev["type"] == "item_failed":
+            console.info(f"failed #{ev['i']}: {ev['error_class']}: {ev['error']}")
+        elif ev["type"] == "progress":
+            console.info(f"{ev['status']} {ev['completed'] + ev['failed']}/{ev['total']} "
+                         f"({ev['progress_percent']:.1f}%) completed={ev['completed']} failed={ev['failed']}")
+        else:
+            reason = f" ({ev['reason']})" if ev.get("reason") else ""
+            console.info(f"batch {ev['batch_id']}: {ev['status']}{reason}")
+    raise typer.Exit(FOLLOW_EXIT.get(last["status"], 0) if last else 0)

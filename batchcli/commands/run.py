@@ -52,14 +52,15 @@ def run_options(workers: int | None, retries: int, item_timeout: float, max_fail
 
 
 def default_worker_memory(workers: int) -> int:
-    """Available RAM shared among the workers, but never under 1 GiB each (an address-space cap)."""
+    """80% of the available RAM shared among the workers, never under 1 GiB each (an address-space
+    cap: a decompression bomb fails its item with class oom instead of swapping the machine)."""
     try:
         import psutil
 
         avail = psutil.virtual_memory().available
     except Exception:
         return 0
-    return max(1 << 30, avail // max(1, workers))
+    return max(1 << 30, int(avail * 0.8) // max(1, workers))
 
 
 def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> None:
@@ -73,6 +74,16 @@ def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> Non
     if not json_out:
         console.summary(result)
     raise typer.Exit(result.exit_code)
+
+
+def _detached(paths, pid: int, json_out: bool) -> None:
+    """The batch id on stdout (scripts capture it); with --json, one `started` event."""
+    if json_out:
+        from batchcli.console import emit_json
+
+        emit_json({"type": "started", "batch_id": paths.id, "detached": True, "pid": pid, "log": paths.log})
+    else:
+        typer.echo(paths.id)
 
 
 def register(app: typer.Typer) -> None:
@@ -137,8 +148,7 @@ def register(app: typer.Typer) -> None:
         if detach:
             from batchcli.detach import spawn_detached
 
-            spawn_detached(paths, opts, home)
-            typer.echo(paths.id)
+            _detached(paths, spawn_detached(paths, opts, home), json_out)
             return
         execute(paths, opts, json_out, quiet, resume=False)
 
@@ -175,7 +185,7 @@ def register(app: typer.Typer) -> None:
         if detach:
             from batchcli.detach import spawn_detached
 
-            spawn_detached(paths, opts, home, resume=True, retry_failed=retry_failed, repair=repair, force=force)
-            typer.echo(paths.id)
+            pid = spawn_detached(paths, opts, home, resume=True, retry_failed=retry_failed, repair=repair, force=force)
+            _detached(paths, pid, json_out)
             return
-        execute(paths, opts, json_out, quiet, resume=True, requeue_failed=retry_failed)
+        execute(paths, opts, json_out, quiet, resume=True, requeue_failed=retry_failed, repair=repair, force=force)
