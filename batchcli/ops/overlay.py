@@ -1,0 +1,135 @@
+"""Overlay: watermark with text or a logo image.
+
+The mark is sized relative to the image (`scale` = its width as a percent of the image width,
+`margin` = a percent of the image width), so the same pipeline marks a thumbnail and a 24 MP
+original alike. A logo's own alpha is respected; the image's alpha passes through.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+from batchcli.errors import ConfigError
+from batchcli.imageio import max_value, merge_alpha, split_alpha, upright
+from batchcli.ops.base import Frame, Op, Param, register
+
+POSITIONS = ("br", "bl", "tr", "tl", "center", "top", "bottom", "left", "right")
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _render_text(text: str, width: int, color: tuple[int, int, int]) -> np.ndarray:
+    """White-on-transparent text about `width` px wide, as a BGRA uint8 image in `color`."""
+    (tw, th), base = cv2.getTextSize(text, _FONT, 1.0, 2)
+    scale = max(0.1, width / max(tw, 1))
+    thick = max(1, round(2 * scale))
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, thick)
+    pad = thick + 1
+    mask = np.zeros((th + base + 2 * pad, tw + 2 * pad), np.uint8)
+    cv2.putText(mask, text, (pad, pad + th), _FONT, scale, 255, thick, cv2.LINE_AA)
+    bgr = np.empty((*mask.shape, 3), np.uint8)
+    bgr[:] = color
+    return cv2.merge([*cv2.split(bgr), mask])
+
+
+def _as_bgra8(logo: np.ndarray) -> np.ndarray:
+    if logo.dtype == np.uint16:
+        logo = (logo // 257).astype(np.uint8)
+    if logo.ndim == 2:
+        return cv2.cvtColor(logo, cv2.COLOR_GRAY2BGRA)
+    if logo.shape[2] == 3:
+        return cv2.cvtColor(logo, cv2.COLOR_BGR2BGRA)
+    return logo
+
+
+def _origin(pos: str, outer: tuple[int, int], inner: tuple[int, int], margin: int) -> tuple[int, int]:
+    (w, h), (mw, mh) = outer, inner
+    x = {"l": margin, "r": w - mw - margin}.get(_side(pos, "lr"), (w - mw) // 2)
+    y = {"t": margin, "b": h - mh - margin}.get(_side(pos, "tb"), (h - mh) // 2)
+    return x, y
+
+
+def _side(pos: str, letters: str) -> str:
+    words = {"top": "t", "bottom": "b", "left": "l", "right": "r", "center": ""}
+    code = words.get(pos, pos)
+    return next((c for c in code if c in letters), "")
+
+
+def composite(img: np.ndarray, mark: np.ndarray, x: int, y: int, opacity: float) -> np.ndarray:
+    """Alpha-blend a BGRA uint8 mark onto gray/BGR uint8/uint16 pixels at (x, y), clipped to the
+    image; `opacity` (0..1) scales the mark's own alpha."""
+    h, w = img.shape[:2]
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + mark.shape[1], w), min(y + mark.shape[0], h)
+    if x0 >= x1 or y0 >= y1:
+        return img
+    part = mark[y0 - y:y1 - y, x0 - x:x1 - x]
+    alpha = part[:, :, 3:4].astype(np.float32) * (opacity / 255)  # opacity in 0..1
+    color = part[:, :, :3].astype(np.float32) * (max_value(img) / 255)
+    if img.ndim == 2:
+        color = cv2.cvtColor(color, cv2.COLOR_BGR2GRAY)[:, :, None]
+    out = img.copy()
+    region = out[y0:y1, x0:x1].astype(np.float32)
+    if img.ndim == 2:
+        region = region[:, :, None]
+    mixed = region * (1 - alpha) + color * alpha
+    mixed = np.clip(mixed + 0.5, 0, max_value(img)).astype(img.dtype)
+    out[y0:y1, x0:x1] = mixed[:, :, 0] if img.ndim == 2 else mixed
+    return out
+
+
+@register
+class Watermark(Op):
+    name = "watermark"
+    summary = "Stamp text or a logo image (alpha respected) in a corner, at an opacity, scaled to the image."
+    params = (
+        Param("text", "str", "", positional=True, help="text to stamp (quote it in a pipeline: watermark '(c) Ann')"),
+        Param("image", "str", "", help="logo image file instead of text (PNG with alpha works best)"),
+        Param("position", "choice", "br", choices=POSITIONS, help="br, bl, tr, tl, center, top, bottom, left, right"),
+        Param("margin", "float", 2.0, min=0, max=40, help="distance from the edges, percent of the image width"),
+        Param("opacity", "float", 50.0, min=0, max=100, help="percent"),
+        Param("scale", "float", 20.0, min=1, max=100, help="width of the mark, percent of the image width"),
+        Param("color", "color", (255, 255, 255), help="text colour"),
+    )
+
+    def check(self) -> None:
+        if bool(self.p["text"]) == bool(self.p["image"]):
+            raise ConfigError("watermark: give either text (watermark 'Ann Lee') or image=logo.png")
+        if self.p["text"] and not self.p["text"].isascii():
+            raise ConfigError("watermark: text must be ASCII (the built-in Hershey font has no other glyphs)")
+        self._logo: np.ndarray | None = None
+        if self.p["image"]:
+            self.p["image"] = os.path.abspath(os.path.expanduser(self.p["image"]))
+            try:
+                with open(self.p["image"], "rb") as fh:
+                    data = fh.read()
+            except OSError as exc:
+                raise ConfigError(f"watermark: cannot read {self.p['image']}: {exc.strerror}") from None
+            logo = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            if logo is None or logo.dtype not in (np.uint8, np.uint16):
+                raise ConfigError(f"watermark: {self.p['image']} is not an image OpenCV can read")
+            self._logo = _as_bgra8(logo)
+
+    def _mark(self, width: int) -> np.ndarray:
+        if self._logo is None:
+            return _render_text(self.p["text"], width, self.p["color"])
+        lh, lw = self._logo.shape[:2]
+        size = (max(1, width), max(1, round(lh * width / lw)))
+        interp = cv2.INTER_AREA if size[0] < lw else cv2.INTER_CUBIC
+        return cv2.resize(self._logo, size, interpolation=interp)
+
+    def apply(self, frame: Frame) -> Frame:
+        upright(frame)
+        pixels, alpha = split_alpha(frame.img)
+        h, w = pixels.shape[:2]
+        margin = round(w * self.p["margin"] / 100)
+        mark = self._mark(max(1, round(w * self.p["scale"] / 100)))
+        if mark.shape[0] > h - 2 * margin:  # a very wide image: fit the mark's height too
+            s = max(1, h - 2 * margin) / mark.shape[0]
+            mark = cv2.resize(mark, (max(1, round(mark.shape[1] * s)), max(1, round(mark.shape[0] * s))),
+                              interpolation=cv2.INTER_AREA)
+        x, y = _origin(self.p["position"], (w, h), (mark.shape[1], mark.shape[0]), margin)
+        out = composite(np.ascontiguousarray(pixels), mark, x, y, self.p["opacity"] / 100)
+        frame.img = merge_alpha(out, alpha)
+        return frame
