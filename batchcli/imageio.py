@@ -181,11 +181,24 @@ def _fallback_size(data: bytes, fmt: str | None) -> tuple[int, int] | None:
     return None
 
 
-def _camera(im) -> dict:
+def _exif(im):
+    """The EXIF block without decoding pixels (Pillow's PNG getexif() would decode the whole
+    image to look for an eXIf chunk after the pixel data: a bomb's worth of work)."""
+    from PIL import Image
+
+    if im.format == "PNG":
+        exif = Image.Exif()
+        raw = im.info.get("exif")
+        if raw:
+            exif.load(raw)
+        return exif
+    return im.getexif()
+
+
+def _camera(exif) -> dict:
     """EXIF make, model and capture time (ISO 8601, no zone) where present."""
     out: dict = {}
     try:
-        exif = im.getexif()
         sub = exif.get_ifd(_EXIF_IFD)
     except Exception:  # a broken EXIF block must not fail the image
         return out
@@ -216,9 +229,11 @@ def sniff(data: bytes) -> Header | None:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 fmt = _PIL_FORMATS.get(im.format or "", (im.format or "").lower())
-                orientation = 1
+                orientation, camera = 1, {}
                 try:
-                    orientation = int(im.getexif().get(0x0112, 1) or 1)
+                    exif = _exif(im)
+                    orientation = int(exif.get(0x0112, 1) or 1)
+                    camera = _camera(exif)
                 except Exception:  # a broken EXIF block must not fail the image
                     orientation = 1
                 if orientation not in range(1, 9):
@@ -232,7 +247,7 @@ def sniff(data: bytes) -> Header | None:
                         "bits": _first(tag.get(258, 8)),
                         "sample_format": _first(tag.get(339, 1)),
                     }
-                return Header(im.width, im.height, fmt, orientation, frames, im.mode, tags, _camera(im))
+                return Header(im.width, im.height, fmt, orientation, frames, im.mode, tags, camera)
         except Exception:
             pass
     fmt = magic_format(data)
