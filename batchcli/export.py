@@ -340,7 +340,9 @@ _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01
 _DOS_TIME = 0
 _ATTR_FILE = (0o100644 << 16)
 _MADE_BY = (3 << 8) | 45  # Unix, spec 4.5
-_U32 = 0xFFFFFFFF
+_U32 = 0xFFFFFFFF  # the "see the ZIP64 record" marker
+ZIP64_LIMIT = 0xFFFFFFFF
+"""Sizes and offsets from here on go into ZIP64 records (a test lowers it to exercise them)."""
 STORED, DEFLATED = 0, 8
 
 
@@ -370,7 +372,8 @@ class ZipStream:
         start = fh.tell()
         bname = name.encode("utf-8")
         flags = 0x800 if not name.isascii() else 0
-        need64 = size >= _U32 - (1 << 20)
+        limit = ZIP64_LIMIT
+        need64 = size >= limit - (limit >> 12)  # leaves room for deflate's worst case
         extra = struct.pack("<HHQQ", 1, 16, 0, 0) if need64 else b""
         version = 45 if need64 else 20
         header = struct.pack("<IHHHHHIIIHH", 0x04034B50, version, flags, method, _DOS_TIME, _DOS_DATE,
@@ -390,7 +393,7 @@ class ZipStream:
             raise
         end = fh.tell()
         csize = end - data_start
-        if not need64 and (csize >= _U32 or usize >= _U32):
+        if not need64 and (csize >= limit or usize >= limit):
             raise ValueError(f"{name}: entry grew past 4 GiB; size it before adding")  # never for STORED
         # patch the local header with the real CRC and sizes
         fh.seek(start + 14)
@@ -403,19 +406,16 @@ class ZipStream:
         fh.seek(end)
         # central directory record
         ex: list[int] = []
-        if usize >= _U32 or need64:
-            ex.append(usize)
-        if csize >= _U32 or need64:
-            ex.append(csize)
-        if start >= _U32:
+        if need64:
+            ex += [usize, csize]
+        if start >= limit:
             ex.append(start)
         cextra = struct.pack("<HH", 1, 8 * len(ex)) + struct.pack(f"<{len(ex)}Q", *ex) if ex else b""
         cver = 45 if ex else 20
         rec = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, (3 << 8) | cver, cver, flags, method, _DOS_TIME, _DOS_DATE, crc,
-                          _U32 if (csize >= _U32 or need64) else csize,
-                          _U32 if (usize >= _U32 or need64) else usize,
+                          _U32 if need64 else csize, _U32 if need64 else usize,
                           len(bname), len(cextra), 0, 0, 0, _ATTR_FILE,
-                          _U32 if start >= _U32 else start) + bname + cextra
+                          _U32 if start >= limit else start) + bname + cextra
         if ex:
             self.zip64 = True
         self._cd.write(rec)
@@ -438,13 +438,16 @@ class ZipStream:
         self._cd.close()
         cd_size, count = self._cd_size, self.count
         eocd64_at = fh.tell()
-        if count > 0xFFFF or cd_start >= _U32 or cd_size >= _U32 or eocd64_at >= _U32:
+        limit = ZIP64_LIMIT
+        big = count > 0xFFFF or cd_start >= limit or cd_size >= limit or eocd64_at >= limit
+        if big:
             self.zip64 = True
             fh.write(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, _MADE_BY, 45, 0, 0, count, count,
                                  cd_size, cd_start))
             fh.write(struct.pack("<IIQI", 0x07064B50, 0, eocd64_at, 1))
-        fh.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
-                             min(cd_size, _U32), min(cd_start, _U32), 0))
+        n16 = 0xFFFF if count > 0xFFFF else count
+        fh.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n16, n16, _U32 if big else cd_size,
+                             _U32 if big else cd_start, 0))
 
     def abort(self) -> None:
         self._closed = True
