@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import stat
 import string
 import sys
 import unicodedata
@@ -154,6 +155,7 @@ class _Resolver:
         self.contents = DigestSet() if dedupe == "content" else None
         self.roots: list[str] = []  # folders walked so far (real paths)
         self.labels: dict[str, int] = {}
+        self._dir, self._dir_real = "", ""
 
     # -- filters --
     def excluded(self, *names: str) -> bool:
@@ -172,37 +174,46 @@ class _Resolver:
         return name if n == 0 else f"{name}_{n + 1}"
 
     # -- emitting --
-    def emit(self, path: str, rel: str, st: os.stat_result | None = None, walked: bool = False) -> Iterator[Found]:
+    def emit(self, path: str, rel: str, st: os.stat_result | None = None, walked: bool = False,
+             stat_done: bool = False) -> Iterator[Found]:
         """One candidate file -> at most one Found (duplicates, exclusions and the output folder
-        dropped). `walked`: found in a folder walk, whose folder is known not to be skipped."""
+        dropped). `walked`: not a symlink, found in a folder walk whose folder is not skipped.
+        `stat_done`: `st` is the result of os.stat already (None: the path cannot be stat'ed)."""
         if self.excluded(rel, os.path.basename(rel)):
             self.stats.excluded += 1
             return
-        if st is None:
+        if st is None and not stat_done:
             try:
                 st = os.stat(path)
             except OSError:
-                st = None  # broken symlink, vanished file: the worker reports it on its own item
-        if not walked or os.path.islink(path):
-            if self.in_skip(os.path.realpath(path)):
-                self.stats.in_output += 1
+                st = None
+        if st is None:  # broken symlink, vanished or missing file: the worker reports it on its own item
+            if not self.seen.add(_digest("p", os.path.abspath(path))):
+                self.stats.duplicates += 1
                 return
-        if st is not None:
-            key = _digest("i", str(st.st_dev), str(st.st_ino))
-        else:
-            key = _digest("p", os.path.realpath(path))
-        if not self.seen.add(key):
+            yield Found(path, rel)
+            return
+        if not walked and self.skip and self.in_skip(self.real(path)):
+            self.stats.in_output += 1
+            return
+        if not self.seen.add(_digest("i", str(st.st_dev), str(st.st_ino))):
             self.stats.duplicates += 1
             return
-        if self.contents is not None and st is not None:
+        if self.contents is not None:
             d = file_digest(path)
             if d is not None and not self.contents.add(d):
                 self.stats.dedupe_skipped += 1
                 return
-        if st is None:
-            yield Found(path, rel)
-        else:
-            yield Found(path, rel, st.st_size, st.st_mtime)
+        yield Found(path, rel, st.st_size, st.st_mtime)
+
+    def real(self, path: str) -> str:
+        """realpath, with the folder's resolved path cached (lists come grouped by folder)."""
+        if os.path.islink(path):
+            return os.path.realpath(path)
+        folder, name = os.path.split(path)
+        if folder != self._dir:
+            self._dir, self._dir_real = folder, os.path.realpath(folder)
+        return os.path.join(self._dir_real, name)
 
     def emit_url(self, url: str) -> Iterator[Found]:
         rel = url_name(url)
@@ -255,7 +266,7 @@ class _Resolver:
                     st = entry.stat()
                 except OSError:
                     pass
-                yield from self.emit(entry.path, _join(prefix, sub), st, walked=True)
+                yield from self.emit(entry.path, _join(prefix, sub), st, walked=not entry.is_symlink())
         for path, sub in dirs:
             yield from self._walk(path, sub, prefix)
 
@@ -301,18 +312,26 @@ class _Resolver:
             yield from self.emit_url(line)
             return
         path = os.path.normpath(os.path.join(base, os.path.expanduser(line)))
-        if not os.path.lexists(path):
+        st = _stat(path)
+        if st is None and not os.path.lexists(path):
             stripped = line.strip()
             alt = os.path.normpath(os.path.join(base, os.path.expanduser(stripped)))
             if stripped != line and os.path.lexists(alt):
-                path, line = alt, stripped
+                path, st = alt, _stat(alt)
             elif glob.has_magic(line):
                 yield from self.pattern(line, base, listed=True)
                 return
-        if os.path.isdir(path):
+        if st is not None and stat.S_ISDIR(st.st_mode):
             yield from self.walk(path, _list_rel(path, base))
         elif self.ext_ok(path):
-            yield from self.emit(path, _list_rel(path, base))
+            yield from self.emit(path, _list_rel(path, base), st, stat_done=True)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 def _join(prefix: str, rel: str) -> str:
