@@ -222,11 +222,15 @@ def _read_toml(path: str, what: str) -> dict:
         raise ConfigError(f"{what}: {path} is not valid TOML: {exc}") from None
 
 
+def is_look_file(name: str) -> bool:
+    return name.endswith(".toml") or os.sep in name or "/" in name or os.path.isfile(name)
+
+
 def load_look(name: str) -> Look:
     """A built-in look by name, or a user look from a TOML file path."""
     if name in BUILTIN:
         return Look.from_dict(BUILTIN[name], f"preset {name}")
-    if name.endswith(".toml") or os.sep in name or os.path.exists(name):
+    if is_look_file(name):
         doc = _read_toml(name, "preset")
         if isinstance(doc.get("preset"), dict):
             doc = doc["preset"]
@@ -248,7 +252,7 @@ class Preset(Op):
 
     def check(self) -> None:
         look = self.p["look"]
-        if look not in BUILTIN:
+        if look not in BUILTIN and is_look_file(look):
             self.p["look"] = look = os.path.abspath(os.path.expanduser(look))
         self._look = load_look(look)
 
