@@ -550,8 +550,8 @@ class Model(Op):
         for k, f in enumerate(frames):
             try:
                 tensor, geom = self._to_tensor(f.img)
-            except ItemError as exc:
-                results[k] = exc
+            except Exception as exc:  # an image this model cannot take fails alone
+                results[k] = ItemError("model", f"cannot prepare the image for the model: {_one_line(exc)}")
                 continue
             ready.setdefault(tensor.shape, []).append((k, tensor, geom))
         step = self.p["batch"] if self._batchable else 1
@@ -592,8 +592,10 @@ class Model(Op):
             return fn(*args)
         except ItemError as exc:
             return exc
-        except (ValueError, IndexError, cv2.error, FloatingPointError, MemoryError) as exc:
-            return ItemError("model", f"cannot use the model output: {_one_line(exc)}")
+        except MemoryError:
+            return ItemError("oom", "out of memory handling the model output")
+        except Exception as exc:  # an output this image made unusable fails this item only
+            return ItemError("model", f"cannot use the model output: {type(exc).__name__}: {_one_line(exc)}")
 
     def _to_tensor(self, img: np.ndarray) -> tuple[np.ndarray, Geom]:
         prep = self._prep
