@@ -182,7 +182,7 @@ def _limits(manifest: dict[str, Any]):
 
 def _load_tile(snap: Snapshot, item: ItemView, lay: Layout, limits) -> Tile:
     box = lay.thumb
-    before = _thumb(item.src, box, limits)[0] if lay.compare else None
+    before, src_size = _thumb(item.src, box, limits) if lay.compare else (None, None)
     if item.state == "failed":
         return Tile(item, "failed", before=before, detail=_error_text(item.record or {}))
     if item.out and snap.out_dir:
@@ -194,7 +194,9 @@ def _load_tile(snap: Snapshot, item: ItemView, lay: Layout, limits) -> Tile:
         after, size = _thumb(item.src, box, limits)
     rec = item.record or {}
     detail = f"#{item.i}"
-    if size:
+    if size and src_size and src_size != size:
+        detail += f"  {src_size[0]}\u00d7{src_size[1]} \u2192 {size[0]}\u00d7{size[1]}"
+    elif size:
         detail += f"  {size[0]}\u00d7{size[1]}"
     if rec.get("bytes"):
         detail += f"  {_fmt_bytes(int(rec['bytes']))}"

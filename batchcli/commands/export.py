@@ -82,7 +82,8 @@ def register(app: typer.Typer) -> None:
         if snap.running:
             lines.append(f"exported {snap.replay.completed} results completed as of {_iso(snap.taken_at)}; "
                          "the batch is still running")
-        for r in results.values():
+        for key in ("zip", "folder", "manifest"):
+            r = results.get(key) or {}
             if r.get("missing") or r.get("changed"):
                 lines.append(f"warning: {r['missing']} output(s) missing and {r['changed']} changed since they "
                              f"were written: listed as missing (see 'batchcli verify {paths.id}')")
