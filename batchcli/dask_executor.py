@@ -244,8 +244,10 @@ class DaskExecutor:
         self.stats = _Stats()
         self.cluster = None
         if self.address is None:
-            # A worker death is split and retried by us and by the runner's --retries, as locally.
-            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            # One task per worker at a time, so a worker's death concerns only the chunk it was
+            # running; that chunk is split and retried by us, then by the runner's --retries.
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                                  "distributed.scheduler.worker-saturation": 1.0}):
                 self.cluster = LocalCluster(
                     n_workers=opt.workers, threads_per_worker=1, processes=True,
                     dashboard_address=None, silence_logs=logging.ERROR,
@@ -432,6 +434,8 @@ class DaskExecutor:
             return
         from distributed.scheduler import KilledWorker
 
+        if isinstance(res, tuple) and len(res) == 3 and isinstance(res[1], BaseException):
+            res = res[1]  # (type, exception, traceback) for a task that errred
         if isinstance(res, KilledWorker):
             if len(task.items) > 1:
                 self.stats.splits += 1
