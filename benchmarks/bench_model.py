@@ -52,16 +52,17 @@ def preprocess(path: Path) -> np.ndarray:
     return img.transpose(2, 0, 1).astype(np.float16)
 
 
-def session(model: str, threads: int) -> ort.InferenceSession:
+def session(model: str, threads: int, spin: bool = True) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def plain_loop(model: str, files: list[Path], threads: int, batch: int = 1) -> tuple[float, float]:
-    sess = session(model, threads)
+def plain_loop(model: str, files: list[Path], threads: int, batch: int = 1, spin: bool = True) -> tuple[float, float]:
+    sess = session(model, threads, spin)
     name = sess.get_inputs()[0].name
     sess.run(None, {name: preprocess(files[0])[None]})  # warm-up
     cv2.setNumThreads(threads)
@@ -132,10 +133,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmpd = Path(tmp)
         files = make_inputs(args.photos, tmpd / "in", args.images)
-        plain = {t: plain_loop(model, files, t) for t in (1, 2)}
+        plain = {(t, spin): plain_loop(model, files, t, spin=spin) for t in (1, 2) for spin in (True, False)}
         best = max(v[0] for v in plain.values())
-        for t, (rate, cpu) in plain.items():
-            rows.append(("plain loop", 1, t, 1, rate, cpu, ""))
+        for (t, spin), (rate, cpu) in plain.items():
+            rows.append(("plain loop", 1, t, 1, rate, cpu, "" if spin else "threads do not spin"))
         for w in (1, 2):
             wall, runner, cpu = batchcli_run(tmpd / "in", model, w, tmpd / f"home{w}")
             threads = max(1, (os.cpu_count() or 1) // w)
