@@ -36,7 +36,7 @@ class Faces(Op):
     summary = "Detect faces (YuNet with model=, else the Haar cascade); blur, pixelate, crop, draw or count them."
     params = (
         Param("action", "choice", "count", positional=True, choices=ACTIONS, help="what to do with the faces"),
-        Param("model", "str", "", help="YuNet .onnx file (face_detection_yunet_2023mar.onnx); default: Haar cascade"),
+        Param("model", "str", "", help="YuNet .onnx file (face_detection_yunet_2023mar.onnx); default: the Haar cascade, if this OpenCV ships one"),
         Param("threshold", "float", 0.6, min=0, max=1, help="YuNet: minimum face score"),
         Param("iou", "float", 0.3, min=0, max=1, help="YuNet: NMS overlap limit"),
         Param("max_side", "int", 1920, min=0, max=65535,

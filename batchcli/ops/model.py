@@ -301,6 +301,7 @@ def _one_line(exc: BaseException) -> str:
 class Model(Op):
     name = "model"
     summary = "Run an ONNX model: classify, detect, segment, image2image (super-resolution, style) or embed."
+    uses_onnx = True  # the CLI prints which onnxruntime provider was chosen when a pipeline has one
     params = (
         Param("path", "path", positional=True, help="the .onnx model file"),
         Param("task", "choice", choices=TASKS, help="what the model does (decides the output handling)"),
