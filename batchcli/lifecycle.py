@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from batchcli import api
 from batchcli.errors import BatchLocked, InvalidTransition
 from batchcli.journal import iter_records, replay
-from batchcli.runner import read_runner_info, request, runner_alive, sweep_dead_tmp
+from batchcli.runner import locked_error, read_runner_info, request, runner_alive, sweep_dead_tmp
 from batchcli.store import BatchPaths, Store
 
 log = logging.getLogger("batchcli.lifecycle")
@@ -103,8 +103,7 @@ def check_resumable(paths: BatchPaths, force: bool = False) -> None:
 
     info = runner_alive(paths)
     if info is not None:
-        raise BatchLocked(f"batch {paths.id} is being run by pid {info.get('pid', '?')}; "
-                          f"use 'batchcli pause {paths.id}' or wait")
+        raise locked_error(paths, info)
     man = paths.load_manifest()
     st = replay(paths.journal, int(man["total"]))
     if st.state == "cancelled":

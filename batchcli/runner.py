@@ -113,6 +113,12 @@ def runner_alive(paths: BatchPaths) -> dict[str, Any] | None:
         return None
 
 
+def locked_error(paths: BatchPaths, info: dict[str, Any]) -> BatchLocked:
+    """The refusal a second runner (or a resume) gets while a live runner holds the lock."""
+    return BatchLocked(f"batch {paths.id} is being run by pid {info.get('pid', '?')}; "
+                       f"use 'batchcli pause {paths.id}' or wait")
+
+
 class _Signals:
     """First SIGINT/SIGTERM: pause after in-flight items. Second: abandon them now."""
 
@@ -159,9 +165,7 @@ class Runner:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            info = read_runner_info(self.paths) or {}
-            raise BatchLocked(f"batch {self.paths.id} is being run by pid {info.get('pid', '?')}; "
-                              f"use 'batchcli pause {self.paths.id}' or wait") from None
+            raise locked_error(self.paths, read_runner_info(self.paths) or {}) from None
         try:
             self._locked_at = time.time()
             return self._run_locked(resume, list(requeue or []), requeue_failed, repair, force, expect)
@@ -221,7 +225,7 @@ class Runner:
                 st.counts[PENDING] += st.counts[FAILED]
                 st.counts[FAILED] = 0
         me = os.getpid()
-        j.append("batch_resumed" if resume or st.state != "pending" else "batch_started",
+        j.append("batch_started" if st.state == "pending" else "batch_resumed",
                  pid=me, host=socket.gethostname(), workers=self.opt.workers, executor=self.opt.executor,
                  **({"forced": True} if force else {}))
         j.sync()

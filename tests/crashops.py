@@ -84,3 +84,100 @@ def _misbehave(action: str, src: str, mark: str) -> None:
         raise ItemError("io", f"read error on {src} (injected)")
     if action == "raise":
         raise RuntimeError("injected op failure")
+
+
+# --- helpers for the lifecycle tests (real processes; polling conditions, never fixed sleeps) ---
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def cli_env(home) -> dict:
+    """The environment of a CLI process that knows `crashtest` and uses `home`."""
+    env = dict(os.environ)
+    env.pop("CI", None)
+    env.update(BATCHCLI_HOME=str(home), BATCHCLI_TEST_OPS="crashops",
+               PYTHONPATH=os.pathsep.join(p for p in (TESTS, env.get("PYTHONPATH", "")) if p))
+    return env
+
+
+def spawn(home, *args, log=None):
+    """Start `python -m batchcli ARGS` without waiting (output to `log`, a path, or discarded)."""
+    import subprocess
+    import sys
+
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    try:
+        return subprocess.Popen([sys.executable, "-m", "batchcli", *map(str, args)], env=cli_env(home),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log:
+            out.close()
+
+
+def run(home, *args, timeout=120):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "batchcli", *map(str, args)], env=cli_env(home),
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def wait_for(pred, timeout=30.0, what="condition"):
+    """Poll `pred` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def records(journal) -> list[dict]:
+    from batchcli.journal import iter_records
+
+    return list(iter_records(str(journal)))
+
+
+def line_count(journal) -> int:
+    """Complete lines in the journal: cheap enough to poll while the runner works."""
+    try:
+        with open(journal, "rb") as fh:
+            return fh.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def make_pngs(folder, n, size=64) -> list:
+    """n small distinct PNGs: img000.png, img001.png, ..."""
+    import cv2
+    import numpy as np
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(n)
+    out = []
+    for k in range(n):
+        p = os.path.join(folder, f"img{k:03d}.png")
+        cv2.imwrite(p, rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        out.append(p)
+    return out
+
+
+def batch_dir(home):
+    """The only batch in `home`."""
+    from batchcli.store import Store
+
+    ids = Store(str(home)).ids()
+    assert len(ids) == 1, ids
+    return os.path.join(str(home), "batches", ids[0])
+
+
+def create(home, inputs, out, pipeline, name=None):
+    """A new pending batch (created in this process); returns its BatchPaths."""
+    from batchcli import api
+    from batchcli.store import Store
+
+    return api.create_batch(Store(str(home)), api.StartConfig(inputs=[str(i) for i in inputs],
+                                                              out_dir=str(out) if out else None,
+                                                              pipeline_text=pipeline, name=name))

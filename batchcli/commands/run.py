@@ -177,9 +177,13 @@ def register(app: typer.Typer) -> None:
 
         Example: batchcli resume nightly --retry-failed
         """
+        from batchcli.runner import locked_error, runner_alive
         from batchcli.store import Store
 
         paths = Store(home).resolve(batch)
+        live = runner_alive(paths)  # refuse at once, before any heavy import (the runner checks again)
+        if live is not None:
+            raise locked_error(paths, live)
         opts = run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
                            min_free_space, executor, transfer)
         if detach:

@@ -1,0 +1,210 @@
+"""pause / resume / cancel from other processes, the batch lock, resume checks, detached runs, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from crashops import create, make_pngs, records, run, spawn, wait_for
+
+from batchcli.journal import replay
+from batchcli.runner import runner_alive
+
+NOSPACE = ("--min-free-space", "0")
+
+
+def _done(journal) -> set[int]:
+    return {r["i"] for r in records(journal) if r.get("type") == "item_completed"}
+
+
+@pytest.fixture
+def slow_batch(tmp_path):
+    """40 images whose items take 100 ms each: long enough to act on a live runner."""
+    make_pngs(tmp_path / "in", 40)
+    seen = tmp_path / "seen.log"
+    paths = create(tmp_path / "home", [tmp_path / "in"], tmp_path / "out",
+                   f"crashtest delay=0.1 log={seen} | convert png")
+    return tmp_path / "home", paths, seen
+
+
+def test_pause_from_another_process_then_resume_runs_exactly_the_rest(slow_batch):
+    home, paths, seen = slow_batch
+    runner = spawn(home, "resume", paths.id, "-w", "2", *NOSPACE)
+    wait_for(lambda: len(_done(paths.journal)) >= 6, what="6 items done")
+    r = run(home, "pause", paths.id)
+    assert r.returncode == 0, r.stderr
+    assert "paused" in r.stdout and f"batchcli resume {paths.id}" in r.stdout
+    assert runner.wait(10) == 3  # EXIT_PAUSED
+    before = _done(paths.journal)
+    st = replay(paths.journal, 40)
+    assert st.state == "paused" and 6 <= st.completed < 40 and st.completed == len(before)
+    processed_before = len(seen.read_text().splitlines())
+    assert processed_before == len(before), "a pause lets in-flight items finish and journals them"
+
+    r = run(home, "resume", paths.id, "-w", "2", *NOSPACE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    after_lines = seen.read_text().splitlines()[processed_before:]
+    after = {int(os.path.basename(p)[3:6]) for p in after_lines}
+    assert len(after_lines) == len(after) and after == set(range(40)) - before
+    assert replay(paths.journal, 40).completed == 40
+
+
+def test_pause_now_abandons_in_flight_items_which_stay_pending(slow_batch):
+    home, paths, _ = slow_batch
+    runner = spawn(home, "resume", paths.id, "-w", "2", *NOSPACE)
+    wait_for(lambda: len(_done(paths.journal)) >= 2, what="2 items done")
+    assert run(home, "pause", paths.id, "--now").returncode == 0
+    assert runner.wait(10) == 3
+    st = replay(paths.journal, 40)
+    assert st.state == "paused" and st.failed == 0 and st.completed + st.remaining == 40
+    assert run(home, "resume", paths.id, *NOSPACE).returncode == 0
+    assert replay(paths.journal, 40).completed == 40
+
+
+def test_pause_without_runner_and_invalid_transitions(slow_batch):
+    home, paths, _ = slow_batch
+    r = run(home, "pause", paths.id)  # pending, no runner: marked paused here
+    assert r.returncode == 0 and f"resume with: batchcli resume {paths.id}" in r.stdout
+    assert replay(paths.journal, 40).state == "paused"
+    assert run(home, "pause", paths.id).returncode == 0  # already paused: says so, changes nothing
+    assert run(home, "cancel", paths.id).returncode == 0
+    st = replay(paths.journal, 40)
+    assert st.state == "cancelled" and st.skipped == 40
+    for cmd in ("pause", "cancel", "resume"):
+        r = run(home, cmd, paths.id)
+        assert r.returncode == 2 and "cancelled" in r.stderr, (cmd, r.stderr)
+
+
+def test_cancel_a_running_batch_through_its_runner(slow_batch):
+    home, paths, _ = slow_batch
+    runner = spawn(home, "resume", paths.id, "-w", "2", *NOSPACE)
+    wait_for(lambda: len(_done(paths.journal)) >= 3, what="3 items done")
+    r = run(home, "cancel", paths.id, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "cancelled"
+    assert runner.wait(10) == 4  # EXIT_CANCELLED
+    st = replay(paths.journal, 40)
+    assert st.state == "cancelled" and st.completed + st.skipped == 40 and st.remaining == 0
+
+
+def test_second_runner_refuses_fast_and_lock_passes_on_after_sigkill(slow_batch):
+    from filelock import FileLock
+
+    from batchcli.errors import BatchLocked
+    from batchcli.runner import RunOptions, Runner
+
+    home, paths, _ = slow_batch
+    first = spawn(home, "resume", paths.id, "-w", "1", *NOSPACE)
+    wait_for(lambda: (runner_alive(paths) or {}).get("pid") == first.pid, what="first runner to hold the lock")
+    t0 = time.monotonic()
+    with pytest.raises(BatchLocked, match=f"pid {first.pid}"):
+        Runner(paths, RunOptions()).run(resume=True)
+    engine_refused = time.monotonic() - t0
+    t0 = time.monotonic()
+    r = run(home, "resume", paths.id, *NOSPACE)
+    cli_refused = time.monotonic() - t0
+    assert r.returncode == 2 and f"pid {first.pid}" in r.stderr
+    assert engine_refused < 1.0
+    assert cli_refused < 5.0  # a whole CLI process: interpreter start-up on a loaded 2-core machine
+
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    t0 = time.monotonic()
+    lock = FileLock(paths.lock)
+    lock.acquire(timeout=1.0)  # the kernel released the dead holder's lock
+    freed = time.monotonic() - t0
+    lock.release()
+    t0 = time.monotonic()
+    second = spawn(home, "resume", paths.id, "-w", "2", *NOSPACE)
+    wait_for(lambda: (runner_alive(paths) or {}).get("pid") == second.pid, timeout=10, what="second runner")
+    took = time.monotonic() - t0
+    print(f"\nlock: refused in {engine_refused * 1000:.1f} ms (engine), {cli_refused:.2f} s (CLI process); "
+          f"free {freed * 1000:.1f} ms after SIGKILL; a new runner process held it after {took:.2f} s")
+    assert freed < 1.0
+    assert second.wait(60) == 0
+    kinds = [r["type"] for r in records(paths.journal)]
+    assert "batch_interrupted" in kinds  # the new runner noted the dead one
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_pauses_after_in_flight_items(slow_batch, sig, code):
+    home, paths, _ = slow_batch
+    runner = spawn(home, "resume", paths.id, "-w", "2", *NOSPACE)
+    wait_for(lambda: len(_done(paths.journal)) >= 2, what="2 items done")
+    runner.send_signal(sig)
+    assert runner.wait(10) == code
+    st = replay(paths.journal, 40)
+    assert st.state == "paused" and st.failed == 0 and "interrupted by" in (st.reason or "")
+    assert run(home, "resume", paths.id, *NOSPACE).returncode == 0
+    assert replay(paths.journal, 40).completed == 40
+
+
+def test_fingerprint_change_refused_unless_forced(tmp_path):
+    make_pngs(tmp_path / "in", 4)
+    home = tmp_path / "home"
+    paths = create(home, [tmp_path / "in"], tmp_path / "out", "resize 32x32")
+    man = paths.load_manifest()
+    man["options"]["max_pixels"] = 10_000_000  # what the code would run now differs from the header
+    paths.write_manifest(man)
+    r = run(home, "resume", paths.id, *NOSPACE)
+    assert r.returncode == 2 and "--force" in r.stderr and "changed" in r.stderr
+    assert run(home, "resume", paths.id, "--detach").returncode == 2  # refused before detaching too
+    r = run(home, "resume", paths.id, "--force", *NOSPACE)
+    assert r.returncode == 0, r.stderr
+    assert any(r.get("forced") for r in records(paths.journal))
+
+
+def test_changed_inputs_are_reprocessed_once_and_repair_redoes_bad_outputs(tmp_path):
+    import hashlib
+
+    src = make_pngs(tmp_path / "in", 6)
+    home, out = tmp_path / "home", tmp_path / "out"
+    paths = create(home, [tmp_path / "in"], out, "resize 32x32")
+    assert run(home, "resume", paths.id, *NOSPACE).returncode == 0
+    make_pngs(tmp_path / "other", 8)
+    os.replace(tmp_path / "other" / "img007.png", src[2])  # new content, size and mtime
+    r = run(home, "resume", paths.id, *NOSPACE)
+    assert r.returncode == 0, r.stderr
+    recs = records(paths.journal)
+    assert [r["i"] for r in recs if r.get("type") == "item_completed"][6:] == [2]
+    assert run(home, "resume", paths.id, *NOSPACE).returncode == 2  # nothing changed now: nothing to do
+
+    (out / "img000.png").unlink()
+    (out / "img001.png").write_bytes(b"tampered")
+    assert run(home, "resume", paths.id, *NOSPACE).returncode == 2
+    r = run(home, "resume", paths.id, "--repair", *NOSPACE)
+    assert r.returncode == 0, r.stderr
+    last = {}
+    for rec in records(paths.journal):
+        if rec.get("type") == "item_completed":
+            last[rec["i"]] = rec
+    assert [r["i"] for r in records(paths.journal) if r.get("type") == "item_completed"][7:] == [0, 1]
+    for i in (0, 1):
+        assert hashlib.sha256((out / last[i]["out"]).read_bytes()).hexdigest() == last[i]["sha256"]
+
+
+def test_start_detach_returns_at_once_and_follow_streams_to_the_end(tmp_path):
+    make_pngs(tmp_path / "in", 30)
+    home = tmp_path / "home"
+    t0 = time.monotonic()
+    r = run(home, "start", tmp_path / "in", "--out", tmp_path / "out", "-p", "crashtest delay=0.03 | convert png",
+            "-w", "2", "--detach", *NOSPACE)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    bid = r.stdout.strip()
+    assert len(bid.splitlines()) == 1 and took < 5
+    f = run(home, "status", bid, "--follow", "--json")
+    assert f.returncode == 0, f.stderr
+    events = [json.loads(line) for line in f.stdout.splitlines()]
+    assert {e["type"] for e in events} <= {"progress", "item_failed", "finished"}
+    assert events[-1]["type"] == "finished" and events[-1]["status"] == "completed"
+    assert events[-1]["completed"] == 30
+    paths_dir = home / "batches" / bid
+    kinds = [r["type"] for r in records(paths_dir / "journal.jsonl")]
+    assert kinds.count("batch_started") == 1 and "batch_resumed" not in kinds
+    log = (paths_dir / "log.txt").read_text()
+    assert "detached start" in log and "completed" in log
