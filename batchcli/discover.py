@@ -168,6 +168,19 @@ class _Resolver:
     def excluded(self, *names: str) -> bool:
         return any(fnmatchcase(n, p) for p in self.exclude for n in names if n)
 
+    def excluded_path(self, rel: str) -> bool:
+        """--exclude against a relative path, its name, and each of its folders (path and name)."""
+        if not self.exclude:
+            return False
+        if self.excluded(rel, os.path.basename(rel)):
+            return True
+        folder = os.path.dirname(rel)
+        while folder:
+            if self.excluded(folder, os.path.basename(folder)):
+                return True
+            folder = os.path.dirname(folder)
+        return False
+
     def in_skip(self, real: str) -> bool:
         return any(real == s or real.startswith(s.rstrip(os.sep) + os.sep) for s in self.skip)
 
@@ -186,7 +199,7 @@ class _Resolver:
         """One candidate file -> at most one Found (duplicates, exclusions and the output folder
         dropped). `walked`: not a symlink, found in a folder walk whose folder is not skipped.
         `stat_done`: `st` is the result of os.stat already (None: the path cannot be stat'ed)."""
-        if self.excluded(rel, os.path.basename(rel)):
+        if (self.excluded(rel, os.path.basename(rel)) if walked else self.excluded_path(rel)):
             self.stats.excluded += 1
             return
         if st is None and not stat_done:
@@ -308,7 +321,10 @@ class _Resolver:
             m = os.path.abspath(m)
             rel = _list_rel(m, base) if listed else _join(prefix, os.path.relpath(m, fixed))
             if os.path.isdir(m):
-                yield from self.walk(m, rel)
+                if self.excluded_path(rel):
+                    self.stats.excluded += 1
+                else:
+                    yield from self.walk(m, rel)
             elif self.ext_ok(m):
                 yield from self.emit(m, rel)
 
