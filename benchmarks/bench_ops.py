@@ -1,0 +1,192 @@
+"""Cost of each image operation per megapixel, the .cube LUT target, and the full pipeline
+against ImageMagick's mogrify.
+
+    .venv/bin/python benchmarks/bench_ops.py            # all three parts
+    .venv/bin/python benchmarks/bench_ops.py --ops-only # per-op table and the LUT line
+
+Per-op figures are single-threaded (cv2.setNumThreads(1)) CPU times, the best of --repeat runs
+on a 12 MP (4000x3000) BGR image, with the input copy outside the timing. The pipeline comparison
+runs `batchcli start` with 2 workers and mogrify as 2 parallel processes over the same 3000x2000
+JPEGs: `orient | resize 2048x2048 | preset warm blend=60 | sharpen | convert webp quality=85`
+against `-auto-orient -resize 2048x2048 -modulate 100,110 -unsharp 0x1+0.8 -quality 85`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from batchcli import imageio  # noqa: E402
+from batchcli.ops.base import Frame  # noqa: E402
+from batchcli.pipeline import Pipeline  # noqa: E402
+
+REAL = ROOT.parent / "shared" / "images" / "real"
+PIPELINE = "orient | resize 2048x2048 | preset warm blend=60 | sharpen | convert webp quality=85"
+MOGRIFY = ["-auto-orient", "-resize", "2048x2048", "-modulate", "100,110", "-unsharp", "0x1+0.8",
+           "-quality", "85", "-format", "webp"]
+
+
+def photo(width: int, height: int) -> np.ndarray:
+    """A photo-like test image: a real photo scaled up (with a little grain) when ../shared has
+    one, else smooth colour gradients with grain."""
+    rng = np.random.default_rng(0)
+    src = REAL / "kimono.jpg"
+    if src.exists():
+        img = cv2.resize(cv2.imread(str(src)), (width, height), interpolation=cv2.INTER_CUBIC)
+    else:
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        img = np.dstack([x / width, y / height, (x + y) / (width + height)]) * 230 + 10
+    noise = rng.normal(0, 4, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def cube_file(folder: Path, n: int = 33) -> Path:
+    g = np.linspace(0, 1, n)
+    b, gg, r = np.meshgrid(g, g, g, indexing="ij")
+    rows = np.stack([np.clip(r ** 0.85 * 1.05, 0, 1), gg ** 1.1, np.clip(b * 0.9 + 0.05, 0, 1)], -1).reshape(-1, 3)
+    path = folder / "look.cube"
+    path.write_text(f"LUT_3D_SIZE {n}\n" + "\n".join(f"{a:.6f} {c:.6f} {d:.6f}" for a, c, d in rows))
+    return path
+
+
+def best_ms(fn, repeat: int) -> float:
+    """Best CPU time of `repeat` runs in ms. Every op runs on one thread, so CPU time is the
+    one-core cost, and other load on a shared machine does not inflate it the way wall time would."""
+    times = []
+    for _ in range(repeat):
+        t = time.process_time()
+        fn()
+        times.append(time.process_time() - t)
+    return min(times) * 1000
+
+
+def time_op(spec: str, img: np.ndarray, repeat: int, orientation: int = 1) -> float:
+    pipe = Pipeline.parse(spec)
+    pipe.prepare()
+    frames = [Frame(img=img.copy(), src="bench", fmt="jpg", orientation=orientation,
+                    src_size=(img.shape[1], img.shape[0])) for _ in range(repeat + 1)]
+    pipe.run(frames.pop())  # warm-up: caches, lazy tables
+    return best_ms(lambda: pipe.run(frames.pop()), repeat)
+
+
+def op_table(repeat: int, tmp: Path) -> list[tuple[str, float, float]]:
+    img = photo(4000, 3000)
+    mp = img.shape[0] * img.shape[1] / 1e6
+    lut = cube_file(tmp)
+    specs = [
+        ("orient (EXIF 6)", "orient", 6),
+        ("resize 2048x2048", "resize 2048x2048", 1),
+        ("resize 1080x1080 mode=fill", "resize 1080x1080 mode=fill", 1),
+        ("resize 150 mode=percent", "resize 150 mode=percent", 1),
+        ("crop aspect=16:9", "crop aspect=16:9", 1),
+        ("rotate 90", "rotate 90", 1),
+        ("flip h", "flip h", 1),
+        ("pad 4500x4500", "pad 4500x4500", 1),
+        ("preset warm", "preset warm", 1),
+        ("preset warm blend=60", "preset warm blend=60", 1),
+        ("preset vintage", "preset vintage", 1),
+        ("lut 33-point .cube", f"lut {lut}", 1),
+        ("autolevel", "autolevel", 1),
+        ("whitebalance", "whitebalance", 1),
+        ("clahe", "clahe", 1),
+        ("sharpen", "sharpen", 1),
+        ("denoise (bilateral)", "denoise", 1),
+        ("denoise method=median", "denoise method=median", 1),
+        ("denoise method=gaussian", "denoise method=gaussian", 1),
+        ("watermark text", "watermark '(c) batchcli'", 1),
+        ("analyze", "analyze", 1),
+    ]
+    rows = []
+    for label, spec, orientation in specs:
+        ms = time_op(spec, img, repeat, orientation)
+        rows.append((label, ms, ms / mp))
+    small = np.ascontiguousarray(img[:1000, :1000])  # nlmeans is slow: time it on 1 MP
+    ms = time_op("denoise method=nlmeans", small, max(1, repeat // 3))
+    rows.append(("denoise method=nlmeans (1 MP)", ms * mp, ms))
+    for fmt, spec in (("jpg", "convert jpg quality=90"), ("webp", "convert webp quality=85"),
+                      ("png", "convert png"), ("tiff", "convert tiff")):
+        frame = Pipeline.parse(spec).run(Frame(img=img, src="bench", fmt="jpg"))
+        ms = best_ms(lambda: imageio.encode(frame), max(1, repeat // 2))
+        rows.append((f"encode {fmt}", ms, ms / mp))
+    data = imageio.encode(Pipeline.parse("convert jpg").run(Frame(img=img, src="bench", fmt="jpg")))[0]
+    rows.append(("decode jpg (full)", best_ms(lambda: imageio.load("b", data=data), repeat), 0.0))
+    shrink = Pipeline.parse("resize 1024x1024").shrink_for
+    rows.append(("decode jpg (shrink-on-load, 1024 box)",
+                 best_ms(lambda: imageio.load("b", data=data, shrink_for=shrink), repeat), 0.0))
+    return [(label, ms, ms / mp if per == 0.0 else per) for label, ms, per in rows]
+
+
+def compare_mogrify(count: int, tmp: Path) -> None:
+    mogrify = shutil.which("mogrify")
+    cli = shutil.which("batchcli") or None
+    if mogrify is None:
+        print("\nmogrify comparison skipped: ImageMagick's mogrify is not installed")
+        return
+    src = tmp / "in"
+    src.mkdir()
+    base = photo(3000, 2000)
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        shifted = np.roll(base, int(rng.integers(0, 3000)), axis=1)
+        cv2.imwrite(str(src / f"img_{i:03d}.jpg"), shifted, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    env = dict(os.environ, BATCHCLI_HOME=str(tmp / "home"))
+    cmd = [cli] if cli else [sys.executable, "-m", "batchcli"]
+    t = time.perf_counter()
+    done = subprocess.run([*cmd, "start", str(src), "--out", str(tmp / "out_b"), "--workers", "2",
+                           "--pipeline", PIPELINE], env=env, cwd=ROOT, capture_output=True, text=True)
+    ours = time.perf_counter() - t
+    if done.returncode != 0:
+        print(f"\nbatchcli start failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+        return
+    out_m = tmp / "out_m"
+    out_m.mkdir()
+    files = sorted(str(p) for p in src.iterdir())
+    halves = [files[0::2], files[1::2]]
+    t = time.perf_counter()
+    procs = [subprocess.Popen([mogrify, "-path", str(out_m), *MOGRIFY, *half],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for half in halves]
+    for p in procs:
+        p.wait()
+    theirs = time.perf_counter() - t
+    made = len(list((tmp / "out_b").rglob("*.webp")))
+    print(f"\npipeline on {count} JPEGs of 3000x2000, 2 workers each (wall clock, start-up included)")
+    print(f"  batchcli: {ours:6.2f} s  {count / ours:6.2f} images/s  ({made} outputs)")
+    print(f"  mogrify : {theirs:6.2f} s  {count / theirs:6.2f} images/s")
+    print(f"  speed-up: {theirs / ours:.2f}x (target: at least 2x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=5, help="timed runs per op (best is kept)")
+    ap.add_argument("--images", type=int, default=24, help="JPEGs for the mogrify comparison")
+    ap.add_argument("--ops-only", action="store_true", help="skip the mogrify comparison")
+    args = ap.parse_args()
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory(prefix="bench_ops_") as d:
+        tmp = Path(d)
+        rows = op_table(args.repeat, tmp)
+        print(f"per-op cost on a 4000x3000 (12 MP) BGR uint8 image, one thread, CPU time, best of {args.repeat}")
+        print(f"{'operation':40} {'ms/image':>10} {'ms/MP':>8}")
+        for label, ms, per in rows:
+            print(f"{label:40} {ms:10.1f} {per:8.2f}")
+        lut_ms = next(ms for label, ms, _ in rows if label.startswith("lut"))
+        verdict = "meets" if lut_ms < 150 else "MISSES"
+        print(f"\nlut with a 33-point cube on 12 MP, one core: {lut_ms:.0f} ms ({verdict} the 150 ms target)")
+        if not args.ops_only:
+            compare_mogrify(args.images, tmp)
+
+
+if __name__ == "__main__":
+    main()
