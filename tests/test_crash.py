@@ -1,0 +1,197 @@
+"""Dead and stuck workers, memory bombs, typed retries, --max-failures, disk full.
+
+Each case ends as the issue specifies, and a later resume completes the batch.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+
+import pytest
+
+from crashops import create, make_pngs, records, run
+
+from batchcli.journal import replay
+
+N = 12
+NOSPACE = ("--min-free-space", "0")
+
+
+def _batch(tmp_path, pipeline, n=N):
+    make_pngs(tmp_path / "in", n)
+    return tmp_path / "home", create(tmp_path / "home", [tmp_path / "in"], tmp_path / "out", pipeline)
+
+
+def _failed(paths) -> dict[int, dict]:
+    last = {}
+    for r in records(paths.journal):
+        if r.get("type") in ("item_completed", "item_failed"):
+            last[r["i"]] = r
+    return {i: r for i, r in last.items() if r["type"] == "item_failed"}
+
+
+def test_worker_killed_mid_item_is_replaced_and_the_item_retried(tmp_path):
+    home, paths = _batch(tmp_path, f"crashtest kill match=img005 once={tmp_path} | convert png")
+    r = run(home, "resume", paths.id, "-w", "2", "--retries", "1", *NOSPACE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = replay(paths.journal, N)
+    assert st.completed == N and st.failed == 0
+
+
+def test_item_that_kills_workers_repeatedly_is_quarantined(tmp_path):
+    flag, mark = tmp_path / "armed", tmp_path / "crashed_at"
+    flag.touch()
+    home, paths = _batch(tmp_path, f"crashtest exit match=img007 flag={flag} mark={mark} | convert png")
+    r = run(home, "resume", paths.id, "-w", "2", "--retries", "2", *NOSPACE)
+    assert r.returncode == 1, r.stdout + r.stderr
+    failed = _failed(paths)
+    assert list(failed) == [7] and failed[7]["error_class"] == "crash" and failed[7]["attempts"] == 3
+    assert "worker died" in failed[7]["error"]
+    detect = failed[7]["t"] - float(mark.read_text())  # the last crash -> its failure record
+    print(f"\ndead worker: failure recorded {detect * 1000:.0f} ms after the worker's last crash")
+    assert detect < 2.0
+    assert replay(paths.journal, N).completed == N - 1  # the batch went on
+    flag.unlink()  # the hostile input is fixed
+    assert run(home, "resume", paths.id, "--retry-failed", *NOSPACE).returncode == 0
+    assert replay(paths.journal, N).completed == N
+
+
+def test_hung_worker_is_killed_after_item_timeout(tmp_path):
+    flag = tmp_path / "armed"
+    flag.touch()
+    home, paths = _batch(tmp_path, f"crashtest hang match=img003 flag={flag} | convert png")
+    r = run(home, "resume", paths.id, "-w", "2", "--item-timeout", "1", "--retries", "0", *NOSPACE)
+    assert r.returncode == 1, r.stdout + r.stderr
+    failed = _failed(paths)
+    assert list(failed) == [3] and failed[3]["error_class"] == "timeout"
+    flag.unlink()
+    assert run(home, "resume", paths.id, "--retry-failed", *NOSPACE).returncode == 0
+    assert replay(paths.journal, N).completed == N
+
+
+def test_memory_bomb_fails_its_item_under_the_worker_cap(tmp_path):
+    flag = tmp_path / "armed"
+    flag.touch()
+    home, paths = _batch(tmp_path, f"crashtest bomb match=img004 flag={flag} | convert png")
+    r = run(home, "resume", paths.id, "-w", "2", "--worker-memory", "1G", "--retries", "0", *NOSPACE)
+    assert r.returncode == 1, r.stdout + r.stderr
+    failed = _failed(paths)
+    assert list(failed) == [4] and failed[4]["error_class"] == "oom"
+    flag.unlink()
+    assert run(home, "resume", paths.id, "--retry-failed", *NOSPACE).returncode == 0
+    assert replay(paths.journal, N).completed == N
+
+
+@pytest.mark.shared
+def test_corpus_bombs_fail_cleanly_with_4_workers_even_past_the_header_check(tmp_path):
+    from conftest import shared_path
+
+    bombs = sorted(glob.glob(str(shared_path("corpus", "images", "bad") / "bomb_*")))
+    assert bombs
+    home = tmp_path / "home"
+    for extra in ((), ("--max-pixels", "10000000000", "--max-file-size", "2G", "--worker-memory", "1G")):
+        out = tmp_path / f"out{len(extra)}"
+        r = run(home, "start", *bombs, "--out", out, "-p", "resize 64x64", "-w", "4", "--json", *NOSPACE, *extra,
+                timeout=300)
+        assert r.returncode == 1, r.stderr
+        end = json.loads(r.stdout.splitlines()[-1])
+        assert end["type"] == "finished" and end["failed"] == len(bombs) and end["completed"] == 0
+        classes = {f["reason"].split(":")[0] for f in end["top_failures"]}
+        assert classes <= ({"too_large"} if not extra else {"too_large", "oom"}), classes
+
+
+def test_retries_are_for_transient_failures_only(tmp_path):
+    home, paths = _batch(tmp_path, f"crashtest ioerror match=img002 once={tmp_path / 'm1'} | "
+                                   f"crashtest raise match=img009 once={tmp_path / 'm2'} | convert png")
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m2").mkdir()
+    r = run(home, "resume", paths.id, "--retries", "1", *NOSPACE)
+    assert r.returncode == 1
+    failed = _failed(paths)
+    assert list(failed) == [9] and failed[9]["error_class"] == "op" and failed[9]["attempts"] == 1  # not retried
+
+
+def test_max_failures_halts_as_failed_and_resume_continues(tmp_path):
+    flag = tmp_path / "armed"
+    flag.touch()
+    home, paths = _batch(tmp_path, f"crashtest raise match=img01 flag={flag} | convert png", n=40)
+    r = run(home, "resume", paths.id, "-w", "1", "--max-failures", "3", *NOSPACE)
+    assert r.returncode == 1, r.stdout
+    st = replay(paths.journal, 40)
+    assert st.state == "failed" and "halted" in st.reason and st.remaining > 0
+    status = json.loads(run(home, "status", paths.id, "--json").stdout)
+    assert status["status"] == "failed" and "max-failures" in status["reason"]
+    flag.unlink()
+    assert run(home, "resume", paths.id, "--retry-failed", *NOSPACE).returncode == 0
+    assert replay(paths.journal, 40).completed == 40
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only); skips where it cannot be mounted."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (the injected-error test covers disk_full)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(mnt, leave: int = 0):
+    """Fill the disk, leaving about `leave` bytes."""
+    import shutil
+
+    filler = mnt / "filler"
+    with open(filler, "wb") as fh:
+        while shutil.disk_usage(mnt).free > leave + 4096:
+            try:
+                fh.write(b"\0" * max(4096, min(1 << 20, shutil.disk_usage(mnt).free - leave)))
+                fh.flush()
+            except OSError:
+                break
+    return filler
+
+
+def test_enospc_pauses_the_batch_and_resume_completes_after_space_is_freed(tmp_path, small_disk):
+    make_pngs(tmp_path / "in", N)
+    home = tmp_path / "home"
+    paths = create(home, [tmp_path / "in"], small_disk / "out", "convert png compression=0")
+    filler = _fill(small_disk)
+    r = run(home, "resume", paths.id, "-w", "2", *NOSPACE)
+    assert r.returncode == 3, r.stdout + r.stderr
+    st = replay(paths.journal, N)
+    assert st.state == "paused" and st.failed == 0 and "disk full" in st.reason
+    filler.unlink()
+    r = run(home, "resume", paths.id, "-w", "2", *NOSPACE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert replay(paths.journal, N).completed == N
+    assert not [f for f in os.listdir(small_disk / "out") if f.startswith(".")]
+
+
+def test_min_free_space_pauses_before_the_disk_fills(tmp_path, small_disk):
+    make_pngs(tmp_path / "in", N)
+    home = tmp_path / "home"
+    paths = create(home, [tmp_path / "in"], small_disk / "out", "convert png")
+    r = run(home, "resume", paths.id, "--min-free-space", "4M")
+    assert r.returncode == 3
+    st = replay(paths.journal, N)
+    assert st.state == "paused" and "min-free-space" in st.reason and st.completed == 0
+    assert run(home, "resume", paths.id, "--min-free-space", "64K").returncode == 0
+    assert replay(paths.journal, N).completed == N
+
+
+def test_injected_disk_full_pauses_and_resume_completes(tmp_path):
+    flag = tmp_path / "full"
+    flag.touch()
+    home, paths = _batch(tmp_path, f"crashtest enospc match=img006 flag={flag} | convert png")
+    r = run(home, "resume", paths.id, "-w", "1", *NOSPACE)
+    assert r.returncode == 3
+    st = replay(paths.journal, N)
+    assert st.state == "paused" and st.failed == 0 and "disk full" in st.reason
+    flag.unlink()
+    assert run(home, "resume", paths.id, *NOSPACE).returncode == 0
+    assert replay(paths.journal, N).completed == N
