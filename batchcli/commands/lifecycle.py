@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
 
         wanted = tuple(s.strip() for v in (status or []) for s in v.split(",") if s.strip()) \
             or lifecycle.DEFAULT_CLEANUP_STATUS
-        known = {"pending", "paused", "interrupted", "completed", "failed", "cancelled"}
+        known = {"pending", "running", "paused", "interrupted", "completed", "failed", "cancelled"}
         if set(wanted) - known:
             raise ConfigError(f"--status {','.join(sorted(set(wanted) - known))}: expected some of {', '.join(sorted(known))}")
         data = lifecycle.cleanup(Store(home), older_than=parse_age(older_than, "--older-than"), keep_last=keep_last,
