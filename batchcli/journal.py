@@ -70,26 +70,33 @@ class BadLine:
     reason: str
 
 
-def iter_records(path: str, bad: list[BadLine] | None = None) -> Iterator[dict[str, Any]]:
+def iter_records(path: str, bad: list[BadLine] | None = None, start: int = 0, first_line: int = 1,
+                 pos: list[int] | None = None) -> Iterator[dict[str, Any]]:
     """Stream the valid records of a journal. Corrupt lines are skipped and appended to `bad`;
-    an unterminated last line is a write still in progress (or torn by a crash) and is skipped too."""
+    an unterminated last line is a write still in progress (or torn by a crash) and is skipped too.
+    `pos`, when given, is kept at [offset after the last complete line, lines read]."""
     try:
         fh = open(path, "rb")
     except FileNotFoundError:
         return
     with fh:
-        offset = 0
-        for lineno, raw in enumerate(fh, 1):
+        offset = start
+        if start:
+            fh.seek(start)
+        lineno = first_line - 1
+        for lineno, raw in enumerate(fh, first_line):
             n = len(raw)
             if raw.endswith(b"\n"):
                 rec = decode(raw[:-1])
+                offset += n
+                if pos is not None:
+                    pos[0], pos[1] = offset, lineno
                 if rec is not None:
                     yield rec
                 elif bad is not None and raw.strip():
-                    bad.append(BadLine(lineno, offset, "checksum mismatch or malformed line"))
+                    bad.append(BadLine(lineno, offset - n, "checksum mismatch or malformed line"))
             elif bad is not None:
                 bad.append(BadLine(lineno, offset, "torn final line (incomplete write)"))
-            offset += n
 
 
 @dataclass
@@ -110,6 +117,8 @@ class Replay:
     bad: list[BadLine] = field(default_factory=list)
     workers: int | None = None
     executor: str | None = None
+    offset: int = 0  # bytes of the journal folded in (always the end of a complete line)
+    lines: int = 0  # complete lines folded in
 
     @property
     def completed(self) -> int:
@@ -137,12 +146,19 @@ def failure_key(error_class: str | None, error: str | None) -> str:
     return f"{error_class or 'error'}: {msg[:120]}"
 
 
-def replay(path: str, total: int) -> Replay:
-    """Fold the journal into a Replay. Memory: one byte per item plus small counters."""
-    st = Replay(total=total, items=bytearray(total))
+def replay(path: str, total: int, use_snapshot: bool = True) -> Replay:
+    """Fold the journal into a Replay. Memory: one byte per item plus small counters.
+
+    A snapshot written by `checkpoint` (by the lock holder) is a cache of this fold up to a byte
+    offset; it is used only when the journal's bytes up to that offset still match its CRC, and
+    the rest of the journal is folded on top. Without one, the whole journal is read."""
+    st = _load_snapshot(path, total) if use_snapshot else None
+    if st is None:
+        st = Replay(total=total, items=bytearray(total))
+        st.counts[PENDING] = total
     items, counts = st.items, st.counts
-    counts[PENDING] = total
-    for rec in iter_records(path, st.bad):
+    pos = [st.offset, st.lines]
+    for rec in iter_records(path, st.bad, start=st.offset, first_line=st.lines + 1, pos=pos):
         st.records += 1
         st.last_seq = rec.get("seq", st.last_seq)
         kind = rec.get("type")
@@ -178,7 +194,67 @@ def replay(path: str, total: int) -> Replay:
             continue
         if kind in LIFECYCLE:
             _lifecycle(st, kind, rec)
-    # Failure reasons are counted per record; keep only the ones still failing when small.
+    st.offset, st.lines = pos
+    return st
+
+
+SNAPSHOT_SUFFIX = ".snapshot"
+
+
+def _prefix_crc(path: str, length: int) -> int | None:
+    crc = 0
+    try:
+        with open(path, "rb") as fh:
+            left = length
+            while left > 0:
+                block = fh.read(min(left, 16 << 20))
+                if not block:
+                    return None
+                crc = zlib.crc32(block, crc)
+                left -= len(block)
+    except OSError:
+        return None
+    return crc
+
+
+def checkpoint(path: str, total: int) -> Replay:
+    """Fold the journal and save the fold as a snapshot beside it, so later replays read only
+    what was appended since. Call it only while holding the batch lock (the runner, at exit)."""
+    from batchcli.atomic import atomic_write
+
+    st = replay(path, total)
+    crc = _prefix_crc(path, st.offset)
+    if crc is None:
+        return st
+    head = {
+        "v": 1, "offset": st.offset, "lines": st.lines, "crc": crc, "total": total,
+        "header": st.header, "state": st.state, "reason": st.reason,
+        "counts": {str(k): v for k, v in st.counts.items()}, "failures": dict(st.failures),
+        "times": st.times, "runner_pid": st.runner_pid, "last_seq": st.last_seq, "records": st.records,
+        "bad": [[b.lineno, b.offset, b.reason] for b in st.bad if b.offset < st.offset],
+        "workers": st.workers, "executor": st.executor,
+    }
+    atomic_write(path + SNAPSHOT_SUFFIX, orjson.dumps(head) + b"\n" + bytes(st.items))
+    return st
+
+
+def _load_snapshot(path: str, total: int) -> Replay | None:
+    try:
+        with open(path + SNAPSHOT_SUFFIX, "rb") as fh:
+            head = orjson.loads(fh.readline())
+            items = bytearray(fh.read())
+    except (OSError, ValueError):
+        return None
+    if head.get("v") != 1 or head.get("total") != total or len(items) != total:
+        return None
+    if _prefix_crc(path, head["offset"]) != head["crc"]:
+        return None  # the journal is not the one the snapshot was taken of: ignore it
+    st = Replay(total=total, items=items, header=head["header"], state=head["state"], reason=head["reason"],
+                counts=Counter({int(k): v for k, v in head["counts"].items()}),
+                failures=Counter(head["failures"]), times=head["times"], runner_pid=head["runner_pid"],
+                last_seq=head["last_seq"], records=head["records"],
+                bad=[BadLine(*b) for b in head["bad"]], workers=head["workers"], executor=head["executor"],
+                offset=head["offset"], lines=head["lines"])
     return st
 
 

@@ -147,3 +147,31 @@ def test_cancelled_batch_skips_remaining_items(tmp_path):
 @pytest.mark.parametrize("line", [b"", b"{}", b'{"a":1}', b'{"a":1,"crc":"zzzzzzzz"}', b"not json"])
 def test_decode_rejects_garbage(line):
     assert decode(line) is None
+
+
+def test_snapshot_is_a_cache_of_the_full_replay(tmp_path):
+    from batchcli.journal import checkpoint
+
+    path = tmp_path / "journal.jsonl"
+    with JournalWriter(str(path)) as j:
+        j.append("header", total=50)
+        j.append("batch_started")
+        for i in range(30):
+            j.append("item_completed", i=i)
+        j.append("item_failed", i=3, error_class="decode", error="a: bad")
+    checkpoint(str(path), 50)
+    assert (tmp_path / "journal.jsonl.snapshot").exists()
+    with JournalWriter(str(path), replay(str(path), 50).last_seq) as j:
+        for i in range(30, 45):
+            j.append("item_completed", i=i)
+        j.append("batch_paused", reason="x")
+    fast, full = replay(str(path), 50), replay(str(path), 50, use_snapshot=False)
+    assert list(fast.items) == list(full.items)
+    assert (fast.completed, fast.failed, fast.state, fast.records, fast.last_seq) == \
+           (full.completed, full.failed, full.state, full.records, full.last_seq) == (44, 1, "paused", 49, 49)
+    # a journal changed under the snapshot (a flipped bit in the prefix): the snapshot is ignored
+    data = bytearray(path.read_bytes())
+    data[200] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert list(replay(str(path), 50).items) == list(replay(str(path), 50, use_snapshot=False).items)
+    assert replay(str(path), 50).bad

@@ -1,0 +1,259 @@
+"""Core benchmarks: thumbnails, orchestration overhead, status on a 1,000,000-record journal,
+start-up time, runner memory at 1,000,000 items. Prints a table; compares ratios from one run.
+
+    .venv/bin/python benchmarks/bench_core.py [--photos 200] [--tiny 2000] [--million 1000000]
+
+Peers are used when installed (Debian: parallel, libvips-tools, imagemagick) and reported as
+missing otherwise. The photo workload comes from real photographs when found (Debian's
+mate-backgrounds, or ../shared/images/real), scaled to 3000x2000, else from generated scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / "work"
+BATCHCLI = [sys.executable, "-m", "batchcli"]
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+
+
+def timed(cmd: list[str] | str, **kw) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, **kw)
+    dt = time.perf_counter() - t0
+    if r.returncode not in (0, 1):
+        raise RuntimeError(f"{cmd}: exit {r.returncode}: {r.stderr[-500:]}")
+    return dt
+
+
+# --- workloads ------------------------------------------------------------------------------
+def photo_sources() -> tuple[list[str], str]:
+    mate = sorted(glob.glob("/usr/share/backgrounds/mate/**/*.jpg", recursive=True))
+    if mate:
+        return mate, "Debian mate-backgrounds"
+    real = sorted(glob.glob(str(ROOT.parent / "shared" / "images" / "real" / "*.jpg")))
+    if real:
+        return real, "../shared/images/real (scaled to 3000x2000)"
+    return [], "generated scenes"
+
+
+def make_photos(n: int) -> tuple[Path, str]:
+    import cv2
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from make_samples import scene
+
+    out = WORK / f"photos{n}"
+    sources, origin = photo_sources()
+    if out.is_dir() and len(list(out.glob("*.jpg"))) == n:
+        return out, origin
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for k in range(n):
+        if sources:
+            img = cv2.imread(sources[k % len(sources)])
+            img = cv2.resize(img, (3000, 2000), interpolation=cv2.INTER_CUBIC)
+            if k >= len(sources):  # vary the pixels so no two files are identical
+                img = cv2.flip(img, 1) if (k // len(sources)) % 2 else img
+                img[0, :k % 3000] = k % 255
+        else:
+            img = scene(3000, 2000, k)
+        cv2.imwrite(str(out / f"p{k:04d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return out, origin
+
+
+def make_tiny(n: int) -> Path:
+    import cv2
+    import numpy as np
+
+    out = WORK / f"tiny{n}"
+    if out.is_dir() and len(list(out.glob("*.png"))) == n:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for k in range(n):
+        cv2.imwrite(str(out / f"t{k:05d}.png"), np.full((8, 8, 3), k % 256, np.uint8))
+    return out
+
+
+# --- the bare loop the tool is compared with -----------------------------------------------------
+def _bare_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _bare_one(args: tuple[str, str]) -> int:
+    import cv2
+    import numpy as np
+
+    src, dst = args
+    img = cv2.imdecode(np.fromfile(src, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
+    h, w = img.shape[:2]
+    s = min(1024 / w, 1024 / h)
+    img = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    buf.tofile(dst)
+    return 1
+
+
+def bare_pool(src: Path, out: Path, workers: int) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    jobs = [(str(p), str(out / p.name)) for p in sorted(src.glob("*.jpg"))]
+    t0 = time.perf_counter()
+    with get_context("spawn").Pool(workers, initializer=_bare_init) as pool:
+        sum(pool.imap_unordered(_bare_one, jobs, chunksize=4))
+    return time.perf_counter() - t0
+
+
+def batchcli_run(src: Path, out: Path, pipeline: str, workers: int, home: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, BATCHCLI_HOME=str(home))
+    return timed(BATCHCLI + ["start", str(src), "--out", str(out), "-w", str(workers), "-p", pipeline,
+                             "--quiet"], env=env)
+
+
+# --- 1,000,000 records --------------------------------------------------------------------------
+def make_million(n: int, home: Path, pending: int, tiny_png: str) -> str:
+    """A batch of n items whose journal already has n - pending completed records."""
+    sys.path.insert(0, str(ROOT))
+    from batchcli import __version__
+    from batchcli.journal import encode
+
+    bid = f"20000101-000000-000-{n:x}"[:24]
+    d = home / "batches" / bid
+    if (d / "journal.jsonl").exists():
+        return bid
+    d.mkdir(parents=True, exist_ok=True)
+    st = os.stat(tiny_png)
+    with open(d / "items.jsonl", "wb") as fh:
+        for i in range(n):
+            fh.write(b'{"i":%d,"src":"%s","rel":"t%07d.png","stem":"t%07d","size":%d,"mtime":%r}\n'
+                     % (i, tiny_png.encode(), i, i, st.st_size, st.st_mtime))
+    with open(d / "journal.jsonl", "wb") as fh:
+        fh.write(encode({"seq": 0, "t": 0, "type": "header", "batch_id": bid, "version": __version__,
+                         "pipeline": [{"name": "convert", "format": "png", "quality": 90, "compression": 3}],
+                         "fingerprint": "x", "total": n}))
+        fh.write(encode({"seq": 1, "t": 1, "type": "batch_started", "pid": 1, "workers": 2}))
+        buf = []
+        for i in range(n - pending):
+            buf.append(encode({"seq": i + 2, "t": 2.0, "type": "item_completed", "i": i,
+                               "out": f"t{i:07d}.png", "bytes": 100, "sha256": "0" * 64, "ms": 1.0}))
+            if len(buf) >= 10000:
+                fh.write(b"".join(buf))
+                buf.clear()
+        fh.write(b"".join(buf))
+        fh.write(encode({"seq": n + 5, "t": 3, "type": "batch_paused", "reason": "bench"}))
+    (d / "manifest.json").write_text(json.dumps({
+        "batch_id": bid, "name": "million", "created_at": 0, "version": __version__,
+        "pipeline": [{"name": "convert", "format": "png", "quality": 90, "compression": 3}],
+        "pipeline_text": "convert png", "options": {}, "fingerprint": "x",
+        "out_dir": str(WORK / "million-out"), "inputs": [], "total": n}))
+    return bid
+
+
+def peak_rss_of(cmd: list[str], env: dict) -> tuple[float, int]:
+    import psutil
+
+    t0 = time.perf_counter()
+    p = psutil.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while p.poll() is None:
+        try:
+            peak = max(peak, p.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    return time.perf_counter() - t0, peak
+
+
+def best_of(n: int, cmd: list[str], env: dict | None = None) -> float:
+    return min(timed(cmd, env=env) for _ in range(n))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--photos", type=int, default=int(os.environ.get("BENCH_PHOTOS", 200)))
+    ap.add_argument("--tiny", type=int, default=2000)
+    ap.add_argument("--million", type=int, default=1_000_000)
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args()
+    WORK.mkdir(exist_ok=True)
+    home = WORK / "home"
+    shutil.rmtree(home, ignore_errors=True)
+    rows: list[tuple[str, str, str]] = []
+    have = {t: shutil.which(t) is not None for t in ("parallel", "vipsthumbnail", "mogrify")}
+    log("peers found: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in have.items()))
+
+    # 1. thumbnails
+    photos, origin = make_photos(a.photos)
+    log(f"thumbnail workload: {a.photos} JPEGs 3000x2000 from {origin}")
+    w = a.workers
+    t_tool = batchcli_run(photos, WORK / "out-tool", "resize 1024x1024 | convert jpg quality=85", w, home)
+    t_bare = bare_pool(photos, WORK / "out-bare", w)
+    rows.append((f"thumbnails: batchcli -w{w}", f"{t_tool:.2f} s", f"{a.photos / t_tool:.1f} img/s"))
+    rows.append((f"thumbnails: bare Pool({w}) + IMREAD_REDUCED", f"{t_bare:.2f} s", f"{a.photos / t_bare:.1f} img/s"))
+    rows.append(("  ratio batchcli / bare loop (target >= 0.9)", "", f"{t_bare / t_tool:.2f}x"))
+    if have["parallel"] and have["vipsthumbnail"]:
+        out = WORK / "out-vips"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        t_vips = timed(f"ls {photos}/*.jpg | parallel -N50 -j{w} vipsthumbnail --size 1024x1024 "
+                       f"-o '{out}/%s.jpg[Q=85]' {{}}")
+        rows.append((f"thumbnails: vipsthumbnail, parallel -N50 -j{w}", f"{t_vips:.2f} s", f"{a.photos / t_vips:.1f} img/s"))
+        rows.append(("  ratio batchcli / vipsthumbnail (target >= 1.8)", "", f"{t_vips / t_tool:.2f}x"))
+    if have["parallel"] and have["mogrify"]:
+        out = WORK / "out-mogrify"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        t_mog = timed(f"ls {photos}/*.jpg | parallel -N50 -j{w} mogrify -path {out} -resize 1024x1024 "
+                      f"-quality 85 {{}}")
+        rows.append((f"thumbnails: mogrify, parallel -N50 -j{w}", f"{t_mog:.2f} s", f"{a.photos / t_mog:.1f} img/s"))
+
+    # 2. orchestration
+    tiny = make_tiny(a.tiny)
+    t_orch = batchcli_run(tiny, WORK / "out-tiny", "convert png", w, home)
+    rows.append((f"orchestration: batchcli, {a.tiny} tiny PNGs", f"{t_orch:.2f} s", f"{a.tiny / t_orch:.0f} items/s"))
+    if have["parallel"]:
+        t_par = timed(f"ls {tiny}/*.png | parallel -j{w} --joblog {WORK}/joblog true {{}}")
+        rows.append((f"orchestration: GNU parallel --joblog true", f"{t_par:.2f} s", f"{a.tiny / t_par:.0f} items/s"))
+        rows.append(("  ratio batchcli / parallel (target >= 10)", "", f"{t_par / t_orch:.1f}x"))
+
+    # 3. status on 1,000,000 records, start-up time
+    first_tiny = str(sorted(tiny.glob("*.png"))[0])
+    bid = make_million(a.million, home, 2000, first_tiny)
+    env = dict(os.environ, BATCHCLI_HOME=str(home))
+    t_status = best_of(3, BATCHCLI + ["status", bid, "--json"], env)
+    rows.append((f"status --json, {a.million:,} records (target < 1.5 s)", f"{t_status:.2f} s", ""))
+    t_help = best_of(5, BATCHCLI + ["--help"])
+    rows.append(("batchcli --help (target < 0.15 s)", f"{t_help * 1000:.0f} ms", ""))
+
+    # 4. runner memory at 1,000,000 items (replay + streaming + the last 2,000 items run)
+    shutil.rmtree(WORK / "million-out", ignore_errors=True)
+    t_res, rss = peak_rss_of(BATCHCLI + ["resume", bid, "-w", str(w), "--quiet", "--force"], env)
+    rows.append((f"runner peak RSS at {a.million:,} items (target < 150 MB)", f"{rss / 2**20:.0f} MB",
+                 f"resume in {t_res:.1f} s"))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'time':>10}  rate")
+    for name, t, rate in rows:
+        print(f"{name:<{width}}  {t:>10}  {rate}")
+
+
+if __name__ == "__main__":
+    main()
