@@ -376,7 +376,9 @@ def _list_rel(path: str, base: str) -> str:
     """A listed path mirrors its place below the list's folder; a path outside it mirrors its
     absolute path (without the leading /)."""
     rel = os.path.relpath(path, base)
-    if rel == os.curdir or rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+    if rel == os.curdir:  # the list's folder itself ("find ." prints it first)
+        return ""
+    if rel.startswith(os.pardir + os.sep) or rel == os.pardir:
         return path.lstrip(os.sep) or "root"
     return rel
 

@@ -104,6 +104,11 @@ def test_stdin_list_is_relative_to_the_current_folder(tree, monkeypatch):
     monkeypatch.chdir(tree)
     stdin = io.BytesIO(b"sub/c.png\nb.jpg\n")
     assert rels(find(["-"], stdin=stdin)) == ["sub/c.png", "b.jpg"]
+    stdin = io.BytesIO(b".\n./sub\n./b.jpg\n")  # what `find .` prints: the folder, then its contents
+    stats = DiscoveryStats()
+    assert rels(find(["-"], stdin=stdin, stats=stats)) == ["a.JPG", "b.jpg", "a/z.jpg", "raw/e.jpg", "sub/c.png",
+                                                           "sub/deep/d.webp"]
+    assert stats.duplicates == 1
     with pytest.raises(ConfigError, match="only once"):
         list(find(["-"], from_file="-", stdin=io.BytesIO(b"")))
 
@@ -158,7 +163,8 @@ def test_name_templates(template, expected):
 
 def test_template_names_are_made_safe():
     namer = Namer("{stem}.{ext}")
-    found = [Found("/p/été photo*?.jpg", "dir one/été photo*?.jpg"), Found("https://h/a/%2F..%2Fb.jpg", discover.url_name("https://h/a/%2F..%2Fb.jpg"))]
+    url = "https://h/a/%2F..%2Fb.jpg"
+    found = [Found("/p/été photo*?.jpg", "dir one/été photo*?.jpg"), Found(url, discover.url_name(url))]
     assert [r["stem"] for r in items(found, namer)] == ["dir_one/été_photo__", "_.._b"]
 
 
