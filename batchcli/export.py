@@ -591,6 +591,9 @@ def _require_results(snap: Snapshot) -> None:
 def _require_exported(snap: Snapshot, res: ExportResult, manifest: bool) -> None:
     """Completed items, yet nothing to put in the export (outputs gone, no metadata to list)."""
     if res.exported == 0 and not (manifest and snap.meta_keys):
+        if not snap.out_dir:
+            raise NothingToExport("no completed results to export: this pipeline writes no files and "
+                                  "recorded no metadata (export --manifest lists the items)")
         raise NothingToExport(
             f"no completed results to export: {res.missing} output(s) missing and {res.changed} "
             f"changed since they were written (see 'batchcli verify {snap.paths.id}')")

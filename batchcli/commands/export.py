@@ -36,8 +36,8 @@ def register(app: typer.Typer) -> None:
         Example: batchcli export nightly --zip nightly.zip --name-template '{name}_{stem}_{i}.{ext}'
         """
         from batchcli import console
-        from batchcli.errors import ConfigError
-        from batchcli.export import Snapshot, _iso, check_template, export_dir, export_manifest, export_zip
+        from batchcli.errors import BatchcliError, ConfigError
+        from batchcli.export import _iso, check_template
         from batchcli.store import Store
 
         if not (zip_file or to or manifest or contact_sheet):
@@ -49,32 +49,11 @@ def register(app: typer.Typer) -> None:
         if name_template:
             check_template(name_template)
         paths = Store(home).resolve(batch)
-        snap = Snapshot(paths)  # one snapshot for every form asked for
-        results: dict[str, Any] = {}
-        lines: list[str] = []
-        if zip_file:
-            r = export_zip(paths, zip_file, name_template, manifest=not no_manifest, snapshot=snap)
-            results["zip"] = r.as_dict()
-            lines.append(_line(r, f"to {r.target} ({_size(r.exported_bytes)}"
-                               + (", ZIP64" if r.zip64 else "") + ")"))
-        if to:
-            r = export_dir(paths, to, name_template, manifest=not no_manifest, snapshot=snap)
-            results["folder"] = r.as_dict()
-            how = ", ".join(x for x in (f"{r.linked} linked" if r.linked else "",
-                                        f"{r.copied} copied" if r.copied else "") if x)
-            lines.append(_line(r, f"to {r.target}/" + (f" ({how})" if how else "")))
-        if manifest:
-            r = export_manifest(paths, manifest, name_template=name_template, snapshot=snap)
-            results["manifest"] = r.as_dict()
-            lines.append(f"wrote the manifest of {r.manifest_rows} items to {r.target}")
-        if contact_sheet:
-            from batchcli.contact import render_contact_sheet
-
-            c = render_contact_sheet(paths, contact_sheet, compare=compare, snapshot=snap)
-            results["contact_sheet"] = c.as_dict()
-            pages = c.pages[0] if len(c.pages) == 1 else f"{c.pages[0]} ... {c.pages[-1]} ({len(c.pages)} pages)"
-            lines.append(f"contact sheet of {c.tiles} items ({c.failed} failed"
-                         + (f", {c.missing} missing" if c.missing else "") + f"): {pages}")
+        try:
+            results, lines, snap = _export(paths, zip_file, to, manifest, contact_sheet, compare,
+                                           name_template, no_manifest)
+        except OSError as exc:  # an unwritable target, a full disk: one line, exit 1
+            raise BatchcliError(f"cannot write {exc.filename or 'the export'}: {exc.strerror or exc}") from None
         if json_out:
             console.emit_json({"batch_id": paths.id, "running": snap.running,
                                "snapshot_at": _iso(snap.taken_at), **results})
@@ -130,6 +109,39 @@ def register(app: typer.Typer) -> None:
             console.info("\n".join(lines))
         if not rep.clean:
             raise typer.Exit(1)
+
+
+def _export(paths, zip_file, to, manifest, contact_sheet, compare, name_template, no_manifest):
+    """Every form asked for, from one snapshot. Returns (results, text lines, snapshot)."""
+    from batchcli.export import Snapshot, export_dir, export_manifest, export_zip
+
+    snap = Snapshot(paths)
+    results: dict[str, Any] = {}
+    lines: list[str] = []
+    if zip_file:
+        r = export_zip(paths, zip_file, name_template, manifest=not no_manifest, snapshot=snap)
+        results["zip"] = r.as_dict()
+        lines.append(_line(r, f"to {r.target} ({_size(r.exported_bytes)}"
+                           + (", ZIP64" if r.zip64 else "") + ")"))
+    if to:
+        r = export_dir(paths, to, name_template, manifest=not no_manifest, snapshot=snap)
+        results["folder"] = r.as_dict()
+        how = ", ".join(x for x in (f"{r.linked} linked" if r.linked else "",
+                                    f"{r.copied} copied" if r.copied else "") if x)
+        lines.append(_line(r, f"to {r.target}/" + (f" ({how})" if how else "")))
+    if manifest:
+        r = export_manifest(paths, manifest, name_template=name_template, snapshot=snap)
+        results["manifest"] = r.as_dict()
+        lines.append(f"wrote the manifest of {r.manifest_rows} items to {r.target}")
+    if contact_sheet:
+        from batchcli.contact import render_contact_sheet
+
+        c = render_contact_sheet(paths, contact_sheet, compare=compare, snapshot=snap)
+        results["contact_sheet"] = c.as_dict()
+        pages = c.pages[0] if len(c.pages) == 1 else f"{c.pages[0]} ... {c.pages[-1]} ({len(c.pages)} pages)"
+        lines.append(f"contact sheet of {c.tiles} items ({c.failed} failed"
+                     + (f", {c.missing} missing" if c.missing else "") + f"): {pages}")
+    return results, lines, snap
 
 
 def _line(r: Any, where: str) -> str:
