@@ -160,6 +160,7 @@ def batch_status(paths: BatchPaths) -> dict[str, Any]:
         "reason": st.reason,
         "executor": st.executor,
         "workers": st.workers,
+        "dedupe_skipped": man.get("dedupe_skipped", 0),
         "journal_records": st.records,
         "journal_corrupt_lines": len(st.bad),
         "journal_problems": [f"line {b.lineno}: {b.reason}" for b in st.bad[:5]],

@@ -62,8 +62,10 @@ class NothingToExport(BatchcliError):
 class ItemError(Exception):
     """Raised inside a worker for one item; becomes a failed item record, never a batch failure.
 
-    `error_class` is a short stable word (``decode``, ``truncated``, ``too_large``, ``unsupported``,
-    ``unreadable``, ``io``, ``network``, ``timeout``, ``crash``, ``oom``, ``model``, ``op``).
+    `error_class` is a short stable word: ``decode``, ``truncated``, ``too_large``, ``unsupported``,
+    ``unreadable``, ``encode``, ``http`` (4xx download), ``model``, ``op`` (permanent), or ``io``,
+    ``network``, ``timeout``, ``crash``, ``oom`` (transient: retried by ``--retries``), or
+    ``disk_full`` (pauses the batch instead of failing the item).
     """
 
     TRANSIENT = frozenset({"timeout", "crash", "oom", "io", "network"})
