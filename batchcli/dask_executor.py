@@ -107,7 +107,8 @@ def process_bytes(w: Worker, item: dict[str, Any]) -> dict[str, Any]:
     """
     src = item["src"]
     data = item.get("data")
-    local = {k: v for k, v in item.items() if k != "data"}
+    changed = item.get("src_stat")
+    local = {k: v for k, v in item.items() if k not in ("data", "src_stat")}
     tmp_in = None
     if data is not None:
         tmp_in = tempfile.mkdtemp(prefix="batchcli-in-")
@@ -121,6 +122,8 @@ def process_bytes(w: Worker, item: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(tmp_in, ignore_errors=True)
     if tmp_in is not None and res.get("error"):
         res["error"] = res["error"].replace(local["src"], src)
+    if res.get("ok") and changed is not None:
+        res["src_stat"] = changed
     if res.get("ok") and w.cfg.out_dir is not None:
         files: dict[str, bytes] = {}
         for rel in (res.get("out"), res.get("routed")):
@@ -243,6 +246,10 @@ class DaskExecutor:
         self.address = scheduler_address(opt.executor)
         self.stats = _Stats()
         self.cluster = None
+        # Dask's own loggers would print tracebacks for what reaches the runner as events.
+        self._quiet = logging.getLogger("distributed")
+        self._quiet_level = self._quiet.level
+        self._quiet.setLevel(logging.CRITICAL)
         if self.address is None:
             # One task per worker at a time, so a worker's death concerns only the chunk it was
             # running; that chunk is split and retried by us, then by the runner's --retries.
@@ -250,7 +257,7 @@ class DaskExecutor:
                                   "distributed.scheduler.worker-saturation": 1.0}):
                 self.cluster = LocalCluster(
                     n_workers=opt.workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None, silence_logs=logging.ERROR,
+                    dashboard_address=None, silence_logs=logging.CRITICAL,
                     memory_limit=opt.memory_limit or "auto")
             self._threads: int | None = cfg.threads
             target: Any = self.cluster
@@ -262,6 +269,7 @@ class DaskExecutor:
             self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             self._close_cluster()
+            self._quiet.setLevel(self._quiet_level)
             where = self.address or "the local Dask cluster"
             raise ConfigError(f"--executor {opt.executor}: no Dask worker reachable at {where} "
                               f"within {CONNECT_TIMEOUT:g} s ({type(exc).__name__}: {exc})") from None
@@ -346,6 +354,7 @@ class DaskExecutor:
         except Exception:
             pass
         self._close_cluster()
+        self._quiet.setLevel(self._quiet_level)
         return left
 
     # --- internals -----------------------------------------------------------------------
@@ -383,7 +392,16 @@ class DaskExecutor:
             self._events.append(Event("item", result={
                 "i": item["i"], "ok": False, "error_class": exc.error_class, "error": f"{src}: {exc}", "ms": 0.0}))
             return None
-        return {**item, "data": data}
+        shipped = {k: v for k, v in item.items() if k not in ("size", "mtime")}  # the copy's stat means nothing
+        shipped["data"] = data
+        if "size" in item:  # the input changed since discovery: the worker passes that on, as locally
+            try:
+                st = os.stat(src)
+                if [st.st_size, st.st_mtime] != [item["size"], item.get("mtime")]:
+                    shipped["src_stat"] = [st.st_size, st.st_mtime]
+            except OSError:
+                pass
+        return shipped
 
     def _preflight(self, first: dict[str, Any]) -> None:
         """Every worker runs this batchcli version and (without --transfer) sees our files."""
@@ -455,6 +473,7 @@ class DaskExecutor:
 
     def _lost_scheduler(self) -> Event:
         where = self.address or "the local Dask cluster"
+        log.warning("lost the Dask scheduler at %s; unfinished items stay pending", where)
         return Event("fatal", message=f"lost the Dask scheduler at {where}")
 
     def _land(self, res: dict[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def records(batch_dir: str) -> list[dict]:
 
 
 def item_states(batch_dir: str) -> dict[int, tuple]:
-    """Last record per item, keyed by the item's source path: (state, out, sha256, error_class)."""
+    """Last record per item, keyed by its input: (state, out, sha256, src_stat or error_class)."""
     srcs = {}
     with open(os.path.join(batch_dir, "items.jsonl")) as fh:
         for line in fh:
@@ -84,7 +84,7 @@ def item_states(batch_dir: str) -> dict[int, tuple]:
     out = {}
     for r in records(batch_dir):
         if r["type"] == "item_completed":
-            out[srcs[r["i"]]] = ("completed", r.get("out"), r.get("sha256"), None)
+            out[srcs[r["i"]]] = ("completed", r.get("out"), r.get("sha256"), r.get("src_stat"))
         elif r["type"] == "item_failed":
             out[srcs[r["i"]]] = ("failed", None, None, r.get("error_class"))
     return out
@@ -286,7 +286,7 @@ def cluster(tmp_path):
     port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
     procs = []
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    env = dict(os.environ)
 
     def spawn(*args):
         p = subprocess.Popen([DASK_BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
