@@ -33,8 +33,10 @@ def run_options(workers: int | None, retries: int, item_timeout: float, max_fail
     from batchcli.errors import ConfigError
     from batchcli.pool import usable_cpus
     from batchcli.runner import RunOptions, _parse_max_failures
+    from batchcli.onnx_session import parse_providers
     from batchcli.units import parse_bytes
 
+    parse_providers(providers)  # an unknown provider is a usage error, before any work
     cpus = usable_cpus()
     n = workers or cpus
     try:
@@ -69,6 +71,10 @@ def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> Non
     from batchcli.runner import Runner
 
     mode = "json" if json_out else "quiet" if quiet else "tty" if console.is_tty() else "plain"
+    if mode in ("tty", "plain") and any(step.get("name") == "model" for step in paths.load_manifest()["pipeline"]):
+        from batchcli.onnx_session import describe_providers
+
+        console.info(describe_providers(opts.providers))
     with console.ProgressView(mode) as view:
         result = Runner(paths, opts, view).run(resume=resume, **kw)
     if not json_out:
