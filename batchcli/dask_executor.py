@@ -228,6 +228,24 @@ def scheduler_address(executor: str) -> str | None:
     return executor
 
 
+def _quiet_dask_logs():
+    """Mute the stream handlers Dask installs on its loggers; returns the function that restores them.
+
+    What goes wrong on the cluster reaches the runner as events (and the journal as reasons); Dask's
+    own tracebacks on stderr (a lost connection, a restarted worker) would only repeat it noisily.
+    """
+    saved = [(h, h.level) for h in logging.getLogger("distributed").handlers
+             if isinstance(h, logging.StreamHandler)]
+    for h, _level in saved:
+        h.setLevel(logging.CRITICAL)
+
+    def restore() -> None:
+        for h, level in saved:
+            h.setLevel(level)
+
+    return restore
+
+
 class DaskExecutor:
     """Chunks as Dask tasks; per-item results, losses and requeues as the runner expects them."""
 
@@ -246,10 +264,7 @@ class DaskExecutor:
         self.address = scheduler_address(opt.executor)
         self.stats = _Stats()
         self.cluster = None
-        # Dask's own loggers would print tracebacks for what reaches the runner as events.
-        self._quiet = logging.getLogger("distributed")
-        self._quiet_level = self._quiet.level
-        self._quiet.setLevel(logging.CRITICAL)
+        self._quiet = _quiet_dask_logs()
         if self.address is None:
             # One task per worker at a time, so a worker's death concerns only the chunk it was
             # running; that chunk is split and retried by us, then by the runner's --retries.
@@ -269,7 +284,7 @@ class DaskExecutor:
             self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             self._close_cluster()
-            self._quiet.setLevel(self._quiet_level)
+            self._quiet()
             where = self.address or "the local Dask cluster"
             raise ConfigError(f"--executor {opt.executor}: no Dask worker reachable at {where} "
                               f"within {CONNECT_TIMEOUT:g} s ({type(exc).__name__}: {exc})") from None
@@ -354,7 +369,7 @@ class DaskExecutor:
         except Exception:
             pass
         self._close_cluster()
-        self._quiet.setLevel(self._quiet_level)
+        self._quiet()
         return left
 
     # --- internals -----------------------------------------------------------------------

@@ -281,6 +281,9 @@ def test_unreachable_scheduler_is_a_config_error(tmp_path):
 
 # --- a real scheduler and workers: kill a worker, then the runner ------------------------------
 
+_cluster_procs: list = []  # the scheduler first, then the workers
+
+
 @pytest.fixture
 def cluster(tmp_path):
     port = free_port()
@@ -297,6 +300,7 @@ def cluster(tmp_path):
     spawn("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
     workers = [spawn("worker", addr, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
                      "--name", f"w{k}", "--host", "127.0.0.1") for k in range(2)]
+    _cluster_procs[:] = procs
     client = wait_for(lambda: _client(addr), 60, "the scheduler")
     try:
         client.wait_for_workers(2, timeout=60)
@@ -362,3 +366,42 @@ def test_scheduler_worker_killed_then_runner_killed(tmp_path, cluster):
     assert len(tree(tmp_path / "out")) == n  # no stray temp files either
     st = json.loads(cli(home, "status", batch_id, "--json").stdout)
     assert st["status"] == "completed" and st["completed"] == n
+
+
+@pytest.mark.slow
+def test_pause_then_scheduler_lost_then_local_resume(tmp_path, cluster):
+    """pause from another shell; the scheduler dies mid-run; resume with the local pool finishes."""
+    addr, _workers = cluster
+    n = 60
+    make_images(tmp_path / "in", n, size=(900, 700))
+    home = tmp_path / "home"
+    env = {**os.environ, "BATCHCLI_HOME": str(home)}
+    start = ["start", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-w", "2", "--name", "cl",
+             "--pipeline", PIPELINE, "--executor", addr, "--quiet"]
+    runner = subprocess.Popen([sys.executable, "-m", "batchcli", *start], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    batch = wait_for(lambda: (batch_dirs(home) or [None])[0], 60, "the batch")
+    wait_for(lambda: completed_count(batch) >= 5, 120, "5 completed items")
+    cli(home, "pause", "cl")
+    assert runner.wait(60) == 3, runner.stderr.read()  # EXIT_PAUSED
+    paused_at = completed_count(batch)
+    assert paused_at < n
+    assert json.loads(cli(home, "status", "cl", "--json").stdout)["status"] == "paused"
+
+    runner = subprocess.Popen([sys.executable, "-m", "batchcli", "resume", "cl", "--executor", addr, "--quiet"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: completed_count(batch) >= paused_at + 5, 120, "5 more completed items")
+    scheduler = _cluster_procs[0]
+    os.killpg(scheduler.pid, signal.SIGKILL)
+    code = runner.wait(120)
+    err = runner.stderr.read()
+    assert code != 0 and "Traceback" not in err, err
+    st = json.loads(cli(home, "status", "cl", "--json").stdout)
+    assert st["remaining"] > 0 and st["status"] in ("paused", "failed"), st
+
+    proc = cli(home, "resume", "cl", "-w", "2", "--quiet")  # the local pool takes over
+    assert proc.returncode == 1, proc.stderr  # only the broken file failed
+    recs = records(batch)
+    completed = Counter(r["i"] for r in recs if r["type"] == "item_completed")
+    assert len(completed) == n and set(completed.values()) == {1}
+    assert any("lost the Dask scheduler" in str(r.get("reason")) for r in recs)
