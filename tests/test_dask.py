@@ -322,17 +322,21 @@ def _client(addr):
         return None
 
 
+def start_runner(tmp_path, n: int, *args) -> subprocess.Popen:
+    """`batchcli start` on n fresh images in the background (home: tmp_path/home)."""
+    make_images(tmp_path / "in", n, size=(900, 700))
+    env = {**os.environ, "BATCHCLI_HOME": str(tmp_path / "home")}
+    return subprocess.Popen([sys.executable, "-m", "batchcli", "start", str(tmp_path / "in"), "--out",
+                             str(tmp_path / "out"), "-w", "2", "--pipeline", PIPELINE, "--quiet", *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
 @pytest.mark.slow
 def test_scheduler_worker_killed_then_runner_killed(tmp_path, cluster):
     addr, workers = cluster
     n = 90
-    make_images(tmp_path / "in", n, size=(900, 700))
     home = tmp_path / "home"
-    env = {**os.environ, "BATCHCLI_HOME": str(home)}
-    runner = subprocess.Popen([sys.executable, "-m", "batchcli", "start", str(tmp_path / "in"),
-                               "--out", str(tmp_path / "out"), "-w", "2", "--pipeline", PIPELINE,
-                               "--executor", addr.replace("tcp://", "dask://"), "--quiet"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    runner = start_runner(tmp_path, n, "--executor", addr.replace("tcp://", "dask://"))
     try:
         batch = wait_for(lambda: (batch_dirs(home) or [None])[0], 60, "the batch")
         wait_for(lambda: completed_count(batch) >= 10, 120, "10 completed items")
@@ -373,13 +377,9 @@ def test_pause_then_scheduler_lost_then_local_resume(tmp_path, cluster):
     """pause from another shell; the scheduler dies mid-run; resume with the local pool finishes."""
     addr, _workers = cluster
     n = 60
-    make_images(tmp_path / "in", n, size=(900, 700))
     home = tmp_path / "home"
     env = {**os.environ, "BATCHCLI_HOME": str(home)}
-    start = ["start", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-w", "2", "--name", "cl",
-             "--pipeline", PIPELINE, "--executor", addr, "--quiet"]
-    runner = subprocess.Popen([sys.executable, "-m", "batchcli", *start], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runner = start_runner(tmp_path, n, "--executor", addr, "--name", "cl")
     batch = wait_for(lambda: (batch_dirs(home) or [None])[0], 60, "the batch")
     wait_for(lambda: completed_count(batch) >= 5, 120, "5 completed items")
     cli(home, "pause", "cl")
