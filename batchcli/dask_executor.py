@@ -294,6 +294,8 @@ class DaskExecutor:
         self._events: list[Event] = []  # produced outside poll (e.g. unreadable input under --transfer)
         self._suspects: set[int] = set()  # items that killed a worker: they run alone from now on
         self._checked = False
+        self._probed: dict[str, Any] = {}  # worker address -> its probe answer
+        self._first_src: str | None = None
         self._stopping = False
         self._slots = self._count_slots()
         self._slots_at = time.monotonic()
@@ -313,9 +315,7 @@ class DaskExecutor:
         return bool(self._tasks or self._events)
 
     def submit(self, items: list[dict[str, Any]]) -> None:
-        if not self._checked:
-            self._preflight(items[0])
-            self._checked = True
+        self.check(items[0])
         payload = [self._ship(it) for it in items] if self.transfer else list(items)
         keep = [(it, p) for it, p in zip(items, payload) if p is not None]
         alone = [(it, p) for it, p in keep if it["i"] in self._suspects]
@@ -373,12 +373,6 @@ class DaskExecutor:
         return left
 
     # --- internals -----------------------------------------------------------------------
-    def _count_slots(self) -> int:
-        try:
-            return sum(self.client.nthreads().values())
-        except Exception:
-            return 0
-
     def _close_cluster(self) -> None:
         if self.cluster is not None:
             try:
@@ -418,40 +412,70 @@ class DaskExecutor:
                 pass
         return shipped
 
-    def _preflight(self, first: dict[str, Any]) -> None:
-        """Every worker runs this batchcli version and (without --transfer) sees our files."""
+    def check(self, first: dict[str, Any]) -> None:
+        """Before the first task: every worker runs this batchcli version and sees our files.
+
+        Raises ConfigError with a one-line reason. Runs once (the first submit calls it; a runner
+        may call it earlier, before journaling anything)."""
+        if self._checked:
+            return
+        if not self.transfer and not first["src"].startswith(("http://", "https://")):
+            self._first_src = first["src"]
+        problem = self._probe_workers(None)
+        if problem:
+            raise ConfigError(problem)
+        self._checked = True
+
+    def _probe_workers(self, workers: list[str] | None) -> str | None:
+        """What is wrong with these workers (all when None), as a one-line message, or None."""
         out_dir = self.cfg.out_dir
         marker = None
-        src = None
-        if not self.transfer:
-            if out_dir is not None:
-                os.makedirs(out_dir, exist_ok=True)
-                marker = tmp_name(os.path.join(out_dir, "dask-probe"))
-                with open(marker, "wb"):
-                    pass
-            if not first["src"].startswith(("http://", "https://")):
-                src = first["src"]
+        if not self.transfer and out_dir is not None:
+            os.makedirs(out_dir, exist_ok=True)
+            marker = tmp_name(os.path.join(out_dir, "dask-probe"))
+            with open(marker, "wb"):
+                pass
+        src = self._first_src
         try:
-            answers = self.client.run(_probe, out_dir, marker, src, on_error="return")
+            answers = self.client.run(_probe, out_dir, marker, src, workers=workers, on_error="return")
         finally:
             if marker is not None:
                 try:
                     os.unlink(marker)
                 except OSError:
                     pass
+        self._probed.update(answers)
         for addr, r in sorted(answers.items()):
             if isinstance(r, BaseException):
-                raise ConfigError(f"Dask worker {addr} cannot run batchcli tasks ({type(r).__name__}: {r}); "
-                                  f"install batchcli {__version__} on every worker")
+                return (f"Dask worker {addr} cannot run batchcli tasks ({type(r).__name__}: {r}); "
+                        f"install batchcli {__version__} on every worker")
             if r["version"] != __version__:
-                raise ConfigError(f"Dask worker {addr} has batchcli {r['version']}, this runner {__version__}: "
-                                  f"install the same version on every worker")
+                return (f"Dask worker {addr} has batchcli {r['version']}, this runner {__version__}: "
+                        f"install the same version on every worker")
             if not r["out"]:
-                raise ConfigError(f"Dask worker {addr} (host {r['host']}) cannot see or write the output folder "
-                                  f"{out_dir}: put it on a file system every worker shares, or use --transfer")
+                return (f"Dask worker {addr} (host {r['host']}) cannot see or write the output folder "
+                        f"{out_dir}: put it on a file system every worker shares, or use --transfer")
             if not r["src"]:
-                raise ConfigError(f"Dask worker {addr} (host {r['host']}) cannot read the input {src}: "
-                                  f"inputs must be on a file system every worker shares, or use --transfer")
+                return (f"Dask worker {addr} (host {r['host']}) cannot read the input {src}: "
+                        f"inputs must be on a file system every worker shares, or use --transfer")
+        return None
+
+    def _count_slots(self) -> int:
+        """Worker threads in the cluster now. A worker that joined since the start is probed
+        like the first ones; one that fails stops the batch with the reason (fix it, resume)."""
+        try:
+            nthreads = self.client.nthreads()
+        except Exception:
+            return 0
+        joined = [a for a in nthreads if a not in self._probed]
+        if self._checked and joined:
+            try:
+                problem = self._probe_workers(joined)
+            except Exception:
+                problem = None  # it left again, or the scheduler is going: poll() reports that
+            if problem:
+                self._events.append(Event("fatal", message=problem))
+        return sum(nthreads.values())
 
     def _finished(self, fut: Any, res: Any, events: list[Event]) -> None:
         task = self._tasks.pop(fut, None)

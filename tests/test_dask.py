@@ -281,38 +281,46 @@ def test_unreachable_scheduler_is_a_config_error(tmp_path):
 
 # --- a real scheduler and workers: kill a worker, then the runner ------------------------------
 
-_cluster_procs: list = []  # the scheduler first, then the workers
+class Cluster:
+    """A real `dask scheduler` and `dask worker` processes on 127.0.0.1, each in its own session."""
+
+    def __init__(self, cwd):
+        self.cwd = str(cwd)
+        self.addr = f"tcp://127.0.0.1:{free_port()}"
+        self.scheduler = self._spawn(["scheduler", "--host", "127.0.0.1", "--port", self.addr.rsplit(":", 1)[1],
+                                      "--no-dashboard"], os.environ)
+        self.workers: list[subprocess.Popen] = []
+
+    def _spawn(self, args, env) -> subprocess.Popen:
+        return subprocess.Popen([DASK_BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env, start_new_session=True, cwd=self.cwd)
+
+    def add_workers(self, n: int, env=None) -> None:
+        for _ in range(n):
+            self.workers.append(self._spawn(["worker", self.addr, "--nworkers", "1", "--nthreads", "1",
+                                             "--no-dashboard", "--host", "127.0.0.1"], env or os.environ))
+        client = wait_for(lambda: _client(self.addr), 60, "the scheduler")
+        try:
+            client.wait_for_workers(len(self.workers), timeout=60)
+        finally:
+            client.close()
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    port = free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    procs = []
-    env = dict(os.environ)
-
-    def spawn(*args):
-        p = subprocess.Popen([DASK_BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env=env, start_new_session=True, cwd=str(tmp_path))
-        procs.append(p)
-        return p
-
-    spawn("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
-    workers = [spawn("worker", addr, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
-                     "--name", f"w{k}", "--host", "127.0.0.1") for k in range(2)]
-    _cluster_procs[:] = procs
-    client = wait_for(lambda: _client(addr), 60, "the scheduler")
+    c = Cluster(tmp_path)
     try:
-        client.wait_for_workers(2, timeout=60)
+        yield c
     finally:
-        client.close()
-    yield addr, workers
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait(10)
+        for p in [c.scheduler, *c.workers]:
+            c.kill(p)
 
 
 def _client(addr):
@@ -333,14 +341,15 @@ def start_runner(tmp_path, n: int, *args) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_scheduler_worker_killed_then_runner_killed(tmp_path, cluster):
-    addr, workers = cluster
+    cluster.add_workers(2)
+    addr = cluster.addr
     n = 90
     home = tmp_path / "home"
     runner = start_runner(tmp_path, n, "--executor", addr.replace("tcp://", "dask://"))
     try:
         batch = wait_for(lambda: (batch_dirs(home) or [None])[0], 60, "the batch")
         wait_for(lambda: completed_count(batch) >= 10, 120, "10 completed items")
-        os.killpg(workers[0].pid, signal.SIGKILL)  # one Dask worker (nanny and process) dies
+        cluster.kill(cluster.workers[0])  # one Dask worker (nanny and process) dies
         wait_for(lambda: completed_count(batch) >= 40, 120, "40 completed items")
         runner.kill()  # SIGKILL: no chance to write anything
         runner.wait(10)
@@ -375,7 +384,8 @@ def test_scheduler_worker_killed_then_runner_killed(tmp_path, cluster):
 @pytest.mark.slow
 def test_pause_then_scheduler_lost_then_local_resume(tmp_path, cluster):
     """pause from another shell; the scheduler dies mid-run; resume with the local pool finishes."""
-    addr, _workers = cluster
+    cluster.add_workers(2)
+    addr = cluster.addr
     n = 60
     home = tmp_path / "home"
     env = {**os.environ, "BATCHCLI_HOME": str(home)}
@@ -391,8 +401,7 @@ def test_pause_then_scheduler_lost_then_local_resume(tmp_path, cluster):
     runner = subprocess.Popen([sys.executable, "-m", "batchcli", "resume", "cl", "--executor", addr, "--quiet"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: completed_count(batch) >= paused_at + 5, 120, "5 more completed items")
-    scheduler = _cluster_procs[0]
-    os.killpg(scheduler.pid, signal.SIGKILL)
+    cluster.kill(cluster.scheduler)
     code = runner.wait(120)
     err = runner.stderr.read()
     assert code != 0 and "Traceback" not in err, err
@@ -405,3 +414,20 @@ def test_pause_then_scheduler_lost_then_local_resume(tmp_path, cluster):
     completed = Counter(r["i"] for r in recs if r["type"] == "item_completed")
     assert len(completed) == n and set(completed.values()) == {1}
     assert any("lost the Dask scheduler" in str(r.get("reason")) for r in recs)
+
+
+@pytest.mark.slow
+def test_worker_with_another_batchcli_is_refused_at_start(tmp_path, cluster):
+    """A worker without this batchcli: exit 2 with a one-line reason, before any item runs."""
+    fake = tmp_path / "elsewhere" / "batchcli"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "0.0-other"\n')
+    cluster.add_workers(1, env={**os.environ, "PYTHONPATH": str(fake.parent)})
+    make_images(tmp_path / "in", 3, size=(64, 48))
+    proc = cli(tmp_path / "home", "start", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+               "--pipeline", PIPELINE, "--executor", cluster.addr, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"Error: Dask worker {cluster.addr.rsplit(':', 1)[0]}")
+    assert "install the same version on every worker" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "out") or tree(tmp_path / "out") == {}
