@@ -14,8 +14,9 @@ chunks of items to worker processes and their results back. Install with `batchc
   allowed-failures). A task that still kills workers ends in `KilledWorker`; its chunk is then
   split into single items so the innocent ones finish, and a single item that kills workers is
   reported as lost with class `crash` (retried per `--retries` like a local crash, then failed).
-- Data paths: shared file system by default (checked at the first submit: every worker must see
-  the output folder and the first input). With `--transfer` the runner reads the input bytes,
+- Data paths: shared file system by default (checked before the first task, and on each worker
+  that joins later: it must run this batchcli version and see the output folder and the first
+  input). With `--transfer` the runner reads the input bytes,
   ships them with the task, and writes the returned output bytes itself, atomically.
 """
 
@@ -296,7 +297,6 @@ class DaskExecutor:
         self._checked = False
         self._probed: dict[str, Any] = {}  # worker address -> its probe answer
         self._first_src: str | None = None
-        self._stopping = False
         self._slots = self._count_slots()
         self._slots_at = time.monotonic()
         self._progress_at = 0.0
@@ -348,7 +348,6 @@ class DaskExecutor:
 
     def stop(self) -> None:
         """Drop queued work: tasks a worker has started finish; the others come back as requeued."""
-        self._stopping = True
         running = set(self._running_on().keys())
         dropped: list[dict[str, Any]] = []
         for fut in [f for f in self._tasks if f.key not in running]:
