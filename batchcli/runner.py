@@ -580,18 +580,20 @@ def sweep_dead_tmp(root: str) -> list[str]:
     removed: list[str] = []
     for p in pathlib.Path(root).rglob(f".*{TMP_MARK}*"):
         pid = p.name.split(TMP_MARK, 1)[1].split("-", 1)[0]
-        if p.is_file() and not (pid.isdigit() and _pid_alive(int(pid))):
+        if p.is_file() and not (pid.isdigit() and _writer_alive(int(pid), p)):
             with contextlib.suppress(OSError):
                 p.unlink()
                 removed.append(str(p))
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def _writer_alive(pid: int, tmp) -> bool:
+    """Is the process that wrote `tmp` still running? A zombie, or a pid reused by a process
+    started after the file was written, is not it."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= tmp.stat().st_mtime + 1.0
+    except (psutil.Error, OSError):
         return False
-    except PermissionError:
-        return True
-    return True
