@@ -512,7 +512,7 @@ class DaskExecutor:
     def _lost_scheduler(self) -> Event:
         where = self.address or "the local Dask cluster"
         log.warning("lost the Dask scheduler at %s; unfinished items stay pending", where)
-        return Event("fatal", message=f"lost the Dask scheduler at {where}")
+        return Event("pause", message=f"lost the Dask scheduler at {where}")
 
     def _land(self, res: dict[str, Any]) -> dict[str, Any]:
         """--transfer: write the returned output bytes under out_dir, atomically, then report."""

@@ -26,7 +26,7 @@ CHUNKS_PER_WORKER = 2
 
 @dataclass
 class Event:
-    kind: str  # "item" (a result), "lost" (item died with its worker), "requeue", "fatal"
+    kind: str  # "item" (a result), "lost" (item died with its worker), "requeue", "fatal", "pause"
     result: dict[str, Any] | None = None
     item: dict[str, Any] | None = None
     items: list[dict[str, Any]] = field(default_factory=list)

@@ -28,7 +28,7 @@ from batchcli.errors import (
     BatchLocked, InvalidTransition, ItemError,
 )
 from batchcli.journal import (
-    COMPLETED, FAILED, PENDING, JournalWriter, Replay, failure_key, iter_records, replay,
+    COMPLETED, FAILED, PENDING, JournalWriter, Replay, checkpoint, failure_key, iter_records, replay,
 )
 from batchcli.store import BatchPaths
 from batchcli.worker import WorkerConfig
@@ -175,6 +175,10 @@ class Runner:
                     os.unlink(p)
                 except FileNotFoundError:
                     pass
+            try:  # a cache of the replay, so status of a huge batch reads only what comes after
+                checkpoint(self.paths.journal, self.total)
+            except Exception:  # a cache: never worth failing a run for
+                log.warning("could not write the journal snapshot", exc_info=True)
             lock.release()
 
     # --- internals -------------------------------------------------------------------------
@@ -191,7 +195,7 @@ class Runner:
         if repair:
             requeue += bad_outputs(self.paths, st)
         requeue = sorted(set(requeue))
-        if st.state == "completed" and not (requeue or requeue_failed):
+        if st.state == "completed" and st.remaining == 0 and not (requeue or requeue_failed):
             raise InvalidTransition(f"batch {self.paths.id} is completed; nothing to resume "
                                     f"(--retry-failed reruns failed items, --repair missing outputs)")
         self._drop_stale_control()
@@ -224,15 +228,8 @@ class Runner:
                         st.items[i] = PENDING
                 st.counts[PENDING] += st.counts[FAILED]
                 st.counts[FAILED] = 0
-        me = os.getpid()
-        j.append("batch_started" if st.state == "pending" else "batch_resumed",
-                 pid=me, host=socket.gethostname(), workers=self.opt.workers, executor=self.opt.executor,
-                 **({"forced": True} if force else {}))
-        j.sync()
-        atomic_write(self.paths.runner, json.dumps({
-            "pid": me, "host": socket.gethostname(), "started": process_start_time(me),
-            "version": __version__}).encode())
-
+        # the executor first: one that refuses to start (a cluster that cannot see the files)
+        # must leave the batch as it was, not "interrupted"
         pipeline = Pipeline.from_spec(self.manifest["pipeline"])
         cfg = WorkerConfig(pipeline=pickle.dumps(pipeline), out_dir=self.out_dir,
                            max_file_size=int(self.manifest["options"].get("max_file_size", 200 << 20)),
@@ -240,6 +237,23 @@ class Runner:
                            threads=self.opt.threads, providers=self.opt.providers,
                            memory_limit=self.opt.memory_limit)
         pool = make_executor(self.opt, cfg)
+        try:
+            if hasattr(pool, "check"):
+                first = next(self._pending(st), None)
+                if first is not None:
+                    pool.check(first)
+        except BaseException:
+            pool.shutdown(abandon=True)
+            raise
+        me = os.getpid()
+        j.append("batch_started" if st.state == "pending" else "batch_resumed",
+                 pid=me, host=socket.gethostname(), workers=pool.workers, executor=self.opt.executor,
+                 **({"forced": True} if force else {}))
+        j.sync()
+        atomic_write(self.paths.runner, json.dumps({
+            "pid": me, "host": socket.gethostname(), "started": process_start_time(me),
+            "version": __version__}).encode())
+
         t0 = time.monotonic()
         counts = st.counts
         failures: Counter = Counter(st.failures)
@@ -367,6 +381,9 @@ class Runner:
                         elif ev.kind == "fatal":
                             stopping, stop_reason = "halt", ev.message
                             abandon = True
+                        elif ev.kind == "pause":  # the executor cannot go on (e.g. lost its scheduler)
+                            stopping, stop_reason = "pause", ev.message
+                            abandon = True
                     if abandon:
                         break
                     if max_fail is not None and stopping is None and _over(max_fail, failed_now, processed, self.total):
@@ -379,6 +396,12 @@ class Runner:
                         self._progress(counts, processed, t0, pending_total)
             finally:
                 pool.shutdown(abandon=abandon)
+                if self._emb is not None:  # vectors: durable, and as one N x D .npy at the end
+                    self._emb.close()
+                    if self.paths and counts[PENDING] == 0:
+                        from batchcli.embeddings import export_npy
+
+                        export_npy(self.paths.dir)
             wall = time.monotonic() - t0
             self._progress(counts, processed, t0, pending_total)
             status, code = self._close(st, stopping, stop_reason, sig.signum)
