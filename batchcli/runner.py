@@ -228,6 +228,10 @@ class Runner:
                         st.items[i] = PENDING
                 st.counts[PENDING] += st.counts[FAILED]
                 st.counts[FAILED] = 0
+        me = os.getpid()
+        atomic_write(self.paths.runner, json.dumps({  # who holds the lock, for other shells
+            "pid": me, "host": socket.gethostname(), "started": process_start_time(me),
+            "version": __version__}).encode())
         # the executor first: one that refuses to start (a cluster that cannot see the files)
         # must leave the batch as it was, not "interrupted"
         pipeline = Pipeline.from_spec(self.manifest["pipeline"])
@@ -245,14 +249,10 @@ class Runner:
         except BaseException:
             pool.shutdown(abandon=True)
             raise
-        me = os.getpid()
         j.append("batch_started" if st.state == "pending" else "batch_resumed",
                  pid=me, host=socket.gethostname(), workers=pool.workers, executor=self.opt.executor,
                  **({"forced": True} if force else {}))
         j.sync()
-        atomic_write(self.paths.runner, json.dumps({
-            "pid": me, "host": socket.gethostname(), "started": process_start_time(me),
-            "version": __version__}).encode())
 
         t0 = time.monotonic()
         counts = st.counts
