@@ -109,7 +109,8 @@ class Replay:
     state: str = "pending"
     reason: str | None = None  # why paused / failed / interrupted
     counts: Counter = field(default_factory=Counter)
-    failures: Counter = field(default_factory=Counter)  # "class: reason" -> count
+    failures: Counter = field(default_factory=Counter)  # "class: reason" -> failed items now
+    fail_key: dict = field(default_factory=dict)  # item -> its failure reason, while it is failed
     times: dict[str, float] = field(default_factory=dict)  # created, started, paused, finished
     runner_pid: int | None = None
     last_seq: int = 0
@@ -170,22 +171,29 @@ def replay(path: str, total: int, use_snapshot: bool = True) -> Replay:
             if new is None:
                 continue
             old = items[i]
+            if old == FAILED:
+                _unfail(st, i)
             if old != new:
                 counts[old] -= 1
                 counts[new] += 1
                 items[i] = new
-            if new == FAILED:
+            if new == FAILED and len(st.fail_key) < _MAX_TRACKED:
                 key = failure_key(rec.get("error_class"), rec.get("error"))
                 if key in st.failures or len(st.failures) < _MAX_REASONS:
+                    key = st.fail_key[i] = _intern.setdefault(key, key)
                     st.failures[key] += 1
             continue
         if kind == "items_requeued":  # resume --retry-failed / --repair: back to pending
             for j in rec.get("items", ()):
                 if 0 <= j < total and items[j] != PENDING:
+                    if items[j] == FAILED:
+                        _unfail(st, j)
                     counts[items[j]] -= 1
                     counts[PENDING] += 1
                     items[j] = PENDING
             if rec.get("all_failed"):
+                st.failures.clear()
+                st.fail_key.clear()
                 for j in range(total):
                     if items[j] == FAILED:
                         items[j] = PENDING
@@ -196,6 +204,19 @@ def replay(path: str, total: int, use_snapshot: bool = True) -> Replay:
             _lifecycle(st, kind, rec)
     st.offset, st.lines = pos
     return st
+
+
+_MAX_TRACKED = 200_000
+"""Failed items whose reason is tracked (for the top-reasons summary); beyond, counts only."""
+_intern: dict[str, str] = {}
+
+
+def _unfail(st: Replay, i: int) -> None:
+    key = st.fail_key.pop(i, None)
+    if key is not None:
+        st.failures[key] -= 1
+        if st.failures[key] <= 0:
+            del st.failures[key]
 
 
 SNAPSHOT_SUFFIX = ".snapshot"
@@ -230,6 +251,7 @@ def checkpoint(path: str, total: int) -> Replay:
         "v": 1, "offset": st.offset, "lines": st.lines, "crc": crc, "total": total,
         "header": st.header, "state": st.state, "reason": st.reason,
         "counts": {str(k): v for k, v in st.counts.items()}, "failures": dict(st.failures),
+        "fail_key": {str(k): v for k, v in st.fail_key.items()},
         "times": st.times, "runner_pid": st.runner_pid, "last_seq": st.last_seq, "records": st.records,
         "bad": [[b.lineno, b.offset, b.reason] for b in st.bad if b.offset < st.offset],
         "workers": st.workers, "executor": st.executor,
@@ -251,7 +273,8 @@ def _load_snapshot(path: str, total: int) -> Replay | None:
         return None  # the journal is not the one the snapshot was taken of: ignore it
     st = Replay(total=total, items=items, header=head["header"], state=head["state"], reason=head["reason"],
                 counts=Counter({int(k): v for k, v in head["counts"].items()}),
-                failures=Counter(head["failures"]), times=head["times"], runner_pid=head["runner_pid"],
+                failures=Counter(head["failures"]),
+                fail_key={int(k): v for k, v in head.get("fail_key", {}).items()}, times=head["times"], runner_pid=head["runner_pid"],
                 last_seq=head["last_seq"], records=head["records"],
                 bad=[BadLine(*b) for b in head["bad"]], workers=head["workers"], executor=head["executor"],
                 offset=head["offset"], lines=head["lines"])

@@ -405,7 +405,10 @@ class Runner:
             wall = time.monotonic() - t0
             self._progress(counts, processed, t0, pending_total)
             status, code = self._close(st, stopping, stop_reason, sig.signum)
-        top = failures.most_common(5)
+        try:  # the reasons of the items failed now (a retried item that succeeded no longer counts)
+            top = checkpoint(self.paths.journal, self.total).failures.most_common(5)
+        except Exception:
+            top = failures.most_common(5)
         result = RunResult(self.paths.id, status, code, self.total, counts[COMPLETED], counts[FAILED],
                            st.skipped if status != "cancelled" else self.total - counts[COMPLETED] - counts[FAILED],
                            counts[PENDING] if status != "cancelled" else 0, processed, wall,

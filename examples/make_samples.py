@@ -58,7 +58,10 @@ def main(out: str) -> None:
     cv2.imwrite(j(out, "trip", "day1", "hills.jpg"), scene(3000, 2000, 2), [cv2.IMWRITE_JPEG_QUALITY, 90])
     cv2.imwrite(j(out, "trip", "day1", "small.jpg"), scene(640, 480, 3))
     # a phone shot stored sideways with EXIF orientation 6 (display rotated 90 degrees clockwise)
-    save_jpeg_with_orientation(j(out, "trip", "day2", "phone portrait.jpg"), scene(2016, 1512, 4), 6)
+    # (the pixels are stored rotated 90 degrees counter-clockwise, as a phone held upright does)
+    upright = scene(1512, 2016, 4)
+    save_jpeg_with_orientation(j(out, "trip", "day2", "phone portrait.jpg"),
+                               cv2.rotate(upright, cv2.ROTATE_90_COUNTERCLOCKWISE), 6)
     cv2.imwrite(j(out, "trip", "day2", "tower.png"), scene(1200, 1800, 5))
     cv2.imwrite(j(out, "trip", "day2", "dusk.webp"), scene(1920, 1080, 6), [cv2.IMWRITE_WEBP_QUALITY, 85])
     cv2.imwrite(j(out, "studio", "scan.tif"), scene(1600, 1200, 7))

@@ -175,3 +175,18 @@ def test_snapshot_is_a_cache_of_the_full_replay(tmp_path):
     path.write_bytes(bytes(data))
     assert list(replay(str(path), 50).items) == list(replay(str(path), 50, use_snapshot=False).items)
     assert replay(str(path), 50).bad
+
+
+def test_failure_reasons_count_items_failed_now(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    with JournalWriter(str(path)) as j:
+        j.append("header", total=4)
+        j.append("item_failed", i=0, error_class="decode", error="a.jpg: bad data")
+        j.append("item_failed", i=1, error_class="decode", error="b.jpg: bad data")
+        j.append("item_failed", i=2, error_class="timeout", error="c.jpg: slow")
+        j.append("item_failed", i=0, error_class="decode", error="a.jpg: bad data")  # retried, same
+        j.append("item_completed", i=2)  # retried, worked
+        j.append("items_requeued", items=[1])
+    st_ = replay(str(path), 4)
+    assert dict(st_.failures) == {"decode: bad data": 1}
+    assert st_.failed == 1
