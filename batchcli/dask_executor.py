@@ -165,9 +165,13 @@ def run_chunk(cfg: WorkerConfig, key: str, threads: int | None, transfer: bool,
     if task is not None:
         _PROGRESS[str(task)] = progress
     try:
-        for pos, item in enumerate(items):
+        step = 1 if transfer else w.batch  # `model ... batch=N`: micro-batches within the chunk
+        for pos in range(0, len(items), step):
             progress[0], progress[1] = pos, time.time()
-            results.append(process_bytes(w, item) if transfer else w.process(item))
+            if transfer:
+                results.append(process_bytes(w, items[pos]))
+            else:
+                results.extend(w.process_batch(items[pos:pos + step]))
     finally:
         if task is not None:
             _PROGRESS.pop(str(task), None)

@@ -158,6 +158,35 @@ class Pipeline:
             frame = op.apply(frame)
         return frame
 
+    @property
+    def batch_size(self) -> int:
+        """The most frames any op takes per call (`model ... batch=N`); 1 for most pipelines."""
+        return max((op.batch_size for op in self.ops), default=1)
+
+    def run_batch(self, frames: list[Any]) -> list[Any]:
+        """Several frames through the pipeline. An entry may already be the exception that failed
+        its item; it is passed through. Ops that take batches get every live frame in one call,
+        the others one frame at a time. Returns one frame or exception per entry, in order."""
+        out = list(frames)
+        for op in self.ops:
+            live = [k for k, f in enumerate(out) if isinstance(f, Frame)]
+            if not live:
+                break
+            if op.batch_size > 1 and len(live) > 1:
+                try:
+                    results = op.apply_batch([out[k] for k in live])
+                except Exception as exc:  # a bug in a batched op fails its batch, not the worker
+                    results = [exc] * len(live)
+                for k, r in zip(live, results):
+                    out[k] = r
+            else:
+                for k in live:
+                    try:
+                        out[k] = op.apply(out[k])
+                    except Exception as exc:
+                        out[k] = exc
+        return out
+
 
 def _build(name: str, positionals: list, keywords: dict) -> Op:
     return get_op(name).from_args(positionals, keywords)

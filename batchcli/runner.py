@@ -42,7 +42,9 @@ CONTROL_EVERY = 0.1
 SPACE_EVERY = 1.0
 """Seconds between free-space checks of the output folder (--min-free-space)."""
 MAX_CHUNK = 16
-"""Largest number of items sent to a worker in one message."""
+"""Largest number of items sent to a worker in one message..."""
+MAX_BATCH_CHUNK = 256
+"""...unless an op takes micro-batches (`model ... batch=N`): then a chunk holds one batch."""
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -265,6 +267,7 @@ class Runner:
         retry_q: list[dict[str, Any]] = []
         attempts: dict[int, int] = {}
         chunk = max(1, min(MAX_CHUNK, pending_total // max(1, self.opt.workers * 8)))
+        chunk = max(chunk, min(pipeline.batch_size, MAX_BATCH_CHUNK))  # a chunk holds a micro-batch
         exhausted = False
         stopping: str | None = None  # "pause", "cancel", "halt", "disk_full"
         stop_reason: str | None = None

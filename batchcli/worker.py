@@ -49,25 +49,51 @@ class Worker:
         self.pipeline.prepare()
         self.writes = self.pipeline.writes_image and cfg.out_dir is not None
 
+    @property
+    def batch(self) -> int:
+        """Items to process together: more than one only when an op runs micro-batches."""
+        return self.pipeline.batch_size
+
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         """One item -> a result dict: {"i", "ok", "ms", ...}. Never raises."""
-        t0 = time.perf_counter()
-        src = item["src"]
-        try:
-            res = self._process(item)
-            res["ok"] = True
-        except ItemError as exc:
-            res = {"ok": False, "error_class": exc.error_class, "error": f"{src}: {exc}"}
-        except MemoryError:
-            res = {"ok": False, "error_class": "oom", "error": f"{src}: out of memory (over --worker-memory?)"}
-        except Exception as exc:  # an op's bug must fail its item, not the batch
-            msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-            res = {"ok": False, "error_class": "op", "error": f"{src}: {type(exc).__name__}: {msg}"[:500]}
-        res["i"] = item["i"]
-        res["ms"] = round((time.perf_counter() - t0) * 1000, 1)
-        return res
+        return self.process_batch([item])[0]
 
-    def _process(self, item: dict[str, Any]) -> dict[str, Any]:
+    def process_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Items -> one result dict each, in order. Each is loaded and saved on its own; the
+        pipeline runs them together, so an op with `batch=N` sees up to N frames per call.
+        A failure fails its own item only. Never raises."""
+        loaded: list[Any] = []
+        changed: list[list | None] = []
+        spent: list[float] = []
+        for item in items:
+            t0 = time.perf_counter()
+            try:
+                frame, stat = self._load(item)
+            except Exception as exc:
+                frame, stat = exc, None
+            loaded.append(frame)
+            changed.append(stat)
+            spent.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        frames = self.pipeline.run_batch(loaded)
+        share = (time.perf_counter() - t0) / max(1, len(items))
+        results = []
+        for item, frame, stat, t in zip(items, frames, changed, spent):
+            t0 = time.perf_counter()
+            if isinstance(frame, BaseException):
+                res = _error(item["src"], frame)
+            else:
+                try:
+                    res = self._save(item, frame, stat)
+                    res["ok"] = True
+                except Exception as exc:
+                    res = _error(item["src"], exc)
+            res["i"] = item["i"]
+            res["ms"] = round((t + share + time.perf_counter() - t0) * 1000, 1)
+            results.append(res)
+        return results
+
+    def _load(self, item: dict[str, Any]) -> tuple[Any, list | None]:
         from batchcli import imageio
 
         src = item["src"]
@@ -77,8 +103,11 @@ class Worker:
 
             data = fetch_url(src, self.limits)
         changed = _changed_stat(item)
-        frame = imageio.load(src, self.limits, self.pipeline.shrink_for, data=data)
-        frame = self.pipeline.run(frame)
+        return imageio.load(src, self.limits, self.pipeline.shrink_for, data=data), changed
+
+    def _save(self, item: dict[str, Any], frame: Any, changed: list | None) -> dict[str, Any]:
+        from batchcli import imageio
+
         res: dict[str, Any] = {}
         if self.writes:
             dest = os.path.join(self.cfg.out_dir, item["stem"])
@@ -93,6 +122,17 @@ class Worker:
         if changed is not None:  # the input is not what items.jsonl recorded: journal what we read
             res["src_stat"] = changed
         return res
+
+
+def _error(src: str, exc: BaseException) -> dict[str, Any]:
+    """The failed result for an item: its error class and a one-line reason naming the file."""
+    if isinstance(exc, ItemError):
+        return {"ok": False, "error_class": exc.error_class, "error": f"{src}: {exc}"}
+    if isinstance(exc, MemoryError):
+        return {"ok": False, "error_class": "oom", "error": f"{src}: out of memory (over --worker-memory?)"}
+    # an op's bug must fail its item, not the batch
+    msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    return {"ok": False, "error_class": "op", "error": f"{src}: {type(exc).__name__}: {msg}"[:500]}
 
 
 def _changed_stat(item: dict[str, Any]) -> list | None:
@@ -151,8 +191,8 @@ def worker_main(conn, cfg: WorkerConfig) -> None:
 
     From the parent: (chunk_id, items) to queue work, "stop" to drop queued work after the
     current item, None to exit. To the parent: ("ready",), ("item", result), ("done", chunk_id),
-    ("stopped",), ("init_error", msg). Messages are checked between items, so a pause waits for
-    at most one item per worker.
+    ("stopped",), ("init_error", msg). Messages are checked between items (between micro-batches
+    when an op takes `batch=N`), so a pause waits for at most one item (batch) per worker.
     """
     from collections import deque
 
@@ -180,8 +220,10 @@ def worker_main(conn, cfg: WorkerConfig) -> None:
                     chunks.append([msg[0], msg[1], 0])
             chunk = chunks[0]
             chunk_id, items, pos = chunk
-            conn.send(("item", worker.process(items[pos])))
-            chunk[2] = pos + 1
+            group = items[pos:pos + worker.batch]
+            for res in worker.process_batch(group):
+                conn.send(("item", res))
+            chunk[2] = pos + len(group)
             if chunk[2] >= len(items):
                 chunks.popleft()
                 conn.send(("done", chunk_id))

@@ -166,3 +166,20 @@ def labels_file(folder: Path, names: list[str], name: str = "labels.txt") -> str
 
 def have_shared(*names: str) -> bool:
     return all(os.path.exists(MODELS / n) for n in names) and IMAGES.is_dir()
+
+
+def batch_probe(folder: Path, size: int = 8) -> str:
+    """Vector [N,4] = (mean B, mean G, mean R, N): the last value is the number of images the
+    model was run on together, so tests can see micro-batching happen."""
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["vec"], axis=1),
+             helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Slice", ["shape", "zero", "one"], ["n"]),
+             helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+             helper.make_node("Concat", ["n", "one"], ["col_shape"], axis=0),
+             helper.make_node("Expand", ["nf", "col_shape"], ["col"]),
+             helper.make_node("Concat", ["vec", "col"], ["out"], axis=1)]
+    graph = helper.make_graph(nodes, "batch_probe", [_vi("x", TensorProto.FLOAT, ["N", 3, size, size])],
+                              [_vi("out", TensorProto.FLOAT, ["N", 4])],
+                              [_const("zero", np.array([0], np.int64)), _const("one", np.array([1], np.int64))])
+    return _save(graph, folder / "batch_probe.onnx")

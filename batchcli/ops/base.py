@@ -223,6 +223,22 @@ class Op:
     def apply(self, frame: Frame) -> Frame:
         raise NotImplementedError
 
+    @property
+    def batch_size(self) -> int:
+        """Frames this op wants per `apply_batch` call; 1 means one at a time."""
+        return 1
+
+    def apply_batch(self, frames: list[Frame]) -> list[Any]:
+        """Several frames at once. Returns one entry per frame, in order: the new frame, or the
+        exception that failed it (one bad image never fails its neighbours)."""
+        out: list[Any] = []
+        for f in frames:
+            try:
+                out.append(self.apply(f))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
     def shrink_limit(self, width: int, height: int) -> int:
         """For the first resizing op: the largest decode reduction (1, 2, 4, 8) that still leaves
         at least as many pixels as this op's output needs. Default: no reduction."""

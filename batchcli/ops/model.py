@@ -534,6 +534,11 @@ class Model(Op):
         except Exception as exc:  # onnxruntime raises several unrelated types
             raise ItemError("model", f"model run failed: {_one_line(exc)}") from None
 
+    @property
+    def batch_size(self) -> int:
+        fixed = self._prep.batch_axis if self._prep is not None else None
+        return max(self.p["batch"], fixed or 1)
+
     def apply(self, frame: Frame) -> Frame:
         result = self.apply_batch([frame])[0]
         if isinstance(result, ItemError):
