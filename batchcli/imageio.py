@@ -37,8 +37,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
-import cv2
-import numpy as np
+from batchcli.lazy import cv2, np
 
 from batchcli.atomic import atomic_write
 from batchcli.errors import ItemError
@@ -54,12 +53,8 @@ _PIL_FORMATS = {
 }
 WRITABLE = {"jpg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp", "avif": ".avif"}
 EXTENSIONS = {"jpg": "jpg", "png": "png", "webp": "webp", "tiff": "tif", "bmp": "bmp", "avif": "avif"}
-_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
-_REDUCED_GRAY = {
-    2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
-}
-# Decoder failures are reported per item as ItemError; OpenCV's own log lines would only be noise.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+_REDUCED = (2, 4, 8)  # cv2.IMREAD_REDUCED_COLOR_N / _GRAYSCALE_N
+# Decoder failures are reported per item as ItemError; batchcli.lazy silences OpenCV's own log.
 
 _EXIF_MAKE, _EXIF_MODEL, _EXIF_DATETIME, _EXIF_IFD, _EXIF_ORIGINAL = 0x010F, 0x0110, 0x0132, 0x8769, 0x9003
 
@@ -387,7 +382,8 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
         w, h = (head.height, head.width) if head.orientation in (5, 6, 7, 8) else (head.width, head.height)
         shrink = shrink_for(w, h)
     if shrink in _REDUCED:
-        flags = (_REDUCED_GRAY if head is not None and head.mode == "L" else _REDUCED)[shrink]
+        kind = "GRAYSCALE" if head is not None and head.mode == "L" else "COLOR"
+        flags = getattr(cv2, f"IMREAD_REDUCED_{kind}_{shrink}")
     else:
         shrink, flags = 1, cv2.IMREAD_UNCHANGED
     meta: dict = {}

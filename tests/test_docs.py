@@ -33,7 +33,8 @@ def test_readme_opens_with_the_two_commands():
     assert "make demo" in text and "make test" in text
 
 
-@pytest.mark.parametrize("args", [["--help"], ["status", "--help"], ["list", "--json"], ["status", "--json"]])
+@pytest.mark.parametrize("args", [["--help"], ["status", "--help"], ["list", "--json"], ["status", "--json"],
+                                  ["ops"], ["ops", "--json"]])
 def test_cli_path_does_not_import_heavy_modules(args, tmp_path):
     code = ("import sys, runpy\n"
             f"sys.argv = ['batchcli', *{args!r}]\n"

@@ -6,8 +6,7 @@ EXIF orientation is taken into account), and is plain JSON: ints, floats, string
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
+from batchcli.lazy import cv2, np
 
 from batchcli.imageio import apply_orientation, max_value, split_alpha
 from batchcli.ops.base import Frame, Op, Param, register

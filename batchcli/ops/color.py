@@ -13,15 +13,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
-import numpy as np
+from batchcli.lazy import cv2, np
 
 from batchcli.errors import ConfigError
 from batchcli.imageio import max_value, merge_alpha, split_alpha
 from batchcli.ops.base import Frame, Op, Param, register
 from batchcli.presets import BUILTIN
 
-_LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float64)
+_LUMA_BGR = (0.114, 0.587, 0.299)
 _RANGES = {
     "exposure": (-5.0, 5.0, "stops"),
     "contrast": (-100.0, 100.0, ""),
@@ -119,7 +118,7 @@ class Look:
 
     def matrix(self) -> np.ndarray:
         s = 1 + self.saturation / 100
-        sat = s * np.eye(3) + (1 - s) * np.outer(np.ones(3), _LUMA_BGR)
+        sat = s * np.eye(3) + (1 - s) * np.outer(np.ones(3), np.array(_LUMA_BGR, np.float64))
         return (sat @ np.diag(self.gains())).astype(np.float32)
 
     def tone(self, x: np.ndarray, channel: str, gain: float = 1.0) -> np.ndarray:

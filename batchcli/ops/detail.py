@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
+from batchcli.lazy import cv2, np
 
 from batchcli.imageio import max_value
 from batchcli.ops.base import Frame, Op, Param, register

@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import cv2
-import numpy as np
+from batchcli.lazy import cv2, np
 
 from batchcli.errors import ConfigError, ItemError
 from batchcli.ops.base import Frame, Op, Param, register

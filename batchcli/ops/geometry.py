@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 
-import cv2
-import numpy as np
+from batchcli.lazy import cv2, np
 
 from batchcli.errors import ConfigError, ItemError
 from batchcli.imageio import apply_orientation, color_for, upright
@@ -233,7 +232,7 @@ class Crop(Op):
         return frame
 
 
-_ROTATIONS = {"90": cv2.ROTATE_90_CLOCKWISE, "180": cv2.ROTATE_180, "270": cv2.ROTATE_90_COUNTERCLOCKWISE}
+_ROTATIONS = {"90": "ROTATE_90_CLOCKWISE", "180": "ROTATE_180", "270": "ROTATE_90_COUNTERCLOCKWISE"}
 
 
 @register
@@ -249,7 +248,7 @@ class Rotate(Op):
 
     def apply(self, frame: Frame) -> Frame:
         upright(frame)
-        frame.img = cv2.rotate(frame.img, _ROTATIONS[self.p["angle"]])
+        frame.img = cv2.rotate(frame.img, getattr(cv2, _ROTATIONS[self.p["angle"]]))
         return frame
 
 

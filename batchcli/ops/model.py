@@ -17,8 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import cv2
-import numpy as np
+from batchcli.lazy import cv2, np
 
 from batchcli.errors import ConfigError, ItemError
 from batchcli.ops.base import Frame, Op, Param, _parse_size, register

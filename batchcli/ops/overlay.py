@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 
-import cv2
-import numpy as np
+from batchcli.lazy import cv2, np
 
 from batchcli.errors import ConfigError
 from batchcli.imageio import max_value, merge_alpha, split_alpha, upright
 from batchcli.ops.base import Frame, Op, Param, register
 
 POSITIONS = ("br", "bl", "tr", "tl", "center", "top", "bottom", "left", "right")
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 
 
 def _render_text(text: str, width: int, color: tuple[int, int, int]) -> np.ndarray:
