@@ -214,8 +214,66 @@ def _first(value) -> int:
     return int(value[0] if isinstance(value, (tuple, list)) else value)
 
 
+_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+_JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
+
+
+def _jpeg_header(data: bytes) -> Header | None:
+    """The header of a plain 8-bit JPEG read straight from its markers (a third of the time
+    Pillow takes), with the same fields Pillow gives. None for anything out of the ordinary
+    (multi-picture MPO, 12-bit, odd component counts, damaged markers): Pillow reads those."""
+    n = len(data)
+    i = 2
+    exif = None
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        m = data[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        if m == 0x01 or 0xD0 <= m <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if length < 2 or i + 2 + length > n:
+            return None
+        seg = data[i + 4:i + 2 + length]
+        if m in _SOF:
+            mode = _JPEG_MODES.get(seg[5]) if len(seg) >= 6 else None
+            if mode is None or seg[0] != 8:
+                return None
+            height, width = (seg[1] << 8) | seg[2], (seg[3] << 8) | seg[4]
+            orientation, camera = 1, {}
+            if exif is not None:
+                try:
+                    from PIL import Image
+
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        block = Image.Exif()
+                        block.load(exif)
+                        orientation = int(block.get(0x0112, 1) or 1)
+                        camera = _camera(block)
+                except Exception:  # a broken EXIF block must not fail the image
+                    orientation = 1
+                if orientation not in range(1, 9):
+                    orientation = 1
+            return Header(width, height, "jpg", orientation, 1, mode, {}, camera)
+        if m == 0xE1 and exif is None and seg.startswith(b"Exif\x00\x00"):
+            exif = bytes(seg)
+        elif (m == 0xE2 and seg.startswith(b"MPF\x00")) or m == 0xDA:
+            return None  # several pictures, or scan data before any frame header
+        i += 2 + length
+    return None
+
+
 def sniff(data: bytes) -> Header | None:
     """Read size, format and EXIF orientation from the header without decoding pixels."""
+    if data[:3] == b"\xff\xd8\xff":
+        head = _jpeg_header(data)
+        if head is not None:
+            return head
     from PIL import Image  # lazy: only workers need it
 
     Image.MAX_IMAGE_PIXELS = None  # our own limit applies, from the size Pillow reports

@@ -12,30 +12,30 @@ from types import ModuleType
 from typing import Any, Callable
 
 
-class LazyModule:
-    """Stands for a module; the first attribute read imports it."""
-
-    __slots__ = ("_name", "_mod", "_on_load")
+class LazyModule(ModuleType):
+    """Stands for a module. The first attribute read imports it and copies its namespace in,
+    so later reads are plain attribute lookups (no per-access cost in hot loops)."""
 
     def __init__(self, name: str, on_load: Callable[[ModuleType], None] | None = None):
-        object.__setattr__(self, "_name", name)
-        object.__setattr__(self, "_mod", None)
-        object.__setattr__(self, "_on_load", on_load)
+        super().__init__(name)
+        self.__dict__["_lazy_on_load"] = on_load
 
-    def _load(self) -> ModuleType:
-        mod = self._mod
-        if mod is None:
-            mod = importlib.import_module(self._name)
-            if self._on_load is not None:
-                self._on_load(mod)
-            object.__setattr__(self, "_mod", mod)
-        return mod
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self._load(), attr)
+    def __getattr__(self, attr: str) -> Any:  # only called while the name is not copied in yet
+        d = self.__dict__
+        if "_lazy_loaded" not in d:
+            mod = importlib.import_module(self.__name__)
+            on_load = d.get("_lazy_on_load")
+            if on_load is not None:
+                on_load(mod)
+            d.update({k: v for k, v in mod.__dict__.items() if k not in ("__name__", "__spec__", "__loader__")})
+            d["_lazy_loaded"] = mod
+        try:
+            return d[attr]
+        except KeyError:
+            return getattr(d["_lazy_loaded"], attr)  # a submodule imported later, say
 
     def __repr__(self) -> str:
-        return f"<lazy module {self._name!r}{' (loaded)' if self._mod is not None else ''}>"
+        return f"<lazy module {self.__name__!r}{' (loaded)' if '_lazy_loaded' in self.__dict__ else ''}>"
 
 
 def _quiet(mod: ModuleType) -> None:
