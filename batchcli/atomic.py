@@ -30,12 +30,28 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+_MADE: set[str] = set()
+"""Folders this process made or found, so a batch does not ask again for every file."""
+
+
+def _create(tmp: str, folder: str) -> int:
+    if folder not in _MADE:
+        os.makedirs(folder, exist_ok=True)
+        _MADE.add(folder)
+    try:
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileNotFoundError:  # the folder went away since: make it again
+        _MADE.discard(folder)
+        os.makedirs(folder, exist_ok=True)
+        _MADE.add(folder)
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+
 def atomic_write(path: str, data: bytes | memoryview, *, durable: bool = True) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never half."""
     folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
     tmp = tmp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = _create(tmp, folder)
     try:
         view = memoryview(data)
         while view:

@@ -266,8 +266,8 @@ class Runner:
         source = self._pending(st)
         retry_q: list[dict[str, Any]] = []
         attempts: dict[int, int] = {}
-        chunk = max(1, min(MAX_CHUNK, pending_total // max(1, self.opt.workers * 8)))
-        chunk = max(chunk, min(pipeline.batch_size, MAX_BATCH_CHUNK))  # a chunk holds a micro-batch
+        micro = min(pipeline.batch_size, MAX_BATCH_CHUNK)  # a chunk holds a whole micro-batch
+        fed = 0
         exhausted = False
         stopping: str | None = None  # "pause", "cancel", "halt", "disk_full"
         stop_reason: str | None = None
@@ -345,6 +345,9 @@ class Runner:
                             pool.stop()
                     # feed
                     while stopping is None and pool.capacity() > 0:
+                        # chunks shrink as the end nears, so no worker idles while another
+                        # still has a long queue (guided self-scheduling)
+                        chunk = max(micro, min(MAX_CHUNK, (pending_total - fed) // (4 * pool.workers)), 1)
                         batch_items: list[dict[str, Any]] = []
                         while retry_q and len(batch_items) < chunk:
                             batch_items.append(retry_q.pop())
@@ -358,6 +361,7 @@ class Runner:
                             break
                         for it in batch_items:
                             inflight[it["i"]] = it
+                        fed += len(batch_items)
                         pool.submit(batch_items)
                     if exhausted and not retry_q and not pool.busy():
                         break

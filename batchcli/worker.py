@@ -111,9 +111,7 @@ class Worker:
         res: dict[str, Any] = {}
         if self.writes:
             dest = os.path.join(self.cfg.out_dir, item["stem"])
-            path, nbytes, digest = imageio.save(frame, dest)
-            if os.path.realpath(path) == os.path.realpath(item["src"]):
-                raise ItemError("config", "output would overwrite the input")  # never reached: discover skips
+            path, nbytes, digest = imageio.save(frame, dest)  # discovery keeps outputs off inputs
             res.update(out=os.path.relpath(path, self.cfg.out_dir), bytes=nbytes, sha256=digest)
             if frame.route:
                 res["routed"] = _route(self.cfg.out_dir, frame.route, path)
