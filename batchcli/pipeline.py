@@ -148,6 +148,17 @@ class Pipeline:
                 return 1
         return 1
 
+    def shrink_when_unsaved(self, width: int, height: int) -> int:
+        """Decode reduction when the image itself is not saved: as `shrink_for`, or, when the
+        last op only reads the pixels into metadata (`model ... task=classify|embed`) and every
+        op before it tolerates a smaller input, the reduction that op allows."""
+        *before, last = self.ops or [None]
+        if last is not None and all(op.shrink_safe for op in before):
+            n = last.read_shrink(width, height)
+            if n > 1:
+                return n
+        return self.shrink_for(width, height)
+
     # --- execution (worker) --------------------------------------------------------------
     def prepare(self) -> None:
         for op in self.ops:

@@ -103,7 +103,8 @@ class Worker:
 
             data = fetch_url(src, self.limits)
         changed = _changed_stat(item)
-        return imageio.load(src, self.limits, self.pipeline.shrink_for, data=data), changed
+        shrink = self.pipeline.shrink_for if self.writes else self.pipeline.shrink_when_unsaved
+        return imageio.load(src, self.limits, shrink, data=data), changed
 
     def _save(self, item: dict[str, Any], frame: Any, changed: list | None) -> dict[str, Any]:
         from batchcli import imageio

@@ -122,7 +122,7 @@ def batchcli_run(inputs: Path, model: str, workers: int, home: Path, extra: str 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=int, default=160)
+    ap.add_argument("--images", type=int, default=480)
     ap.add_argument("--models", type=Path, default=SHARED / "models")
     ap.add_argument("--photos", type=Path, default=SHARED / "images" / "real")
     args = ap.parse_args()
@@ -135,6 +135,7 @@ def main() -> None:
         files = make_inputs(args.photos, tmpd / "in", args.images)
         plain = {(t, spin): plain_loop(model, files, t, spin=spin) for t in (1, 2) for spin in (True, False)}
         best = max(v[0] for v in plain.values())
+        one_thread = max(plain[(1, True)][0], plain[(1, False)][0])
         for (t, spin), (rate, cpu) in plain.items():
             rows.append(("plain loop", 1, t, 1, rate, cpu, "" if spin else "threads do not spin"))
         for w in (1, 2):
@@ -148,12 +149,18 @@ def main() -> None:
             os.environ["BATCHCLI_THREADS"] = "1"
             for b in (1, 8):
                 rows.append(("model op apply_batch", 1, 1, b, *op_loop(dyn, files, b), "in-process"))
+            wall, runner, cpu = batchcli_run(tmpd / "in", dyn, 2, tmpd / "home-b8", "batch=8")
+            rows.append(("batchcli start, batch=8", 2, 1, 8, wall, cpu, f"runner's own rate {runner:.1f}/s"))
     load = os.getloadavg()[0]
     print(f"squeezenet1.0 fp16 classify, {args.images} images, {os.cpu_count()} CPUs, "
           f"onnxruntime {ort.__version__}, load average {load:.1f} at the end")
     print(f"{'runner':27} {'workers':>7} {'threads':>7} {'batch':>5} {'img/s':>7} {'vs plain':>8} {'cpu ms/img':>10}  note")
     for name, w, t, b, v, cpu, note in rows:
         print(f"{name:27} {w:>7} {t:>7} {b:>5} {v:7.1f} {v / best:7.2f}x {cpu:10.1f}  {note}")
+    tool = {r[1]: r for r in rows if r[0] == "batchcli start"}
+    print(f"\nbatchcli 1 worker / best plain loop: {tool[1][4] / best:.2f}x (target: overhead under 10%, >= 0.90x)")
+    print(f"batchcli 2 workers / plain loop at 1 thread: {tool[2][4] / one_thread:.2f}x; "
+          f"/ best plain loop: {tool[2][4] / best:.2f}x (target >= 1.8x)")
 
 
 if __name__ == "__main__":

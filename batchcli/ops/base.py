@@ -239,6 +239,12 @@ class Op:
                 out.append(exc)
         return out
 
+    def read_shrink(self, width: int, height: int) -> int:
+        """For an op that only reads the pixels into metadata (a classifier, an embedder), as the
+        last op of a pipeline whose image is not saved: the largest decode reduction that still
+        leaves it all the pixels it uses. Default: no reduction."""
+        return 1
+
     def shrink_limit(self, width: int, height: int) -> int:
         """For the first resizing op: the largest decode reduction (1, 2, 4, 8) that still leaves
         at least as many pixels as this op's output needs. Default: no reduction."""

@@ -533,6 +533,17 @@ class Model(Op):
         except Exception as exc:  # onnxruntime raises several unrelated types
             raise ItemError("model", f"model run failed: {_one_line(exc)}") from None
 
+    def read_shrink(self, width: int, height: int) -> int:
+        """classify and embed at a fixed input size use only that many pixels: a JPEG may be
+        decoded at 1/2, 1/4 or 1/8 as long as both sides stay at least the model's input."""
+        prep = self._prep
+        if self.p["task"] not in ("classify", "embed") or prep is None or not (prep.width and prep.height):
+            return 1
+        for n in (8, 4, 2):
+            if -(-width // n) >= prep.width and -(-height // n) >= prep.height:
+                return n
+        return 1
+
     @property
     def batch_size(self) -> int:
         fixed = self._prep.batch_axis if self._prep is not None else None
