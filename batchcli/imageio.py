@@ -268,10 +268,50 @@ def _jpeg_header(data: bytes) -> Header | None:
     return None
 
 
+_PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}  # colour type -> Pillow mode, 8-bit
+
+
+def _png_header(data: bytes) -> Header | None:
+    """The header of a plain 8-bit PNG read from its chunks, with the fields Pillow gives; None
+    (Pillow reads it) for other depths, animation, an EXIF chunk, or a chunk whose CRC is wrong."""
+    import zlib
+
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    i = 8
+    mode = None
+    width = height = 0
+    while i + 12 <= len(data):
+        length = struct.unpack(">I", data[i:i + 4])[0]
+        kind = data[i + 4:i + 8]
+        end = i + 8 + length
+        if kind == b"IDAT":
+            break
+        if end + 4 > len(data) or zlib.crc32(data[i + 4:end]) != struct.unpack(">I", data[end:end + 4])[0]:
+            return None
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", data[i + 8:i + 18])
+            mode = _PNG_MODES.get(colour) if depth == 8 else None
+            if mode is None:
+                return None
+        elif kind in (b"eXIf", b"acTL", b"zTXt", b"iTXt", b"iCCP"):
+            return None  # EXIF, animation, or compressed chunks Pillow checks as it opens
+        i = end + 4
+    else:
+        return None
+    if mode is None:
+        return None
+    return Header(width, height, "png", 1, 1, mode, {}, {})
+
+
 def sniff(data: bytes) -> Header | None:
     """Read size, format and EXIF orientation from the header without decoding pixels."""
     if data[:3] == b"\xff\xd8\xff":
         head = _jpeg_header(data)
+        if head is not None:
+            return head
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        head = _png_header(data)
         if head is not None:
             return head
     from PIL import Image  # lazy: only workers need it

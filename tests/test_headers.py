@@ -1,4 +1,4 @@
-"""The fast JPEG header reader gives exactly what Pillow gives, or steps aside (None)."""
+"""The fast JPEG and PNG header readers give exactly what Pillow gives, or step aside (None)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ from batchcli import imageio
 from conftest import shared_path
 
 
-def pillow_header(data: bytes):
-    saved = imageio._jpeg_header
-    imageio._jpeg_header = lambda d: None
+def pillow_sniff(data: bytes, fast: str):
+    """What sniff gives with the fast reader named `fast` switched off: Pillow's answer."""
+    saved = getattr(imageio, fast)
+    setattr(imageio, fast, lambda d: None)
     try:
         return imageio.sniff(data)
     finally:
-        imageio._jpeg_header = saved
+        setattr(imageio, fast, saved)
+
+
+def pillow_header(data: bytes):
+    return pillow_sniff(data, "_jpeg_header")
 
 
 def jpeg(mode: str, size=(40, 30), exif: Image.Exif | None = None, **kw) -> bytes:
@@ -80,3 +85,50 @@ def test_every_corpus_jpeg_agrees_with_pillow():
         assert fast == slow, path
         checked += 1
     assert checked >= 10
+
+
+# --- PNG ---------------------------------------------------------------------------------------
+def png(mode: str, size=(30, 20), **kw) -> bytes:
+    buf = io.BytesIO()
+    im = Image.new(mode, size)
+    if mode == "P":
+        im.putpalette(list(range(256)) * 3)  # a full palette: stored at 8 bits
+    im.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def pillow_png(data: bytes):
+    return pillow_sniff(data, "_png_header")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P"])
+def test_plain_pngs_read_like_pillow(mode):
+    data = png(mode)
+    fast = imageio._png_header(data)
+    assert fast is not None and fast == pillow_png(data)
+    assert (fast.width, fast.height, fast.mode) == (30, 20, mode)
+
+
+def test_unusual_pngs_are_left_to_pillow():
+    assert imageio._png_header(png("I;16")) is None  # 16-bit
+    assert imageio._png_header(png("1")) is None  # 1-bit
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert imageio._png_header(png("RGB", exif=exif.tobytes())) is None  # orientation lives there
+    bad = bytearray(png("RGB"))
+    bad[29] ^= 0xFF  # the IHDR checksum
+    assert imageio._png_header(bytes(bad)) is None
+
+
+def test_every_corpus_png_agrees_with_pillow():
+    root = shared_path("corpus", "images")
+    checked = 0
+    for path in sorted(root.rglob("*")):
+        data = path.read_bytes() if path.is_file() else b""
+        if data[:8] != b"\x89PNG\r\n\x1a\n":
+            continue
+        fast, slow = imageio._png_header(data), pillow_png(data)
+        if fast is not None:
+            assert fast == slow, path
+            checked += 1
+    assert checked >= 5
