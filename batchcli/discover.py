@@ -68,6 +68,9 @@ def parse_exts(exts: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(out)
 
 
+_MASK64 = (1 << 64) - 1
+
+
 class DigestSet:
     """A set of 16-byte digests in one flat array of 64-bit words (open addressing, linear
     probing): about 32-64 bytes per member and no Python object per member. `wide=False` keeps
@@ -93,6 +96,20 @@ class DigestSet:
             hi = lo = hi | 1  # never 0: 0 marks an empty slot
         else:
             lo = int.from_bytes(digest[8:16], "little") | 1
+        if self._insert(hi, lo):
+            self.count += 1
+            if self.count * 2 > self._mask:
+                self._grow()
+            return True
+        return False
+
+    def add_pair(self, hi: int, lo: int) -> bool:
+        """Add a key given as two unsigned 64-bit numbers (e.g. inode and device, exactly);
+        True when it was not there before."""
+        lo = ((lo << 1) | 1) & _MASK64 if self._w == 2 else (hi | 1) & _MASK64
+        hi = (hi * 0x9E3779B97F4A7C15) & _MASK64  # odd multiplier: one-to-one, and spreads runs
+        if self._w == 1:
+            hi = lo
         if self._insert(hi, lo):
             self.count += 1
             if self.count * 2 > self._mask:
@@ -216,7 +233,7 @@ class _Resolver:
         if not walked and self.skip and self.in_skip(self.real(path)):
             self.stats.in_output += 1
             return
-        if not self.seen.add(_digest("i", str(st.st_dev), str(st.st_ino))):
+        if not self.seen.add_pair(st.st_ino, st.st_dev):  # exact: no two files ever share it
             self.stats.duplicates += 1
             return
         if self.contents is not None:
@@ -466,7 +483,7 @@ def safe_component(s: str) -> str:
 
 def _mirror_component(s: str) -> str:
     """Default naming keeps a name as it is, except control characters (newlines...)."""
-    out = "".join("_" if (ord(c) < 32 or ord(c) == 127) else c for c in s)
+    out = s if s.isprintable() else "".join("_" if (ord(c) < 32 or ord(c) == 127) else c for c in s)
     return _clip(out) if out not in (".", "..") else ""
 
 
@@ -560,15 +577,15 @@ def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = Non
     for f in found:
         stem, ext = namer.candidate(n, f)
         out = stem
-        new_name = taken.add(_digest("with-ext", stem.casefold(), ext.casefold()))
-        if not taken.add(_digest(out.casefold())):
+        new_name = taken.add_pair(hash(("with-ext", stem.casefold(), ext.casefold())), 0)
+        if not taken.add_pair(hash(out.casefold()), 0):
             # a.jpg and a.png in one folder (default naming): the second becomes a_png; then _2, _3...
             by_ext = namer.template is None and ext and new_name
             base = f"{stem}_{ext.lstrip('.').lower()}" if by_ext else stem
             out, k = base, 2
             if base == stem:
                 out, k = f"{base}_2", 3
-            while not taken.add(_digest(out.casefold())):
+            while not taken.add_pair(hash(out.casefold()), 0):
                 out, k = f"{base}_{k}", k + 1
         rec = {"i": n, "src": f.src, "rel": f.rel, "stem": out, "size": f.size, "mtime": f.mtime}
         fh.write(_dumps(rec) + b"\n")

@@ -135,6 +135,21 @@ def test_digest_set_matches_a_python_set(wide):
     assert ds.count == len(ref) == 5000
 
 
+def test_digest_set_pairs_are_exact_for_inode_runs():
+    """(inode, device) keys: long runs of neighbouring inodes, the same inode on two devices,
+    huge values; every key distinct from every other, repeats caught."""
+    rng = random.Random(3)
+    keys = [(ino, dev) for dev in (2049, 2050) for ino in range(1_000_000, 1_006_000)]
+    keys += [(rng.getrandbits(64), rng.getrandbits(40)) for _ in range(2000)]
+    keys += keys[::7]
+    rng.shuffle(keys)
+    ds, ref = DigestSet(4), set()
+    for k in keys:
+        assert ds.add_pair(*k) == (k not in ref)
+        ref.add(k)
+    assert ds.count == len(ref) == 14000
+
+
 def items(found, namer=None) -> list[dict]:
     buf = io.BytesIO()
     write_items(found, buf, namer)
