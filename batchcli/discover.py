@@ -96,20 +96,16 @@ class DigestSet:
             hi = lo = hi | 1  # never 0: 0 marks an empty slot
         else:
             lo = int.from_bytes(digest[8:16], "little") | 1
-        if self._insert(hi, lo):
-            self.count += 1
-            if self.count * 2 > self._mask:
-                self._grow()
-            return True
-        return False
+        return self._add(hi, lo)
 
     def add_pair(self, hi: int, lo: int) -> bool:
         """Add a key given as two unsigned 64-bit numbers (e.g. inode and device, exactly);
         True when it was not there before."""
         lo = ((lo << 1) | 1) & _MASK64 if self._w == 2 else (hi | 1) & _MASK64
         hi = (hi * 0x9E3779B97F4A7C15) & _MASK64  # odd multiplier: one-to-one, and spreads runs
-        if self._w == 1:
-            hi = lo
+        return self._add(lo if self._w == 1 else hi, lo)
+
+    def _add(self, hi: int, lo: int) -> bool:
         if self._insert(hi, lo):
             self.count += 1
             if self.count * 2 > self._mask:
