@@ -52,21 +52,28 @@ class Executor(Protocol):
 class _Proc:
     proc: Any
     conn: Any
-    queue: deque = field(default_factory=deque)  # of [items, position]
+    at: Any  # shared integer: the index of the item the worker has in hand
+    queue: deque = field(default_factory=deque)  # of [items, position of the first unreported]
     ready: bool = False
     item_started: float = 0.0
 
+    def _unreported(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for items, pos in self.queue:
+            out.extend(items[pos:])
+        return out
+
     def current(self) -> dict[str, Any] | None:
-        if not self.queue:
-            return None
-        items, pos = self.queue[0]
-        return items[pos] if pos < len(items) else None
+        """The item the worker is on: the one it says, else the first without a result."""
+        left = self._unreported()
+        at = self.at.value
+        return next((it for it in left if it["i"] == at), left[0] if left else None)
 
     def unstarted(self) -> list[dict[str, Any]]:
-        out = []
-        for n, (items, pos) in enumerate(self.queue):
-            out.extend(items[pos + 1:] if n == 0 else items)
-        return out
+        """Every item without a result but the current one (some may be finished and not yet
+        reported: they run again, their outputs replaced whole)."""
+        cur = self.current()
+        return [it for it in self._unreported() if it is not cur]
 
 
 class ProcessPool:
@@ -84,12 +91,13 @@ class ProcessPool:
 
     def _spawn(self) -> _Proc:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=worker_main, args=(child, self.cfg), daemon=True,
+        at = self._ctx.RawValue("q", -1)
+        proc = self._ctx.Process(target=worker_main, args=(child, self.cfg, at), daemon=True,
                                  name="batchcli-worker")
         with _main_not_rerun():
             proc.start()
         child.close()
-        return _Proc(proc, parent)
+        return _Proc(proc, parent, at)
 
     def capacity(self) -> int:
         return sum(CHUNKS_PER_WORKER - len(p.queue) for p in self._procs)
@@ -141,9 +149,10 @@ class ProcessPool:
                 msg = p.conn.recv()
                 kind = msg[0]
                 now = time.monotonic()
-                if kind == "item":
-                    events.append(Event("item", result=msg[1]))
-                    p.queue[0][1] += 1
+                if kind == "items":
+                    for res in msg[1]:
+                        events.append(Event("item", result=res))
+                    p.queue[0][1] += len(msg[1])
                     p.item_started = now
                 elif kind == "done":
                     p.queue.popleft()

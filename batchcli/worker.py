@@ -185,12 +185,18 @@ def _cap_memory(limit: int) -> None:
         pass
 
 
-def worker_main(conn, cfg: WorkerConfig) -> None:
+FLUSH_EVERY = 0.02
+"""Seconds a worker may hold finished results before sending them (tiny items: one message per
+many results). Held results are always sent before `done`, `stopped` or waiting for work."""
+
+
+def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
     """Entry point of a pool process: receive chunks, send one message per item.
 
     From the parent: (chunk_id, items) to queue work, "stop" to drop queued work after the
-    current item, None to exit. To the parent: ("ready",), ("item", result), ("done", chunk_id),
-    ("stopped",), ("init_error", msg). Messages are checked between items (between micro-batches
+    current item, None to exit. To the parent: ("ready",), ("items", [result, ...]) in item order,
+    ("done", chunk_id), ("stopped",), ("init_error", msg). `current`, a shared integer, holds the
+    index of the item in hand, so the parent knows which one a crash concerns. Messages are checked between items (between micro-batches
     when an op takes `batch=N`), so a pause waits for at most one item (batch) per worker.
     """
     from collections import deque
@@ -206,13 +212,25 @@ def worker_main(conn, cfg: WorkerConfig) -> None:
         return
     conn.send(("ready",))
     chunks: deque = deque()
+    held: list[dict[str, Any]] = []
+    held_since = 0.0
+
+    def flush() -> None:
+        if held:
+            conn.send(("items", held[:]))
+            held.clear()
+
     try:
         while True:
             while not chunks or conn.poll():
+                if not chunks:
+                    flush()
                 msg = conn.recv()
                 if msg is None:
+                    flush()
                     return
                 if msg == "stop":
+                    flush()
                     chunks.clear()
                     conn.send(("stopped",))
                 else:
@@ -220,11 +238,17 @@ def worker_main(conn, cfg: WorkerConfig) -> None:
             chunk = chunks[0]
             chunk_id, items, pos = chunk
             group = items[pos:pos + worker.batch]
-            for res in worker.process_batch(group):
-                conn.send(("item", res))
+            if current is not None:
+                current.value = group[0]["i"]
+            if not held:
+                held_since = time.monotonic()
+            held.extend(worker.process_batch(group))
             chunk[2] = pos + len(group)
             if chunk[2] >= len(items):
                 chunks.popleft()
+                flush()
                 conn.send(("done", chunk_id))
+            elif time.monotonic() - held_since >= FLUSH_EVERY:
+                flush()
     except (EOFError, OSError, BrokenPipeError):
         return

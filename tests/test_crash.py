@@ -59,6 +59,21 @@ def test_item_that_kills_workers_repeatedly_is_quarantined(tmp_path):
     assert replay(paths.journal, N).completed == N
 
 
+def test_a_crash_is_charged_to_the_item_in_hand_not_to_finished_ones_not_yet_reported(tmp_path):
+    """Workers send the results of quick items in groups; the one that dies mid-chunk is still
+    the one that fails, and the finished items it held run again without a failure."""
+    n = 120
+    home, paths = _batch(tmp_path, "crashtest exit match=img037 | convert png", n=n)
+    r = run(home, "resume", paths.id, "-w", "1", "--retries", "0", *NOSPACE)
+    assert r.returncode == 1, r.stdout + r.stderr
+    failed = _failed(paths)
+    assert list(failed) == [37] and failed[37]["error_class"] == "crash"
+    st = replay(paths.journal, n)
+    assert st.completed == n - 1 and st.failed == 1
+    done = [rec["i"] for rec in records(paths.journal) if rec.get("type") == "item_completed"]
+    assert sorted(done) == [i for i in range(n) if i != 37]  # one completed record each
+
+
 def test_hung_worker_is_killed_after_item_timeout(tmp_path):
     flag = tmp_path / "armed"
     flag.touch()
