@@ -117,6 +117,7 @@ class Replay:
     records: int = 0
     bad: list[BadLine] = field(default_factory=list)
     workers: int | None = None
+    options: dict | None = None  # the run flags the last start or resume was given
     executor: str | None = None
     offset: int = 0  # bytes of the journal folded in (always the end of a complete line)
     lines: int = 0  # complete lines folded in
@@ -254,7 +255,7 @@ def checkpoint(path: str, total: int) -> Replay:
         "fail_key": {str(k): v for k, v in st.fail_key.items()},
         "times": st.times, "runner_pid": st.runner_pid, "last_seq": st.last_seq, "records": st.records,
         "bad": [[b.lineno, b.offset, b.reason] for b in st.bad if b.offset < st.offset],
-        "workers": st.workers, "executor": st.executor,
+        "workers": st.workers, "executor": st.executor, "options": st.options,
     }
     atomic_write(path + SNAPSHOT_SUFFIX, orjson.dumps(head) + b"\n" + bytes(st.items))
     return st
@@ -277,7 +278,7 @@ def _load_snapshot(path: str, total: int) -> Replay | None:
                 fail_key={int(k): v for k, v in head.get("fail_key", {}).items()}, times=head["times"], runner_pid=head["runner_pid"],
                 last_seq=head["last_seq"], records=head["records"],
                 bad=[BadLine(*b) for b in head["bad"]], workers=head["workers"], executor=head["executor"],
-                offset=head["offset"], lines=head["lines"])
+                options=head.get("options"), offset=head["offset"], lines=head["lines"])
     return st
 
 
@@ -304,6 +305,7 @@ def _lifecycle(st: Replay, kind: str, rec: dict[str, Any]) -> None:
         st.times.pop("finished", None)
         st.runner_pid = rec.get("pid")
         st.workers = rec.get("workers", st.workers)
+        st.options = rec.get("options", st.options)
         st.executor = rec.get("executor", st.executor)
     elif kind == "batch_paused":
         st.times["paused"] = t

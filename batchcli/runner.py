@@ -62,6 +62,7 @@ class RunOptions:
     durable: bool = True
     executor: str = "local"  # "local", "dask" (a LocalCluster) or "dask://host:port"
     transfer: bool = False  # --transfer: ship bytes to and from executor workers
+    given: dict = field(default_factory=dict)  # the flags as given (journaled; a resume reuses them)
 
 
 @dataclass
@@ -253,6 +254,7 @@ class Runner:
             raise
         j.append("batch_started" if st.state == "pending" else "batch_resumed",
                  pid=me, host=socket.gethostname(), workers=pool.workers, executor=self.opt.executor,
+                 options=self.opt.given,
                  **({"forced": True} if force else {}))
         j.sync()
 

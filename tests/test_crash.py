@@ -144,6 +144,35 @@ def test_max_failures_halts_as_failed_and_resume_continues(tmp_path):
     assert replay(paths.journal, 40).completed == 40
 
 
+def test_resume_reuses_the_flags_the_last_run_was_given(tmp_path):
+    """A resume (or recover --resume) without flags keeps the batch's own settings; a flag given
+    again replaces just that one."""
+    flag = tmp_path / "armed"
+    flag.touch()
+    home, paths = _batch(tmp_path, f"crashtest raise match=img0 flag={flag} | convert png", n=40)
+    r = run(home, "resume", paths.id, "-w", "1", "--max-failures", "2", "--retries", "0", *NOSPACE)
+    assert r.returncode == 1 and replay(paths.journal, 40).state == "failed"
+
+    def runs():
+        return [rec for rec in records(paths.journal) if rec.get("type") in ("batch_started", "batch_resumed")]
+
+    assert runs()[-1]["options"] == {"workers": 1, "max_failures": "2", "retries": 0, "min_free_space": "0"}
+    first = replay(paths.journal, 40).failed
+    r = run(home, "resume", paths.id)  # no flags: still 1 worker, still halts after 2 more failures
+    assert r.returncode == 1, r.stdout + r.stderr
+    last = runs()[-1]
+    assert last["workers"] == 1 and last["options"]["max_failures"] == "2"
+    st = replay(paths.journal, 40)
+    assert st.state == "failed" and "max-failures 2" in st.reason
+    assert first + 2 <= st.failed and st.remaining > 0  # halted again, before the end
+    assert st.options == last["options"]
+    flag.unlink()
+    r = run(home, "resume", paths.id, "--max-failures", "50", "--retry-failed")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert runs()[-1]["options"] == {"workers": 1, "max_failures": "50", "retries": 0, "min_free_space": "0"}
+    assert replay(paths.journal, 40).completed == 40
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MiB tmpfs (root only); skips where it cannot be mounted."""

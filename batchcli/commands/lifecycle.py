@@ -96,8 +96,7 @@ def register(app: typer.Typer) -> None:
                 from batchcli.journal import replay
 
                 st = replay(paths.journal, int(paths.load_manifest()["total"]))
-                opts = run_options(st.workers, 1, 0.0, None, "cpu")
-                spawn_detached(paths, opts, store.home, resume=True)
+                spawn_detached(paths, run_options(last=st.options), store.home, resume=True)
 
         data = lifecycle.recover(store, resume=resume, resume_fn=resume_fn)
         if json_out:

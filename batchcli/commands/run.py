@@ -10,32 +10,55 @@ from batchcli.cli import BatchArg, HomeOpt, JsonOpt, handle_errors
 
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, show_default=False,
                                                    help="Worker processes (default: usable CPUs).")]
-RetriesOpt = Annotated[int, typer.Option("--retries", min=0,
-                                         help="Retries for transient failures (timeout, crash, I/O, network).")]
-TimeoutOpt = Annotated[float, typer.Option("--item-timeout", min=0,
-                                           help="Seconds before a stuck item's worker is killed (0 = no limit).")]
+RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, show_default=False,
+                                                   help="Retries for transient failures (timeout, crash, I/O, network); default 1.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option("--item-timeout", min=0, show_default=False,
+                                                     help="Seconds before a stuck item's worker is killed (default 0 = no limit).")]
 MaxFailOpt = Annotated[Optional[str], typer.Option("--max-failures", show_default=False,
                                                    help="Halt after N failed items, or P% of processed items.")]
-ProvidersOpt = Annotated[str, typer.Option("--providers", help="ONNX execution providers in order: cpu, cuda, tensorrt, openvino.")]
+ProvidersOpt = Annotated[Optional[str], typer.Option("--providers", show_default=False,
+                                                     help="ONNX execution providers in order: cpu, cuda, tensorrt, openvino (default cpu).")]
 MemoryOpt = Annotated[Optional[str], typer.Option("--worker-memory", show_default=False,
                                                   help="Address-space cap per worker, e.g. 2G (default: free RAM / workers).")]
-FreeOpt = Annotated[str, typer.Option("--min-free-space", help="Pause the batch when the output disk has less free space.")]
-ExecutorOpt = Annotated[str, typer.Option("--executor", help="local, dask (a local Dask cluster) or dask://HOST:PORT.")]
-TransferOpt = Annotated[bool, typer.Option("--transfer", help="With Dask: ship image bytes to workers and back (no shared file system).")]
+FreeOpt = Annotated[Optional[str], typer.Option("--min-free-space", show_default=False,
+                                                help="Pause the batch when the output disk has less free space (default 1G).")]
+ExecutorOpt = Annotated[Optional[str], typer.Option("--executor", show_default=False,
+                                                    help="local (default), dask (a local Dask cluster) or dask://HOST:PORT.")]
+TransferOpt = Annotated[Optional[bool], typer.Option("--transfer/--no-transfer", show_default=False,
+                                                     help="With Dask: ship image bytes to workers and back (no shared file system).")]
 DetachOpt = Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; print the batch id and return.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output, only the summary.")]
 
 
-def run_options(workers: int | None, retries: int, item_timeout: float, max_failures: str | None,
-                providers: str, worker_memory: str | None = None, min_free_space: str = "1G",
-                executor: str = "local", transfer: bool = False):
-    """Validate the run flags (exit 2 before any work) and build RunOptions."""
+RUN_DEFAULTS = {"workers": None, "retries": 1, "item_timeout": 0.0, "max_failures": None, "providers": "cpu",
+                "worker_memory": None, "min_free_space": "1G", "executor": "local", "transfer": False}
+"""The run flags and their defaults. A resume takes a flag it is not given from the batch's
+last run (the journal records the flags each run was given), else from here; except where the
+batch runs (--executor, --transfer), chosen afresh each time: that cluster may be gone."""
+_PER_RUN = ("executor", "transfer")
+
+
+def run_options(workers: int | None = None, retries: int | None = None, item_timeout: float | None = None,
+                max_failures: str | None = None, providers: str | None = None, worker_memory: str | None = None,
+                min_free_space: str | None = None, executor: str | None = None, transfer: bool | None = None,
+                last: dict | None = None):
+    """Validate the run flags (exit 2 before any work) and build RunOptions. None means "not
+    given": the value of the last run (`last`), else the default."""
     from batchcli.errors import ConfigError
     from batchcli.pool import usable_cpus
     from batchcli.runner import RunOptions, _parse_max_failures
     from batchcli.onnx_session import parse_providers
     from batchcli.units import parse_bytes
 
+    given = {k: v for k, v in (last or {}).items() if k in RUN_DEFAULTS and k not in _PER_RUN and v is not None}
+    given.update({k: v for k, v in dict(workers=workers, retries=retries, item_timeout=item_timeout,
+                                        max_failures=max_failures, providers=providers,
+                                        worker_memory=worker_memory, min_free_space=min_free_space,
+                                        executor=executor, transfer=transfer).items() if v is not None})
+    v = {**RUN_DEFAULTS, **given}
+    workers, retries, item_timeout, max_failures = v["workers"], v["retries"], v["item_timeout"], v["max_failures"]
+    providers, worker_memory, min_free_space = v["providers"], v["worker_memory"], v["min_free_space"]
+    executor, transfer = v["executor"], v["transfer"]
     parse_providers(providers)  # an unknown provider is a usage error, before any work
     cpus = usable_cpus()
     n = workers or cpus
@@ -50,7 +73,14 @@ def run_options(workers: int | None, retries: int, item_timeout: float, max_fail
     return RunOptions(workers=n, threads=max(1, cpus // n), item_timeout=item_timeout, retries=retries,
                       max_failures=max_failures, providers=providers, memory_limit=memory,
                       min_free_space=parse_bytes(min_free_space, "--min-free-space"),
-                      executor=executor, transfer=transfer)
+                      executor=executor, transfer=bool(transfer), given=given)
+
+
+def last_run_flags(paths) -> dict:
+    """The run flags the batch's last start or resume was given (empty for older journals)."""
+    from batchcli.journal import replay
+
+    return replay(paths.journal, int(paths.load_manifest()["total"])).options or {}
 
 
 def default_worker_memory(workers: int) -> int:
@@ -120,14 +150,14 @@ def register(app: typer.Typer) -> None:
                                                              help='Output names, e.g. "{stem}_web.{ext}".')] = None,
         max_file_size: Annotated[str, typer.Option("--max-file-size", help="Larger inputs fail their item.")] = "200M",
         max_pixels: Annotated[int, typer.Option("--max-pixels", help="Pixels (read from the header); larger inputs fail their item.")] = 150_000_000,
-        retries: RetriesOpt = 1,
-        item_timeout: TimeoutOpt = 0.0,
+        retries: RetriesOpt = None,
+        item_timeout: TimeoutOpt = None,
         max_failures: MaxFailOpt = None,
         worker_memory: MemoryOpt = None,
-        min_free_space: FreeOpt = "1G",
-        providers: ProvidersOpt = "cpu",
-        executor: ExecutorOpt = "local",
-        transfer: TransferOpt = False,
+        min_free_space: FreeOpt = None,
+        providers: ProvidersOpt = None,
+        executor: ExecutorOpt = None,
+        transfer: TransferOpt = None,
         detach: DetachOpt = False,
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
@@ -166,14 +196,14 @@ def register(app: typer.Typer) -> None:
         repair: Annotated[bool, typer.Option("--repair", help="Also redo items whose output is missing or changed.")] = False,
         force: Annotated[bool, typer.Option("--force", help="Resume even if the pipeline or options changed.")] = False,
         workers: WorkersOpt = None,
-        retries: RetriesOpt = 1,
-        item_timeout: TimeoutOpt = 0.0,
+        retries: RetriesOpt = None,
+        item_timeout: TimeoutOpt = None,
         max_failures: MaxFailOpt = None,
         worker_memory: MemoryOpt = None,
-        min_free_space: FreeOpt = "1G",
-        providers: ProvidersOpt = "cpu",
-        executor: ExecutorOpt = "local",
-        transfer: TransferOpt = False,
+        min_free_space: FreeOpt = None,
+        providers: ProvidersOpt = None,
+        executor: ExecutorOpt = None,
+        transfer: TransferOpt = None,
         detach: DetachOpt = False,
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
@@ -191,7 +221,7 @@ def register(app: typer.Typer) -> None:
         if live is not None:
             raise locked_error(paths, live)
         opts = run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
-                           min_free_space, executor, transfer)
+                           min_free_space, executor, transfer, last=last_run_flags(paths))
         if detach:
             from batchcli.detach import spawn_detached
 
