@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -128,11 +130,32 @@ def test_watermark_follows_the_displayed_orientation():
     assert x0 > 50 and y0 > 100
 
 
+DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def test_copyright_sign_in_the_built_in_font():
+    img = np.zeros((200, 400, 3), np.uint8)
+    out = run("watermark '© 2026 Ann Lee' opacity=100 scale=50", img)
+    x0, y0, x1, y1 = _mark_box(img, out)
+    assert 0.4 * 400 < x1 - x0 < 0.6 * 400 and x0 > 150 and y0 > 100  # bottom right
+
+
+@pytest.mark.skipif(not os.path.exists(DEJAVU), reason="no DejaVu fonts on this machine")
+def test_any_script_with_a_font_file():
+    img = np.zeros((200, 400, 3), np.uint8)
+    out = run(f"watermark 'Ünïcode — Привет' font={DEJAVU} opacity=100 scale=60", img)
+    x0, y0, x1, y1 = _mark_box(img, out)
+    assert 0.5 * 400 < x1 - x0 < 0.7 * 400
+    with pytest.raises(ConfigError, match="no glyph for 中"):
+        Pipeline.parse(f"watermark '中文' font={DEJAVU}")
+
+
 @pytest.mark.parametrize("spec, message", [
     ("watermark", "either text"),
     ("watermark Hi image=x.png", "either text"),
     ("watermark image=/nonexistent/logo.png", "cannot read"),
-    ("watermark 'Ünïcode'", "ASCII"),
+    ("watermark 'Ünïcode'", "no glyph for Ü ï"),
+    ("watermark Hi font=/nonexistent/font.ttf", "cannot load the font"),
     ("watermark Hi opacity=150", "above the maximum"),
     ("denoise method=magic", "not one of"),
     ("sharpen amount=-1", "below the minimum"),

@@ -16,11 +16,62 @@ from batchcli.imageio import max_value, merge_alpha, split_alpha, upright
 from batchcli.ops.base import Frame, Op, Param, register
 
 POSITIONS = ("br", "bl", "tr", "tl", "center", "top", "bottom", "left", "right")
-_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
+_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX, only where Pillow was built without FreeType
+_FONTS: dict = {}  # (font file or "", size) -> FreeTypeFont, per process
 
 
-def _render_text(text: str, width: int, color: tuple[int, int, int]) -> np.ndarray:
-    """White-on-transparent text about `width` px wide, as a BGRA uint8 image in `color`."""
+def _freetype() -> bool:
+    from PIL import features
+
+    return bool(features.check("freetype2"))
+
+
+def _font(path: str, size: int):
+    """The font file at `path` (or Pillow's built-in Aileron when empty) at `size` px."""
+    key = (path, size)
+    font = _FONTS.get(key)
+    if font is None:
+        from PIL import ImageFont
+
+        font = ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
+        if len(_FONTS) > 64:
+            _FONTS.clear()
+        _FONTS[key] = font
+    return font
+
+
+def missing_glyphs(text: str, path: str) -> list[str]:
+    """The characters of `text` the font draws as its "missing glyph" box."""
+    font = _font(path, 32)
+
+    def look(c: str):
+        m = font.getmask(c)
+        return m.size, bytes(m)
+
+    nothing = look("\U0010ffff")  # a private-use code point no font has
+    return [c for c in dict.fromkeys(text) if not c.isspace() and look(c) == nothing]
+
+
+def _render_text(text: str, width: int, color: tuple[int, int, int], font_path: str = "") -> np.ndarray:
+    """Text about `width` px wide, as a BGRA uint8 image in `color` on transparent."""
+    if not _freetype():
+        return _render_hershey(text, width, color)
+    from PIL import Image, ImageDraw
+
+    left, top, right, bottom = _font(font_path, 100).getbbox(text)
+    size = max(4, min(2000, round(100 * width / max(1, right - left))))
+    font = _font(font_path, size)
+    left, top, right, bottom = font.getbbox(text)
+    pad = max(1, size // 20)
+    mask = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
+    ImageDraw.Draw(mask).text((pad - left, pad - top), text, font=font, fill=255)
+    alpha = np.asarray(mask, np.uint8)
+    bgr = np.empty((*alpha.shape, 3), np.uint8)
+    bgr[:] = color
+    return cv2.merge([*cv2.split(bgr), alpha])
+
+
+def _render_hershey(text: str, width: int, color: tuple[int, int, int]) -> np.ndarray:
     (tw, th), base = cv2.getTextSize(text, _FONT, 1.0, 2)
     scale = max(0.1, width / max(tw, 1))
     thick = max(1, round(2 * scale))
@@ -90,13 +141,29 @@ class Watermark(Op):
         Param("opacity", "float", 50.0, min=0, max=100, help="percent"),
         Param("scale", "float", 20.0, min=1, max=100, help="width of the mark, percent of the image width"),
         Param("color", "color", (255, 255, 255), help="text colour"),
+        Param("font", "str", "", help="TrueType/OpenType file for the text (default: Pillow's Aileron: "
+                                      "English letters, digits, ©)"),
     )
 
     def check(self) -> None:
         if bool(self.p["text"]) == bool(self.p["image"]):
             raise ConfigError("watermark: give either text (watermark 'Ann Lee') or image=logo.png")
-        if self.p["text"] and not self.p["text"].isascii():
-            raise ConfigError("watermark: text must be ASCII (the built-in Hershey font has no other glyphs)")
+        if self.p["font"]:
+            self.p["font"] = os.path.abspath(os.path.expanduser(self.p["font"]))
+            if not _freetype():
+                raise ConfigError("watermark: font= needs Pillow built with FreeType")
+            try:
+                _font(self.p["font"], 32)
+            except OSError as exc:
+                raise ConfigError(f"watermark: cannot load the font {self.p['font']}: {exc}") from None
+        if self.p["text"] and _freetype():
+            missing = missing_glyphs(self.p["text"], self.p["font"])
+            if missing:
+                which = self.p["font"] or "the built-in font"
+                raise ConfigError(f"watermark: {which} has no glyph for {' '.join(missing)}; give "
+                                  "font=/path/to/font.ttf (e.g. DejaVuSans.ttf) that has them")
+        elif self.p["text"] and not self.p["text"].isascii():
+            raise ConfigError("watermark: text must be ASCII here (Pillow has no FreeType: the fallback font has no other glyphs)")
         self._logo: np.ndarray | None = None
         if self.p["image"]:
             self.p["image"] = os.path.abspath(os.path.expanduser(self.p["image"]))
@@ -112,7 +179,7 @@ class Watermark(Op):
 
     def _mark(self, width: int) -> np.ndarray:
         if self._logo is None:
-            return _render_text(self.p["text"], width, self.p["color"])
+            return _render_text(self.p["text"], width, self.p["color"], self.p["font"])
         lh, lw = self._logo.shape[:2]
         size = (max(1, width), max(1, round(lh * width / lw)))
         interp = cv2.INTER_AREA if size[0] < lw else cv2.INTER_CUBIC
