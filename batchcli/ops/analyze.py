@@ -46,7 +46,14 @@ def colorfulness(bgr: np.ndarray) -> float:
     """Hasler and Suesstrunk (2003) colourfulness metric on 8-bit BGR (0 = gray; above ~60 = vivid)."""
     b, g, r = (bgr[:, :, i].astype(np.float64) for i in range(3))
     rg, yb = r - g, 0.5 * (r + g) - b
-    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+    (m_rg, s_rg), (m_yb, s_yb) = (_mean_std(x) for x in (rg, yb))
+    return float(np.hypot(s_rg, s_yb) + 0.3 * np.hypot(m_rg, m_yb))
+
+
+def _mean_std(a: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) standard deviation in one pass (numpy's pair costs more on small images)."""
+    mean, std = cv2.meanStdDev(a)
+    return float(mean[0, 0]), float(std[0, 0])
 
 
 def dominant_colors(bgr: np.ndarray, k: int, iterations: int = 12) -> list[dict]:
@@ -58,15 +65,19 @@ def dominant_colors(bgr: np.ndarray, k: int, iterations: int = 12) -> list[dict]
     order = np.argsort(pts @ np.array([0.114, 0.587, 0.299]), kind="stable")
     centers = pts[order[((np.arange(k) + 0.5) * len(pts) / k).astype(int)]]
     labels = np.zeros(len(pts), np.int64)
+    counts = np.zeros(k, np.int64)
     for _ in range(iterations):
-        d = ((pts[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
-        labels = d.argmin(axis=1)
-        moved = np.array([pts[labels == c].mean(axis=0) if (labels == c).any() else centers[c] for c in range(k)])
-        if np.allclose(moved, centers, atol=0.5):
-            centers = moved
-            break
+        # nearest centre: |p - c|^2 = |p|^2 - 2 p.c + |c|^2, and |p|^2 does not change the argmin
+        labels = ((centers ** 2).sum(axis=1) - 2.0 * (pts @ centers.T)).argmin(axis=1)
+        counts = np.bincount(labels, minlength=k)
+        sums = np.stack([np.bincount(labels, weights=pts[:, j], minlength=k) for j in range(3)], axis=1)
+        filled = counts > 0
+        moved = centers.copy()
+        moved[filled] = sums[filled] / counts[filled, None]
+        done = np.abs(moved - centers).max() <= 0.5 + 1e-5 * np.abs(centers).max()
         centers = moved
-    counts = np.bincount(labels, minlength=k)
+        if done:
+            break
     out = []
     for c in np.argsort(-counts, kind="stable"):
         if counts[c] == 0:
@@ -109,7 +120,7 @@ class Analyze(Op):
             "has_alpha": alpha is not None,
             "orientation": int(info.get("orientation", frame.orientation)),
             "brightness": round(float(gray.mean()), 2),
-            "sharpness": round(float(cv2.Laplacian(gray, cv2.CV_64F).var()), 2),
+            "sharpness": round(_mean_std(cv2.Laplacian(gray, cv2.CV_64F))[1] ** 2, 2),
             "colorfulness": round(colorfulness(color8), 2) if color8 is not None else 0.0,
             "dominant_colors": dominant_colors(
                 thumbnail(color8 if color8 is not None else cv2.cvtColor(thumb_gray, cv2.COLOR_GRAY2BGR), _KMEANS),
