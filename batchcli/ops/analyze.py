@@ -106,7 +106,7 @@ class Analyze(Op):
         gray = to_gray8(img)
         thumb = apply_orientation(thumbnail(img), frame.orientation)
         thumb_px, _ = split_alpha(thumb)
-        thumb_gray = to_gray8(thumb)
+        thumb_gray = gray if thumb is img else to_gray8(thumb)  # a small upright image is its own thumbnail
         color8 = None
         if px.ndim == 3:
             color8 = np.ascontiguousarray(thumb_px if thumb_px.dtype == np.uint8 else
