@@ -692,12 +692,22 @@ def flatten_alpha(img: np.ndarray, background=(255, 255, 255)) -> np.ndarray:
 def save(frame: Frame, dest_stem: str) -> tuple[str, int, str]:
     """Encode and write atomically to `dest_stem` + the format's extension.
     Returns (path, bytes, sha256 hex)."""
+    path, data = encode_to(frame, dest_stem)
+    write(path, data)
+    return path, len(data), hashlib.sha256(data).hexdigest()
+
+
+def encode_to(frame: Frame, dest_stem: str) -> tuple[str, bytes]:
+    """The output path for `dest_stem` (the format's extension added) and the encoded bytes."""
     data, fmt = encode(frame)
-    path = f"{dest_stem}.{EXTENSIONS[fmt]}"
+    return f"{dest_stem}.{EXTENSIONS[fmt]}", data
+
+
+def write(path: str, data: bytes) -> None:
+    """The durable, atomic write of an output; failures as ItemError (disk_full, io)."""
     try:
         atomic_write(path, data)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise ItemError("disk_full", f"no space left writing {path}") from None
         raise ItemError("io", f"cannot write {path}: {exc.strerror or exc}") from None
-    return path, len(data), hashlib.sha256(data).hexdigest()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,7 @@ class Worker:
         self.pipeline = pickle.loads(cfg.pipeline)
         self.pipeline.prepare()
         self.writes = self.pipeline.writes_image and cfg.out_dir is not None
+        self.writer: Any = None  # a Writer: outputs written in the background (see worker_main)
 
     @property
     def batch(self) -> int:
@@ -112,7 +115,14 @@ class Worker:
         res: dict[str, Any] = {}
         if self.writes:
             dest = os.path.join(self.cfg.out_dir, item["stem"])
-            path, nbytes, digest = imageio.save(frame, dest)  # discovery keeps outputs off inputs
+            if self.writer is not None and not frame.route:
+                # encoded here; written, fsynced and renamed by the writer thread while this one
+                # decodes the next image. The result goes out only once the write is done.
+                path, data = imageio.encode_to(frame, dest)
+                res["_write"] = self.writer.submit(path, data)
+                nbytes, digest = len(data), hashlib.sha256(data).hexdigest()
+            else:
+                path, nbytes, digest = imageio.save(frame, dest)  # discovery keeps outputs off inputs
             res.update(out=os.path.relpath(path, self.cfg.out_dir), bytes=nbytes, sha256=digest)
             if frame.route:
                 res["routed"] = _route(self.cfg.out_dir, frame.route, path)
@@ -121,6 +131,48 @@ class Worker:
         if changed is not None:  # the input is not what items.jsonl recorded: journal what we read
             res["src_stat"] = changed
         return res
+
+
+class Writer:
+    """One background thread for the durable writes of a worker's outputs, at most `depth`
+    queued: fsync waits on the disk, not the CPU, so it overlaps the next image's decode."""
+
+    def __init__(self, depth: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batchcli-writer")
+        self._queued: deque = deque()
+        self.depth = depth
+
+    def submit(self, path: str, data: bytes) -> Any:
+        from batchcli import imageio
+
+        while len(self._queued) >= self.depth:
+            self._queued.popleft().exception()  # wait for the oldest (its error stays on it)
+        fut = self._pool.submit(imageio.write, path, data)
+        self._queued.append(fut)
+        return fut
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def settle(res: dict[str, Any], src: str, wait: bool) -> bool:
+    """Fold a background write into its result: False while it is still running (and not
+    `wait`); a failed write turns the result into that failure."""
+    fut = res.get("_write")
+    if fut is None:
+        return True
+    if not wait and not fut.done():
+        return False
+    del res["_write"]
+    exc = fut.exception()
+    if exc is not None:
+        err = _error(src, exc)
+        for k in [k for k in res if k not in ("i", "ms")]:
+            del res[k]
+        res.update(err)
+    return True
 
 
 def _error(src: str, exc: BaseException) -> dict[str, Any]:
@@ -196,11 +248,11 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
     From the parent: (chunk_id, items) to queue work, "stop" to drop queued work after the
     current item, None to exit. To the parent: ("ready",), ("items", [result, ...]) in item order,
     ("done", chunk_id), ("stopped",), ("init_error", msg). `current`, a shared integer, holds the
-    index of the item in hand, so the parent knows which one a crash concerns. Messages are checked between items (between micro-batches
-    when an op takes `batch=N`), so a pause waits for at most one item (batch) per worker.
+    index of the item in hand, so the parent knows which one a crash concerns. Messages are
+    checked between items (between micro-batches when an op takes `batch=N`), so a pause waits
+    for at most one item (batch) per worker. A result is sent only once its output is on disk
+    (written by the Writer thread, overlapping the next item).
     """
-    from collections import deque
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides what Ctrl-C means
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
@@ -211,14 +263,19 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
         conn.send(("init_error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready",))
+    worker.writer = Writer() if worker.writes else None
     chunks: deque = deque()
-    held: list[dict[str, Any]] = []
+    held: list[tuple[dict[str, Any], str]] = []  # (result, source), in item order
     held_since = 0.0
 
-    def flush() -> None:
-        if held:
-            conn.send(("items", held[:]))
-            held.clear()
+    def flush(wait: bool = True) -> None:
+        """Send the held results whose outputs are on disk (all of them with `wait`)."""
+        n = 0
+        while n < len(held) and settle(held[n][0], held[n][1], wait):
+            n += 1
+        if n:
+            conn.send(("items", [res for res, _ in held[:n]]))
+            del held[:n]
 
     try:
         while True:
@@ -242,13 +299,14 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
                 current.value = group[0]["i"]
             if not held:
                 held_since = time.monotonic()
-            held.extend(worker.process_batch(group))
+            held.extend(zip(worker.process_batch(group), (it["src"] for it in group)))
             chunk[2] = pos + len(group)
             if chunk[2] >= len(items):
                 chunks.popleft()
                 flush()
                 conn.send(("done", chunk_id))
             elif time.monotonic() - held_since >= FLUSH_EVERY:
-                flush()
+                flush(wait=False)
+                held_since = time.monotonic()
     except (EOFError, OSError, BrokenPipeError):
         return

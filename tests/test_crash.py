@@ -144,6 +144,23 @@ def test_max_failures_halts_as_failed_and_resume_continues(tmp_path):
     assert replay(paths.journal, 40).completed == 40
 
 
+def test_an_output_that_cannot_be_written_fails_its_item_only(tmp_path):
+    """Outputs are written by a background thread while the next image decodes; a write that
+    fails still fails just its own item, with the path and the reason."""
+    home, paths = _batch(tmp_path, "convert png", n=30)
+    (tmp_path / "out" / "img007.png").mkdir(parents=True)  # a folder where the output should go
+    r = run(home, "resume", paths.id, "-w", "2", *NOSPACE)
+    assert r.returncode == 1, r.stdout + r.stderr
+    failed = _failed(paths)
+    assert list(failed) == [7] and failed[7]["error_class"] == "io"
+    assert "cannot write" in failed[7]["error"] and "img007.png" in failed[7]["error"]
+    st = replay(paths.journal, 30)
+    assert st.completed == 29
+    for i in range(30):
+        if i != 7:
+            assert (tmp_path / "out" / f"img{i:03d}.png").is_file()
+
+
 def test_resume_reuses_the_flags_the_last_run_was_given(tmp_path):
     """A resume (or recover --resume) without flags keeps the batch's own settings; a flag given
     again replaces just that one."""
