@@ -211,6 +211,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Continue a paused or interrupted batch: only items without a completed record run.
 
+        Run flags not given keep the values the batch's last run was given (--executor and
+        --transfer excepted: they default to here).
+
         Example: batchcli resume nightly --retry-failed
         """
         from batchcli.runner import locked_error, runner_alive
