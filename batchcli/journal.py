@@ -261,6 +261,28 @@ def checkpoint(path: str, total: int) -> Replay:
     return st
 
 
+_RUN_STARTS = (b'"type":"batch_started"', b'"type":"batch_resumed"')
+
+
+def last_options(path: str, total: int) -> dict | None:
+    """The run flags of the last start or resume, without folding the journal: from the
+    snapshot when valid, then only the later lines that name a start or a resume are decoded."""
+    snap = _load_snapshot(path, total)
+    options, start = (snap.options, snap.offset) if snap is not None else (None, 0)
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return options
+    with fh:
+        fh.seek(start)
+        for raw in fh:
+            if raw.endswith(b"\n") and (_RUN_STARTS[0] in raw or _RUN_STARTS[1] in raw):
+                rec = decode(raw[:-1])
+                if rec is not None:
+                    options = rec.get("options", options)
+    return options
+
+
 def _load_snapshot(path: str, total: int) -> Replay | None:
     try:
         with open(path + SNAPSHOT_SUFFIX, "rb") as fh:

@@ -190,3 +190,23 @@ def test_failure_reasons_count_items_failed_now(tmp_path):
     st_ = replay(str(path), 4)
     assert dict(st_.failures) == {"decode: bad data": 1}
     assert st_.failed == 1
+
+
+def test_last_options_without_a_replay_with_and_without_a_snapshot(tmp_path):
+    from batchcli.journal import checkpoint, last_options
+
+    path = str(tmp_path / "journal.jsonl")
+    with JournalWriter(path) as j:
+        j.append("header", total=3)
+        j.append("batch_started", pid=1, workers=2, options={"workers": 2, "retries": 3})
+        j.append("item_completed", i=0, out="a.png")
+        j.append("batch_paused", reason="x")
+    assert last_options(path, 3) == {"workers": 2, "retries": 3}
+    checkpoint(path, 3)  # the snapshot holds them; later lines still win
+    assert last_options(path, 3) == {"workers": 2, "retries": 3}
+    with JournalWriter(path, 10) as j:
+        j.append("batch_resumed", pid=2, workers=1, options={"workers": 1})
+        j.append("item_completed", i=1, out="b.png")
+    with open(path, "ab") as fh:  # a torn start record after a crash is not believed
+        fh.write(encode({"seq": 99, "type": "batch_resumed", "options": {"workers": 9}})[:-12])
+    assert last_options(path, 3) == {"workers": 1} == replay(path, 3).options

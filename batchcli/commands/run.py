@@ -78,9 +78,9 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
 
 def last_run_flags(paths) -> dict:
     """The run flags the batch's last start or resume was given (empty for older journals)."""
-    from batchcli.journal import replay
+    from batchcli.journal import last_options
 
-    return replay(paths.journal, int(paths.load_manifest()["total"])).options or {}
+    return last_options(paths.journal, int(paths.load_manifest()["total"])) or {}
 
 
 def default_worker_memory(workers: int) -> int:
