@@ -153,9 +153,6 @@ class Writer:
         self._queued.append(fut)
         return fut
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
 
 def settle(res: dict[str, Any], src: str, wait: bool) -> bool:
     """Fold a background write into its result: False while it is still running (and not
