@@ -3,9 +3,10 @@
 The runner talks to an executor through four calls (`capacity`, `submit`, `poll`, `shutdown`),
 so a distributed engine can replace the local process pool without touching the runner.
 
-`ProcessPool` gives each worker process its own pipe, so it always knows which item each worker
-is on: a worker that dies or hangs costs exactly that item (reported as lost) and the items
-queued behind it (handed back), and a fresh worker takes its place.
+`ProcessPool` gives each worker process its own pipe and a shared integer naming the item in
+hand, so it always knows which item each worker is on: a worker that dies or hangs costs exactly
+that item (reported as lost); the items queued behind it, and those it finished but had not yet
+reported (workers send results in small groups), are handed back; a fresh worker takes its place.
 """
 
 from __future__ import annotations
