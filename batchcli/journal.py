@@ -264,22 +264,29 @@ def checkpoint(path: str, total: int) -> Replay:
 _RUN_STARTS = (b'"type":"batch_started"', b'"type":"batch_resumed"')
 
 
+def iter_matching(path: str, needles: tuple[bytes, ...], start: int = 0) -> Iterator[dict[str, Any]]:
+    """The valid records whose line contains one of `needles` (only those are decoded: a
+    quick pass over a big journal for a few kinds of record)."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        fh.seek(start)
+        for raw in fh:
+            if raw.endswith(b"\n") and any(n in raw for n in needles):
+                rec = decode(raw[:-1])
+                if rec is not None:
+                    yield rec
+
+
 def last_options(path: str, total: int) -> dict | None:
     """The run flags of the last start or resume, without folding the journal: from the
     snapshot when valid, then only the later lines that name a start or a resume are decoded."""
     snap = _load_snapshot(path, total)
     options, start = (snap.options, snap.offset) if snap is not None else (None, 0)
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        return options
-    with fh:
-        fh.seek(start)
-        for raw in fh:
-            if raw.endswith(b"\n") and (_RUN_STARTS[0] in raw or _RUN_STARTS[1] in raw):
-                rec = decode(raw[:-1])
-                if rec is not None:
-                    options = rec.get("options", options)
+    for rec in iter_matching(path, _RUN_STARTS, start):
+        options = rec.get("options", options)
     return options
 
 

@@ -28,7 +28,8 @@ from batchcli.errors import (
     BatchLocked, InvalidTransition, ItemError,
 )
 from batchcli.journal import (
-    COMPLETED, FAILED, PENDING, JournalWriter, Replay, checkpoint, failure_key, iter_records, replay,
+    COMPLETED, FAILED, PENDING, JournalWriter, Replay, checkpoint, failure_key, iter_matching, iter_records,
+    replay,
 )
 from batchcli.store import BatchPaths
 from batchcli.worker import WorkerConfig
@@ -549,7 +550,7 @@ def check_fingerprint(paths: BatchPaths, manifest: dict[str, Any], st: Replay, f
 def changed_inputs(paths: BatchPaths, st: Replay) -> list[int]:
     """Finished items whose local input's size or mtime differs from what was last recorded."""
     seen: dict[int, list] = {}  # only items reprocessed after a change carry src_stat: few
-    for rec in iter_records(paths.journal):
+    for rec in iter_matching(paths.journal, (b'"src_stat":',)):
         if rec.get("type") == "item_completed" and "src_stat" in rec:
             seen[rec["i"]] = rec["src_stat"]
     out = []
