@@ -51,11 +51,7 @@ class Worker:
         self.pipeline.prepare()
         self.writes = self.pipeline.writes_image and cfg.out_dir is not None
         self.writer: Any = None  # a Writer: outputs written in the background (see worker_main)
-
-    @property
-    def batch(self) -> int:
-        """Items to process together: more than one only when an op runs micro-batches."""
-        return self.pipeline.batch_size
+        self.batch = self.pipeline.batch_size  # items processed together: > 1 only for micro-batches
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         """One item -> a result dict: {"i", "ok", "ms", ...}. Never raises."""

@@ -74,27 +74,18 @@ def test_a_crash_is_charged_to_the_item_in_hand_not_to_finished_ones_not_yet_rep
     assert sorted(done) == [i for i in range(n) if i != 37]  # one completed record each
 
 
-def test_hung_worker_is_killed_after_item_timeout(tmp_path):
+@pytest.mark.parametrize("action, item, flags, error_class", [
+    ("hang", 3, ("--item-timeout", "1"), "timeout"),  # a hung worker is killed after --item-timeout
+    ("bomb", 4, ("--worker-memory", "1G"), "oom"),  # a memory bomb fails under the worker cap
+])
+def test_stuck_or_greedy_item_fails_alone_and_resume_completes(tmp_path, action, item, flags, error_class):
     flag = tmp_path / "armed"
     flag.touch()
-    home, paths = _batch(tmp_path, f"crashtest hang match=img003 flag={flag} | convert png")
-    r = run(home, "resume", paths.id, "-w", "2", "--item-timeout", "1", "--retries", "0", *NOSPACE)
+    home, paths = _batch(tmp_path, f"crashtest {action} match=img{item:03d} flag={flag} | convert png")
+    r = run(home, "resume", paths.id, "-w", "2", *flags, "--retries", "0", *NOSPACE)
     assert r.returncode == 1, r.stdout + r.stderr
     failed = _failed(paths)
-    assert list(failed) == [3] and failed[3]["error_class"] == "timeout"
-    flag.unlink()
-    assert run(home, "resume", paths.id, "--retry-failed", *NOSPACE).returncode == 0
-    assert replay(paths.journal, N).completed == N
-
-
-def test_memory_bomb_fails_its_item_under_the_worker_cap(tmp_path):
-    flag = tmp_path / "armed"
-    flag.touch()
-    home, paths = _batch(tmp_path, f"crashtest bomb match=img004 flag={flag} | convert png")
-    r = run(home, "resume", paths.id, "-w", "2", "--worker-memory", "1G", "--retries", "0", *NOSPACE)
-    assert r.returncode == 1, r.stdout + r.stderr
-    failed = _failed(paths)
-    assert list(failed) == [4] and failed[4]["error_class"] == "oom"
+    assert list(failed) == [item] and failed[item]["error_class"] == error_class
     flag.unlink()
     assert run(home, "resume", paths.id, "--retry-failed", *NOSPACE).returncode == 0
     assert replay(paths.journal, N).completed == N
