@@ -222,16 +222,15 @@ def item_rows(paths: BatchPaths, failed_only: bool = False, limit: int | None = 
 
 def mark(paths: BatchPaths, kind: str, **fields: Any) -> None:
     """Append one lifecycle record without a runner (takes the lock; fails if a runner holds it)."""
-    from filelock import FileLock, Timeout
+    from filelock import FileLock
 
     from batchcli.errors import BatchLocked
     from batchcli.journal import JournalWriter
+    from batchcli.runner import take_lock
 
     lock = FileLock(paths.lock)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise BatchLocked(f"batch {paths.id} is held by a live runner") from None
+    if not take_lock(lock, paths):
+        raise BatchLocked(f"batch {paths.id} is held by a live runner")
     try:
         st = replay(paths.journal, int(paths.load_manifest()["total"]))
         with JournalWriter(paths.journal, st.last_seq) as j:

@@ -230,13 +230,13 @@ def _fmt_age(secs: float) -> str:
 
 
 def _clean_one(store: Store, paths: BatchPaths, purge: bool, dry_run: bool, entry: dict[str, Any]) -> None:
-    from filelock import FileLock, Timeout
+    from filelock import FileLock
+
+    from batchcli.runner import take_lock
 
     lock = FileLock(paths.lock)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise BatchLocked(paths.id) from None
+    if not take_lock(lock, paths):
+        raise BatchLocked(paths.id)
     try:
         if purge:
             removed, kept = purge_outputs(paths, dry_run)

@@ -104,17 +104,46 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+PROBE_GRACE = 0.5
+"""Seconds to wait for a lock held by no live runner: another shell's probe (`status`, this very
+function) holds it for a few microseconds, and must not be mistaken for a runner."""
+
+
+def _holder_alive(info: dict[str, Any] | None) -> bool:
+    """runner.json names a process that is alive and is the one that wrote it (not a reused pid)."""
+    pid = (info or {}).get("pid")
+    if not pid:
+        return False
+    started = process_start_time(pid)
+    want = (info or {}).get("started")
+    return started is not None and (want is None or abs(started - want) < 1.0)
+
+
+def take_lock(lock: FileLock, paths: BatchPaths, info: dict[str, Any] | None = None) -> bool:
+    """Take the batch lock: True at once when free; False at once when a live runner holds it;
+    else (a probe from another shell, or a runner still starting) wait up to PROBE_GRACE."""
+    try:
+        lock.acquire(timeout=0)
+        return True
+    except Timeout:
+        pass
+    if _holder_alive(info if info is not None else read_runner_info(paths)):
+        return False
+    try:
+        lock.acquire(timeout=PROBE_GRACE)
+        return True
+    except Timeout:
+        return False
+
+
 def runner_alive(paths: BatchPaths) -> dict[str, Any] | None:
     """The live runner's info, or None. The lock decides; pid + start time guard against reuse."""
     info = read_runner_info(paths)
     lock = FileLock(paths.lock)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    if not take_lock(lock, paths, info):
         return info or {"pid": None}
-    else:
-        lock.release()
-        return None
+    lock.release()
+    return None
 
 
 def locked_error(paths: BatchPaths, info: dict[str, Any]) -> BatchLocked:
@@ -166,10 +195,8 @@ class Runner:
         the pipeline or options fingerprint changed; `expect` refuses unless the batch is in one
         of these states (a detached start that a pause overtook)."""
         lock = FileLock(self.paths.lock)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise locked_error(self.paths, read_runner_info(self.paths) or {}) from None
+        if not take_lock(lock, self.paths):
+            raise locked_error(self.paths, read_runner_info(self.paths) or {})
         try:
             self._locked_at = time.time()
             return self._run_locked(resume, list(requeue or []), requeue_failed, repair, force, expect)

@@ -209,3 +209,21 @@ def test_start_detach_returns_at_once_and_follow_streams_to_the_end(tmp_path):
     assert kinds.count("batch_started") == 1 and "batch_resumed" not in kinds
     log = (paths_dir / "log.txt").read_text()
     assert "detached start" in log and "completed" in log
+
+
+def test_a_lock_probe_from_another_shell_does_not_stop_a_runner_from_starting(tmp_path):
+    """`status` and friends take the batch lock for a few microseconds to see whether a runner
+    holds it; a runner (or a resume) starting at that moment waits for it instead of refusing."""
+    import threading
+
+    from filelock import FileLock
+
+    make_pngs(tmp_path / "in", 4)
+    home = tmp_path / "home"
+    paths = create(home, [tmp_path / "in"], tmp_path / "out", "convert png")
+    probe = FileLock(paths.lock, thread_local=False)  # released by the timer thread
+    probe.acquire()  # a probe caught in the act (held far longer than a real one, to be sure)
+    threading.Timer(0.2, probe.release).start()
+    r = run(home, "resume", paths.id, *NOSPACE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert replay(paths.journal, 4).completed == 4
