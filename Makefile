@@ -23,7 +23,8 @@ demo: $(STAMP)  ## generate sample images and run a real batch over them
 	BATCHCLI_HOME=$(DEMO)/home $(BIN)/batchcli status demo --items
 	@echo "outputs are in $(DEMO)/web; try: BATCHCLI_HOME=$(DEMO)/home $(BIN)/batchcli status demo --json"
 
-test: $(STAMP)  ## run the whole test suite
+test: $(STAMP)  ## lint, then run the whole test suite
+	$(BIN)/ruff check batchcli tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)  ## run the benchmarks (minutes; prints tables)

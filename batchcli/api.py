@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from batchcli import __version__
+from batchcli.engine.journal import encode
+from batchcli.engine.status import (  # noqa: F401  (the read side of the API)
+    batch_status,
+    effective_state,
+    item_rows,
+    list_batches,
+    mark,
+)
+from batchcli.engine.store import BatchPaths, Store
 from batchcli.errors import ConfigError
-from batchcli.journal import STATE_NAMES, Replay, encode, iter_records, replay
-from batchcli.store import BatchPaths, Store
 
 
 @dataclass
@@ -46,7 +53,7 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
     Raises ConfigError (exit 2) before any work when anything is wrong."""
     import sys
 
-    from batchcli import discover
+    from batchcli.inputs import discover, names
 
     pipeline = build_pipeline(cfg.pipeline_text, cfg.pipeline_file)
     out_dir = os.path.abspath(os.path.expanduser(cfg.out_dir)) if cfg.out_dir else None
@@ -66,7 +73,7 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
                                   "(pipe a list in, e.g. find photos -name '*.jpg' | batchcli start - --out web/)")
             stdin = sys.stdin.buffer
     spec = pipeline.spec()
-    template = discover.compile_template(cfg.name_template) if cfg.name_template else None
+    template = names.compile_template(cfg.name_template) if cfg.name_template else None
     options = {"max_file_size": cfg.max_file_size, "max_pixels": cfg.max_pixels, **cfg.extra_options}
     fingerprint = pipeline.fingerprint(options)
     inputs_opts = {"exts": list(exts), "exclude": list(cfg.exclude or []), "from_file": cfg.from_file,
@@ -77,8 +84,8 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
                           stdin=stdin, stats=stats)
     paths = store.create()
     try:
-        namer = discover.Namer(cfg.name_template if template else None, cfg.name or paths.id,
-                               discover.preset_name(spec))
+        namer = names.Namer(cfg.name_template if template else None, cfg.name or paths.id,
+                               names.preset_name(spec))
         with open(paths.items, "wb") as fh:
             total = discover.write_items(found, fh, namer)
             fh.flush()
@@ -113,129 +120,3 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
         shutil.rmtree(paths.dir, ignore_errors=True)
         raise
     return paths
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
-
-
-def effective_state(paths: BatchPaths, st: Replay) -> tuple[str, int | None]:
-    """The journal's state, corrected by reality: 'running' with no live runner is 'interrupted'."""
-    from batchcli.runner import runner_alive
-
-    if st.state == "running":
-        info = runner_alive(paths)
-        if info is None:
-            return "interrupted", None
-        return "running", info.get("pid")
-    return st.state, None
-
-
-def batch_status(paths: BatchPaths) -> dict[str, Any]:
-    """The status object of DESIGN.md (a replay: read-only, safe while a runner writes)."""
-    man = paths.load_manifest()
-    total = int(man["total"])
-    st = replay(paths.journal, total)
-    state, pid = effective_state(paths, st)
-    done = st.completed + st.failed
-    return {
-        "batch_id": paths.id,
-        "name": man.get("name"),
-        "status": state,
-        "total": total,
-        "completed": st.completed,
-        "failed": st.failed,
-        "skipped": st.skipped,
-        "remaining": st.remaining,
-        "progress_percent": round(done / total * 100, 2) if total else 100.0,
-        "created_at": _iso(man.get("created_at")),
-        "started_at": _iso(st.times.get("started")),
-        "paused_at": _iso(st.times.get("paused")),
-        "completed_at": _iso(st.times.get("finished")),
-        "out_dir": man.get("out_dir"),
-        "pipeline": man.get("pipeline_text"),
-        "runner_pid": pid,
-        "reason": st.reason,
-        "executor": st.executor,
-        "workers": st.workers,
-        "dedupe_skipped": man.get("dedupe_skipped", 0),
-        "journal_records": st.records,
-        "journal_corrupt_lines": len(st.bad),
-        "journal_problems": [f"line {b.lineno}: {b.reason}" for b in st.bad[:5]],
-        "top_failures": [{"reason": r, "count": c} for r, c in st.failures.most_common(5)],
-    }
-
-
-def list_batches(store: Store, status: Iterable[str] | None = None, limit: int | None = None,
-                 offset: int = 0) -> dict[str, Any]:
-    wanted = set(status or ())
-    rows = []
-    for paths in store.all():
-        try:
-            row = batch_status(paths)
-        except (OSError, ValueError, KeyError):
-            continue
-        if wanted and row["status"] not in wanted:
-            continue
-        rows.append(row)
-    total = len(rows)
-    end = None if limit is None else offset + limit
-    return {"batches": rows[offset:end], "total": total}
-
-
-def item_rows(paths: BatchPaths, failed_only: bool = False, limit: int | None = None,
-              offset: int = 0) -> dict[str, Any]:
-    """Per-item listing: one streaming pass over items.jsonl and the journal, holding one page."""
-    from batchcli.discover import iter_items
-
-    man = paths.load_manifest()
-    total = int(man["total"])
-    st = replay(paths.journal, total)
-    wanted = [i for i in range(total) if not failed_only or st.items[i] == 2]
-    count = len(wanted)
-    end = count if limit is None else min(count, offset + limit)
-    page = wanted[offset:end]
-    rows: dict[int, dict[str, Any]] = {
-        i: {"i": i, "src": None, "status": STATE_NAMES[st.items[i]], "output": None,
-            "error_class": None, "error": None, "ms": None} for i in page}
-    if rows:
-        for rec in iter_items(paths.items):
-            r = rows.get(rec["i"])
-            if r is not None:
-                r["src"] = rec["src"]
-        for rec in iter_records(paths.journal):
-            r = rows.get(rec.get("i"))  # type: ignore[arg-type]
-            if r is None:
-                continue
-            kind = rec.get("type")
-            if kind == "item_completed":
-                r.update(output=os.path.join(man["out_dir"], rec["out"]) if rec.get("out") and man.get("out_dir") else None,
-                         error_class=None, error=None, ms=rec.get("ms"))
-                if rec.get("meta"):
-                    r["meta"] = rec["meta"]
-            elif kind == "item_failed":
-                r.update(output=None, error_class=rec.get("error_class"), error=rec.get("error"), ms=rec.get("ms"))
-    return {"items": [rows[i] for i in page], "total": count}
-
-
-def mark(paths: BatchPaths, kind: str, **fields: Any) -> None:
-    """Append one lifecycle record without a runner (takes the lock; fails if a runner holds it)."""
-    from filelock import FileLock
-
-    from batchcli.errors import BatchLocked
-    from batchcli.journal import JournalWriter
-    from batchcli.runner import take_lock
-
-    lock = FileLock(paths.lock)
-    if not take_lock(lock, paths):
-        raise BatchLocked(f"batch {paths.id} is held by a live runner")
-    try:
-        st = replay(paths.journal, int(paths.load_manifest()["total"]))
-        with JournalWriter(paths.journal, st.last_seq) as j:
-            j.append(kind, **fields)
-    finally:
-        lock.release()
-
-

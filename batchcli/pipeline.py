@@ -9,11 +9,32 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from batchcli.errors import ConfigError
-from batchcli.ops import get_op
-from batchcli.ops.base import Frame, Op
+from batchcli.ops.base import REGISTRY, Frame, Op
+
+
+def _load_ops() -> None:
+    """Import every op module (each registers its ops). A module that fails to import is an
+    error: no op is ever left out silently."""
+    from batchcli.models import faces, model  # noqa: F401
+    from batchcli.ops import analyze, color, detail, geometry, output, overlay  # noqa: F401
+
+
+def get_op(name: str) -> type[Op]:
+    _load_ops()
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise ConfigError(f"unknown operation {name!r} (known: {known}; see 'batchcli ops')") from None
+
+
+def all_ops() -> dict[str, type[Op]]:
+    _load_ops()
+    return dict(sorted(REGISTRY.items()))
 
 
 def split_spec(text: str) -> list[tuple[str, list[str], dict[str, str]]]:
@@ -71,11 +92,11 @@ class Pipeline:
 
     # --- construction --------------------------------------------------------------------
     @classmethod
-    def parse(cls, text: str) -> "Pipeline":
+    def parse(cls, text: str) -> Pipeline:
         return cls([_build(name, pos, kw) for name, pos, kw in split_spec(text)])
 
     @classmethod
-    def from_toml(cls, path: str) -> "Pipeline":
+    def from_toml(cls, path: str) -> Pipeline:
         try:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
@@ -93,7 +114,7 @@ class Pipeline:
         return cls.from_spec(steps, where=path)
 
     @classmethod
-    def from_spec(cls, steps: Iterable[dict], where: str = "pipeline") -> "Pipeline":
+    def from_spec(cls, steps: Iterable[dict], where: str = "pipeline") -> Pipeline:
         ops = []
         for step in steps:
             step = dict(step)

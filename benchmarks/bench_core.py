@@ -134,7 +134,7 @@ def make_million(n: int, home: Path, pending: int, tiny_png: str) -> str:
     """A batch of n items whose journal already has n - pending completed records."""
     sys.path.insert(0, str(ROOT))
     from batchcli import __version__
-    from batchcli.journal import encode
+    from batchcli.engine.journal import encode
 
     bid = f"20000101-000000-000-{n:x}"[:24]
     d = home / "batches" / bid
@@ -245,7 +245,7 @@ def main() -> None:
                  f"{a.tiny / t_orch:.0f} items/s"))
     if have["parallel"]:
         t_par = timed(f"ls {tiny}/*.png | parallel -j{w} --joblog {WORK}/joblog true {{}}")
-        rows.append((f"orchestration: GNU parallel --joblog true", f"{t_par:.2f} s", f"{a.tiny / t_par:.0f} items/s"))
+        rows.append(("orchestration: GNU parallel --joblog true", f"{t_par:.2f} s", f"{a.tiny / t_par:.0f} items/s"))
         rows.append(("  ratio batchcli analyze / parallel (target >= 10)", "", f"{t_par / t_meta:.1f}x"))
         rows.append(("  ratio batchcli convert png / parallel", "", f"{t_par / t_orch:.1f}x"))
 

@@ -100,7 +100,7 @@ def main() -> None:
         import distributed  # noqa: F401
     except ImportError:
         sys.exit("needs Dask: pip install 'batchcli[dask]'")
-    from batchcli.pool import usable_cpus
+    from batchcli.executors.factory import usable_cpus
 
     workers = args.workers or usable_cpus()
     load0 = os.getloadavg()[0]

@@ -17,8 +17,8 @@ import orjson
 
 def build(root: str, n: int):
     from batchcli import __version__
-    from batchcli.journal import JournalWriter, encode
-    from batchcli.store import Store
+    from batchcli.engine.journal import JournalWriter, encode
+    from batchcli.engine.store import Store
 
     store = Store(os.path.join(root, "home"))
     paths = store.create()
@@ -49,7 +49,7 @@ def build(root: str, n: int):
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     root = sys.argv[2] if len(sys.argv) > 2 else "/tmp/bench-export"
-    from batchcli import export, verify
+    from batchcli.results import export, verify
 
     t = time.perf_counter()
     paths = build(root, n)

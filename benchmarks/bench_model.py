@@ -75,7 +75,7 @@ def plain_loop(model: str, files: list[Path], threads: int, batch: int = 1, spin
 
 def op_loop(model: str, files: list[Path], batch: int) -> tuple[float, float]:
     """The `model` op in-process: imageio.load + apply_batch in chunks of `batch`."""
-    from batchcli import imageio
+    from batchcli.imaging import imageio
     from batchcli.pipeline import Pipeline
 
     op = Pipeline.parse(f"model {model} task=classify batch={batch}").ops[0]

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from batchcli import imageio  # noqa: E402
+from batchcli.imaging import imageio  # noqa: E402
 from batchcli.ops.base import Frame  # noqa: E402
 from batchcli.pipeline import Pipeline  # noqa: E402
 
@@ -118,7 +118,7 @@ def op_table(repeat: int, tmp: Path) -> list[tuple[str, float, float]]:
     for fmt, spec in (("jpg", "convert jpg quality=90"), ("webp", "convert webp quality=85"),
                       ("png", "convert png"), ("tiff", "convert tiff")):
         frame = Pipeline.parse(spec).run(Frame(img=img, src="bench", fmt="jpg"))
-        ms = best_ms(lambda: imageio.encode(frame), max(1, repeat // 2))
+        ms = best_ms(lambda frame=frame: imageio.encode(frame), max(1, repeat // 2))
         rows.append((f"encode {fmt}", ms, ms / mp))
     data = imageio.encode(Pipeline.parse("convert jpg").run(Frame(img=img, src="bench", fmt="jpg")))[0]
     rows.append(("decode jpg (full)", best_ms(lambda: imageio.load("b", data=data), repeat), 0.0))

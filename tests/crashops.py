@@ -135,7 +135,7 @@ def wait_for(pred, timeout=30.0, what="condition"):
 
 
 def records(journal) -> list[dict]:
-    from batchcli.journal import iter_records
+    from batchcli.engine.journal import iter_records
 
     return list(iter_records(str(journal)))
 
@@ -166,7 +166,7 @@ def make_pngs(folder, n, size=64) -> list:
 
 def batch_dir(home):
     """The only batch in `home`."""
-    from batchcli.store import Store
+    from batchcli.engine.store import Store
 
     ids = Store(str(home)).ids()
     assert len(ids) == 1, ids
@@ -176,7 +176,7 @@ def batch_dir(home):
 def create(home, inputs, out, pipeline, name=None):
     """A new pending batch (created in this process); returns its BatchPaths."""
     from batchcli import api
-    from batchcli.store import Store
+    from batchcli.engine.store import Store
 
     return api.create_batch(Store(str(home)), api.StartConfig(inputs=[str(i) for i in inputs],
                                                               out_dir=str(out) if out else None,

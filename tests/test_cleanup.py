@@ -7,8 +7,8 @@ import os
 
 from crashops import create, make_pngs, run
 
-from batchcli.journal import JournalWriter, replay
-from batchcli.store import Store
+from batchcli.engine.journal import JournalWriter, replay
+from batchcli.engine.store import Store
 
 NOSPACE = ("--min-free-space", "0")
 
@@ -95,7 +95,7 @@ def test_selection_by_age_status_keep_last_and_live_runner(tmp_path):
 def test_cleanup_never_touches_a_batch_with_a_live_runner(tmp_path):
     from crashops import spawn, wait_for
 
-    from batchcli.runner import runner_alive
+    from batchcli.engine.liveness import runner_alive
 
     home = tmp_path / "home"
     make_pngs(tmp_path / "in", 20)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from conftest import cli
 from test_export import completed_records, make_batch
 
@@ -19,7 +18,7 @@ def batch(tmp_path_factory):
 
 
 def test_cli_contact_sheet_one_page(batch, tmp_path):
-    from batchcli.contact import BG, FAIL_BG, default_layout
+    from batchcli.results.contact import BG, FAIL_BG, default_layout
 
     home, _, st = batch
     f = tmp_path / "sheet.jpg"
@@ -41,8 +40,8 @@ def test_cli_contact_sheet_one_page(batch, tmp_path):
 
 
 def test_pages_and_compare(batch, tmp_path):
-    from batchcli.contact import Layout, render_contact_sheet
-    from batchcli.store import Store
+    from batchcli.engine.store import Store
+    from batchcli.results.contact import Layout, render_contact_sheet
 
     home, _, st = batch
     paths = Store(str(home)).resolve("sheet")
@@ -59,7 +58,7 @@ def test_pages_and_compare(batch, tmp_path):
 
 
 def test_missing_output_is_a_labelled_tile(tmp_path):
-    from batchcli.contact import MISS_BG, default_layout
+    from batchcli.results.contact import MISS_BG, default_layout
 
     home, out, _ = make_batch(tmp_path, ["m0.png", "m1.png"], name="miss", bad=0)
     recs = completed_records(home)

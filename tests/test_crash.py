@@ -11,10 +11,9 @@ import os
 import subprocess
 
 import pytest
-
 from crashops import create, make_pngs, records, run
 
-from batchcli.journal import replay
+from batchcli.engine.journal import replay
 
 N = 12
 NOSPACE = ("--min-free-space", "0")

@@ -22,11 +22,11 @@ import pytest
 distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
 
-from batchcli.dask_executor import DaskExecutor, _probe, scheduler_address  # noqa: E402
-from batchcli.journal import iter_records  # noqa: E402
+from batchcli.engine.journal import iter_records  # noqa: E402
+from batchcli.engine.runner import RunOptions  # noqa: E402
+from batchcli.executors.dask import DaskExecutor, _probe, scheduler_address  # noqa: E402
+from batchcli.executors.worker import WorkerConfig  # noqa: E402
 from batchcli.pipeline import Pipeline  # noqa: E402
-from batchcli.runner import RunOptions  # noqa: E402
-from batchcli.worker import WorkerConfig  # noqa: E402
 
 PIPELINE = "resize 320x320 | convert png"
 DASK_BIN = os.path.join(os.path.dirname(sys.executable), "dask")
@@ -267,8 +267,8 @@ def test_probe_and_addresses(tmp_path):
 
 
 def test_unreachable_scheduler_is_a_config_error(tmp_path):
+    import batchcli.executors.dask as de
     from batchcli.errors import ConfigError
-    import batchcli.dask_executor as de
 
     cfg = WorkerConfig(pipeline=b"", out_dir=str(tmp_path), max_file_size=1, max_pixels=1)
     opt = RunOptions(workers=1, executor=f"dask://127.0.0.1:{free_port()}")

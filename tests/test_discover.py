@@ -10,9 +10,10 @@ import tracemalloc
 import orjson
 import pytest
 
-from batchcli import discover
-from batchcli.discover import DigestSet, DiscoveryStats, Found, Namer, compile_template, find, write_items
 from batchcli.errors import ConfigError
+from batchcli.inputs import discover
+from batchcli.inputs.discover import DigestSet, DiscoveryStats, Found, find, write_items
+from batchcli.inputs.names import Namer, compile_template, preset_name
 
 
 def touch(path, data: bytes = b"x"):
@@ -201,9 +202,9 @@ def test_bad_templates(template, message):
 
 
 def test_preset_name_from_the_pipeline_spec():
-    assert discover.preset_name([{"name": "resize"}, {"name": "preset", "look": "vintage", "blend": 60.0}]) == "vintage"
-    assert discover.preset_name([{"name": "preset", "look": "looks/film.toml"}]) == "film"
-    assert discover.preset_name([{"name": "resize"}]) == "none"
+    assert preset_name([{"name": "resize"}, {"name": "preset", "look": "vintage", "blend": 60.0}]) == "vintage"
+    assert preset_name([{"name": "preset", "look": "looks/film.toml"}]) == "film"
+    assert preset_name([{"name": "resize"}]) == "none"
 
 
 def test_a_long_list_streams(tmp_path):

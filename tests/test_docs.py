@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 from typer.main import get_command
 
-from batchcli.cli import app
-from conftest import ROOT
+from batchcli.cli.app import app
 
 COMMANDS = sorted(get_command(app).commands)  # type: ignore[attr-defined]
 

@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, cli, make_image
 
 PIPE = "resize 40x40 | convert webp quality=80"
@@ -40,7 +39,7 @@ def make_batch(tmp: Path, names: list[str], name: str = "demo", pipeline: str = 
 
 
 def journal_records(home: Path) -> list[dict]:
-    from batchcli.journal import iter_records
+    from batchcli.engine.journal import iter_records
 
     (bdir,) = (home / "batches").iterdir()
     return list(iter_records(str(bdir / "journal.jsonl")))
@@ -165,7 +164,7 @@ def test_name_template_fields(batch, tmp_path):
     with zipfile.ZipFile(z) as zf:
         names = zf.namelist()
     assert "manifest.csv" not in names
-    from batchcli.export import sanitize_name
+    from batchcli.results.names import sanitize_name
 
     want = {sanitize_name(f"demo_{os.path.splitext(os.path.basename(r['out']))[0]}_{i:03d}.webp")
             for i, r in completed_records(home).items()}
@@ -187,20 +186,20 @@ def test_name_template_fields(batch, tmp_path):
     ("-x.jpg", "-x.jpg"),
 ])
 def test_sanitize_name(raw, safe):
-    from batchcli.export import sanitize_name
+    from batchcli.results.names import sanitize_name
 
     assert sanitize_name(raw) == safe
 
 
 def test_sanitize_caps_long_components():
-    from batchcli.export import sanitize_name
+    from batchcli.results.names import sanitize_name
 
     s = sanitize_name("é" * 300 + ".jpg")
     assert s.endswith(".jpg") and len(s.encode()) <= 240
 
 
 def test_unique_names():
-    from batchcli.export import UniqueNames
+    from batchcli.results.names import UniqueNames
 
     u = UniqueNames(reserved=("manifest.csv",))
     got = [u.take(n) for n in ["a.jpg", "A.jpg", "a.jpg", "manifest.csv", "d/x.jpg", "d", "a_2.jpg"]]
@@ -237,7 +236,7 @@ def test_nothing_to_export(tmp_path):
 
 def test_zip64_many_entries(tmp_path):
     """More than 65,535 entries: the ZIP64 end records, read back by the standard library."""
-    from batchcli.export import ZipStream
+    from batchcli.results.zipstream import ZipStream
 
     n = 65_600
     path = tmp_path / "many.zip"
@@ -260,11 +259,11 @@ def test_zip64_many_entries(tmp_path):
 def test_zip64_sizes_and_offsets(batch, tmp_path, monkeypatch):
     """With the ZIP64 threshold lowered to 1 KB, every size and offset record takes the ZIP64
     path (what a 4 GB output or archive would do); the archive still reads back byte for byte."""
-    from batchcli import export
-    from batchcli.store import Store
+    from batchcli.engine.store import Store
+    from batchcli.results import export, zipstream
 
     _, home, out, st = batch
-    monkeypatch.setattr(export, "ZIP64_LIMIT", 1000)
+    monkeypatch.setattr(zipstream, "ZIP64_LIMIT", 1000)
     z = tmp_path / "z64.zip"
     res = export.export_zip(Store(str(home)).resolve("demo"), str(z))
     assert res.zip64 and res.exported == st["completed"]
@@ -281,8 +280,8 @@ def test_zip64_sizes_and_offsets(batch, tmp_path, monkeypatch):
 
 
 def test_export_to_folder_links_and_copies(batch, tmp_path, monkeypatch):
-    from batchcli import export
-    from batchcli.store import Store
+    from batchcli.engine.store import Store
+    from batchcli.results import export
 
     _, home, out, st = batch
     dest = tmp_path / "linked"
@@ -305,9 +304,9 @@ def test_export_to_folder_links_and_copies(batch, tmp_path, monkeypatch):
     res = export.export_dir(Store(str(home)).resolve("demo"), str(copies), manifest=False)
     assert res.copied == st["completed"] and res.linked == 0
     assert not (copies / "manifest.csv").exists()
-    for i, rec in recs.items():
+    for rec in recs.values():
         name = rec["out"]
-        from batchcli.export import sanitize_name
+        from batchcli.results.names import sanitize_name
 
         p = copies / sanitize_name(name)
         assert hashlib.sha256(p.read_bytes()).hexdigest() == rec["sha256"]
@@ -329,8 +328,8 @@ def test_manifest_only(batch, tmp_path):
 def _fake_run(home: Path, tmp: Path, metas: list[dict | None]) -> tuple:
     """A batch whose journal is written here (as a runner would): outputs with metadata."""
     from batchcli import api
-    from batchcli.journal import JournalWriter
-    from batchcli.store import Store
+    from batchcli.engine.journal import JournalWriter
+    from batchcli.engine.store import Store
 
     src = tmp / "src"
     for k in range(len(metas)):
@@ -352,7 +351,7 @@ def _fake_run(home: Path, tmp: Path, metas: list[dict | None]) -> tuple:
 
 
 def test_manifest_metadata_flattened(tmp_path):
-    from batchcli import export
+    from batchcli.results import export
 
     metas = [{"classify": {"top": [{"label": "cat", "score": 0.9}]}, "analyze": {"mean": 12.5, "sharp": True}},
              None, {"analyze": {"mean": 3.0, "hist": {"r": [1, 2]}}, "faces": {"count": 2}}]
@@ -396,7 +395,7 @@ def test_export_while_running(tmp_path):
         make_image(src / f"r{k:03d}.png", 24, 24, seed=k)
     env = dict(os.environ, BATCHCLI_HOME=str(home), BATCHCLI_TEST_OPS="crashops",
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-    probe = subprocess.run([sys.executable, "-c", "import batchcli.worker, batchcli.pipeline as p; "
+    probe = subprocess.run([sys.executable, "-c", "import batchcli.executors.worker, batchcli.pipeline as p; "
                             "p.Pipeline.parse('crashtest none delay=0.05')"], capture_output=True, text=True, env=env)
     if probe.returncode != 0:
         pytest.skip("the test-only crashtest op is not available")
@@ -434,7 +433,7 @@ def test_export_while_running(tmp_path):
 
 
 def test_command_module_imports_no_heavy_modules():
-    code = ("import sys, batchcli.cli, batchcli.commands.export; "
+    code = ("import sys, batchcli.cli.app, batchcli.cli.commands.export; "
             "print(sorted(m for m in ('cv2', 'numpy', 'PIL') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr

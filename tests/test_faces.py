@@ -5,12 +5,12 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import onnx_models as om
 import pytest
 
-import onnx_models as om
-from batchcli import imageio
 from batchcli.errors import ConfigError
-from batchcli.ops.faces import haar_cascade_path
+from batchcli.imaging import imageio
+from batchcli.models.faces import haar_cascade_path
 from batchcli.pipeline import Pipeline
 
 YUNET = om.MODELS / "face_detection_yunet_2023mar.onnx"

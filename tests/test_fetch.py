@@ -12,11 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 import pytest
-
-from batchcli import fetch
-from batchcli.errors import ItemError
-from batchcli.imageio import Limits
 from conftest import cli
+
+from batchcli.errors import ItemError
+from batchcli.imaging.imageio import Limits
+from batchcli.inputs import fetch
 
 PNG = cv2.imencode(".png", np.full((16, 16, 3), (40, 120, 200), np.uint8))[1].tobytes()
 BIG = PNG + b"\0" * 4096  # over the 1 KiB limit the tests use

@@ -5,20 +5,20 @@ from __future__ import annotations
 import io
 
 import pytest
+from conftest import shared_path
 from PIL import Image
 
-from batchcli import imageio
-from conftest import shared_path
+from batchcli.imaging import headers, imageio
 
 
 def pillow_sniff(data: bytes, fast: str):
     """What sniff gives with the fast reader named `fast` switched off: Pillow's answer."""
-    saved = getattr(imageio, fast)
-    setattr(imageio, fast, lambda d: None)
+    saved = getattr(headers, fast)
+    setattr(headers, fast, lambda d: None)
     try:
         return imageio.sniff(data)
     finally:
-        setattr(imageio, fast, saved)
+        setattr(headers, fast, saved)
 
 
 def pillow_header(data: bytes):
@@ -45,7 +45,7 @@ def camera_exif(orientation: int) -> Image.Exif:
 @pytest.mark.parametrize("progressive", [False, True])
 def test_plain_jpegs_read_like_pillow(mode, progressive):
     data = jpeg(mode, progressive=progressive)
-    fast = imageio._jpeg_header(data)
+    fast = headers._jpeg_header(data)
     assert fast is not None and fast == pillow_header(data)
     assert (fast.width, fast.height, fast.mode) == (40, 30, mode)
 
@@ -53,7 +53,7 @@ def test_plain_jpegs_read_like_pillow(mode, progressive):
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 def test_exif_orientation_and_camera_like_pillow(orientation):
     data = jpeg("RGB", (50, 20), camera_exif(orientation))
-    fast = imageio._jpeg_header(data)
+    fast = headers._jpeg_header(data)
     assert fast == pillow_header(data)
     assert fast.orientation == orientation
     assert fast.camera == {"make": "Acme", "model": "Snap 5", "captured_at": "2024-05-06T07:08:09"}
@@ -61,13 +61,13 @@ def test_exif_orientation_and_camera_like_pillow(orientation):
 
 def test_odd_files_are_left_to_pillow():
     good = jpeg("RGB")
-    assert imageio._jpeg_header(good[:2] + b"\x00\x00" + good[4:]) is None  # not a marker
-    assert imageio._jpeg_header(good[:20]) is None  # cut before the frame header
+    assert headers._jpeg_header(good[:2] + b"\x00\x00" + good[4:]) is None  # not a marker
+    assert headers._jpeg_header(good[:20]) is None  # cut before the frame header
     cut = good.index(b"\xff\xc0")
-    assert imageio._jpeg_header(good[:cut] + b"\xff\xda\x00\x04ab" + good[cut:]) is None  # scan first
+    assert headers._jpeg_header(good[:cut] + b"\xff\xda\x00\x04ab" + good[cut:]) is None  # scan first
     twelve = bytearray(good)
     twelve[cut + 4] = 12  # 12-bit samples
-    assert imageio._jpeg_header(bytes(twelve)) is None
+    assert headers._jpeg_header(bytes(twelve)) is None
 
 
 def test_every_corpus_jpeg_agrees_with_pillow():
@@ -79,7 +79,7 @@ def test_every_corpus_jpeg_agrees_with_pillow():
         data = path.read_bytes()
         if data[:3] != b"\xff\xd8\xff":
             continue
-        fast, slow = imageio._jpeg_header(data), pillow_header(data)
+        fast, slow = headers._jpeg_header(data), pillow_header(data)
         if fast is None or slow is None:
             continue  # stepped aside, or Pillow cannot read it (then the decoder reports why)
         assert fast == slow, path
@@ -104,20 +104,20 @@ def pillow_png(data: bytes):
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P"])
 def test_plain_pngs_read_like_pillow(mode):
     data = png(mode)
-    fast = imageio._png_header(data)
+    fast = headers._png_header(data)
     assert fast is not None and fast == pillow_png(data)
     assert (fast.width, fast.height, fast.mode) == (30, 20, mode)
 
 
 def test_unusual_pngs_are_left_to_pillow():
-    assert imageio._png_header(png("I;16")) is None  # 16-bit
-    assert imageio._png_header(png("1")) is None  # 1-bit
+    assert headers._png_header(png("I;16")) is None  # 16-bit
+    assert headers._png_header(png("1")) is None  # 1-bit
     exif = Image.Exif()
     exif[0x0112] = 6
-    assert imageio._png_header(png("RGB", exif=exif.tobytes())) is None  # orientation lives there
+    assert headers._png_header(png("RGB", exif=exif.tobytes())) is None  # orientation lives there
     bad = bytearray(png("RGB"))
     bad[29] ^= 0xFF  # the IHDR checksum
-    assert imageio._png_header(bytes(bad)) is None
+    assert headers._png_header(bytes(bad)) is None
 
 
 def test_every_corpus_png_agrees_with_pillow():
@@ -127,7 +127,7 @@ def test_every_corpus_png_agrees_with_pillow():
         data = path.read_bytes() if path.is_file() else b""
         if data[:8] != b"\x89PNG\r\n\x1a\n":
             continue
-        fast, slow = imageio._png_header(data), pillow_png(data)
+        fast, slow = headers._png_header(data), pillow_png(data)
         if fast is not None:
             assert fast == slow, path
             checked += 1

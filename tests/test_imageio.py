@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from batchcli import imageio
 from batchcli.errors import ItemError
-from batchcli.imageio import Limits
+from batchcli.imaging import imageio
+from batchcli.imaging.imageio import Limits
 from batchcli.pipeline import Pipeline
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

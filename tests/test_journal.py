@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchcli.journal import (COMPLETED, FAILED, PENDING, SKIPPED, JournalWriter, decode, encode,
-                              iter_records, replay)
+from batchcli.engine.journal import COMPLETED, FAILED, PENDING, SKIPPED, JournalWriter, decode, encode, iter_records, replay
 
 TOTAL = 12
 events = st.lists(
@@ -150,7 +149,7 @@ def test_decode_rejects_garbage(line):
 
 
 def test_snapshot_is_a_cache_of_the_full_replay(tmp_path):
-    from batchcli.journal import checkpoint
+    from batchcli.engine.journal import checkpoint
 
     path = tmp_path / "journal.jsonl"
     with JournalWriter(str(path)) as j:
@@ -193,7 +192,7 @@ def test_failure_reasons_count_items_failed_now(tmp_path):
 
 
 def test_last_options_without_a_replay_with_and_without_a_snapshot(tmp_path):
-    from batchcli.journal import checkpoint, last_options
+    from batchcli.engine.journal import checkpoint, last_options
 
     path = str(tmp_path / "journal.jsonl")
     with JournalWriter(path) as j:

@@ -8,11 +8,10 @@ import signal
 import time
 
 import pytest
-
 from crashops import create, make_pngs, records, run, spawn, wait_for
 
-from batchcli.journal import replay
-from batchcli.runner import runner_alive
+from batchcli.engine.journal import replay
+from batchcli.engine.liveness import runner_alive
 
 NOSPACE = ("--min-free-space", "0")
 
@@ -94,8 +93,8 @@ def test_cancel_a_running_batch_through_its_runner(slow_batch):
 def test_second_runner_refuses_fast_and_lock_passes_on_after_sigkill(slow_batch):
     from filelock import FileLock
 
+    from batchcli.engine.runner import Runner, RunOptions
     from batchcli.errors import BatchLocked
-    from batchcli.runner import RunOptions, Runner
 
     home, paths, _ = slow_batch
     first = spawn(home, "resume", paths.id, "-w", "1", *NOSPACE)

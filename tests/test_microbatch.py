@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
-
 import onnx_models as om
-from batchcli import embeddings as emb
+import pytest
 from conftest import cli, cli_json
+
+from batchcli.models import embeddings as emb
 
 
 def colours(folder, n):

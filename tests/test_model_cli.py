@@ -7,7 +7,6 @@ import json
 
 import cv2
 import numpy as np
-
 import onnx_models as om
 from conftest import cli, cli_json
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchcli import embeddings as emb
-from batchcli.embeddings import EmbeddingStore, LoadReport, near_duplicate_groups
+from batchcli.models import embeddings as emb
+from batchcli.models.embeddings import EmbeddingStore, LoadReport, near_duplicate_groups
 
 
 def vec(*xs: float) -> list[float]:
@@ -116,8 +115,8 @@ def test_groups_are_transitive_and_sorted():
 def test_similar_command(tmp_path):
     from typer.testing import CliRunner
 
-    from batchcli.cli import app
-    from batchcli.store import Store
+    from batchcli.cli.app import app
+    from batchcli.engine.store import Store
 
     home = tmp_path / "home"
     paths = Store(str(home)).create()

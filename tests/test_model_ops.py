@@ -6,13 +6,14 @@ import pickle
 
 import cv2
 import numpy as np
+import onnx_models as om
 import pytest
 
-import onnx_models as om
-from batchcli import imageio, onnx_session
 from batchcli.errors import ConfigError, ItemError
+from batchcli.imaging import imageio
+from batchcli.models import session as onnx_session
+from batchcli.models.model import Geom, fit_image, folder_name, nms, read_labels
 from batchcli.ops.base import Frame
-from batchcli.ops.model import Geom, fit_image, folder_name, nms, read_labels
 from batchcli.pipeline import Pipeline
 
 LABELS = ["blue", "green", "red", "other"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from batchcli import imageio
-from batchcli.pipeline import Pipeline
 from onnx_models import IMAGES, MODELS, have_shared
+
+from batchcli.imaging import imageio
+from batchcli.pipeline import Pipeline
 
 pytestmark = pytest.mark.shared
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
 import onnx_models as om
-from batchcli.pipeline import Pipeline
 from conftest import cli, cli_json
+
+from batchcli.pipeline import Pipeline
 
 
 def big_jpeg(path, w=1600, h=1200):

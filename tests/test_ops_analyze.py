@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from batchcli import imageio
+from batchcli.imaging import imageio
 from batchcli.ops.analyze import dhash, dominant_colors, hamming
 from batchcli.ops.base import Frame
 from batchcli.pipeline import Pipeline

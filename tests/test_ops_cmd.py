@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from batchcli.cli import app  # registers every command module, ops_cmd among them
-from batchcli.ops import all_ops
+from batchcli.cli.app import app  # registers every command module, ops_cmd among them
+from batchcli.pipeline import all_ops
 
 EXPECTED = {"orient", "resize", "crop", "rotate", "flip", "pad", "preset", "lut", "autolevel", "whitebalance",
             "clahe", "sharpen", "denoise", "watermark", "analyze", "convert"}

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from batchcli import imageio
 from batchcli.errors import ConfigError
+from batchcli.imaging import imageio
 from batchcli.ops.analyze import colorfulness
 from batchcli.ops.base import Frame
 from batchcli.ops.color import CubeApplier, monotone_curve, parse_cube
@@ -153,7 +153,7 @@ def trilinear_reference(cube, img: np.ndarray) -> np.ndarray:
     c = [np.clip((f[..., 2 - i] - cube.domain_min[i]) / (cube.domain_max[i] - cube.domain_min[i]), 0, 1) * (n - 1)
          for i in range(3)]  # r, g, b coordinates
     lo = [np.minimum(np.floor(v).astype(int), n - 2) for v in c]
-    fr = [v - l for v, l in zip(c, lo)]
+    fr = [v - low for v, low in zip(c, lo)]
     out = np.zeros(img.shape[:2] + (3,))
     for dr in (0, 1):
         for dg in (0, 1):

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchcli import imageio
 from batchcli.errors import ConfigError, ItemError
+from batchcli.imaging import imageio
 from batchcli.ops.base import Frame
 from batchcli.pipeline import Pipeline
 

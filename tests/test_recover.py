@@ -15,13 +15,12 @@ from collections import Counter
 
 import psutil
 import pytest
-
 from crashops import create, line_count, records, run, spawn, wait_for
 
 from batchcli.atomic import TMP_MARK
-from batchcli.journal import replay
-from batchcli.lifecycle import recover
-from batchcli.store import Store
+from batchcli.engine.journal import replay
+from batchcli.engine.lifecycle import recover
+from batchcli.engine.store import Store
 
 
 def _item_records(journal) -> int:

@@ -7,7 +7,6 @@ import re
 
 import cv2
 import pytest
-
 from conftest import cli, cli_json, make_image, make_tree
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

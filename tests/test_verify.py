@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import cli
 from test_export import completed_records, make_batch
 
@@ -25,8 +24,8 @@ def test_clean_batch_verifies(batch):
 
 
 def test_detects_modified_and_deleted_outputs(batch):
-    from batchcli.store import Store
-    from batchcli.verify import find_bad
+    from batchcli.engine.store import Store
+    from batchcli.results.verify import find_bad
 
     home, out, _ = batch
     recs = completed_records(home)
@@ -63,8 +62,8 @@ def test_repair_requeues_the_broken_items(batch):
     r = cli("verify", "ver", "--repair", home=home)
     assert r.returncode == 1
     assert "re-queued 2 item(s)" in r.stdout
-    from batchcli.journal import iter_records
-    from batchcli.store import Store
+    from batchcli.engine.journal import iter_records
+    from batchcli.engine.store import Store
 
     paths = Store(str(home)).resolve("ver")
     last = list(iter_records(paths.journal))[-1]
@@ -80,7 +79,7 @@ def test_repair_requeues_the_broken_items(batch):
 def test_repair_refuses_while_a_runner_holds_the_lock(batch):
     from filelock import FileLock
 
-    from batchcli.store import Store
+    from batchcli.engine.store import Store
 
     home, out, _ = batch
     recs = completed_records(home)

@@ -6,9 +6,8 @@ EXIF orientation is taken into account), and is plain JSON: ints, floats, string
 
 from __future__ import annotations
 
-from batchcli.lazy import cv2, np
-
-from batchcli.imageio import apply_orientation, max_value, split_alpha
+from batchcli.imaging.imageio import apply_orientation, max_value, split_alpha
+from batchcli.imaging.lazy import cv2, np
 from batchcli.ops.base import Frame, Op, Param, register
 
 _THUMB = 256  # statistics other than sharpness are taken on a thumbnail this wide at most
@@ -34,7 +33,7 @@ def dhash(gray: np.ndarray) -> str:
     """64-bit difference hash as 16 hex digits: is each of 8x8 cells brighter than its right neighbour."""
     small = cv2.resize(gray, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
     bits = (small[:, 1:] > small[:, :-1]).ravel()
-    return "%016x" % int("".join("1" if b else "0" for b in bits), 2)
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
 def hamming(a: str, b: str) -> int:

@@ -10,35 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from batchcli.errors import ConfigError
-
-if TYPE_CHECKING:  # numpy stays out of the CLI start-up path
-    import numpy as np
+from batchcli.imaging.frame import Frame
 
 REQUIRED = object()
 _SIZE_RE = re.compile(r"^(\d+)?[xX](\d+)?$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-
-
-@dataclass
-class Frame:
-    """What flows through a pipeline for one item."""
-
-    img: "np.ndarray"  # HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA); uint8 or uint16
-    src: str  # where the pixels came from (path or URL), for messages
-    fmt: str  # source format: "jpg", "png", "webp", "tiff", "bmp", "gif", ...
-    orientation: int = 1  # EXIF orientation not yet applied to `img` (1 = upright)
-    out_format: str | None = None  # set by `convert`; None keeps the source format
-    encode: dict = field(default_factory=dict)  # encoder settings set by `convert`
-    meta: dict = field(default_factory=dict)  # JSON-able results for the journal, key per op
-    shrink: int = 1  # the decoder already reduced the image by this factor (shrink-on-load)
-    src_size: tuple[int, int] = (0, 0)  # (width, height) of the source as stored
-    route: str | None = None  # a label: the worker also links the output under out/<label>/
-    info: dict = field(default_factory=dict)  # source facts from decoding (mode, EXIF orientation, camera); for ops, not journaled
 
 
 @dataclass(frozen=True)
@@ -173,7 +154,7 @@ class Op:
 
     # --- construction and validation (parent process) -------------------------------------
     @classmethod
-    def from_args(cls, positionals: list[Any], keywords: dict[str, Any]) -> "Op":
+    def from_args(cls, positionals: list[Any], keywords: dict[str, Any]) -> Op:
         specs = {p.name: p for p in cls.params}
         pos_specs = [p for p in cls.params if p.positional]
         values: dict[str, Any] = {}
@@ -210,7 +191,7 @@ class Op:
             if kinds.get(k) == "size":
                 v = f"{v[0] or ''}x{v[1] or ''}"
             elif kinds.get(k) == "color":
-                v = "#%02x%02x%02x" % (v[2], v[1], v[0])
+                v = f"#{v[2]:02x}{v[1]:02x}{v[0]:02x}"
             elif isinstance(v, tuple):
                 v = list(v)
             out[k] = v

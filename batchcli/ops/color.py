@@ -2,7 +2,7 @@
 
 Every op works on uint8 and uint16, gray, BGR and BGRA; alpha passes through untouched.
 One grading engine (`Look`) implements the look adjustments; the built-in presets in
-`batchcli.presets` are just parameter sets for it. A look is applied in three vectorised
+`batchcli.ops.presets` are just parameter sets for it. A look is applied in three vectorised
 steps: a 3x3 colour matrix (exposure, temperature, tint, saturation), one tone lookup table
 per channel (contrast, gamma, curves), then a radial vignette mask.
 """
@@ -13,12 +13,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchcli.lazy import cv2, np
-
 from batchcli.errors import ConfigError
-from batchcli.imageio import max_value, merge_alpha, split_alpha
+from batchcli.imaging.imageio import max_value, merge_alpha, split_alpha
+from batchcli.imaging.lazy import cv2, np
 from batchcli.ops.base import Frame, Op, Param, register
-from batchcli.presets import BUILTIN
+from batchcli.ops.presets import BUILTIN
 
 _LUMA_BGR = (0.114, 0.587, 0.299)
 _RANGES = {
@@ -85,7 +84,7 @@ class Look:
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_dict(cls, doc: dict, where: str) -> "Look":
+    def from_dict(cls, doc: dict, where: str) -> Look:
         """Validate a look table (TOML or built-in). Unknown keys and bad values raise ConfigError."""
         values: dict[str, Any] = {}
         for key, raw in doc.items():

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from batchcli.lazy import cv2, np
-
-from batchcli.imageio import max_value
+from batchcli.imaging.imageio import max_value
+from batchcli.imaging.lazy import cv2, np
 from batchcli.ops.base import Frame, Op, Param, register
 from batchcli.ops.color import graded
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import math
 
-from batchcli.lazy import cv2, np
-
 from batchcli.errors import ConfigError, ItemError
-from batchcli.imageio import apply_orientation, color_for, upright
+from batchcli.imaging.imageio import apply_orientation, color_for, upright
+from batchcli.imaging.lazy import cv2, np
 from batchcli.ops.base import Frame, Op, Param, register
 
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height

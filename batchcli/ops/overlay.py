@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 
-from batchcli.lazy import cv2, np
-
 from batchcli.errors import ConfigError
-from batchcli.imageio import max_value, merge_alpha, split_alpha, upright
+from batchcli.imaging.imageio import max_value, merge_alpha, split_alpha, upright
+from batchcli.imaging.lazy import cv2, np
 from batchcli.ops.base import Frame, Op, Param, register
 
 POSITIONS = ("br", "bl", "tr", "tl", "center", "top", "bottom", "left", "right")

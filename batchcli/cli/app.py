@@ -1,0 +1,51 @@
+"""The command-line interface: parse, call the engine, render. Exit codes come out here only.
+
+Heavy modules (cv2, numpy, onnxruntime) are imported inside the commands that need them."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from batchcli import __version__
+from batchcli.cli.commands import COMMANDS
+
+app = typer.Typer(
+    name="batchcli",
+    help="Batch-process image folders with a durable journal: pause, resume, recover, never lose work.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no rich import on the --help path
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"batchcli {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Batch-process image folders with a durable journal: pause, resume, recover, never lose work.
+
+    Exit codes: 0 all items completed, 1 finished with failed items, 2 usage or configuration
+    error, 3 paused, 4 cancelled, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+    """
+
+
+for _module in COMMANDS:
+    _module.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

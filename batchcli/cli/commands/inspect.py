@@ -1,0 +1,103 @@
+"""status and list: read-only replays of the journal, safe while a runner writes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from batchcli.cli.options import HomeOpt, JsonOpt, OptBatchArg, handle_errors
+
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=0, show_default=False, help="At most N rows.")]
+OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip the first N rows.")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def status(
+        batch: OptBatchArg = None,
+        items: Annotated[bool, typer.Option("--items", help="List items with status, output and error.")] = False,
+        failed: Annotated[bool, typer.Option("--failed", help="With --items: only failed items.")] = False,
+        limit: LimitOpt = None,
+        offset: OffsetOpt = 0,
+        follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow a live batch until it ends (NDJSON with --json).")] = False,
+        json_out: JsonOpt = False,
+        home: HomeOpt = None,
+    ) -> None:
+        """Progress of one batch (default: the latest).
+
+        Example: batchcli status nightly --json
+        """
+        from batchcli import api
+        from batchcli.cli import console
+        from batchcli.engine.store import Store
+
+        paths = Store(home).resolve(batch)
+        if follow:
+            _follow(paths, json_out)
+        if items or failed:
+            data = api.item_rows(paths, failed_only=failed, limit=limit, offset=offset)
+            if json_out:
+                console.emit_json(data)
+                return
+            console.table(["#", "status", "source", "output / error"],
+                          [[str(r["i"]), r["status"], r["src"] or "",
+                            (r["output"] or r["error"] or "").replace("\n", "\\n")] for r in data["items"]])
+            return
+        data = api.batch_status(paths)
+        if json_out:
+            console.emit_json(data)
+        else:
+            console.status_view(data)
+
+    @app.command("list")
+    @handle_errors
+    def list_(
+        status: Annotated[Optional[list[str]], typer.Option("--status", show_default=False,
+                                                            help="Only batches in this state (repeatable or comma-separated).")] = None,
+        limit: LimitOpt = None,
+        offset: OffsetOpt = 0,
+        json_out: JsonOpt = False,
+        home: HomeOpt = None,
+    ) -> None:
+        """Batches, newest first.
+
+        Example: batchcli list --status completed --limit 10 --json
+        """
+        from batchcli import api
+        from batchcli.cli import console
+        from batchcli.engine.store import Store
+
+        wanted = [s.strip() for v in (status or []) for s in v.split(",") if s.strip()]
+        data = api.list_batches(Store(home), wanted, limit, offset)
+        if json_out:
+            console.emit_json(data)
+            return
+        console.table(["batch", "name", "status", "done", "failed", "total", "created"],
+                      [[b["batch_id"], b["name"] or "", b["status"], str(b["completed"]), str(b["failed"]),
+                        str(b["total"]), b["created_at"] or ""] for b in data["batches"]])
+
+
+FOLLOW_EXIT = {"completed": 0, "failed": 1, "paused": 3, "cancelled": 4, "interrupted": 1}
+
+
+def _follow(paths, json_out: bool) -> None:
+    """Print events until the batch ends; exit with the code its runner would have (0, 1, 3, 4)."""
+    from batchcli.cli import console
+    from batchcli.engine.lifecycle import follow
+
+    last = None
+    for ev in follow(paths):
+        last = ev
+        if json_out:
+            console.emit_json(ev)
+        elif ev["type"] == "item_failed":
+            console.info(f"failed #{ev['i']}: {ev['error_class']}: {ev['error']}")
+        elif ev["type"] == "progress":
+            console.info(f"{ev['status']} {ev['completed'] + ev['failed']}/{ev['total']} "
+                         f"({ev['progress_percent']:.1f}%) completed={ev['completed']} failed={ev['failed']}")
+        else:
+            reason = f" ({ev['reason']})" if ev.get("reason") else ""
+            console.info(f"batch {ev['batch_id']}: {ev['status']}{reason}")
+    raise typer.Exit(FOLLOW_EXIT.get(last["status"], 0) if last else 0)

@@ -1,0 +1,240 @@
+"""start and resume: the commands that run a batch (here, or detached in the background)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, handle_errors
+
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, show_default=False,
+                                                   help="Worker processes (default: usable CPUs).")]
+RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, show_default=False,
+                                                   help="Retries for transient failures (timeout, crash, I/O, network); default 1.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option("--item-timeout", min=0, show_default=False,
+                                                     help="Seconds before a stuck item's worker is killed (default 0 = no limit).")]
+MaxFailOpt = Annotated[Optional[str], typer.Option("--max-failures", show_default=False,
+                                                   help="Halt after N failed items, or P% of processed items.")]
+ProvidersOpt = Annotated[Optional[str], typer.Option("--providers", show_default=False,
+                                                     help="ONNX execution providers in order: cpu, cuda, tensorrt, openvino (default cpu).")]
+MemoryOpt = Annotated[Optional[str], typer.Option("--worker-memory", show_default=False,
+                                                  help="Address-space cap per worker, e.g. 2G (default: free RAM / workers).")]
+FreeOpt = Annotated[Optional[str], typer.Option("--min-free-space", show_default=False,
+                                                help="Pause the batch when the output disk has less free space (default 1G).")]
+ExecutorOpt = Annotated[Optional[str], typer.Option("--executor", show_default=False,
+                                                    help="local (default), dask (a local Dask cluster) or dask://HOST:PORT.")]
+TransferOpt = Annotated[Optional[bool], typer.Option("--transfer/--no-transfer", show_default=False,
+                                                     help="With Dask: ship image bytes to workers and back (no shared file system).")]
+DetachOpt = Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; print the batch id and return.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output, only the summary.")]
+
+
+RUN_DEFAULTS = {"workers": None, "retries": 1, "item_timeout": 0.0, "max_failures": None, "providers": "cpu",
+                "worker_memory": None, "min_free_space": "1G", "executor": "local", "transfer": False}
+"""The run flags and their defaults. A resume takes a flag it is not given from the batch's
+last run (the journal records the flags each run was given), else from here; except where the
+batch runs (--executor, --transfer), chosen afresh each time: that cluster may be gone."""
+_PER_RUN = ("executor", "transfer")
+
+
+def run_options(workers: int | None = None, retries: int | None = None, item_timeout: float | None = None,
+                max_failures: str | None = None, providers: str | None = None, worker_memory: str | None = None,
+                min_free_space: str | None = None, executor: str | None = None, transfer: bool | None = None,
+                last: dict | None = None):
+    """Validate the run flags (exit 2 before any work) and build RunOptions. None means "not
+    given": the value of the last run (`last`), else the default."""
+    from batchcli.engine.runner import RunOptions, _parse_max_failures
+    from batchcli.errors import ConfigError
+    from batchcli.executors.factory import usable_cpus
+    from batchcli.models.session import parse_providers
+    from batchcli.units import parse_bytes
+
+    given = {k: v for k, v in (last or {}).items() if k in RUN_DEFAULTS and k not in _PER_RUN and v is not None}
+    given.update({k: v for k, v in dict(workers=workers, retries=retries, item_timeout=item_timeout,
+                                        max_failures=max_failures, providers=providers,
+                                        worker_memory=worker_memory, min_free_space=min_free_space,
+                                        executor=executor, transfer=transfer).items() if v is not None})
+    v = {**RUN_DEFAULTS, **given}
+    workers, retries, item_timeout, max_failures = v["workers"], v["retries"], v["item_timeout"], v["max_failures"]
+    providers, worker_memory, min_free_space = v["providers"], v["worker_memory"], v["min_free_space"]
+    executor, transfer = v["executor"], v["transfer"]
+    parse_providers(providers)  # an unknown provider is a usage error, before any work
+    cpus = usable_cpus()
+    n = workers or cpus
+    try:
+        _parse_max_failures(max_failures)
+    except ValueError:
+        raise ConfigError(f"--max-failures {max_failures!r}: expected a count (10) or a percentage (5%)") from None
+    if worker_memory is None:
+        memory = default_worker_memory(n)
+    else:
+        memory = parse_bytes(worker_memory, "--worker-memory")
+    return RunOptions(workers=n, threads=max(1, cpus // n), item_timeout=item_timeout, retries=retries,
+                      max_failures=max_failures, providers=providers, memory_limit=memory,
+                      min_free_space=parse_bytes(min_free_space, "--min-free-space"),
+                      executor=executor, transfer=bool(transfer), given=given)
+
+
+def last_run_flags(paths) -> dict:
+    """The run flags the batch's last start or resume was given (empty for older journals)."""
+    from batchcli.engine.journal import last_options
+
+    return last_options(paths.journal, int(paths.load_manifest()["total"])) or {}
+
+
+def default_worker_memory(workers: int) -> int:
+    """80% of the available RAM shared among the workers, never under 1 GiB each (an address-space
+    cap: a decompression bomb fails its item with class oom instead of swapping the machine)."""
+    try:
+        import psutil
+
+        avail = psutil.virtual_memory().available
+    except Exception:
+        return 0
+    return max(1 << 30, int(avail * 0.8) // max(1, workers))
+
+
+def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> None:
+    """Run in this process with the right progress view, print the summary, exit with its code."""
+    from batchcli.cli import console
+    from batchcli.engine.runner import Runner
+
+    mode = "json" if json_out else "quiet" if quiet else "tty" if console.is_tty() else "plain"
+    if mode in ("tty", "plain") and any(step.get("name") == "model" for step in paths.load_manifest()["pipeline"]):
+        from batchcli.models.session import describe_providers
+
+        console.info(describe_providers(opts.providers))
+    if kw.get("repair"):
+        from batchcli.results.verify import find_bad
+
+        kw["repair"] = find_bad(paths)
+    else:
+        kw.pop("repair", None)
+    with console.ProgressView(mode) as view:
+        result = Runner(paths, opts, view).run(resume=resume, **kw)
+    if not json_out:
+        console.summary(result)
+    raise typer.Exit(result.exit_code)
+
+
+def _detached(paths, pid: int, json_out: bool) -> None:
+    """The batch id on stdout (scripts capture it); with --json, one `started` event."""
+    if json_out:
+        from batchcli.cli.console import emit_json
+
+        emit_json({"type": "started", "batch_id": paths.id, "detached": True, "pid": pid, "log": paths.log})
+    else:
+        typer.echo(paths.id)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(no_args_is_help=True)
+    @handle_errors
+    def start(
+        inputs: Annotated[Optional[list[str]], typer.Argument(
+            help="Image files, folders (walked recursively), glob patterns, URLs, or - for a list on stdin.",
+            show_default=False)] = None,
+        out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder (mirrors input paths).",
+                                                   show_default=False)] = None,
+        pipeline: Annotated[Optional[str], typer.Option("--pipeline", "-p", show_default=False,
+                                                        help='Operations, e.g. "orient | resize 1024x1024 | convert webp quality=85".')] = None,
+        pipeline_file: Annotated[Optional[str], typer.Option("--pipeline-file", show_default=False,
+                                                             help="Pipeline as a TOML file of [[op]] tables.")] = None,
+        name: Annotated[Optional[str], typer.Option("--name", help="A name to refer to the batch by.",
+                                                    show_default=False)] = None,
+        workers: WorkersOpt = None,
+        ext: Annotated[Optional[list[str]], typer.Option("--ext", show_default=False,
+                                                         help="Extensions to include (repeatable; default jpg jpeg png webp tif tiff bmp).")] = None,
+        exclude: Annotated[Optional[list[str]], typer.Option("--exclude", show_default=False,
+                                                             help="Skip paths matching this glob (repeatable).")] = None,
+        from_file: Annotated[Optional[str], typer.Option("--from-file", show_default=False,
+                                                         help="A file listing one path or URL per line (- for stdin).")] = None,
+        dedupe: Annotated[Optional[str], typer.Option("--dedupe", show_default=False,
+                                                      help="content: skip byte-identical inputs.")] = None,
+        name_template: Annotated[Optional[str], typer.Option("--name-template", show_default=False,
+                                                             help='Output names, e.g. "{stem}_web.{ext}".')] = None,
+        max_file_size: Annotated[str, typer.Option("--max-file-size", help="Larger inputs fail their item.")] = "200M",
+        max_pixels: Annotated[int, typer.Option("--max-pixels", help="Pixels (read from the header); larger inputs fail their item.")] = 150_000_000,
+        retries: RetriesOpt = None,
+        item_timeout: TimeoutOpt = None,
+        max_failures: MaxFailOpt = None,
+        worker_memory: MemoryOpt = None,
+        min_free_space: FreeOpt = None,
+        providers: ProvidersOpt = None,
+        executor: ExecutorOpt = None,
+        transfer: TransferOpt = None,
+        detach: DetachOpt = False,
+        quiet: QuietOpt = False,
+        json_out: JsonOpt = False,
+        home: HomeOpt = None,
+    ) -> None:
+        """Create a batch and run it.
+
+        Example: batchcli start photos/ --out web/ --pipeline "orient | resize 1024x1024 | convert webp quality=85"
+        """
+        from batchcli import api
+        from batchcli.engine.store import Store
+        from batchcli.errors import ConfigError
+        from batchcli.units import parse_bytes
+
+        if not inputs and not from_file:
+            raise ConfigError("no inputs: give files, folders, globs, URLs, - (stdin) or --from-file")
+        opts = run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
+                           min_free_space, executor, transfer)
+        cfg = api.StartConfig(inputs=list(inputs or []), out_dir=out, pipeline_text=pipeline,
+                              pipeline_file=pipeline_file, name=name, exts=ext, exclude=exclude,
+                              from_file=from_file, dedupe=dedupe, name_template=name_template,
+                              max_file_size=parse_bytes(max_file_size, "--max-file-size"), max_pixels=max_pixels)
+        paths = api.create_batch(Store(home), cfg)
+        if detach:
+            from batchcli.cli.detach import spawn_detached
+
+            _detached(paths, spawn_detached(paths, opts, home), json_out)
+            return
+        execute(paths, opts, json_out, quiet, resume=False)
+
+    @app.command(no_args_is_help=True)
+    @handle_errors
+    def resume(
+        batch: BatchArg,
+        retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also run the items that failed.")] = False,
+        repair: Annotated[bool, typer.Option("--repair", help="Also redo items whose output is missing or changed.")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Resume even if the pipeline or options changed.")] = False,
+        workers: WorkersOpt = None,
+        retries: RetriesOpt = None,
+        item_timeout: TimeoutOpt = None,
+        max_failures: MaxFailOpt = None,
+        worker_memory: MemoryOpt = None,
+        min_free_space: FreeOpt = None,
+        providers: ProvidersOpt = None,
+        executor: ExecutorOpt = None,
+        transfer: TransferOpt = None,
+        detach: DetachOpt = False,
+        quiet: QuietOpt = False,
+        json_out: JsonOpt = False,
+        home: HomeOpt = None,
+    ) -> None:
+        """Continue a paused or interrupted batch: only items without a completed record run.
+
+        Run flags not given keep the values the batch's last run was given (--executor and
+        --transfer excepted: they default to here).
+
+        Example: batchcli resume nightly --retry-failed
+        """
+        from batchcli.engine.liveness import locked_error, runner_alive
+        from batchcli.engine.store import Store
+
+        paths = Store(home).resolve(batch)
+        live = runner_alive(paths)  # refuse at once, before any heavy import (the runner checks again)
+        if live is not None:
+            raise locked_error(paths, live)
+        opts = run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
+                           min_free_space, executor, transfer, last=last_run_flags(paths))
+        if detach:
+            from batchcli.cli.detach import spawn_detached
+
+            pid = spawn_detached(paths, opts, home, resume=True, retry_failed=retry_failed, repair=repair, force=force)
+            _detached(paths, pid, json_out)
+            return
+        execute(paths, opts, json_out, quiet, resume=True, requeue_failed=retry_failed, repair=repair, force=force)

@@ -1,0 +1,34 @@
+"""Option types and the error boundary shared by every command module."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
+
+import typer
+
+HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="BATCHCLI_HOME",
+                                                help="Batch home folder (default: the user data dir).",
+                                                show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+BatchArg = Annotated[str, typer.Argument(help="Batch id, unique id prefix, or name.", show_default=False)]
+OptBatchArg = Annotated[Optional[str], typer.Argument(help="Batch id, unique id prefix, or name (default: the latest).",
+                                                      show_default=False)]
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """BatchcliError -> 'Error: message' on stderr and its exit code. The only such place."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from batchcli.cli.console import error
+        from batchcli.errors import BatchcliError
+
+        try:
+            return fn(*args, **kwargs)
+        except BatchcliError as exc:
+            error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper

@@ -1,0 +1,55 @@
+"""What a resume checks before it runs: the pipeline fingerprint, and inputs changed since they
+were processed."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from batchcli.engine.journal import COMPLETED, FAILED, Replay, iter_matching
+from batchcli.engine.store import BatchPaths
+from batchcli.errors import InvalidTransition
+from batchcli.inputs.discover import iter_items
+
+log = logging.getLogger("batchcli.runner")
+
+
+def current_fingerprint(manifest: dict[str, Any]) -> str:
+    """What this code computes now from the manifest's pipeline and options."""
+    from batchcli.pipeline import Pipeline
+
+    return Pipeline.from_spec(manifest["pipeline"]).fingerprint(manifest.get("options") or {})
+
+
+def check_fingerprint(paths: BatchPaths, manifest: dict[str, Any], st: Replay, force: bool) -> None:
+    """Refuse (unless forced) when the recorded fingerprint is not what the code would run now."""
+    recorded = {manifest.get("fingerprint"), (st.header or {}).get("fingerprint", manifest.get("fingerprint"))}
+    now = current_fingerprint(manifest)
+    if recorded != {now} and not force:
+        raise InvalidTransition(
+            f"batch {paths.id}: the pipeline or options changed since the batch was created "
+            f"(fingerprint {'/'.join(sorted(str(r) for r in recorded))}, now {now}); "
+            f"outputs would mix two versions. Use --force to resume anyway")
+
+
+def changed_inputs(paths: BatchPaths, st: Replay) -> list[int]:
+    """Finished items whose local input's size or mtime differs from what was last recorded."""
+    seen: dict[int, list] = {}  # only items reprocessed after a change carry src_stat: few
+    for rec in iter_matching(paths.journal, (b'"src_stat":',)):
+        if rec.get("type") == "item_completed" and "src_stat" in rec:
+            seen[rec["i"]] = rec["src_stat"]
+    out = []
+    for rec in iter_items(paths.items):
+        i = rec["i"]
+        if st.items[i] not in (COMPLETED, FAILED) or "size" not in rec or "://" in rec["src"]:
+            continue
+        try:
+            now = os.stat(rec["src"])
+        except OSError:
+            continue  # gone: keep its result rather than fail it
+        if [now.st_size, now.st_mtime] != seen.get(i, [rec["size"], rec.get("mtime")]):
+            out.append(i)
+    if out:
+        log.info("%d inputs changed since they were processed; reprocessing them", len(out))
+    return out

@@ -1,0 +1,366 @@
+"""Lifecycle control from any shell: pause, cancel, recover, cleanup, follow.
+
+Each function returns plain data (or yields events) and raises BatchcliError subclasses; the
+CLI formats them. A live runner is asked through its control file; without one, these functions
+take the batch lock themselves and append the lifecycle record (`mark`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from batchcli.engine.journal import iter_records, replay
+from batchcli.engine.liveness import locked_error, read_runner_info, request, runner_alive, sweep_dead_tmp
+from batchcli.engine.status import batch_status, mark
+from batchcli.engine.store import BatchPaths, Store
+from batchcli.errors import BatchLocked, InvalidTransition
+
+log = logging.getLogger("batchcli.lifecycle")
+
+TERMINAL = ("completed", "cancelled")
+"""States nothing can leave (except `resume --retry-failed / --repair` out of completed)."""
+FINAL = ("completed", "failed", "cancelled")
+"""States a follower stops at."""
+WAIT_POLL = 0.05
+
+
+def _wait_released(paths: BatchPaths, timeout: float) -> bool:
+    """True once no runner holds the batch lock (it exited), False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if runner_alive(paths) is None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(WAIT_POLL)
+
+
+def _ask_runner(paths: BatchPaths, what: str, wait: float) -> dict[str, Any] | None:
+    """Send a request to the live runner and wait for it to exit. None when no runner is live."""
+    info = runner_alive(paths)
+    if info is None:
+        return None
+    request(paths, what)
+    done = _wait_released(paths, wait)
+    out = batch_status(paths)
+    out.update(via="runner", runner_pid=info.get("pid"), waited=done)
+    return out
+
+
+def pause(paths: BatchPaths, now: bool = False, wait: float = 60.0) -> dict[str, Any]:
+    """Pause a batch. A live runner finishes its in-flight items (or abandons them with `now`:
+    they stay pending) and exits; with no runner, the batch is marked paused here."""
+    for _ in range(3):  # a runner may start or stop between our look and our write
+        st = replay(paths.journal, int(paths.load_manifest()["total"]))
+        if st.state in TERMINAL:
+            raise InvalidTransition(f"batch {paths.id} is {st.state}; only a running or pending batch can be paused")
+        out = _ask_runner(paths, "pause-now" if now else "pause", wait)
+        if out is not None:
+            return out
+        if st.state == "paused":
+            out = batch_status(paths)
+            out.update(via="none", already=True)
+            return out
+        if st.state == "failed" and st.remaining == 0:
+            raise InvalidTransition(f"batch {paths.id} is failed with nothing left to run; nothing to pause")
+        try:
+            mark(paths, "batch_paused", reason="paused by user (no live runner)")
+        except BatchLocked:
+            continue
+        out = batch_status(paths)
+        out.update(via="journal", already=False)
+        return out
+    raise BatchLocked(f"batch {paths.id}: its runner kept starting and stopping; try again")
+
+
+def cancel(paths: BatchPaths, wait: float = 60.0) -> dict[str, Any]:
+    """Cancel a batch: remaining items become skipped; terminal."""
+    for _ in range(3):
+        st = replay(paths.journal, int(paths.load_manifest()["total"]))
+        if st.state in TERMINAL:
+            raise InvalidTransition(f"batch {paths.id} is already {st.state}; nothing to cancel")
+        out = _ask_runner(paths, "cancel", wait)
+        if out is not None:
+            return out
+        try:
+            mark(paths, "batch_cancelled", reason="cancelled by user")
+        except BatchLocked:
+            continue
+        out = batch_status(paths)
+        out.update(via="journal")
+        return out
+    raise BatchLocked(f"batch {paths.id}: its runner kept starting and stopping; try again")
+
+
+def check_resumable(paths: BatchPaths, force: bool = False) -> None:
+    """The checks a detached resume makes before it returns: no live runner, not cancelled,
+    same fingerprint (unless forced). The runner repeats them under the lock."""
+    from batchcli.engine.checks import check_fingerprint
+
+    info = runner_alive(paths)
+    if info is not None:
+        raise locked_error(paths, info)
+    man = paths.load_manifest()
+    st = replay(paths.journal, int(man["total"]))
+    if st.state == "cancelled":
+        raise InvalidTransition(f"batch {paths.id} is cancelled; nothing to resume")
+    check_fingerprint(paths, man, st, force)
+
+
+# --- recover ----------------------------------------------------------------------------------
+
+def recover(store: Store, resume: bool = False, resume_fn=None) -> dict[str, Any]:
+    """Every batch whose journal says running but whose lock is free: record interrupted, then
+    paused; remove temp files dead writers left in its folders. Idempotent. With `resume`,
+    `resume_fn(paths)` is called for each recovered batch (the CLI starts it detached)."""
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    for paths in store.all():
+        try:
+            row = _recover_one(paths)
+        except Exception as exc:  # one broken batch must not stop the others
+            log.warning("recover %s: %s", paths.id, exc)
+            rows.append({"batch_id": paths.id, "status": "error", "error": str(exc)})
+            failed += 1
+            continue
+        if row is None:
+            continue
+        if resume and resume_fn is not None:
+            try:
+                resume_fn(paths)
+                row["resumed"] = True
+            except Exception as exc:
+                row["resumed"] = False
+                row["error"] = str(exc)
+                failed += 1
+        rows.append(row)
+    return {"recovered_count": sum(1 for r in rows if r.get("status") == "paused"),
+            "failed_count": failed, "batches": rows}
+
+
+def _recover_one(paths: BatchPaths) -> dict[str, Any] | None:
+    man = paths.load_manifest()
+    st = replay(paths.journal, int(man["total"]))
+    if st.state != "running" or runner_alive(paths) is not None:
+        return None
+    info = read_runner_info(paths) or {}
+    pid = info.get("pid") or st.runner_pid
+    try:
+        mark(paths, "batch_interrupted", reason=f"runner pid {pid} died", pid=pid)
+        mark(paths, "batch_paused", reason="recovered after the runner died")
+    except BatchLocked:
+        return None  # a runner took it meanwhile: nothing to recover
+    removed = sweep_dead_tmp(paths.dir)
+    if man.get("out_dir"):
+        removed += sweep_dead_tmp(man["out_dir"])
+    for stale in (paths.runner, paths.control):
+        try:
+            os.unlink(stale)
+        except FileNotFoundError:
+            pass
+    st = replay(paths.journal, int(man["total"]))
+    return {"batch_id": paths.id, "name": man.get("name"), "status": "paused", "previous": "interrupted",
+            "runner_pid": pid, "completed": st.completed, "failed": st.failed, "remaining": st.remaining,
+            "temp_files_removed": len(removed), "resumed": False}
+
+
+# --- cleanup ----------------------------------------------------------------------------------
+
+DEFAULT_CLEANUP_STATUS = ("completed", "cancelled", "failed")
+
+
+def cleanup(store: Store, older_than: float = 7 * 86400, keep_last: int = 0,
+            status: tuple[str, ...] = DEFAULT_CLEANUP_STATUS, purge_outputs: bool = False,
+            dry_run: bool = False, now: float | None = None) -> dict[str, Any]:
+    """Remove the records of old batches (and with `purge_outputs` exactly the files they wrote).
+    Never touches a batch with a live runner, nor one in a state not in `status`."""
+    now = time.time() if now is None else now
+    _empty_trash(store, dry_run)
+    skipped: list[dict[str, Any]] = []
+    cleaned: list[dict[str, Any]] = []
+    kept = 0
+    for paths in store.all():  # newest first
+        try:
+            row = batch_status(paths)
+        except (OSError, ValueError, KeyError) as exc:
+            skipped.append({"batch_id": paths.id, "reason": f"unreadable: {exc}"})
+            continue
+        bid, state = paths.id, row["status"]
+        if state == "running":
+            skipped.append({"batch_id": bid, "reason": f"runner alive (pid {row['runner_pid']})"})
+            continue
+        if state not in status:
+            skipped.append({"batch_id": bid, "reason": f"status {state} not selected"})
+            continue
+        if kept < keep_last:
+            kept += 1
+            skipped.append({"batch_id": bid, "reason": "kept by --keep-last"})
+            continue
+        age = now - _last_activity(paths)
+        if age < older_than:
+            skipped.append({"batch_id": bid, "reason": f"newer than {_fmt_age(older_than)}"})
+            continue
+        entry = {"batch_id": bid, "name": row["name"], "status": state, "age_s": round(age),
+                 "outputs_removed": 0, "outputs_kept": 0}
+        try:
+            _clean_one(store, paths, purge_outputs, dry_run, entry)
+        except BatchLocked:
+            skipped.append({"batch_id": bid, "reason": "runner alive"})
+            continue
+        cleaned.append(entry)
+    return {"cleaned_count": len(cleaned), "skipped": skipped, "dry_run": dry_run, "cleaned": cleaned}
+
+
+def _last_activity(paths: BatchPaths) -> float:
+    try:
+        return os.stat(paths.journal).st_mtime
+    except OSError:
+        return os.stat(paths.manifest).st_mtime
+
+
+def _fmt_age(secs: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= n and secs % n == 0:
+            return f"{int(secs // n)}{unit}"
+    return f"{secs:g}s"
+
+
+def _clean_one(store: Store, paths: BatchPaths, purge: bool, dry_run: bool, entry: dict[str, Any]) -> None:
+    from filelock import FileLock
+
+    from batchcli.engine.liveness import take_lock
+
+    lock = FileLock(paths.lock)
+    if not take_lock(lock, paths):
+        raise BatchLocked(paths.id)
+    try:
+        if purge:
+            removed, kept = purge_outputs(paths, dry_run)
+            entry["outputs_removed"], entry["outputs_kept"] = removed, kept
+        if dry_run:
+            return
+        trash = os.path.join(store.home, ".trash")
+        os.makedirs(trash, exist_ok=True)
+        dest = os.path.join(trash, f"{paths.id}-{os.getpid()}")
+        os.replace(paths.dir, dest)  # atomic: the batch leaves every listing at once
+    finally:
+        lock.release()
+    shutil.rmtree(dest, ignore_errors=True)
+
+
+def _empty_trash(store: Store, dry_run: bool) -> None:
+    trash = os.path.join(store.home, ".trash")
+    if not dry_run and os.path.isdir(trash):
+        for name in os.listdir(trash):
+            shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
+
+
+def recorded_outputs(paths: BatchPaths) -> dict[str, tuple[int | None, str | None]]:
+    """Relative output paths this batch wrote (last record wins) -> (bytes, sha256)."""
+    out: dict[str, tuple[int | None, str | None]] = {}
+    for rec in iter_records(paths.journal):
+        if rec.get("type") != "item_completed":
+            continue
+        if rec.get("out"):
+            out[rec["out"]] = (rec.get("bytes"), rec.get("sha256"))
+        if rec.get("routed"):
+            out[rec["routed"]] = (rec.get("bytes"), rec.get("sha256"))
+    return out
+
+
+def purge_outputs(paths: BatchPaths, dry_run: bool) -> tuple[int, int]:
+    """Delete exactly the files the batch recorded, inside its output folder, still holding the
+    bytes it wrote. Returns (removed, kept). A file changed since, a link, or a path that would
+    leave the output folder is kept."""
+    import hashlib
+
+    out_dir = paths.load_manifest().get("out_dir")
+    if not out_dir or not os.path.isdir(out_dir):
+        return 0, 0
+    root = os.path.realpath(out_dir)
+    removed = kept = 0
+    folders: set[str] = set()
+    for rel, (size, digest) in recorded_outputs(paths).items():
+        path = os.path.normpath(os.path.join(root, rel))
+        if os.path.isabs(rel) or os.path.commonpath([root, path]) != root \
+                or os.path.realpath(path) != path or not os.path.isfile(path):
+            kept += 1
+            continue
+        try:
+            if size is not None and os.path.getsize(path) != size:
+                kept += 1
+                continue
+            if digest:
+                h = hashlib.sha256()
+                with open(path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+                if h.hexdigest() != digest:
+                    kept += 1  # another run wrote it since: not ours any more
+                    continue
+            if not dry_run:
+                os.unlink(path)
+            removed += 1
+            folders.add(os.path.dirname(path))
+        except OSError:
+            kept += 1
+    if not dry_run:
+        for folder in sorted(folders, key=len, reverse=True):  # empty subfolders we emptied
+            while folder != root and os.path.commonpath([root, folder]) == root:
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+                folder = os.path.dirname(folder)
+    return removed, kept
+
+
+# --- follow -----------------------------------------------------------------------------------
+
+def follow(paths: BatchPaths, every: float = 0.5) -> Iterator[dict[str, Any]]:
+    """Events of a batch seen from outside, by replaying its journal every `every` seconds:
+    `progress` when it changes, `item_failed` for new failures, then `finished` or `paused`."""
+    offset, _ = _new_failures(paths.journal, 0)  # failures from before we started: see status --failed
+    last: tuple | None = None
+    while True:
+        offset, failures = _new_failures(paths.journal, offset)
+        yield from failures
+        s = batch_status(paths)
+        key = (s["status"], s["completed"], s["failed"], s["remaining"])
+        if key != last:
+            last = key
+            yield {"type": "progress", "batch_id": paths.id, "status": s["status"], "completed": s["completed"],
+                   "failed": s["failed"], "total": s["total"], "remaining": s["remaining"],
+                   "progress_percent": s["progress_percent"]}
+        if s["status"] in FINAL or s["status"] in ("paused", "interrupted"):
+            kind = "paused" if s["status"] == "paused" else "finished"
+            yield {"type": kind, "batch_id": paths.id, "status": s["status"], "completed": s["completed"],
+                   "failed": s["failed"], "remaining": s["remaining"], "total": s["total"],
+                   "reason": s["reason"] if s["status"] != "interrupted"
+                   else f"the runner died; run 'batchcli recover' then 'batchcli resume {paths.id}'"}
+            return
+        time.sleep(every)
+
+
+def _new_failures(journal: str, offset: int) -> tuple[int, list[dict[str, Any]]]:
+    from batchcli.engine.journal import decode
+
+    out: list[dict[str, Any]] = []
+    try:
+        with open(journal, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return offset, out
+    end = data.rfind(b"\n") + 1  # complete lines only; the rest is still being written
+    for line in data[:end].splitlines():
+        rec = decode(line)
+        if rec and rec.get("type") == "item_failed":
+            out.append({"type": "item_failed", "i": rec.get("i"), "error_class": rec.get("error_class"),
+                        "error": rec.get("error")})
+    return offset + end, out

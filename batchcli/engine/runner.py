@@ -1,0 +1,499 @@
+"""The parent side of a run: hold the lock, replay the journal, feed the executor, journal results.
+
+The runner is the journal's only writer. It streams items.jsonl (it never holds the item list),
+keeps one byte of state per item, and records `item_completed` only after the worker reports
+the output durable on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from filelock import FileLock
+
+from batchcli import __version__
+from batchcli.atomic import atomic_write
+from batchcli.engine.checks import changed_inputs, check_fingerprint
+from batchcli.engine.journal import (
+    COMPLETED,
+    FAILED,
+    PENDING,
+    JournalWriter,
+    Replay,
+    checkpoint,
+    failure_key,
+    replay,
+)
+from batchcli.engine.liveness import locked_error, process_start_time, read_runner_info, sweep_dead_tmp, take_lock
+from batchcli.engine.store import BatchPaths
+from batchcli.errors import (
+    EXIT_CANCELLED,
+    EXIT_FAILED_ITEMS,
+    EXIT_OK,
+    EXIT_PAUSED,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    InvalidTransition,
+    ItemError,
+)
+from batchcli.executors.worker import WorkerConfig
+from batchcli.inputs.discover import iter_items
+
+log = logging.getLogger("batchcli.runner")
+
+PROGRESS_EVERY = 0.5
+"""Seconds between progress events."""
+CONTROL_EVERY = 0.1
+"""Seconds between looks at the control file (pause / cancel requests from other shells)."""
+SPACE_EVERY = 1.0
+"""Seconds between free-space checks of the output folder (--min-free-space)."""
+MAX_CHUNK = 16
+"""Largest number of items sent to a worker in one message..."""
+MAX_BATCH_CHUNK = 256
+"""...unless an op takes micro-batches (`model ... batch=N`): then a chunk holds one batch."""
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunOptions:
+    workers: int = 1
+    threads: int = 1
+    item_timeout: float = 0.0
+    retries: int = 1
+    max_failures: str | None = None  # "N" or "P%"
+    providers: str = "cpu"
+    memory_limit: int = 0  # bytes of address space per worker (--worker-memory); 0 = no cap
+    min_free_space: int = 0  # bytes (--min-free-space): pause the batch below this
+    durable: bool = True
+    executor: str = "local"  # "local", "dask" (a LocalCluster) or "dask://host:port"
+    transfer: bool = False  # --transfer: ship bytes to and from executor workers
+    given: dict = field(default_factory=dict)  # the flags as given (journaled; a resume reuses them)
+
+
+@dataclass
+class RunResult:
+    batch_id: str
+    status: str
+    exit_code: int
+    total: int
+    completed: int
+    failed: int
+    skipped: int
+    remaining: int
+    processed_now: int
+    wall: float
+    reason: str | None = None
+    out_dir: str | None = None
+    top_failures: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.processed_now / self.wall if self.wall > 0 else 0.0
+
+
+class _Signals:
+    """First SIGINT/SIGTERM: pause after in-flight items. Second: abandon them now."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        self.signum = self.signum or signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+class Runner:
+    def __init__(self, paths: BatchPaths, options: RunOptions, on_event: EventSink | None = None):
+        self.paths = paths
+        self.opt = options
+        self.emit: EventSink = on_event or (lambda e: None)
+        self.manifest = paths.load_manifest()
+        self.total = int(self.manifest["total"])
+        self.out_dir = self.manifest.get("out_dir")
+        self._emb = None
+
+    # --- public --------------------------------------------------------------------------
+    def run(self, resume: bool = False, requeue: list[int] | None = None, requeue_failed: bool = False,
+            repair: Sequence[int] = (), force: bool = False, expect: tuple[str, ...] | None = None) -> RunResult:
+        """Run the batch's pending items. `resume` also reprocesses inputs changed since they were
+        recorded; `repair` names items whose output was found missing or changed (the caller's
+        verify): those still completed are redone; `force` runs even when
+        the pipeline or options fingerprint changed; `expect` refuses unless the batch is in one
+        of these states (a detached start that a pause overtook)."""
+        lock = FileLock(self.paths.lock)
+        if not take_lock(lock, self.paths):
+            raise locked_error(self.paths, read_runner_info(self.paths) or {})
+        try:
+            self._locked_at = time.time()
+            return self._run_locked(resume, list(requeue or []), requeue_failed, repair, force, expect)
+        finally:
+            for p in (self.paths.runner, self.paths.control):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+            try:  # a cache of the replay, so status of a huge batch reads only what comes after
+                checkpoint(self.paths.journal, self.total)
+            except Exception:  # a cache: never worth failing a run for
+                log.warning("could not write the journal snapshot", exc_info=True)
+            lock.release()
+
+    # --- internals -------------------------------------------------------------------------
+    def _run_locked(self, resume: bool, requeue: list[int], requeue_failed: bool, repair: Sequence[int],
+                    force: bool, expect: tuple[str, ...] | None) -> RunResult:
+        st = replay(self.paths.journal, self.total)
+        if expect is not None and st.state not in expect:
+            raise InvalidTransition(f"batch {self.paths.id} is {st.state}, not {' or '.join(expect)}; not started")
+        if st.state == "cancelled":
+            raise InvalidTransition(f"batch {self.paths.id} is cancelled; nothing to resume")
+        check_fingerprint(self.paths, self.manifest, st, force)
+        if resume:
+            requeue += changed_inputs(self.paths, st)
+        requeue += [i for i in repair if 0 <= i < self.total and st.items[i] == COMPLETED]
+        requeue = sorted(set(requeue))
+        if st.state == "completed" and st.remaining == 0 and not (requeue or requeue_failed):
+            raise InvalidTransition(f"batch {self.paths.id} is completed; nothing to resume "
+                                    f"(--retry-failed reruns failed items, --repair missing outputs)")
+        self._drop_stale_control()
+        crashed = st.state == "running"  # we hold the lock, so the runner the journal names is gone
+        if crashed and self.out_dir:
+            sweep_dead_tmp(self.out_dir)
+        self.journal = JournalWriter(self.paths.journal, st.last_seq, durable=self.opt.durable)
+        try:
+            if crashed:
+                self.journal.append("batch_interrupted", reason=f"runner pid {st.runner_pid} died", pid=st.runner_pid)
+            return self._loop(st, resume, requeue, requeue_failed, force)
+        finally:
+            self.journal.close()
+
+    def _loop(self, st: Replay, resume: bool, requeue: list[int], requeue_failed: bool, force: bool) -> RunResult:
+        from batchcli.executors.factory import make_executor
+        from batchcli.pipeline import Pipeline
+
+        j = self.journal
+        if requeue or requeue_failed:
+            j.append("items_requeued", items=requeue, all_failed=requeue_failed)
+            for i in requeue:
+                if 0 <= i < self.total:
+                    st.counts[st.items[i]] -= 1
+                    st.counts[PENDING] += 1
+                    st.items[i] = PENDING
+            if requeue_failed:
+                for i in range(self.total):
+                    if st.items[i] == FAILED:
+                        st.items[i] = PENDING
+                st.counts[PENDING] += st.counts[FAILED]
+                st.counts[FAILED] = 0
+        me = os.getpid()
+        atomic_write(self.paths.runner, json.dumps({  # who holds the lock, for other shells
+            "pid": me, "host": socket.gethostname(), "started": process_start_time(me),
+            "version": __version__}).encode())
+        # the executor first: one that refuses to start (a cluster that cannot see the files)
+        # must leave the batch as it was, not "interrupted"
+        pipeline = Pipeline.from_spec(self.manifest["pipeline"])
+        cfg = WorkerConfig(pipeline=pickle.dumps(pipeline), out_dir=self.out_dir,
+                           max_file_size=int(self.manifest["options"].get("max_file_size", 200 << 20)),
+                           max_pixels=int(self.manifest["options"].get("max_pixels", 150_000_000)),
+                           threads=self.opt.threads, providers=self.opt.providers,
+                           memory_limit=self.opt.memory_limit)
+        pool = make_executor(self.opt, cfg)
+        try:
+            if hasattr(pool, "check"):
+                first = next(self._pending(st), None)
+                if first is not None:
+                    pool.check(first)
+        except BaseException:
+            pool.shutdown(abandon=True)
+            raise
+        j.append("batch_started" if st.state == "pending" else "batch_resumed",
+                 pid=me, host=socket.gethostname(), workers=pool.workers, executor=self.opt.executor,
+                 options=self.opt.given,
+                 **({"forced": True} if force else {}))
+        j.sync()
+
+        t0 = time.monotonic()
+        counts = st.counts
+        failures: Counter = Counter(st.failures)
+        pending_total = counts[PENDING]
+        self.emit({"type": "started", "batch_id": self.paths.id, "total": self.total,
+                   "remaining": pending_total, "workers": self.opt.workers, "resumed": resume,
+                   "out_dir": self.out_dir})
+        source = self._pending(st)
+        retry_q: list[dict[str, Any]] = []
+        attempts: dict[int, int] = {}
+        micro = min(pipeline.batch_size, MAX_BATCH_CHUNK)  # a chunk holds a whole micro-batch
+        fed = 0
+        exhausted = False
+        stopping: str | None = None  # "pause", "cancel", "halt", "disk_full"
+        stop_reason: str | None = None
+        abandon = False
+        processed = failed_now = 0
+        last_progress = last_control = last_space = 0.0
+        max_fail = _parse_max_failures(self.opt.max_failures)
+
+        def finish_item(res: dict[str, Any]) -> None:
+            nonlocal processed, failed_now
+            i = res["i"]
+            old = st.items[i]
+            if res.get("ok"):
+                rec = {k: v for k, v in res.items() if k not in ("ok", "i")}
+                vector = (rec.get("meta") or {}).get("embed", {}).pop("vector", None)
+                if vector is not None:
+                    self._embeddings().append(i, vector)
+                j.append("item_completed", i=i, **rec)
+                new = COMPLETED
+            else:
+                j.append("item_failed", i=i, error_class=res.get("error_class"), error=res.get("error"),
+                         ms=res.get("ms"), attempts=attempts.get(i, 0) + 1)
+                new = FAILED
+                failed_now += 1
+                failures[failure_key(res.get("error_class"), res.get("error"))] += 1
+                self.emit({"type": "item_failed", "i": i, "error_class": res.get("error_class"),
+                           "error": res.get("error")})
+            counts[old] -= 1
+            counts[new] += 1
+            st.items[i] = new
+            attempts.pop(i, None)
+            processed += 1
+
+        def handle_failure(res: dict[str, Any], item: dict[str, Any] | None) -> None:
+            nonlocal stopping, stop_reason
+            cls = res.get("error_class", "")
+            i = res["i"]
+            if cls == "disk_full":  # not the item's fault: pause the batch, keep the item pending
+                if stopping is None:
+                    stopping, stop_reason = "disk_full", f"disk full: {res.get('error')}"
+                    pool.stop()
+                return
+            if cls in ItemError.TRANSIENT and item is not None and attempts.get(i, 0) < self.opt.retries:
+                attempts[i] = attempts.get(i, 0) + 1
+                retry_q.append(item)
+                return
+            finish_item(res)
+
+        inflight: dict[int, dict[str, Any]] = {}  # i -> item, for retries (bounded by capacity)
+        with _Signals() as sig:
+            try:
+                while True:
+                    now = time.monotonic()
+                    if sig.count and stopping not in ("signal",):
+                        stopping, stop_reason = "signal", f"interrupted by {signal.Signals(sig.signum).name}"
+                        pool.stop()
+                    if sig.count >= 2 and not abandon:
+                        abandon = True
+                        break
+                    if stopping is None and now - last_control >= CONTROL_EVERY:
+                        last_control = now
+                        req = self._control()
+                        if req:
+                            stopping = "cancel" if req == "cancel" else "pause"
+                            stop_reason = f"{req} requested"
+                            if req in ("cancel", "pause-now"):
+                                abandon = True
+                                break
+                            pool.stop()
+                    if stopping is None and self.opt.min_free_space and self.out_dir and now - last_space >= SPACE_EVERY:
+                        last_space = now
+                        low = _low_space(self.out_dir, self.opt.min_free_space)
+                        if low:
+                            stopping, stop_reason = "disk_full", low
+                            pool.stop()
+                    # feed
+                    while stopping is None and pool.capacity() > 0:
+                        # chunks shrink as the end nears, so no worker idles while another
+                        # still has a long queue (guided self-scheduling)
+                        chunk = max(micro, min(MAX_CHUNK, (pending_total - fed) // (4 * pool.workers)), 1)
+                        batch_items: list[dict[str, Any]] = []
+                        while retry_q and len(batch_items) < chunk:
+                            batch_items.append(retry_q.pop())
+                        while not exhausted and len(batch_items) < chunk:
+                            nxt = next(source, None)
+                            if nxt is None:
+                                exhausted = True
+                                break
+                            batch_items.append(nxt)
+                        if not batch_items:
+                            break
+                        for it in batch_items:
+                            inflight[it["i"]] = it
+                        fed += len(batch_items)
+                        pool.submit(batch_items)
+                    if exhausted and not retry_q and not pool.busy():
+                        break
+                    if stopping is not None and not pool.busy():
+                        break
+                    for ev in pool.poll(0.05):
+                        if ev.kind == "item":
+                            res = ev.result
+                            item = inflight.pop(res["i"], None)
+                            if res.get("ok"):
+                                finish_item(res)
+                            else:
+                                handle_failure(res, item)
+                        elif ev.kind == "lost":
+                            item = ev.item
+                            inflight.pop(item["i"], None)
+                            handle_failure({"i": item["i"], "ok": False, "error_class": ev.error_class,
+                                            "error": f"{item['src']}: {ev.message}"}, item)
+                        elif ev.kind == "requeue":
+                            for it in ev.items:
+                                inflight.pop(it["i"], None)
+                                if stopping is None:
+                                    retry_q.append(it)
+                        elif ev.kind == "fatal":
+                            stopping, stop_reason = "halt", ev.message
+                            abandon = True
+                        elif ev.kind == "pause":  # the executor cannot go on (e.g. lost its scheduler)
+                            stopping, stop_reason = "pause", ev.message
+                            abandon = True
+                    if abandon:
+                        break
+                    if max_fail is not None and stopping is None and _over(max_fail, failed_now, processed, self.total):
+                        stopping = "halt"
+                        stop_reason = f"halted: {failed_now} items failed in this run (--max-failures {self.opt.max_failures})"
+                        pool.stop()
+                    j.maybe_sync()
+                    if now - last_progress >= PROGRESS_EVERY:
+                        last_progress = now
+                        self._progress(counts, processed, t0, pending_total)
+            finally:
+                pool.shutdown(abandon=abandon)
+                if self._emb is not None:  # vectors: durable, and as one N x D .npy at the end
+                    self._emb.close()
+                    if self.paths and counts[PENDING] == 0:
+                        from batchcli.models.embeddings import export_npy
+
+                        export_npy(self.paths.dir)
+            wall = time.monotonic() - t0
+            self._progress(counts, processed, t0, pending_total)
+            status, code = self._close(st, stopping, stop_reason, sig.signum)
+        try:  # the reasons of the items failed now (a retried item that succeeded no longer counts)
+            top = checkpoint(self.paths.journal, self.total).failures.most_common(5)
+        except Exception:
+            top = failures.most_common(5)
+        result = RunResult(self.paths.id, status, code, self.total, counts[COMPLETED], counts[FAILED],
+                           st.skipped if status != "cancelled" else self.total - counts[COMPLETED] - counts[FAILED],
+                           counts[PENDING] if status != "cancelled" else 0, processed, wall,
+                           stop_reason, self.out_dir, top)
+        self.emit({"type": "finished" if status not in ("paused",) else "paused", "status": status,
+                   "exit_code": code, "completed": result.completed, "failed": result.failed,
+                   "remaining": result.remaining, "total": self.total, "wall_s": round(wall, 3),
+                   "rate": round(result.rate, 2), "reason": stop_reason, "out_dir": self.out_dir,
+                   "top_failures": [{"reason": r, "count": c} for r, c in top]})
+        return result
+
+    def _close(self, st: Replay, stopping: str | None, reason: str | None, signum: int) -> tuple[str, int]:
+        j = self.journal
+        counts = st.counts
+        if stopping == "cancel":
+            j.append("batch_cancelled", reason=reason)
+            status, code = "cancelled", EXIT_CANCELLED
+        elif stopping == "halt":
+            j.append("batch_finished", status="failed", reason=reason)
+            status, code = "failed", EXIT_FAILED_ITEMS
+        elif stopping in ("pause", "signal", "disk_full") and counts[PENDING] > 0:
+            j.append("batch_paused", reason=reason)
+            status = "paused"
+            code = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}.get(signum, EXIT_PAUSED) \
+                if stopping == "signal" else EXIT_PAUSED
+        elif counts[PENDING] > 0:  # should not happen: work left but nothing asked us to stop
+            j.append("batch_paused", reason="runner stopped with items left")
+            status, code = "paused", EXIT_PAUSED
+        else:
+            done, failed = counts[COMPLETED], counts[FAILED]
+            status = "failed" if failed and not done else "completed"
+            j.append("batch_finished", status=status, reason=None)
+            code = EXIT_OK if failed == 0 else EXIT_FAILED_ITEMS
+        j.sync()
+        return status, code
+
+    def _pending(self, st: Replay) -> Iterator[dict[str, Any]]:
+        items = st.items
+        for rec in iter_items(self.paths.items):
+            if items[rec["i"]] == PENDING:
+                yield {"i": rec["i"], "src": rec["src"], "stem": rec["stem"],
+                       "size": rec.get("size"), "mtime": rec.get("mtime")}
+
+    def _embeddings(self):
+        if self._emb is None:
+            from batchcli.models.embeddings import EmbeddingStore
+
+            self._emb = EmbeddingStore(self.paths.dir)
+        return self._emb
+
+    def _drop_stale_control(self) -> None:
+        """A request written before this runner took the lock was meant for a runner now gone."""
+        try:
+            if os.stat(self.paths.control).st_mtime < self._locked_at - 1.0:
+                os.unlink(self.paths.control)
+        except FileNotFoundError:
+            pass
+
+    def _control(self) -> str | None:
+        try:
+            with open(self.paths.control) as fh:
+                req = fh.read().strip()
+        except FileNotFoundError:
+            return None
+        return req if req in ("pause", "pause-now", "cancel") else None
+
+    def _progress(self, counts: Counter, processed: int, t0: float, pending_total: int) -> None:
+        el = time.monotonic() - t0
+        rate = processed / el if el > 0 else 0.0
+        left = counts[PENDING]
+        self.emit({"type": "progress", "completed": counts[COMPLETED], "failed": counts[FAILED],
+                   "total": self.total, "remaining": left, "rate": round(rate, 2),
+                   "eta_s": round(left / rate, 1) if rate > 0 else None, "elapsed_s": round(el, 2)})
+
+
+def _parse_max_failures(spec: str | None) -> tuple[str, float] | None:
+    if not spec:
+        return None
+    s = spec.strip()
+    if s.endswith("%"):
+        return ("pct", float(s[:-1]))
+    return ("n", float(int(s)))
+
+
+def _over(rule: tuple[str, float], failed: int, processed: int, total: int) -> bool:
+    kind, val = rule
+    if kind == "n":
+        return failed >= val
+    return processed >= min(20, total) and failed * 100.0 >= val * max(processed, 1) and failed > 0
+
+
+def _low_space(folder: str, need: int) -> str | None:
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= need:
+        return None
+    return f"disk full: {free >> 20} MiB free in {folder}, below --min-free-space {need >> 20} MiB"

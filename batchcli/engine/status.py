@@ -1,0 +1,138 @@
+"""A batch's state as plain data, by replaying its journal (read-only, safe while a runner
+writes), and `mark`: one lifecycle record appended without a runner."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from batchcli.engine.journal import STATE_NAMES, Replay, iter_records, replay
+from batchcli.engine.store import BatchPaths, Store
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
+
+
+def effective_state(paths: BatchPaths, st: Replay) -> tuple[str, int | None]:
+    """The journal's state, corrected by reality: 'running' with no live runner is 'interrupted'."""
+    from batchcli.engine.liveness import runner_alive
+
+    if st.state == "running":
+        info = runner_alive(paths)
+        if info is None:
+            return "interrupted", None
+        return "running", info.get("pid")
+    return st.state, None
+
+
+def batch_status(paths: BatchPaths) -> dict[str, Any]:
+    """The status object of DESIGN.md (a replay: read-only, safe while a runner writes)."""
+    man = paths.load_manifest()
+    total = int(man["total"])
+    st = replay(paths.journal, total)
+    state, pid = effective_state(paths, st)
+    done = st.completed + st.failed
+    return {
+        "batch_id": paths.id,
+        "name": man.get("name"),
+        "status": state,
+        "total": total,
+        "completed": st.completed,
+        "failed": st.failed,
+        "skipped": st.skipped,
+        "remaining": st.remaining,
+        "progress_percent": round(done / total * 100, 2) if total else 100.0,
+        "created_at": _iso(man.get("created_at")),
+        "started_at": _iso(st.times.get("started")),
+        "paused_at": _iso(st.times.get("paused")),
+        "completed_at": _iso(st.times.get("finished")),
+        "out_dir": man.get("out_dir"),
+        "pipeline": man.get("pipeline_text"),
+        "runner_pid": pid,
+        "reason": st.reason,
+        "executor": st.executor,
+        "workers": st.workers,
+        "dedupe_skipped": man.get("dedupe_skipped", 0),
+        "journal_records": st.records,
+        "journal_corrupt_lines": len(st.bad),
+        "journal_problems": [f"line {b.lineno}: {b.reason}" for b in st.bad[:5]],
+        "top_failures": [{"reason": r, "count": c} for r, c in st.failures.most_common(5)],
+    }
+
+
+def list_batches(store: Store, status: Iterable[str] | None = None, limit: int | None = None,
+                 offset: int = 0) -> dict[str, Any]:
+    wanted = set(status or ())
+    rows = []
+    for paths in store.all():
+        try:
+            row = batch_status(paths)
+        except (OSError, ValueError, KeyError):
+            continue
+        if wanted and row["status"] not in wanted:
+            continue
+        rows.append(row)
+    total = len(rows)
+    end = None if limit is None else offset + limit
+    return {"batches": rows[offset:end], "total": total}
+
+
+def item_rows(paths: BatchPaths, failed_only: bool = False, limit: int | None = None,
+              offset: int = 0) -> dict[str, Any]:
+    """Per-item listing: one streaming pass over items.jsonl and the journal, holding one page."""
+    from batchcli.inputs.discover import iter_items
+
+    man = paths.load_manifest()
+    total = int(man["total"])
+    st = replay(paths.journal, total)
+    wanted = [i for i in range(total) if not failed_only or st.items[i] == 2]
+    count = len(wanted)
+    end = count if limit is None else min(count, offset + limit)
+    page = wanted[offset:end]
+    rows: dict[int, dict[str, Any]] = {
+        i: {"i": i, "src": None, "status": STATE_NAMES[st.items[i]], "output": None,
+            "error_class": None, "error": None, "ms": None} for i in page}
+    if rows:
+        for rec in iter_items(paths.items):
+            r = rows.get(rec["i"])
+            if r is not None:
+                r["src"] = rec["src"]
+        for rec in iter_records(paths.journal):
+            r = rows.get(rec.get("i"))  # type: ignore[arg-type]
+            if r is None:
+                continue
+            kind = rec.get("type")
+            if kind == "item_completed":
+                r.update(output=os.path.join(man["out_dir"], rec["out"]) if rec.get("out") and man.get("out_dir") else None,
+                         error_class=None, error=None, ms=rec.get("ms"))
+                if rec.get("meta"):
+                    r["meta"] = rec["meta"]
+            elif kind == "item_failed":
+                r.update(output=None, error_class=rec.get("error_class"), error=rec.get("error"), ms=rec.get("ms"))
+    return {"items": [rows[i] for i in page], "total": count}
+
+
+def mark(paths: BatchPaths, kind: str, **fields: Any) -> None:
+    """Append one lifecycle record without a runner (takes the lock; fails if a runner holds it)."""
+    from filelock import FileLock
+
+    from batchcli.engine.journal import JournalWriter
+    from batchcli.engine.liveness import take_lock
+    from batchcli.errors import BatchLocked
+
+    lock = FileLock(paths.lock)
+    if not take_lock(lock, paths):
+        raise BatchLocked(f"batch {paths.id} is held by a live runner")
+    try:
+        st = replay(paths.journal, int(paths.load_manifest()["total"]))
+        with JournalWriter(paths.journal, st.last_seq) as j:
+            j.append(kind, **fields)
+    finally:
+        lock.release()
+
+

@@ -1,0 +1,34 @@
+"""What every executor shares: the event a result arrives as, and the protocol the runner uses.
+
+The runner talks to an executor through a few calls (`capacity`, `submit`, `poll`, `shutdown`),
+so a distributed engine can replace the local process pool without touching the runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+CHUNKS_PER_WORKER = 2
+"""Chunks queued per worker: one running, one waiting, so no worker idles between chunks."""
+
+
+@dataclass
+class Event:
+    kind: str  # "item" (a result), "lost" (item died with its worker), "requeue", "fatal", "pause"
+    result: dict[str, Any] | None = None
+    item: dict[str, Any] | None = None
+    items: list[dict[str, Any]] = field(default_factory=list)
+    error_class: str = ""
+    message: str = ""
+
+
+class Executor(Protocol):
+    workers: int
+    name: str
+
+    def capacity(self) -> int: ...
+    def submit(self, items: list[dict[str, Any]]) -> None: ...
+    def poll(self, timeout: float) -> list[Event]: ...
+    def busy(self) -> bool: ...
+    def stop(self) -> None: ...
+    def shutdown(self, abandon: bool = False) -> list[dict[str, Any]]: ...

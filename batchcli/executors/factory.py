@@ -1,0 +1,31 @@
+"""One place picks where items run: the local process pool or a Dask cluster. Neither executor
+imports the other."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from batchcli.executors import local
+from batchcli.executors.base import Executor
+from batchcli.executors.worker import WorkerConfig
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def make_executor(opt: Any, cfg: WorkerConfig) -> Executor:
+    """The executor named by --executor: the local process pool, or Dask (an optional extra)."""
+    if opt.executor in ("", "local"):
+        return local.ProcessPool(cfg, opt.workers, opt.item_timeout)
+    if opt.executor == "dask" or opt.executor.startswith(("dask://", "tcp://")):
+        from batchcli.executors import dask  # needs: pip install batchcli[dask]
+
+        return dask.DaskExecutor(cfg, opt)
+    from batchcli.errors import ConfigError
+
+    raise ConfigError(f"--executor {opt.executor!r}: expected local, dask or dask://HOST:PORT")

@@ -1,0 +1,305 @@
+"""The child side: set up once per process, then turn items into results. Never raises."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchcli.errors import ItemError
+
+if os.environ.get("BATCHCLI_TEST_OPS"):  # test-only ops (tests/crashops.py); never set in production
+    import importlib
+
+    importlib.import_module(os.environ["BATCHCLI_TEST_OPS"])
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker process needs; pickled once per process."""
+
+    pipeline: bytes  # pickled Pipeline
+    out_dir: str | None
+    max_file_size: int
+    max_pixels: int
+    threads: int = 1
+    providers: str = "cpu"
+    memory_limit: int = 0  # bytes of address space per worker; 0 = no cap
+    extra: dict = field(default_factory=dict)
+
+
+class Worker:
+    """Holds the per-process state: the pipeline with its prepared ops and the limits."""
+
+    def __init__(self, cfg: WorkerConfig):
+        os.environ["BATCHCLI_THREADS"] = str(cfg.threads)
+        os.environ["BATCHCLI_PROVIDERS"] = cfg.providers
+        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
+        import cv2
+
+        cv2.setNumThreads(cfg.threads)
+        from batchcli.imaging.imageio import Limits
+
+        self.cfg = cfg
+        self.limits = Limits(cfg.max_file_size, cfg.max_pixels)
+        self.pipeline = pickle.loads(cfg.pipeline)
+        self.pipeline.prepare()
+        self.writes = self.pipeline.writes_image and cfg.out_dir is not None
+        self.writer: Any = None  # a Writer: outputs written in the background (see worker_main)
+        self.batch = self.pipeline.batch_size  # items processed together: > 1 only for micro-batches
+
+    def process(self, item: dict[str, Any]) -> dict[str, Any]:
+        """One item -> a result dict: {"i", "ok", "ms", ...}. Never raises."""
+        return self.process_batch([item])[0]
+
+    def process_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Items -> one result dict each, in order. Each is loaded and saved on its own; the
+        pipeline runs them together, so an op with `batch=N` sees up to N frames per call.
+        A failure fails its own item only. Never raises."""
+        loaded: list[Any] = []
+        changed: list[list | None] = []
+        spent: list[float] = []
+        for item in items:
+            t0 = time.perf_counter()
+            try:
+                frame, stat = self._load(item)
+            except Exception as exc:
+                frame, stat = exc, None
+            loaded.append(frame)
+            changed.append(stat)
+            spent.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        frames = self.pipeline.run_batch(loaded)
+        share = (time.perf_counter() - t0) / max(1, len(items))
+        results = []
+        for item, frame, stat, t in zip(items, frames, changed, spent):
+            t0 = time.perf_counter()
+            if isinstance(frame, BaseException):
+                res = _error(item["src"], frame)
+            else:
+                try:
+                    res = self._save(item, frame, stat)
+                    res["ok"] = True
+                except Exception as exc:
+                    res = _error(item["src"], exc)
+            res["i"] = item["i"]
+            res["ms"] = round((t + share + time.perf_counter() - t0) * 1000, 1)
+            results.append(res)
+        return results
+
+    def _load(self, item: dict[str, Any]) -> tuple[Any, list | None]:
+        from batchcli.imaging import imageio
+
+        src = item["src"]
+        data = None
+        if src.startswith(("http://", "https://")):
+            from batchcli.inputs.fetch import fetch_url  # inputs: URLs are fetched by the worker
+
+            data = fetch_url(src, self.limits)
+        changed = _changed_stat(item)
+        shrink = self.pipeline.shrink_for if self.writes else self.pipeline.shrink_when_unsaved
+        return imageio.load(src, self.limits, shrink, data=data), changed
+
+    def _save(self, item: dict[str, Any], frame: Any, changed: list | None) -> dict[str, Any]:
+        from batchcli.imaging import imageio
+
+        res: dict[str, Any] = {}
+        if self.writes:
+            dest = os.path.join(self.cfg.out_dir, item["stem"])
+            if self.writer is not None and not frame.route:
+                # encoded here; written, fsynced and renamed by the writer thread while this one
+                # decodes the next image. The result goes out only once the write is done.
+                path, data = imageio.encode_to(frame, dest)
+                res["_write"] = self.writer.submit(path, data)
+                nbytes, digest = len(data), hashlib.sha256(data).hexdigest()
+            else:
+                path, nbytes, digest = imageio.save(frame, dest)  # discovery keeps outputs off inputs
+            res.update(out=os.path.relpath(path, self.cfg.out_dir), bytes=nbytes, sha256=digest)
+            if frame.route:
+                res["routed"] = _route(self.cfg.out_dir, frame.route, path)
+        if frame.meta:
+            res["meta"] = frame.meta
+        if changed is not None:  # the input is not what items.jsonl recorded: journal what we read
+            res["src_stat"] = changed
+        return res
+
+
+class Writer:
+    """One background thread for the durable writes of a worker's outputs, at most `depth`
+    queued: fsync waits on the disk, not the CPU, so it overlaps the next image's decode."""
+
+    def __init__(self, depth: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batchcli-writer")
+        self._queued: deque = deque()
+        self.depth = depth
+
+    def submit(self, path: str, data: bytes) -> Any:
+        from batchcli.imaging import imageio
+
+        while len(self._queued) >= self.depth:
+            self._queued.popleft().exception()  # wait for the oldest (its error stays on it)
+        fut = self._pool.submit(imageio.write, path, data)
+        self._queued.append(fut)
+        return fut
+
+
+def settle(res: dict[str, Any], src: str, wait: bool) -> bool:
+    """Fold a background write into its result: False while it is still running (and not
+    `wait`); a failed write turns the result into that failure."""
+    fut = res.get("_write")
+    if fut is None:
+        return True
+    if not wait and not fut.done():
+        return False
+    del res["_write"]
+    exc = fut.exception()
+    if exc is not None:
+        err = _error(src, exc)
+        for k in [k for k in res if k not in ("i", "ms")]:
+            del res[k]
+        res.update(err)
+    return True
+
+
+def _error(src: str, exc: BaseException) -> dict[str, Any]:
+    """The failed result for an item: its error class and a one-line reason naming the file."""
+    if isinstance(exc, ItemError):
+        return {"ok": False, "error_class": exc.error_class, "error": f"{src}: {exc}"}
+    if isinstance(exc, MemoryError):
+        return {"ok": False, "error_class": "oom", "error": f"{src}: out of memory (over --worker-memory?)"}
+    # an op's bug must fail its item, not the batch
+    msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    return {"ok": False, "error_class": "op", "error": f"{src}: {type(exc).__name__}: {msg}"[:500]}
+
+
+def _changed_stat(item: dict[str, Any]) -> list | None:
+    """[size, mtime] of a local input when they differ from the ones recorded for the item."""
+    if "size" not in item or item["src"].startswith(("http://", "https://")):
+        return None
+    try:
+        st = os.stat(item["src"])
+    except OSError:
+        return None  # the decoder reports it
+    now = [st.st_size, st.st_mtime]
+    return None if now == [item["size"], item.get("mtime")] else now
+
+
+def _route(out_dir: str, label: str, path: str) -> str:
+    """Link (or copy) an output into out/<label>/ ; returns the relative path."""
+    import shutil
+
+    from batchcli.atomic import tmp_name
+
+    dest = os.path.join(out_dir, label, os.path.basename(path))
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = tmp_name(dest)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, dest)
+    return os.path.relpath(dest, out_dir)
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the runner dies, so a killed runner leaves no orphan workers."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _cap_memory(limit: int) -> None:
+    if limit <= 0:
+        return
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+FLUSH_EVERY = 0.02
+"""Seconds a worker may hold finished results before sending them (tiny items: one message per
+many results). Held results are always sent before `done`, `stopped` or waiting for work."""
+
+
+def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
+    """Entry point of a pool process: receive chunks, send one message per item.
+
+    From the parent: (chunk_id, items) to queue work, "stop" to drop queued work after the
+    current item, None to exit. To the parent: ("ready",), ("items", [result, ...]) in item order,
+    ("done", chunk_id), ("stopped",), ("init_error", msg). `current`, a shared integer, holds the
+    index of the item in hand, so the parent knows which one a crash concerns. Messages are
+    checked between items (between micro-batches when an op takes `batch=N`), so a pause waits
+    for at most one item (batch) per worker. A result is sent only once its output is on disk
+    (written by the Writer thread, overlapping the next item).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides what Ctrl-C means
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    _cap_memory(cfg.memory_limit)
+    try:
+        worker = Worker(cfg)
+    except Exception as exc:  # e.g. a model that loaded in the parent but not here
+        conn.send(("init_error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready",))
+    worker.writer = Writer() if worker.writes else None
+    chunks: deque = deque()
+    held: list[tuple[dict[str, Any], str]] = []  # (result, source), in item order
+    held_since = 0.0
+
+    def flush(wait: bool = True) -> None:
+        """Send the held results whose outputs are on disk (all of them with `wait`)."""
+        n = 0
+        while n < len(held) and settle(held[n][0], held[n][1], wait):
+            n += 1
+        if n:
+            conn.send(("items", [res for res, _ in held[:n]]))
+            del held[:n]
+
+    try:
+        while True:
+            while not chunks or conn.poll():
+                if not chunks:
+                    flush()
+                msg = conn.recv()
+                if msg is None:
+                    flush()
+                    return
+                if msg == "stop":
+                    flush()
+                    chunks.clear()
+                    conn.send(("stopped",))
+                else:
+                    chunks.append([msg[0], msg[1], 0])
+            chunk = chunks[0]
+            chunk_id, items, pos = chunk
+            group = items[pos:pos + worker.batch]
+            if current is not None:
+                current.value = group[0]["i"]
+            if not held:
+                held_since = time.monotonic()
+            held.extend(zip(worker.process_batch(group), (it["src"] for it in group)))
+            chunk[2] = pos + len(group)
+            if chunk[2] >= len(items):
+                chunks.popleft()
+                flush()
+                conn.send(("done", chunk_id))
+            elif time.monotonic() - held_since >= FLUSH_EVERY:
+                flush(wait=False)
+                held_since = time.monotonic()
+    except (EOFError, OSError, BrokenPipeError):
+        return

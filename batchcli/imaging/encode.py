@@ -1,0 +1,90 @@
+"""Encoding and the durable write of an output: one entry point (`save`), so every output is
+written the same way (atomic, fsynced, failures as item errors)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+
+from batchcli.atomic import atomic_write
+from batchcli.errors import ItemError
+from batchcli.imaging.frame import Frame
+from batchcli.imaging.lazy import cv2, np
+from batchcli.imaging.pixels import apply_orientation, flatten_alpha, to_uint8
+
+WRITABLE = {"jpg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp", "avif": ".avif"}
+EXTENSIONS = {"jpg": "jpg", "png": "png", "webp": "webp", "tiff": "tif", "bmp": "bmp", "avif": "avif"}
+
+
+def can_write(fmt: str) -> bool:
+    """Whether this OpenCV build can encode `fmt` (AVIF depends on the build)."""
+    ext = WRITABLE.get(fmt)
+    if ext is None:
+        return False
+    return fmt != "avif" or bool(cv2.haveImageWriter(ext))
+
+
+def output_format(frame: Frame) -> str:
+    fmt = frame.out_format or frame.fmt
+    return fmt if can_write(fmt) else "png"
+
+
+def encode(frame: Frame) -> tuple[bytes, str]:
+    """Encode a frame. Returns (bytes, format). Orientation still pending is applied first, so the
+    output displays upright even though OpenCV writes no EXIF. JPEG gets alpha flattened on
+    `encode["background"]` (white by default); JPEG, WebP, AVIF and BMP are 8-bit, PNG and TIFF
+    keep 16 bits."""
+    img = apply_orientation(frame.img, frame.orientation)
+    fmt = output_format(frame)
+    settings = frame.encode
+    q = settings.get("quality")
+    quality = int(q if q is not None else 90)
+    if fmt in ("jpg", "webp", "avif", "bmp"):
+        img = to_uint8(img)
+    params: list[int] = []
+    if fmt == "jpg":
+        if img.ndim == 3 and img.shape[2] == 4:
+            img = flatten_alpha(img, settings.get("background", (255, 255, 255)))
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+        if settings.get("progressive"):
+            params += [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
+    elif fmt == "webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, 101 if settings.get("lossless") else quality]
+    elif fmt == "avif":
+        params = [cv2.IMWRITE_AVIF_QUALITY, quality]
+    elif fmt == "png":
+        params = [cv2.IMWRITE_PNG_COMPRESSION, int(settings.get("compression", 3))]
+    elif fmt == "tiff":
+        params = [cv2.IMWRITE_TIFF_COMPRESSION, 5]  # LZW: lossless and widely readable
+    try:
+        ok, buf = cv2.imencode(WRITABLE[fmt], np.ascontiguousarray(img), params)
+    except cv2.error as exc:
+        line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "encoder error"
+        raise ItemError("encode", f"cannot encode as {fmt}: {line[:200]}") from None
+    if not ok:
+        raise ItemError("encode", f"cannot encode as {fmt}")
+    return buf.tobytes(), fmt
+
+
+def save(frame: Frame, dest_stem: str) -> tuple[str, int, str]:
+    """Encode and write atomically to `dest_stem` + the format's extension.
+    Returns (path, bytes, sha256 hex)."""
+    path, data = encode_to(frame, dest_stem)
+    write(path, data)
+    return path, len(data), hashlib.sha256(data).hexdigest()
+
+
+def encode_to(frame: Frame, dest_stem: str) -> tuple[str, bytes]:
+    """The output path for `dest_stem` (the format's extension added) and the encoded bytes."""
+    data, fmt = encode(frame)
+    return f"{dest_stem}.{EXTENSIONS[fmt]}", data
+
+
+def write(path: str, data: bytes) -> None:
+    """The durable, atomic write of an output; failures as ItemError (disk_full, io)."""
+    try:
+        atomic_write(path, data)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise ItemError("disk_full", f"no space left writing {path}") from None
+        raise ItemError("io", f"cannot write {path}: {exc.strerror or exc}") from None

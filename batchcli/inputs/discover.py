@@ -1,0 +1,501 @@
+"""Inputs -> items.jsonl: resolve folders, files, glob patterns, list files, stdin and URLs in a
+deterministic order; filter by extension and --exclude; skip the output folder; merge the same
+file reached twice; optionally skip byte-identical files; give each item a unique output stem.
+
+Everything streams: items are written as they are found, and the sets that remember what was
+already seen hold fixed-size digests in flat arrays, not one Python object per item."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import stat
+import sys
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import IO
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from batchcli.errors import ConfigError
+from batchcli.inputs.names import Namer, is_url, safe_component
+
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp")
+HASH_CHUNK = 1 << 20
+
+
+@dataclass
+class Found:
+    src: str  # absolute path (or URL)
+    rel: str  # path relative to its input root, with the root's name when several roots are given
+    size: int = 0
+    mtime: float = 0.0
+
+
+@dataclass
+class DiscoveryStats:
+    """What discovery left out, for the manifest (filled while `find` is consumed)."""
+
+    excluded: int = 0  # matched an --exclude pattern
+    duplicates: int = 0  # the same file (or URL) reached through another input
+    dedupe_skipped: int = 0  # --dedupe content: same bytes as an earlier item
+    in_output: int = 0  # inside the output folder (or the batch home): never re-ingested
+
+
+def parse_exts(exts: Iterable[str] | None) -> tuple[str, ...]:
+    """`--ext jpg --ext .PNG,webp` -> ("jpg", "png", "webp"); None -> the defaults."""
+    if not exts:
+        return DEFAULT_EXTENSIONS
+    out: list[str] = []
+    for value in exts:
+        for part in value.split(","):
+            e = part.strip().lstrip(".").lower()
+            if e and e not in out:
+                out.append(e)
+    if not out:
+        raise ConfigError("--ext: no extension given")
+    return tuple(out)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+class DigestSet:
+    """A set of 16-byte digests in one flat array of 64-bit words (open addressing, linear
+    probing): about 32-64 bytes per member and no Python object per member. `wide=False` keeps
+    only 8 bytes of each digest (half the memory), for sets where a rare false "already there"
+    does no harm (it only renames an output)."""
+
+    def __init__(self, capacity: int = 1024, wide: bool = True):
+        self._w = 2 if wide else 1
+        cap = 1
+        while cap < capacity:
+            cap <<= 1
+        self._alloc(cap)
+        self.count = 0
+
+    def _alloc(self, cap: int) -> None:
+        self._mask = cap - 1
+        self._slots = array("Q", bytes(8 * self._w * cap))
+
+    def add(self, digest: bytes) -> bool:
+        """Add; True when the digest was not there before."""
+        hi = int.from_bytes(digest[:8], "little")
+        if self._w == 1:
+            hi = lo = hi | 1  # never 0: 0 marks an empty slot
+        else:
+            lo = int.from_bytes(digest[8:16], "little") | 1
+        return self._add(hi, lo)
+
+    def add_pair(self, hi: int, lo: int) -> bool:
+        """Add a key given as two unsigned 64-bit numbers (e.g. inode and device, exactly);
+        True when it was not there before."""
+        lo = ((lo << 1) | 1) & _MASK64 if self._w == 2 else (hi | 1) & _MASK64
+        hi = (hi * 0x9E3779B97F4A7C15) & _MASK64  # odd multiplier: one-to-one, and spreads runs
+        return self._add(lo if self._w == 1 else hi, lo)
+
+    def _add(self, hi: int, lo: int) -> bool:
+        if self._insert(hi, lo):
+            self.count += 1
+            if self.count * 2 > self._mask:
+                self._grow()
+            return True
+        return False
+
+    def _insert(self, hi: int, lo: int) -> bool:
+        slots, mask, w = self._slots, self._mask, self._w
+        j = (hi >> 1) & mask
+        while True:
+            k = j * w
+            last = slots[k + w - 1]
+            if last == 0:
+                slots[k] = hi
+                slots[k + w - 1] = lo
+                return True
+            if last == lo and slots[k] == hi:
+                return False
+            j = (j + 1) & mask
+
+    def _grow(self) -> None:
+        old, w = self._slots, self._w
+        self._alloc((self._mask + 1) * 2)
+        for k in range(0, len(old), w):
+            if old[k + w - 1]:
+                self._insert(old[k], old[k + w - 1])
+
+
+def _digest(*parts: str | bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else os.fsencode(p))
+        h.update(b"\0")
+    return h.digest()
+
+
+def file_digest(path: str) -> bytes | None:
+    """blake2b-128 of a file's bytes, streamed; None when it cannot be read."""
+    h = hashlib.blake2b(digest_size=16)
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                n = fh.readinto(buf)
+                if not n:
+                    break
+                h.update(view[:n])
+    except OSError:
+        return None
+    return h.digest()
+
+
+# --- resolving inputs --------------------------------------------------------------------------
+
+class _Resolver:
+    def __init__(self, exts: Iterable[str] | None, skip_dirs: Iterable[str | None], exclude: Iterable[str],
+                 dedupe: str | None, stats: DiscoveryStats, multi: bool):
+        self.exts = frozenset(parse_exts(exts))
+        self.skip = {os.path.realpath(d) for d in skip_dirs if d}
+        self.exclude = tuple(p for p in exclude if p)
+        self.dedupe = dedupe
+        self.stats = stats
+        self.multi = multi
+        self.seen = DigestSet()  # identity of every item: (device, inode), or the path / URL
+        self.contents = DigestSet() if dedupe == "content" else None
+        self.roots: list[str] = []  # folders walked so far (real paths)
+        self.labels: dict[str, int] = {}
+        self._dir, self._dir_real = "", ""
+
+    # -- filters --
+    def excluded(self, *names: str) -> bool:
+        return any(fnmatchcase(n, p) for p in self.exclude for n in names if n)
+
+    def excluded_path(self, rel: str) -> bool:
+        """--exclude against a relative path, its name, and each of its folders (path and name)."""
+        if not self.exclude:
+            return False
+        if self.excluded(rel, os.path.basename(rel)):
+            return True
+        folder = os.path.dirname(rel)
+        while folder:
+            if self.excluded(folder, os.path.basename(folder)):
+                return True
+            folder = os.path.dirname(folder)
+        return False
+
+    def in_skip(self, real: str) -> bool:
+        return any(real == s or real.startswith(s.rstrip(os.sep) + os.sep) for s in self.skip)
+
+    def ext_ok(self, name: str) -> bool:
+        return os.path.splitext(name)[1].lower().lstrip(".") in self.exts
+
+    def label(self, path: str) -> str:
+        name = os.path.basename(os.path.realpath(path).rstrip(os.sep)) or "root"
+        n = self.labels.get(name, 0)
+        self.labels[name] = n + 1
+        return name if n == 0 else f"{name}_{n + 1}"
+
+    # -- emitting --
+    def emit(self, path: str, rel: str, st: os.stat_result | None = None, walked: bool = False,
+             stat_done: bool = False) -> Iterator[Found]:
+        """One candidate file -> at most one Found (duplicates, exclusions and the output folder
+        dropped). `walked`: not a symlink, found in a folder walk whose folder is not skipped.
+        `stat_done`: `st` is the result of os.stat already (None: the path cannot be stat'ed)."""
+        if (self.excluded(rel, os.path.basename(rel)) if walked else self.excluded_path(rel)):
+            self.stats.excluded += 1
+            return
+        if st is None and not stat_done:
+            try:
+                st = os.stat(path)
+            except OSError:
+                st = None
+        if st is None:  # broken symlink, vanished or missing file: the worker reports it on its own item
+            if not self.seen.add(_digest("p", os.path.abspath(path))):
+                self.stats.duplicates += 1
+                return
+            yield Found(path, rel)
+            return
+        if not walked and self.skip and self.in_skip(self.real(path)):
+            self.stats.in_output += 1
+            return
+        if not self.seen.add_pair(st.st_ino, st.st_dev):  # exact: no two files ever share it
+            self.stats.duplicates += 1
+            return
+        if self.contents is not None:
+            d = file_digest(path)
+            if d is not None and not self.contents.add(d):
+                self.stats.dedupe_skipped += 1
+                return
+        yield Found(path, rel, st.st_size, st.st_mtime)
+
+    def real(self, path: str) -> str:
+        """realpath, with the folder's resolved path cached (lists come grouped by folder)."""
+        if os.path.islink(path):
+            return os.path.realpath(path)
+        folder, name = os.path.split(path)
+        if folder != self._dir:
+            self._dir, self._dir_real = folder, os.path.realpath(folder)
+        return os.path.join(self._dir_real, name)
+
+    def emit_url(self, url: str) -> Iterator[Found]:
+        rel = url_name(url)
+        if self.excluded(url, rel):
+            self.stats.excluded += 1
+            return
+        if not self.seen.add(_digest("u", url)):
+            self.stats.duplicates += 1
+            return
+        yield Found(url, rel)
+
+    def walk(self, top: str, prefix: str) -> Iterator[Found]:
+        """A folder, recursively: names sorted, files before sub-folders, symlinked folders not
+        followed, the output folder and --exclude'd folders pruned. `prefix` goes before each rel."""
+        real = os.path.realpath(top)
+        if any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots):
+            return  # already covered by an earlier folder
+        if self.in_skip(real):
+            self.stats.in_output += 1
+            return
+        self.roots.append(real)
+        yield from self._walk(top, "", prefix)
+
+    def _walk(self, folder: str, inner: str, prefix: str) -> Iterator[Found]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        dirs = []
+        for entry in entries:  # the files of a folder first, then its sub-folders
+            sub = os.path.join(inner, entry.name) if inner else entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if os.path.realpath(entry.path) in self.skip:
+                    self.stats.in_output += 1
+                elif self.excluded(sub, entry.name, _join(prefix, sub)):
+                    self.stats.excluded += 1
+                else:
+                    dirs.append((entry.path, sub))
+            elif self.ext_ok(entry.name):
+                if self.exclude and self.excluded(sub):
+                    self.stats.excluded += 1
+                    continue
+                st = None
+                try:
+                    st = entry.stat()
+                except OSError:
+                    pass
+                yield from self.emit(entry.path, _join(prefix, sub), st, walked=not entry.is_symlink())
+        for path, sub in dirs:
+            yield from self._walk(path, sub, prefix)
+
+    # -- inputs --
+    def argument(self, raw: str) -> Iterator[Found]:
+        """A command-line input: URL, folder, file (always taken) or glob pattern."""
+        if is_url(raw):
+            yield from self.emit_url(raw)
+            return
+        path = os.path.abspath(os.path.expanduser(raw))
+        if os.path.lexists(path):
+            if os.path.isdir(path):
+                yield from self.walk(path, self.label(path) if self.multi else "")
+            else:
+                yield from self.emit(path, os.path.basename(path))
+            return
+        if glob.has_magic(raw):
+            yield from self.pattern(raw, os.getcwd(), listed=False)
+            return
+        raise ConfigError(f"{raw}: no such file or folder")
+
+    def pattern(self, pat: str, base: str, listed: bool) -> Iterator[Found]:
+        """A glob pattern (`**` crosses folders), matches sorted. Files keep their path below the
+        pattern's fixed part (or, from a list, below the list's folder)."""
+        full = os.path.join(base, os.path.expanduser(pat))
+        matches = sorted(glob.glob(full, recursive=True))
+        if not matches and not listed:
+            raise ConfigError(f"{pat}: no file matches this pattern")
+        fixed = _fixed_part(full)
+        prefix = self.label(fixed) if self.multi and not listed else ""
+        for m in matches:
+            m = os.path.abspath(m)
+            rel = _list_rel(m, base) if listed else _join(prefix, os.path.relpath(m, fixed))
+            if os.path.isdir(m):
+                if self.excluded_path(rel):
+                    self.stats.excluded += 1
+                else:
+                    yield from self.walk(m, rel)
+            elif self.ext_ok(m):
+                yield from self.emit(m, rel)
+
+    def listed(self, line: str, base: str) -> Iterator[Found]:
+        """One line of a list (--from-file or stdin): a URL, a file, a folder or a pattern.
+        A path that does not exist becomes an item that fails on its own."""
+        if is_url(line):
+            yield from self.emit_url(line)
+            return
+        path = os.path.normpath(os.path.join(base, os.path.expanduser(line)))
+        st = _stat(path)
+        if st is None and not os.path.lexists(path):
+            stripped = line.strip()
+            alt = os.path.normpath(os.path.join(base, os.path.expanduser(stripped)))
+            if stripped != line and os.path.lexists(alt):
+                path, st = alt, _stat(alt)
+            elif glob.has_magic(line):
+                yield from self.pattern(line, base, listed=True)
+                return
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            yield from self.walk(path, _list_rel(path, base))
+        elif self.ext_ok(path):
+            yield from self.emit(path, _list_rel(path, base), st, stat_done=True)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _join(prefix: str, rel: str) -> str:
+    return os.path.join(prefix, rel) if prefix else rel
+
+
+def _fixed_part(pattern: str) -> str:
+    """The folder part of a pattern before its first wildcard: photos/**/*.jpg -> photos."""
+    parts = pattern.split(os.sep)
+    keep = []
+    for p in parts[:-1]:
+        if glob.has_magic(p):
+            break
+        keep.append(p)
+    return os.path.abspath(os.sep.join(keep) or os.sep)
+
+
+def _list_rel(path: str, base: str) -> str:
+    """A listed path mirrors its place below the list's folder; a path outside it mirrors its
+    absolute path (without the leading /)."""
+    rel = os.path.relpath(path, base)
+    if rel == os.curdir:  # the list's folder itself ("find ." prints it first)
+        return ""
+    if rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+        return path.lstrip(os.sep) or "root"
+    return rel
+
+
+def url_name(url: str) -> str:
+    """The file name an URL item gets: the last segment of its path (or its host), made safe."""
+    parts = urlsplit(url)
+    name = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1])
+    if not name:
+        name = (parts.hostname or "download").replace(".", "_")
+    return safe_component(name) or "download"
+
+
+def iter_list(fh: IO[bytes]) -> Iterator[str]:
+    """Lines of a list: line endings removed, blank lines and # comments skipped. Streams."""
+    for raw in fh:
+        line = os.fsdecode(raw.rstrip(b"\r\n"))
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        yield line
+
+
+def find(inputs: list[str], exts: Iterable[str] | None = None, skip_dirs: Iterable[str | None] = (), *,
+         exclude: Iterable[str] = (), from_file: str | None = None, dedupe: str | None = None,
+         stdin: IO[bytes] | None = None, stats: DiscoveryStats | None = None) -> Iterator[Found]:
+    """Resolve inputs to Found items, in order, without duplicates.
+
+    `inputs` are files, folders, glob patterns, URLs, or "-" (a list on stdin); `from_file` is a
+    list file ("-" = stdin) read after them. List lines that are relative paths are relative to
+    the list's folder (the current folder for stdin)."""
+    if dedupe not in (None, "content"):
+        raise ConfigError(f"--dedupe {dedupe}: expected 'content'")
+    if from_file == "-" and "-" in inputs or inputs.count("-") > 1:
+        raise ConfigError("stdin can be read only once: give - once (as an input or as --from-file -)")
+    sources = len(inputs) + (1 if from_file else 0)
+    res = _Resolver(exts, skip_dirs, exclude or (), dedupe, stats or DiscoveryStats(), multi=sources > 1)
+    for raw in inputs:
+        if raw == "-":
+            yield from _from_list(res, stdin if stdin is not None else sys.stdin.buffer, os.getcwd())
+        else:
+            yield from res.argument(raw)
+    if from_file == "-":
+        yield from _from_list(res, stdin if stdin is not None else sys.stdin.buffer, os.getcwd())
+    elif from_file:
+        path = os.path.abspath(os.path.expanduser(from_file))
+        try:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise ConfigError(f"--from-file {from_file}: {exc.strerror or exc}") from None
+        with fh:
+            yield from _from_list(res, fh, os.path.dirname(path))
+
+
+def _from_list(res: _Resolver, fh: IO[bytes], base: str) -> Iterator[Found]:
+    for line in iter_list(fh):
+        yield from res.listed(line, base)
+
+
+def check_inputs(inputs: list[str], from_file: str | None) -> None:
+    """Fail fast (before a batch is created) on inputs that cannot work."""
+    for raw in inputs:
+        if raw == "-" or is_url(raw):
+            continue
+        path = os.path.abspath(os.path.expanduser(raw))
+        if not os.path.lexists(path) and not glob.has_magic(raw):
+            raise ConfigError(f"{raw}: no such file or folder")
+    if from_file and from_file != "-":
+        path = os.path.abspath(os.path.expanduser(from_file))
+        if not os.path.isfile(path):
+            raise ConfigError(f"--from-file {from_file}: no such file")
+
+
+def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = None) -> int:
+    """Write items.jsonl; give each item an output stem unique in the whole batch (compared
+    case-insensitively). Returns the count."""
+    namer = namer or Namer()
+    taken = DigestSet(wide=False)
+    n = 0
+    for f in found:
+        stem, ext = namer.candidate(n, f)
+        out = stem
+        new_name = taken.add_pair(hash(("with-ext", stem.casefold(), ext.casefold())), 0)
+        if not taken.add_pair(hash(out.casefold()), 0):
+            # a.jpg and a.png in one folder (default naming): the second becomes a_png; then _2, _3...
+            by_ext = namer.template is None and ext and new_name
+            base = f"{stem}_{ext.lstrip('.').lower()}" if by_ext else stem
+            out, k = base, 2
+            if base == stem:
+                out, k = f"{base}_2", 3
+            while not taken.add_pair(hash(out.casefold()), 0):
+                out, k = f"{base}_{k}", k + 1
+        rec = {"i": n, "src": f.src, "rel": f.rel, "stem": out, "size": f.size, "mtime": f.mtime}
+        fh.write(_dumps(rec) + b"\n")
+        n += 1
+    return n
+
+
+def _dumps(rec: dict) -> bytes:
+    try:
+        return orjson.dumps(rec)
+    except TypeError:  # a file name that is not valid UTF-8: keep what can be shown
+        for k in ("src", "rel", "stem"):
+            rec[k] = rec[k].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return orjson.dumps(rec)
+
+
+def iter_items(path: str, start: int = 0) -> Iterator[dict]:
+    """Stream items.jsonl (written once, never modified)."""
+    with open(path, "rb") as fh:
+        for line in fh:
+            rec = orjson.loads(line)
+            if rec["i"] >= start:
+                yield rec

@@ -1,0 +1,146 @@
+"""Output names: each item's output stem, from its relative path or a --name-template, made
+safe for every file system (one component at a time, clipped to a byte limit)."""
+
+from __future__ import annotations
+
+import os
+import string
+import unicodedata
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from batchcli.errors import ConfigError
+
+URL_PREFIXES = ("http://", "https://")
+TEMPLATE_FIELDS = ("stem", "ext", "name", "i", "parent", "preset", "rel")
+MAX_NAME_BYTES = 200  # per path component, leaving room for a _N suffix and the extension
+
+
+class Found(Protocol):
+    """What naming needs of a discovered input (inputs.discover.Found)."""
+
+    src: str
+    rel: str
+
+
+def is_url(s: str) -> bool:
+    return s[:8].lower().startswith(URL_PREFIXES)
+
+
+_SAFE_PUNCT = frozenset("._-+=@,")
+
+
+def safe_component(s: str) -> str:
+    """Letters and digits of any script and . _ - + = @ , ; anything else becomes _."""
+    s = unicodedata.normalize("NFC", s)
+    out = "".join(c if c.isalnum() or c in _SAFE_PUNCT else "_" for c in s)
+    return _clip(out) if out not in (".", "..") else ""
+
+
+def _mirror_component(s: str) -> str:
+    """Default naming keeps a name as it is, except control characters (newlines...)."""
+    out = s if s.isprintable() else "".join("_" if (ord(c) < 32 or ord(c) == 127) else c for c in s)
+    return _clip(out) if out not in (".", "..") else ""
+
+
+def _clip(s: str, limit: int = MAX_NAME_BYTES) -> str:
+    b = s.encode("utf-8", "surrogateescape")
+    if len(b) <= limit:
+        return s
+    return b[:limit].decode("utf-8", "ignore")
+
+
+def _clean_path(path: str, component) -> str:
+    return "/".join(c for c in (component(p) for p in path.replace("\\", "/").split("/")) if c)
+
+
+class Namer:
+    """Output stems: the input's relative path without its extension (the default), or
+    `--name-template`. The worker adds the extension of the output format."""
+
+    def __init__(self, template: str | None = None, batch_name: str = "", preset: str = "none"):
+        self.template = compile_template(template) if template else None
+        self.path_template = bool(self.template) and ("/" in self.template or "{rel" in self.template)
+        self.batch_name = safe_component(batch_name) or "batch"
+        self.preset = safe_component(preset) or "none"
+
+    def candidate(self, i: int, f: Found) -> tuple[str, str]:
+        """(stem, extension of the input) before collisions are resolved."""
+        folder, name = os.path.split(f.rel)
+        stem, ext = os.path.splitext(name)
+        if stem == "" or (stem.startswith(".") and not ext):  # ".jpg", ".hidden"
+            stem, ext = name, ""
+        if self.template is None:
+            out = _clean_path(os.path.join(folder, stem), _mirror_component)
+            return out or f"item{i}", ext
+        values = {"stem": safe_component(stem), "name": self.batch_name, "i": i,
+                  "parent": safe_component(_parent(f.src)), "preset": self.preset,
+                  "rel": _clean_path(folder, safe_component)}
+        text = self.template.format_map(values)
+        out = _clean_path(text, safe_component)
+        if not self.path_template:
+            out = _clean_path(os.path.join(folder, out), safe_component)
+        return out or f"item{i}", ext
+
+
+def _parent(src: str) -> str:
+    if is_url(src):
+        parts = urlsplit(src)
+        segs = [s for s in parts.path.split("/") if s]
+        return unquote(segs[-2]) if len(segs) > 1 else (parts.hostname or "")
+    return os.path.basename(os.path.dirname(src))
+
+
+def compile_template(template: str) -> str:
+    """Validate a --name-template; returns it without its trailing ".{ext}".
+    Raises ConfigError naming the problem."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"--name-template {template!r}: {exc}") from None
+    known = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+    fields = [(lit, fld, spec, conv) for lit, fld, spec, conv in parsed if fld is not None]
+    for n, (_lit, fld, _spec, conv) in enumerate(fields):
+        if fld not in TEMPLATE_FIELDS:
+            raise ConfigError(f"--name-template {template!r}: unknown field {{{fld}}} (known: {known})")
+        if conv:
+            raise ConfigError(f"--name-template {template!r}: conversions such as !{conv} are not supported")
+        if fld == "ext" and (n != len(fields) - 1 or parsed[-1][1] != "ext"):
+            raise ConfigError(f"--name-template {template!r}: {{ext}} can only come last, as '.{{ext}}' "
+                              "(the worker adds the extension once the output format is known)")
+    body = template
+    if fields and fields[-1][1] == "ext":
+        lit, _, spec, _ = parsed[-1]
+        if spec or not lit.endswith("."):
+            raise ConfigError(f"--name-template {template!r}: write the extension as '.{{ext}}' at the end")
+        body = template[: template.rindex("{")]
+        body = body[:-1]  # the dot before {ext}
+    try:
+        body.format_map({"stem": "a", "name": "b", "i": 1, "parent": "p", "preset": "none", "rel": "r"})
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--name-template {template!r}: {exc}") from None
+    if not body.strip():
+        raise ConfigError(f"--name-template {template!r}: the name before the extension is empty")
+    return body
+
+
+def preset_name(spec: list[dict]) -> str:
+    """{preset} in a name template: the look of the pipeline's first `preset` op, else "none"."""
+    for step in spec:
+        if step.get("name") != "preset":
+            continue
+        for key in ("look", "preset", "file", "path"):
+            v = step.get(key)
+            if isinstance(v, str) and v:
+                return _look_name(v)
+        for k, v in step.items():
+            if k != "name" and isinstance(v, str) and v:
+                return _look_name(v)
+        return "preset"
+    return "none"
+
+
+def _look_name(v: str) -> str:
+    if "/" in v or v.endswith(".toml"):
+        return os.path.splitext(os.path.basename(v))[0]
+    return v

@@ -1,0 +1,70 @@
+"""Manifest rows: one per item, CSV or JSONL, with the item's metadata flattened into columns."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import IO, Any
+
+import orjson
+
+from batchcli.results.snapshot import ItemView, flatten_meta
+
+# --------------------------------------------------------------------------------------------
+# Manifest rows.
+
+BASE_COLUMNS = ("i", "input", "rel", "status", "output", "bytes", "sha256", "ms", "error_class", "error")
+
+
+def manifest_row(item: ItemView, entry: str | None, status: str, problem: str | None = None) -> dict[str, Any]:
+    rec = item.record or {}
+    row: dict[str, Any] = {
+        "i": item.i, "input": item.src, "rel": item.rel, "status": status, "output": entry,
+        "bytes": rec.get("bytes") if item.state == "completed" else None,
+        "sha256": rec.get("sha256") if item.state == "completed" else None,
+        "ms": rec.get("ms"),
+        "error_class": rec.get("error_class") if item.state == "failed" else None,
+        "error": rec.get("error") if item.state == "failed" else None,
+    }
+    if problem:
+        row["error_class"] = problem
+        row["error"] = (f"output {item.out} is missing" if problem == "missing"
+                        else f"output {item.out} changed since it was written (sha256 mismatch)")
+    meta = rec.get("meta") if item.state == "completed" else None
+    if meta:
+        row["meta"] = meta
+    return row
+
+
+class ManifestWriter:
+    """Streams rows to CSV and/or JSONL files (text, UTF-8)."""
+
+    def __init__(self, meta_keys: list[str], csv_fh: IO[bytes] | None, jsonl_fh: IO[bytes] | None):
+        self.meta_keys = meta_keys
+        self.jsonl = jsonl_fh
+        self._csv_text = None
+        self._csv = None
+        if csv_fh is not None:
+            self._csv_text = io.TextIOWrapper(csv_fh, encoding="utf-8", newline="", write_through=True)
+            self._csv = csv.writer(self._csv_text, lineterminator="\n")
+            self._csv.writerow(list(BASE_COLUMNS) + [f"meta.{k}" for k in meta_keys])
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(orjson.dumps(row, option=orjson.OPT_SORT_KEYS) + b"\n")
+        if self._csv is not None:
+            flat = flatten_meta(row["meta"]) if row.get("meta") else {}
+            self._csv.writerow([_cell(row.get(c)) for c in BASE_COLUMNS] + [_cell(flat.get(k)) for k in self.meta_keys])
+
+    def close(self) -> None:
+        if self._csv_text is not None:
+            self._csv_text.flush()
+            self._csv_text.detach()
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v
