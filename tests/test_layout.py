@@ -106,3 +106,20 @@ def test_the_walker_sees_imports_inside_functions(tmp_path):
 def test_no_module_past_600_lines(path):
     lines = len(path.read_text().splitlines())
     assert lines <= 600, f"{path.name}: {lines} lines"
+
+
+def test_readme_where_things_live_names_every_folder_and_module():
+    readme = (PKG.parent / "README.md").read_text()
+    section = readme.split("### Where things live", 1)[1].split("\n#", 1)[0]
+    named = {cell.strip("`/") for row in section.splitlines() if row.startswith("| `")
+             for cell in row.split("|")[1].replace(",", " ").split()}
+    present = {p.name if p.is_dir() else p.name for p in PKG.iterdir()
+               if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and not p.name.startswith("__"))}
+    assert present <= named, f"not in the README's table: {sorted(present - named)}"
+    assert named <= present, f"in the README's table but not in batchcli/: {sorted(named - present)}"
+
+
+def test_make_test_lints_before_the_suite():
+    recipe = (PKG.parent / "Makefile").read_text().split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert recipe.index("ruff check") < recipe.index("pytest")
+    assert "[tool.ruff" in (PKG.parent / "pyproject.toml").read_text()
