@@ -25,7 +25,7 @@ demo: $(STAMP)  ## generate sample images and run a real batch over them
 
 test: $(STAMP)  ## lint, then run the whole test suite
 	$(BIN)/ruff check batchcli tests benchmarks examples
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto  # pytest-xdist: a test process per CPU (most tests wait on real subprocesses)
 
 bench: $(STAMP)  ## run the benchmarks (minutes; prints tables)
 	$(BIN)/python benchmarks/bench_core.py
