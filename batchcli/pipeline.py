@@ -20,7 +20,7 @@ def _load_ops() -> None:
     """Import every op module (each registers its ops). A module that fails to import is an
     error: no op is ever left out silently."""
     from batchcli.models import faces, model  # noqa: F401
-    from batchcli.ops import analyze, color, detail, geometry, output, overlay  # noqa: F401
+    from batchcli.ops import analyze, color, detail, geometry, output, overlay, photo  # noqa: F401
 
 
 def get_op(name: str) -> type[Op]:

@@ -8,6 +8,7 @@ import hashlib
 
 from batchcli.atomic import atomic_write
 from batchcli.errors import ItemError
+from batchcli.imaging import metadata
 from batchcli.imaging.frame import Frame
 from batchcli.imaging.lazy import cv2, np
 from batchcli.imaging.pixels import apply_orientation, flatten_alpha, to_uint8
@@ -63,7 +64,7 @@ def encode(frame: Frame) -> tuple[bytes, str]:
         raise ItemError("encode", f"cannot encode as {fmt}: {line[:200]}") from None
     if not ok:
         raise ItemError("encode", f"cannot encode as {fmt}")
-    return buf.tobytes(), fmt
+    return metadata.embed(buf.tobytes(), fmt, frame, img), fmt
 
 
 def save(frame: Frame, dest_stem: str) -> tuple[str, int, str]:

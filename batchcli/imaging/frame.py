@@ -24,3 +24,6 @@ class Frame:
     src_size: tuple[int, int] = (0, 0)  # (width, height) of the source as stored
     route: str | None = None  # a label: the worker also links the output under out/<label>/
     info: dict = field(default_factory=dict)  # source facts from decoding (mode, EXIF orientation, camera); for ops, not journaled
+    metadata: bytes | None = None  # the input's bytes that hold its EXIF, IPTC and XMP (see imaging.metadata)
+    icc: bytes | None = None  # the ICC profile of the pixels as they are now; None: untagged (taken as sRGB)
+    keep: dict | None = None  # what metadata the output keeps, set by the `metadata` op; None: everything

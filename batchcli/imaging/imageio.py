@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable
 
 from batchcli.errors import ItemError
+from batchcli.imaging import metadata
 from batchcli.imaging.encode import EXTENSIONS, WRITABLE, can_write, encode, encode_to, output_format, save, write
 from batchcli.imaging.frame import Frame
 from batchcli.imaging.headers import (
@@ -215,6 +216,8 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
     frame = Frame(img=img, src=path, fmt=head.fmt, orientation=head.orientation, shrink=shrink,
                   src_size=(head.width, head.height))
     frame.info = {"mode": head.mode, "orientation": head.orientation, "camera": head.camera}
+    frame.metadata = metadata.source_block(data, head.fmt)
+    frame.icc = metadata.read_icc(frame.metadata)
     if head.frames > 1:
         meta["frames"] = {"count": head.frames, "used": 1}
     frame.meta.update(meta)

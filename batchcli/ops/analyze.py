@@ -6,6 +6,7 @@ EXIF orientation is taken into account), and is plain JSON: ints, floats, string
 
 from __future__ import annotations
 
+from batchcli.imaging import metadata
 from batchcli.imaging.imageio import apply_orientation, max_value, split_alpha
 from batchcli.imaging.lazy import cv2, np
 from batchcli.ops.base import Frame, Op, Param, register
@@ -89,7 +90,7 @@ def dominant_colors(bgr: np.ndarray, k: int, iterations: int = 12) -> list[dict]
 @register
 class Analyze(Op):
     name = "analyze"
-    summary = "Record size, format, camera, brightness, sharpness, colourfulness, dominant colours and a dHash."
+    summary = "Record size, format, camera, metadata blocks, brightness, sharpness, colourfulness, dominant colours and a dHash."
     writes_image = False
     params = (
         Param("colors", "int", 5, min=1, max=16, help="how many dominant colours to report"),
@@ -132,6 +133,7 @@ class Analyze(Op):
         for key in ("make", "model", "captured_at"):
             if key in camera:
                 record["camera_" + key if key != "captured_at" else key] = str(camera[key])
+        record["metadata"] = metadata.summary(frame.metadata)
         if "frames" in frame.meta:
             record["frames"] = int(frame.meta["frames"]["count"])
         frame.meta["analyze"] = record

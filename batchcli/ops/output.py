@@ -1,7 +1,7 @@
 """Output format: convert.
 
-OpenCV writes no EXIF, ICC or XMP: the orientation is applied to the pixels before writing, so
-outputs display upright, and colours are written as the sRGB values decoded.
+The orientation is applied to the pixels before writing, so outputs display upright; metadata and
+the ICC profile are carried over by batchcli.imaging.metadata.
 """
 
 from __future__ import annotations
