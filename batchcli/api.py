@@ -120,3 +120,69 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
         shutil.rmtree(paths.dir, ignore_errors=True)
         raise
     return paths
+
+
+# --- run flags ----------------------------------------------------------------------------------
+
+RUN_DEFAULTS = {"workers": None, "retries": 1, "item_timeout": 0.0, "max_failures": None, "providers": "cpu",
+                "worker_memory": None, "min_free_space": "1G", "executor": "local", "transfer": False}
+"""The run flags and their defaults. A resume takes a flag it is not given from the batch's
+last run (the journal records the flags each run was given), else from here; except where the
+batch runs (--executor, --transfer), chosen afresh each time: that cluster may be gone."""
+_PER_RUN = ("executor", "transfer")
+
+
+def run_options(workers: int | None = None, retries: int | None = None, item_timeout: float | None = None,
+                max_failures: str | None = None, providers: str | None = None, worker_memory: str | None = None,
+                min_free_space: str | None = None, executor: str | None = None, transfer: bool | None = None,
+                last: dict | None = None):
+    """Validate the run flags (exit 2 before any work) and build RunOptions. None means "not
+    given": the value of the last run (`last`), else the default."""
+    from batchcli.engine.runner import RunOptions, _parse_max_failures
+    from batchcli.executors.factory import usable_cpus
+    from batchcli.models.session import parse_providers
+    from batchcli.units import parse_bytes
+
+    given = {k: v for k, v in (last or {}).items() if k in RUN_DEFAULTS and k not in _PER_RUN and v is not None}
+    given.update({k: v for k, v in dict(workers=workers, retries=retries, item_timeout=item_timeout,
+                                        max_failures=max_failures, providers=providers,
+                                        worker_memory=worker_memory, min_free_space=min_free_space,
+                                        executor=executor, transfer=transfer).items() if v is not None})
+    v = {**RUN_DEFAULTS, **given}
+    workers, retries, item_timeout, max_failures = v["workers"], v["retries"], v["item_timeout"], v["max_failures"]
+    providers, worker_memory, min_free_space = v["providers"], v["worker_memory"], v["min_free_space"]
+    executor, transfer = v["executor"], v["transfer"]
+    parse_providers(providers)  # an unknown provider is a usage error, before any work
+    cpus = usable_cpus()
+    n = workers or cpus
+    try:
+        _parse_max_failures(max_failures)
+    except ValueError:
+        raise ConfigError(f"--max-failures {max_failures!r}: expected a count (10) or a percentage (5%)") from None
+    if worker_memory is None:
+        memory = default_worker_memory(n)
+    else:
+        memory = parse_bytes(worker_memory, "--worker-memory")
+    return RunOptions(workers=n, threads=max(1, cpus // n), item_timeout=item_timeout, retries=retries,
+                      max_failures=max_failures, providers=providers, memory_limit=memory,
+                      min_free_space=parse_bytes(min_free_space, "--min-free-space"),
+                      executor=executor, transfer=bool(transfer), given=given)
+
+
+def last_run_flags(paths) -> dict:
+    """The run flags the batch's last start or resume was given (empty for older journals)."""
+    from batchcli.engine.journal import last_options
+
+    return last_options(paths.journal, int(paths.load_manifest()["total"])) or {}
+
+
+def default_worker_memory(workers: int) -> int:
+    """80% of the available RAM shared among the workers, never under 1 GiB each (an address-space
+    cap: a decompression bomb fails its item with class oom instead of swapping the machine)."""
+    try:
+        import psutil
+
+        avail = psutil.virtual_memory().available
+    except Exception:
+        return 0
+    return max(1 << 30, int(avail * 0.8) // max(1, workers))

@@ -92,8 +92,8 @@ def register(app: typer.Typer) -> None:
         store = Store(home)
         resume_fn = None
         if resume:
-            from batchcli.cli.commands.run import run_options
-            from batchcli.cli.detach import spawn_detached
+            from batchcli.api import run_options
+            from batchcli.engine.spawn import spawn_detached
 
             def resume_fn(paths):
                 from batchcli.engine.journal import replay

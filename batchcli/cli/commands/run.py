@@ -30,71 +30,6 @@ DetachOpt = Annotated[bool, typer.Option("--detach", "-d", help="Run in the back
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output, only the summary.")]
 
 
-RUN_DEFAULTS = {"workers": None, "retries": 1, "item_timeout": 0.0, "max_failures": None, "providers": "cpu",
-                "worker_memory": None, "min_free_space": "1G", "executor": "local", "transfer": False}
-"""The run flags and their defaults. A resume takes a flag it is not given from the batch's
-last run (the journal records the flags each run was given), else from here; except where the
-batch runs (--executor, --transfer), chosen afresh each time: that cluster may be gone."""
-_PER_RUN = ("executor", "transfer")
-
-
-def run_options(workers: int | None = None, retries: int | None = None, item_timeout: float | None = None,
-                max_failures: str | None = None, providers: str | None = None, worker_memory: str | None = None,
-                min_free_space: str | None = None, executor: str | None = None, transfer: bool | None = None,
-                last: dict | None = None):
-    """Validate the run flags (exit 2 before any work) and build RunOptions. None means "not
-    given": the value of the last run (`last`), else the default."""
-    from batchcli.engine.runner import RunOptions, _parse_max_failures
-    from batchcli.errors import ConfigError
-    from batchcli.executors.factory import usable_cpus
-    from batchcli.models.session import parse_providers
-    from batchcli.units import parse_bytes
-
-    given = {k: v for k, v in (last or {}).items() if k in RUN_DEFAULTS and k not in _PER_RUN and v is not None}
-    given.update({k: v for k, v in dict(workers=workers, retries=retries, item_timeout=item_timeout,
-                                        max_failures=max_failures, providers=providers,
-                                        worker_memory=worker_memory, min_free_space=min_free_space,
-                                        executor=executor, transfer=transfer).items() if v is not None})
-    v = {**RUN_DEFAULTS, **given}
-    workers, retries, item_timeout, max_failures = v["workers"], v["retries"], v["item_timeout"], v["max_failures"]
-    providers, worker_memory, min_free_space = v["providers"], v["worker_memory"], v["min_free_space"]
-    executor, transfer = v["executor"], v["transfer"]
-    parse_providers(providers)  # an unknown provider is a usage error, before any work
-    cpus = usable_cpus()
-    n = workers or cpus
-    try:
-        _parse_max_failures(max_failures)
-    except ValueError:
-        raise ConfigError(f"--max-failures {max_failures!r}: expected a count (10) or a percentage (5%)") from None
-    if worker_memory is None:
-        memory = default_worker_memory(n)
-    else:
-        memory = parse_bytes(worker_memory, "--worker-memory")
-    return RunOptions(workers=n, threads=max(1, cpus // n), item_timeout=item_timeout, retries=retries,
-                      max_failures=max_failures, providers=providers, memory_limit=memory,
-                      min_free_space=parse_bytes(min_free_space, "--min-free-space"),
-                      executor=executor, transfer=bool(transfer), given=given)
-
-
-def last_run_flags(paths) -> dict:
-    """The run flags the batch's last start or resume was given (empty for older journals)."""
-    from batchcli.engine.journal import last_options
-
-    return last_options(paths.journal, int(paths.load_manifest()["total"])) or {}
-
-
-def default_worker_memory(workers: int) -> int:
-    """80% of the available RAM shared among the workers, never under 1 GiB each (an address-space
-    cap: a decompression bomb fails its item with class oom instead of swapping the machine)."""
-    try:
-        import psutil
-
-        avail = psutil.virtual_memory().available
-    except Exception:
-        return 0
-    return max(1 << 30, int(avail * 0.8) // max(1, workers))
-
-
 def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> None:
     """Run in this process with the right progress view, print the summary, exit with its code."""
     from batchcli.cli import console
@@ -180,15 +115,15 @@ def register(app: typer.Typer) -> None:
 
         if not inputs and not from_file:
             raise ConfigError("no inputs: give files, folders, globs, URLs, - (stdin) or --from-file")
-        opts = run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
-                           min_free_space, executor, transfer)
+        opts = api.run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
+                               min_free_space, executor, transfer)
         cfg = api.StartConfig(inputs=list(inputs or []), out_dir=out, pipeline_text=pipeline,
                               pipeline_file=pipeline_file, name=name, exts=ext, exclude=exclude,
                               from_file=from_file, dedupe=dedupe, name_template=name_template,
                               max_file_size=parse_bytes(max_file_size, "--max-file-size"), max_pixels=max_pixels)
         paths = api.create_batch(Store(home), cfg)
         if detach:
-            from batchcli.cli.detach import spawn_detached
+            from batchcli.engine.spawn import spawn_detached
 
             _detached(paths, spawn_detached(paths, opts, home), json_out)
             return
@@ -222,6 +157,7 @@ def register(app: typer.Typer) -> None:
 
         Example: batchcli resume nightly --retry-failed
         """
+        from batchcli import api
         from batchcli.engine.liveness import locked_error, runner_alive
         from batchcli.engine.store import Store
 
@@ -229,10 +165,10 @@ def register(app: typer.Typer) -> None:
         live = runner_alive(paths)  # refuse at once, before any heavy import (the runner checks again)
         if live is not None:
             raise locked_error(paths, live)
-        opts = run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
-                           min_free_space, executor, transfer, last=last_run_flags(paths))
+        opts = api.run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
+                               min_free_space, executor, transfer, last=api.last_run_flags(paths))
         if detach:
-            from batchcli.cli.detach import spawn_detached
+            from batchcli.engine.spawn import spawn_detached
 
             pid = spawn_detached(paths, opts, home, resume=True, retry_failed=retry_failed, repair=repair, force=force)
             _detached(paths, pid, json_out)
