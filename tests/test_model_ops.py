@@ -12,7 +12,9 @@ import pytest
 from batchcli.errors import ConfigError, ItemError
 from batchcli.imaging import imageio
 from batchcli.models import session as onnx_session
-from batchcli.models.model import Geom, fit_image, folder_name, nms, read_labels
+from batchcli.models.boxes import nms
+from batchcli.models.labels import folder_name, read_labels
+from batchcli.models.prep import Geom, fit_image
 from batchcli.ops.base import Frame
 from batchcli.pipeline import Pipeline
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from batchcli.errors import ConfigError, ItemError
 from batchcli.imaging.lazy import cv2, np
-from batchcli.models.model import drop_alpha, mark_boxes, to_uint8
+from batchcli.models.boxes import mark_boxes
+from batchcli.models.prep import drop_alpha, to_uint8
 from batchcli.ops.base import Frame, Op, Param, register
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
