@@ -13,6 +13,7 @@ it); it is written only when its colour space fits the output (an RGB profile on
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Any
 
 from batchcli.imaging.frame import Frame
@@ -147,12 +148,23 @@ def embed(data: bytes, fmt: str, frame: Frame, img: Any) -> bytes:
             if block is not None:
                 with ex.ImageData(block) as src:
                     _copy(src, out, fmt, mode, set(keep.get("drop", ())), img.shape[1], img.shape[0])
-            if icc is not None:
+            if icc is not None and fmt != "png":
                 out.modify_icc(icc)
-            return out.get_bytes()
+            data = out.get_bytes()
     except (RuntimeError, ValueError) as exc:
         frame.meta["metadata"] = {"dropped": f"input metadata unreadable: {str(exc).strip()[:120]}"}
-        return data
+    return _png_with_icc(data, icc) if fmt == "png" and icc is not None else data
+
+
+def _png_with_icc(data: bytes, icc: bytes) -> bytes:
+    """A PNG with an iCCP chunk after IHDR (exiv2 writes one without the profile name PNG
+    requires, which libpng then warns about and may ignore)."""
+    import zlib
+
+    body = b"iCCP" + b"ICC Profile\x00\x00" + zlib.compress(icc)
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    end = 8 + 12 + struct.unpack(">I", data[8:12])[0]  # signature, then IHDR
+    return data[:end] + chunk + data[end:]
 
 
 def _copy(src: Any, out: Any, fmt: str, mode: str, drop: set[str], width: int, height: int) -> None:

@@ -1,13 +1,19 @@
-"""Photo ops: what an output keeps of its input's metadata (`metadata`).
+"""Photo ops: what an output keeps of its input's metadata (`metadata`), and colour conversion
+between ICC profiles (`profile`).
 
 Without a `metadata` op an output keeps everything its format can carry: EXIF, IPTC, XMP and
-the ICC profile (see batchcli.imaging.metadata).
+the ICC profile (see batchcli.imaging.metadata). Without a `profile` op, pixels and profile pass
+through untouched.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+
 from batchcli.errors import ConfigError
-from batchcli.imaging.metadata import DROPPABLE
+from batchcli.imaging import colour
+from batchcli.imaging.metadata import DROPPABLE, fits, icc_name, icc_space
 from batchcli.ops.base import Frame, Op, Param, register
 
 
@@ -34,4 +40,57 @@ class Metadata(Op):
 
     def apply(self, frame: Frame) -> Frame:
         frame.keep = {"mode": self.p["mode"], "drop": tuple(self.p["drop"].split(",")) if self.p["drop"] else (), "icc": self.p["icc"]}
+        return frame
+
+
+MAX_PROFILE = 8 * 1024 * 1024  # an ICC profile file larger than this is refused
+
+
+@register
+class Profile(Op):
+    name = "profile"
+    summary = "Convert the colours to sRGB or to an ICC profile with LittleCMS, and tag the output with it."
+    shrink_safe = True
+    params = (
+        Param("target", "str", positional=True, help="srgb, or an .icc/.icm file (RGB or gray) to convert to"),
+        Param("intent", "choice", "relative", choices=colour.INTENTS,
+              help="rendering intent; relative uses black-point compensation"),
+    )
+
+    def check(self) -> None:
+        target = self.p["target"]
+        if target.lower() == "srgb":
+            self.p["target"] = "srgb"
+            self._icc: bytes | None = None
+            return
+        path = self.p["target"] = os.path.abspath(os.path.expanduser(target))
+        try:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"profile: {path} is not a regular file")
+            if st.st_size > MAX_PROFILE:
+                raise ConfigError(f"profile: {path} is {st.st_size} bytes, over the {MAX_PROFILE // 2**20} MiB limit for ICC profiles")
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_PROFILE + 1)
+        except OSError as exc:
+            raise ConfigError(f"profile: cannot read {path}: {exc.strerror}") from None
+        try:
+            colour.load_profile(data)
+        except Exception:
+            raise ConfigError(f"profile: {path} is not an ICC profile") from None
+        if icc_space(data) not in ("RGB", "GRAY"):
+            raise ConfigError(f"profile: {path} is a {icc_space(data) or 'unknown'} profile; outputs are RGB or gray")
+        self._icc = data
+
+    def apply(self, frame: Frame) -> Frame:
+        dst = self._icc or colour.srgb()
+        channels = 1 if frame.img.ndim == 2 else frame.img.shape[2]
+        src = frame.icc if fits(frame.icc, channels) else colour.srgb()  # untagged: taken as sRGB
+        record = {"from": icc_name(src) if frame.icc is src else "untagged (sRGB)", "to": icc_name(dst), "intent": self.p["intent"]}
+        if src != dst:
+            frame.img, how = colour.convert(frame.img, src, dst, self.p["intent"])
+            if how == "lcms-8bit":
+                record["precision"] = "8-bit (a LUT profile: LittleCMS at 8 bits, widened back to 16)"
+        frame.icc = dst
+        frame.meta["profile"] = record
         return frame
