@@ -97,13 +97,16 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
                                                   (stats.in_output, "inside the output folder")) if n]
             raise ConfigError(f"no input images found in {where} (extensions: {', '.join(exts)}"
                               + (f"; left out: {', '.join(left)}" if left else "") + ")")
+        out_id: dict[str, int] = {}
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
+            st = os.stat(out_dir)  # the folder's identity: a purge later deletes only inside this one
+            out_id = {"out_dev": st.st_dev, "out_ino": st.st_ino}
         now = time.time()
         paths.write_manifest({
             "batch_id": paths.id, "name": cfg.name, "created_at": now, "version": __version__,
             "pipeline": spec, "pipeline_text": pipeline.text(), "options": options,
-            "fingerprint": fingerprint, "out_dir": out_dir, "inputs": cfg.inputs, "total": total,
+            "fingerprint": fingerprint, "out_dir": out_dir, **out_id, "inputs": cfg.inputs, "total": total,
             "input_options": inputs_opts, "dedupe_skipped": stats.dedupe_skipped,
             "discovery": {"excluded": stats.excluded, "duplicates": stats.duplicates,
                           "dedupe_skipped": stats.dedupe_skipped, "in_output": stats.in_output},

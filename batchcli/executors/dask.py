@@ -139,6 +139,7 @@ def process_bytes(w: Worker, item: dict[str, Any]) -> dict[str, Any]:
             except OSError:
                 pass
         res["files"] = files
+        res.pop("mtime", None)  # the runner writes them: this temp copy's time is not theirs
     return res
 
 

@@ -119,6 +119,7 @@ class Worker:
                 nbytes, digest = len(data), hashlib.sha256(data).hexdigest()
             else:
                 path, nbytes, digest = imageio.save(frame, dest)  # discovery keeps outputs off inputs
+                res["mtime"] = os.stat(path).st_mtime
             res.update(out=os.path.relpath(path, self.cfg.out_dir), bytes=nbytes, sha256=digest)
             if frame.route:
                 res["routed"] = _route(self.cfg.out_dir, frame.route, path)
@@ -160,7 +161,9 @@ def settle(res: dict[str, Any], src: str, wait: bool) -> bool:
         return False
     del res["_write"]
     exc = fut.exception()
-    if exc is not None:
+    if exc is None:
+        res["mtime"] = fut.result()
+    else:
         err = _error(src, exc)
         for k in [k for k in res if k not in ("i", "ms")]:
             del res[k]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 
 from batchcli.atomic import atomic_write
 from batchcli.errors import ItemError
@@ -81,10 +82,12 @@ def encode_to(frame: Frame, dest_stem: str) -> tuple[str, bytes]:
     return f"{dest_stem}.{EXTENSIONS[fmt]}", data
 
 
-def write(path: str, data: bytes) -> None:
-    """The durable, atomic write of an output; failures as ItemError (disk_full, io)."""
+def write(path: str, data: bytes) -> float:
+    """The durable, atomic write of an output; failures as ItemError (disk_full, io).
+    Returns the file's mtime (the output catalog records it)."""
     try:
         atomic_write(path, data)
+        return os.stat(path).st_mtime
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise ItemError("disk_full", f"no space left writing {path}") from None

@@ -34,6 +34,8 @@ class Found:
     rel: str  # path relative to its input root, with the root's name when several roots are given
     size: int = 0
     mtime: float = 0.0
+    dev: int = 0  # the input's identity (device, inode); 0 when unknown (URLs, missing files)
+    ino: int = 0
 
 
 @dataclass
@@ -230,7 +232,7 @@ class _Resolver:
             if d is not None and not self.contents.add(d):
                 self.stats.dedupe_skipped += 1
                 return
-        yield Found(path, rel, st.st_size, st.st_mtime)
+        yield Found(path, rel, st.st_size, st.st_mtime, st.st_dev, st.st_ino)
 
     def real(self, path: str) -> str:
         """realpath, with the folder's resolved path cached (lists come grouped by folder)."""
@@ -478,6 +480,8 @@ def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = Non
             while not taken.add_pair(hash(out.casefold()), 0):
                 out, k = f"{base}_{k}", k + 1
         rec = {"i": n, "src": f.src, "rel": f.rel, "stem": out, "size": f.size, "mtime": f.mtime}
+        if f.ino:
+            rec["dev"], rec["ino"] = f.dev, f.ino
         fh.write(_dumps(rec) + b"\n")
         n += 1
     return n

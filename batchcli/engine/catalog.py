@@ -1,0 +1,492 @@
+"""The output catalog: one SQLite file in the batch home that indexes every batch's journal.
+
+For each output file it records the output folder's identity (path, device, inode), the path
+relative to it, the batch and item that wrote it, sha256, size, mtime, the time written, the
+input's identity (path, device, inode, size, mtime) and the pipeline fingerprint. It answers
+"who wrote this file last", "what did this batch write", "which batches are still writing into
+this folder" and "was this input already processed with this pipeline".
+
+It is derived (DESIGN.md invariant 9): the journals stay the only source of truth. `refresh`
+folds only what each journal gained since it was last indexed (the byte offset is kept per
+batch, with a check that the bytes before it are unchanged), drops batches whose folder is gone,
+and reindexes a batch whose journal was replaced. A missing, corrupt or older-format file is
+rebuilt from the journals. The runner never touches it: commands refresh it when they need it.
+
+Paths are stored as bytes (os.fsencode), so names that are not valid UTF-8 round-trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from batchcli.engine.journal import iter_records
+from batchcli.engine.store import Store
+
+log = logging.getLogger("batchcli.catalog")
+
+FILENAME = "catalog.sqlite"
+SCHEMA_VERSION = 1
+FLUSH_ROWS = 20_000
+"""Rows gathered before they are written (one executemany)."""
+TAIL = 256
+"""Bytes before the indexed offset whose CRC tells an appended journal from a replaced one."""
+FINISHED = ("completed", "failed", "cancelled")
+"""Journal states in which a batch writes nothing more (unless resumed with --retry-failed or
+--repair); any other state claims the batch's output paths."""
+
+KIND_OUT, KIND_ROUTED, KIND_NONE = 0, 1, 2
+"""An item's primary output, its routed link (classify route=true), or no file at all."""
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE batches (
+    bkey INTEGER PRIMARY KEY,
+    batch_id TEXT NOT NULL UNIQUE,
+    name TEXT, created_at REAL, fingerprint TEXT,
+    out_path BLOB, out_dev INTEGER, out_ino INTEGER,
+    state TEXT NOT NULL DEFAULT 'pending',
+    total INTEGER,
+    j_dev INTEGER, j_ino INTEGER, j_offset INTEGER NOT NULL DEFAULT 0, j_tail INTEGER
+);
+CREATE TABLE items (
+    bkey INTEGER NOT NULL, i INTEGER NOT NULL,
+    src BLOB, dev INTEGER, ino INTEGER, size INTEGER, mtime REAL,
+    PRIMARY KEY (bkey, i)
+) WITHOUT ROWID;
+CREATE TABLE outputs (
+    bkey INTEGER NOT NULL, i INTEGER NOT NULL, kind INTEGER NOT NULL,
+    out_dev INTEGER, out_ino INTEGER, rel BLOB,
+    sha256 BLOB, size INTEGER, mtime REAL, written_at REAL, seq INTEGER,
+    src_size INTEGER, src_mtime REAL,
+    current INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (bkey, i, kind)
+) WITHOUT ROWID;
+"""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS batches_out ON batches (out_dev, out_ino);
+CREATE INDEX IF NOT EXISTS items_identity ON items (dev, ino) WHERE ino IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outputs_path ON outputs (out_dev, out_ino, rel, written_at) WHERE rel IS NOT NULL;
+"""
+"""Made after the first full index of a new catalog (faster than keeping them up to date row by
+row while millions of rows go in), then kept up to date."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output as the catalog knows it (the last time its batch wrote it)."""
+
+    batch_id: str
+    i: int
+    kind: int  # KIND_OUT, KIND_ROUTED or KIND_NONE
+    out_path: str | None  # the output folder as recorded at start
+    out_dev: int | None
+    out_ino: int | None
+    rel: str | None  # relative to out_path; None for KIND_NONE
+    sha256: str | None
+    size: int | None
+    mtime: float | None
+    written_at: float
+    seq: int
+    src: str | None
+    src_dev: int | None
+    src_ino: int | None
+    src_size: int | None  # as read when the output was made
+    src_mtime: float | None
+    fingerprint: str | None
+    current: bool  # the item's last record is this completion (not a later failure or requeue)
+
+    @property
+    def path(self) -> str | None:
+        if self.out_path is None or self.rel is None:
+            return None
+        return os.path.join(self.out_path, self.rel)
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    batch_id: str
+    name: str | None
+    state: str
+    out_path: str | None
+    out_dev: int | None
+    out_ino: int | None
+    fingerprint: str | None
+    total: int | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+_OUTPUT_COLUMNS = """b.batch_id, o.i, o.kind, b.out_path, o.out_dev, o.out_ino, o.rel, o.sha256, o.size,
+    o.mtime, o.written_at, o.seq, it.src, it.dev, it.ino, COALESCE(o.src_size, it.size),
+    COALESCE(o.src_mtime, it.mtime), b.fingerprint, o.current"""
+_OUTPUT_FROM = """outputs o JOIN batches b ON b.bkey = o.bkey
+    LEFT JOIN items it ON it.bkey = o.bkey AND it.i = o.i"""
+_BATCH_COLUMNS = "batch_id, name, state, out_path, out_dev, out_ino, fingerprint, total"
+
+
+def _fs(b: bytes | None) -> str | None:
+    return None if b is None else os.fsdecode(b)
+
+
+def _output(row: tuple) -> Output:
+    r = list(row)
+    r[3], r[6], r[12] = _fs(r[3]), _fs(r[6]), _fs(r[12])
+    r[7] = r[7].hex() if r[7] is not None else None
+    r[18] = bool(r[18])
+    return Output(*r)
+
+
+def _batch(row: tuple) -> BatchRow:
+    r = list(row)
+    r[3] = _fs(r[3])
+    return BatchRow(*r)
+
+
+class Catalog:
+    """The catalog of a batch home. Cheap to open; `refresh()` before asking, when the answer
+    must include what journals gained since (each query method says whether it refreshes)."""
+
+    def __init__(self, home: str | Store | None = None):
+        self.store = home if isinstance(home, Store) else Store(home)
+        self.path = os.path.join(self.store.home, FILENAME)
+        self._db: sqlite3.Connection | None = None
+
+    # --- opening -----------------------------------------------------------------------------
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = self._open()
+        return self._db
+
+    def _connect(self) -> sqlite3.Connection:
+        os.makedirs(self.store.home, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # derived data: a crash may lose the last refresh only
+        db.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages while a rebuild writes millions of rows
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        db = None
+        try:
+            db = self._connect()
+            if _schema(db) == SCHEMA_VERSION:
+                return db
+        except sqlite3.DatabaseError as exc:  # a corrupt file ("file is not a database")
+            log.warning("catalog %s unreadable (%s); rebuilding it from the journals", self.path, exc)
+        if db is not None:
+            db.close()
+        return self._recreate()
+
+    def _recreate(self) -> sqlite3.Connection:
+        """A fresh, empty catalog file (its rows come back with the next refresh)."""
+        from filelock import FileLock
+
+        os.makedirs(self.store.home, exist_ok=True)
+        with FileLock(self.path + ".lock"):
+            db = None
+            with contextlib.suppress(sqlite3.DatabaseError):  # another process made it meanwhile?
+                db = self._connect()
+                if _schema(db) == SCHEMA_VERSION:
+                    return db
+            if db is not None:
+                db.close()
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path + suffix)
+            db = self._connect()
+            db.executescript(f"BEGIN; {_SCHEMA} INSERT INTO meta VALUES ('schema', {SCHEMA_VERSION});"
+                             " INSERT INTO meta VALUES ('indexed', 0); COMMIT;")
+            return db
+
+    def rebuild(self) -> dict[str, int]:
+        """Forget everything and index every journal again."""
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._db = self._recreate()
+        stats = self.refresh()
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return stats
+
+    # --- refreshing --------------------------------------------------------------------------
+    def refresh(self) -> dict[str, int]:
+        """Fold in what the journals gained since the last refresh. Cheap when nothing changed
+        (one stat per batch). Returns counts: batches indexed, dropped, records folded."""
+        try:
+            return self._refresh()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            log.warning("catalog %s: %s; rebuilding it from the journals", self.path, exc)
+            return self.rebuild()
+
+    def _refresh(self) -> dict[str, int]:
+        db = self.db
+        stats = {"batches": 0, "dropped": 0, "records": 0}
+        ids = self.store.ids()
+        db.execute("BEGIN IMMEDIATE")  # one refresher at a time; readers go on meanwhile
+        try:
+            known = {bid: (bkey, dev, ino, off, tail) for bkey, bid, dev, ino, off, tail in
+                     db.execute("SELECT bkey, batch_id, j_dev, j_ino, j_offset, j_tail FROM batches")}
+            present = set(ids)
+            for bid, (bkey, *_rest) in known.items():
+                if bid not in present:
+                    self._drop(bkey)
+                    stats["dropped"] += 1
+            for bid in reversed(ids):  # oldest first
+                n = self._index(bid, known.get(bid))
+                if n >= 0:
+                    stats["batches"] += 1
+                    stats["records"] += n
+            if db.execute("SELECT value FROM meta WHERE key='indexed'").fetchone() != (1,):
+                for stmt in filter(str.strip, _INDEXES.split(";")):
+                    db.execute(stmt)
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('indexed', 1)")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return stats
+
+    def _drop(self, bkey: int) -> None:
+        for table in ("outputs", "items", "batches"):
+            self.db.execute(f"DELETE FROM {table} WHERE bkey = ?", (bkey,))
+
+    def _index(self, bid: str, known: tuple | None) -> int:
+        """Index what is new in one batch's journal; -1 when nothing was (unchanged, half-made)."""
+        bdir = os.path.join(self.store.batches_dir, bid)
+        journal = os.path.join(bdir, "journal.jsonl")
+        try:
+            st = os.stat(journal)
+        except OSError:
+            return -1  # being created (or removed): not a batch yet
+        if known is not None:
+            bkey, dev, ino, offset, tail = known
+            if (dev, ino) == (st.st_dev, st.st_ino) and st.st_size == offset:
+                return -1
+            if (dev, ino) != (st.st_dev, st.st_ino) or st.st_size < offset or _tail_crc(journal, offset) != tail:
+                self._drop(bkey)  # not the journal we indexed: start over
+                known = None
+        if known is None:
+            bkey = self._add_batch(bid, bdir)
+            if bkey is None:
+                return -1
+            offset, fresh = 0, True
+        else:
+            bkey, offset, fresh = known[0], known[3], False
+        pos = [offset, 0]
+        n = _Folder(self.db, bkey, fresh).fold(iter_records(journal, start=offset, pos=pos))
+        self.db.execute("UPDATE batches SET j_dev=?, j_ino=?, j_offset=?, j_tail=? WHERE bkey=?",
+                        (st.st_dev, st.st_ino, pos[0], _tail_crc(journal, pos[0]), bkey))
+        return n
+
+    def _add_batch(self, bid: str, bdir: str) -> int | None:
+        try:
+            with open(os.path.join(bdir, "manifest.json"), "rb") as fh:
+                man = orjson.loads(fh.read())
+        except (OSError, ValueError):
+            return None
+        out = man.get("out_dir")
+        dev, ino = man.get("out_dev"), man.get("out_ino")
+        if out and dev is None:  # a batch from before folder identities were recorded
+            with contextlib.suppress(OSError):
+                st = os.stat(out)
+                dev, ino = st.st_dev, st.st_ino
+        cur = self.db.execute(
+            "INSERT INTO batches (batch_id, name, created_at, fingerprint, out_path, out_dev, out_ino, total)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (bid, man.get("name"), man.get("created_at"), man.get("fingerprint"),
+             os.fsencode(out) if out else None, dev, ino, man.get("total")))
+        bkey = cur.lastrowid
+        self._index_items(bkey, os.path.join(bdir, "items.jsonl"))
+        return bkey
+
+    def _index_items(self, bkey: int, path: str) -> None:
+        from batchcli.inputs.discover import iter_items
+
+        rows: list[tuple] = []
+        sql = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)"
+        try:
+            for rec in iter_items(path):
+                rows.append((bkey, rec["i"], os.fsencode(rec["src"]), rec.get("dev"), rec.get("ino"),
+                             rec.get("size"), rec.get("mtime")))
+                if len(rows) >= FLUSH_ROWS:
+                    self.db.executemany(sql, rows)
+                    rows.clear()
+        except (OSError, ValueError) as exc:
+            log.warning("catalog: %s: %s", path, exc)
+        self.db.executemany(sql, rows)
+
+    # --- questions -----------------------------------------------------------------------------
+    def last_writer(self, out_dev: int, out_ino: int, rel: str) -> Output | None:
+        """The newest write of OUT/rel across all batches (by journal time), or None. No refresh."""
+        row = self.db.execute(
+            f"SELECT {_OUTPUT_COLUMNS} FROM {_OUTPUT_FROM} WHERE o.out_dev=? AND o.out_ino=? AND o.rel=?"
+            " ORDER BY o.written_at DESC, o.bkey DESC LIMIT 1", (out_dev, out_ino, os.fsencode(rel))).fetchone()
+        return None if row is None else _output(row)
+
+    def last_writers(self, batch_id: str) -> Iterator[tuple[Output, Output]]:
+        """(this batch's write, the newest write of the same file) for every file the batch wrote,
+        in item order. No refresh."""
+        rows = self.db.execute(
+            f"""SELECT {_OUTPUT_COLUMNS}, (SELECT o2.bkey FROM outputs o2
+                  WHERE o2.out_dev = o.out_dev AND o2.out_ino = o.out_ino AND o2.rel = o.rel
+                  ORDER BY o2.written_at DESC, o2.bkey DESC LIMIT 1) AS last_bkey, o.bkey
+                FROM {_OUTPUT_FROM} WHERE b.batch_id = ? AND o.rel IS NOT NULL ORDER BY o.i, o.kind""",
+            (batch_id,)).fetchall()
+        for row in rows:
+            mine = _output(row[:-2])
+            if row[-2] == row[-1]:
+                yield mine, mine
+                continue
+            yield mine, self.last_writer(mine.out_dev, mine.out_ino, mine.rel)  # type: ignore[arg-type]
+
+    def outputs_of(self, batch_id: str) -> Iterator[Output]:
+        """Everything a batch recorded as completed (files and file-less results), item order."""
+        cur = self.db.execute(f"SELECT {_OUTPUT_COLUMNS} FROM {_OUTPUT_FROM} WHERE b.batch_id = ? "
+                              "ORDER BY o.i, o.kind", (batch_id,))
+        for row in cur:
+            yield _output(row)
+
+    def by_input(self, dev: int, ino: int, fingerprint: str | None = None) -> list[Output]:
+        """The completed results made from the input with this identity (device, inode),
+        optionally only with this pipeline fingerprint; newest first. No refresh."""
+        sql = (f"SELECT {_OUTPUT_COLUMNS} FROM {_OUTPUT_FROM} WHERE it.dev = ? AND it.ino = ? AND o.current = 1"
+               + (" AND b.fingerprint = ?" if fingerprint is not None else "")
+               + " ORDER BY o.written_at DESC, o.bkey DESC, o.kind")
+        args = (dev, ino, fingerprint) if fingerprint is not None else (dev, ino)
+        return [_output(r) for r in self.db.execute(sql, args)]
+
+    def batch(self, batch_id: str) -> BatchRow | None:
+        row = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+        return None if row is None else _batch(row)
+
+    def batches_into(self, out_dev: int, out_ino: int, live_only: bool = False) -> list[BatchRow]:
+        """The batches whose output folder is this one (by identity), oldest first; with
+        `live_only`, those not finished (they still claim their output paths). No refresh."""
+        rows = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE out_dev = ? AND out_ino = ? "
+                               "ORDER BY batch_id", (out_dev, out_ino)).fetchall()
+        out = [_batch(r) for r in rows]
+        return [b for b in out if not b.finished] if live_only else out
+
+    def counts(self) -> dict[str, int]:
+        db = self.db
+        return {"batches": db.execute("SELECT count(*) FROM batches").fetchone()[0],
+                "items": db.execute("SELECT count(*) FROM items").fetchone()[0],
+                "outputs": db.execute("SELECT count(*) FROM outputs WHERE rel IS NOT NULL").fetchone()[0]}
+
+
+class _Folder:
+    """Folds journal records into the outputs table and the batch's state, in groups."""
+
+    def __init__(self, db: sqlite3.Connection, bkey: int, fresh: bool):
+        self.db, self.bkey, self.fresh = db, bkey, fresh
+        self.out_dev, self.out_ino = db.execute("SELECT out_dev, out_ino FROM batches WHERE bkey = ?",
+                                                (bkey,)).fetchone()
+        self.done: dict[int, list[tuple]] = {}  # i -> its rows, the latest completion in this group
+        self.undone: set[int] = set()  # items whose last record is not a completion
+        self.state: str | None = None
+
+    def fold(self, records: Iterator[dict[str, Any]]) -> int:
+        n = 0
+        for rec in records:
+            n += 1
+            kind = rec.get("type")
+            i = rec.get("i")
+            if kind == "item_completed" and isinstance(i, int):
+                self.done[i] = self._rows(i, rec)
+                self.undone.discard(i)
+            elif kind in ("item_failed", "item_skipped", "item_pending") and isinstance(i, int):
+                self.undone.add(i)
+            elif kind == "items_requeued":  # back to pending (failed items have nothing to withdraw)
+                self.undone.update(j for j in rec.get("items", ()) if isinstance(j, int))
+            elif kind in _STATES:
+                self.state = rec.get("status", "completed") if kind == "batch_finished" else _STATES[kind]
+            if len(self.done) + len(self.undone) >= FLUSH_ROWS:
+                self.flush()
+        self.flush()
+        if self.state is not None:
+            self.db.execute("UPDATE batches SET state = ? WHERE bkey = ?", (self.state, self.bkey))
+        return n
+
+    def _rows(self, i: int, rec: dict[str, Any]) -> list[tuple]:
+        src_stat = rec.get("src_stat") or (None, None)
+        digest = rec.get("sha256")
+        common = (bytes.fromhex(digest) if digest else None, rec.get("bytes"), rec.get("mtime"), rec.get("t"),
+                  rec.get("seq"), src_stat[0], src_stat[1], self.out_dev, self.out_ino)
+        rows = []
+        for kind, field in ((KIND_OUT, "out"), (KIND_ROUTED, "routed")):
+            rel = rec.get(field)
+            if rel:
+                rows.append((self.bkey, i, kind, os.fsencode(rel), *common))
+        if not rows:
+            rows.append((self.bkey, i, KIND_NONE, None, *common))
+        return rows
+
+    def flush(self) -> None:
+        db, bkey = self.db, self.bkey
+        if not self.fresh:
+            gone = [(bkey, i) for i in self.done]
+            db.executemany("DELETE FROM outputs WHERE bkey = ? AND i = ?", gone)
+        if self.done:
+            db.executemany(
+                "INSERT OR REPLACE INTO outputs (bkey, i, kind, rel, sha256, size, mtime, written_at, seq,"
+                " src_size, src_mtime, out_dev, out_ino) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [r for rows in self.done.values() for r in rows])
+        if self.undone:
+            db.executemany("UPDATE outputs SET current = 0 WHERE bkey = ? AND i = ?",
+                           [(bkey, i) for i in self.undone])
+        self.done.clear()
+        self.undone.clear()
+
+
+_STATES = {"header": "pending", "batch_started": "running", "batch_resumed": "running",
+           "batch_paused": "paused", "batch_interrupted": "interrupted", "batch_cancelled": "cancelled",
+           "batch_finished": "completed"}
+
+
+def _schema(db: sqlite3.Connection) -> int | None:
+    """The schema version of an open catalog; None for an empty file."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise
+    return None if row is None else row[0]
+
+
+def _tail_crc(path: str, offset: int) -> int:
+    """CRC of the TAIL bytes before `offset` (0 for an empty prefix)."""
+    if offset <= 0:
+        return 0
+    start = max(0, offset - TAIL)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            return zlib.crc32(fh.read(offset - start))
+    except OSError:
+        return -1
