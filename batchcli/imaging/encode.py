@@ -9,21 +9,20 @@ import os
 
 from batchcli.atomic import atomic_write
 from batchcli.errors import ItemError
-from batchcli.imaging import metadata
+from batchcli.imaging import heif, metadata
 from batchcli.imaging.frame import Frame
 from batchcli.imaging.lazy import cv2, np
 from batchcli.imaging.pixels import apply_orientation, flatten_alpha, to_uint8
 
-WRITABLE = {"jpg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp", "avif": ".avif"}
-EXTENSIONS = {"jpg": "jpg", "png": "png", "webp": "webp", "tiff": "tif", "bmp": "bmp", "avif": "avif"}
+WRITABLE = {"jpg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp", "avif": ".avif", "heic": ".heic"}
+EXTENSIONS = {"jpg": "jpg", "png": "png", "webp": "webp", "tiff": "tif", "bmp": "bmp", "avif": "avif", "heic": "heic"}
 
 
 def can_write(fmt: str) -> bool:
-    """Whether this OpenCV build can encode `fmt` (AVIF depends on the build)."""
-    ext = WRITABLE.get(fmt)
-    if ext is None:
+    """Whether `fmt` can be encoded here (HEIC and AVIF depend on pillow-heif and Pillow's build)."""
+    if fmt not in WRITABLE:
         return False
-    return fmt != "avif" or bool(cv2.haveImageWriter(ext))
+    return fmt not in ("avif", "heic") or heif.can_write(fmt)
 
 
 def output_format(frame: Frame) -> str:
@@ -34,8 +33,8 @@ def output_format(frame: Frame) -> str:
 def encode(frame: Frame) -> tuple[bytes, str]:
     """Encode a frame. Returns (bytes, format). Orientation still pending is applied first, so the
     output displays upright even though OpenCV writes no EXIF. JPEG gets alpha flattened on
-    `encode["background"]` (white by default); JPEG, WebP, AVIF and BMP are 8-bit, PNG and TIFF
-    keep 16 bits."""
+    `encode["background"]` (white by default); JPEG, WebP, AVIF and BMP are 8-bit, PNG, TIFF and
+    HEIC keep 16 bits (HEIC as 10-bit). Metadata goes in as imaging.metadata says."""
     img = apply_orientation(frame.img, frame.orientation)
     fmt = output_format(frame)
     settings = frame.encode
@@ -43,6 +42,8 @@ def encode(frame: Frame) -> tuple[bytes, str]:
     quality = int(q if q is not None else 90)
     if fmt in ("jpg", "webp", "avif", "bmp"):
         img = to_uint8(img)
+    if fmt in ("heic", "avif"):
+        return heif.encode(img, fmt, quality, metadata.blocks(frame, img)), fmt
     params: list[int] = []
     if fmt == "jpg":
         if img.ndim == 3 and img.shape[2] == 4:
@@ -52,8 +53,6 @@ def encode(frame: Frame) -> tuple[bytes, str]:
             params += [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
     elif fmt == "webp":
         params = [cv2.IMWRITE_WEBP_QUALITY, 101 if settings.get("lossless") else quality]
-    elif fmt == "avif":
-        params = [cv2.IMWRITE_AVIF_QUALITY, quality]
     elif fmt == "png":
         params = [cv2.IMWRITE_PNG_COMPRESSION, int(settings.get("compression", 3))]
     elif fmt == "tiff":

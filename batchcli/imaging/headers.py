@@ -91,7 +91,8 @@ def magic_format(data: bytes) -> str | None:
         return "jp2"
     if data[4:8] == b"ftyp":
         brand = data[8:12]
-        if brand in (b"avif", b"avis"):
+        brands = data[16:min(len(data), 8 + int.from_bytes(data[:4], "big"), 64)]
+        if brand in (b"avif", b"avis") or (brand in (b"mif1", b"msf1") and (b"avif" in brands or b"avis" in brands)):
             return "avif"
         if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
             return "heic"

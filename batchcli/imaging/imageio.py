@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable
 
 from batchcli.errors import ItemError
-from batchcli.imaging import metadata
+from batchcli.imaging import heif, metadata
 from batchcli.imaging.encode import EXTENSIONS, WRITABLE, can_write, encode, encode_to, output_format, save, write
 from batchcli.imaging.frame import Frame
 from batchcli.imaging.headers import (
@@ -124,10 +124,10 @@ def _unsupported_reason(data: bytes, head: Header | None, fmt: str | None) -> st
             return f"{head.tags['bits']}-bit TIFF samples"
     if fmt == "bmp" and len(data) >= 34 and struct.unpack("<I", data[30:34])[0] in (4, 5):
         return "BMP wrapping JPEG or PNG data"
-    if head is not None and head.fmt in ("jp2", "heic") and _pillow_decodes(data):
+    if head is not None and head.fmt == "jp2" and _pillow_decodes(data):
         return f"{head.fmt.upper()} variant the decoder cannot read (tiled or unusual codestream)"
-    if fmt in ("heic", "exr"):
-        return f"{fmt.upper()} images are not supported"
+    if fmt == "exr":
+        return "EXR images are not supported"
     return None
 
 
@@ -201,7 +201,12 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
     else:
         shrink, flags = 1, cv2.IMREAD_UNCHANGED
     meta: dict = {}
-    if head is not None and head.mode == "LAB":
+    if head is not None and head.fmt == "heic":
+        w, h, images = heif.heic_size(data)  # the primary image's size, before any pixel is decoded
+        _check_pixels(w, h, limits)
+        img = heif.decode_heic(data)
+        head = Header(img.shape[1], img.shape[0], "heic", 1, images)  # libheif has turned it upright
+    elif head is not None and head.mode == "LAB":
         img = _decode_lab(data)
         meta["decode"] = {"converted": "CIE L*a*b* to sRGB"}
     else:

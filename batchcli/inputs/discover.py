@@ -24,7 +24,7 @@ import orjson
 from batchcli.errors import ConfigError
 from batchcli.inputs.names import Namer, is_url, safe_component
 
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp")
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "heic", "heif", "avif", "gif")
 HASH_CHUNK = 1 << 20
 
 

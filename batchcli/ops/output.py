@@ -9,19 +9,19 @@ from __future__ import annotations
 from batchcli.errors import ConfigError
 from batchcli.ops.base import Frame, Op, Param, register
 
-FORMATS = ("jpg", "jpeg", "png", "webp", "tiff", "tif", "bmp", "avif")
-_ALIASES = {"jpeg": "jpg", "tif": "tiff"}
+FORMATS = ("jpg", "jpeg", "png", "webp", "tiff", "tif", "bmp", "avif", "heic", "heif")
+_ALIASES = {"jpeg": "jpg", "tif": "tiff", "heif": "heic"}
 
 
 @register
 class Convert(Op):
     name = "convert"
-    summary = "Choose the output format (jpg, png, webp, tiff, bmp, avif) and its quality."
+    summary = "Choose the output format (jpg, png, webp, tiff, bmp, avif, heic) and its quality."
     shrink_safe = True
     params = (
         Param("format", "choice", positional=True, choices=FORMATS,
-              help="output format; avif only where this OpenCV build can write it"),
-        Param("quality", "int", 90, min=1, max=100, help="JPEG, WebP and AVIF quality"),
+              help="output format; heic through pillow-heif, avif through Pillow"),
+        Param("quality", "int", 90, min=1, max=100, help="JPEG, WebP, AVIF and HEIC quality"),
         Param("compression", "int", 3, min=0, max=9, help="PNG compression level (0 fastest, 9 smallest)"),
         Param("lossless", "bool", False, help="WebP: lossless instead of quality-based"),
         Param("progressive", "bool", False, help="JPEG: progressive encoding"),
@@ -30,11 +30,11 @@ class Convert(Op):
     )
 
     def check(self) -> None:
-        if self.output_format == "avif":
-            import cv2  # the parent checks the build the workers will use
+        if self.output_format in ("avif", "heic"):
+            from batchcli.imaging.heif import can_write  # the parent checks what the workers will use
 
-            if not cv2.haveImageWriter(".avif"):
-                raise ConfigError("convert: this OpenCV build cannot write AVIF (try webp)")
+            if not can_write(self.output_format):
+                raise ConfigError(f"convert: this installation cannot write {self.output_format.upper()} (try webp)")
 
     @property
     def output_format(self) -> str:
