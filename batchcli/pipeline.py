@@ -88,6 +88,8 @@ class Pipeline:
     """An ordered list of validated ops."""
 
     def __init__(self, ops: list[Op]):
+        if any(op.name == "raw" for op in ops[1:]):
+            raise ConfigError("raw: must be the first operation (it says how camera RAW files are decoded)")
         self.ops = ops
 
     # --- construction --------------------------------------------------------------------
@@ -151,6 +153,11 @@ class Pipeline:
     @property
     def writes_image(self) -> bool:
         return any(op.writes_image for op in self.ops) or not self.ops or self.output_format is not None
+
+    @property
+    def raw_settings(self) -> dict | None:
+        """How camera RAW inputs are decoded: the first op's parameters when it is `raw`."""
+        return dict(self.ops[0].p) if self.ops and self.ops[0].name == "raw" else None
 
     @property
     def output_format(self) -> str | None:

@@ -103,7 +103,7 @@ class Worker:
             data = fetch_url(src, self.limits)
         changed = _changed_stat(item)
         shrink = self.pipeline.shrink_for if self.writes else self.pipeline.shrink_when_unsaved
-        return imageio.load(src, self.limits, shrink, data=data), changed
+        return imageio.load(src, self.limits, shrink, data=data, raw=self.pipeline.raw_settings), changed
 
     def _save(self, item: dict[str, Any], frame: Any, changed: list | None) -> dict[str, Any]:
         from batchcli.imaging import imageio

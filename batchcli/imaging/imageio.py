@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 from batchcli.errors import ItemError
 from batchcli.imaging import heif, metadata
+from batchcli.imaging import raw as rawfile
 from batchcli.imaging.encode import EXTENSIONS, WRITABLE, can_write, encode, encode_to, output_format, save, write
 from batchcli.imaging.frame import Frame
 from batchcli.imaging.headers import (
@@ -180,14 +181,20 @@ def _check_pixels(width: int, height: int, limits: Limits) -> None:
 
 
 def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], int] | None = None,
-         data: bytes | None = None) -> Frame:
-    """Read and decode one image. Raises ItemError with a one-line reason on any failure."""
+         data: bytes | None = None, raw: dict | None = None) -> Frame:
+    """Read and decode one image. Raises ItemError with a one-line reason on any failure.
+    `raw`: the `raw` op's settings for camera RAW files (see imaging.raw)."""
     if data is None:
         data = read_bytes(path, limits)
     elif not data:
         raise ItemError("decode", "empty file (0 bytes)")
     if len(data) > limits.max_file_size:
         raise ItemError("too_large", f"file is {len(data)} bytes, over --max-file-size {limits.max_file_size}")
+    if rawfile.is_raw(path, data):
+        frame = rawfile.load(path, data, limits.max_pixels, shrink_for, raw)
+        frame.info = {"mode": "RGB", "orientation": frame.orientation, "camera": {}}
+        frame.metadata = metadata.source_block(data, "raw")
+        return frame  # sRGB pixels: no profile to carry
     head = sniff(data)
     if head is not None:
         _check_pixels(head.width, head.height, limits)

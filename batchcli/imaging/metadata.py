@@ -27,6 +27,22 @@ DROPPABLE = ("gps", "maker", "serial", "thumbnail")
 
 # EXIF groups of the standard (everything else under Exif.* is a camera maker's note)
 _STANDARD = frozenset(("Image", "Photo", "Iop", "GPSInfo", "Thumbnail", "MpfInfo", "Image2", "Image3", "SubImage1", "SubImage2"))
+# IFD0 tags that describe a TIFF or RAW file's own pixels (layout, sensor, DNG calibration): they
+# would be false in another file, so they are not copied into JPEG, PNG or WebP outputs
+_STRUCTURE = frozenset((
+    "NewSubfileType", "SubfileType", "ImageWidth", "ImageLength", "BitsPerSample", "Compression", "PhotometricInterpretation",
+    "StripOffsets", "SamplesPerPixel", "RowsPerStrip", "StripByteCounts", "PlanarConfiguration", "TileWidth", "TileLength",
+    "TileOffsets", "TileByteCounts", "SubIFDs", "JPEGTables", "SampleFormat", "Predictor", "ExtraSamples",
+    "CFARepeatPatternDim", "CFAPattern", "BlackLevelRepeatDim", "BlackLevel", "BlackLevelDeltaH", "BlackLevelDeltaV",
+    "WhiteLevel", "DefaultScale", "DefaultCropOrigin", "DefaultCropSize", "ColorMatrix1", "ColorMatrix2",
+    "CameraCalibration1", "CameraCalibration2", "ReductionMatrix1", "ReductionMatrix2", "AnalogBalance", "AsShotNeutral",
+    "AsShotWhiteXY", "BaselineExposure", "BaselineNoise", "BaselineSharpness", "BayerGreenSplit", "LinearResponseLimit",
+    "CalibrationIlluminant1", "CalibrationIlluminant2", "ForwardMatrix1", "ForwardMatrix2", "ActiveArea", "MaskedAreas",
+    "PreviewColorSpace", "LinearizationTable", "OpcodeList1", "OpcodeList2", "OpcodeList3", "DNGPrivateData",
+    "MakerNoteSafety", "RawDataUniqueID", "OriginalRawFileName", "ProfileCalibrationSignature", "AsShotProfileName",
+    "ProfileName", "ProfileHueSatMapDims", "ProfileHueSatMapData1", "ProfileHueSatMapData2", "ProfileToneCurve",
+    "ProfileEmbedPolicy", "ProfileCopyright", "ProfileLookTableDims", "ProfileLookTableData", "NoiseProfile",
+))
 # `metadata minimal`: copyright, artist, capture date, camera
 MINIMAL = (
     "Exif.Image.Artist", "Exif.Image.Copyright", "Exif.Image.Make", "Exif.Image.Model",
@@ -184,7 +200,8 @@ def _copy(src: Any, out: Any, fmt: str, mode: str, drop: set[str], width: int, h
         if (("gps" in drop and group == "GPSInfo")
                 or ("maker" in drop and (group not in _STANDARD or key in ("Exif.Photo.MakerNote", "Exif.MakerNote")))
                 or ("serial" in drop and "SerialNumber" in key)
-                or group == "Thumbnail"):
+                or group == "Thumbnail"
+                or (fmt != "tiff" and (group.startswith("SubImage") or (group == "Image" and (key[11:] in _STRUCTURE or key[11:].startswith("DNG")))))):
             edits[key] = None
     for key, value in (("Exif.Image.Orientation", 1), ("Exif.Photo.PixelXDimension", width), ("Exif.Photo.PixelYDimension", height)):
         if key in exif:

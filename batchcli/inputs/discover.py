@@ -24,7 +24,8 @@ import orjson
 from batchcli.errors import ConfigError
 from batchcli.inputs.names import Namer, is_url, safe_component
 
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "heic", "heif", "avif", "gif")
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "heic", "heif", "avif", "gif",
+                      "dng", "cr2", "cr3", "nef", "arw", "raf", "orf", "rw2", "pef")
 HASH_CHUNK = 1 << 20
 
 

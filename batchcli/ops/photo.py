@@ -1,5 +1,5 @@
-"""Photo ops: what an output keeps of its input's metadata (`metadata`), and colour conversion
-between ICC profiles (`profile`).
+"""Photo ops: what an output keeps of its input's metadata (`metadata`), colour conversion
+between ICC profiles (`profile`), and how camera RAW files are developed (`raw`).
 
 Without a `metadata` op an output keeps everything its format can carry: EXIF, IPTC, XMP and
 the ICC profile (see batchcli.imaging.metadata). Without a `profile` op, pixels and profile pass
@@ -94,3 +94,20 @@ class Profile(Op):
         frame.icc = dst
         frame.meta["profile"] = record
         return frame
+
+
+@register
+class Raw(Op):
+    name = "raw"
+    summary = "How camera RAW inputs are developed (first op): white balance, exposure, half size, embedded preview."
+    shrink_safe = True
+    params = (
+        Param("wb", "choice", "camera", choices=("camera", "auto"), help="white balance: the camera's as shot, or computed from the image"),
+        Param("exposure", "float", 0.0, min=-3, max=3, help="exposure change in EV (stops)"),
+        Param("half", "bool", False, help="half-size demosaic (4x fewer pixels, about 4x faster)"),
+        Param("preview", "choice", "auto", choices=("auto", "always", "never"),
+              help="auto: use the embedded JPEG preview when the pipeline needs no more pixels than it has"),
+    )
+
+    def apply(self, frame: Frame) -> Frame:
+        return frame  # the settings act when the RAW is decoded (Pipeline.raw_settings); other inputs pass
