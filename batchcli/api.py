@@ -18,6 +18,7 @@ from batchcli.engine.status import (  # noqa: F401  (the read side of the API)
 )
 from batchcli.engine.store import BatchPaths, Store
 from batchcli.errors import ConfigError
+from batchcli.results.notify import FINISH_DEFAULTS
 
 
 @dataclass
@@ -128,7 +129,8 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
 # --- run flags ----------------------------------------------------------------------------------
 
 RUN_DEFAULTS = {"workers": None, "retries": 1, "item_timeout": 0.0, "max_failures": None, "providers": "cpu",
-                "worker_memory": None, "min_free_space": "1G", "executor": "local", "transfer": False}
+                "worker_memory": None, "min_free_space": "1G", "executor": "local", "transfer": False,
+                **FINISH_DEFAULTS}
 """The run flags and their defaults. A resume takes a flag it is not given from the batch's
 last run (the journal records the flags each run was given), else from here; except where the
 batch runs (--executor, --transfer), chosen afresh each time: that cluster may be gone."""
@@ -138,9 +140,10 @@ _PER_RUN = ("executor", "transfer")
 def run_options(workers: int | None = None, retries: int | None = None, item_timeout: float | None = None,
                 max_failures: str | None = None, providers: str | None = None, worker_memory: str | None = None,
                 min_free_space: str | None = None, executor: str | None = None, transfer: bool | None = None,
-                last: dict | None = None):
+                last: dict | None = None, finish: dict | None = None):
     """Validate the run flags (exit 2 before any work) and build RunOptions. None means "not
-    given": the value of the last run (`last`), else the default."""
+    given": the value of the last run (`last`), else the default. `finish`: the notification
+    and report flags given (results.notify.finish_flags), where None turns one off."""
     from batchcli.engine.runner import RunOptions, _parse_max_failures
     from batchcli.executors.factory import usable_cpus
     from batchcli.models.session import parse_providers
@@ -151,6 +154,7 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
                                         max_failures=max_failures, providers=providers,
                                         worker_memory=worker_memory, min_free_space=min_free_space,
                                         executor=executor, transfer=transfer).items() if v is not None})
+    given.update(finish or {})
     v = {**RUN_DEFAULTS, **given}
     workers, retries, item_timeout, max_failures = v["workers"], v["retries"], v["item_timeout"], v["max_failures"]
     providers, worker_memory, min_free_space = v["providers"], v["worker_memory"], v["min_free_space"]

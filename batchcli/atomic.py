@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
 
 TMP_MARK = ".batchcli-tmp-"
 
@@ -75,6 +78,28 @@ def atomic_write(path: str, data: bytes | memoryview, *, durable: bool = True) -
         except OSError:
             pass
         raise
+    if durable:
+        fsync_dir(folder)
+
+
+@contextmanager
+def atomic_stream(path: str, *, durable: bool = True) -> Iterator[IO[bytes]]:
+    """`atomic_write` for data written piece by piece: a binary file to write to; on a clean
+    exit it replaces `path` whole, on an exception it is removed and `path` is left as it was."""
+    folder = os.path.dirname(path) or "."
+    tmp = tmp_name(path)
+    done = False
+    try:
+        with os.fdopen(_create(tmp, folder), "wb") as fh:
+            yield fh
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        done = True
+    finally:
+        if not done and os.path.lexists(tmp):
+            os.unlink(tmp)
     if durable:
         fsync_dir(folder)
 

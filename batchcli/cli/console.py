@@ -30,6 +30,15 @@ def error(msg: str) -> None:
     sys.stderr.flush()
 
 
+def warn(msg: str) -> None:
+    """A problem that does not change the outcome (a notification that failed, say)."""
+    try:
+        sys.stderr.write(f"warning: {msg}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # the shell went away: the batch's result stands
+        pass
+
+
 def info(msg: str) -> None:
     sys.stdout.write(msg + "\n")
     sys.stdout.flush()

@@ -28,15 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from batchcli.cli import console
+    from batchcli.cli.finish import Finish
     from batchcli.engine.runner import Runner
     from batchcli.results.verify import find_bad
 
     fields = {f.name for f in dataclasses.fields(RunOptions)}
     opts = RunOptions(**{k: v for k, v in json.loads(a.options).items() if k in fields})
     paths = BatchPaths(a.batch_dir)
+    finish = Finish(paths, opts)
     try:
         with console.ProgressView("plain") as view:
-            result = Runner(paths, opts, view).run(resume=a.resume, requeue_failed=a.retry_failed,
+            result = Runner(paths, opts, finish.tap(view)).run(resume=a.resume, requeue_failed=a.retry_failed,
                                                    repair=find_bad(paths) if a.repair else (),
                                                    force=a.force,
                                                    expect=tuple(a.expect) if a.expect else None)
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         console.error(str(exc))
         return exc.exit_code
     console.summary(result)
+    finish.done(result)
     return result.exit_code
 
 

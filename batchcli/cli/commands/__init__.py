@@ -1,7 +1,7 @@
 """Subcommand modules, one per command group. Each defines `register(app)`; cli/app.py calls
 them in this order. Imported outright: a module that fails to import is an error."""
 
-from batchcli.cli.commands import export, inspect, lifecycle, ops_cmd, run, similar
+from batchcli.cli.commands import export, inspect, lifecycle, ops_cmd, run, similar, stats
 
 COMMANDS = (
     run,        # start, resume
@@ -10,4 +10,5 @@ COMMANDS = (
     export,     # export, verify
     ops_cmd,    # ops
     similar,    # similar
+    stats,      # stats
 )

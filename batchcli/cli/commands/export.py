@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         name_template: Annotated[Optional[str], typer.Option("--name-template", metavar="T", show_default=False,
                                                              help="Entry names from {name} {id} {stem} {ext} {i} {rel} {dir}, e.g. '{name}_{stem}_{i}.{ext}'.")] = None,
         no_manifest: Annotated[bool, typer.Option("--no-manifest", help="Leave manifest.csv / manifest.jsonl out of the ZIP or folder.")] = False,
+        report: Annotated[Optional[str], typer.Option("--report", metavar="FILE", show_default=False,
+                                                      help="Write a CI report: FILE.xml (JUnit, one test case per item) or FILE.md (Markdown summary).")] = None,
         json_out: JsonOpt = False,
         home: HomeOpt = None,
     ) -> None:
@@ -41,8 +43,12 @@ def register(app: typer.Typer) -> None:
         from batchcli.results.export import _iso
         from batchcli.results.names import check_template
 
-        if not (zip_file or to or manifest or contact_sheet):
-            raise ConfigError("say where to export: --zip FILE, --to DIR, --manifest FILE or --contact-sheet FILE")
+        if not (zip_file or to or manifest or contact_sheet or report):
+            raise ConfigError("say where to export: --zip FILE, --to DIR, --manifest FILE, --contact-sheet FILE or --report FILE")
+        if report:
+            from batchcli.results.report import report_kind
+
+            report_kind(report)
         if compare and not contact_sheet:
             raise ConfigError("--compare goes with --contact-sheet")
         if manifest and not manifest.lower().endswith((".csv", ".jsonl")):
@@ -51,8 +57,13 @@ def register(app: typer.Typer) -> None:
             check_template(name_template)
         paths = Store(home).resolve(batch)
         try:
+            if report and not (zip_file or to or manifest or contact_sheet):
+                _report_only(paths, report, json_out)
+                return
             results, lines, snap = _export(paths, zip_file, to, manifest, contact_sheet, compare,
                                            name_template, no_manifest)
+            if report:
+                results["report"] = _write_report(paths, report, lines)
         except OSError as exc:  # an unwritable target, a full disk: one line, exit 1
             raise BatchcliError(f"cannot write {exc.filename or 'the export'}: {exc.strerror or exc}") from None
         if json_out:
@@ -144,6 +155,26 @@ def _export(paths, zip_file, to, manifest, contact_sheet, compare, name_template
         lines.append(f"contact sheet of {c.tiles} items ({c.failed} failed"
                      + (f", {c.missing} missing" if c.missing else "") + f"): {pages}")
     return results, lines, snap
+
+
+def _write_report(paths, report: str, lines: list[str]) -> dict[str, Any]:
+    from batchcli.results.report import write_report
+
+    kind = write_report(paths, report)
+    lines.append(f"wrote the {'JUnit' if kind == 'junit' else 'Markdown'} report to {report}")
+    return {"target": report, "kind": kind}
+
+
+def _report_only(paths, report: str, json_out: bool) -> None:
+    """export --report alone: any batch has a report (no completed results needed)."""
+    from batchcli.cli import console
+
+    lines: list[str] = []
+    r = _write_report(paths, report, lines)
+    if json_out:
+        console.emit_json({"batch_id": paths.id, "report": r})
+    else:
+        console.info("\n".join(lines))
 
 
 def _line(r: Any, where: str) -> str:

@@ -6,7 +6,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from batchcli.cli.finish import (
+    OnFinishOpt,
+    ReportOpt,
+    SummaryOpt,
+    WebhookOpt,
+    WebhookSecretOpt,
+    check_secret,
+    keep_secret,
+)
 from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, handle_errors
+from batchcli.results.notify import finish_flags
 
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, show_default=False,
                                                    help="Worker processes (default: usable CPUs).")]
@@ -33,6 +43,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress outpu
 def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> None:
     """Run in this process with the right progress view, print the summary, exit with its code."""
     from batchcli.cli import console
+    from batchcli.cli.finish import Finish
     from batchcli.engine.runner import Runner
 
     mode = "json" if json_out else "quiet" if quiet else "tty" if console.is_tty() else "plain"
@@ -46,10 +57,12 @@ def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> Non
         kw["repair"] = find_bad(paths)
     else:
         kw.pop("repair", None)
+    finish = Finish(paths, opts)
     with console.ProgressView(mode) as view:
-        result = Runner(paths, opts, view).run(resume=resume, **kw)
+        result = Runner(paths, opts, finish.tap(view)).run(resume=resume, **kw)
     if not json_out:
         console.summary(result)
+    finish.done(result)
     raise typer.Exit(result.exit_code)
 
 
@@ -99,6 +112,11 @@ def register(app: typer.Typer) -> None:
         providers: ProvidersOpt = None,
         executor: ExecutorOpt = None,
         transfer: TransferOpt = None,
+        on_finish: OnFinishOpt = None,
+        webhook: WebhookOpt = None,
+        webhook_secret: WebhookSecretOpt = None,
+        report: ReportOpt = None,
+        summary: SummaryOpt = None,
         detach: DetachOpt = False,
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
@@ -116,12 +134,15 @@ def register(app: typer.Typer) -> None:
         if not inputs and not from_file:
             raise ConfigError("no inputs: give files, folders, globs, URLs, - (stdin) or --from-file")
         opts = api.run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
-                               min_free_space, executor, transfer)
+                               min_free_space, executor, transfer,
+                               finish=finish_flags(on_finish, webhook, report, summary))
+        check_secret(webhook_secret, opts)
         cfg = api.StartConfig(inputs=list(inputs or []), out_dir=out, pipeline_text=pipeline,
                               pipeline_file=pipeline_file, name=name, exts=ext, exclude=exclude,
                               from_file=from_file, dedupe=dedupe, name_template=name_template,
                               max_file_size=parse_bytes(max_file_size, "--max-file-size"), max_pixels=max_pixels)
         paths = api.create_batch(Store(home), cfg)
+        keep_secret(paths, webhook_secret)
         if detach:
             from batchcli.engine.spawn import spawn_detached
 
@@ -145,6 +166,11 @@ def register(app: typer.Typer) -> None:
         providers: ProvidersOpt = None,
         executor: ExecutorOpt = None,
         transfer: TransferOpt = None,
+        on_finish: OnFinishOpt = None,
+        webhook: WebhookOpt = None,
+        webhook_secret: WebhookSecretOpt = None,
+        report: ReportOpt = None,
+        summary: SummaryOpt = None,
         detach: DetachOpt = False,
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
@@ -166,7 +192,10 @@ def register(app: typer.Typer) -> None:
         if live is not None:
             raise locked_error(paths, live)
         opts = api.run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
-                               min_free_space, executor, transfer, last=api.last_run_flags(paths))
+                               min_free_space, executor, transfer, last=api.last_run_flags(paths),
+                               finish=finish_flags(on_finish, webhook, report, summary))
+        check_secret(webhook_secret, opts)
+        keep_secret(paths, webhook_secret)
         if detach:
             from batchcli.engine.spawn import spawn_detached
 

@@ -1,0 +1,187 @@
+"""Telling others that a batch ended or paused: a shell command (`--on-finish`) and a webhook
+(`--webhook`, signed with `--webhook-secret`). Neither ever changes the batch's result: what goes
+wrong comes back as a one-line message for the caller to show."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import time
+import uuid
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from batchcli import __version__
+from batchcli.engine.store import BatchPaths
+from batchcli.errors import ConfigError
+
+ON_FINISH_TIMEOUT = 600.0
+"""Seconds an --on-finish command may run before it is killed (it never holds a batch up longer)."""
+WEBHOOK_TIMEOUT = 10.0
+"""Seconds one webhook request may take."""
+WEBHOOK_DEADLINE = 60.0
+"""Seconds a webhook is retried for (connection errors, timeouts, 5xx, 429), with backoff;
+`BATCHCLI_WEBHOOK_DEADLINE` overrides it."""
+SECRET_FILE = "webhook.secret"
+"""The webhook secret lives in the batch folder (mode 0600), never in the journal or argv."""
+SIGNATURE_HEADER = "X-Batchcli-Signature"
+
+
+FINISH_DEFAULTS = {"on_finish": None, "webhook": None, "report": None, "summary": True}
+"""The run flags of what follows a run, and their defaults: journaled with the other run flags
+(api.RUN_DEFAULTS), so a resume keeps them."""
+
+
+def finish_flags(on_finish: str | None = None, webhook: str | None = None, report: str | None = None,
+                 summary: bool | None = None) -> dict[str, Any]:
+    """The flags given, validated (ConfigError, exit 2, before any work); an empty value turns
+    one off. A command keeps the folder it was given in; a report path is made absolute."""
+    from batchcli.results.report import report_kind
+
+    out: dict[str, Any] = {}
+    if on_finish is not None:
+        out["on_finish"] = {"cmd": on_finish, "cwd": os.getcwd()} if on_finish.strip() else None
+    if webhook is not None:
+        if webhook:
+            check_webhook_url(webhook)
+        out["webhook"] = webhook or None
+    if report is not None:
+        if report:
+            report_kind(report)
+        out["report"] = os.path.abspath(report) if report else None
+    if summary is not None:
+        out["summary"] = summary
+    return out
+
+
+def check_webhook_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--webhook {url}: expected an http:// or https:// URL")
+
+
+def signature(secret: str, body: bytes) -> str:
+    """`sha256=HEX`, the HMAC-SHA256 of the body (the convention GitHub's webhooks use)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def save_secret(paths: BatchPaths, secret: str) -> None:
+    """Keep the secret for this batch's later runs (a resume, recover --resume)."""
+    path = os.path.join(paths.dir, SECRET_FILE)
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret)
+    os.replace(path + ".tmp", path)
+
+
+def load_secret(paths: BatchPaths) -> str | None:
+    try:
+        with open(os.path.join(paths.dir, SECRET_FILE)) as fh:
+            return fh.read() or None
+    except FileNotFoundError:
+        return None
+
+
+def on_finish_env(event: dict[str, Any]) -> dict[str, str]:
+    """What an --on-finish command finds in its environment."""
+    return {
+        "BATCHCLI_BATCH_ID": str(event.get("batch_id", "")),
+        "BATCHCLI_NAME": str(event.get("name") or ""),
+        "BATCHCLI_STATUS": str(event.get("status", "")),
+        "BATCHCLI_COMPLETED": str(event.get("completed", 0)),
+        "BATCHCLI_FAILED": str(event.get("failed", 0)),
+        "BATCHCLI_REMAINING": str(event.get("remaining", 0)),
+        "BATCHCLI_TOTAL": str(event.get("total", 0)),
+        "BATCHCLI_EXIT_CODE": str(event.get("exit_code", "")),
+        "BATCHCLI_OUT_DIR": str(event.get("out_dir") or ""),
+    }
+
+
+def run_on_finish(cmd: str, cwd: str | None, event: dict[str, Any], output: IO | int | None = None,
+                  timeout: float = ON_FINISH_TIMEOUT) -> str | None:
+    """Run `cmd` through the shell with the batch's figures in its environment; its output goes
+    to `output` (our stderr: stdout stays the batch's). None when it succeeded, else why not."""
+    env = {**os.environ, **on_finish_env(event)}
+    if cwd and not os.path.isdir(cwd):
+        cwd = None
+    try:
+        proc = subprocess.run(cmd, shell=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=output,
+                              stderr=output, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return f"--on-finish command killed after {timeout:.0f} s: {cmd}"
+    except OSError as exc:
+        return f"--on-finish command could not run ({exc.strerror or exc}): {cmd}"
+    if proc.returncode != 0:
+        return f"--on-finish command exited with code {proc.returncode}: {cmd}"
+    return None
+
+
+def post_webhook(url: str, event: dict[str, Any], secret: str | None = None,
+                 deadline: float | None = None, sleep=time.sleep) -> str | None:
+    """POST the event as JSON; retried with exponential backoff (1, 2, 4 ... 10 s) while the
+    receiver is unreachable, times out, or answers 5xx or 429, for at most `deadline` seconds.
+    None when it was delivered (2xx), else why not."""
+    import urllib.error
+    import urllib.request
+
+    if deadline is None:
+        deadline = float(os.environ.get("BATCHCLI_WEBHOOK_DEADLINE", WEBHOOK_DEADLINE))
+    body = json.dumps(event, ensure_ascii=False, default=str).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": f"batchcli/{__version__}",
+               "X-Batchcli-Event": str(event.get("type", "")), "X-Batchcli-Delivery": str(uuid.uuid4())}
+    if secret:
+        headers[SIGNATURE_HEADER] = signature(secret, body)
+    used = 0.0  # seconds spent on requests and waits (the budget: `deadline`)
+    wait, attempt, problem = 1.0, 0, ""
+    while True:
+        attempt += 1
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(req, timeout=min(WEBHOOK_TIMEOUT, max(1.0, deadline - used))) as resp:
+                resp.read(1 << 16)
+                return None
+        except urllib.error.HTTPError as exc:
+            problem = f"HTTP {exc.code} {exc.reason}"
+            if exc.code < 500 and exc.code != 429:
+                return f"webhook {url}: {problem} (not retried)"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            problem = str(getattr(reason, "strerror", None) or reason)
+        used += time.monotonic() - t0
+        if used + wait > deadline:
+            return f"webhook {url}: not delivered after {attempt} attempt(s) in {deadline:.0f} s: {problem}"
+        sleep(wait)
+        used += wait
+        wait = min(wait * 2, 10.0)
+
+
+def after_run(paths: BatchPaths, event: dict[str, Any], flags: dict[str, Any],
+              env: dict[str, str] | None = None, output: IO | int | None = None) -> list[str]:
+    """Everything that follows a run's end or pause, in this order: the Markdown summary
+    appended to `$GITHUB_STEP_SUMMARY` (unless flags["summary"] is False), the --report file,
+    the --on-finish command (which may read both), the webhook. Returns the problems met."""
+    from batchcli.results.report import append_step_summary, write_report
+
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    step_summary = env.get("GITHUB_STEP_SUMMARY")
+    if step_summary and flags.get("summary", True) is not False:
+        try:
+            append_step_summary(paths, step_summary)
+        except OSError as exc:
+            problems.append(f"could not append the summary to $GITHUB_STEP_SUMMARY ({step_summary}): {exc.strerror or exc}")
+    if flags.get("report"):
+        try:
+            write_report(paths, flags["report"])
+        except (OSError, ConfigError) as exc:
+            problems.append(f"could not write the report {flags['report']}: {getattr(exc, 'strerror', None) or exc}")
+    on_finish = flags.get("on_finish")
+    if on_finish and on_finish.get("cmd"):
+        problems.append(run_on_finish(on_finish["cmd"], on_finish.get("cwd"), event, output) or "")
+    if flags.get("webhook"):
+        problems.append(post_webhook(flags["webhook"], event, load_secret(paths)) or "")
+    return [p for p in problems if p]
