@@ -35,6 +35,9 @@ class StartConfig:
     name_template: str | None = None  # --name-template "{stem}_{preset}.{ext}"
     max_file_size: int = 200 * 1024 * 1024
     max_pixels: int = 150_000_000
+    media: str = "image"  # --media image|video|all: which files of a folder are items
+    max_duration: float = 6 * 3600.0  # --max-duration: longer videos fail their item (0 = no limit)
+    segment: float = 10.0  # --video-segment: seconds of video per durable segment
     extra_options: dict[str, Any] = field(default_factory=dict)
     stdin: Any = None  # binary stream read for "-" (default: sys.stdin.buffer)
 
@@ -64,7 +67,12 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
         raise ConfigError(f"--out {cfg.out_dir}: exists and is not a folder")
     if cfg.dedupe not in (None, "content"):
         raise ConfigError(f"--dedupe {cfg.dedupe}: expected 'content' (skip byte-identical inputs)")
-    exts = discover.parse_exts(cfg.exts)
+    exts = discover.parse_exts(cfg.exts, cfg.media)
+    from batchcli.video.plan import check_pipeline
+
+    check_pipeline(pipeline)
+    if cfg.max_duration < 0 or not 1 <= cfg.segment <= 3600:
+        raise ConfigError("--max-duration must be 0 (no limit) or more, --video-segment between 1 s and 1 h")
     discover.check_inputs(cfg.inputs, cfg.from_file)
     stdin = cfg.stdin
     if "-" in cfg.inputs or cfg.from_file == "-":
@@ -78,7 +86,7 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
     options = {"max_file_size": cfg.max_file_size, "max_pixels": cfg.max_pixels, **cfg.extra_options}
     fingerprint = pipeline.fingerprint(options)
     inputs_opts = {"exts": list(exts), "exclude": list(cfg.exclude or []), "from_file": cfg.from_file,
-                   "dedupe": cfg.dedupe, "name_template": cfg.name_template}
+                   "dedupe": cfg.dedupe, "name_template": cfg.name_template, "media": cfg.media}
     stats = discover.DiscoveryStats()
     found = discover.find(cfg.inputs, exts, skip_dirs=[out_dir, store.home] if out_dir else [store.home],
                           exclude=cfg.exclude or (), from_file=cfg.from_file, dedupe=cfg.dedupe,
@@ -88,7 +96,7 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
         namer = names.Namer(cfg.name_template if template else None, cfg.name or paths.id,
                                names.preset_name(spec))
         with open(paths.items, "wb") as fh:
-            total = discover.write_items(found, fh, namer)
+            total = discover.write_items(found, fh, namer, stats)
             fh.flush()
             os.fsync(fh.fileno())
         if total == 0:
@@ -103,12 +111,21 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
             os.makedirs(out_dir, exist_ok=True)
             st = os.stat(out_dir)  # the folder's identity: a purge later deletes only inside this one
             out_id = {"out_dev": st.st_dev, "out_ino": st.st_ino}
+        if stats.videos:  # photo-only batches keep the options (and fingerprint) they always had
+            from batchcli.video.probe import require_av
+
+            try:
+                require_av()
+            except Exception as exc:
+                raise ConfigError(f"{stats.videos} of the inputs are videos, and {exc}") from None
+            options.update(max_duration=cfg.max_duration, segment=cfg.segment)
+            fingerprint = pipeline.fingerprint(options)
         now = time.time()
         paths.write_manifest({
             "batch_id": paths.id, "name": cfg.name, "created_at": now, "version": __version__,
             "pipeline": spec, "pipeline_text": pipeline.text(), "options": options,
             "fingerprint": fingerprint, "out_dir": out_dir, **out_id, "inputs": cfg.inputs, "total": total,
-            "input_options": inputs_opts, "dedupe_skipped": stats.dedupe_skipped,
+            "input_options": inputs_opts, "dedupe_skipped": stats.dedupe_skipped, "videos": stats.videos,
             "discovery": {"excluded": stats.excluded, "duplicates": stats.duplicates,
                           "dedupe_skipped": stats.dedupe_skipped, "in_output": stats.in_output},
         })

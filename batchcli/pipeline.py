@@ -20,7 +20,7 @@ def _load_ops() -> None:
     """Import every op module (each registers its ops). A module that fails to import is an
     error: no op is ever left out silently."""
     from batchcli.models import faces, model  # noqa: F401
-    from batchcli.ops import analyze, color, detail, geometry, output, overlay, photo  # noqa: F401
+    from batchcli.ops import analyze, color, detail, geometry, output, overlay, photo, video  # noqa: F401
 
 
 def get_op(name: str) -> type[Op]:
@@ -138,6 +138,8 @@ class Pipeline:
             spec = op.spec()
             words = [op.name]
             for param in op.params:
+                if param.name not in spec:  # a parameter that does not apply (convert's video ones for a photo)
+                    continue
                 value = spec.get(param.name)
                 if param.positional:
                     words.append(_fmt(value))

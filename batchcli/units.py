@@ -25,3 +25,22 @@ def parse_age(text: str, flag: str) -> float:
     if not m:
         raise ConfigError(f"{flag} {text!r}: expected an age such as 90s, 30m, 12h, 7d or 2w")
     return float(m.group(1)) * _SECS[m.group(2).lower()]
+
+
+_CLOCK = re.compile(r"^\s*(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:\.\d+)?)\s*$")
+_SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.I)
+_SPAN_SECS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_time(text: str, what: str) -> float:
+    """A point or length in a video, in seconds: `90`, `2.5s`, `500ms`, `3m`, `1:30`, `01:02:03.250`."""
+    s = str(text)
+    m = _CLOCK.match(s)
+    if m:
+        hours, minutes, seconds = int(m.group(1) or 0), int(m.group(2)), float(m.group(3))
+        if minutes < 60 and seconds < 60:
+            return hours * 3600 + minutes * 60 + seconds
+    m = _SPAN.match(s)
+    if not m:
+        raise ConfigError(f"{what} {text!r}: expected a time such as 2s, 500ms, 3m or 00:01:30.5")
+    return float(m.group(1)) * _SPAN_SECS[(m.group(2) or "s").lower()]

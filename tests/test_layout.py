@@ -17,7 +17,7 @@ FLOORS = [
     ("results",),
     ("engine",),
     ("models", "pipeline"),
-    ("inputs", "executors", "ops"),
+    ("inputs", "executors", "ops", "video"),
     ("imaging",),
     ("errors", "units", "atomic", "__init__"),
 ]

@@ -122,6 +122,8 @@ class ProgressView:
                 self._last_plain = now
                 info(f"progress {done}/{ev['total']} completed={ev['completed']} failed={ev['failed']} "
                      f"rate={fmt_rate(ev['rate'])} eta={fmt_secs(ev['eta_s'])}")
+                for v in ev.get("videos") or []:
+                    info(f"  video {video_line(v)}")
 
     def _failed(self, ev: dict[str, Any]) -> None:
         self._fail_lines += 1
@@ -132,6 +134,14 @@ class ProgressView:
             self._progress.console.print(msg, style="red", markup=False, highlight=False)
         else:
             sys.stderr.write(msg + "\n")
+
+
+def video_line(v: dict[str, Any]) -> str:
+    """'clip.mp4: frames 240/1500 (16%), 2 segments, eta 0:41'."""
+    total = v.get("frames_total") or 0
+    pct = f" ({v['frames_done'] * 100 // total}%)" if total else ""
+    return (f"{os.path.basename(v.get('src') or str(v['i']))}: frames {v['frames_done']}/{total or '?'}{pct}, "
+            f"{v['segments']} segment{'s' if v['segments'] != 1 else ''}, eta {fmt_secs(v.get('eta_s'))}")
 
 
 def summary(res: Any) -> None:
@@ -180,6 +190,8 @@ def status_view(s: dict[str, Any]) -> None:
                      + "; ".join(s["journal_problems"])))
     for f in s.get("top_failures") or []:
         rows.append(("failure", f"{f['count']} x {f['reason']}"))
+    for v in s.get("videos") or []:
+        rows.append(("video", video_line(v)))
     if is_tty():
         from rich.console import Console
         from rich.table import Table

@@ -36,6 +36,7 @@ from batchcli.engine.journal import (
 )
 from batchcli.engine.liveness import locked_error, process_start_time, read_runner_info, sweep_dead_tmp, take_lock
 from batchcli.engine.store import BatchPaths
+from batchcli.engine.videos import VideoGate, segment_chains
 from batchcli.errors import (
     EXIT_CANCELLED,
     EXIT_FAILED_ITEMS,
@@ -136,6 +137,7 @@ class Runner:
         self.total = int(self.manifest["total"])
         self.out_dir = self.manifest.get("out_dir")
         self._emb = None
+        self._videos: VideoGate | None = None
 
     # --- public --------------------------------------------------------------------------
     def run(self, resume: bool = False, requeue: list[int] | None = None, requeue_failed: bool = False,
@@ -220,7 +222,7 @@ class Runner:
                            max_file_size=int(self.manifest["options"].get("max_file_size", 200 << 20)),
                            max_pixels=int(self.manifest["options"].get("max_pixels", 150_000_000)),
                            threads=self.opt.threads, providers=self.opt.providers,
-                           memory_limit=self.opt.memory_limit)
+                           memory_limit=self.opt.memory_limit, extra=_video_options(self.manifest))
         pool = make_executor(self.opt, cfg)
         try:
             if hasattr(pool, "check"):
@@ -243,7 +245,8 @@ class Runner:
         self.emit({"type": "started", "batch_id": self.paths.id, "total": self.total,
                    "remaining": pending_total, "workers": self.opt.workers, "resumed": resume,
                    "out_dir": self.out_dir})
-        source = self._pending(st)
+        videos = self._videos = VideoGate(pool.workers) if self.manifest.get("videos") else None
+        source = self._pending(st, videos)
         retry_q: list[dict[str, Any]] = []
         attempts: dict[int, int] = {}
         micro = min(pipeline.batch_size, MAX_BATCH_CHUNK)  # a chunk holds a whole micro-batch
@@ -280,6 +283,8 @@ class Runner:
             st.items[i] = new
             attempts.pop(i, None)
             processed += 1
+            if videos is not None:
+                videos.finished(i)
 
         def handle_failure(res: dict[str, Any], item: dict[str, Any] | None) -> None:
             nonlocal stopping, stop_reason
@@ -292,9 +297,16 @@ class Runner:
                 return
             if cls in ItemError.TRANSIENT and item is not None and attempts.get(i, 0) < self.opt.retries:
                 attempts[i] = attempts.get(i, 0) + 1
-                retry_q.append(item)
+                retry(item)
                 return
             finish_item(res)
+
+        def retry(item: dict[str, Any]) -> None:
+            if videos is not None and item.get("video"):  # back to the videos' own queue, from its last segment
+                videos.finished(item["i"])
+                videos.queue.appendleft(item)
+            else:
+                retry_q.append(item)
 
         inflight: dict[int, dict[str, Any]] = {}  # i -> item, for retries (bounded by capacity)
         with _Signals() as sig:
@@ -325,6 +337,13 @@ class Runner:
                             pool.stop()
                     # feed
                     while stopping is None and pool.capacity() > 0:
+                        if videos is not None and videos.queue and videos.may_start():  # a video goes alone
+                            item = videos.queue.popleft()
+                            videos.started(item)
+                            inflight[item["i"]] = item
+                            fed += 1
+                            pool.submit([item])
+                            continue
                         # chunks shrink as the end nears, so no worker idles while another
                         # still has a long queue (guided self-scheduling)
                         chunk = max(micro, min(MAX_CHUNK, (pending_total - fed) // (4 * pool.workers)), 1)
@@ -343,7 +362,7 @@ class Runner:
                             inflight[it["i"]] = it
                         fed += len(batch_items)
                         pool.submit(batch_items)
-                    if exhausted and not retry_q and not pool.busy():
+                    if exhausted and not retry_q and not pool.busy() and not (videos is not None and videos.queue):
                         break
                     if stopping is not None and not pool.busy():
                         break
@@ -364,7 +383,9 @@ class Runner:
                             for it in ev.items:
                                 inflight.pop(it["i"], None)
                                 if stopping is None:
-                                    retry_q.append(it)
+                                    retry(it)
+                        elif ev.kind == "segment":  # a video's segment is durable: journal it
+                            self._segment(ev.result, inflight.get(ev.result["i"]))
                         elif ev.kind == "fatal":
                             stopping, stop_reason = "halt", ev.message
                             abandon = True
@@ -432,12 +453,32 @@ class Runner:
         j.sync()
         return status, code
 
-    def _pending(self, st: Replay) -> Iterator[dict[str, Any]]:
+    def _pending(self, st: Replay, videos: VideoGate | None = None) -> Iterator[dict[str, Any]]:
+        """The pending items in order; with `videos`, video items go to its queue instead (each
+        with the segments a previous run finished)."""
         items = st.items
+        chains = segment_chains(self.paths.journal) if videos is not None else {}
         for rec in iter_items(self.paths.items):
             if items[rec["i"]] == PENDING:
-                yield {"i": rec["i"], "src": rec["src"], "stem": rec["stem"],
-                       "size": rec.get("size"), "mtime": rec.get("mtime")}
+                item = {"i": rec["i"], "src": rec["src"], "stem": rec["stem"],
+                        "size": rec.get("size"), "mtime": rec.get("mtime")}
+                if rec.get("video"):
+                    item["video"] = True
+                    if videos is not None:
+                        item["segments"] = chains.get(rec["i"], [])
+                        videos.queue.append(item)
+                        continue
+                yield item
+
+    def _segment(self, rec: dict[str, Any], item: dict[str, Any] | None) -> None:
+        """Journal a finished segment; a retry of the item starts after it."""
+        self.journal.append("segment_completed", **rec)
+        if item is not None:
+            chain = item.setdefault("segments", [])
+            del chain[rec["seg"]:]
+            chain.append({k: v for k, v in rec.items() if k not in ("i", "mem")})
+        if self._videos is not None:
+            self._videos.segment(rec)
 
     def _embeddings(self):
         if self._emb is None:
@@ -466,9 +507,18 @@ class Runner:
         el = time.monotonic() - t0
         rate = processed / el if el > 0 else 0.0
         left = counts[PENDING]
-        self.emit({"type": "progress", "completed": counts[COMPLETED], "failed": counts[FAILED],
-                   "total": self.total, "remaining": left, "rate": round(rate, 2),
-                   "eta_s": round(left / rate, 1) if rate > 0 else None, "elapsed_s": round(el, 2)})
+        event = {"type": "progress", "completed": counts[COMPLETED], "failed": counts[FAILED],
+                 "total": self.total, "remaining": left, "rate": round(rate, 2),
+                 "eta_s": round(left / rate, 1) if rate > 0 else None, "elapsed_s": round(el, 2)}
+        if self._videos is not None and self._videos.running:
+            event["videos"] = self._videos.rows()
+        self.emit(event)
+
+
+def _video_options(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a worker needs for video items: --max-duration and the segment length."""
+    options = manifest.get("options") or {}
+    return {k: options[k] for k in ("max_duration", "segment") if k in options}
 
 
 def _parse_max_failures(spec: str | None) -> tuple[str, float] | None:

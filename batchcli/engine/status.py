@@ -37,6 +37,11 @@ def batch_status(paths: BatchPaths) -> dict[str, Any]:
     st = replay(paths.journal, total)
     state, pid = effective_state(paths, st)
     done = st.completed + st.failed
+    videos = {}
+    if man.get("videos") and st.remaining:
+        from batchcli.engine.videos import video_rows
+
+        videos = {"videos": video_rows(paths, st)}
     return {
         "batch_id": paths.id,
         "name": man.get("name"),
@@ -62,6 +67,7 @@ def batch_status(paths: BatchPaths) -> dict[str, Any]:
         "journal_corrupt_lines": len(st.bad),
         "journal_problems": [f"line {b.lineno}: {b.reason}" for b in st.bad[:5]],
         "top_failures": [{"reason": r, "count": c} for r, c in st.failures.most_common(5)],
+        **videos,
     }
 
 

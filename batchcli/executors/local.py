@@ -131,6 +131,9 @@ class ProcessPool:
                         events.append(Event("item", result=res))
                     p.queue[0][1] += len(msg[1])
                     p.item_started = now
+                elif kind == "segment":  # a video's segment is durable: --item-timeout counts afresh
+                    events.append(Event("segment", result=msg[1]))
+                    p.item_started = now
                 elif kind == "done":
                     p.queue.popleft()
                     p.item_started = now

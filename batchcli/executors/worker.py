@@ -52,6 +52,8 @@ class Worker:
         self.writes = self.pipeline.writes_image and cfg.out_dir is not None
         self.writer: Any = None  # a Writer: outputs written in the background (see worker_main)
         self.batch = self.pipeline.batch_size  # items processed together: > 1 only for micro-batches
+        self.on_segment: Any = None  # video: called with each finished segment's record (worker_main sends it)
+        self.stop_requested: Any = lambda: False  # video: asked between segments; True leaves the item unfinished
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         """One item -> a result dict: {"i", "ok", "ms", ...}. Never raises."""
@@ -61,6 +63,8 @@ class Worker:
         """Items -> one result dict each, in order. Each is loaded and saved on its own; the
         pipeline runs them together, so an op with `batch=N` sees up to N frames per call.
         A failure fails its own item only. Never raises."""
+        if any(it.get("video") for it in items):  # videos run on their own, segment by segment
+            return [self._video(it) if it.get("video") else self.process_batch([it])[0] for it in items]
         loaded: list[Any] = []
         changed: list[list | None] = []
         spent: list[float] = []
@@ -91,6 +95,35 @@ class Worker:
             res["ms"] = round((t + share + time.perf_counter() - t0) * 1000, 1)
             results.append(res)
         return results
+
+    def _video(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A video item: its result, or {"paused": True} when a stop came between two segments."""
+        from batchcli.video.job import Paused, process_video
+        from batchcli.video.probe import VideoLimits
+
+        t0 = time.perf_counter()
+        extra = self.cfg.extra
+        limits = VideoLimits(self.cfg.max_pixels, float(extra.get("max_duration") or 0))
+
+        def report(rec: dict[str, Any]) -> None:
+            if self.on_segment is not None:
+                self.on_segment({"i": item["i"], **rec, "mem": _rss()})
+
+        try:
+            res = process_video(item, self.pipeline, self.cfg.out_dir if self.writes else None, limits,
+                                segment=float(extra.get("segment") or 10.0), report=report,
+                                stop=self.stop_requested)
+            res["ok"] = True
+            changed = _changed_stat(item)
+            if changed is not None:
+                res["src_stat"] = changed
+        except Paused:
+            res = {"paused": True}
+        except Exception as exc:
+            res = _error(item["src"], exc)
+        res["i"] = item["i"]
+        res["ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        return res
 
     def _load(self, item: dict[str, Any]) -> tuple[Any, list | None]:
         from batchcli.imaging import imageio
@@ -211,6 +244,15 @@ def _route(out_dir: str, label: str, path: str) -> str:
     return os.path.relpath(dest, out_dir)
 
 
+def _rss() -> int:
+    """This process's resident memory in bytes (0 when unknown)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _die_with_parent() -> None:
     """Linux: get SIGKILL when the runner dies, so a killed runner leaves no orphan workers."""
     try:
@@ -261,6 +303,20 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
     conn.send(("ready",))
     worker.writer = Writer() if worker.writes else None
     chunks: deque = deque()
+    asked: list = []  # a "stop" or None read while a video was in hand, handled once it returns
+
+    def stop_requested() -> bool:
+        """Between two segments of a video: read what the parent sent; True on stop or exit."""
+        while not asked and conn.poll():
+            msg = conn.recv()
+            if msg is None or msg == "stop":
+                asked.append(msg)
+            else:
+                chunks.append([msg[0], msg[1], 0])
+        return bool(asked)
+
+    worker.stop_requested = stop_requested
+    worker.on_segment = lambda rec: conn.send(("segment", rec))
     held: list[tuple[dict[str, Any], str]] = []  # (result, source), in item order
     held_since = 0.0
 
@@ -295,8 +351,15 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
                 current.value = group[0]["i"]
             if not held:
                 held_since = time.monotonic()
-            held.extend(zip(worker.process_batch(group), (it["src"] for it in group)))
+            held.extend((res, it["src"]) for res, it in zip(worker.process_batch(group), group) if not res.get("paused"))
             chunk[2] = pos + len(group)
+            if asked:  # a stop came while a video was in hand: its item stays unfinished
+                flush()
+                if asked.pop() is None:
+                    return
+                chunks.clear()
+                conn.send(("stopped",))
+                continue
             if chunk[2] >= len(items):
                 chunks.popleft()
                 flush()

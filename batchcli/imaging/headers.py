@@ -34,26 +34,40 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
-def read_bytes(path: str, limits: Limits) -> bytes:
+def open_input_file(path: str, kind: str = "an image"):
+    """Open a local input for reading (binary). A folder, a device, a missing or unreadable file
+    raises ItemError with a one-line reason; `kind` names what the file should be."""
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
-            raise ItemError("unreadable", "is a directory, not an image file")
+            raise ItemError("unreadable", f"is a directory, not {kind} file")
         if not stat.S_ISREG(st.st_mode):
             raise ItemError("unreadable", "not a regular file (device, socket or pipe)")
-        with open(path, "rb") as fh:
+        return open(path, "rb")
+    except IsADirectoryError:
+        raise ItemError("unreadable", f"is a directory, not {kind} file") from None
+    except OSError as exc:
+        raise read_error(exc) from None
+
+
+def read_error(exc: OSError) -> ItemError:
+    """An OSError of reading an input as the item's error."""
+    if isinstance(exc, FileNotFoundError):
+        return ItemError("unreadable", "no such file (deleted, or a broken symlink)")
+    if isinstance(exc, PermissionError):
+        return ItemError("unreadable", "permission denied")
+    return ItemError("io", f"read error: {exc.strerror or exc}")
+
+
+def read_bytes(path: str, limits: Limits) -> bytes:
+    with open_input_file(path) as fh:
+        try:
             size = os.fstat(fh.fileno()).st_size
             if size > limits.max_file_size:
                 raise ItemError("too_large", f"file is {size} bytes, over --max-file-size {limits.max_file_size}")
             data = fh.read(limits.max_file_size + 1)
-    except IsADirectoryError:
-        raise ItemError("unreadable", "is a directory, not an image file") from None
-    except FileNotFoundError:
-        raise ItemError("unreadable", "no such file (deleted, or a broken symlink)") from None
-    except PermissionError:
-        raise ItemError("unreadable", "permission denied") from None
-    except OSError as exc:
-        raise ItemError("io", f"read error: {exc.strerror or exc}") from None
+        except OSError as exc:
+            raise read_error(exc) from None
     if not data:
         raise ItemError("decode", "empty file (0 bytes)")
     return data

@@ -26,6 +26,8 @@ from batchcli.inputs.names import Namer, is_url, safe_component
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "heic", "heif", "avif", "gif",
                       "dng", "cr2", "cr3", "nef", "arw", "raf", "orf", "rw2", "pef")
+VIDEO_EXTENSIONS = ("mp4", "mov", "m4v", "mkv", "webm", "avi")
+MEDIA = ("image", "video", "all")
 HASH_CHUNK = 1 << 20
 
 
@@ -47,12 +49,16 @@ class DiscoveryStats:
     duplicates: int = 0  # the same file (or URL) reached through another input
     dedupe_skipped: int = 0  # --dedupe content: same bytes as an earlier item
     in_output: int = 0  # inside the output folder (or the batch home): never re-ingested
+    videos: int = 0  # items that are videos (by extension), counted by write_items
 
 
-def parse_exts(exts: Iterable[str] | None) -> tuple[str, ...]:
-    """`--ext jpg --ext .PNG,webp` -> ("jpg", "png", "webp"); None -> the defaults."""
+def parse_exts(exts: Iterable[str] | None, media: str = "image") -> tuple[str, ...]:
+    """`--ext jpg --ext .PNG,webp` -> ("jpg", "png", "webp"); None -> the extensions of `media`
+    (--media image, video or all)."""
+    if media not in MEDIA:
+        raise ConfigError(f"--media {media}: expected image, video or all")
     if not exts:
-        return DEFAULT_EXTENSIONS
+        return {"image": DEFAULT_EXTENSIONS, "video": VIDEO_EXTENSIONS, "all": DEFAULT_EXTENSIONS + VIDEO_EXTENSIONS}[media]
     out: list[str] = []
     for value in exts:
         for part in value.split(","):
@@ -461,9 +467,15 @@ def check_inputs(inputs: list[str], from_file: str | None) -> None:
             raise ConfigError(f"--from-file {from_file}: no such file")
 
 
-def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = None) -> int:
+def is_video(src: str) -> bool:
+    """A local file whose extension names a video container (such items run as videos)."""
+    return not is_url(src) and os.path.splitext(src)[1].lower().lstrip(".") in VIDEO_EXTENSIONS
+
+
+def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = None,
+                stats: DiscoveryStats | None = None) -> int:
     """Write items.jsonl; give each item an output stem unique in the whole batch (compared
-    case-insensitively). Returns the count."""
+    case-insensitively); mark videos (`"video": 1`, counted in `stats`). Returns the count."""
     namer = namer or Namer()
     taken = DigestSet(wide=False)
     n = 0
@@ -483,6 +495,10 @@ def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = Non
         rec = {"i": n, "src": f.src, "rel": f.rel, "stem": out, "size": f.size, "mtime": f.mtime}
         if f.ino:
             rec["dev"], rec["ino"] = f.dev, f.ino
+        if is_video(f.src):
+            rec["video"] = 1
+            if stats is not None:
+                stats.videos += 1
         fh.write(_dumps(rec) + b"\n")
         n += 1
     return n

@@ -1,4 +1,4 @@
-"""Output format: convert.
+"""Output format: convert (images, and videos: mp4, webm, mov with a codec).
 
 The orientation is applied to the pixels before writing, so outputs display upright; metadata and
 the ICC profile are carried over by batchcli.imaging.metadata.
@@ -10,26 +10,43 @@ from batchcli.errors import ConfigError
 from batchcli.ops.base import Frame, Op, Param, register
 
 FORMATS = ("jpg", "jpeg", "png", "webp", "tiff", "tif", "bmp", "avif", "heic", "heif")
+VIDEO_FORMATS = ("mp4", "webm", "mov")
+VIDEO_CODECS = {"mp4": ("h264", "hevc", "av1", "vp9"), "mov": ("h264", "hevc"), "webm": ("vp9", "av1")}
+"""The codecs each container takes (the first is its default)."""
+SPEEDS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 _ALIASES = {"jpeg": "jpg", "tif": "tiff", "heif": "heic"}
+_VIDEO_PARAMS = ("codec", "crf", "preset", "fps")
 
 
 @register
 class Convert(Op):
     name = "convert"
-    summary = "Choose the output format (jpg, png, webp, tiff, bmp, avif, heic) and its quality."
+    summary = "Choose the output format (jpg, png, webp, tiff, bmp, avif, heic; videos: mp4, webm, mov) and its quality."
     shrink_safe = True
     params = (
-        Param("format", "choice", positional=True, choices=FORMATS,
-              help="output format; heic through pillow-heif, avif through Pillow"),
+        Param("format", "choice", positional=True, choices=FORMATS + VIDEO_FORMATS,
+              help="output format; heic through pillow-heif, avif through Pillow; mp4, webm, mov for videos"),
         Param("quality", "int", 90, min=1, max=100, help="JPEG, WebP, AVIF and HEIC quality"),
         Param("compression", "int", 3, min=0, max=9, help="PNG compression level (0 fastest, 9 smallest)"),
         Param("lossless", "bool", False, help="WebP: lossless instead of quality-based"),
         Param("progressive", "bool", False, help="JPEG: progressive encoding"),
         Param("background", "color", (255, 255, 255),
               help="JPEG: colour that transparent pixels are flattened onto"),
+        Param("codec", "choice", "", choices=("", "h264", "hevc", "vp9", "av1"),
+              help="video codec (default: h264 for mp4 and mov, vp9 for webm)"),
+        Param("crf", "int", -1, min=-1, max=63,
+              help="video quality, lower is better (default: 23 h264, 28 hevc, 31 vp9, 35 av1)"),
+        Param("preset", "choice", "medium", choices=SPEEDS, help="video encoder speed against size"),
+        Param("fps", "float", 0.0, min=0, max=240, help="video frame rate (default: the source's)"),
     )
 
     def check(self) -> None:
+        fmt = self.output_format
+        if fmt not in VIDEO_FORMATS:
+            if self.p["codec"] or self.p["crf"] >= 0 or self.p["fps"]:
+                raise ConfigError(f"convert: codec, crf and fps are for videos (mp4, webm, mov), not {fmt}")
+        elif self.p["codec"] and self.p["codec"] not in VIDEO_CODECS[fmt]:
+            raise ConfigError(f"convert: {fmt} does not take {self.p['codec']} (it takes {', '.join(VIDEO_CODECS[fmt])})")
         if self.output_format in ("avif", "heic"):
             from batchcli.imaging.heif import can_write  # the parent checks what the workers will use
 
@@ -40,7 +57,22 @@ class Convert(Op):
     def output_format(self) -> str:
         return _ALIASES.get(self.p["format"], self.p["format"])
 
+    def spec(self) -> dict:
+        """The video parameters only where they apply, so image pipelines keep their fingerprint."""
+        out = super().spec()
+        if self.output_format not in VIDEO_FORMATS:
+            for name in _VIDEO_PARAMS:
+                out.pop(name, None)
+        return out
+
+    @property
+    def video_role(self) -> str | None:
+        """"encode" when this convert chooses a video format (the video runner reads it)."""
+        return "encode" if self.output_format in VIDEO_FORMATS else None
+
     def apply(self, frame: Frame) -> Frame:
+        if self.output_format in VIDEO_FORMATS:  # a photo in a video pipeline keeps its format
+            return frame
         frame.out_format = self.output_format
         frame.encode.update(
             quality=self.p["quality"],

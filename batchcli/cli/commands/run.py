@@ -104,6 +104,9 @@ def register(app: typer.Typer) -> None:
                                                              help='Output names, e.g. "{stem}_web.{ext}".')] = None,
         max_file_size: Annotated[str, typer.Option("--max-file-size", help="Larger inputs fail their item.")] = "200M",
         max_pixels: Annotated[int, typer.Option("--max-pixels", help="Pixels (read from the header); larger inputs fail their item.")] = 150_000_000,
+        media: Annotated[str, typer.Option("--media", help="Which files of a folder are items: image, video or all.")] = "image",
+        max_duration: Annotated[str, typer.Option("--max-duration", help="Longer videos fail their item (0 = no limit).")] = "6h",
+        video_segment: Annotated[str, typer.Option("--video-segment", help="Video work per durable segment (cut on keyframes).")] = "10s",
         retries: RetriesOpt = None,
         item_timeout: TimeoutOpt = None,
         max_failures: MaxFailOpt = None,
@@ -129,7 +132,7 @@ def register(app: typer.Typer) -> None:
         from batchcli import api
         from batchcli.engine.store import Store
         from batchcli.errors import ConfigError
-        from batchcli.units import parse_bytes
+        from batchcli.units import parse_bytes, parse_time
 
         if not inputs and not from_file:
             raise ConfigError("no inputs: give files, folders, globs, URLs, - (stdin) or --from-file")
@@ -140,7 +143,9 @@ def register(app: typer.Typer) -> None:
         cfg = api.StartConfig(inputs=list(inputs or []), out_dir=out, pipeline_text=pipeline,
                               pipeline_file=pipeline_file, name=name, exts=ext, exclude=exclude,
                               from_file=from_file, dedupe=dedupe, name_template=name_template,
-                              max_file_size=parse_bytes(max_file_size, "--max-file-size"), max_pixels=max_pixels)
+                              max_file_size=parse_bytes(max_file_size, "--max-file-size"), max_pixels=max_pixels,
+                              media=media, max_duration=parse_time(max_duration, "--max-duration"),
+                              segment=parse_time(video_segment, "--video-segment"))
         paths = api.create_batch(Store(home), cfg)
         keep_secret(paths, webhook_secret)
         if detach:

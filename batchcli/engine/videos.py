@@ -1,0 +1,110 @@
+"""The runner's side of video items: the segments already finished (read back from the journal
+for a resume), their progress, and how many videos may run at once.
+
+A video worker's memory is measured, not guessed: until a first segment reports the worker's
+resident size, one video runs at a time; then another starts only while the available memory
+holds one more such worker (never more than the pool's workers)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from batchcli.engine.journal import iter_matching
+
+SEGMENT_RECORD = b'"type":"segment_completed"'
+HEADROOM = 1.25
+"""Available memory a new video worker must leave: this many times the largest measured one."""
+
+
+def segment_chains(journal: str, wanted: set[int] | None = None) -> dict[int, list[dict[str, Any]]]:
+    """item -> its finished segments in order (0, 1, 2, ...), from the journal. A segment done
+    again replaces the later ones (a redo from there); a record out of sequence is ignored."""
+    chains: dict[int, list[dict[str, Any]]] = {}
+    for rec in iter_matching(journal, (SEGMENT_RECORD,)):
+        i, k = rec.get("i"), rec.get("seg")
+        if not isinstance(i, int) or not isinstance(k, int) or (wanted is not None and i not in wanted):
+            continue
+        chain = chains.setdefault(i, [])
+        if k <= len(chain):
+            del chain[k:]
+            chain.append({key: v for key, v in rec.items() if key not in ("seq", "type", "crc", "i", "mem")})
+    return chains
+
+
+def progress_row(i: int, src: str | None, recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A video's progress from its segment records: frames done of the total, and an ETA from
+    the pace between its first and last segment records (journal times)."""
+    first, last = recs[0], recs[-1]
+    row: dict[str, Any] = {"i": i, "src": src, "frames_done": last.get("done", 0), "frames_total": last.get("total"),
+                           "segments": len(recs), "eta_s": None}
+    spent = last.get("t", 0) - first.get("t", 0)
+    made = last.get("done", 0) - first.get("done", 0)
+    if spent > 0 and made > 0 and row["frames_total"]:
+        row["eta_s"] = round(max(0, row["frames_total"] - row["frames_done"]) * spent / made, 1)
+    return row
+
+
+def video_rows(paths: Any, st: Any) -> list[dict[str, Any]]:
+    """Unfinished videos that have segments done: their progress (for `status`)."""
+    from batchcli.engine.journal import PENDING
+    from batchcli.inputs.discover import iter_items
+
+    chains = {i: recs for i, recs in segment_chains(paths.journal).items()
+              if 0 <= i < st.total and st.items[i] == PENDING and recs}
+    if not chains:
+        return []
+    srcs = {rec["i"]: rec["src"] for rec in iter_items(paths.items) if rec["i"] in chains}
+    return [progress_row(i, srcs.get(i), chains[i]) for i in sorted(chains)]
+
+
+class VideoGate:
+    """Which video items may start now, and the progress of those running."""
+
+    def __init__(self, workers: int, available: Any = None):
+        self.workers = max(1, workers)
+        self.per_video = 0  # the largest resident size a video worker reported (bytes)
+        self.running: dict[int, dict[str, Any]] = {}  # i -> progress
+        self.queue: deque = deque()  # pending video items, waiting for room (each runs alone)
+        self._available = available or _available_memory
+
+    def may_start(self) -> bool:
+        n = len(self.running)
+        if n == 0:
+            return True
+        if n >= self.workers or not self.per_video:
+            return False
+        return self._available() >= self.per_video * HEADROOM
+
+    def started(self, item: dict[str, Any]) -> None:
+        self.running[item["i"]] = {"i": item["i"], "src": item.get("src"), "frames_done": 0, "frames_total": None,
+                                   "segments": len(item.get("segments") or ()), "t0": time.monotonic(), "made": 0,
+                                   "eta_s": None}
+
+    def finished(self, i: int) -> None:
+        self.running.pop(i, None)
+
+    def segment(self, rec: dict[str, Any]) -> None:
+        self.per_video = max(self.per_video, int(rec.get("mem") or 0))
+        row = self.running.get(rec["i"])
+        if row is None:
+            return
+        row["frames_done"], row["frames_total"] = rec.get("done", 0), rec.get("total")
+        row["segments"] = rec.get("seg", 0) + 1
+        row["made"] += rec.get("frames", 0)
+        spent = time.monotonic() - row["t0"]
+        if row["made"] and row["frames_total"]:
+            row["eta_s"] = round(max(0, row["frames_total"] - row["frames_done"]) * spent / row["made"], 1)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in row.items() if k not in ("t0", "made")} for row in self.running.values()]
+
+
+def _available_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        return 0
