@@ -95,9 +95,10 @@ def test_the_default_extensions_find_heic_avif_and_gif(tmp_path, home):
     frames = [Image.fromarray(photo_pixels(32, 24, seed=k)) for k in range(3)]
     frames[0].save(folder / "b.gif", save_all=True, append_images=frames[1:])
     Image.fromarray(photo_pixels(32, 24)).save(folder / "c.avif")
-    r = cli("start", str(folder), "--out", str(tmp_path / "out"), "--pipeline", "convert png", "--json", home=home)
+    r = cli("start", str(folder), "--out", str(tmp_path / "out"), "--pipeline", "convert png", home=home)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
+    assert "animated: 1 input used its first frame only" in r.stdout  # the 3-frame GIF
 
 
 def test_a_broken_heic_fails_its_item_with_a_reason(tmp_path):

@@ -154,6 +154,9 @@ def summary(res: Any) -> None:
     ]
     if res.out_dir:
         lines.append(f"  output: {res.out_dir}")
+    if getattr(res, "first_frame_only", 0):
+        n = res.first_frame_only
+        lines.append(f"  animated: {n} input{'s' if n != 1 else ''} used {'their' if n != 1 else 'its'} first frame only")
     if res.top_failures:
         lines.append("  top failure reasons:")
         lines.extend(f"    {n:>6}  {reason}" for reason, n in res.top_failures)

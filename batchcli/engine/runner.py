@@ -97,6 +97,7 @@ class RunResult:
     reason: str | None = None
     out_dir: str | None = None
     top_failures: list[tuple[str, int]] = field(default_factory=list)
+    first_frame_only: int = 0  # animated inputs (GIF, WebP, HEIC) of which only the first frame was used
 
     @property
     def rate(self) -> float:
@@ -255,12 +256,12 @@ class Runner:
         stopping: str | None = None  # "pause", "cancel", "halt", "disk_full"
         stop_reason: str | None = None
         abandon = False
-        processed = failed_now = 0
+        processed = failed_now = first_frames = 0
         last_progress = last_control = last_space = 0.0
         max_fail = _parse_max_failures(self.opt.max_failures)
 
         def finish_item(res: dict[str, Any]) -> None:
-            nonlocal processed, failed_now
+            nonlocal processed, failed_now, first_frames
             i = res["i"]
             old = st.items[i]
             if res.get("ok"):
@@ -269,6 +270,7 @@ class Runner:
                 if vector is not None:
                     self._embeddings().append(i, vector)
                 j.append("item_completed", i=i, **rec)
+                first_frames += "frames" in (rec.get("meta") or {})
                 new = COMPLETED
             else:
                 j.append("item_failed", i=i, error_class=res.get("error_class"), error=res.get("error"),
@@ -420,12 +422,12 @@ class Runner:
         result = RunResult(self.paths.id, status, code, self.total, counts[COMPLETED], counts[FAILED],
                            st.skipped if status != "cancelled" else self.total - counts[COMPLETED] - counts[FAILED],
                            counts[PENDING] if status != "cancelled" else 0, processed, wall,
-                           stop_reason, self.out_dir, top)
+                           stop_reason, self.out_dir, top, first_frames)
         self.emit({"type": "finished" if status not in ("paused",) else "paused", "status": status,
                    "exit_code": code, "completed": result.completed, "failed": result.failed,
                    "remaining": result.remaining, "total": self.total, "wall_s": round(wall, 3),
                    "rate": round(result.rate, 2), "reason": stop_reason, "out_dir": self.out_dir,
-                   "top_failures": [{"reason": r, "count": c} for r, c in top]})
+                   "top_failures": [{"reason": r, "count": c} for r, c in top], "first_frame_only": first_frames})
         return result
 
     def _close(self, st: Replay, stopping: str | None, reason: str | None, signum: int) -> tuple[str, int]:

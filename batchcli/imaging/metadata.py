@@ -161,10 +161,11 @@ def embed(data: bytes, fmt: str, frame: Frame, img: Any) -> bytes:
     ex = _exiv2()
     try:
         with ex.ImageData(data) as out:
+            copied = False
             if block is not None:
                 with ex.ImageData(block) as src:
-                    _copy(src, out, fmt, mode, set(keep.get("drop", ())), img.shape[1], img.shape[0])
-            if icc is not None and fmt != "png":
+                    copied = _copy(src, out, fmt, mode, set(keep.get("drop", ())), img.shape[1], img.shape[0], icc)
+            if icc is not None and fmt != "png" and not copied:
                 out.modify_icc(icc)
             data = out.get_bytes()
     except (RuntimeError, ValueError) as exc:
@@ -183,16 +184,17 @@ def _png_with_icc(data: bytes, icc: bytes) -> bytes:
     return data[:end] + chunk + data[end:]
 
 
-def _copy(src: Any, out: Any, fmt: str, mode: str, drop: set[str], width: int, height: int) -> None:
-    """Copy EXIF (and, in keep mode, IPTC and XMP) from `src` to `out`, then edit the copy."""
+def _copy(src: Any, out: Any, fmt: str, mode: str, drop: set[str], width: int, height: int, icc: bytes | None) -> bool:
+    """Copy EXIF (and, in keep mode, IPTC and XMP) from `src` to `out`, then edit the copy.
+    Returns whether the profile `icc` went along (it is the source's own and the format takes it)."""
     if mode == "minimal":
         exif = src.read_exif()
         picked = {k: exif[k] for k in MINIMAL if k in exif}
         if picked:
             out.modify_exif(picked)
-        return
-    src.copy_to_another_image(out, exif=True, iptc=True, xmp=True, comment=fmt == "jpg", icc=False, thumbnail=False)
-    out.clear_thumbnail()  # it shows the pixels before the pipeline
+        return False
+    same_icc = icc is not None and fmt != "png" and bytes(src.read_icc()) == icc
+    src.copy_to_another_image(out, exif=True, iptc=True, xmp=True, comment=fmt == "jpg", icc=same_icc, thumbnail=False)
     exif = out.read_exif()
     edits: dict[str, Any] = {}
     for key in exif:
@@ -200,7 +202,7 @@ def _copy(src: Any, out: Any, fmt: str, mode: str, drop: set[str], width: int, h
         if (("gps" in drop and group == "GPSInfo")
                 or ("maker" in drop and (group not in _STANDARD or key in ("Exif.Photo.MakerNote", "Exif.MakerNote")))
                 or ("serial" in drop and "SerialNumber" in key)
-                or group == "Thumbnail"
+                or group == "Thumbnail"  # the embedded thumbnail shows the pixels before the pipeline
                 or (fmt != "tiff" and (group.startswith("SubImage") or (group == "Image" and (key[11:] in _STRUCTURE or key[11:].startswith("DNG")))))):
             edits[key] = None
     for key, value in (("Exif.Image.Orientation", 1), ("Exif.Photo.PixelXDimension", width), ("Exif.Photo.PixelYDimension", height)):
@@ -216,6 +218,7 @@ def _copy(src: Any, out: Any, fmt: str, mode: str, drop: set[str], width: int, h
             edits[key] = value
     if edits:
         out.modify_xmp(edits)
+    return same_icc
 
 
 def blocks(frame: Frame, img: Any) -> dict[str, bytes]:
