@@ -51,10 +51,11 @@ def keep_secret(paths: Any, secret: str | None) -> None:
 class Finish:
     """Watches a run's events for its end, then runs what follows it."""
 
-    def __init__(self, paths: Any, opts: Any):
+    def __init__(self, paths: Any, opts: Any, json_out: bool = False):
         from batchcli.results.notify import FINISH_DEFAULTS
 
         self.paths = paths
+        self.json_out = json_out
         self.flags = {k: opts.given.get(k, v) for k, v in FINISH_DEFAULTS.items()}
         self.event: dict[str, Any] | None = None
 
@@ -71,6 +72,8 @@ class Finish:
         from batchcli.cli import console
         from batchcli.results.notify import after_run
 
+        if self.flags["delete"] and result.status == "completed":
+            self._delete_stale()
         if not (self.flags["on_finish"] or self.flags["webhook"] or self.flags["report"]
                 or (self.flags["summary"] and os.environ.get("GITHUB_STEP_SUMMARY"))):
             return
@@ -94,3 +97,19 @@ class Finish:
             problems = ["notifications interrupted"]
         for p in problems:
             console.warn(p)
+
+    def _delete_stale(self) -> None:
+        """sync --delete, once the batch completed: outputs whose inputs are gone."""
+        from batchcli.cli import console
+        from batchcli.engine.status import mark
+        from batchcli.engine.store import Store
+        from batchcli.engine.sync import delete_stale
+
+        gone = delete_stale(Store(os.path.dirname(os.path.dirname(self.paths.dir))), self.paths)
+        if gone.removed or gone.kept_count:
+            mark(self.paths, "outputs_deleted", count=gone.removed, kept=dict(gone.kept), outputs=gone.sample[:100])
+        if self.json_out:
+            console.emit_json({"type": "sync_deleted", "batch_id": self.paths.id, **gone.as_dict()})
+        elif gone.removed or gone.kept_count:
+            console.info(f"removed {gone.removed} output(s) whose inputs are gone"
+                         + (f"; kept {gone.kept_count} changed since written" if gone.kept_count else ""))

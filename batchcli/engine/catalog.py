@@ -392,6 +392,21 @@ class Catalog:
         out = [_batch(r) for r in rows]
         return [b for b in out if not b.finished] if live_only else out
 
+    def results_into(self, out_dev: int | None, out_ino: int | None, fingerprint: str) -> Iterator[tuple]:
+        """The current results of the batches with this pipeline fingerprint into this output
+        folder (by identity; None: batches that write no file), oldest first, for `sync`: tuples
+        (input device, inode, size, mtime, batch id, record seq, kind, rel, sha256 hex, size,
+        mtime). No refresh."""
+        where = "b.out_dev = ? AND b.out_ino = ?" if out_dev is not None else "b.out_dev IS NULL AND ? IS NULL AND ? IS NULL"
+        cur = self.db.execute(
+            f"""SELECT it.dev, it.ino, COALESCE(o.src_size, it.size), COALESCE(o.src_mtime, it.mtime), b.batch_id,
+                       o.seq, o.kind, o.rel, o.sha256, o.size, o.mtime
+                FROM {_OUTPUT_FROM} WHERE {where} AND b.fingerprint = ? AND o.current = 1 AND it.ino IS NOT NULL
+                ORDER BY o.written_at, o.bkey""", (out_dev, out_ino, fingerprint))
+        for r in cur:
+            yield (r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else os.fsdecode(r[7]),
+                   None if r[8] is None else r[8].hex(), r[9], r[10])
+
     def counts(self) -> dict[str, int]:
         db = self.db
         return {"batches": db.execute("SELECT count(*) FROM batches").fetchone()[0],

@@ -30,7 +30,7 @@ SECRET_FILE = "webhook.secret"
 SIGNATURE_HEADER = "X-Batchcli-Signature"
 
 
-FINISH_DEFAULTS = {"on_finish": None, "webhook": None, "report": None, "summary": True}
+FINISH_DEFAULTS = {"on_finish": None, "webhook": None, "report": None, "summary": True, "delete": False}
 """The run flags of what follows a run, and their defaults: journaled with the other run flags
 (api.RUN_DEFAULTS), so a resume keeps them."""
 

@@ -57,13 +57,25 @@ def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> Non
         kw["repair"] = find_bad(paths)
     else:
         kw.pop("repair", None)
-    finish = Finish(paths, opts)
+    finish = Finish(paths, opts, json_out)
     with console.ProgressView(mode) as view:
         result = Runner(paths, opts, finish.tap(view)).run(resume=resume, **kw)
     if not json_out:
         console.summary(result)
     finish.done(result)
     raise typer.Exit(result.exit_code)
+
+
+def create(store, cfg, opts, json_out: bool):
+    """The new batch of `start`, or of `sync` (called from inside `start`'s body, so that it
+    takes every flag start takes): then up-to-date items are recorded as reused first."""
+    from batchcli import api
+    from batchcli.cli.commands.sync import SYNC, sync_create
+
+    mode = SYNC.get()
+    if mode is None:
+        return api.create_batch(store, cfg)
+    return sync_create(store, cfg, opts, json_out, **mode)
 
 
 def _detached(paths, pid: int, json_out: bool) -> None:
@@ -146,7 +158,7 @@ def register(app: typer.Typer) -> None:
                               max_file_size=parse_bytes(max_file_size, "--max-file-size"), max_pixels=max_pixels,
                               media=media, max_duration=parse_time(max_duration, "--max-duration"),
                               segment=parse_time(video_segment, "--video-segment"))
-        paths = api.create_batch(Store(home), cfg)
+        paths = create(Store(home), cfg, opts, json_out)  # `sync` too: the up-to-date items recorded
         keep_secret(paths, webhook_secret)
         if detach:
             from batchcli.engine.spawn import spawn_detached
@@ -154,6 +166,10 @@ def register(app: typer.Typer) -> None:
             _detached(paths, spawn_detached(paths, opts, home), json_out)
             return
         execute(paths, opts, json_out, quiet, resume=False)
+
+    from batchcli.cli.commands.sync import register_sync
+
+    register_sync(app, start)
 
     @app.command(no_args_is_help=True)
     @handle_errors

@@ -1,0 +1,101 @@
+"""sync: `start` that does only the new work. It takes every flag start takes (its parameters are
+start's, plus its own), and runs start's own body, which calls `create` in run.py: there the
+batch is made as by start, then its up-to-date items are recorded as reused before it runs."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from contextvars import ContextVar
+from typing import Annotated, Any
+
+import typer
+
+from batchcli.cli.options import handle_errors
+
+SYNC: ContextVar[dict[str, Any] | None] = ContextVar("batchcli_sync", default=None)
+"""Set while `start`'s body runs on behalf of `sync`: sync's own flags."""
+
+DeleteOpt = Annotated[bool, typer.Option(
+    "--delete", help="After the run, remove outputs whose inputs are gone: only files batchcli wrote and that are unchanged.")]
+DryRunOpt = Annotated[bool, typer.Option(
+    "--dry-run", help="List what would be processed and reused; create and change nothing.")]
+
+
+def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run: bool = False):
+    """Make the batch, record its up-to-date items as reused, say what is left to do."""
+    import shutil
+    import tempfile
+
+    from batchcli import api
+    from batchcli.cli import console
+    from batchcli.engine.store import Store
+    from batchcli.engine.sync import delete_stale, note_plan, plan, record_reused
+
+    if dry_run:  # discover into a scratch home; compare with the real catalog; keep nothing
+        scratch = tempfile.mkdtemp(prefix="batchcli-sync-")
+        try:
+            paths = api.create_batch(Store(scratch), cfg)
+            p, _records = plan(store, paths)
+            gone = delete_stale(store, paths, dry_run=True) if delete else None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if json_out:
+            console.emit_json({"type": "sync_plan", "dry_run": True, **p.as_dict(),
+                               **({"delete": gone.as_dict()} if gone else {})})
+        else:
+            lines = [f"sync (dry run): {p.reused} up to date, {p.new + p.changed} to process "
+                     f"({p.new} new, {p.changed} changed) of {p.total}"]
+            lines += [f"  process {src}" for src in p.todo]
+            if p.new + p.changed > len(p.todo):
+                lines.append(f"  ... and {p.new + p.changed - len(p.todo)} more")
+            if gone is not None:
+                lines.append(f"would remove {gone.removed} output(s) whose inputs are gone"
+                             + (f" (keeping {gone.kept_count} changed since written)" if gone.kept_count else ""))
+                lines += [f"  remove {rel}" for rel in gone.sample]
+            console.info("\n".join(lines))
+        raise typer.Exit(0)
+    paths = api.create_batch(store, cfg)
+    try:
+        p, records = plan(store, paths)
+        record_reused(paths, records)
+        note_plan(paths, p)
+    except BaseException:
+        shutil.rmtree(paths.dir, ignore_errors=True)
+        raise
+    if delete:
+        opts.given["delete"] = True  # a run flag: done after the run (cli/finish.py), kept by resume
+    if json_out:
+        console.emit_json({"type": "sync_plan", "batch_id": paths.id, "dry_run": False,
+                           **{k: v for k, v in p.as_dict().items() if k != "to_process_sample"}})
+    else:
+        console.info(f"sync: {p.reused} up to date (reused), {p.new + p.changed} to process "
+                     f"({p.new} new, {p.changed} changed) of {p.total}")
+    return paths
+
+
+def register_sync(app: typer.Typer, start) -> None:
+    target = inspect.unwrap(start)
+    hints = typing.get_type_hints(target, include_extras=True)
+    params = [p.replace(annotation=hints[p.name]) for p in inspect.signature(target).parameters.values()]
+    own = [inspect.Parameter("delete", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False, annotation=DeleteOpt),
+           inspect.Parameter("dry_run", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False, annotation=DryRunOpt)]
+    at = next(k for k, p in enumerate(params) if p.name == "detach")
+    params[at:at] = own
+
+    def sync(**kw: Any) -> None:
+        """Like start, but only new or changed inputs do work: an input whose identity (device,
+        inode, size, mtime) and pipeline match an output an earlier batch wrote, still as it was
+        written, is recorded as completed with reused_from, not processed again.
+
+        Example: batchcli sync photos/ --out web/ --pipeline "resize 1024x1024 | convert webp" --delete
+        """
+        token = SYNC.set({"delete": kw.pop("delete"), "dry_run": kw.pop("dry_run")})
+        try:
+            target(**kw)
+        finally:
+            SYNC.reset(token)
+
+    sync.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    sync.__annotations__ = {p.name: p.annotation for p in params}
+    app.command("sync", no_args_is_help=True)(handle_errors(sync))

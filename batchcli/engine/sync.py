@@ -1,0 +1,246 @@
+"""sync: a batch that does only the new work, like rsync or make.
+
+An item of a new batch is up to date when the output catalog knows a result made from an input
+with the same identity (device, inode, size, mtime) by a pipeline with the same fingerprint into
+the same output folder, and that output is still on disk as it was written (same size and
+mtime; a file-less result, such as `analyze`'s, needs no file). Such an item is recorded in the
+new batch as `item_completed` with `reused_from` (the batch whose record it copies, metadata
+included) before the runner starts, so the runner never sees it and the new batch is the whole
+picture for `status`, `export` and `verify`. Everything else runs as in `start`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from batchcli.engine.catalog import KIND_NONE, KIND_OUT, KIND_ROUTED, Catalog
+from batchcli.engine.journal import JournalWriter, decode, replay
+from batchcli.engine.store import BatchPaths, Store
+from batchcli.inputs.discover import iter_items
+
+
+@dataclass
+class SyncPlan:
+    total: int = 0
+    reused: int = 0
+    new: int = 0  # no earlier result from this input with this pipeline
+    changed: int = 0  # an earlier result, but the input or the output changed since
+    from_batches: Counter = field(default_factory=Counter)  # batch id -> items reused from it
+    todo: list[str] = field(default_factory=list)  # inputs to process (the first TODO_LISTED)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "reused": self.reused, "to_process": self.new + self.changed,
+                "new": self.new, "changed": self.changed, "reused_from": dict(self.from_batches),
+                "to_process_sample": self.todo}
+
+
+TODO_LISTED = 1000
+"""Inputs to process named in a plan (a dry run lists them)."""
+
+
+def _earlier(cat: Catalog, man: dict[str, Any]) -> dict[tuple[int, int], dict[int, tuple]]:
+    """(input device, inode) -> {kind: the newest result row} of this fingerprint into this folder."""
+    out: dict[tuple[int, int], dict[int, tuple]] = {}
+    for row in cat.results_into(man.get("out_dev"), man.get("out_ino"), man["fingerprint"]):
+        out.setdefault((row[0], row[1]), {})[row[6]] = row  # oldest first: the newest wins
+    return out
+
+
+def _still_there(out_dir: str | None, row: tuple) -> bool:
+    """The output is on disk as it was written (size and mtime as recorded)."""
+    kind, rel, size, mtime = row[6], row[7], row[9], row[10]
+    if kind == KIND_NONE:
+        return True
+    if not out_dir or not rel:
+        return False
+    try:
+        st = os.stat(os.path.join(out_dir, rel))
+    except OSError:
+        return False
+    return st.st_size == size and (mtime is None or st.st_mtime == mtime)
+
+
+def plan(store: Store, paths: BatchPaths) -> tuple[SyncPlan, list[dict[str, Any]]]:
+    """Which items of the new batch are up to date, and the records that say so (no writes)."""
+    man = paths.load_manifest()
+    out_dir = man.get("out_dir")
+    with Catalog(store) as cat:
+        cat.refresh()
+        earlier = _earlier(cat, man) if man.get("out_dev") is not None or not out_dir else {}
+    p = SyncPlan()
+    records: list[dict[str, Any]] = []
+    for item in iter_items(paths.items):
+        p.total += 1
+        found = earlier.get((item.get("dev"), item.get("ino"))) if item.get("ino") else None
+        if not found:
+            p.new += 1
+            if len(p.todo) < TODO_LISTED:
+                p.todo.append(item["src"])
+            continue
+        main = found.get(KIND_OUT) or found.get(KIND_NONE)
+        ok = (main is not None and main[2] == item.get("size") and main[3] == item.get("mtime")
+              and (main[6] == KIND_NONE or os.path.splitext(main[7])[0] == item["stem"])
+              and all(_still_there(out_dir, row) for row in found.values()))
+        if not ok:
+            p.changed += 1
+            if len(p.todo) < TODO_LISTED:
+                p.todo.append(item["src"])
+            continue
+        rec: dict[str, Any] = {"i": item["i"]}
+        if main[6] == KIND_OUT:
+            rec.update(out=main[7], bytes=main[9], sha256=main[8], mtime=main[10])
+        if KIND_ROUTED in found:
+            rec["routed"] = found[KIND_ROUTED][7]
+        rec.update(ms=0.0, reused_from=main[4], _seq=main[5])
+        records.append(rec)
+        p.reused += 1
+        p.from_batches[main[4]] += 1
+    _copy_meta(store, records)
+    return p, records
+
+
+def _copy_meta(store: Store, records: list[dict[str, Any]]) -> None:
+    """Bring each reused result's metadata (analysis, model output) along from the record it
+    copies: its batch's journal is read only when it holds any."""
+    wanted: dict[str, dict[int, dict[str, Any]]] = {}
+    for rec in records:
+        wanted.setdefault(rec["reused_from"], {})[rec.pop("_seq")] = rec
+    for bid, by_seq in wanted.items():
+        journal = os.path.join(store.batches_dir, bid, "journal.jsonl")
+        try:
+            with open(journal, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        if b'"meta":' not in data:
+            continue
+        for raw in data.splitlines():
+            if b'"meta":' in raw:
+                old = decode(raw)
+                if old is not None and old.get("seq") in by_seq and old.get("meta") is not None:
+                    by_seq[old["seq"]]["meta"] = old["meta"]
+
+
+def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
+    """Append the up-to-date items' records to a new batch's journal (it has no runner yet),
+    as one durable write."""
+    from filelock import FileLock
+
+    from batchcli.engine.liveness import take_lock
+    from batchcli.errors import BatchLocked
+
+    lock = FileLock(paths.lock)
+    if not take_lock(lock, paths):
+        raise BatchLocked(f"batch {paths.id} is held by a live runner")
+    try:
+        st = replay(paths.journal, int(paths.load_manifest()["total"]))
+        j = JournalWriter(paths.journal, st.last_seq, durable=False)
+        try:
+            for rec in records:
+                j.append("item_completed", **rec)
+        finally:
+            j.close()
+        with open(paths.journal, "rb") as fh:
+            os.fsync(fh.fileno())
+    finally:
+        lock.release()
+
+
+def note_plan(paths: BatchPaths, p: SyncPlan) -> None:
+    """The plan's figures in the manifest (read by `stats` and the reports)."""
+    man = paths.load_manifest()
+    man.update(kind="sync", reused=p.reused, sync={"new": p.new, "changed": p.changed,
+                                                   "reused_from": dict(p.from_batches)})
+    paths.write_manifest(man)
+
+
+def dumps(p: SyncPlan) -> bytes:
+    return orjson.dumps(p.as_dict())
+
+
+@dataclass
+class DeleteResult:
+    removed: int = 0
+    kept: Counter = field(default_factory=Counter)  # why -> files kept: changed, link, missing
+    sample: list[str] = field(default_factory=list)  # the first removed (or to remove) outputs
+
+    @property
+    def kept_count(self) -> int:
+        return sum(self.kept.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"removed": self.removed, "kept": dict(self.kept), "sample": self.sample}
+
+
+def delete_stale(store: Store, paths: BatchPaths, dry_run: bool = False) -> DeleteResult:
+    """`sync --delete`: remove the outputs in this batch's folder whose inputs are gone. Only a
+    file batchcli wrote and still owns (its batch is the file's last writer in the catalog, not
+    this batch), that is unchanged (size, mtime and sha256 as recorded), and that lies inside
+    the folder (no symbolic link on the way) is removed; folders left empty go too."""
+    man = paths.load_manifest()
+    out_dir = man.get("out_dir")
+    res = DeleteResult()
+    if not out_dir or man.get("out_dev") is None or not os.path.isdir(out_dir):
+        return res
+    real_root = os.path.realpath(out_dir)
+    with Catalog(store) as cat:
+        cat.refresh()
+        stale = []
+        for b in cat.batches_into(man["out_dev"], man["out_ino"]):
+            if b.batch_id == paths.id:
+                continue
+            for mine, last in cat.last_writers(b.batch_id):
+                if mine.kind != KIND_OUT or last.batch_id != b.batch_id or last.seq != mine.seq:
+                    continue  # a link, or written again since (by a later batch): not this one's
+                if mine.src is None or os.path.lexists(mine.src):
+                    continue  # its input is still there
+                stale.append(mine)
+    emptied: set[str] = set()
+    for out in stale:
+        why = _remove(real_root, out, dry_run)
+        if why:
+            res.kept[why] += 1
+            continue
+        res.removed += 1
+        if len(res.sample) < TODO_LISTED:
+            res.sample.append(out.rel)
+        emptied.add(os.path.dirname(os.path.join(real_root, out.rel)))
+    if not dry_run:
+        for folder in sorted(emptied, key=len, reverse=True):
+            while folder.startswith(real_root + os.sep):
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+                folder = os.path.dirname(folder)
+    return res
+
+
+def _remove(real_root: str, out: Any, dry_run: bool) -> str | None:
+    """None when removed (or it would be), else why the file is kept."""
+    import hashlib
+    import stat
+
+    path = os.path.join(real_root, out.rel)
+    if os.path.realpath(path) != os.path.normpath(path):
+        return "link"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    if not stat.S_ISREG(st.st_mode) or st.st_size != out.size or (out.mtime is not None and st.st_mtime != out.mtime):
+        return "changed"
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    if out.sha256 and h.hexdigest() != out.sha256:
+        return "changed"
+    if not dry_run:
+        os.unlink(path)
+    return None
