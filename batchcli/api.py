@@ -42,6 +42,10 @@ class StartConfig:
     stdin: Any = None  # binary stream read for "-" (default: sys.stdin.buffer)
 
 
+UPLOADS = "uploads"
+"""The folder of a batch that holds files sent to the server (the only part of the home read as input)."""
+
+
 def build_pipeline(text: str | None, file: str | None):
     from batchcli.pipeline import Pipeline
 
@@ -52,9 +56,11 @@ def build_pipeline(text: str | None, file: str | None):
     return Pipeline.parse(text or "")
 
 
-def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
+def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None) -> BatchPaths:
     """Validate everything, discover the inputs, and write the batch's immutable files.
-    Raises ConfigError (exit 2) before any work when anything is wrong."""
+    Raises ConfigError (exit 2) before any work when anything is wrong (and removes the batch
+    folder). `paths`: an empty batch folder made beforehand with `store.create()` (the server
+    puts uploads in its `uploads/` first; that folder is read although the home is not)."""
     import sys
 
     from batchcli.inputs import discover, names
@@ -88,10 +94,11 @@ def create_batch(store: Store, cfg: StartConfig) -> BatchPaths:
     inputs_opts = {"exts": list(exts), "exclude": list(cfg.exclude or []), "from_file": cfg.from_file,
                    "dedupe": cfg.dedupe, "name_template": cfg.name_template, "media": cfg.media}
     stats = discover.DiscoveryStats()
+    keep = [os.path.join(paths.dir, UPLOADS)] if paths is not None else []
     found = discover.find(cfg.inputs, exts, skip_dirs=[out_dir, store.home] if out_dir else [store.home],
                           exclude=cfg.exclude or (), from_file=cfg.from_file, dedupe=cfg.dedupe,
-                          stdin=stdin, stats=stats)
-    paths = store.create()
+                          stdin=stdin, stats=stats, keep_dirs=keep)
+    paths = paths or store.create()
     try:
         namer = names.Namer(cfg.name_template if template else None, cfg.name or paths.id,
                                names.preset_name(spec))

@@ -39,7 +39,8 @@ def test_cli_path_does_not_import_heavy_modules(args, tmp_path):
     code = ("import sys, runpy\n"
             f"sys.argv = ['batchcli', *{args!r}]\n"
             "try:\n    runpy.run_module('batchcli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('cv2', 'numpy', 'onnxruntime', 'PIL') if m in sys.modules]\n"
+            "heavy = [m for m in ('cv2', 'numpy', 'onnxruntime', 'PIL', 'fastapi', 'starlette', 'uvicorn',\n"
+            "                     'pydantic', 'websockets') if m in sys.modules]\n"
             "sys.stderr.write('HEAVY:' + ','.join(heavy))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={"BATCHCLI_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})

@@ -14,7 +14,7 @@ import os
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,63 +149,75 @@ def failure_key(error_class: str | None, error: str | None) -> str:
     return f"{error_class or 'error'}: {msg[:120]}"
 
 
-def replay(path: str, total: int, use_snapshot: bool = True) -> Replay:
+def replay(path: str, total: int, use_snapshot: bool = True, base: Replay | None = None,
+           on_record: Callable[[Replay, dict[str, Any]], None] | None = None) -> Replay:
     """Fold the journal into a Replay. Memory: one byte per item plus small counters.
 
     A snapshot written by `checkpoint` (by the lock holder) is a cache of this fold up to a byte
     offset; it is used only when the journal's bytes up to that offset still match its CRC, and
-    the rest of the journal is folded on top. Without one, the whole journal is read."""
-    st = _load_snapshot(path, total) if use_snapshot else None
+    the rest of the journal is folded on top. Without one, the whole journal is read.
+
+    `base`, a Replay of this journal from an earlier call, is folded further in place: only the
+    lines appended since are read (a reader that follows a live batch). `on_record(st, rec)` is
+    called after each record is folded in."""
+    st = base if base is not None else _load_snapshot(path, total) if use_snapshot else None
     if st is None:
         st = Replay(total=total, items=bytearray(total))
         st.counts[PENDING] = total
-    items, counts = st.items, st.counts
     pos = [st.offset, st.lines]
     for rec in iter_records(path, st.bad, start=st.offset, first_line=st.lines + 1, pos=pos):
         st.records += 1
         st.last_seq = rec.get("seq", st.last_seq)
-        kind = rec.get("type")
-        i = rec.get("i")
-        if i is not None:
-            if not (0 <= i < total):
-                continue
-            new = _ITEM_STATES.get(kind)
-            if new is None:
-                continue
-            old = items[i]
-            if old == FAILED:
-                _unfail(st, i)
-            if old != new:
-                counts[old] -= 1
-                counts[new] += 1
-                items[i] = new
-            if new == FAILED and len(st.fail_key) < _MAX_TRACKED:
-                key = failure_key(rec.get("error_class"), rec.get("error"))
-                if key in st.failures or len(st.failures) < _MAX_REASONS:
-                    key = st.fail_key[i] = _intern.setdefault(key, key)
-                    st.failures[key] += 1
-            continue
-        if kind == "items_requeued":  # resume --retry-failed / --repair: back to pending
-            for j in rec.get("items", ()):
-                if 0 <= j < total and items[j] != PENDING:
-                    if items[j] == FAILED:
-                        _unfail(st, j)
-                    counts[items[j]] -= 1
-                    counts[PENDING] += 1
-                    items[j] = PENDING
-            if rec.get("all_failed"):
-                st.failures.clear()
-                st.fail_key.clear()
-                for j in range(total):
-                    if items[j] == FAILED:
-                        items[j] = PENDING
-                counts[PENDING] += counts[FAILED]
-                counts[FAILED] = 0
-            continue
-        if kind in LIFECYCLE:
-            _lifecycle(st, kind, rec)
+        _fold(st, rec)
+        if on_record is not None:
+            on_record(st, rec)
     st.offset, st.lines = pos
     return st
+
+
+def _fold(st: Replay, rec: dict[str, Any]) -> None:
+    """One record into the state (the last record for an item wins)."""
+    total, items, counts = st.total, st.items, st.counts
+    kind = rec.get("type")
+    i = rec.get("i")
+    if i is not None:
+        if not (0 <= i < total):
+            return
+        new = _ITEM_STATES.get(kind)
+        if new is None:
+            return
+        old = items[i]
+        if old == FAILED:
+            _unfail(st, i)
+        if old != new:
+            counts[old] -= 1
+            counts[new] += 1
+            items[i] = new
+        if new == FAILED and len(st.fail_key) < _MAX_TRACKED:
+            key = failure_key(rec.get("error_class"), rec.get("error"))
+            if key in st.failures or len(st.failures) < _MAX_REASONS:
+                key = st.fail_key[i] = _intern.setdefault(key, key)
+                st.failures[key] += 1
+        return
+    if kind == "items_requeued":  # resume --retry-failed / --repair: back to pending
+        for j in rec.get("items", ()):
+            if 0 <= j < total and items[j] != PENDING:
+                if items[j] == FAILED:
+                    _unfail(st, j)
+                counts[items[j]] -= 1
+                counts[PENDING] += 1
+                items[j] = PENDING
+        if rec.get("all_failed"):
+            st.failures.clear()
+            st.fail_key.clear()
+            for j in range(total):
+                if items[j] == FAILED:
+                    items[j] = PENDING
+            counts[PENDING] += counts[FAILED]
+            counts[FAILED] = 0
+        return
+    if kind in LIFECYCLE:
+        _lifecycle(st, kind, rec)
 
 
 _MAX_TRACKED = 200_000

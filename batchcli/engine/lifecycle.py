@@ -216,6 +216,21 @@ def cleanup(store: Store, older_than: float = 7 * 86400, keep_last: int = 0,
     return {"cleaned_count": len(cleaned), "skipped": skipped, "dry_run": dry_run, "cleaned": cleaned}
 
 
+def remove(store: Store, paths: BatchPaths, purge_outputs: bool = False) -> dict[str, Any]:
+    """Remove one batch's record (and with `purge_outputs` exactly the files it wrote), whatever
+    its age or state, unless a live runner holds it."""
+    row = batch_status(paths)
+    if row["status"] == "running":
+        raise InvalidTransition(f"batch {paths.id} is running (pid {row['runner_pid']}); pause or cancel it first")
+    _wait_released(paths, 5.0)  # a runner that has recorded its end may still be closing
+    entry = {"batch_id": paths.id, "name": row["name"], "status": row["status"], "outputs_removed": 0, "outputs_kept": 0}
+    try:
+        _clean_one(store, paths, purge_outputs, False, entry)
+    except BatchLocked:
+        raise InvalidTransition(f"batch {paths.id} is held by a live runner; pause or cancel it first") from None
+    return entry
+
+
 def _last_activity(paths: BatchPaths) -> float:
     try:
         return os.stat(paths.journal).st_mtime

@@ -30,11 +30,13 @@ def effective_state(paths: BatchPaths, st: Replay) -> tuple[str, int | None]:
     return st.state, None
 
 
-def batch_status(paths: BatchPaths) -> dict[str, Any]:
-    """The status object of DESIGN.md (a replay: read-only, safe while a runner writes)."""
+def batch_status(paths: BatchPaths, st: Replay | None = None) -> dict[str, Any]:
+    """The status object of DESIGN.md (a replay: read-only, safe while a runner writes).
+    `st`: a current replay of the batch's journal the caller keeps (else one is made)."""
     man = paths.load_manifest()
     total = int(man["total"])
-    st = replay(paths.journal, total)
+    if st is None:
+        st = replay(paths.journal, total)
     state, pid = effective_state(paths, st)
     done = st.completed + st.failed
     videos = {}
@@ -89,14 +91,19 @@ def list_batches(store: Store, status: Iterable[str] | None = None, limit: int |
 
 
 def item_rows(paths: BatchPaths, failed_only: bool = False, limit: int | None = None,
-              offset: int = 0) -> dict[str, Any]:
-    """Per-item listing: one streaming pass over items.jsonl and the journal, holding one page."""
+              offset: int = 0, states: Iterable[str] | None = None) -> dict[str, Any]:
+    """Per-item listing: one streaming pass over items.jsonl and the journal, holding one page.
+    `states`: only items in these states (pending, completed, failed, skipped)."""
     from batchcli.inputs.discover import iter_items
 
     man = paths.load_manifest()
     total = int(man["total"])
     st = replay(paths.journal, total)
-    wanted = [i for i in range(total) if not failed_only or st.items[i] == 2]
+    codes = {c for c, name in STATE_NAMES.items() if name in set(states)} if states else None
+    if failed_only:
+        codes = {2}
+    items = st.items
+    wanted = list(range(total)) if codes is None else [i for i in range(total) if items[i] in codes]
     count = len(wanted)
     end = count if limit is None else min(count, offset + limit)
     page = wanted[offset:end]

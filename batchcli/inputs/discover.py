@@ -166,9 +166,10 @@ def file_digest(path: str) -> bytes | None:
 
 class _Resolver:
     def __init__(self, exts: Iterable[str] | None, skip_dirs: Iterable[str | None], exclude: Iterable[str],
-                 dedupe: str | None, stats: DiscoveryStats, multi: bool):
+                 dedupe: str | None, stats: DiscoveryStats, multi: bool, keep_dirs: Iterable[str] = ()):
         self.exts = frozenset(parse_exts(exts))
         self.skip = {os.path.realpath(d) for d in skip_dirs if d}
+        self.keep = tuple(os.path.realpath(d).rstrip(os.sep) + os.sep for d in keep_dirs)
         self.exclude = tuple(p for p in exclude if p)
         self.dedupe = dedupe
         self.stats = stats
@@ -197,6 +198,8 @@ class _Resolver:
         return False
 
     def in_skip(self, real: str) -> bool:
+        if self.keep and (real + os.sep).startswith(self.keep):
+            return False  # a folder inside a skipped one that is read all the same (a batch's uploads)
         return any(real == s or real.startswith(s.rstrip(os.sep) + os.sep) for s in self.skip)
 
     def ext_ok(self, name: str) -> bool:
@@ -419,18 +422,21 @@ def iter_list(fh: IO[bytes]) -> Iterator[str]:
 
 def find(inputs: list[str], exts: Iterable[str] | None = None, skip_dirs: Iterable[str | None] = (), *,
          exclude: Iterable[str] = (), from_file: str | None = None, dedupe: str | None = None,
-         stdin: IO[bytes] | None = None, stats: DiscoveryStats | None = None) -> Iterator[Found]:
+         stdin: IO[bytes] | None = None, stats: DiscoveryStats | None = None,
+         keep_dirs: Iterable[str] = ()) -> Iterator[Found]:
     """Resolve inputs to Found items, in order, without duplicates.
 
     `inputs` are files, folders, glob patterns, URLs, or "-" (a list on stdin); `from_file` is a
     list file ("-" = stdin) read after them. List lines that are relative paths are relative to
-    the list's folder (the current folder for stdin)."""
+    the list's folder (the current folder for stdin). Nothing under `skip_dirs` is read, except
+    under `keep_dirs`."""
     if dedupe not in (None, "content"):
         raise ConfigError(f"--dedupe {dedupe}: expected 'content'")
     if from_file == "-" and "-" in inputs or inputs.count("-") > 1:
         raise ConfigError("stdin can be read only once: give - once (as an input or as --from-file -)")
     sources = len(inputs) + (1 if from_file else 0)
-    res = _Resolver(exts, skip_dirs, exclude or (), dedupe, stats or DiscoveryStats(), multi=sources > 1)
+    res = _Resolver(exts, skip_dirs, exclude or (), dedupe, stats or DiscoveryStats(), multi=sources > 1,
+                    keep_dirs=keep_dirs)
     for raw in inputs:
         if raw == "-":
             yield from _from_list(res, stdin if stdin is not None else sys.stdin.buffer, os.getcwd())

@@ -129,7 +129,7 @@ def render_contact_sheet(paths: BatchPaths, out_file: str, compare: bool = False
     targets = page_paths(os.path.abspath(out_file), n_pages)
     res = ContactResult(batch_id=paths.id, running=snap.running, snapshot_at=snap.taken_at)
     fonts = _Fonts()
-    limits = _limits(snap.manifest)
+    limits = limits_of(snap.manifest)
     pool = ThreadPoolExecutor(max_workers=threads or min(4, os.cpu_count() or 1))
     try:
         page: list[ItemView] = []
@@ -173,7 +173,7 @@ def render_contact_sheet(paths: BatchPaths, out_file: str, compare: bool = False
 # Loading thumbnails.
 
 
-def _limits(manifest: dict[str, Any]):
+def limits_of(manifest: dict[str, Any]):
     from batchcli.imaging.imageio import Limits
 
     opts = manifest.get("options") or {}
@@ -182,16 +182,16 @@ def _limits(manifest: dict[str, Any]):
 
 def _load_tile(snap: Snapshot, item: ItemView, lay: Layout, limits) -> Tile:
     box = lay.thumb
-    before, src_size = _thumb(item.src, box, limits) if lay.compare else (None, None)
+    before, src_size = thumbnail(item.src, box, limits) if lay.compare else (None, None)
     if item.state == "failed":
         return Tile(item, "failed", before=before, detail=_error_text(item.record or {}))
     if item.out and snap.out_dir:
         out_path = os.path.join(snap.out_dir, item.out)
         if not os.path.exists(out_path):
             return Tile(item, "missing", before=before, detail="output file is missing")
-        after, size = _thumb(out_path, box, limits)
+        after, size = thumbnail(out_path, box, limits)
     else:  # a pipeline that writes no image: show the source
-        after, size = _thumb(item.src, box, limits)
+        after, size = thumbnail(item.src, box, limits)
     rec = item.record or {}
     detail = f"#{item.i}"
     if size and src_size and src_size != size:
@@ -203,7 +203,7 @@ def _load_tile(snap: Snapshot, item: ItemView, lay: Layout, limits) -> Tile:
     return Tile(item, "image", after=after, before=before, detail=detail)
 
 
-def _thumb(path: str, box: int, limits) -> tuple[np.ndarray | None, tuple[int, int] | None]:
+def thumbnail(path: str, box: int, limits) -> tuple[np.ndarray | None, tuple[int, int] | None]:
     """Decode (reduced when the format allows), orient, fit into box x box.
     Returns (RGB or RGBA uint8 thumbnail, the image's full size), or (None, None)."""
     from batchcli.imaging import imageio

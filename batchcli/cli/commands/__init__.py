@@ -1,7 +1,7 @@
 """Subcommand modules, one per command group. Each defines `register(app)`; cli/app.py calls
 them in this order. Imported outright: a module that fails to import is an error."""
 
-from batchcli.cli.commands import export, inspect, lifecycle, ops_cmd, run, similar, stats
+from batchcli.cli.commands import export, inspect, lifecycle, ops_cmd, run, serve, similar, stats
 
 COMMANDS = (
     run,        # start, resume
@@ -11,4 +11,5 @@ COMMANDS = (
     ops_cmd,    # ops
     similar,    # similar
     stats,      # stats
+    serve,      # serve (the HTTP face; needs the serve extra)
 )

@@ -1,0 +1,378 @@
+"""`batchcli serve` against a real uvicorn server on 127.0.0.1: batches created from paths, URLs,
+base64 and uploads; listed, paged, paused, resumed, cancelled; exports; the security model."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from crashops import make_pngs
+from serverkit import (
+    call,
+    jcall,
+    multipart,
+    need_serve_extra,
+    server_env,
+    start_server,
+    wait_status,
+    ws_events,
+    ws_url,
+)
+
+need_serve_extra()
+
+API = "/api/v1"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    root = base / "root"
+    make_pngs(root / "photos", 6)
+    s = start_server(base / "home", root, "--max-upload", "40K", "--max-upload-files", "3")
+    s.root = root
+    yield s
+    s.stop()
+
+
+def post(srv, body, path="/batches", **kw):
+    return jcall(srv.url + API + path, "POST", body, **kw)
+
+
+def test_create_from_paths_list_filter_and_page(srv):
+    status, made = post(srv, {"inputs": ["photos/"], "out": "web/", "name": "paths",
+                              "pipeline": "orient | resize 32x32 | convert webp", "workers": 1})
+    assert status == 201, made
+    assert made["total"] == 6 and made["status"] in ("pending", "running", "completed")
+    assert made["batch_id"] in made["message"]
+    s = wait_status(srv, made["batch_id"])
+    assert s["status"] == "completed" and s["completed"] == 6
+    assert sorted(os.listdir(srv.root / "web")) == [f"img{k:03d}.webp" for k in range(6)]
+    # the same object as `status --json`
+    for key in ("batch_id", "name", "status", "total", "completed", "failed", "remaining", "progress_percent",
+                "created_at", "started_at", "paused_at", "completed_at", "out_dir", "pipeline", "runner_pid"):
+        assert key in s
+    status, page = jcall(f"{srv.url}{API}/batches/{made['batch_id']}/items?status=completed&limit=4&offset=4")
+    assert status == 200 and page["total"] == 6 and [r["i"] for r in page["items"]] == [4, 5]
+    assert jcall(f"{srv.url}{API}/batches/paths")[1]["batch_id"] == made["batch_id"]  # by name
+    _, listed = jcall(f"{srv.url}{API}/batches?name=paths&status=completed")
+    assert listed["total"] == 1 and listed["batches"][0]["batch_id"] == made["batch_id"]
+    _, listed = jcall(f"{srv.url}{API}/batches?status=running,paused&name=paths")
+    assert listed == {"batches": [], "total": 0}
+    status, bad = jcall(f"{srv.url}{API}/batches?status=bogus")
+    assert status == 400 and "bogus" in bad["error"] and bad["status"] == 400
+
+
+def test_create_from_urls_base64_and_uploads(srv, tmp_path):
+    pngs = make_pngs(tmp_path / "served", 3)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(tmp_path / "served")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        status, a = post(srv, {"inputs": [f"{base}/img000.png"], "images": [{"url": f"{base}/img001.png"}],
+                               "pipeline": "resize 16x16", "workers": 1})
+        assert status == 201, a
+        blob = base64.b64encode(open(pngs[2], "rb").read()).decode()
+        status, b = post(srv, {"images": [{"base64": blob, "name": "../../evil name.png"}],
+                               "pipeline": "resize 16x16", "workers": 1})
+        assert status == 201, b
+        body, ctype = multipart([("pipeline", "resize 16x16"), ("workers", "1"), ("name", "uploaded")],
+                                [("files", "x/../a.png", open(pngs[0], "rb").read()),
+                                 ("files", "a.png", open(pngs[1], "rb").read())])
+        status, c = jcall(srv.url + API + "/batches", "POST", data=body, headers={"content-type": ctype})
+        assert status == 201, c
+        assert (a["total"], b["total"], c["total"]) == (2, 1, 2)
+        for made in (a, b, c):
+            assert wait_status(srv, made["batch_id"])["status"] == "completed"
+    finally:
+        httpd.shutdown()
+    # uploads land in the batch folder under sanitised, unique names
+    up = os.path.join(srv.home, "batches", c["batch_id"], "uploads")
+    assert sorted(os.listdir(up)) == ["a.png", "a_2.png"]
+    assert os.listdir(os.path.join(srv.home, "batches", b["batch_id"], "uploads")) == ["evil name.png"]
+    assert call(f"{srv.url}{API}/batches/{c['batch_id']}/export.zip")[0] == 200  # outputs kept with the batch
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"pipeline": "resize 16x16"}, "no images"),
+    ({"images": [{"url": "http://x/a.png", "base64": "AAAA"}], "pipeline": "resize 16x16"}, "exactly one of url or base64"),
+    ({"images": [{"name": "a.png"}], "pipeline": "resize 16x16"}, "exactly one of url or base64"),
+    ({"images": [{"base64": "***", "name": "a.png"}], "pipeline": "resize 16x16"}, "not valid base64"),
+    ({"inputs": ["photos/"], "pipeline": "resize 16x16 | frobnicate"}, "unknown operation 'frobnicate'"),
+    ({"inputs": ["photos/"], "pipeline": "resize 16x16", "wokers": 2}, "wokers"),
+    ({"inputs": ["photos/"], "pipeline": "resize 16x16", "workers": 0}, "workers"),
+    ({"inputs": ["nothing-here/"], "pipeline": "resize 16x16"}, "nothing-here"),
+])
+def test_bad_requests_are_400_naming_the_problem(srv, body, words):
+    before = set(os.listdir(os.path.join(srv.home, "batches")))
+    status, err = post(srv, body)
+    assert status == 400 and err["status"] == 400 and words in err["error"], err
+    assert set(os.listdir(os.path.join(srv.home, "batches"))) == before  # nothing left behind
+
+
+def test_uploads_over_the_caps_are_413(srv, tmp_path):
+    before = set(os.listdir(os.path.join(srv.home, "batches")))
+    body, ctype = multipart([("pipeline", "resize 16x16")], [("files", "big.png", os.urandom(50_000))])
+    status, err = jcall(srv.url + API + "/batches", "POST", data=body, headers={"content-type": ctype})
+    assert status == 413 and "big.png" in err["error"] and "--max-upload" in err["error"]
+    small = open(make_pngs(tmp_path, 1, size=8)[0], "rb").read()
+    body, ctype = multipart([("pipeline", "resize 16x16")], [("files", f"f{k}.png", small) for k in range(4)])
+    status, err = jcall(srv.url + API + "/batches", "POST", data=body, headers={"content-type": ctype})
+    assert status == 413 and "more than 3 files" in err["error"]
+    assert set(os.listdir(os.path.join(srv.home, "batches"))) == before
+
+
+def test_paths_outside_the_allowed_roots_are_400_and_never_echo_server_paths(srv, tmp_path):
+    outside = tmp_path / "secret"
+    make_pngs(outside, 1)
+    os.symlink(outside / "img000.png", srv.root / "photos-link.png")
+    os.symlink(outside, srv.root / "dirlink")
+    make_pngs(srv.root / "mixed", 1)
+    os.symlink(outside / "img000.png", srv.root / "mixed" / "img999.png")
+    try:
+        for body in ({"inputs": [str(outside)]}, {"inputs": ["../secret"]}, {"inputs": ["photos-link.png"]},
+                     {"inputs": ["dirlink/img000.png"]}, {"inputs": ["photos/"], "out": str(tmp_path / "o")},
+                     {"inputs": ["photos/"], "out": "web/../../o"}, {"inputs": ["mixed/"]}):
+            status, err = post(srv, {**body, "pipeline": "resize 16x16"})
+            assert status == 400, (body, err)
+            assert "outside the allowed folders" in err["error"] or "'..' is not allowed" in err["error"], err
+            assert str(tmp_path) not in err["error"] and srv.home not in err["error"], err
+    finally:
+        os.unlink(srv.root / "photos-link.png")
+        os.unlink(srv.root / "dirlink")
+
+
+def test_pause_resume_cancel_delete_and_their_409s(srv):
+    status, made = post(srv, {"inputs": ["photos/"], "pipeline": "crashtest delay=0.3 | resize 16x16",
+                              "workers": 1, "name": "slow"})
+    assert status == 201, made
+    bid = made["batch_id"]
+    url = f"{srv.url}{API}/batches/{bid}"
+    wait_status(srv, bid, ("running",))
+    status, err = jcall(url, "DELETE")
+    assert status == 409 and "running" in err["error"]
+    from websockets.sync.client import connect
+
+    with connect(ws_url(srv, f"{API}/batches/{bid}/events"), open_timeout=10) as ws:
+        status, s = jcall(url + "/pause", "POST", {"wait": 0})
+        assert status == 202 and s["status"] == "running"  # asked; the runner finishes its item
+        assert wait_status(srv, bid, ("paused",))["remaining"] > 0
+        status, s = jcall(url + "/pause", "POST", {"wait": 10})
+        assert status == 200 and s["status"] == "paused"
+        assert _next(ws, "paused")["status"] == "paused"
+        status, s = jcall(url + "/resume", "POST", {})
+        assert status == 200 and s["status"] == "running", s
+        assert _next(ws, "started")["resumed"] is True  # the same stream goes on after a resume
+    status, err = jcall(url + "/resume", "POST", {})
+    assert status == 409 and "running" in err["error"]
+    status, s = jcall(url + "/cancel", "POST", {"wait": 10})
+    assert status == 200 and s["status"] == "cancelled"
+    for action in ("pause", "cancel", "resume"):
+        status, err = jcall(f"{url}/{action}", "POST", {})
+        assert status == 409 and "cancelled" in err["error"], (action, err)
+    status, gone = jcall(url, "DELETE")
+    assert status == 200 and gone["batch_id"] == bid
+    assert jcall(url)[0] == 404
+
+
+def _next(ws, kind: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        ev = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+        if ev["type"] == kind:
+            return ev
+
+
+def test_resume_retry_failed_pipeline_toml_and_delete_with_purge(srv, tmp_path):
+    toml = '[[op]]\nname = "crashtest"\naction = "raise"\nmatch = "img001"\nonce = "%s"\n\n' \
+           '[[op]]\nname = "resize"\nsize = "16x16"\n' % (tmp_path / "marks")
+    (tmp_path / "marks").mkdir()
+    status, made = post(srv, {"inputs": ["photos/img000.png", "photos/img001.png"], "out": "purged/",
+                              "pipeline_toml": toml, "workers": 1, "retries": 0})
+    assert status == 201, made
+    s = wait_status(srv, made["batch_id"])
+    assert (s["status"], s["completed"], s["failed"]) == ("completed", 1, 1)
+    assert s["top_failures"][0]["reason"].startswith("op: ")
+    url = f"{srv.url}{API}/batches/{made['batch_id']}"
+    status, err = jcall(url + "/resume", "POST", {})
+    assert status == 409 and "nothing to resume" in err["error"]
+    status, s = jcall(url + "/resume", "POST", {"retry_failed": True})
+    assert status == 200, s
+    assert wait_status(srv, made["batch_id"])["completed"] == 2
+    assert sorted(os.listdir(srv.root / "purged")) == ["img000.png", "img001.png"]
+    status, gone = jcall(url + "?purge_outputs=true", "DELETE")
+    assert status == 200 and gone["outputs_removed"] == 2
+    assert not (srv.root / "purged").exists() or os.listdir(srv.root / "purged") == []
+
+
+def test_recover_and_cleanup_take_the_cli_options_as_json(srv):
+    status, rec = post(srv, {}, "/recover")
+    assert status == 200 and rec["recovered_count"] == 0 and rec["failed_count"] == 0
+    status, dry = post(srv, {"older_than": "0s", "status": ["completed"], "dry_run": True}, "/cleanup")
+    assert status == 200 and dry["dry_run"] is True and dry["cleaned_count"] >= 1
+    status, err = post(srv, {"older_than": "soon"}, "/cleanup")
+    assert status == 400 and "older_than" in err["error"]
+
+
+def test_zip_equals_the_cli_export_byte_for_byte(srv, tmp_path):
+    status, made = post(srv, {"inputs": ["photos/"], "out": "zipped/", "pipeline": "resize 24x24 | convert png",
+                              "workers": 1})
+    assert status == 201
+    wait_status(srv, made["batch_id"])
+    status, headers, served = call(f"{srv.url}{API}/batches/{made['batch_id']}/export.zip")
+    assert status == 200 and headers["content-type"] == "application/zip"
+    r = subprocess.run([sys.executable, "-m", "batchcli", "export", made["batch_id"], "--zip", str(tmp_path / "cli.zip")],
+                       env=server_env(srv.home), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert served == (tmp_path / "cli.zip").read_bytes()
+    for part in ("manifest.csv", "manifest.jsonl", "contact-sheet.jpg", "items/0/output", "items/0/thumbnail",
+                 "items/0/thumbnail?side=input"):
+        status, headers, blob = call(f"{srv.url}{API}/batches/{made['batch_id']}/{part}")
+        assert status == 200 and blob, part
+    assert blob[:2] == b"\xff\xd8"  # thumbnails are JPEGs
+    assert call(f"{srv.url}{API}/batches/{made['batch_id']}/items/99/output")[0] == 404
+
+
+def test_export_with_no_completed_results_is_404(srv):
+    status, made = post(srv, {"inputs": ["photos/img000.png"], "pipeline": "crashtest raise | resize 16x16",
+                              "workers": 1, "retries": 0})
+    assert status == 201
+    assert wait_status(srv, made["batch_id"])["status"] == "failed"
+    status, err = jcall(f"{srv.url}{API}/batches/{made['batch_id']}/export.zip")
+    assert status == 404 and "no completed results" in err["error"]
+
+
+def test_websocket_events_arrive_in_order_through_finished(srv):
+    status, made = post(srv, {"inputs": ["photos/"], "pipeline": "crashtest delay=0.05 | resize 16x16",
+                              "workers": 1})
+    assert status == 201
+    events = ws_events(srv, made["batch_id"], "?since=0")
+    types = [e["type"] for e in events]
+    assert types[0] == "started" and types[-1] == "finished", types
+    assert sorted(e["i"] for e in events if e["type"] == "item_completed") == list(range(6))
+    seqs = [e["seq"] for e in events if e["type"] != "progress"]
+    assert seqs == sorted(seqs)
+    done = [e["completed"] for e in events if e["type"] == "progress"]
+    assert done == sorted(done) and events[-1]["status"] == "completed" and events[-1]["completed"] == 6
+    # a late subscriber to a finished batch gets where it stands, then the end
+    late = ws_events(srv, made["batch_id"])
+    assert [e["type"] for e in late] == ["progress", "finished"]
+
+
+def test_batches_started_from_the_cli_show_up_in_the_event_stream(srv):
+    from crashops import spawn
+
+    req = urllib_stream(srv.url + API + "/events?types=progress,finished")
+    proc = spawn(srv.home, "start", srv.root / "photos", "--out", srv.root / "fromcli",
+                 "--pipeline", "resize 8x8", "-w", "1", "--name", "fromcli")
+    try:
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = req.readline().decode()
+            if line.startswith("data: "):
+                ev = json.loads(line[6:])
+                seen.append(ev)
+                if ev["type"] == "finished" and ev["status"] == "completed":
+                    break
+        assert seen and seen[-1]["type"] == "finished", seen[-3:]
+        assert {e["type"] for e in seen} <= {"progress", "finished"}
+        _, listed = jcall(f"{srv.url}{API}/batches?name=fromcli")
+        assert listed["batches"][0]["batch_id"] == seen[-1]["batch_id"]
+    finally:
+        req.close()
+        proc.wait(60)
+
+
+def urllib_stream(url: str):
+    import urllib.request
+
+    return urllib.request.urlopen(url, timeout=60)
+
+
+def test_the_server_killed_mid_batch_leaves_the_batch_running_to_completion(tmp_path):
+    root = tmp_path / "root"
+    make_pngs(root / "photos", 6)
+    s = start_server(tmp_path / "home", root)
+    status, made = jcall(s.url + API + "/batches", "POST", {"inputs": ["photos/"], "workers": 1,
+                                                            "pipeline": "crashtest delay=0.2 | resize 16x16"})
+    assert status == 201
+    wait_status(s, made["batch_id"], ("running",))
+    os.kill(s.proc.pid, signal.SIGKILL)
+    s.proc.wait()
+    s2 = start_server(tmp_path / "home", root)  # a restarted server loses nothing
+    try:
+        assert wait_status(s2, made["batch_id"])["completed"] == 6
+    finally:
+        s2.stop()
+
+
+def test_metrics_docs_and_the_offline_dashboard(srv):
+    status, _, text = call(srv.url + "/metrics")
+    assert status == 200 and b'batchcli_batches{status="completed"}' in text
+    assert b'batchcli_items{status="completed"}' in text
+    status, _, doc = call(srv.url + "/openapi.json")
+    paths = json.loads(doc)["paths"]
+    assert "/api/v1/batches" in paths and "/api/v1/batches/{batch}/export.zip" in paths
+    for page in ("/", "/docs", "/static/app.js", "/static/app.css"):
+        status, _, body = call(srv.url + page)
+        assert status == 200, page
+        assert b"https://" not in body and b"cdn" not in body.lower(), f"{page} loads something from outside"
+
+
+def test_cors_is_off_unless_asked(srv):
+    _, headers, _ = call(srv.url + API + "/batches", headers={"Origin": "http://elsewhere.example"})
+    assert not any(h.lower() == "access-control-allow-origin" for h in headers)
+
+
+def test_token_cors_and_the_non_loopback_refusal(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "batchcli", "serve", "--host", "0.0.0.0", "--port", "0"],
+                       env=server_env(tmp_path / "home"), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "token is required" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "batchcli", "serve", "--help"], capture_output=True, text=True)
+    assert "127.0.0.1" in r.stdout and "8750" in r.stdout
+    root = tmp_path / "root"
+    root.mkdir()
+    s = start_server(tmp_path / "home", root, "--host", "0.0.0.0", env={"BATCHCLI_TOKEN": "from-the-environment"})
+    try:
+        port = s.url.rsplit(":", 1)[1]
+        local = f"http://127.0.0.1:{port}"
+        assert jcall(local + API + "/info")[0] == 401
+        status, info = jcall(local + API + "/info", headers={"Authorization": "Bearer from-the-environment"})
+        assert status == 200 and info["max_upload"] == 200 << 20 and info["max_upload_files"] == 1000
+        assert info["roots"] == [os.path.realpath(root)]
+    finally:
+        s.stop()
+    s = start_server(tmp_path / "home", root, "--token", "auto", "--cors", "http://app.example")
+    try:
+        token = open(s.log).read().split("token: ", 1)[1].split()[0]
+        status, err = jcall(s.url + API + "/batches")
+        assert status == 401 and err == {"error": "missing or wrong token: send Authorization: Bearer TOKEN",
+                                         "status": 401}
+        assert jcall(s.url + API + "/batches", headers={"Authorization": "Bearer wrong-token"})[0] == 401
+        assert jcall(s.url + "/metrics")[0] == 401
+        status, headers, _ = call(s.url + API + "/batches", headers={"Authorization": f"Bearer {token}",
+                                                                     "Origin": "http://app.example"})
+        assert status == 200 and headers.get("access-control-allow-origin") == "http://app.example"
+        assert jcall(f"{s.url}{API}/batches?token={token}")[0] == 200
+        assert call(s.url + "/")[0] == 200  # the dashboard page itself asks for the token
+        from websockets.exceptions import InvalidStatus
+        from websockets.sync.client import connect
+
+        with pytest.raises(InvalidStatus):
+            connect(s.url.replace("http", "ws") + API + "/batches/x/events", open_timeout=10)
+    finally:
+        s.stop()
