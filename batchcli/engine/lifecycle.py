@@ -40,6 +40,11 @@ def _wait_released(paths: BatchPaths, timeout: float) -> bool:
         time.sleep(WAIT_POLL)
 
 
+def wait_stopped(paths: BatchPaths, timeout: float) -> bool:
+    """True once no runner holds the batch (one that has recorded its end may still be closing)."""
+    return _wait_released(paths, timeout)
+
+
 def _ask_runner(paths: BatchPaths, what: str, wait: float) -> dict[str, Any] | None:
     """Send a request to the live runner and wait for it to exit. None when no runner is live."""
     info = runner_alive(paths)
@@ -222,7 +227,7 @@ def remove(store: Store, paths: BatchPaths, purge_outputs: bool = False) -> dict
     row = batch_status(paths)
     if row["status"] == "running":
         raise InvalidTransition(f"batch {paths.id} is running (pid {row['runner_pid']}); pause or cancel it first")
-    _wait_released(paths, 5.0)  # a runner that has recorded its end may still be closing
+    wait_stopped(paths, 5.0)
     entry = {"batch_id": paths.id, "name": row["name"], "status": row["status"], "outputs_removed": 0, "outputs_kept": 0}
     try:
         _clean_one(store, paths, purge_outputs, False, entry)

@@ -214,9 +214,13 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics() -> PlainTextResponse:
-        """Prometheus text format: batches and items per status."""
-        return PlainTextResponse(_metrics(ctx), media_type="text/plain; version=0.0.4")
+    def metrics(since: Optional[str] = None) -> PlainTextResponse:
+        """The `batchcli stats` figures in the Prometheus text format (`since=30d`: a window)."""
+        from batchcli.results.stats import home_stats, prometheus_text
+        from batchcli.units import parse_age
+
+        window = parse_age(since, "since") if since else None
+        return PlainTextResponse(prometheus_text(home_stats(ctx.store, window)), media_type="text/plain; version=0.0.4")
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -236,26 +240,6 @@ async def _drain(ws: WebSocket) -> None:
                 return
     except Exception:
         return
-
-
-def _metrics(ctx: Context) -> str:
-    batches = dict.fromkeys(routes.STATES, 0)
-    items = dict.fromkeys(routes.ITEM_STATES, 0)
-    for paths in ctx.store.all():
-        try:
-            s = ctx.hub.status(paths)
-        except (OSError, ValueError, KeyError):
-            continue
-        batches[s["status"]] = batches.get(s["status"], 0) + 1
-        items["completed"] += s["completed"]
-        items["failed"] += s["failed"]
-        items["skipped"] += s["skipped"]
-        items["pending"] += s["remaining"]
-    lines = ["# HELP batchcli_batches Batches in the home, by status.", "# TYPE batchcli_batches gauge"]
-    lines += [f'batchcli_batches{{status="{k}"}} {v}' for k, v in batches.items()]
-    lines += ["# HELP batchcli_items Items of every batch in the home, by status.", "# TYPE batchcli_items gauge"]
-    lines += [f'batchcli_items{{status="{k}"}} {v}' for k, v in items.items()]
-    return "\n".join(lines) + "\n"
 
 
 def _document(app: FastAPI) -> None:

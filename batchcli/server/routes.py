@@ -323,6 +323,7 @@ def _resume(c, paths: BatchPaths, body: ResumeRequest) -> dict[str, Any]:
     if s["status"] == "completed" and s["remaining"] == 0 and not (body.retry_failed or body.repair):
         raise InvalidTransition(f"batch {paths.id} is completed; nothing to resume "
                                 "(retry_failed reruns failed items, repair missing outputs)")
+    lifecycle.wait_stopped(paths, 5.0)
     opts = body.options(last=api.last_run_flags(paths))
     pid = spawn_detached(paths, opts, c.store.home, resume=True, retry_failed=body.retry_failed,
                          repair=body.repair, force=body.force)
