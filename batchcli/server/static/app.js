@@ -3,7 +3,11 @@
 
 const API = "/api/v1";
 const $ = (sel, root = document) => root.querySelector(sel);
-const state = { sse: null, ws: null, timers: [], batch: null, page: 0, perPage: 50 };
+const state = { sse: null, ws: null, timers: [], batch: null, page: 0, perPage: 50, gen: 0 };
+
+// Each view belongs to one route; work that ends after the user moved on is dropped.
+class Stale extends Error {}
+function current(gen) { if (gen !== state.gen) throw new Stale(); }
 
 // --- the token (asked once, kept for the browser session) -----------------------------------
 function token() { return sessionStorage.getItem("batchcli-token") || ""; }
@@ -98,7 +102,7 @@ function follow(id, onEvent) {
 }
 
 // --- the list ----------------------------------------------------------------------------------
-async function showList() {
+async function showList(gen) {
   const view = $("#view");
   view.replaceChildren($("#tpl-list").content.cloneNode(true));
   const filter = $("#list-filter");
@@ -124,6 +128,7 @@ async function showList() {
   async function load() {
     const q = filter.value ? "&status=" + filter.value : "";
     const data = await api("/batches?limit=200" + q);
+    current(gen);
     const box = $("#batches");
     box.replaceChildren(...data.batches.map(card));
     $("#empty").hidden = data.batches.length > 0;
@@ -145,7 +150,7 @@ async function showList() {
 }
 
 // --- one batch ---------------------------------------------------------------------------------
-async function showBatch(id) {
+async function showBatch(id, gen) {
   const view = $("#view");
   view.replaceChildren($("#tpl-batch").content.cloneNode(true));
   state.batch = id;
@@ -167,6 +172,7 @@ async function showBatch(id) {
     const reason = $("#b-reason");
     reason.hidden = !s.reason;
     reason.textContent = s.reason || "";
+    reason.className = ["failed", "interrupted"].includes(s.status) ? "reason" : "msg";
     $("#btn-pause").disabled = !["running", "pending"].includes(s.status);
     $("#btn-resume").disabled = !["paused", "interrupted", "failed"].includes(s.status);
     $("#btn-cancel").disabled = ["completed", "cancelled"].includes(s.status);
@@ -178,6 +184,7 @@ async function showBatch(id) {
 
   async function refresh() {
     const s = await api("/batches/" + enc);
+    current(gen);
     render(s);
     return s;
   }
@@ -203,6 +210,7 @@ async function showBatch(id) {
     const f = $("#item-filter").value;
     const q = `?limit=${state.perPage}&offset=${state.page * state.perPage}` + (f ? "&status=" + f : "");
     const data = await api(`/batches/${enc}/items` + q);
+    current(gen);
     const rows = data.items.map((r) => {
       const tr = el("tr", { "data-status": r.status });
       tr.append(el("td", {}, r.i), el("td", {}, r.status), el("td", { class: "path" }, r.src || ""));
@@ -215,6 +223,7 @@ async function showBatch(id) {
     $("#prev").disabled = state.page === 0;
     $("#next").disabled = state.page + 1 >= pages;
     const done = await api(`/batches/${enc}/items?status=completed&limit=48`);
+    current(gen);
     const box = $("#thumbs");
     const have = new Set([...box.children].map((b) => b.dataset.i));
     for (const r of done.items) if (r.output && !have.has(String(r.i))) box.append(thumb(r.i));
@@ -257,18 +266,22 @@ async function showBatch(id) {
     }
   }
   restartLive = () => { stopLive(); follow(id, onEvent); };
-  state.timers.push(setInterval(() => { if (itemsDirty) loadItems(); }, 2000));
+  state.timers.push(setInterval(() => { if (itemsDirty) loadItems().catch(() => {}); }, 1000));
   last = await refresh();
   await loadItems();
   follow(id, onEvent);
 }
 
 // --- a new batch -------------------------------------------------------------------------------
-async function showNew() {
+async function showNew(gen) {
   const view = $("#view");
   view.replaceChildren($("#tpl-new").content.cloneNode(true));
   let files = [];
-  try { $("#roots").textContent = (await api("/info")).roots.join(", "); } catch (e) { /* shown on submit */ }
+  try {
+    const info = await api("/info");
+    current(gen);
+    $("#roots").textContent = info.roots.join(", ");
+  } catch (e) { if (e instanceof Stale) throw e; /* else shown on submit */ }
   const drop = $("#drop");
   const setFiles = (list) => { files = [...list]; $("#drop-count").textContent = files.length ? files.length + " file(s)" : "none"; };
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -311,12 +324,14 @@ async function showNew() {
 async function route() {
   stopLive();
   state.batch = null;
+  const gen = ++state.gen;
   const h = location.hash || "#/";
   try {
-    if (h.startsWith("#/batch/")) await showBatch(decodeURIComponent(h.slice(8)));
-    else if (h === "#/new") await showNew();
-    else await showList();
+    if (h.startsWith("#/batch/")) await showBatch(decodeURIComponent(h.slice(8)), gen);
+    else if (h === "#/new") await showNew(gen);
+    else await showList(gen);
   } catch (e) {
+    if (e instanceof Stale || gen !== state.gen) return;
     $("#view").replaceChildren(el("p", { class: "msg error" }, e.message));
   }
 }
