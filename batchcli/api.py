@@ -61,8 +61,10 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     Raises ConfigError (exit 2) before any work when anything is wrong (and removes the batch
     folder). `paths`: an empty batch folder made beforehand with `store.create()` (the server
     puts uploads in its `uploads/` first; that folder is read although the home is not)."""
+    import contextlib
     import sys
 
+    from batchcli.engine import owners
     from batchcli.inputs import discover, names
 
     pipeline = build_pipeline(cfg.pipeline_text, cfg.pipeline_file)
@@ -114,7 +116,9 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             raise ConfigError(f"no input images found in {where} (extensions: {', '.join(exts)}"
                               + (f"; left out: {', '.join(left)}" if left else "") + ")")
         out_id: dict[str, int] = {}
+        made_out = False
         if out_dir:
+            made_out = not os.path.isdir(out_dir)
             os.makedirs(out_dir, exist_ok=True)
             st = os.stat(out_dir)  # the folder's identity: a purge later deletes only inside this one
             out_id = {"out_dev": st.st_dev, "out_ino": st.st_ino}
@@ -127,21 +131,32 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
                 raise ConfigError(f"{stats.videos} of the inputs are videos, and {exc}") from None
             options.update(max_duration=cfg.max_duration, segment=cfg.segment)
             fingerprint = pipeline.fingerprint(options)
-        now = time.time()
-        paths.write_manifest({
-            "batch_id": paths.id, "name": cfg.name, "created_at": now, "version": __version__,
-            "pipeline": spec, "pipeline_text": pipeline.text(), "options": options,
-            "fingerprint": fingerprint, "out_dir": out_dir, **out_id, "inputs": cfg.inputs, "total": total,
-            "input_options": inputs_opts, "dedupe_skipped": stats.dedupe_skipped, "videos": stats.videos,
-            "discovery": {"excluded": stats.excluded, "duplicates": stats.duplicates,
-                          "dedupe_skipped": stats.dedupe_skipped, "in_output": stats.in_output},
-        })
-        with open(paths.journal, "wb") as fh:
-            fh.write(encode({"seq": 0, "t": round(now, 3), "type": "header", "batch_id": paths.id,
-                             "version": __version__, "pipeline": spec,
-                             "fingerprint": fingerprint, "total": total}))
-            fh.flush()
-            os.fsync(fh.fileno())
+        with owners.claims_lock(store):  # the check and this batch's claim (its manifest) at once
+            try:
+                owners.check_outputs_off_inputs(paths.items, out_dir, pipeline.output_ext)
+                owners.check_claims(store, paths.id, paths.items, out_dir, pipeline.output_ext,
+                                    (out_id["out_dev"], out_id["out_ino"]) if out_id else None)
+            except ConfigError:
+                if made_out:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(out_dir)  # type: ignore[arg-type]
+                raise
+            now = time.time()
+            paths.write_manifest({
+                "batch_id": paths.id, "name": cfg.name, "created_at": now, "version": __version__,
+                "pipeline": spec, "pipeline_text": pipeline.text(), "options": options,
+                "fingerprint": fingerprint, "out_dir": out_dir, **out_id, "out_ext": pipeline.output_ext,
+                "inputs": cfg.inputs, "total": total,
+                "input_options": inputs_opts, "dedupe_skipped": stats.dedupe_skipped, "videos": stats.videos,
+                "discovery": {"excluded": stats.excluded, "duplicates": stats.duplicates,
+                              "dedupe_skipped": stats.dedupe_skipped, "in_output": stats.in_output},
+            })
+            with open(paths.journal, "wb") as fh:
+                fh.write(encode({"seq": 0, "t": round(now, 3), "type": "header", "batch_id": paths.id,
+                                 "version": __version__, "pipeline": spec,
+                                 "fingerprint": fingerprint, "total": total}))
+                fh.flush()
+                os.fsync(fh.fileno())
     except BaseException:
         import shutil
 

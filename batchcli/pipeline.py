@@ -168,6 +168,22 @@ class Pipeline:
             fmt = getattr(op, "output_format", None) or fmt
         return fmt
 
+    @property
+    def output_ext(self) -> str | None:
+        """The extension of every output when the pipeline fixes it (a `convert` with no `model`
+        op after it, which may change the format); None when it depends on the input."""
+        fmt = None
+        for op in self.ops:
+            if getattr(op, "output_format", None):
+                fmt = op.output_format
+            elif op.name == "model":
+                fmt = None
+        if fmt is None:
+            return None
+        from batchcli.imaging.encode import EXTENSIONS
+
+        return EXTENSIONS.get(fmt)
+
     def shrink_for(self, width: int, height: int) -> int:
         """Decode reduction (1, 2, 4 or 8) allowed for a source of this size: only when every op
         before the first resize tolerates a smaller input, and the resize still downsizes."""

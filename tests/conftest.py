@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,21 @@ def make_tree(root: Path, n: int = 20, size: tuple[int, int] = (64, 48)) -> list
         sub = root / (f"d{k % 3}" if k % 2 else "") / ("deep" if k % 5 == 0 else "")
         out.append(make_image(sub / f"img{k:03d}{exts[k % len(exts)]}", *size, seed=k))
     return out
+
+
+@pytest.fixture
+def bind_mount():
+    """mount --bind SRC DST (root only; skips cleanly where it is not allowed); unmounted after."""
+    mounted = []
+
+    def mount(src, dst):
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("bind mounts need root")
+        r = subprocess.run(["mount", "--bind", str(src), str(dst)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"mount --bind not allowed here: {r.stderr.strip()}")
+        mounted.append(dst)
+
+    yield mount
+    for dst in mounted:
+        subprocess.run(["umount", str(dst)], check=False)

@@ -64,17 +64,17 @@ CREATE TABLE items (
 ) WITHOUT ROWID;
 CREATE TABLE outputs (
     bkey INTEGER NOT NULL, i INTEGER NOT NULL, kind INTEGER NOT NULL,
-    out_dev INTEGER, out_ino INTEGER, rel BLOB,
+    out_dev INTEGER, out_ino INTEGER, rel BLOB NOT NULL,
     sha256 BLOB, size INTEGER, mtime REAL, written_at REAL, seq INTEGER,
     src_size INTEGER, src_mtime REAL,
     current INTEGER NOT NULL DEFAULT 1,
-    PRIMARY KEY (bkey, i, kind)
+    PRIMARY KEY (bkey, i, kind, rel)
 ) WITHOUT ROWID;
 """
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS batches_out ON batches (out_dev, out_ino);
 CREATE INDEX IF NOT EXISTS items_identity ON items (dev, ino) WHERE ino IS NOT NULL;
-CREATE INDEX IF NOT EXISTS outputs_path ON outputs (out_dev, out_ino, rel, written_at) WHERE rel IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outputs_path ON outputs (out_dev, out_ino, rel, written_at) WHERE kind < 2;
 """
 """Made after the first full index of a new catalog (faster than keeping them up to date row by
 row while millions of rows go in), then kept up to date."""
@@ -141,7 +141,7 @@ def _fs(b: bytes | None) -> str | None:
 
 def _output(row: tuple) -> Output:
     r = list(row)
-    r[3], r[6], r[12] = _fs(r[3]), _fs(r[6]), _fs(r[12])
+    r[3], r[6], r[12] = _fs(r[3]), _fs(r[6]) if r[2] != KIND_NONE else None, _fs(r[12])
     r[7] = r[7].hex() if r[7] is not None else None
     r[18] = bool(r[18])
     return Output(*r)
@@ -355,7 +355,7 @@ class Catalog:
             f"""SELECT {_OUTPUT_COLUMNS}, (SELECT o2.bkey FROM outputs o2
                   WHERE o2.out_dev = o.out_dev AND o2.out_ino = o.out_ino AND o2.rel = o.rel
                   ORDER BY o2.written_at DESC, o2.bkey DESC LIMIT 1) AS last_bkey, o.bkey
-                FROM {_OUTPUT_FROM} WHERE b.batch_id = ? AND o.rel IS NOT NULL ORDER BY o.i, o.kind""",
+                FROM {_OUTPUT_FROM} WHERE b.batch_id = ? AND o.kind < 2 ORDER BY o.i, o.kind, o.seq""",
             (batch_id,)).fetchall()
         for row in rows:
             mine = _output(row[:-2])
@@ -411,19 +411,24 @@ class Catalog:
         db = self.db
         return {"batches": db.execute("SELECT count(*) FROM batches").fetchone()[0],
                 "items": db.execute("SELECT count(*) FROM items").fetchone()[0],
-                "outputs": db.execute("SELECT count(*) FROM outputs WHERE rel IS NOT NULL").fetchone()[0]}
+                "outputs": db.execute("SELECT count(*) FROM outputs WHERE kind < 2").fetchone()[0]}
 
 
 class _Folder:
-    """Folds journal records into the outputs table and the batch's state, in groups."""
+    """Folds journal records into the outputs table and the batch's state, in groups. Every
+    file an item's completions named keeps a row (a redone item may have changed its output's
+    extension); only the rows of its last completion are `current`, and only while the item's
+    last record is that completion."""
 
     def __init__(self, db: sqlite3.Connection, bkey: int, fresh: bool):
         self.db, self.bkey, self.fresh = db, bkey, fresh
         self.out_dev, self.out_ino = db.execute("SELECT out_dev, out_ino FROM batches WHERE bkey = ?",
                                                 (bkey,)).fetchone()
-        self.done: dict[int, list[tuple]] = {}  # i -> its rows, the latest completion in this group
+        self.rows: dict[tuple, tuple] = {}  # (i, kind, rel) -> (record number, row)
+        self.last: dict[int, int] = {}  # i -> record number of its last completion in this group
         self.undone: set[int] = set()  # items whose last record is not a completion
         self.state: str | None = None
+        self.flushed = bytearray()  # fresh index: items with rows from an earlier group (one byte each)
 
     def fold(self, records: Iterator[dict[str, Any]]) -> int:
         n = 0
@@ -432,7 +437,9 @@ class _Folder:
             kind = rec.get("type")
             i = rec.get("i")
             if kind == "item_completed" and isinstance(i, int):
-                self.done[i] = self._rows(i, rec)
+                for row in self._rows(i, rec):
+                    self.rows[(i, row[2], row[3])] = (n, row)
+                self.last[i] = n
                 self.undone.discard(i)
             elif kind in ("item_failed", "item_skipped", "item_pending") and isinstance(i, int):
                 self.undone.add(i)
@@ -440,7 +447,7 @@ class _Folder:
                 self.undone.update(j for j in rec.get("items", ()) if isinstance(j, int))
             elif kind in _STATES:
                 self.state = rec.get("status", "completed") if kind == "batch_finished" else _STATES[kind]
-            if len(self.done) + len(self.undone) >= FLUSH_ROWS:
+            if len(self.rows) + len(self.undone) >= FLUSH_ROWS:
                 self.flush()
         self.flush()
         if self.state is not None:
@@ -458,23 +465,30 @@ class _Folder:
             if rel:
                 rows.append((self.bkey, i, kind, os.fsencode(rel), *common))
         if not rows:
-            rows.append((self.bkey, i, KIND_NONE, None, *common))
+            rows.append((self.bkey, i, KIND_NONE, b"", *common))
         return rows
 
     def flush(self) -> None:
         db, bkey = self.db, self.bkey
-        if not self.fresh:
-            gone = [(bkey, i) for i in self.done]
-            db.executemany("DELETE FROM outputs WHERE bkey = ? AND i = ?", gone)
-        if self.done:
+        touched = {i for i, _, _ in self.rows} | self.undone
+        if not self.fresh:  # rows from earlier refreshes are no longer the items' last completions
+            earlier = touched
+        else:
+            earlier = {i for i in touched if i < len(self.flushed) and self.flushed[i]}
+            top = max((i for i, _, _ in self.rows), default=-1)
+            if top >= len(self.flushed):
+                self.flushed.extend(bytes(top + 1 - len(self.flushed)))
+            for i, _, _ in self.rows:
+                self.flushed[i] = 1
+        if earlier:
+            db.executemany("UPDATE outputs SET current = 0 WHERE bkey = ? AND i = ?", [(bkey, i) for i in earlier])
+        if self.rows:
             db.executemany(
                 "INSERT OR REPLACE INTO outputs (bkey, i, kind, rel, sha256, size, mtime, written_at, seq,"
-                " src_size, src_mtime, out_dev, out_ino) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [r for rows in self.done.values() for r in rows])
-        if self.undone:
-            db.executemany("UPDATE outputs SET current = 0 WHERE bkey = ? AND i = ?",
-                           [(bkey, i) for i in self.undone])
-        self.done.clear()
+                " src_size, src_mtime, out_dev, out_ino, current) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*row, int(n == self.last[row[1]] and row[1] not in self.undone)) for n, row in self.rows.values()])
+        self.rows.clear()
+        self.last.clear()
         self.undone.clear()
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from batchcli.engine.journal import iter_records, replay
+from batchcli.engine.journal import replay
 from batchcli.engine.liveness import locked_error, read_runner_info, request, runner_alive, sweep_dead_tmp
 from batchcli.engine.status import batch_status, mark
 from batchcli.engine.store import BatchPaths, Store
@@ -217,6 +217,9 @@ def cleanup(store: Store, older_than: float = 7 * 86400, keep_last: int = 0,
         except BatchLocked:
             skipped.append({"batch_id": bid, "reason": "runner alive"})
             continue
+        except PurgeRefused as exc:  # kept whole: its files can be purged once the cause is gone
+            skipped.append({"batch_id": bid, "reason": f"not purged: {exc}", "refused": True})
+            continue
         cleaned.append(entry)
     return {"cleaned_count": len(cleaned), "skipped": skipped, "dry_run": dry_run, "cleaned": cleaned}
 
@@ -260,8 +263,7 @@ def _clean_one(store: Store, paths: BatchPaths, purge: bool, dry_run: bool, entr
         raise BatchLocked(paths.id)
     try:
         if purge:
-            removed, kept = purge_outputs(paths, dry_run)
-            entry["outputs_removed"], entry["outputs_kept"] = removed, kept
+            _purge(store, paths, dry_run, entry)
         if dry_run:
             return
         trash = os.path.join(store.home, ".trash")
@@ -273,71 +275,38 @@ def _clean_one(store: Store, paths: BatchPaths, purge: bool, dry_run: bool, entr
     shutil.rmtree(dest, ignore_errors=True)
 
 
+def _purge(store: Store, paths: BatchPaths, dry_run: bool, entry: dict[str, Any]) -> None:
+    """Delete the outputs the batch still owns (engine/purge.py), holding the claims lock so that
+    no batch starts writing into the folder meanwhile. Raises PurgeRefused with the reason when
+    another batch is writing there or the folder is not the recorded one."""
+    from batchcli.engine import owners
+    from batchcli.engine.purge import Refused, purge_outputs
+
+    man = paths.load_manifest()
+    with owners.claims_lock(store):
+        if man.get("out_dir") and man.get("out_dev") is not None:
+            busy = owners.writers_into(store, (man["out_dev"], man["out_ino"]), paths.id)
+            if busy:
+                raise PurgeRefused(f"batch {busy[0]} is writing into the same output folder "
+                                   f"{man['out_dir']}; purge it once that batch has finished")
+        try:
+            res = purge_outputs(paths, dry_run)
+        except Refused as exc:
+            raise PurgeRefused(str(exc)) from None
+    entry["outputs_removed"], entry["outputs_kept"] = res.removed, res.kept_count
+    entry["outputs_kept_reasons"] = dict(res.kept)
+    entry["superseded_by"] = dict(res.superseded_by)
+
+
+class PurgeRefused(Exception):
+    """--purge-outputs cannot safely run for this batch now (the reason is the message)."""
+
+
 def _empty_trash(store: Store, dry_run: bool) -> None:
     trash = os.path.join(store.home, ".trash")
     if not dry_run and os.path.isdir(trash):
         for name in os.listdir(trash):
             shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
-
-
-def recorded_outputs(paths: BatchPaths) -> dict[str, tuple[int | None, str | None]]:
-    """Relative output paths this batch wrote (last record wins) -> (bytes, sha256)."""
-    out: dict[str, tuple[int | None, str | None]] = {}
-    for rec in iter_records(paths.journal):
-        if rec.get("type") != "item_completed":
-            continue
-        if rec.get("out"):
-            out[rec["out"]] = (rec.get("bytes"), rec.get("sha256"))
-        if rec.get("routed"):
-            out[rec["routed"]] = (rec.get("bytes"), rec.get("sha256"))
-    return out
-
-
-def purge_outputs(paths: BatchPaths, dry_run: bool) -> tuple[int, int]:
-    """Delete exactly the files the batch recorded, inside its output folder, still holding the
-    bytes it wrote. Returns (removed, kept). A file changed since, a link, or a path that would
-    leave the output folder is kept."""
-    import hashlib
-
-    out_dir = paths.load_manifest().get("out_dir")
-    if not out_dir or not os.path.isdir(out_dir):
-        return 0, 0
-    root = os.path.realpath(out_dir)
-    removed = kept = 0
-    folders: set[str] = set()
-    for rel, (size, digest) in recorded_outputs(paths).items():
-        path = os.path.normpath(os.path.join(root, rel))
-        if os.path.isabs(rel) or os.path.commonpath([root, path]) != root \
-                or os.path.realpath(path) != path or not os.path.isfile(path):
-            kept += 1
-            continue
-        try:
-            if size is not None and os.path.getsize(path) != size:
-                kept += 1
-                continue
-            if digest:
-                h = hashlib.sha256()
-                with open(path, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
-                if h.hexdigest() != digest:
-                    kept += 1  # another run wrote it since: not ours any more
-                    continue
-            if not dry_run:
-                os.unlink(path)
-            removed += 1
-            folders.add(os.path.dirname(path))
-        except OSError:
-            kept += 1
-    if not dry_run:
-        for folder in sorted(folders, key=len, reverse=True):  # empty subfolders we emptied
-            while folder != root and os.path.commonpath([root, folder]) == root:
-                try:
-                    os.rmdir(folder)
-                except OSError:
-                    break
-                folder = os.path.dirname(folder)
-    return removed, kept
 
 
 # --- follow -----------------------------------------------------------------------------------

@@ -175,6 +175,8 @@ class Runner:
         if st.state == "cancelled":
             raise InvalidTransition(f"batch {self.paths.id} is cancelled; nothing to resume")
         check_fingerprint(self.paths, self.manifest, st, force)
+        if st.state != "pending":  # a new batch checked its claims when it was created
+            self._check_claims()
         if resume:
             requeue += changed_inputs(self.paths, st)
         requeue += [i for i in repair if 0 <= i < self.total and st.items[i] == COMPLETED]
@@ -454,6 +456,20 @@ class Runner:
             code = EXIT_OK if failed == 0 else EXIT_FAILED_ITEMS
         j.sync()
         return status, code
+
+    def _check_claims(self) -> None:
+        """Refuse to resume while another batch claims paths this one writes (engine/owners.py).
+        We hold the batch lock, so from here on this batch claims its paths too."""
+        from batchcli.engine.owners import check_claims, claims_lock
+        from batchcli.engine.store import Store
+
+        man = self.manifest
+        if not self.out_dir or man.get("out_dev") is None:
+            return
+        store = Store(self.paths.home)
+        with claims_lock(store):
+            check_claims(store, self.paths.id, self.paths.items, self.out_dir, man.get("out_ext"),
+                         (man["out_dev"], man["out_ino"]))
 
     def _pending(self, st: Replay, videos: VideoGate | None = None) -> Iterator[dict[str, Any]]:
         """The pending items in order; with `videos`, video items go to its queue instead (each

@@ -42,6 +42,11 @@ class BatchPaths:
     def id(self) -> str:
         return os.path.basename(self.dir)
 
+    @property
+    def home(self) -> str:
+        """The batch home this batch lives in."""
+        return os.path.dirname(os.path.dirname(self.dir))
+
     def _p(self, name: str) -> str:
         return os.path.join(self.dir, name)
 

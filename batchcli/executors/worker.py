@@ -228,12 +228,14 @@ def _changed_stat(item: dict[str, Any]) -> list | None:
 
 
 def _route(out_dir: str, label: str, path: str) -> str:
-    """Link (or copy) an output into out/<label>/ ; returns the relative path."""
+    """Link (or copy) an output into out/<label>/ under its own output name (out/<label>/<its
+    path below out/>), so two items never share a routed name; returns the relative path."""
     import shutil
 
     from batchcli.atomic import tmp_name
 
-    dest = os.path.join(out_dir, label, os.path.basename(path))
+    rel = os.path.relpath(path, out_dir)
+    dest = os.path.join(out_dir, label, rel)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = tmp_name(dest)
     try:
@@ -241,7 +243,7 @@ def _route(out_dir: str, label: str, path: str) -> str:
     except OSError:
         shutil.copyfile(path, tmp)
     os.replace(tmp, dest)
-    return os.path.relpath(dest, out_dir)
+    return os.path.join(label, rel)
 
 
 def _rss() -> int:

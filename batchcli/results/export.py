@@ -221,83 +221,135 @@ def export_manifest(paths: BatchPaths, path: str, fmt: str | None = None,
 def export_dir(paths: BatchPaths, dest: str, name_template: str | None = None,
                manifest: bool = True, snapshot: Snapshot | None = None) -> ExportResult:
     """The same selection and names into a folder: hard links on the same file system, copies
-    otherwise; every file appears atomically (temp name, verify, rename)."""
+    otherwise; every file appears atomically (temp name, verify, rename). Nothing is written
+    through a link inside the folder (results/dest.py), and a target that is one of the batch's
+    inputs (same device and inode) is refused before anything is written."""
+    from batchcli.results.dest import Dest, split, tmp_in
+
     if name_template:
         check_template(name_template)
     snap = snapshot or Snapshot(paths)
     _require_results(snap)
     dest = os.path.abspath(dest)
-    if snap.out_dir and os.path.realpath(dest) == os.path.realpath(snap.out_dir):
-        raise ConfigError(f"--to {dest}: that is the batch's own output folder")
-    os.makedirs(dest, exist_ok=True)
-    res = _result(snap, dest)
     reserved = (MANIFEST_CSV, MANIFEST_JSONL) if manifest else ()
+    _check_dest(snap, dest, entry_namer(snap, name_template, reserved))
+    res = _result(snap, dest)
     namer = entry_namer(snap, name_template, reserved)
-    made: set[str] = {dest}
+    with Dest(dest) as out:
 
-    def visit(item: ItemView, name: str) -> str | None:
-        target = os.path.join(dest, *name.split("/"))
-        folder = os.path.dirname(target)
-        if folder not in made:
-            os.makedirs(folder, exist_ok=True)
-            made.add(folder)
-        src_path = os.path.join(snap.out_dir, item.record["out"])  # type: ignore[arg-type,index]
-        want = item.record.get("sha256")  # type: ignore[union-attr]
-        tmp = tmp_name(target)
-        try:
+        def visit(item: ItemView, name: str) -> str | None:
+            folder, base = split(name)
+            fd = out.folder(folder)
+            src_path = os.path.join(snap.out_dir, item.record["out"])  # type: ignore[arg-type,index]
+            want = item.record.get("sha256")  # type: ignore[union-attr]
+            tmp = tmp_in(base)
             try:
-                os.link(src_path, tmp)
-                linked = True
-            except FileNotFoundError:
-                return "missing"
-            except OSError:
-                linked = False
-            if linked:  # the link is the same inode: verifying it verifies what we publish
-                with open(tmp, "rb") as fh:
-                    if item.record.get("bytes") is not None and os.fstat(fh.fileno()).st_size != item.record["bytes"]:  # type: ignore[union-attr]
-                        raise Changed("size")
-                    n, _, _ = copy_verified(fh, None, want)
-                res.linked += 1
-            else:
-                src, size = open_output(snap.out_dir, item.record)  # type: ignore[arg-type]
-                if src is None:
-                    return size  # type: ignore[return-value]
-                with src, open(tmp, "xb") as out:
-                    n, _, _ = copy_verified(src, out, want)
-                    out.flush()
-                    os.fsync(out.fileno())
-                res.copied += 1
-            os.replace(tmp, target)
-        except Changed:
-            _unlink(tmp)
-            return "changed"
-        except BaseException:
-            _unlink(tmp)
-            raise
-        res.exported_bytes += n
-        return None
+                try:
+                    os.link(src_path, tmp, dst_dir_fd=fd)
+                    linked = True
+                except FileNotFoundError:
+                    return "missing"
+                except OSError:
+                    linked = False
+                if linked:  # the link is the same inode: verifying it verifies what we publish
+                    with os.fdopen(os.open(tmp, os.O_RDONLY | _NOFOLLOW, dir_fd=fd), "rb") as fh:
+                        if item.record.get("bytes") is not None and os.fstat(fh.fileno()).st_size != item.record["bytes"]:  # type: ignore[union-attr]
+                            raise Changed("size")
+                        n, _, _ = copy_verified(fh, None, want)
+                    res.linked += 1
+                else:
+                    src, size = open_output(snap.out_dir, item.record)  # type: ignore[arg-type]
+                    if src is None:
+                        return size  # type: ignore[return-value]
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+                    with src, os.fdopen(os.open(tmp, flags, 0o644, dir_fd=fd), "wb") as dst:
+                        n, _, _ = copy_verified(src, dst, want)
+                        dst.flush()
+                        os.fsync(dst.fileno())
+                    res.copied += 1
+                os.replace(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)  # a link named `base` is replaced, not followed
+            except Changed:
+                _unlink_at(tmp, fd)
+                return "changed"
+            except BaseException:
+                _unlink_at(tmp, fd)
+                raise
+            res.exported_bytes += n
+            return None
 
-    csv_tmp, jsonl_tmp = tmp_name(os.path.join(dest, MANIFEST_CSV)), tmp_name(os.path.join(dest, MANIFEST_JSONL))
-    try:
-        with open(csv_tmp, "wb") as cf, open(jsonl_tmp, "wb") as jf:
-            rows = ManifestWriter(list(snap.meta_keys), cf, jf) if manifest else None
-            _selection(snap, namer, visit, res, rows)
-            _require_exported(snap, res, manifest)
-            if rows is not None:
-                rows.close()
-                for f in (cf, jf):
-                    f.flush()
-                    os.fsync(f.fileno())
-        if manifest:
-            os.replace(csv_tmp, os.path.join(dest, MANIFEST_CSV))
-            os.replace(jsonl_tmp, os.path.join(dest, MANIFEST_JSONL))
-            res.files = [MANIFEST_CSV, MANIFEST_JSONL]
-    finally:
-        _unlink(csv_tmp)
-        _unlink(jsonl_tmp)
-    for folder in made:
-        fsync_dir(folder)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+        csv_tmp, jsonl_tmp = tmp_in(MANIFEST_CSV), tmp_in(MANIFEST_JSONL)
+        try:
+            with os.fdopen(os.open(csv_tmp, flags, 0o644, dir_fd=out.root), "wb") as cf, \
+                    os.fdopen(os.open(jsonl_tmp, flags, 0o644, dir_fd=out.root), "wb") as jf:
+                rows = ManifestWriter(list(snap.meta_keys), cf, jf) if manifest else None
+                _selection(snap, namer, visit, res, rows)
+                _require_exported(snap, res, manifest)
+                if rows is not None:
+                    rows.close()
+                    for f in (cf, jf):
+                        f.flush()
+                        os.fsync(f.fileno())
+            if manifest:
+                for tmp, final in ((csv_tmp, MANIFEST_CSV), (jsonl_tmp, MANIFEST_JSONL)):
+                    os.replace(tmp, final, src_dir_fd=out.root, dst_dir_fd=out.root)
+                res.files = [MANIFEST_CSV, MANIFEST_JSONL]
+        finally:
+            _unlink_at(csv_tmp, out.root)
+            _unlink_at(jsonl_tmp, out.root)
+        out.fsync_all()
     return res
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+MAX_REPLACED = 1_000_000
+"""Existing files an export into a folder checks against the batch's inputs (their identities
+are held in memory, about 150 bytes each)."""
+
+
+def _check_dest(snap: Snapshot, dest: str, namer: Callable[[ItemView], str]) -> None:
+    """Before anything is written to `dest`: not the batch's own output folder (by identity),
+    no link among the folders the entries go to, and no entry that would replace one of the
+    batch's inputs (same device and inode: a bind mount, a link). ConfigError (exit 2) otherwise."""
+    from batchcli.inputs.discover import iter_items
+    from batchcli.results.dest import lookup
+
+    same = f"--to {dest}: that is the batch's own output folder"
+    if snap.out_dir and os.path.realpath(dest) == os.path.realpath(snap.out_dir):
+        raise ConfigError(same)
+    try:
+        here, there = os.stat(dest), os.stat(snap.out_dir or "")
+        if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+            raise ConfigError(same + " (the same folder by device and inode)")
+    except OSError:
+        pass
+    if not os.path.isdir(dest):
+        return  # made by the export: nothing in it can be an input or a link
+    there: dict[tuple[int, int], str] = {}  # identities of the files the export would replace
+    for item in snap:
+        if not item.out:
+            continue
+        name = namer(item)
+        link, st = lookup(dest, name)
+        if link is not None:
+            raise ConfigError(f"--to {dest}: {link} is a symbolic link or a file, not a folder; export never "
+                              "writes through a link inside the destination (remove it, or export elsewhere)")
+        if st is not None and len(there) < MAX_REPLACED:
+            there.setdefault((st.st_dev, st.st_ino), os.path.join(dest, name))
+    if not there:
+        return
+    for rec in iter_items(snap.paths.items):
+        hit = there.get((rec.get("dev"), rec.get("ino")))  # type: ignore[arg-type]
+        if hit is not None:
+            raise ConfigError(f"--to {dest}: {hit} is the batch's input {rec['src']} (the same file, device "
+                              f"{rec['dev']} inode {rec['ino']}); exporting would replace it")
+
+
+def _unlink_at(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def _unlink(path: str) -> None:

@@ -46,7 +46,7 @@ class ManifestWriter:
         self._csv = None
         if csv_fh is not None:
             self._csv_text = io.TextIOWrapper(csv_fh, encoding="utf-8", newline="", write_through=True)
-            self._csv = csv.writer(self._csv_text, lineterminator="\n")
+            self._csv = csv.writer(self._csv_text, lineterminator="\r\n")  # RFC 4180; cells with a CR are quoted too
             self._csv.writerow(list(BASE_COLUMNS) + [f"meta.{k}" for k in meta_keys])
 
     def write(self, row: dict[str, Any]) -> None:
@@ -62,9 +62,16 @@ class ManifestWriter:
             self._csv_text.detach()
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(v: Any) -> Any:
+    """A CSV cell. Text that a spreadsheet would run as a formula (it starts with = + - @, a
+    tab or a carriage return) gets a leading apostrophe (OWASP, CSV injection)."""
     if v is None:
         return ""
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, str) and v.startswith(_FORMULA):
+        return "'" + v
     return v

@@ -57,11 +57,14 @@ def name_fields(snap_name: str, batch_id: str, item: ItemView) -> dict[str, Any]
 def sanitize_name(name: str, fallback: str = "file") -> str:
     """A ZIP entry / relative path that cannot escape the target folder on any system.
 
-    Unicode is NFC-normalised; control characters, backslashes and characters Windows forbids
-    become "_"; empty, "." and ".." components are dropped (so "../../x.jpg" -> "x.jpg" and
-    "/etc/passwd" -> "etc/passwd"); a drive prefix ("C:") loses its colon; components are
-    trimmed of trailing dots and spaces and capped in length (the extension kept)."""
-    name = unicodedata.normalize("NFC", name)
+    Unicode is NFKC-normalised first, so look-alikes that an unzip tool or a file system may
+    fold into "." or "/" are folded here, before the checks ("．．／x.png" is "../x.png", then
+    "x.png"); bytes of a file name that were not UTF-8 become U+FFFD; control characters,
+    backslashes and characters Windows forbids become "_"; empty, "." and ".." components are
+    dropped (so "../../x.jpg" -> "x.jpg" and "/etc/passwd" -> "etc/passwd"); a drive prefix
+    ("C:") loses its colon; components are trimmed of trailing dots and spaces and capped in
+    length (the extension kept)."""
+    name = unicodedata.normalize("NFKC", name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
     cleaned = "".join("_" if (ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in _UNSAFE) else c for c in name)
     parts = []
     for comp in cleaned.split("/"):

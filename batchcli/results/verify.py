@@ -25,8 +25,11 @@ class VerifyReport:
     ok: int = 0
     missing: list[dict[str, Any]] = field(default_factory=list)
     changed: list[dict[str, Any]] = field(default_factory=list)
+    superseded: list[dict[str, Any]] = field(default_factory=list)  # rewritten by a later batch
     missing_count: int = 0
     changed_count: int = 0
+    superseded_count: int = 0
+    superseded_by: dict[str, dict[str, Any]] = field(default_factory=dict)  # batch id -> {name, count}
     bad_items: list[int] = field(default_factory=list)  # every bad item, in order
     bytes_checked: int = 0
     running: bool = False
@@ -39,6 +42,8 @@ class VerifyReport:
     def as_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "checked": self.checked, "ok": self.ok,
                 "missing_count": self.missing_count, "changed_count": self.changed_count,
+                "superseded_count": self.superseded_count, "superseded": self.superseded,
+                "superseded_by": self.superseded_by,
                 "missing": self.missing, "changed": self.changed, "bytes_checked": self.bytes_checked,
                 "running": self.running, "requeued": self.requeued, "clean": self.clean}
 
@@ -57,15 +62,28 @@ def check(out_dir: str, rec: dict[str, Any]) -> str | None:
 
 
 def verify_batch(paths: BatchPaths) -> VerifyReport:
-    """Check every completed item that recorded an output file."""
+    """Check every completed item that recorded an output file. An output a later batch wrote
+    over (the catalog names another last writer) is "superseded": no longer this batch's to
+    check or repair."""
+    from batchcli.engine.owners import superseded
+
     snap = Snapshot(paths)
     rep = VerifyReport(batch_id=paths.id, running=snap.running)
     if not snap.out_dir:
         return rep
+    later = superseded(paths)
     for item in snap:
         if not item.out:
             continue
         rep.checked += 1
+        by = later.get(item.out)
+        if by is not None:
+            rep.superseded_count += 1
+            rep.superseded_by.setdefault(by[0], {"name": by[1], "count": 0})["count"] += 1
+            if len(rep.superseded) < MAX_LISTED:
+                rep.superseded.append({"i": item.i, "input": item.src, "output": os.path.join(snap.out_dir, item.out),
+                                       "by": by[0], "by_name": by[1]})
+            continue
         problem = check(snap.out_dir, item.record)  # type: ignore[arg-type]
         if problem is None:
             rep.ok += 1

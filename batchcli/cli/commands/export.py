@@ -106,11 +106,16 @@ def register(app: typer.Typer) -> None:
             console.emit_json(rep.as_dict())
         else:
             lines = [f"batch {paths.id}: checked {rep.checked} outputs ({_size(rep.bytes_checked)}): "
-                     + ("all match the journal" if rep.clean else
-                        f"{rep.ok} ok, {rep.missing_count} missing, {rep.changed_count} changed")]
+                     + ("all match the journal" if rep.clean and not rep.superseded_count else
+                        f"{rep.ok} ok, {rep.missing_count} missing, {rep.changed_count} changed")
+                     + (f", {rep.superseded_count} superseded" if rep.superseded_count else "")]
             for kind, rows in (("missing", rep.missing), ("changed", rep.changed)):
                 for row in rows[:20]:
                     lines.append(f"  {kind:<8} #{row['i']}  {row['output']}".replace("\n", "\\n"))
+            for bid, by in rep.superseded_by.items():
+                who = bid + (f" ({by['name']})" if by["name"] else "")
+                lines.append(f"  superseded by {who}: {by['count']} output(s) a later batch wrote over "
+                             "(its files now; nothing to repair here)")
             shown = min(20, len(rep.missing)) + min(20, len(rep.changed))
             if shown < len(rep.bad_items):
                 lines.append(f"  ... and {len(rep.bad_items) - shown} more (--json lists up to 1000 of each)")

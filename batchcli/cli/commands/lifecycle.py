@@ -17,6 +17,21 @@ def _state_line(verb: str, s: dict) -> str:
     return f"batch {s['batch_id']}: {verb} ({done}, {s['failed']} failed, {s['remaining']} remaining)"
 
 
+def _kept(b: dict) -> str:
+    """' (3 files kept: 2 superseded by BATCH, 1 changed since)' for a purge that kept some."""
+    reasons = b.get("outputs_kept_reasons") or {}
+    if not b.get("outputs_kept"):
+        return ""
+    words = {"changed": "changed since", "missing": "already gone", "link": "behind a link",
+             "outside": "outside the output folder"}
+    parts = []
+    if reasons.get("superseded"):
+        by = ", ".join(b.get("superseded_by") or {})
+        parts.append(f"{reasons['superseded']} superseded by {by} (a later batch wrote over them)")
+    parts += [f"{n} {words.get(k, k)}" for k, n in reasons.items() if k != "superseded" and n]
+    return f" ({b['outputs_kept']} files kept: {'; '.join(parts)})"
+
+
 def register(app: typer.Typer) -> None:
     @app.command(no_args_is_help=True)
     @handle_errors
@@ -152,5 +167,9 @@ def register(app: typer.Typer) -> None:
         verb = "would remove" if dry_run else "removed"
         for b in data["cleaned"]:
             extra = f", {b['outputs_removed']} output files" if purge_outputs else ""
-            kept = f" ({b['outputs_kept']} changed or foreign files kept)" if b["outputs_kept"] else ""
-            console.info(f"{verb} batch {b['batch_id']} ({b['status']}{extra}){kept}")
+            console.info(f"{verb} batch {b['batch_id']} ({b['status']}{extra}){_kept(b)}")
+        refused = [s for s in data["skipped"] if s.get("refused")]
+        for s in refused:
+            console.error(f"kept batch {s['batch_id']}: {s['reason']}")
+        if refused:
+            raise typer.Exit(1)

@@ -1,0 +1,189 @@
+"""Outputs have one owner (DESIGN.md invariant 8).
+
+A batch that is not finished (pending, running, paused, interrupted), or whose runner is alive,
+claims every output path it will write: its items' output names in its output folder (the same
+folder by device and inode, whatever path reaches it). A new batch, or a resume, that would
+write a path another batch claims is refused before any work, naming that batch and the first
+few paths. The check and the new claim are made under one lock in the batch home, so two
+commands started at the same moment cannot both pass.
+
+Writing over a finished batch's output is allowed: the catalog then names the newer batch as the
+file's last writer, and the older batch's verify says "superseded".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from batchcli.engine.catalog import BatchRow, Catalog
+from batchcli.engine.store import BatchPaths, Store
+from batchcli.errors import ConfigError
+
+LOCK_NAME = "claims.lock"
+SHOWN = 5
+"""Paths named in a refusal (the rest are counted)."""
+
+
+@contextlib.contextmanager
+def claims_lock(store: Store) -> Iterator[None]:
+    """Held while a command checks the claims and makes its own (batch created, or runner live)."""
+    from filelock import FileLock
+
+    os.makedirs(store.home, exist_ok=True)
+    with FileLock(os.path.join(store.home, LOCK_NAME)):
+        yield
+
+
+def _key(stem: str, ext: str | None) -> bytes:
+    name = stem.casefold() + ("." + ext if ext else "")
+    return hashlib.blake2b(os.fsencode(name), digest_size=16).digest()
+
+
+def _stems(items_path: str) -> Iterator[str]:
+    from batchcli.inputs.discover import iter_items
+
+    for rec in iter_items(items_path):
+        yield rec["stem"]
+
+
+def _claiming(store: Store, row: BatchRow) -> bool:
+    """Does this batch claim its paths now: not finished, or its runner is alive (a resume of a
+    finished batch with --retry-failed / --repair)."""
+    if not row.finished:
+        return True
+    from batchcli.engine.liveness import runner_alive
+
+    return runner_alive(BatchPaths(os.path.join(store.batches_dir, row.batch_id))) is not None
+
+
+def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, out_ext: str | None,
+                 out_id: tuple[int, int] | None) -> None:
+    """Raise ConfigError (exit 2) when a batch other than `me` claims a path that the items in
+    `items_path` would write into `out_dir` (identity `out_id`) with extension `out_ext` (None:
+    not known before the run, so any extension may collide). Call it under `claims_lock`."""
+    if not out_dir or out_id is None:
+        return
+    with Catalog(store) as cat:
+        cat.refresh()
+        rivals = [r for r in cat.batches_into(*out_id) if r.batch_id != me and _claiming(store, r)]
+    if not rivals:
+        return
+    from batchcli.inputs.discover import DigestSet
+
+    for rival in rivals:
+        their_ext = _manifest(store, rival.batch_id).get("out_ext")
+        if out_ext and their_ext and out_ext != their_ext:
+            continue  # every output of one ends in .png, of the other in .jpg: no common path
+        exact = bool(out_ext and their_ext)
+        mine = DigestSet()
+        for stem in _stems(items_path):
+            mine.add(_key(stem, out_ext if exact else None))
+        clashes: list[str] = []
+        count = 0
+        for stem in _stems(os.path.join(store.batches_dir, rival.batch_id, "items.jsonl")):
+            if not mine.add(_key(stem, their_ext if exact else None)):  # (a batch's stems are unique)
+                count += 1
+                if len(clashes) < SHOWN:
+                    clashes.append(stem + (f".{their_ext}" if their_ext else ".*"))
+        if count:
+            raise ConfigError(_refusal(rival, out_dir, clashes, count))
+
+
+def _refusal(rival: BatchRow, out_dir: str, clashes: list[str], count: int) -> str:
+    state = rival.state if not rival.finished else f"{rival.state}, being resumed"
+    who = f"batch {rival.batch_id} ({rival.name + ', ' if rival.name else ''}{state})"
+    more = f" and {count - len(clashes)} more" if count > len(clashes) else ""
+    return (f"--out {out_dir}: {who} also writes {count} of these outputs: "
+            f"{', '.join(clashes)}{more}; wait for it to finish, cancel it "
+            f"('batchcli cancel {rival.batch_id}'), or choose another --out")
+
+
+def writers_into(store: Store, out_id: tuple[int, int], me: str) -> list[str]:
+    """Batches other than `me` that may be writing into this output folder now: a live runner,
+    or pending (about to start). Paused and interrupted ones cannot resume without the claims
+    lock. Their ids, oldest first. Call it under `claims_lock`."""
+    from batchcli.engine.liveness import runner_alive
+
+    with Catalog(store) as cat:
+        cat.refresh()
+        rows = cat.batches_into(*out_id)
+    return [r.batch_id for r in rows if r.batch_id != me and (
+        r.state == "pending" or runner_alive(BatchPaths(os.path.join(store.batches_dir, r.batch_id))) is not None)]
+
+
+def superseded(paths: BatchPaths) -> dict[str, tuple[str, str | None]]:
+    """The outputs of this batch that a later batch wrote over: rel -> (that batch's id, its
+    name). The catalog is refreshed first."""
+    from batchcli.engine.catalog import KIND_OUT
+
+    out: dict[str, tuple[str, str | None]] = {}
+    with Catalog(paths.home) as cat:
+        cat.refresh()
+        names: dict[str, str | None] = {}
+        for mine, last in cat.last_writers(paths.id):
+            if mine.kind == KIND_OUT and last.batch_id != paths.id and mine.rel is not None:
+                if last.batch_id not in names:
+                    row = cat.batch(last.batch_id)
+                    names[last.batch_id] = row.name if row else None
+                out[mine.rel] = (last.batch_id, names[last.batch_id])
+    return out
+
+
+def _manifest(store: Store, batch_id: str) -> dict[str, Any]:
+    try:
+        return BatchPaths(os.path.join(store.batches_dir, batch_id)).load_manifest()
+    except (OSError, ValueError):
+        return {}
+
+
+_EXT_OF_SOURCE = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "tif": "tif", "tiff": "tif",
+                  "bmp": "bmp", "avif": "avif"}
+"""The extension an output gets without `convert`: its input's format (others become PNG)."""
+
+
+def check_outputs_off_inputs(items_path: str, out_dir: str | None, out_ext: str | None) -> None:
+    """Raise ConfigError (exit 2) when an item's output path is an input file itself (same
+    device and inode: reached through a bind mount, a symbolic link or a hard link), before
+    any work. Free when the output folder is empty."""
+    if not out_dir or not _has_entries(out_dir):
+        return
+    from batchcli.inputs.discover import DigestSet, iter_items
+
+    existing = DigestSet()  # identities of the output paths that exist already
+    for _rec, _path, st in _planned(items_path, out_dir, out_ext):
+        existing.add_pair(st.st_ino, st.st_dev)
+    if not existing.count:
+        return
+    for rec in iter_items(items_path):  # inputs are distinct files: adding one never hides another
+        if rec.get("ino") and not existing.add_pair(rec["ino"], rec["dev"]):
+            for _other, path, st in _planned(items_path, out_dir, out_ext):
+                if (st.st_dev, st.st_ino) == (rec["dev"], rec["ino"]):
+                    raise ConfigError(
+                        f"--out {out_dir}: the output {path} would replace the input {rec['src']} (the same "
+                        f"file, device {st.st_dev} inode {st.st_ino}, reached through a bind mount, a symbolic "
+                        "link or a hard link); choose another --out")
+
+
+def _planned(items_path: str, out_dir: str, out_ext: str | None) -> Iterator[tuple[dict, str, os.stat_result]]:
+    """(item, output path, its stat) for each item whose output path exists already."""
+    from batchcli.inputs.discover import iter_items
+
+    for rec in iter_items(items_path):
+        src_ext = os.path.splitext(rec["src"])[1].lower().lstrip(".")
+        path = os.path.join(out_dir, f"{rec['stem']}.{out_ext or _EXT_OF_SOURCE.get(src_ext, 'png')}")
+        try:
+            yield rec, path, os.stat(path)
+        except OSError:
+            continue
+
+
+def _has_entries(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as it:
+            return next(it, None) is not None
+    except OSError:
+        return False

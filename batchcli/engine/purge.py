@@ -1,0 +1,207 @@
+"""Safe purge: `cleanup --purge-outputs` deletes an output file only when
+
+- the batch being cleaned is its last writer in the catalog (a later batch that wrote over it
+  owns it now: kept, "superseded");
+- its bytes still hash to the sha256 recorded, and its mtime is the one recorded (edited, or
+  written again since: kept, "changed");
+- it lies inside the output folder recorded when the batch was created: that folder is opened
+  without following a symbolic link and must have the recorded device and inode, and every
+  folder below it is opened the same way (a link anywhere: kept, "link"), so a folder swapped for
+  a link since the run is refused with one line and nothing below it is deleted.
+
+Everything is done relative to open folder descriptors (openat/unlinkat), so a link swapped in
+while the purge runs is not followed either. Folders left empty by the purge are removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections import Counter
+from dataclasses import dataclass, field
+
+from batchcli.engine.store import BatchPaths
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+_FILE_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+
+
+class Refused(Exception):
+    """The output folder is not the one the batch wrote to: nothing is deleted (one-line reason)."""
+
+
+@dataclass
+class PurgeResult:
+    removed: int = 0
+    kept: Counter = field(default_factory=Counter)  # reason -> files: superseded, changed, missing, link
+    superseded_by: Counter = field(default_factory=Counter)  # batch id -> files
+
+    @property
+    def kept_count(self) -> int:
+        return sum(self.kept.values())
+
+
+def open_out_folder(out_dir: str, dev: int | None, ino: int | None) -> int:
+    """The recorded output folder, opened without following a link, checked by identity."""
+    try:
+        fd = os.open(out_dir, _DIR_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(out_dir):
+            raise Refused(f"output folder {out_dir} is now a symbolic link (to {_readlink(out_dir)}); "
+                          "nothing below it was deleted") from None
+        if exc.errno == errno.ENOTDIR:
+            raise Refused(f"output folder {out_dir} is no longer a folder; nothing was deleted") from None
+        raise
+    st = os.fstat(fd)
+    if dev is not None and (st.st_dev, st.st_ino) != (dev, ino):
+        os.close(fd)
+        raise Refused(f"output folder {out_dir} is not the folder the batch wrote to (device/inode "
+                      f"{st.st_dev}/{st.st_ino}, recorded {dev}/{ino}: replaced or reached through a "
+                      "different link since); nothing below it was deleted")
+    return fd
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def purge_outputs(paths: BatchPaths, dry_run: bool) -> PurgeResult:
+    """Delete the files this batch wrote and still owns (see the module docstring). Raises
+    Refused when the output folder is not the recorded one; nothing is deleted then."""
+    from batchcli.engine.catalog import Catalog
+
+    man = paths.load_manifest()
+    out_dir = man.get("out_dir")
+    res = PurgeResult()
+    if not out_dir or not os.path.lexists(out_dir):
+        return res
+    root = open_out_folder(out_dir, man.get("out_dev"), man.get("out_ino"))
+    emptied: set[str] = set()
+    try:
+        with Catalog(paths.home) as cat:
+            cat.refresh()
+            wrote = list(cat.last_writers(paths.id))
+        for mine, last in wrote:
+            if last.batch_id != paths.id:
+                res.kept["superseded"] += 1
+                res.superseded_by[last.batch_id] += 1
+                continue
+            why = _delete(root, mine.rel or "", mine.size, mine.mtime, mine.sha256, dry_run)
+            if why is None:
+                res.removed += 1
+                emptied.add(os.path.dirname(mine.rel or ""))
+            else:
+                res.kept[why] += 1
+        if not dry_run:
+            _remove_empty(root, emptied)
+    finally:
+        os.close(root)
+    return res
+
+
+def _walk(root: int, parts: list[str]) -> int | None:
+    """The folder `parts` below `root`, each step opened without following links; None when a
+    step is missing, a link or not a folder. The caller closes the descriptor (unless root)."""
+    fd = root
+    for part in parts:
+        try:
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except OSError:
+            nxt = None
+        if fd != root:
+            os.close(fd)
+        if nxt is None:
+            return None
+        fd = nxt
+    return fd
+
+
+def _delete(root: int, rel: str, size: int | None, mtime: float | None, digest: str | None,
+            dry_run: bool) -> str | None:
+    """None when deleted (or would be); else why the file is kept. A file with the recorded
+    bytes but another mtime was written again since (by a batch whose record is gone, say)."""
+    parts = rel.split("/")
+    if not rel or os.path.isabs(rel) or any(p in ("", ".", "..") for p in parts):
+        return "outside"
+    folder = _walk(root, parts[:-1])
+    if folder is None:
+        return "link" if _has_link(root, parts[:-1]) else "missing"
+    name = parts[-1]
+    try:
+        try:
+            st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            return "missing"
+        if stat.S_ISLNK(st.st_mode):
+            return "link"
+        if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size) \
+                or (mtime is not None and st.st_mtime != mtime):
+            return "changed"
+        if digest and _sha256(folder, name) != digest:
+            return "changed"
+        if not dry_run:
+            os.unlink(name, dir_fd=folder)
+        return None
+    except OSError:
+        return "changed"
+    finally:
+        if folder != root:
+            os.close(folder)
+
+
+def _has_link(root: int, parts: list[str]) -> bool:
+    fd = root
+    try:
+        for part in parts:
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                return False
+            if stat.S_ISLNK(st.st_mode):
+                return True
+            nxt = _walk(fd, [part])
+            if nxt is None:
+                return False
+            if fd != root:
+                os.close(fd)
+            fd = nxt
+        return False
+    finally:
+        if fd != root:
+            os.close(fd)
+
+
+def _sha256(folder: int, name: str) -> str | None:
+    h = hashlib.sha256()
+    fd = os.open(name, _FILE_FLAGS, dir_fd=folder)
+    with os.fdopen(fd, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _remove_empty(root: int, folders: set[str]) -> None:
+    """Remove the folders the purge emptied, deepest first, and their parents once empty; never
+    the output folder itself."""
+    todo = set()
+    for f in folders:
+        while f:
+            todo.add(f)
+            f = os.path.dirname(f)
+    for f in sorted(todo, key=lambda p: p.count("/"), reverse=True):
+        parts = f.split("/")
+        parent = _walk(root, parts[:-1])
+        if parent is None:
+            continue
+        try:
+            os.rmdir(parts[-1], dir_fd=parent)
+        except OSError:
+            pass  # not empty (the user's files, another batch's outputs), or gone
+        finally:
+            if parent != root:
+                os.close(parent)

@@ -1,0 +1,208 @@
+"""Outputs have one owner: live batches claim their paths, a later batch supersedes a finished
+one, and a purge deletes only what the cleaned batch still owns, inside the folder it recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from crashops import create, make_pngs, run, spawn, wait_for
+
+from batchcli.engine.liveness import runner_alive
+from batchcli.engine.store import Store
+
+RUN = ("--min-free-space", "0", "-w", "1")
+
+
+def _start(home, src, out, name, pipeline="convert png", *extra):
+    r = run(home, "start", src, "--out", out, "--name", name, "--pipeline", pipeline, *RUN, *extra)
+    assert r.returncode == 0, r.stderr
+    return Store(str(home)).resolve(name)
+
+
+def _files(folder) -> dict[str, bytes]:
+    out = {}
+    for d, _, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(d, n)
+            out[os.path.relpath(p, folder)] = open(p, "rb").read()
+    return out
+
+
+def test_a_second_runner_into_the_same_folder_is_refused_naming_the_first(tmp_path):
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 12)
+    (tmp_path / "link").symlink_to(out, target_is_directory=True)
+    out.mkdir()
+    first = spawn(home, "start", src, "--out", out, "--name", "A", "--pipeline",
+                  "crashtest delay=0.2 | convert png", *RUN)
+    try:
+        a = wait_for(lambda: Store(str(home)).ids() and Store(str(home)).resolve("A"), what="batch A")
+        wait_for(lambda: runner_alive(a), what="A's runner")
+        for where in (out, tmp_path / "link"):  # the same folder by another path is the same folder
+            r = run(home, "start", src, "--out", where, "--name", "B", "--pipeline", "convert png", *RUN)
+            assert r.returncode == 2, r.stderr
+            line = r.stderr.strip()
+            assert "\n" not in line and f"batch {a.id} (A, running) also writes 12 of these outputs:" in line
+            assert "img000.png, img001.png, img002.png, img003.png, img004.png and 7 more" in line
+            assert f"batchcli cancel {a.id}" in line
+        assert Store(str(home)).ids() == [a.id]  # B left nothing behind
+        r = run(home, "start", src, "--out", out, "--name", "C", "--pipeline", "convert jpg", *RUN)
+        assert r.returncode == 0, r.stderr  # other names (.jpg) in the same folder: no clash
+    finally:
+        run(home, "cancel", "A")
+        first.wait(60)
+
+
+def test_a_paused_batch_still_claims_its_outputs_and_a_resume_checks_too(tmp_path):
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 3)
+    a = create(home, [src], out, "convert png", name="A")
+    assert run(home, "pause", a.id).returncode == 0
+    r = run(home, "start", src, "--out", out, "--pipeline", "resize 10x10", *RUN)  # extension unknown: clashes
+    assert r.returncode == 2 and f"batch {a.id} (A, paused) also writes 3" in r.stderr
+    assert run(home, "cancel", a.id).returncode == 0
+    b = _start(home, src, out, "B")
+    (out / "img001.png").unlink()
+    assert run(home, "verify", b.id, "--repair").returncode == 1  # item 1 re-queued: B will write again
+    c = create(home, [src], out, "convert png", name="C")  # B is completed: C may take the paths
+    r = run(home, "resume", b.id, *RUN)
+    assert r.returncode == 2 and f"batch {c.id} (C, pending) also writes 3 of these outputs" in r.stderr
+
+
+def test_writing_over_a_finished_batch_moves_ownership(tmp_path):
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 3)
+    a = _start(home, src, out, "A")
+    b = _start(home, src, out, "B")
+    r = run(home, "verify", "A")
+    assert r.returncode == 0, r.stdout
+    assert f"3 superseded\n  superseded by {b.id} (B): 3 output(s) a later batch wrote over" in r.stdout
+    data = json.loads(run(home, "verify", "A", "--json").stdout)
+    assert (data["ok"], data["changed_count"], data["missing_count"], data["superseded_count"]) == (0, 0, 0, 3)
+    assert data["superseded_by"] == {b.id: {"name": "B", "count": 3}}
+    assert data["superseded"][0] == {"i": 0, "input": str(src / "img000.png"), "output": str(out / "img000.png"),
+                                     "by": b.id, "by_name": "B"}
+    r = run(home, "verify", "A", "--repair", "--json")
+    assert json.loads(r.stdout)["requeued"] == 0  # never asks to repair another batch's files
+    assert "all match the journal" in run(home, "verify", "B").stdout
+    assert a.id != b.id
+
+
+def test_cleanup_of_the_older_batch_keeps_the_newer_ones_files_even_without_the_catalog(tmp_path):
+    """The issue's scenario: A and B write the same bytes to the same paths; cleaning A with
+    --purge-outputs deleted B's files. And catalog.sqlite deleted between two commands."""
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 4)
+    a = _start(home, src, out, "A")
+    b = _start(home, src, out, "B")
+    before = json.loads(run(home, "verify", "A", "--json").stdout)
+    for name in os.listdir(home):
+        if name.startswith("catalog.sqlite"):
+            os.unlink(home / name)
+    assert json.loads(run(home, "verify", "A", "--json").stdout) == before
+    files = _files(out)
+    r = run(home, "cleanup", "--older-than", "0s", "--status", "completed", "--purge-outputs", "--keep-last", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (f"removed batch {a.id} (completed, 0 output files) (4 files kept: 4 superseded by "
+                        f"{b.id} (a later batch wrote over them))\n")
+    assert _files(out) == files
+    assert "all match the journal" in run(home, "verify", "B").stdout
+    r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--json")
+    assert json.loads(r.stdout)["cleaned"][0]["outputs_removed"] == 4
+    assert os.listdir(out) == []
+
+
+def test_a_file_written_again_since_is_kept_even_when_its_writer_is_gone(tmp_path):
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 2)
+    a = _start(home, src, out, "A")
+    b = _start(home, src, out, "B")
+    os.utime(b.journal, (1, 1))  # B is old: cleaned alone, records only (its files stay)
+    r = run(home, "cleanup", "--older-than", "1h", "--json")
+    assert [c["batch_id"] for c in json.loads(r.stdout)["cleaned"]] == [b.id]
+    r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--json")
+    entry = json.loads(r.stdout)["cleaned"][0]
+    assert entry["batch_id"] == a.id and entry["outputs_removed"] == 0  # same bytes, but B's mtime
+    assert entry["outputs_kept_reasons"] == {"changed": 2}
+    assert sorted(os.listdir(out)) == ["img000.png", "img001.png"]
+
+
+@pytest.mark.parametrize("swap", ["symlink", "other folder"])
+def test_a_swapped_output_folder_is_refused_and_nothing_below_it_deleted(tmp_path, swap):
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 3)
+    a = _start(home, src, out, "A")
+    elsewhere = tmp_path / "precious"
+    shutil.copytree(out, elsewhere)  # the same names and bytes: a purge that follows would delete them
+    os.rename(out, tmp_path / "moved")
+    if swap == "symlink":
+        out.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        shutil.copytree(elsewhere, out)
+    r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs")
+    assert r.returncode == 1 and r.stdout == ""
+    why = ("is now a symbolic link (to " + str(elsewhere) + ")" if swap == "symlink"
+           else "is not the folder the batch wrote to")
+    assert r.stderr.startswith(f"Error: kept batch {a.id}: not purged: output folder {out} {why}")
+    assert r.stderr.count("\n") == 1 and "nothing below it was deleted" in r.stderr
+    assert len(_files(elsewhere)) == 3 and len(_files(out)) == 3
+    assert Store(str(home)).ids() == [a.id]  # kept whole: purge it once the folder is back
+
+
+def test_a_link_inside_the_output_folder_is_not_followed(tmp_path):
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src / "sub", 2)
+    make_pngs(src, 1)
+    _start(home, src, out, "A")
+    elsewhere = tmp_path / "precious"
+    shutil.copytree(out / "sub", elsewhere)
+    shutil.rmtree(out / "sub")
+    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--json")
+    entry = json.loads(r.stdout)["cleaned"][0]
+    assert (entry["outputs_removed"], entry["outputs_kept_reasons"]) == (1, {"link": 2})
+    assert len(_files(elsewhere)) == 2
+
+
+def test_a_purge_waits_while_another_batch_runs_into_the_folder(tmp_path):
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 10)
+    a = _start(home, src, out, "A")
+    proc = spawn(home, "start", src, "--out", out, "--name", "B", "--pipeline", "crashtest delay=0.2 | convert png",
+                 *RUN)
+    try:
+        b = wait_for(lambda: len(Store(str(home)).ids()) == 2 and Store(str(home)).resolve("B"), what="batch B")
+        wait_for(lambda: runner_alive(b), what="B's runner")
+        r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--status", "completed")
+        assert r.returncode == 1
+        assert r.stderr == (f"Error: kept batch {a.id}: not purged: batch {b.id} is writing into the same output "
+                            f"folder {out}; purge it once that batch has finished\n")
+        assert a.id in Store(str(home)).ids() and len(os.listdir(out)) == 10
+    finally:
+        run(home, "cancel", "B")
+        proc.wait(60)
+
+
+@pytest.mark.parametrize("how", ["bind mount", "symlink", "hard link"])
+def test_an_output_that_would_land_on_an_input_is_refused_before_any_work(tmp_path, how, bind_mount):
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src / "sub", 3)
+    out.mkdir()
+    if how == "bind mount":
+        bind_mount(src, out)  # out/sub/img000.png is in/sub/img000.png: the paths differ, not the files
+    elif how == "symlink":
+        (out / "sub").symlink_to(src / "sub", target_is_directory=True)
+    else:
+        (out / "sub").mkdir()
+        os.link(src / "sub" / "img001.png", out / "sub" / "img001.png")
+    before = _files(src)
+    r = run(home, "start", src, "--out", out, "--pipeline", "resize 16x16", *RUN)
+    assert r.returncode == 2, r.stderr
+    first = "img001" if how == "hard link" else "img000"
+    assert r.stderr.startswith(f"Error: --out {out}: the output {out}/sub/{first}.png would replace the input "
+                               f"{src}/sub/{first}.png (the same file, device ")
+    assert r.stderr.count("\n") == 1 and r.stderr.rstrip().endswith("choose another --out")
+    assert _files(src) == before and Store(str(home)).ids() == []
