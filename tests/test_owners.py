@@ -37,7 +37,7 @@ def test_a_second_runner_into_the_same_folder_is_refused_naming_the_first(tmp_pa
     (tmp_path / "link").symlink_to(out, target_is_directory=True)
     out.mkdir()
     first = spawn(home, "start", src, "--out", out, "--name", "A", "--pipeline",
-                  "crashtest delay=0.2 | convert png", *RUN)
+                  "crashtest delay=1 | convert png", *RUN)  # 12 s of work: cancelled at the end
     try:
         a = wait_for(lambda: Store(str(home)).ids() and Store(str(home)).resolve("A"), what="batch A")
         wait_for(lambda: runner_alive(a), what="A's runner")
@@ -171,8 +171,8 @@ def test_a_purge_waits_while_another_batch_runs_into_the_folder(tmp_path):
     home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
     make_pngs(src, 10)
     a = _start(home, src, out, "A")
-    proc = spawn(home, "start", src, "--out", out, "--name", "B", "--pipeline", "crashtest delay=0.2 | convert png",
-                 *RUN)
+    proc = spawn(home, "start", src, "--out", out, "--name", "B", "--pipeline", "crashtest delay=1 | convert png",
+                 *RUN)  # 10 s of work: cancelled at the end
     try:
         b = wait_for(lambda: len(Store(str(home)).ids()) == 2 and Store(str(home)).resolve("B"), what="batch B")
         wait_for(lambda: runner_alive(b), what="B's runner")
