@@ -40,6 +40,7 @@ class StartConfig:
     segment: float = 10.0  # --video-segment: seconds of video per durable segment
     extra_options: dict[str, Any] = field(default_factory=dict)
     stdin: Any = None  # binary stream read for "-" (default: sys.stdin.buffer)
+    allow_empty: bool = False  # a batch of no items (watch: files land later)
 
 
 UPLOADS = "uploads"
@@ -108,7 +109,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             total = discover.write_items(found, fh, namer, stats)
             fh.flush()
             os.fsync(fh.fileno())
-        if total == 0:
+        if total == 0 and not cfg.allow_empty:
             where = ", ".join([*cfg.inputs, *([f"--from-file {cfg.from_file}"] if cfg.from_file else [])])
             left = [f"{n} {what}" for n, what in ((stats.excluded, "excluded"), (stats.duplicates, "duplicates"),
                                                   (stats.dedupe_skipped, "same content"),

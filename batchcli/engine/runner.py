@@ -37,6 +37,7 @@ from batchcli.engine.journal import (
 from batchcli.engine.liveness import locked_error, process_start_time, read_runner_info, sweep_dead_tmp, take_lock
 from batchcli.engine.store import BatchPaths
 from batchcli.engine.videos import VideoGate, segment_chains
+from batchcli.engine.watch import HotFolder
 from batchcli.errors import (
     EXIT_CANCELLED,
     EXIT_FAILED_ITEMS,
@@ -47,6 +48,7 @@ from batchcli.errors import (
     InvalidTransition,
     ItemError,
 )
+from batchcli.executors.base import Idle
 from batchcli.executors.worker import WorkerConfig
 from batchcli.inputs.discover import iter_items
 
@@ -138,6 +140,7 @@ class Runner:
         self.total = int(self.manifest["total"])
         self.out_dir = self.manifest.get("out_dir")
         self._emb = None
+        self.feed = None
         self._videos: VideoGate | None = None
 
     # --- public --------------------------------------------------------------------------
@@ -226,7 +229,8 @@ class Runner:
                            max_pixels=int(self.manifest["options"].get("max_pixels", 150_000_000)),
                            threads=self.opt.threads, providers=self.opt.providers,
                            memory_limit=self.opt.memory_limit, extra=_video_options(self.manifest))
-        pool = make_executor(self.opt, cfg)
+        watching = bool(self.manifest.get("watch"))  # a hot folder (engine/watch.py): work keeps landing
+        pool = make_executor(self.opt, cfg) if st.counts[PENDING] or watching else Idle(self.opt.workers)
         try:
             if hasattr(pool, "check"):
                 first = next(self._pending(st), None)
@@ -250,6 +254,7 @@ class Runner:
                    "out_dir": self.out_dir})
         videos = self._videos = VideoGate(pool.workers) if self.manifest.get("videos") else None
         source = self._pending(st, videos)
+        feed = self.feed = HotFolder(self, st) if watching else None
         retry_q: list[dict[str, Any]] = []
         attempts: dict[int, int] = {}
         micro = min(pipeline.batch_size, MAX_BATCH_CHUNK)  # a chunk holds a whole micro-batch
@@ -356,8 +361,10 @@ class Runner:
                             batch_items.append(retry_q.pop())
                         while not exhausted and len(batch_items) < chunk:
                             nxt = next(source, None)
+                            if nxt is None and feed is not None:
+                                nxt = feed.next()  # None: nothing new has settled yet
                             if nxt is None:
-                                exhausted = True
+                                exhausted = feed is None
                                 break
                             batch_items.append(nxt)
                         if not batch_items:
@@ -408,6 +415,8 @@ class Runner:
                         self._progress(counts, processed, t0, pending_total)
             finally:
                 pool.shutdown(abandon=abandon)
+                if feed is not None:
+                    feed.close()
                 if self._emb is not None:  # vectors: durable, and as one N x D .npy at the end
                     self._emb.close()
                     if self.paths and counts[PENDING] == 0:
@@ -441,7 +450,7 @@ class Runner:
         elif stopping == "halt":
             j.append("batch_finished", status="failed", reason=reason)
             status, code = "failed", EXIT_FAILED_ITEMS
-        elif stopping in ("pause", "signal", "disk_full") and counts[PENDING] > 0:
+        elif stopping in ("pause", "signal", "disk_full") and (counts[PENDING] > 0 or self.feed is not None):
             j.append("batch_paused", reason=reason)
             status = "paused"
             code = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}.get(signum, EXIT_PAUSED) \

@@ -33,3 +33,29 @@ class Executor(Protocol):
     def busy(self) -> bool: ...
     def stop(self) -> None: ...
     def shutdown(self, abandon: bool = False) -> list[dict[str, Any]]: ...
+
+
+class Idle:
+    """The executor of a run with nothing left to do (every item recorded already, as in a
+    `sync` where all is up to date): it starts no process."""
+
+    def __init__(self, workers: int = 1):
+        self.workers = workers
+
+    def capacity(self) -> int:
+        return 1  # asked for work, it finds none, and the run ends
+
+    def submit(self, items: list[dict[str, Any]]) -> None:
+        raise RuntimeError("an idle executor was given items")
+
+    def poll(self, timeout: float) -> list[Event]:
+        return []
+
+    def busy(self) -> bool:
+        return False
+
+    def stop(self) -> None:
+        pass
+
+    def shutdown(self, abandon: bool = False) -> list[dict[str, Any]]:
+        return []

@@ -478,14 +478,25 @@ def is_video(src: str) -> bool:
     return not is_url(src) and os.path.splitext(src)[1].lower().lstrip(".") in VIDEO_EXTENSIONS
 
 
-def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = None,
-                stats: DiscoveryStats | None = None) -> int:
-    """Write items.jsonl; give each item an output stem unique in the whole batch (compared
-    case-insensitively); mark videos (`"video": 1`, counted in `stats`). Returns the count."""
-    namer = namer or Namer()
-    taken = DigestSet(wide=False)
-    n = 0
-    for f in found:
+class ItemWriter:
+    """Numbers items and gives each an output stem unique in the whole batch (compared
+    case-insensitively), one items.jsonl line each. A batch that grows (`watch`) keeps one and
+    seeds it with the items it already has."""
+
+    def __init__(self, fh: IO[bytes], namer: Namer | None = None, stats: DiscoveryStats | None = None):
+        self.fh, self.namer, self.stats = fh, namer or Namer(), stats
+        self.taken = DigestSet(wide=False)
+        self.n = 0
+
+    def seed(self, rec: dict) -> None:
+        """An item the batch already has: its number and stem are taken."""
+        self.n = max(self.n, rec["i"] + 1)
+        ext = os.path.splitext(rec.get("rel") or "")[1]
+        self.taken.add_pair(hash(("with-ext", rec["stem"].casefold(), ext.casefold())), 0)
+        self.taken.add_pair(hash(rec["stem"].casefold()), 0)
+
+    def add(self, f: Found) -> dict:
+        taken, namer, n = self.taken, self.namer, self.n
         stem, ext = namer.candidate(n, f)
         out = stem
         new_name = taken.add_pair(hash(("with-ext", stem.casefold(), ext.casefold())), 0)
@@ -503,11 +514,21 @@ def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = Non
             rec["dev"], rec["ino"] = f.dev, f.ino
         if is_video(f.src):
             rec["video"] = 1
-            if stats is not None:
-                stats.videos += 1
-        fh.write(_dumps(rec) + b"\n")
-        n += 1
-    return n
+            if self.stats is not None:
+                self.stats.videos += 1
+        self.fh.write(_dumps(rec) + b"\n")
+        self.n = n + 1
+        return rec
+
+
+def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = None,
+                stats: DiscoveryStats | None = None) -> int:
+    """Write items.jsonl (see ItemWriter); mark videos (`"video": 1`, counted in `stats`).
+    Returns the count."""
+    w = ItemWriter(fh, namer, stats)
+    for f in found:
+        w.add(f)
+    return w.n
 
 
 def _dumps(rec: dict) -> bytes:

@@ -67,14 +67,17 @@ def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> Non
 
 
 def create(store, cfg, opts, json_out: bool):
-    """The new batch of `start`, or of `sync` (called from inside `start`'s body, so that it
-    takes every flag start takes): then up-to-date items are recorded as reused first."""
+    """The new batch of `start`, or of `sync` or `watch` (called from inside `start`'s body, so
+    that they take every flag start takes): sync records up-to-date items as reused first; a
+    watch batch may start empty and names the folders it watches."""
     from batchcli import api
-    from batchcli.cli.commands.sync import SYNC, sync_create
+    from batchcli.cli.commands.sync import SYNC, sync_create, watch_create
 
     mode = SYNC.get()
     if mode is None:
         return api.create_batch(store, cfg)
+    if mode.pop("watch", False):
+        return watch_create(store, cfg, json_out, **mode)
     return sync_create(store, cfg, opts, json_out, **mode)
 
 

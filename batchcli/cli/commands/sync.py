@@ -1,6 +1,7 @@
-"""sync: `start` that does only the new work. It takes every flag start takes (its parameters are
-start's, plus its own), and runs start's own body, which calls `create` in run.py: there the
-batch is made as by start, then its up-to-date items are recorded as reused before it runs."""
+"""sync and watch: `start` that does only the new work, and `start` over a hot folder. Each takes
+every flag start takes (its parameters are start's, plus its own) and runs start's own body,
+which calls `create` in run.py: there sync records the up-to-date items as reused, and watch
+names the folders its runner watches (engine/watch.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,38 @@ import typer
 from batchcli.cli.options import handle_errors
 
 SYNC: ContextVar[dict[str, Any] | None] = ContextVar("batchcli_sync", default=None)
-"""Set while `start`'s body runs on behalf of `sync`: sync's own flags."""
+"""Set while `start`'s body runs on behalf of `sync` or `watch`: their own flags."""
 
 DeleteOpt = Annotated[bool, typer.Option(
     "--delete", help="After the run, remove outputs whose inputs are gone: only files batchcli wrote and that are unchanged.")]
 DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="List what would be processed and reused; create and change nothing.")]
+SettleOpt = Annotated[str, typer.Option(
+    "--settle", metavar="AGE", help="Take a file once its size and mtime have not changed for this long.")]
+PollOpt = Annotated[bool, typer.Option(
+    "--poll", help="Scan the folders instead of asking the kernel for events (network file systems).")]
+
+
+def watch_create(store, cfg, json_out: bool, settle: str = "2s", poll: bool = False):
+    """An empty-or-not batch that names the folders its runner watches."""
+    from batchcli import api
+    from batchcli.cli import console
+    from batchcli.engine.watch import watch_spec
+    from batchcli.errors import ConfigError
+    from batchcli.units import parse_age
+
+    if cfg.from_file or "-" in cfg.inputs:
+        raise ConfigError("watch takes folders, not lists (--from-file, -)")
+    spec = watch_spec(cfg.inputs, parse_age(settle, "--settle"), poll)
+    cfg.allow_empty = True
+    paths = api.create_batch(store, cfg)
+    man = paths.load_manifest()
+    man.update(kind="watch", watch=spec)
+    paths.write_manifest(man)
+    if not json_out:
+        console.info(f"watching {', '.join(spec['roots'])}: a file is taken once unchanged for {spec['settle']:g} s; "
+                     f"stop with Ctrl-C or 'batchcli pause {paths.id}'")
+    return paths
 
 
 def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run: bool = False):
@@ -75,27 +102,47 @@ def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run:
 
 
 def register_sync(app: typer.Typer, start) -> None:
+    _derive(app, start, "sync", [("delete", False, DeleteOpt), ("dry_run", False, DryRunOpt)], _sync_doc)
+    _derive(app, start, "watch", [("settle", "2s", SettleOpt), ("poll", False, PollOpt)], _watch_doc)
+
+
+def _sync_doc() -> None:
+    """Like start, but only new or changed inputs do work: an input whose identity (device,
+    inode, size, mtime) and pipeline match an output an earlier batch wrote, still as it was
+    written, is recorded as completed with reused_from, not processed again.
+
+    Example: batchcli sync photos/ --out web/ --pipeline "resize 1024x1024 | convert webp" --delete
+    """
+
+
+def _watch_doc() -> None:
+    """A hot folder: process what is there, then every file that lands or changes, once it is
+    complete, as one long-lived batch (status, pause, resume, cancel and recover as for any).
+
+    Example: batchcli watch tethered/ --out web/ --pipeline "orient | resize 2048x2048" --settle 2s
+    """
+
+
+def _derive(app: typer.Typer, start, name: str, own: list[tuple[str, Any, Any]], doc) -> None:
+    """Register `name` as start's parameters plus `own`, running start's body with SYNC set."""
     target = inspect.unwrap(start)
     hints = typing.get_type_hints(target, include_extras=True)
     params = [p.replace(annotation=hints[p.name]) for p in inspect.signature(target).parameters.values()]
-    own = [inspect.Parameter("delete", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False, annotation=DeleteOpt),
-           inspect.Parameter("dry_run", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False, annotation=DryRunOpt)]
+    extra = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a) for n, d, a in own]
     at = next(k for k, p in enumerate(params) if p.name == "detach")
-    params[at:at] = own
+    params[at:at] = extra
 
-    def sync(**kw: Any) -> None:
-        """Like start, but only new or changed inputs do work: an input whose identity (device,
-        inode, size, mtime) and pipeline match an output an earlier batch wrote, still as it was
-        written, is recorded as completed with reused_from, not processed again.
-
-        Example: batchcli sync photos/ --out web/ --pipeline "resize 1024x1024 | convert webp" --delete
-        """
-        token = SYNC.set({"delete": kw.pop("delete"), "dry_run": kw.pop("dry_run")})
+    def command(**kw: Any) -> None:
+        mode = {n: kw.pop(n) for n, _d, _a in own}
+        if name == "watch":
+            mode["watch"] = True
+        token = SYNC.set(mode)
         try:
             target(**kw)
         finally:
             SYNC.reset(token)
 
-    sync.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
-    sync.__annotations__ = {p.name: p.annotation for p in params}
-    app.command("sync", no_args_is_help=True)(handle_errors(sync))
+    command.__doc__ = doc.__doc__
+    command.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    app.command(name, no_args_is_help=True)(handle_errors(command))

@@ -1,0 +1,143 @@
+"""watch: a hot folder as one long-lived batch. Files written slowly are taken only once complete,
+a SIGKILLed watcher comes back with `recover --resume` and picks up what landed meanwhile, a
+changed file is redone, and pause / cancel work as for any batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import cv2
+import pytest
+from conftest import make_image
+from crashops import records, run, spawn, wait_for
+
+FLAGS = ("-w", "1", "--min-free-space", "0")
+
+
+def _batch(home):
+    return wait_for(lambda: next((home / "batches").glob("*/journal.jsonl"), None), what="the batch").parent
+
+
+def _completed(batch) -> dict[int, dict]:
+    return {r["i"]: r for r in records(batch / "journal.jsonl") if r.get("type") == "item_completed"}
+
+
+def _write_slowly(path, data: bytes, pieces: int, pause: float) -> None:
+    step = len(data) // pieces + 1
+    with open(path, "wb") as fh:
+        for k in range(0, len(data), step):
+            fh.write(data[k:k + step])
+            fh.flush()
+            time.sleep(pause)
+
+
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "poll"])
+def test_slowly_written_files_are_taken_once_complete(tmp_path, poll):
+    home, hot, out, seen = tmp_path / "home", tmp_path / "hot", tmp_path / "out", tmp_path / "seen.log"
+    make_image(hot / "there.png", 64, 48, seed=1)  # there before the watch starts
+    runner = spawn(home, "watch", hot, "--out", out, "-p", f"crashtest log={seen} | convert png", *FLAGS,
+                   "--settle", "0.6s", *(["--poll"] if poll else []), log=tmp_path / "watch.log")
+    try:
+        batch = _batch(home)
+        wait_for(lambda: (out / "there.png").is_file(), what="the file already there")
+        big = make_image(tmp_path / "big.png", 640, 480, seed=2).read_bytes()
+        (hot / "sub").mkdir()
+        _write_slowly(hot / "sub" / "slow.png", big, pieces=5, pause=0.25)  # 1.25 s, each pause < settle
+        shutil.copy(tmp_path / "big.png", hot / "copied.png")
+        wait_for(lambda: (out / "sub" / "slow.png").is_file() and (out / "copied.png").is_file(), timeout=30,
+                 what="both outputs")
+        img = cv2.imread(str(out / "sub" / "slow.png"))
+        assert img is not None and img.shape[:2] == (480, 640)  # the whole image, never a half-written one
+        processed = seen.read_text().splitlines()
+        assert sorted(os.path.basename(p) for p in processed) == ["copied.png", "slow.png", "there.png"]
+        assert not [r for r in records(batch / "journal.jsonl") if r.get("type") == "item_failed"]
+        s = json.loads(run(home, "status", "--json").stdout)
+        assert (s["status"], s["total"], s["completed"]) == ("running", 3, 3)
+        assert run(home, "pause", batch.name).returncode == 0
+        assert runner.wait(20) == 3
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    s = json.loads(run(home, "status", "--json").stdout)
+    assert (s["status"], s["total"], s["completed"], s["remaining"]) == ("paused", 3, 3, 0)
+
+
+def test_sigkill_then_recover_resume_picks_up_what_landed_meanwhile(tmp_path):
+    home, hot, out = tmp_path / "home", tmp_path / "hot", tmp_path / "out"
+    hot.mkdir()
+    runner = spawn(home, "watch", hot, "--out", out, "-p", "convert png", *FLAGS, "--settle", "0.3s")
+    try:
+        batch = _batch(home)
+        make_image(hot / "a.png", seed=1)
+        wait_for(lambda: 0 in _completed(batch), what="a.png done")
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(10)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    make_image(hot / "b.png", seed=2)  # lands while nobody watches
+    s = json.loads(run(home, "status", "--json").stdout)
+    assert s["status"] == "interrupted"
+    r = run(home, "recover", "--resume")
+    assert r.returncode == 0, r.stderr
+    try:
+        wait_for(lambda: (out / "b.png").is_file(), what="b.png, landed while the watcher was dead")
+        make_image(hot / "c.png", seed=3)
+        wait_for(lambda: (out / "c.png").is_file(), what="c.png, after the resume")
+        first = (out / "a.png").read_bytes()
+        make_image(hot / "a.png", 80, 60, seed=9)  # a.png written again: redone
+        wait_for(lambda: (out / "a.png").read_bytes() != first, what="a.png redone")
+        assert cv2.imread(str(out / "a.png")).shape[:2] == (60, 80)
+        done = _completed(batch)
+        assert sorted(done) == [0, 1, 2]
+        requeued = [r for r in records(batch / "journal.jsonl") if r.get("type") == "items_requeued"]
+        assert [r["items"] for r in requeued] == [[0]]
+    finally:
+        r = run(home, "cancel", batch.name)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(run(home, "status", "--json").stdout)
+    assert (s["status"], s["total"], s["completed"]) == ("cancelled", 3, 3)
+    kinds = [r["type"] for r in records(batch / "journal.jsonl") if r.get("type", "").startswith("batch_")]
+    assert kinds[:3] == ["batch_started", "batch_interrupted", "batch_paused"] and "batch_resumed" in kinds
+
+
+@pytest.mark.parametrize("args, message", [
+    (("notes.txt",), "not a folder (watch takes folders)"),
+    (("--from-file", "list.txt"), "watch takes folders, not lists"),
+    (("hot", "--settle", "soon"), "--settle 'soon'"),
+])
+def test_bad_watch_arguments_are_usage_errors(tmp_path, args, message):
+    (tmp_path / "hot").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "list.txt").write_text("x")
+    r = run(tmp_path / "home", "watch", *[str(tmp_path / a) if a in ("notes.txt", "hot", "list.txt") else a for a in args],
+            "--out", tmp_path / "out", "-p", "convert png")
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_json_events_ctrl_c_and_a_detached_resume(tmp_path):
+    home, hot, out, log = tmp_path / "home", tmp_path / "hot", tmp_path / "out", tmp_path / "events.ndjson"
+    hot.mkdir()
+    runner = spawn(home, "watch", hot, "--out", out, "-p", "convert png", *FLAGS, "--settle", "0.3s", "--json", log=log)
+    try:
+        batch = _batch(home)
+        make_image(hot / "a.png", seed=1)
+        wait_for(lambda: (out / "a.png").is_file(), what="a.png")
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(20) == 130
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert events[0]["type"] == "started" and events[-1]["type"] == "paused" and events[-1]["completed"] == 1
+    r = run(home, "resume", batch.name, "--detach")
+    assert r.returncode == 0 and r.stdout.strip() == batch.name
+    make_image(hot / "b.png", seed=2)
+    wait_for(lambda: (out / "b.png").is_file(), what="b.png, under the detached runner")
+    assert run(home, "pause", batch.name).returncode == 0
+    s = json.loads(run(home, "status", "--json").stdout)
+    assert (s["status"], s["completed"], s["runner_pid"]) == ("paused", 2, None)
