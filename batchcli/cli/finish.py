@@ -101,15 +101,30 @@ class Finish:
     def _delete_stale(self) -> None:
         """sync --delete, once the batch completed: outputs whose inputs are gone."""
         from batchcli.cli import console
+        from batchcli.engine.purge import Refused
         from batchcli.engine.status import mark
         from batchcli.engine.store import Store
         from batchcli.engine.sync import delete_stale
 
-        gone = delete_stale(Store(os.path.dirname(os.path.dirname(self.paths.dir))), self.paths)
+        try:
+            gone = delete_stale(Store(os.path.dirname(os.path.dirname(self.paths.dir))), self.paths)
+        except (Refused, OSError) as exc:
+            console.warn(f"--delete: {exc}")
+            return
         if gone.removed or gone.kept_count:
-            mark(self.paths, "outputs_deleted", count=gone.removed, kept=dict(gone.kept), outputs=gone.sample[:100])
+            mark(self.paths, "outputs_deleted", count=gone.removed, kept=dict(gone.kept), outputs=gone.removed_rels[:100])
         if self.json_out:
-            console.emit_json({"type": "sync_deleted", "batch_id": self.paths.id, **gone.as_dict()})
+            console.emit_json({"type": "sync_deleted", "batch_id": self.paths.id, "removed": gone.removed,
+                               "kept": dict(gone.kept), "outputs": gone.removed_rels[:1000]})
         elif gone.removed or gone.kept_count:
-            console.info(f"removed {gone.removed} output(s) whose inputs are gone"
-                         + (f"; kept {gone.kept_count} changed since written" if gone.kept_count else ""))
+            console.info(f"removed {gone.removed} output(s) whose inputs are gone" + kept_text(gone))
+
+
+KEPT = {"changed": "changed since written", "missing": "gone already", "link": "behind a link",
+        "outside": "outside the folder"}
+
+
+def kept_text(gone: Any) -> str:
+    """'; kept 1 changed since written, 2 gone already' (empty when nothing was kept)."""
+    parts = [f"{n} {KEPT.get(why, why)}" for why, n in sorted(gone.kept.items())]
+    return f"; kept {', '.join(parts)}" if parts else ""

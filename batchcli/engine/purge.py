@@ -37,6 +37,7 @@ class PurgeResult:
     removed: int = 0
     kept: Counter = field(default_factory=Counter)  # reason -> files: superseded, changed, missing, link
     superseded_by: Counter = field(default_factory=Counter)  # batch id -> files
+    removed_rels: list[str] = field(default_factory=list)
 
     @property
     def kept_count(self) -> int:
@@ -80,21 +81,35 @@ def purge_outputs(paths: BatchPaths, dry_run: bool) -> PurgeResult:
     res = PurgeResult()
     if not out_dir or not os.path.lexists(out_dir):
         return res
-    root = open_out_folder(out_dir, man.get("out_dev"), man.get("out_ino"))
+    with Catalog(paths.home) as cat:
+        cat.refresh()
+        wrote = list(cat.last_writers(paths.id))
+    owned = []
+    for mine, last in wrote:
+        if last.batch_id != paths.id:
+            res.kept["superseded"] += 1
+            res.superseded_by[last.batch_id] += 1
+        else:
+            owned.append(mine)
+    delete_outputs(out_dir, man.get("out_dev"), man.get("out_ino"), owned, dry_run, res)
+    return res
+
+
+def delete_outputs(out_dir: str, dev: int | None, ino: int | None, outputs: list, dry_run: bool,
+                   res: PurgeResult | None = None) -> PurgeResult:
+    """Delete these outputs of the recorded folder (each with rel, size, mtime, sha256) by the
+    rules above, and the folders left empty; `res.removed_rels` names the files removed. Raises
+    Refused when the folder is not the recorded one; nothing is deleted then."""
+    res = res if res is not None else PurgeResult()
+    root = open_out_folder(out_dir, dev, ino)
     emptied: set[str] = set()
     try:
-        with Catalog(paths.home) as cat:
-            cat.refresh()
-            wrote = list(cat.last_writers(paths.id))
-        for mine, last in wrote:
-            if last.batch_id != paths.id:
-                res.kept["superseded"] += 1
-                res.superseded_by[last.batch_id] += 1
-                continue
-            why = _delete(root, mine.rel or "", mine.size, mine.mtime, mine.sha256, dry_run)
+        for out in outputs:
+            why = _delete(root, out.rel or "", out.size, out.mtime, out.sha256, dry_run)
             if why is None:
                 res.removed += 1
-                emptied.add(os.path.dirname(mine.rel or ""))
+                res.removed_rels.append(out.rel or "")
+                emptied.add(os.path.dirname(out.rel or ""))
             else:
                 res.kept[why] += 1
         if not dry_run:

@@ -163,34 +163,20 @@ def dumps(p: SyncPlan) -> bytes:
     return orjson.dumps(p.as_dict())
 
 
-@dataclass
-class DeleteResult:
-    removed: int = 0
-    kept: Counter = field(default_factory=Counter)  # why -> files kept: changed, link, missing
-    sample: list[str] = field(default_factory=list)  # the first removed (or to remove) outputs
+def delete_stale(store: Store, paths: BatchPaths, dry_run: bool = False):
+    """`sync --delete`: remove the outputs in this batch's folder whose inputs are gone, by the
+    purge rules (engine/purge.py): only a file whose batch is its last writer in the catalog,
+    unchanged (size, mtime and sha256 as recorded), inside the recorded folder with no link on
+    the way; folders left empty go too. Returns a PurgeResult."""
+    from batchcli.engine.purge import PurgeResult, delete_outputs
 
-    @property
-    def kept_count(self) -> int:
-        return sum(self.kept.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"removed": self.removed, "kept": dict(self.kept), "sample": self.sample}
-
-
-def delete_stale(store: Store, paths: BatchPaths, dry_run: bool = False) -> DeleteResult:
-    """`sync --delete`: remove the outputs in this batch's folder whose inputs are gone. Only a
-    file batchcli wrote and still owns (its batch is the file's last writer in the catalog, not
-    this batch), that is unchanged (size, mtime and sha256 as recorded), and that lies inside
-    the folder (no symbolic link on the way) is removed; folders left empty go too."""
     man = paths.load_manifest()
     out_dir = man.get("out_dir")
-    res = DeleteResult()
     if not out_dir or man.get("out_dev") is None or not os.path.isdir(out_dir):
-        return res
-    real_root = os.path.realpath(out_dir)
+        return PurgeResult()
+    stale = []
     with Catalog(store) as cat:
         cat.refresh()
-        stale = []
         for b in cat.batches_into(man["out_dev"], man["out_ino"]):
             if b.batch_id == paths.id:
                 continue
@@ -200,47 +186,4 @@ def delete_stale(store: Store, paths: BatchPaths, dry_run: bool = False) -> Dele
                 if mine.src is None or os.path.lexists(mine.src):
                     continue  # its input is still there
                 stale.append(mine)
-    emptied: set[str] = set()
-    for out in stale:
-        why = _remove(real_root, out, dry_run)
-        if why:
-            res.kept[why] += 1
-            continue
-        res.removed += 1
-        if len(res.sample) < TODO_LISTED:
-            res.sample.append(out.rel)
-        emptied.add(os.path.dirname(os.path.join(real_root, out.rel)))
-    if not dry_run:
-        for folder in sorted(emptied, key=len, reverse=True):
-            while folder.startswith(real_root + os.sep):
-                try:
-                    os.rmdir(folder)
-                except OSError:
-                    break
-                folder = os.path.dirname(folder)
-    return res
-
-
-def _remove(real_root: str, out: Any, dry_run: bool) -> str | None:
-    """None when removed (or it would be), else why the file is kept."""
-    import hashlib
-    import stat
-
-    path = os.path.join(real_root, out.rel)
-    if os.path.realpath(path) != os.path.normpath(path):
-        return "link"
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return "missing"
-    if not stat.S_ISREG(st.st_mode) or st.st_size != out.size or (out.mtime is not None and st.st_mtime != out.mtime):
-        return "changed"
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    if out.sha256 and h.hexdigest() != out.sha256:
-        return "changed"
-    if not dry_run:
-        os.unlink(path)
-    return None
+    return delete_outputs(out_dir, man["out_dev"], man["out_ino"], stale, dry_run)

@@ -69,7 +69,8 @@ def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run:
             shutil.rmtree(scratch, ignore_errors=True)
         if json_out:
             console.emit_json({"type": "sync_plan", "dry_run": True, **p.as_dict(),
-                               **({"delete": gone.as_dict()} if gone else {})})
+                               **({"delete": {"removed": gone.removed, "kept": dict(gone.kept),
+                                              "outputs": gone.removed_rels[:1000]}} if gone else {})})
         else:
             lines = [f"sync (dry run): {p.reused} up to date, {p.new + p.changed} to process "
                      f"({p.new} new, {p.changed} changed) of {p.total}"]
@@ -77,9 +78,10 @@ def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run:
             if p.new + p.changed > len(p.todo):
                 lines.append(f"  ... and {p.new + p.changed - len(p.todo)} more")
             if gone is not None:
-                lines.append(f"would remove {gone.removed} output(s) whose inputs are gone"
-                             + (f" (keeping {gone.kept_count} changed since written)" if gone.kept_count else ""))
-                lines += [f"  remove {rel}" for rel in gone.sample]
+                from batchcli.cli.finish import kept_text
+
+                lines.append(f"would remove {gone.removed} output(s) whose inputs are gone" + kept_text(gone))
+                lines += [f"  remove {rel}" for rel in gone.removed_rels[:1000]]
             console.info("\n".join(lines))
         raise typer.Exit(0)
     paths = api.create_batch(store, cfg)
