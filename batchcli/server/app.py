@@ -272,7 +272,9 @@ def bind(host: str, port: int) -> socket.socket:
         info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ConfigError(f"--host {host}: {exc.strerror}") from None
-    sock = socket.socket(info[0][0], socket.SOCK_STREAM)
+    # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets (else each response's
+    # body waits 40 ms for the client's delayed ACK of its headers)
+    sock = socket.socket(info[0][0], socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(info[0][4])

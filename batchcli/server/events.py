@@ -37,6 +37,9 @@ QUEUE_MAX = 20_000
 """Events a subscriber may fall behind before it is dropped (it reconnects with ?since=SEQ)."""
 RATE_WINDOW = 10.0
 """Seconds of journal time the rate is measured over."""
+STATUS_TTL = 0.5
+"""Seconds a status object is reused while the journal has not grown (the runner's liveness,
+the one thing that changes without a journal line, is looked at no more often)."""
 CACHED_FEEDS = 64
 """Feeds kept without subscribers (the status cache), least recently used dropped first."""
 
@@ -63,6 +66,7 @@ class Feed:
         self.last_used = time.monotonic()
         self.next_poll = 0.0
         self.gone = False
+        self.cached: tuple[tuple, float, dict[str, Any]] | None = None  # (journal size and state, when, status)
 
     # -- folding -----------------------------------------------------------------------------
     def poll(self, emit: bool = True) -> list[dict[str, Any]]:
@@ -254,12 +258,17 @@ class Hub:
         f = self.feed(paths)
         with f.lock:
             self._publish(f, f.poll())
+            now = time.monotonic()
+            key = (f._last_size, f.status)
+            if f.cached is not None and f.cached[0] == key and now - f.cached[1] < STATUS_TTL:
+                return dict(f.cached[2])
             s = batch_status(paths, f.st)
             if f.status == "interrupted":
                 s["status"], s["runner_pid"] = "interrupted", None
             rate, eta = f.rate()
             s["rate"], s["eta_s"] = rate, eta
-        return s
+            f.cached = (key, now, s)
+        return dict(s)
 
     # -- subscribing --------------------------------------------------------------------------
     def subscribe(self, paths: BatchPaths | None, since: int | None = None,
