@@ -27,6 +27,7 @@ class StartConfig:
     out_dir: str | None
     pipeline_text: str | None = None
     pipeline_file: str | None = None
+    variants: list[str] | None = None  # --variant NAME=PIPELINE (repeatable): outputs under OUT/NAME/
     name: str | None = None
     exts: list[str] | None = None  # --ext (repeatable, comma lists); None = the defaults
     exclude: list[str] | None = None  # --exclude GLOB (repeatable)
@@ -47,14 +48,17 @@ UPLOADS = "uploads"
 """The folder of a batch that holds files sent to the server (the only part of the home read as input)."""
 
 
-def build_pipeline(text: str | None, file: str | None):
+def build_pipeline(text: str | None, file: str | None, variants: list[str] | None = None):
+    """The pipeline of --pipeline or --pipeline-file, with the --variant flags (after the
+    file's [[variant]] tables)."""
     from batchcli.pipeline import Pipeline
 
     if text and file:
         raise ConfigError("give --pipeline or --pipeline-file, not both")
-    if file:
-        return Pipeline.from_toml(file)
-    return Pipeline.parse(text or "")
+    pipeline = Pipeline.from_toml(file) if file else Pipeline.parse(text or "")
+    for flag in variants or ():
+        pipeline.add_variant(*Pipeline.parse_variant(flag))
+    return pipeline
 
 
 def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None) -> BatchPaths:
@@ -68,7 +72,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     from batchcli.engine import owners
     from batchcli.inputs import discover, names
 
-    pipeline = build_pipeline(cfg.pipeline_text, cfg.pipeline_file)
+    pipeline = build_pipeline(cfg.pipeline_text, cfg.pipeline_file, cfg.variants)
     out_dir = os.path.abspath(os.path.expanduser(cfg.out_dir)) if cfg.out_dir else None
     if pipeline.writes_image and out_dir is None:
         raise ConfigError("--out is required: this pipeline writes images")
@@ -92,6 +96,8 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             stdin = sys.stdin.buffer
     spec = pipeline.spec()
     template = names.compile_template(cfg.name_template) if cfg.name_template else None
+    if names.template_has_variant(cfg.name_template) and not pipeline.variants:
+        raise ConfigError(f"--name-template {cfg.name_template!r}: {{variant}} needs --variant NAME=PIPELINE")
     options = {"max_file_size": cfg.max_file_size, "max_pixels": cfg.max_pixels, **cfg.extra_options}
     fingerprint = pipeline.fingerprint(options)
     inputs_opts = {"exts": list(exts), "exclude": list(cfg.exclude or []), "from_file": cfg.from_file,
@@ -123,6 +129,9 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             os.makedirs(out_dir, exist_ok=True)
             st = os.stat(out_dir)  # the folder's identity: a purge later deletes only inside this one
             out_id = {"out_dev": st.st_dev, "out_ino": st.st_ino}
+        if stats.videos and pipeline.variants:
+            raise ConfigError(f"{stats.videos} of the inputs are videos: --variant is for images "
+                              "(give --media image, or run the videos in a batch of their own)")
         if stats.videos:  # photo-only batches keep the options (and fingerprint) they always had
             from batchcli.video.probe import require_av
 
@@ -145,7 +154,8 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             now = time.time()
             paths.write_manifest({
                 "batch_id": paths.id, "name": cfg.name, "created_at": now, "version": __version__,
-                "pipeline": spec, "pipeline_text": pipeline.text(), "options": options,
+                "pipeline": spec, "pipeline_text": pipeline.command_text(), "options": options,
+                **({"variants": pipeline.variant_spec()} if pipeline.variants else {}),
                 "fingerprint": fingerprint, "out_dir": out_dir, **out_id, "out_ext": pipeline.output_ext,
                 "inputs": cfg.inputs, "total": total,
                 "input_options": inputs_opts, "dedupe_skipped": stats.dedupe_skipped, "videos": stats.videos,
@@ -155,6 +165,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             with open(paths.journal, "wb") as fh:
                 fh.write(encode({"seq": 0, "t": round(now, 3), "type": "header", "batch_id": paths.id,
                                  "version": __version__, "pipeline": spec,
+                                 **({"variants": pipeline.variant_spec()} if pipeline.variants else {}),
                                  "fingerprint": fingerprint, "total": total}))
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -6,8 +6,11 @@ hashed into the batch fingerprint, and the same spec always rebuilds the same op
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
+import re
 import shlex
 from collections.abc import Iterable
 from typing import Any
@@ -84,18 +87,69 @@ def _split_pipes(text: str) -> list[str]:
     return parts
 
 
-class Pipeline:
-    """An ordered list of validated ops."""
+MAX_VARIANTS = 16
+"""Variants one batch may write per item (each is an encode and a file per item)."""
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-    def __init__(self, ops: list[Op]):
+
+class Pipeline:
+    """An ordered list of validated ops, and the variants that branch after them: each a name
+    and a pipeline of its own, run on a copy of the frame the shared ops made."""
+
+    def __init__(self, ops: list[Op], variants: Iterable[tuple[str, Pipeline]] = ()):
         if any(op.name == "raw" for op in ops[1:]):
             raise ConfigError("raw: must be the first operation (it says how camera RAW files are decoded)")
         self.ops = ops
+        self.variants: list[tuple[str, Pipeline]] = []
+        for name, branch in variants:
+            self.add_variant(name, branch)
+
+    def add_variant(self, name: str, branch: Pipeline) -> None:
+        """Check a variant and add it: a name of letters, digits, '.', '_' and '-' (it becomes
+        a folder), unique, a pipeline that writes an image, and no op that only the shared
+        pipeline can hold."""
+        where = f"variant {name!r}"
+        if not _VARIANT_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a variant name is 1-64 letters, digits, '.', '_' or '-' "
+                              "(not starting with '.', '_' or '-'); it names the output folder OUT/NAME/")
+        if any(name == other for other, _ in self.variants):
+            raise ConfigError(f"{where}: given twice")
+        if len(self.variants) >= MAX_VARIANTS:
+            raise ConfigError(f"{where}: at most {MAX_VARIANTS} variants")
+        for op in branch.ops:
+            if op.name == "raw":
+                raise ConfigError(f"{where}: raw belongs in --pipeline (it says how RAW files are decoded, once)")
+            if getattr(op, "video_role", None):
+                raise ConfigError(f"{where}: {op.name} is a video operation; variants are for images")
+            if op.p.get("route") or op.p.get("task") == "embed":
+                raise ConfigError(f"{where}: {op.name} {'route=true' if op.p.get('route') else 'task=embed'} "
+                                  "records one result per item: put it in --pipeline")
+        if not branch.writes_image:
+            raise ConfigError(f"{where}: writes no image (a variant is an output file)")
+        for op in self.ops:
+            if op.p.get("route"):
+                raise ConfigError(f"{op.name}: route=true does not go with variants (the variants choose the folders)")
+        self.variants.append((name, branch))
 
     # --- construction --------------------------------------------------------------------
     @classmethod
     def parse(cls, text: str) -> Pipeline:
         return cls([_build(name, pos, kw) for name, pos, kw in split_spec(text)])
+
+    @staticmethod
+    def parse_variant(text: str) -> tuple[str, Pipeline]:
+        """'thumb=resize 400x400 | convert jpg' (a --variant value) -> ("thumb", its pipeline)."""
+        name, eq, rest = text.partition("=")
+        if not eq or not name.strip():
+            raise ConfigError(f"--variant {text!r}: expected NAME=PIPELINE, e.g. "
+                              "\"thumb=resize 400x400 | convert jpg quality=80\"")
+        name = name.strip()
+        if not rest.strip():
+            raise ConfigError(f"--variant {text!r}: the pipeline after {name}= is empty")
+        try:
+            return name, Pipeline.parse(rest)
+        except ConfigError as exc:
+            raise ConfigError(f"variant {name!r}: {exc}") from None
 
     @classmethod
     def from_toml(cls, path: str) -> Pipeline:
@@ -110,13 +164,21 @@ class Pipeline:
             raise ConfigError(f"{path}: cannot read pipeline file: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        steps = doc.get("op")
-        if not isinstance(steps, list) or not steps:
+        steps = doc.get("op", [])
+        variants = doc.get("variant", [])
+        if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+            raise ConfigError(f"{path}: 'variant' must be [[variant]] tables")
+        if not isinstance(steps, list) or not (steps or variants):
             raise ConfigError(f"{path}: no [[op]] tables")
-        return cls.from_spec(steps, where=path)
+        pipeline = cls.from_spec(steps, where=path)
+        for table in variants:
+            pipeline.add_variant(*_toml_variant(table, path))
+        return pipeline
 
     @classmethod
-    def from_spec(cls, steps: Iterable[dict], where: str = "pipeline") -> Pipeline:
+    def from_spec(cls, steps: Iterable[dict], where: str = "pipeline",
+                  variants: Iterable[dict] | None = None) -> Pipeline:
+        """From the canonical form (spec(); variant_spec() for `variants`)."""
         ops = []
         for step in steps:
             step = dict(step)
@@ -124,11 +186,26 @@ class Pipeline:
             if not isinstance(name, str):
                 raise ConfigError(f"{where}: every [[op]] needs a name")
             ops.append(_build(name.lower(), [], step))
-        return cls(ops)
+        return cls(ops, [(v["name"], cls.from_spec(v["pipeline"], where)) for v in variants or ()])
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> Pipeline:
+        """The pipeline a batch runs: the shared ops and the variants, as recorded at start."""
+        return cls.from_spec(manifest["pipeline"], variants=manifest.get("variants"))
 
     # --- properties ----------------------------------------------------------------------
     def spec(self) -> list[dict]:
+        """The shared ops (without the variants: see variant_spec)."""
         return [op.spec() for op in self.ops]
+
+    def variant_spec(self) -> list[dict]:
+        """[{"name": NAME, "pipeline": [op spec, ...]}, ...]; empty without variants."""
+        return [{"name": name, "pipeline": branch.spec()} for name, branch in self.variants]
+
+    def command_text(self) -> str:
+        """text(), then each variant as the --variant flag that gives it."""
+        return " ".join([self.text(), *(f"--variant {shlex.quote(name + '=' + branch.text())}"
+                                        for name, branch in self.variants)]).strip()
 
     def text(self) -> str:
         """A readable one-liner: positional values bare, parameters only where not the default.
@@ -149,12 +226,16 @@ class Pipeline:
         return " | ".join(parts)
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
-        blob = json.dumps({"pipeline": self.spec(), "options": extra or {}}, sort_keys=True)
+        doc: dict[str, Any] = {"pipeline": self.spec(), "options": extra or {}}
+        if self.variants:  # pipelines without variants keep the fingerprint they always had
+            doc["variants"] = self.variant_spec()
+        blob = json.dumps(doc, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def writes_image(self) -> bool:
-        return any(op.writes_image for op in self.ops) or not self.ops or self.output_format is not None
+        return (bool(self.variants) or any(op.writes_image for op in self.ops) or not self.ops
+                or self.output_format is not None)
 
     @property
     def raw_settings(self) -> dict | None:
@@ -186,7 +267,10 @@ class Pipeline:
 
     def shrink_for(self, width: int, height: int) -> int:
         """Decode reduction (1, 2, 4 or 8) allowed for a source of this size: only when every op
-        before the first resize tolerates a smaller input, and the resize still downsizes."""
+        before the first resize tolerates a smaller input, and the resize still downsizes. With
+        variants, the least any of them allows (the one decode serves them all)."""
+        if self.variants:
+            return min(Pipeline(self.ops + branch.ops).shrink_for(width, height) for _, branch in self.variants)
         for op in self.ops:
             if type(op).shrink_limit is not Op.shrink_limit:
                 return op.shrink_limit(width, height)
@@ -209,11 +293,28 @@ class Pipeline:
     def prepare(self) -> None:
         for op in self.ops:
             op.prepare()
+        for _, branch in self.variants:
+            branch.prepare()
 
     def run(self, frame: Frame) -> Frame:
         for op in self.ops:
             frame = op.apply(frame)
         return frame
+
+    def branch(self, frame: Frame) -> list[tuple[str, Any]]:
+        """The shared ops' frame through each variant: [(name, frame or the exception that
+        failed it)], in order. Each variant gets its own copy of the frame's settings and
+        records; the pixels are shared, read-only, so no variant can change another's."""
+        frame.img.flags.writeable = False
+        out: list[tuple[str, Any]] = []
+        for name, branch in self.variants:
+            own = dataclasses.replace(frame, encode=dict(frame.encode), meta=copy.deepcopy(frame.meta),
+                                      info=dict(frame.info), keep=copy.deepcopy(frame.keep))
+            try:
+                out.append((name, branch.run(own)))
+            except Exception as exc:
+                out.append((name, exc))
+        return out
 
     @property
     def batch_size(self) -> int:
@@ -243,6 +344,19 @@ class Pipeline:
                     except Exception as exc:
                         out[k] = exc
         return out
+
+
+def _toml_variant(table: dict, where: str) -> tuple[str, Pipeline]:
+    """A [[variant]] table: `name`, and `pipeline = "..."` or [[variant.op]] tables."""
+    name, text, steps = table.get("name"), table.get("pipeline"), table.get("op")
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: every [[variant]] needs a name")
+    if (text is None) == (steps is None) or not isinstance(text or steps, (str, list)):
+        raise ConfigError(f"{where}: variant {name!r} needs pipeline = \"...\" or [[variant.op]] tables (one of them)")
+    try:
+        return name, Pipeline.parse(text) if isinstance(text, str) else Pipeline.from_spec(steps, where)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: variant {name!r}: {exc}") from None
 
 
 def _build(name: str, positionals: list, keywords: dict) -> Op:

@@ -13,6 +13,10 @@ HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="BATCHCLI_HOME"
                                                 show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 BatchArg = Annotated[str, typer.Argument(help="Batch id, unique id prefix, or name.", show_default=False)]
+VariantOpt = Annotated[Optional[list[str]], typer.Option(
+    "--variant", show_default=False, metavar="NAME=PIPELINE",
+    help='Another output per item, after --pipeline, under OUT/NAME/ (repeatable), e.g. '
+         '"thumb=resize 400x400 | convert jpg quality=80".')]
 OptBatchArg = Annotated[Optional[str], typer.Argument(help="Batch id, unique id prefix, or name (default: the latest).",
                                                       show_default=False)]
 

@@ -19,7 +19,7 @@ def current_fingerprint(manifest: dict[str, Any]) -> str:
     """What this code computes now from the manifest's pipeline and options."""
     from batchcli.pipeline import Pipeline
 
-    return Pipeline.from_spec(manifest["pipeline"]).fingerprint(manifest.get("options") or {})
+    return Pipeline.from_manifest(manifest).fingerprint(manifest.get("options") or {})
 
 
 def check_fingerprint(paths: BatchPaths, manifest: dict[str, Any], st: Replay, force: bool) -> None:

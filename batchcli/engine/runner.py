@@ -223,12 +223,12 @@ class Runner:
             "version": __version__}).encode())
         # the executor first: one that refuses to start (a cluster that cannot see the files)
         # must leave the batch as it was, not "interrupted"
-        pipeline = Pipeline.from_spec(self.manifest["pipeline"])
+        pipeline = Pipeline.from_manifest(self.manifest)
         cfg = WorkerConfig(pipeline=pickle.dumps(pipeline), out_dir=self.out_dir,
                            max_file_size=int(self.manifest["options"].get("max_file_size", 200 << 20)),
                            max_pixels=int(self.manifest["options"].get("max_pixels", 150_000_000)),
                            threads=self.opt.threads, providers=self.opt.providers,
-                           memory_limit=self.opt.memory_limit, extra=_video_options(self.manifest))
+                           memory_limit=self.opt.memory_limit, extra=_worker_options(self.manifest))
         watching = bool(self.manifest.get("watch"))  # a hot folder (engine/watch.py): work keeps landing
         pool = make_executor(self.opt, cfg) if st.counts[PENDING] or watching else Idle(self.opt.workers)
         try:
@@ -542,10 +542,16 @@ class Runner:
         self.emit(event)
 
 
-def _video_options(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What a worker needs for video items: --max-duration and the segment length."""
+def _worker_options(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a worker needs beyond the pipeline: for video items --max-duration and the segment
+    length; for variants, whether the --name-template places them ({variant})."""
+    from batchcli.inputs.names import template_has_variant
+
     options = manifest.get("options") or {}
-    return {k: options[k] for k in ("max_duration", "segment") if k in options}
+    out = {k: options[k] for k in ("max_duration", "segment") if k in options}
+    if manifest.get("variants"):
+        out["variant_template"] = template_has_variant((manifest.get("input_options") or {}).get("name_template"))
+    return out
 
 
 def _parse_max_failures(spec: str | None) -> tuple[str, float] | None:

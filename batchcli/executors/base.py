@@ -23,6 +23,18 @@ class Event:
     message: str = ""
 
 
+def outputs_of(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The output files an item's result (or its journal record) names: its `outputs` (one
+    entry per variant, or a video's stills: out, bytes, sha256, mtime, variant), else its one
+    `out`. Records written before there were variants have only `out`."""
+    many = rec.get("outputs")
+    if many:
+        return list(many)
+    if rec.get("out"):
+        return [{k: rec[k] for k in ("out", "bytes", "sha256", "mtime") if k in rec}]
+    return []
+
+
 class Executor(Protocol):
     workers: int
     name: str

@@ -139,28 +139,78 @@ class Worker:
         return imageio.load(src, self.limits, shrink, data=data, raw=self.pipeline.raw_settings), changed
 
     def _save(self, item: dict[str, Any], frame: Any, changed: list | None) -> dict[str, Any]:
-        from batchcli.imaging import imageio
-
         res: dict[str, Any] = {}
-        if self.writes:
-            dest = os.path.join(self.cfg.out_dir, item["stem"])
-            if self.writer is not None and not frame.route:
-                # encoded here; written, fsynced and renamed by the writer thread while this one
-                # decodes the next image. The result goes out only once the write is done.
-                path, data = imageio.encode_to(frame, dest)
-                res["_write"] = self.writer.submit(path, data)
-                nbytes, digest = len(data), hashlib.sha256(data).hexdigest()
-            else:
-                path, nbytes, digest = imageio.save(frame, dest)  # discovery keeps outputs off inputs
-                res["mtime"] = os.stat(path).st_mtime
-            res.update(out=os.path.relpath(path, self.cfg.out_dir), bytes=nbytes, sha256=digest)
+        if self.writes and self.pipeline.variants:
+            self._save_variants(item, frame, res)
+        elif self.writes:
+            self._write(frame, os.path.join(self.cfg.out_dir, item["stem"]), res, res)
             if frame.route:
-                res["routed"] = _route(self.cfg.out_dir, frame.route, path)
+                res["routed"] = _route(self.cfg.out_dir, frame.route, os.path.join(self.cfg.out_dir, res["out"]))
         if frame.meta:
             res["meta"] = frame.meta
         if changed is not None:  # the input is not what items.jsonl recorded: journal what we read
             res["src_stat"] = changed
         return res
+
+    def _write(self, frame: Any, dest: str, res: dict[str, Any], entry: dict[str, Any],
+               data: tuple[str, bytes] | None = None) -> None:
+        """Encode (unless `data` is the encoded output: path, bytes) and write one output; its
+        out, bytes and sha256 go into `entry`, and its mtime: now, or, with the Writer, once the
+        file is durable (the pending write is added to res["_write"]; see settle)."""
+        from batchcli.imaging import imageio
+
+        if self.writer is not None and not frame.route:
+            # encoded here; written, fsynced and renamed by the writer thread while this one
+            # decodes the next image. The result goes out only once the write is done.
+            path, blob = data or imageio.encode_to(frame, dest)
+            res.setdefault("_write", []).append((entry, self.writer.submit(path, blob)))
+            nbytes, digest = len(blob), hashlib.sha256(blob).hexdigest()
+        elif data is not None:
+            path, blob = data
+            entry["mtime"] = imageio.write(path, blob)
+            nbytes, digest = len(blob), hashlib.sha256(blob).hexdigest()
+        else:
+            path, nbytes, digest = imageio.save(frame, dest)  # discovery keeps outputs off inputs
+            entry["mtime"] = os.stat(path).st_mtime
+        entry.update(out=os.path.relpath(path, self.cfg.out_dir), bytes=nbytes, sha256=digest)
+
+    def _save_variants(self, item: dict[str, Any], frame: Any, res: dict[str, Any]) -> None:
+        """Each variant from the shared frame, into OUT/NAME/<stem> (or the template's {variant}):
+        all encoded before any is written, so a failed variant writes nothing; it fails the item,
+        named. The first variant's output is also the record's `out` (readers that know one
+        output per item see that one)."""
+        from batchcli.imaging import imageio
+        from batchcli.inputs.names import variant_stem
+
+        templated = bool(self.cfg.extra.get("variant_template"))
+        encoded = []
+        for name, got in self.pipeline.branch(frame):
+            try:
+                if isinstance(got, BaseException):
+                    raise got
+                dest = os.path.join(self.cfg.out_dir, variant_stem(item["stem"], name, templated))
+                encoded.append((name, got, imageio.encode_to(got, dest)))
+            except Exception as exc:
+                raise VariantFailed(name, exc) from None
+        outputs = []
+        for name, got, data in encoded:
+            entry: dict[str, Any] = {"variant": name}
+            self._write(got, "", res, entry, data)
+            extra = {k: v for k, v in got.meta.items() if frame.meta.get(k) != v}
+            if extra:  # what the variant's own ops recorded (its profile conversion, say)
+                entry["meta"] = extra
+            outputs.append(entry)
+        res.update({k: v for k, v in outputs[0].items() if k in ("out", "bytes", "sha256", "mtime")}, outputs=outputs)
+        if res.get("_write"):
+            res["_write"].append((res, res["_write"][0][1]))  # the record's own mtime is the first output's
+
+
+class VariantFailed(Exception):
+    """A variant's ops or encoder failed: the item fails with the variant named."""
+
+    def __init__(self, name: str, exc: BaseException):
+        super().__init__(name)
+        self.name, self.exc = name, exc
 
 
 class Writer:
@@ -185,27 +235,32 @@ class Writer:
 
 
 def settle(res: dict[str, Any], src: str, wait: bool) -> bool:
-    """Fold a background write into its result: False while it is still running (and not
-    `wait`); a failed write turns the result into that failure."""
-    fut = res.get("_write")
-    if fut is None:
+    """Fold an item's background writes into its result: False while one is still running
+    (and not `wait`); a failed write turns the result into that failure."""
+    pending = res.get("_write")
+    if pending is None:
         return True
-    if not wait and not fut.done():
+    if not wait and not all(fut.done() for _, fut in pending):
         return False
     del res["_write"]
-    exc = fut.exception()
-    if exc is None:
-        res["mtime"] = fut.result()
-    else:
-        err = _error(src, exc)
-        for k in [k for k in res if k not in ("i", "ms")]:
-            del res[k]
-        res.update(err)
+    for entry, fut in pending:
+        exc = fut.exception()
+        if exc is not None:
+            err = _error(src, exc)
+            for k in [k for k in res if k not in ("i", "ms")]:
+                del res[k]
+            res.update(err)
+            return True
+        entry["mtime"] = fut.result()
     return True
 
 
 def _error(src: str, exc: BaseException) -> dict[str, Any]:
     """The failed result for an item: its error class and a one-line reason naming the file."""
+    if isinstance(exc, VariantFailed):
+        err = _error(src, exc.exc)
+        err["error"] = f"{src}: variant {exc.name}: {err['error'][len(src) + 2:]}"
+        return err
     if isinstance(exc, ItemError):
         return {"ok": False, "error_class": exc.error_class, "error": f"{src}: {exc}"}
     if isinstance(exc, MemoryError):

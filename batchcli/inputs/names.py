@@ -12,7 +12,10 @@ from urllib.parse import unquote, urlsplit
 from batchcli.errors import ConfigError
 
 URL_PREFIXES = ("http://", "https://")
-TEMPLATE_FIELDS = ("stem", "ext", "name", "i", "parent", "preset", "rel")
+TEMPLATE_FIELDS = ("stem", "ext", "name", "i", "parent", "preset", "rel", "variant")
+VARIANT_FIELD = "{variant}"
+"""Kept as it is in the stems of a --name-template with {variant}; the worker puts each
+variant's name there (other fields' values never hold braces: they are made safe first)."""
 MAX_NAME_BYTES = 200  # per path component, leaving room for a _N suffix and the extension
 
 
@@ -54,6 +57,22 @@ def _clean_path(path: str, component) -> str:
     return "/".join(c for c in (component(p) for p in path.replace("\\", "/").split("/")) if c)
 
 
+def _clean_keeping_variant(path: str, component) -> str:
+    """_clean_path, leaving each {variant} in place."""
+    comps = (VARIANT_FIELD.join(component(p) for p in c.split(VARIANT_FIELD)) for c in path.replace("\\", "/").split("/"))
+    return "/".join(c for c in comps if c)
+
+
+def variant_stem(stem: str, variant: str, templated: bool) -> str:
+    """Where a variant's output goes (without its extension): the item's stem with the name in
+    its {variant} field when the --name-template had one (`templated`), else NAME/stem."""
+    return stem.replace(VARIANT_FIELD, variant) if templated else f"{variant}/{stem}"
+
+
+def template_has_variant(template: str | None) -> bool:
+    return bool(template) and any(fld == "variant" for _, fld, _, _ in string.Formatter().parse(template or ""))
+
+
 class Namer:
     """Output stems: the input's relative path without its extension (the default), or
     `--name-template`. The worker adds the extension of the output format."""
@@ -75,11 +94,11 @@ class Namer:
             return out or f"item{i}", ext
         values = {"stem": safe_component(stem), "name": self.batch_name, "i": i,
                   "parent": safe_component(_parent(f.src)), "preset": self.preset,
-                  "rel": _clean_path(folder, safe_component)}
+                  "rel": _clean_path(folder, safe_component), "variant": VARIANT_FIELD}
         text = self.template.format_map(values)
-        out = _clean_path(text, safe_component)
+        out = _clean_keeping_variant(text, safe_component)
         if not self.path_template:
-            out = _clean_path(os.path.join(folder, out), safe_component)
+            out = _clean_keeping_variant(os.path.join(folder, out), safe_component)
         return out or f"item{i}", ext
 
 
@@ -116,7 +135,8 @@ def compile_template(template: str) -> str:
         body = template[: template.rindex("{")]
         body = body[:-1]  # the dot before {ext}
     try:
-        body.format_map({"stem": "a", "name": "b", "i": 1, "parent": "p", "preset": "none", "rel": "r"})
+        body.format_map({"stem": "a", "name": "b", "i": 1, "parent": "p", "preset": "none", "rel": "r",
+                         "variant": "v"})
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"--name-template {template!r}: {exc}") from None
     if not body.strip():

@@ -15,7 +15,7 @@ from batchcli.cli.finish import (
     check_secret,
     keep_secret,
 )
-from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, handle_errors
+from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, VariantOpt, handle_errors
 from batchcli.results.notify import finish_flags
 
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, show_default=False,
@@ -47,7 +47,9 @@ def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> Non
     from batchcli.engine.runner import Runner
 
     mode = "json" if json_out else "quiet" if quiet else "tty" if console.is_tty() else "plain"
-    if mode in ("tty", "plain") and any(step.get("name") == "model" for step in paths.load_manifest()["pipeline"]):
+    man = paths.load_manifest()
+    steps = [*man["pipeline"], *(step for v in man.get("variants") or () for step in v["pipeline"])]
+    if mode in ("tty", "plain") and any(step.get("name") == "model" for step in steps):
         from batchcli.models.session import describe_providers
 
         console.info(describe_providers(opts.providers))
@@ -103,7 +105,8 @@ def register(app: typer.Typer) -> None:
         pipeline: Annotated[Optional[str], typer.Option("--pipeline", "-p", show_default=False,
                                                         help='Operations, e.g. "orient | resize 1024x1024 | convert webp quality=85".')] = None,
         pipeline_file: Annotated[Optional[str], typer.Option("--pipeline-file", show_default=False,
-                                                             help="Pipeline as a TOML file of [[op]] tables.")] = None,
+                                                             help="Pipeline as a TOML file of [[op]] (and [[variant]]) tables.")] = None,
+        variant: VariantOpt = None,
         name: Annotated[Optional[str], typer.Option("--name", help="A name to refer to the batch by.",
                                                     show_default=False)] = None,
         workers: WorkersOpt = None,
@@ -156,7 +159,7 @@ def register(app: typer.Typer) -> None:
                                finish=finish_flags(on_finish, webhook, report, summary))
         check_secret(webhook_secret, opts)
         cfg = api.StartConfig(inputs=list(inputs or []), out_dir=out, pipeline_text=pipeline,
-                              pipeline_file=pipeline_file, name=name, exts=ext, exclude=exclude,
+                              pipeline_file=pipeline_file, variants=variant, name=name, exts=ext, exclude=exclude,
                               from_file=from_file, dedupe=dedupe, name_template=name_template,
                               max_file_size=parse_bytes(max_file_size, "--max-file-size"), max_pixels=max_pixels,
                               media=media, max_duration=parse_time(max_duration, "--max-duration"),

@@ -1,0 +1,198 @@
+"""Variants: several outputs from one decode (`--variant NAME=PIPELINE`, `[[variant]]` tables).
+
+Real CLI processes over real images; outputs checked by decoding them and against the journal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from crashops import records, run
+
+from tests.conftest import make_image
+from tests.photos import ARTIST, COPYRIGHT, exiftool, icc_profile, photographer_jpeg
+
+LARGE = "large=resize 2048x2048 | convert webp quality=82"
+THUMB = "thumb=resize 400x400 mode=fill | metadata strip | convert jpg quality=80"
+
+
+def _size(path: Path) -> tuple[int, int]:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert img is not None, path
+    return img.shape[1], img.shape[0]
+
+
+def _journal(home: Path) -> list[dict]:
+    (batch,) = (home / "batches").iterdir()
+    return records(batch / "journal.jsonl")
+
+
+def _completed(home: Path) -> dict[int, dict]:
+    return {r["i"]: r for r in _journal(home) if r["type"] == "item_completed"}
+
+
+@pytest.fixture(scope="module")
+def shoot(tmp_path_factory) -> Path:
+    """Camera JPEGs as a photographer has them (EXIF orientation 6, copyright, GPS, a profile), in
+    a nested folder."""
+    root = tmp_path_factory.mktemp("shoot")
+    srgb = icc_profile("sRGB")
+    photographer_jpeg(root / "a.jpg", 1200, 900, icc=srgb)
+    (root / "day2").mkdir()
+    photographer_jpeg(root / "day2" / "b.jpg", 1200, 900, icc=srgb)
+    make_image(root / "day2" / "c.png", 640, 480, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def example(shoot, tmp_path_factory):
+    """The README's (and the issue's) example command, run once."""
+    tmp = tmp_path_factory.mktemp("example")
+    home, site = tmp / "home", tmp / "site"
+    r = run(home, "start", shoot, "--out", site, "--pipeline", "orient | profile srgb",
+            "--variant", LARGE, "--variant", THUMB)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return home, site
+
+
+def test_the_example_writes_both_variants_for_every_input(example):
+    home, site = example
+    files = sorted(str(p.relative_to(site)) for p in site.rglob("*") if p.is_file())
+    assert files == ["large/a.webp", "large/day2/b.webp", "large/day2/c.webp",
+                     "thumb/a.jpg", "thumb/day2/b.jpg", "thumb/day2/c.jpg"]
+    assert _size(site / "large/a.webp") == (900, 1200)  # turned upright (orientation 6) by the shared orient
+    assert _size(site / "thumb/a.jpg") == (400, 400)
+    assert _size(site / "large/day2/c.webp") == (640, 480)
+    assert _size(site / "thumb/day2/c.jpg") == (400, 400)
+
+
+def test_every_variant_output_is_in_the_journal_with_its_sha256(example):
+    home, site = example
+    done = _completed(home)
+    assert len(done) == 3
+    for rec in done.values():
+        assert [o["variant"] for o in rec["outputs"]] == ["large", "thumb"]
+        for o in rec["outputs"]:
+            data = (site / o["out"]).read_bytes()
+            assert o["bytes"] == len(data) and o["sha256"] == hashlib.sha256(data).hexdigest()
+            assert o["mtime"] == (site / o["out"]).stat().st_mtime
+        assert rec["out"] == rec["outputs"][0]["out"]  # readers that know one output see the first
+        assert rec["meta"]["profile"]["to"].startswith("sRGB")  # the shared ops' record
+
+
+def test_each_variant_keeps_or_strips_metadata_as_its_own_ops_say(example):
+    home, site = example
+    large, thumb = exiftool(site / "large/a.webp", site / "thumb/a.jpg")
+    assert large.get("IFD0:Copyright") == COPYRIGHT and large.get("IFD0:Artist") == ARTIST
+    assert "GPS:GPSLatitude" in large
+    assert not [k for k in thumb if k.split(":")[0] in ("IFD0", "ExifIFD", "GPS", "XMP-dc", "IPTC")]
+    assert "ICC_Profile:ProfileDescription" in thumb  # strip keeps the profile (colours stay)
+
+
+def test_the_shared_pipeline_runs_once_per_item_and_each_variant_once(tmp_path):
+    for k in range(4):
+        make_image(tmp_path / "in" / f"p{k}.png", 80, 60, seed=k)
+    shared, per_variant = tmp_path / "shared.log", tmp_path / "variant.log"
+    r = run(tmp_path / "home", "start", tmp_path / "in", "--out", tmp_path / "out", "-w", "2",
+            "--pipeline", f"crashtest log={shared} | flip h",
+            "--variant", "a=resize 40x40", "--variant", f"b=crashtest log={per_variant} | convert png",
+            "--variant", "c=rotate 90 | convert webp")
+    assert r.returncode == 0, r.stderr
+    assert len(shared.read_text().splitlines()) == 4  # one decode and one run of the shared ops per item
+    assert len(per_variant.read_text().splitlines()) == 4
+    assert _size(tmp_path / "out/a/p0.png") == (40, 30)
+    assert _size(tmp_path / "out/c/p0.webp") == (60, 80)
+    import cv2
+
+    flipped = cv2.flip(cv2.imread(str(tmp_path / "in/p1.png")), 1)
+    assert (cv2.imread(str(tmp_path / "out/b/p1.png")) == flipped).all()  # b: the shared frame, losslessly
+
+
+def test_a_failed_variant_fails_its_item_naming_the_variant_and_the_batch_goes_on(tmp_path):
+    for k in range(3):
+        make_image(tmp_path / "in" / f"p{k}.png", 80, 60, seed=k)
+    home, out = tmp_path / "home", tmp_path / "out"
+    r = run(home, "start", tmp_path / "in", "--out", out, "--retries", "0",
+            "--variant", "web=convert webp", "--variant", "bad=crashtest raise match=p1 | convert jpg")
+    assert r.returncode == 1, r.stderr
+    failed = [rec for rec in _journal(home) if rec["type"] == "item_failed"]
+    assert len(failed) == 1
+    assert failed[0]["error"] == f"{tmp_path / 'in/p1.png'}: variant bad: RuntimeError: injected op failure"
+    assert failed[0]["error_class"] == "op"
+    assert not (out / "web/p1.webp").exists()  # every variant is encoded before any is written
+    assert sorted(p.name for p in (out / "web").iterdir()) == ["p0.webp", "p2.webp"]
+
+
+def test_a_name_template_places_the_variants(tmp_path):
+    make_image(tmp_path / "in" / "x" / "p.png", 80, 60)
+    home, out = tmp_path / "home", tmp_path / "out"
+    r = run(home, "start", tmp_path / "in", "--out", out, "--name-template", "{rel}/{stem}_{variant}.{ext}",
+            "--variant", "small=resize 20x20 | convert jpg", "--variant", "big=convert webp")
+    assert r.returncode == 0, r.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == ["x/p_big.webp", "x/p_small.jpg"]
+
+
+def test_pipeline_files_take_variant_tables(tmp_path):
+    make_image(tmp_path / "in" / "p.png", 80, 60)
+    look = tmp_path / "site.toml"
+    look.write_text('[[op]]\nname = "flip"\naxis = "h"\n\n'
+                    '[[variant]]\nname = "web"\npipeline = "resize 40x40 | convert webp"\n\n'
+                    '[[variant]]\nname = "thumb"\n[[variant.op]]\nname = "resize"\nsize = "20x20"\n'
+                    '[[variant.op]]\nname = "convert"\nformat = "jpg"\nquality = 70\n')
+    home, out = tmp_path / "home", tmp_path / "out"
+    r = run(home, "start", tmp_path / "in", "--out", out, "--pipeline-file", look, "--variant", "full=convert png")
+    assert r.returncode == 0, r.stderr
+    assert _size(out / "web/p.webp") == (40, 30) and _size(out / "thumb/p.jpg") == (20, 15)
+    assert _size(out / "full/p.png") == (80, 60)  # --variant flags add to the file's tables
+    (batch,) = (home / "batches").iterdir()
+    man = json.loads((batch / "manifest.json").read_text())
+    assert [v["name"] for v in man["variants"]] == ["web", "thumb", "full"]
+    assert man["variants"][1]["pipeline"][1] == {"name": "convert", "format": "jpg", "quality": 70, "compression": 3,
+                                                 "lossless": False, "progressive": False, "background": "#ffffff"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "thumb"], "--variant 'thumb': expected NAME=PIPELINE"),
+    (["--variant", "thumb="], "the pipeline after thumb= is empty"),
+    (["--variant", "../up=resize 9x9"], "variant '../up': a variant name is 1-64 letters"),
+    (["--variant", "a=resize 9x9", "--variant", "a=flip h"], "variant 'a': given twice"),
+    (["--variant", "a=resize nine"], "variant 'a': resize"),
+    (["--variant", "a=analyze"], "variant 'a': writes no image"),
+    (["--variant", "a=raw | resize 9x9"], "variant 'a': raw belongs in --pipeline"),
+    (["--name-template", "{stem}_{variant}.{ext}"], "{variant} needs --variant NAME=PIPELINE"),
+])
+def test_bad_variants_are_usage_errors_before_any_work(tmp_path, args, message):
+    make_image(tmp_path / "in" / "p.png")
+    r = run(tmp_path / "home", "start", tmp_path / "in", "--out", tmp_path / "out", *args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "home" / "batches").exists() or not any((tmp_path / "home" / "batches").iterdir())
+
+
+def test_variants_change_the_fingerprint_and_plain_pipelines_keep_theirs():
+    from batchcli.pipeline import Pipeline
+
+    plain = Pipeline.parse("resize 64x64")
+    assert plain.fingerprint() == Pipeline.from_manifest({"pipeline": plain.spec()}).fingerprint()
+    branched = Pipeline.parse("resize 64x64")
+    branched.add_variant(*Pipeline.parse_variant("t=convert jpg"))
+    assert branched.fingerprint() != plain.fingerprint()
+    again = Pipeline.from_manifest({"pipeline": branched.spec(), "variants": branched.variant_spec()})
+    assert again.fingerprint() == branched.fingerprint() and again.command_text() == branched.command_text()
+    assert branched.command_text() == "resize 64x64 --variant 't=convert jpg'"
+
+
+def test_the_decode_shrinks_only_as_far_as_the_largest_variant_allows():
+    from batchcli.pipeline import Pipeline
+
+    p = Pipeline.parse("orient")
+    p.add_variant(*Pipeline.parse_variant("small=resize 400x400"))
+    assert p.shrink_for(4000, 3000) == 8  # 500x375 still covers 400x400 fit
+    p.add_variant(*Pipeline.parse_variant("big=resize 1500x1500"))
+    assert p.shrink_for(4000, 3000) == 2
+    p.add_variant(*Pipeline.parse_variant("full=convert png"))
+    assert p.shrink_for(4000, 3000) == 1
