@@ -141,10 +141,13 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
                 raise ConfigError(f"{stats.videos} of the inputs are videos, and {exc}") from None
             options.update(max_duration=cfg.max_duration, segment=cfg.segment)
             fingerprint = pipeline.fingerprint(options)
+        outputs = {"out_ext": pipeline.output_ext, "input_options": inputs_opts,
+                   **({"variants": pipeline.variant_spec(with_ext=True)} if pipeline.variants else {})}
+        lanes = owners.output_lanes(outputs)
         with owners.claims_lock(store):  # the check and this batch's claim (its manifest) at once
             try:
-                owners.check_outputs_off_inputs(paths.items, out_dir, pipeline.output_ext)
-                owners.check_claims(store, paths.id, paths.items, out_dir, pipeline.output_ext,
+                owners.check_outputs_off_inputs(paths.items, out_dir, lanes)
+                owners.check_claims(store, paths.id, paths.items, out_dir, lanes,
                                     (out_id["out_dev"], out_id["out_ino"]) if out_id else None)
             except ConfigError:
                 if made_out:
@@ -155,10 +158,8 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             paths.write_manifest({
                 "batch_id": paths.id, "name": cfg.name, "created_at": now, "version": __version__,
                 "pipeline": spec, "pipeline_text": pipeline.command_text(), "options": options,
-                **({"variants": pipeline.variant_spec()} if pipeline.variants else {}),
-                "fingerprint": fingerprint, "out_dir": out_dir, **out_id, "out_ext": pipeline.output_ext,
-                "inputs": cfg.inputs, "total": total,
-                "input_options": inputs_opts, "dedupe_skipped": stats.dedupe_skipped, "videos": stats.videos,
+                "fingerprint": fingerprint, "out_dir": out_dir, **out_id, **outputs,
+                "inputs": cfg.inputs, "total": total, "dedupe_skipped": stats.dedupe_skipped, "videos": stats.videos,
                 "discovery": {"excluded": stats.excluded, "duplicates": stats.duplicates,
                               "dedupe_skipped": stats.dedupe_skipped, "in_output": stats.in_output},
             })

@@ -198,9 +198,12 @@ class Pipeline:
         """The shared ops (without the variants: see variant_spec)."""
         return [op.spec() for op in self.ops]
 
-    def variant_spec(self) -> list[dict]:
-        """[{"name": NAME, "pipeline": [op spec, ...]}, ...]; empty without variants."""
-        return [{"name": name, "pipeline": branch.spec()} for name, branch in self.variants]
+    def variant_spec(self, with_ext: bool = False) -> list[dict]:
+        """[{"name": NAME, "pipeline": [op spec, ...]}, ...]; empty without variants. `with_ext`
+        adds each variant's "out_ext" (None when it depends on the input), for the manifest."""
+        return [{"name": name, "pipeline": branch.spec(),
+                 **({"out_ext": Pipeline(self.ops + branch.ops).output_ext} if with_ext else {})}
+                for name, branch in self.variants]
 
     def command_text(self) -> str:
         """text(), then each variant as the --variant flag that gives it."""

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from crashops import records, run
+from crashops import make_pngs, records, run
 
 from tests.conftest import make_image
 from tests.photos import ARTIST, COPYRIGHT, exiftool, icc_profile, photographer_jpeg
@@ -196,3 +196,57 @@ def test_the_decode_shrinks_only_as_far_as_the_largest_variant_allows():
     assert p.shrink_for(4000, 3000) == 2
     p.add_variant(*Pipeline.parse_variant("full=convert png"))
     assert p.shrink_for(4000, 3000) == 1
+
+
+def test_a_pending_batch_claims_its_variant_paths(tmp_path):
+    from batchcli import api
+    from batchcli.engine.store import Store
+
+    home, out = tmp_path / "home", tmp_path / "out"
+    make_pngs(tmp_path / "in", 3)
+    api.create_batch(Store(str(home)), api.StartConfig(inputs=[str(tmp_path / "in")], out_dir=str(out), name="A",
+                                                       variants=["web=convert webp", "t=resize 9x9 | convert jpg"]))
+    r = run(home, "start", tmp_path / "in", "--out", out, "--variant", "t=convert jpg")
+    assert r.returncode == 2 and "also writes 3 of these outputs: t/img000.jpg, t/img001.jpg, t/img002.jpg" in r.stderr
+    r = run(home, "start", tmp_path / "in", "--out", out, "--pipeline", "convert jpg", "--name-template",
+            "t/{stem}.{ext}")
+    assert r.returncode == 2 and "(A, pending) also writes 3 of these outputs" in r.stderr  # the same paths
+    r = run(home, "start", tmp_path / "in", "--out", out, "--variant", "t=convert png", "--variant", "u=convert jpg")
+    assert r.returncode == 0, r.stderr  # t/*.png and u/*.jpg: nothing A writes
+
+
+def test_sync_reuses_items_whose_every_variant_output_is_as_written(tmp_path):
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 3)
+    flags = ("--out", out, "-p", "flip h", "--variant", "a=convert webp", "--variant", "b=resize 9x9 | convert jpg")
+    assert run(home, "sync", src, *flags).returncode == 0
+    first = {p: p.stat().st_mtime_ns for p in out.rglob("*.*")}
+    assert len(first) == 6
+    (out / "b" / "img001.jpg").write_bytes(b"edited")  # one variant of one item changed since
+    r = run(home, "sync", src, *flags, "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout.splitlines()[0])
+    assert (plan["reused"], plan["changed"]) == (2, 1)
+    assert _size(out / "b" / "img001.jpg") == (9, 9)  # redone
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items() if "img001" not in p.name)
+    newest = sorted((home / "batches").iterdir())[-1]
+    done = {r["i"]: r for r in records(newest / "journal.jsonl") if r["type"] == "item_completed"}
+    assert len(done) == 3 and all(len(r["outputs"]) == 2 for r in done.values())
+    reused = [r for r in done.values() if r.get("reused_from")]
+    assert len(reused) == 2 and all(r["out"] == r["outputs"][0]["out"] for r in reused)
+    assert run(home, "verify", newest.name).returncode == 0
+
+
+@pytest.mark.slow
+def test_variants_travel_with_dask_transfer(tmp_path):
+    pytest.importorskip("distributed")
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 2)
+    r = run(home, "start", src, "--out", out, "--executor", "dask", "--transfer", "-w", "1",
+            "--variant", "a=convert webp", "--variant", "b=resize 9x9 | convert jpg", timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == [
+        "a/img000.webp", "a/img001.webp", "b/img000.jpg", "b/img001.jpg"]
+    for rec in _completed(home).values():
+        for o in rec["outputs"]:
+            assert hashlib.sha256((out / o["out"]).read_bytes()).hexdigest() == o["sha256"]

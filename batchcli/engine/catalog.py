@@ -30,6 +30,7 @@ import orjson
 
 from batchcli.engine.journal import iter_records
 from batchcli.engine.store import Store
+from batchcli.executors.base import outputs_of
 
 log = logging.getLogger("batchcli.catalog")
 
@@ -455,17 +456,18 @@ class _Folder:
         return n
 
     def _rows(self, i: int, rec: dict[str, Any]) -> list[tuple]:
+        """One row per file the record names (each variant's output, the routed link), or one
+        KIND_NONE row for a result without a file."""
         src_stat = rec.get("src_stat") or (None, None)
-        digest = rec.get("sha256")
-        common = (bytes.fromhex(digest) if digest else None, rec.get("bytes"), rec.get("mtime"), rec.get("t"),
-                  rec.get("seq"), src_stat[0], src_stat[1], self.out_dev, self.out_ino)
+        files = [(KIND_OUT, out) for out in outputs_of(rec)]
+        if rec.get("routed"):
+            files.append((KIND_ROUTED, {**rec, "out": rec["routed"]}))
         rows = []
-        for kind, field in ((KIND_OUT, "out"), (KIND_ROUTED, "routed")):
-            rel = rec.get(field)
-            if rel:
-                rows.append((self.bkey, i, kind, os.fsencode(rel), *common))
-        if not rows:
-            rows.append((self.bkey, i, KIND_NONE, b"", *common))
+        for kind, f in files or [(KIND_NONE, {**rec, "out": ""})]:
+            digest = f.get("sha256")
+            rows.append((self.bkey, i, kind, os.fsencode(f["out"]), bytes.fromhex(digest) if digest else None,
+                         f.get("bytes"), f.get("mtime"), rec.get("t"), rec.get("seq"), src_stat[0], src_stat[1],
+                         self.out_dev, self.out_ino))
         return rows
 
     def flush(self) -> None:

@@ -43,11 +43,31 @@ def _key(stem: str, ext: str | None) -> bytes:
     return hashlib.blake2b(os.fsencode(name), digest_size=16).digest()
 
 
-def _stems(items_path: str) -> Iterator[str]:
+Lanes = list[tuple[Any, "str | None"]]
+"""How a batch's item stems become its output paths: (stem -> output stem, extension or None
+when it depends on the input), one lane per output an item writes (one per variant)."""
+
+
+def output_lanes(manifest: dict[str, Any]) -> Lanes:
+    """The lanes of a batch (its manifest, or the same fields before it is written)."""
+    variants = manifest.get("variants")
+    if not variants:
+        return [(None, manifest.get("out_ext"))]
+    from functools import partial
+
+    from batchcli.inputs.names import template_has_variant, variant_stem
+
+    templated = template_has_variant((manifest.get("input_options") or {}).get("name_template"))
+    return [(partial(variant_stem, variant=v["name"], templated=templated), v.get("out_ext")) for v in variants]
+
+
+def _stems(items_path: str, lanes: Lanes) -> Iterator[tuple[str, str | None]]:
+    """(output stem, extension) of every output the items will have."""
     from batchcli.inputs.discover import iter_items
 
     for rec in iter_items(items_path):
-        yield rec["stem"]
+        for to_stem, ext in lanes:
+            yield (rec["stem"] if to_stem is None else to_stem(rec["stem"])), ext
 
 
 def _claiming(store: Store, row: BatchRow) -> bool:
@@ -60,11 +80,12 @@ def _claiming(store: Store, row: BatchRow) -> bool:
     return runner_alive(BatchPaths(os.path.join(store.batches_dir, row.batch_id))) is not None
 
 
-def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, out_ext: str | None,
+def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, lanes: Lanes,
                  out_id: tuple[int, int] | None) -> None:
     """Raise ConfigError (exit 2) when a batch other than `me` claims a path that the items in
-    `items_path` would write into `out_dir` (identity `out_id`) with extension `out_ext` (None:
-    not known before the run, so any extension may collide). Call it under `claims_lock`."""
+    `items_path` would write into `out_dir` (identity `out_id`) along `lanes` (output_lanes; an
+    extension None is not known before the run, so any extension may collide). Call it under
+    `claims_lock`."""
     if not out_dir or out_id is None:
         return
     with Catalog(store) as cat:
@@ -75,20 +96,22 @@ def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, ou
     from batchcli.inputs.discover import DigestSet
 
     for rival in rivals:
-        their_ext = _manifest(store, rival.batch_id).get("out_ext")
-        if out_ext and their_ext and out_ext != their_ext:
+        theirs = output_lanes(_manifest(store, rival.batch_id))
+        mine_exts = {ext for _, ext in lanes}
+        their_exts = {ext for _, ext in theirs}
+        if None not in mine_exts | their_exts and not mine_exts & their_exts:
             continue  # every output of one ends in .png, of the other in .jpg: no common path
-        exact = bool(out_ext and their_ext)
+        exact = None not in mine_exts | their_exts
         mine = DigestSet()
-        for stem in _stems(items_path):
-            mine.add(_key(stem, out_ext if exact else None))
+        for stem, ext in _stems(items_path, lanes):
+            mine.add(_key(stem, ext if exact else None))
         clashes: list[str] = []
         count = 0
-        for stem in _stems(os.path.join(store.batches_dir, rival.batch_id, "items.jsonl")):
-            if not mine.add(_key(stem, their_ext if exact else None)):  # (a batch's stems are unique)
+        for stem, ext in _stems(os.path.join(store.batches_dir, rival.batch_id, "items.jsonl"), theirs):
+            if not mine.add(_key(stem, ext if exact else None)):  # (a batch's output paths are unique)
                 count += 1
                 if len(clashes) < SHOWN:
-                    clashes.append(stem + (f".{their_ext}" if their_ext else ".*"))
+                    clashes.append(stem + (f".{ext}" if ext else ".*"))
         if count:
             raise ConfigError(_refusal(rival, out_dir, clashes, count))
 
@@ -145,7 +168,7 @@ _EXT_OF_SOURCE = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "ti
 """The extension an output gets without `convert`: its input's format (others become PNG)."""
 
 
-def check_outputs_off_inputs(items_path: str, out_dir: str | None, out_ext: str | None) -> None:
+def check_outputs_off_inputs(items_path: str, out_dir: str | None, lanes: Lanes) -> None:
     """Raise ConfigError (exit 2) when an item's output path is an input file itself (same
     device and inode: reached through a bind mount, a symbolic link or a hard link), before
     any work. Free when the output folder is empty."""
@@ -154,13 +177,13 @@ def check_outputs_off_inputs(items_path: str, out_dir: str | None, out_ext: str 
     from batchcli.inputs.discover import DigestSet, iter_items
 
     existing = DigestSet()  # identities of the output paths that exist already
-    for _rec, _path, st in _planned(items_path, out_dir, out_ext):
+    for _rec, _path, st in _planned(items_path, out_dir, lanes):
         existing.add_pair(st.st_ino, st.st_dev)
     if not existing.count:
         return
     for rec in iter_items(items_path):  # inputs are distinct files: adding one never hides another
         if rec.get("ino") and not existing.add_pair(rec["ino"], rec["dev"]):
-            for _other, path, st in _planned(items_path, out_dir, out_ext):
+            for _other, path, st in _planned(items_path, out_dir, lanes):
                 if (st.st_dev, st.st_ino) == (rec["dev"], rec["ino"]):
                     raise ConfigError(
                         f"--out {out_dir}: the output {path} would replace the input {rec['src']} (the same "
@@ -168,17 +191,19 @@ def check_outputs_off_inputs(items_path: str, out_dir: str | None, out_ext: str 
                         "link or a hard link); choose another --out")
 
 
-def _planned(items_path: str, out_dir: str, out_ext: str | None) -> Iterator[tuple[dict, str, os.stat_result]]:
-    """(item, output path, its stat) for each item whose output path exists already."""
+def _planned(items_path: str, out_dir: str, lanes: Lanes) -> Iterator[tuple[dict, str, os.stat_result]]:
+    """(item, output path, its stat) for each output path of an item that exists already."""
     from batchcli.inputs.discover import iter_items
 
     for rec in iter_items(items_path):
         src_ext = os.path.splitext(rec["src"])[1].lower().lstrip(".")
-        path = os.path.join(out_dir, f"{rec['stem']}.{out_ext or _EXT_OF_SOURCE.get(src_ext, 'png')}")
-        try:
-            yield rec, path, os.stat(path)
-        except OSError:
-            continue
+        for to_stem, out_ext in lanes:
+            stem = rec["stem"] if to_stem is None else to_stem(rec["stem"])
+            path = os.path.join(out_dir, f"{stem}.{out_ext or _EXT_OF_SOURCE.get(src_ext, 'png')}")
+            try:
+                yield rec, path, os.stat(path)
+            except OSError:
+                continue
 
 
 def _has_entries(folder: str) -> bool:

@@ -469,7 +469,7 @@ class Runner:
     def _check_claims(self) -> None:
         """Refuse to resume while another batch claims paths this one writes (engine/owners.py).
         We hold the batch lock, so from here on this batch claims its paths too."""
-        from batchcli.engine.owners import check_claims, claims_lock
+        from batchcli.engine.owners import check_claims, claims_lock, output_lanes
         from batchcli.engine.store import Store
 
         man = self.manifest
@@ -477,7 +477,7 @@ class Runner:
             return
         store = Store(self.paths.home)
         with claims_lock(store):
-            check_claims(store, self.paths.id, self.paths.items, self.out_dir, man.get("out_ext"),
+            check_claims(store, self.paths.id, self.paths.items, self.out_dir, output_lanes(man),
                          (man["out_dev"], man["out_ino"]))
 
     def _pending(self, st: Replay, videos: VideoGate | None = None) -> Iterator[dict[str, Any]]:

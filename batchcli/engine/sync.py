@@ -43,11 +43,15 @@ TODO_LISTED = 1000
 """Inputs to process named in a plan (a dry run lists them)."""
 
 
-def _earlier(cat: Catalog, man: dict[str, Any]) -> dict[tuple[int, int], dict[int, tuple]]:
-    """(input device, inode) -> {kind: the newest result row} of this fingerprint into this folder."""
-    out: dict[tuple[int, int], dict[int, tuple]] = {}
+def _earlier(cat: Catalog, man: dict[str, Any]) -> dict[tuple[int, int], list[tuple]]:
+    """(input device, inode) -> the rows of the newest result of this fingerprint into this
+    folder (one per file: each variant's output, a routed link; or one without a file)."""
+    out: dict[tuple[int, int], list[tuple]] = {}
     for row in cat.results_into(man.get("out_dev"), man.get("out_ino"), man["fingerprint"]):
-        out.setdefault((row[0], row[1]), {})[row[6]] = row  # oldest first: the newest wins
+        rows = out.setdefault((row[0], row[1]), [])
+        if rows and rows[0][4:6] != row[4:6]:  # oldest first: a newer record replaces the rows
+            rows.clear()
+        rows.append(row)
     return out
 
 
@@ -67,8 +71,11 @@ def _still_there(out_dir: str | None, row: tuple) -> bool:
 
 def plan(store: Store, paths: BatchPaths) -> tuple[SyncPlan, list[dict[str, Any]]]:
     """Which items of the new batch are up to date, and the records that say so (no writes)."""
+    from batchcli.engine.owners import output_lanes
+
     man = paths.load_manifest()
     out_dir = man.get("out_dir")
+    lanes = output_lanes(man)
     with Catalog(store) as cat:
         cat.refresh()
         earlier = _earlier(cat, man) if man.get("out_dev") is not None or not out_dir else {}
@@ -82,10 +89,12 @@ def plan(store: Store, paths: BatchPaths) -> tuple[SyncPlan, list[dict[str, Any]
             if len(p.todo) < TODO_LISTED:
                 p.todo.append(item["src"])
             continue
-        main = found.get(KIND_OUT) or found.get(KIND_NONE)
+        files = [row for row in found if row[6] == KIND_OUT]
+        main = files[0] if files else next((row for row in found if row[6] == KIND_NONE), None)
+        stems = {item["stem"] if to_stem is None else to_stem(item["stem"]) for to_stem, _ in lanes}
         ok = (main is not None and main[2] == item.get("size") and main[3] == item.get("mtime")
-              and (main[6] == KIND_NONE or os.path.splitext(main[7])[0] == item["stem"])
-              and all(_still_there(out_dir, row) for row in found.values()))
+              and (main[6] == KIND_NONE or sorted(os.path.splitext(row[7])[0] for row in files) == sorted(stems))
+              and all(_still_there(out_dir, row) for row in found))
         if not ok:
             p.changed += 1
             if len(p.todo) < TODO_LISTED:
@@ -94,8 +103,9 @@ def plan(store: Store, paths: BatchPaths) -> tuple[SyncPlan, list[dict[str, Any]
         rec: dict[str, Any] = {"i": item["i"]}
         if main[6] == KIND_OUT:
             rec.update(out=main[7], bytes=main[9], sha256=main[8], mtime=main[10])
-        if KIND_ROUTED in found:
-            rec["routed"] = found[KIND_ROUTED][7]
+        for row in found:
+            if row[6] == KIND_ROUTED:
+                rec["routed"] = row[7]
         rec.update(ms=0.0, reused_from=main[4], _seq=main[5])
         records.append(rec)
         p.reused += 1
@@ -105,8 +115,9 @@ def plan(store: Store, paths: BatchPaths) -> tuple[SyncPlan, list[dict[str, Any]
 
 
 def _copy_meta(store: Store, records: list[dict[str, Any]]) -> None:
-    """Bring each reused result's metadata (analysis, model output) along from the record it
-    copies: its batch's journal is read only when it holds any."""
+    """Bring each reused result's metadata (analysis, model output) and its outputs' list (the
+    variants) along from the record it copies: its batch's journal is read only when it holds
+    any."""
     wanted: dict[str, dict[int, dict[str, Any]]] = {}
     for rec in records:
         wanted.setdefault(rec["reused_from"], {})[rec.pop("_seq")] = rec
@@ -117,13 +128,16 @@ def _copy_meta(store: Store, records: list[dict[str, Any]]) -> None:
                 data = fh.read()
         except OSError:
             continue
-        if b'"meta":' not in data:
+        if b'"meta":' not in data and b'"outputs":' not in data:
             continue
         for raw in data.splitlines():
-            if b'"meta":' in raw:
+            if b'"meta":' in raw or b'"outputs":' in raw:
                 old = decode(raw)
-                if old is not None and old.get("seq") in by_seq and old.get("meta") is not None:
-                    by_seq[old["seq"]]["meta"] = old["meta"]
+                if old is not None and old.get("seq") in by_seq:
+                    rec = by_seq[old["seq"]]
+                    rec.update({k: old[k] for k in ("meta", "outputs") if old.get(k) is not None})
+                    if old.get("outputs"):  # the record's own out is its first output's
+                        rec.update({k: old[k] for k in ("out", "bytes", "sha256", "mtime") if k in old})
 
 
 def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:

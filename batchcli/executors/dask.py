@@ -39,7 +39,7 @@ from typing import Any
 from batchcli import __version__
 from batchcli.atomic import atomic_write, tmp_name
 from batchcli.errors import ConfigError, ItemError
-from batchcli.executors.base import CHUNKS_PER_WORKER, Event
+from batchcli.executors.base import CHUNKS_PER_WORKER, Event, outputs_of
 from batchcli.executors.worker import Worker, WorkerConfig
 
 log = logging.getLogger("batchcli.dask")
@@ -127,9 +127,7 @@ def process_bytes(w: Worker, item: dict[str, Any]) -> dict[str, Any]:
         res["src_stat"] = changed
     if res.get("ok") and w.cfg.out_dir is not None:
         files: dict[str, bytes] = {}
-        for rel in (res.get("out"), res.get("routed")):
-            if not rel:
-                continue
+        for rel in {o["out"] for o in outputs_of(res)} | ({res["routed"]} if res.get("routed") else set()):
             path = os.path.join(w.cfg.out_dir, rel)
             with open(path, "rb") as fh:
                 files[rel] = fh.read()
@@ -139,7 +137,8 @@ def process_bytes(w: Worker, item: dict[str, Any]) -> dict[str, Any]:
             except OSError:
                 pass
         res["files"] = files
-        res.pop("mtime", None)  # the runner writes them: this temp copy's time is not theirs
+        for entry in (res, *res.get("outputs", ())):
+            entry.pop("mtime", None)  # the runner writes them: this temp copy's time is not theirs
     return res
 
 
@@ -524,10 +523,11 @@ class DaskExecutor:
         files = res.pop("files", None) or {}
         if not res.get("ok") or not files:
             return res
-        main = files.get(res.get("out"))
-        if main is not None and hashlib.sha256(main).hexdigest() != res.get("sha256"):
-            return {"i": res["i"], "ok": False, "error_class": "io", "ms": res.get("ms"),
-                    "error": f"{res['out']}: output bytes changed in transfer (sha256 mismatch)"}
+        for out in outputs_of(res):
+            data = files.get(out["out"])
+            if data is not None and hashlib.sha256(data).hexdigest() != out.get("sha256"):
+                return {"i": res["i"], "ok": False, "error_class": "io", "ms": res.get("ms"),
+                        "error": f"{out['out']}: output bytes changed in transfer (sha256 mismatch)"}
         for rel, data in files.items():
             path = os.path.join(self.cfg.out_dir, rel)
             try:
