@@ -243,6 +243,8 @@ def test_zip_equals_the_cli_export_byte_for_byte(srv, tmp_path):
         status, headers, blob = call(f"{srv.url}{API}/batches/{made['batch_id']}/{part}")
         assert status == 200 and blob, part
     assert blob[:2] == b"\xff\xd8"  # thumbnails are JPEGs
+    cached = os.listdir(os.path.join(srv.home, "batches", made["batch_id"], "thumbs"))
+    assert sorted(n.split("-")[0] for n in cached) == ["input", "output"]  # made once, kept with the batch
     assert call(f"{srv.url}{API}/batches/{made['batch_id']}/items/99/output")[0] == 404
 
 
@@ -339,6 +341,10 @@ def test_metrics_docs_and_the_offline_dashboard(srv):
         status, _, body = call(srv.url + page)
         assert status == 200, page
         assert b"https://" not in body and b"cdn" not in body.lower(), f"{page} loads something from outside"
+    docs = call(srv.url + "/docs")[2].decode()
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):  # the interactive docs' files come from the package
+        url = [u for u in docs.replace('"', "'").split("'") if u.endswith(asset)][0]
+        assert url.startswith("/") and call(srv.url + url)[0] == 200, url
 
 
 def test_cors_is_off_unless_asked(srv):
@@ -377,6 +383,12 @@ def test_token_cors_and_the_non_loopback_refusal(tmp_path):
         assert status == 200 and headers.get("access-control-allow-origin") == "http://app.example"
         assert jcall(f"{s.url}{API}/batches?token={token}")[0] == 200
         assert call(s.url + "/")[0] == 200  # the dashboard page itself asks for the token
+        make_pngs(root / "p", 2)
+        status, made = jcall(s.url + API + "/batches", "POST", {"inputs": ["p/"], "pipeline": "resize 8x8"},
+                             headers={"Authorization": f"Bearer {token}"})
+        assert status == 201, made
+        events = ws_events(s, made["batch_id"], f"?since=0&token={token}")  # a WebSocket takes ?token=
+        assert events[-1]["type"] == "finished" and events[-1]["completed"] == 2
         from websockets.exceptions import InvalidStatus
         from websockets.sync.client import connect
 

@@ -253,6 +253,11 @@ class Hub:
                     del self.feeds[k]
         return f
 
+    def warm(self, paths: BatchPaths) -> bool:
+        """Has this batch's journal been folded already (so a status reads only new lines)?"""
+        f = self.feeds.get(paths.id)
+        return f is not None and f.st is not None and not f.gone
+
     def status(self, paths: BatchPaths) -> dict[str, Any]:
         """`status --json` of a batch, from its feed (only new journal lines are read)."""
         f = self.feed(paths)

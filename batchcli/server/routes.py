@@ -245,10 +245,15 @@ def list_batches(request: Request, status: Optional[list[str]] = Query(None), na
 
 
 @router.get("/batches/{batch}")
-def get_batch(request: Request, batch: str) -> dict[str, Any]:
+async def get_batch(request: Request, batch: str) -> dict[str, Any]:
     """The `status --json` object (plus `rate` and `eta_s` while it runs)."""
+    # in the event loop: from the feed's cache, or a few new journal lines (the hot path of
+    # every dashboard and poller; a thread hop would cost more than the work)
     c = ctx(request)
-    return c.hub.status(c.store.resolve(batch))
+    paths = c.store.resolve(batch)
+    if c.hub.warm(paths):
+        return c.hub.status(paths)
+    return await run_in_threadpool(c.hub.status, paths)  # a first fold may read a long journal
 
 
 @router.get("/batches/{batch}/items")
