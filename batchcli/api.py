@@ -214,6 +214,9 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
     parse_providers(providers)  # an unknown provider is a usage error, before any work
     cpus = usable_cpus()
     n = workers or cpus
+    if n > max_workers(cpus):
+        raise ConfigError(f"--workers {n}: at most {max_workers(cpus)} here ({WORKERS_PER_CPU} per usable CPU, at "
+                          f"least {MIN_WORKER_CEILING}); more processes than that only slow the batch down")
     try:
         _parse_max_failures(max_failures)
     except ValueError:
@@ -226,6 +229,16 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
                       max_failures=max_failures, providers=providers, memory_limit=memory,
                       min_free_space=parse_bytes(min_free_space, "--min-free-space"),
                       executor=executor, transfer=bool(transfer), given=given)
+
+
+WORKERS_PER_CPU = 8
+MIN_WORKER_CEILING = 32
+
+
+def max_workers(cpus: int) -> int:
+    """The most --workers accepted: 8 per usable CPU (room for I/O-bound downloads), at least 32.
+    A run never starts more workers than it has items to do (the runner clamps)."""
+    return max(MIN_WORKER_CEILING, WORKERS_PER_CPU * cpus)
 
 
 def last_run_flags(paths) -> dict:

@@ -157,11 +157,11 @@ class Pipeline:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib  # type: ignore[no-redef]
+        from batchcli.argfiles import read_text
+
+        text = read_text(path, "--pipeline-file", "toml")
         try:
-            with open(path, "rb") as fh:
-                doc = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read pipeline file: {exc.strerror}") from None
+            doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         steps = doc.get("op", [])

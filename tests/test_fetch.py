@@ -17,6 +17,7 @@ from conftest import cli
 from batchcli.errors import ItemError
 from batchcli.imaging.imageio import Limits
 from batchcli.inputs import fetch
+from batchcli.units import fmt_bytes
 
 PNG = cv2.imencode(".png", np.full((16, 16, 3), (40, 120, 200), np.uint8))[1].tobytes()
 BIG = PNG + b"\0" * 4096  # over the 1 KiB limit the tests use
@@ -114,8 +115,8 @@ def test_good_and_disguised_images_download(server, quick):
     ("/gone.png", "http", "HTTP 410 Gone"),
     ("/always500.png", "network", "HTTP 500 Internal Server Error (after 2 attempts)"),
     ("/page.jpg", "unsupported", "HTTP 200 OK with Content-Type text/html: not an image"),
-    ("/big.png", "too_large", f"HTTP 200 OK: Content-Length {len(BIG)} bytes, over --max-file-size 1024"),
-    ("/big-stream.png", "too_large", "HTTP 200 OK: body over --max-file-size 1024 bytes"),
+    ("/big.png", "too_large", f"HTTP 200 OK: Content-Length {fmt_bytes(len(BIG))}, over --max-file-size 1K"),
+    ("/big-stream.png", "too_large", "HTTP 200 OK: body over --max-file-size 1K"),
 ])
 def test_failures_are_classified_with_the_status(server, quick, path, error_class, message):
     err = fails(server + path)
@@ -162,7 +163,7 @@ def test_url_items_through_the_cli(server, tmp_path, home):
         "/slow.png": ("failed", "network", f"{server}/slow.png: timed out after 1 s (BATCHCLI_FETCH_TIMEOUT) "
                                            "(after 2 attempts)"),
         "/big.png": ("failed", "too_large",
-                     f"{server}/big.png: HTTP 200 OK: Content-Length {len(BIG)} bytes, over --max-file-size 1024"),
+                     f"{server}/big.png: HTTP 200 OK: Content-Length {fmt_bytes(len(BIG))}, over --max-file-size 1K"),
         "/page.jpg": ("failed", "unsupported",
                       f"{server}/page.jpg: HTTP 200 OK with Content-Type text/html: not an image"),
         "/good.png?v=2": ("completed", None, None),

@@ -19,7 +19,7 @@ FLOORS = [
     ("models", "pipeline"),
     ("inputs", "executors", "ops", "video"),
     ("imaging",),
-    ("errors", "units", "atomic", "__init__"),
+    ("errors", "units", "atomic", "argfiles", "__init__"),
 ]
 
 

@@ -155,7 +155,7 @@ def test_any_script_with_a_font_file():
     ("watermark Hi image=x.png", "either text"),
     ("watermark image=/nonexistent/logo.png", "cannot read"),
     ("watermark 'Ünïcode'", "no glyph for Ü ï"),
-    ("watermark Hi font=/nonexistent/font.ttf", "cannot load the font"),
+    ("watermark Hi font=/nonexistent/font.ttf", "font=/nonexistent/font.ttf: cannot read"),
     ("watermark Hi opacity=150", "above the maximum"),
     ("denoise method=magic", "not one of"),
     ("sharpen amount=-1", "below the minimum"),

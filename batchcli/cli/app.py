@@ -45,7 +45,11 @@ for _module in COMMANDS:
 
 
 def main() -> None:
+    from batchcli.cli.console import flush_at_exit
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        flush_at_exit()  # a pipe closed meanwhile (`| head -1`) costs nothing, not exit 120

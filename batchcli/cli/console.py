@@ -12,36 +12,119 @@ from typing import Any, TextIO
 
 PLAIN_EVERY = 5.0
 """Seconds between progress lines when stdout is not a terminal."""
+FAIL_LINES = 20
+"""Failed items shown one per line during a run; the rest are counted at the end."""
 
 
 def is_tty(stream: TextIO | None = None) -> bool:
     stream = stream or sys.stdout
-    return stream.isatty() and not os.environ.get("CI") and os.environ.get("TERM") != "dumb"
+    return not _VANISHED and stream.isatty() and not os.environ.get("CI") and os.environ.get("TERM") != "dumb"
+
+
+# --- the shell may vanish ----------------------------------------------------------------------
+# A closed stdout or stderr (`| head -1`, a killed `tee`, a dropped SSH session) must never stop a
+# batch. A write that fails with EPIPE or EIO, or a SIGHUP, points that file descriptor at the
+# batch's log.txt (at /dev/null outside a run), so the run goes on and every later line, from
+# any thread, lands there.
+
+_FALLBACK: list[str] = []  # the batch's log.txt while a batch runs in this process
+_VANISHED: set[int] = set()  # file descriptors already pointed elsewhere
+
+
+def log_to(path: str | None) -> None:
+    """Where output goes once the terminal or pipe it was going to is gone (None: nowhere)."""
+    _FALLBACK[:] = [path] if path else []
+
+
+def vanish(stream: TextIO, why: str) -> None:
+    """Point `stream`'s descriptor at the fallback log (or /dev/null), once."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return
+    if fd in _VANISHED:
+        return
+    _VANISHED.add(fd)
+    target = _FALLBACK[0] if _FALLBACK else os.devnull
+    try:
+        new = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:
+        new = os.open(os.devnull, os.O_WRONLY)
+    name = {1: "stdout", 2: "stderr"}.get(fd, f"fd {fd}")
+    if target != os.devnull:
+        os.write(new, f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {name} {why}; "
+                      f"output continues here\n".encode())
+    os.dup2(new, fd)
+    os.close(new)
+
+
+def vanish_all(why: str) -> None:
+    """The terminal hung up (SIGHUP): both streams go to the log."""
+    for stream in (sys.stdout, sys.stderr):
+        vanish(stream, why)
+
+
+def write(stream: TextIO, text: str) -> None:
+    """Write and flush; a closed pipe or a hung-up terminal never raises: the text goes to the
+    fallback instead (a failed flush drops what was buffered, so it is written again there)."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError as exc:
+        vanish(stream, f"closed ({exc.strerror or exc})")
+        try:
+            stream.write(text)
+            stream.flush()
+        except OSError:
+            pass
+
+
+def flush_at_exit() -> None:
+    """Flush both streams before the interpreter does, so a pipe closed by then is rerouted here
+    instead of ending the process with 'Exception ignored ... BrokenPipeError'."""
+    for stream in (sys.stdout, sys.stderr):
+        write(stream, "")
+
+
+class _Guarded:
+    """A stream for rich: its writes go through `write`, so a hung-up terminal never raises
+    (not even in rich's refresh thread)."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        write(self._stream, text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def rich_console():
+    from rich.console import Console
+
+    return Console(file=_Guarded(sys.stdout), highlight=False)
 
 
 def emit_json(obj: Any, stream: TextIO | None = None) -> None:
-    stream = stream or sys.stdout
-    stream.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
-    stream.flush()
+    write(stream or sys.stdout, json.dumps(obj, ensure_ascii=False, default=str) + "\n")
 
 
 def error(msg: str) -> None:
-    sys.stderr.write(f"Error: {msg}\n")
-    sys.stderr.flush()
+    write(sys.stderr, f"Error: {msg}\n")
 
 
 def warn(msg: str) -> None:
     """A problem that does not change the outcome (a notification that failed, say)."""
-    try:
-        sys.stderr.write(f"warning: {msg}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):  # the shell went away: the batch's result stands
-        pass
+    write(sys.stderr, f"warning: {msg}\n")
 
 
 def info(msg: str) -> None:
-    sys.stdout.write(msg + "\n")
-    sys.stdout.flush()
+    write(sys.stdout, msg + "\n")
 
 
 def fmt_rate(rate: float | None) -> str:
@@ -66,6 +149,7 @@ class ProgressView:
         self._progress = None
         self._task = None
         self._fail_lines = 0
+        self._batch = ""
 
     def __enter__(self) -> ProgressView:
         return self
@@ -79,6 +163,9 @@ class ProgressView:
             self._progress = None
 
     def __call__(self, ev: dict[str, Any]) -> None:
+        if self._progress is not None and _VANISHED:  # the terminal is gone: plain lines to the log
+            self.close()
+            self.mode = "plain"
         if self.mode == "json":
             emit_json(ev)
             return
@@ -86,25 +173,30 @@ class ProgressView:
             return
         kind = ev["type"]
         if kind == "started":
+            self._batch = ev["batch_id"]
             self._started(ev)
         elif kind == "progress":
             self._update(ev)
         elif kind == "item_failed":
             self._failed(ev)
+        elif kind in ("finished", "paused") and self._fail_lines > FAIL_LINES:
+            self.close()
+            write(sys.stderr, f"... and {self._fail_lines - FAIL_LINES} more failures: "
+                              f"batchcli status {self._batch} --items --failed\n")
 
     def _started(self, ev: dict[str, Any]) -> None:
         verb = "resuming" if ev.get("resumed") else "starting"
         line = (f"batch {ev['batch_id']}: {verb}, {ev['remaining']} of {ev['total']} items to do "
                 f"on {ev['workers']} workers")
         if self.mode == "tty":
-            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            Console(highlight=False).print(line)
+            console = rich_console()
+            console.print(line)
             self._progress = Progress(
                 TextColumn("[bold]processing"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
-                TextColumn("[red]{task.fields[failed]}"), transient=False)
+                TextColumn("[red]{task.fields[failed]}"), transient=False, console=console)
             self._task = self._progress.add_task("run", total=ev["total"], completed=ev["total"] - ev["remaining"],
                                                  rate="", failed="")
             self._progress.start()
@@ -127,13 +219,13 @@ class ProgressView:
 
     def _failed(self, ev: dict[str, Any]) -> None:
         self._fail_lines += 1
-        if self._fail_lines > 20:
+        if self._fail_lines > FAIL_LINES:
             return
         msg = f"failed [{ev['error_class']}] {ev['error']}".replace("\n", "\\n")
         if self._progress is not None:
             self._progress.console.print(msg, style="red", markup=False, highlight=False)
         else:
-            sys.stderr.write(msg + "\n")
+            write(sys.stderr, msg + "\n")
 
 
 def video_line(v: dict[str, Any]) -> str:
@@ -160,6 +252,10 @@ def summary(res: Any) -> None:
     if res.top_failures:
         lines.append("  top failure reasons:")
         lines.extend(f"    {n:>6}  {reason}" for reason, n in res.top_failures)
+        others = res.failed - sum(n for _, n in res.top_failures)
+        if others > 0:
+            lines.append(f"    and {others} more failed items with other reasons: "
+                         f"batchcli status {res.batch_id} --items --failed")
     if res.status == "paused":
         lines.append(f"  resume with: batchcli resume {res.batch_id}")
     info("\n".join(lines))
@@ -189,14 +285,19 @@ def status_view(s: dict[str, Any]) -> None:
     if s.get("completed_at"):
         rows.append(("finished", s["completed_at"]))
     if s.get("journal_corrupt_lines"):
+        more = s["journal_corrupt_lines"] - len(s["journal_problems"])
         rows.append(("journal", f"{s['journal_corrupt_lines']} corrupt line(s) skipped: "
-                     + "; ".join(s["journal_problems"])))
-    for f in s.get("top_failures") or []:
+                     + "; ".join(s["journal_problems"]) + (f"; and {more} more" if more > 0 else "")))
+    top = s.get("top_failures") or []
+    for f in top:
         rows.append(("failure", f"{f['count']} x {f['reason']}"))
+    others = s["failed"] - sum(f["count"] for f in top)
+    if top and others > 0:
+        rows.append(("failure", f"and {others} more with other reasons: "
+                                f"batchcli status {s['batch_id']} --items --failed"))
     for v in s.get("videos") or []:
         rows.append(("video", video_line(v)))
     if is_tty():
-        from rich.console import Console
         from rich.table import Table
 
         t = Table(show_header=False, box=None, pad_edge=False)
@@ -205,7 +306,7 @@ def status_view(s: dict[str, Any]) -> None:
         for k, v in rows:
             style = STATUS_STYLE.get(s["status"]) if k == "status" else None
             t.add_row(k, v, style=style)
-        Console(highlight=False).print(t)
+        rich_console().print(t)
     else:
         width = max(len(k) for k, _ in rows)
         info("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
@@ -213,13 +314,12 @@ def status_view(s: dict[str, Any]) -> None:
 
 def table(headers: list[str], rows: list[list[str]]) -> None:
     if is_tty():
-        from rich.console import Console
         from rich.table import Table
 
         t = Table(*headers)
         for r in rows:
             t.add_row(*r)
-        Console(highlight=False).print(t)
+        rich_console().print(t)
     else:
         info("\t".join(headers))
         for r in rows:

@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
 import typer
+
+
+def finite(value: float | None) -> float | None:
+    """Option callback: NaN and infinities are usage errors (exit 2), for every number."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+BATCH_STATES = ("pending", "running", "paused", "interrupted", "completed", "failed", "cancelled")
+
+
+def parse_states(values: list[str] | None) -> tuple[str, ...]:
+    """--status values (repeatable or comma-separated); an unknown state is a usage error."""
+    from batchcli.errors import ConfigError
+
+    wanted = tuple(s.strip() for v in (values or []) for s in v.split(",") if s.strip())
+    unknown = sorted(set(wanted) - set(BATCH_STATES))
+    if unknown:
+        raise ConfigError(f"--status {','.join(unknown)}: expected some of {', '.join(BATCH_STATES)}")
+    return wanted
+
 
 HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="BATCHCLI_HOME",
                                                 help="Batch home folder (default: the user data dir).",

@@ -65,8 +65,10 @@ def pause(paths: BatchPaths, now: bool = False, wait: float = 60.0) -> dict[str,
         if st.state in TERMINAL:
             raise InvalidTransition(f"batch {paths.id} is {st.state}; only a running or pending batch can be paused")
         out = _ask_runner(paths, "pause-now" if now else "pause", wait)
-        if out is not None:
+        if out is not None and not (out["waited"] and out["status"] == "cancelled"):
             return out
+        if out is not None:  # a cancel reached the runner first, and wins: say so (next turn)
+            continue
         if st.state == "paused":
             out = batch_status(paths)
             out.update(via="none", already=True)
@@ -90,8 +92,10 @@ def cancel(paths: BatchPaths, wait: float = 60.0) -> dict[str, Any]:
         if st.state in TERMINAL:
             raise InvalidTransition(f"batch {paths.id} is already {st.state}; nothing to cancel")
         out = _ask_runner(paths, "cancel", wait)
-        if out is not None:
+        if out is not None and (out["status"] == "cancelled" or not out["waited"]):
             return out
+        if out is not None:  # it stopped before it read our request (a pause came first): cancel it here
+            continue
         try:
             mark(paths, "batch_cancelled", reason="cancelled by user")
         except BatchLocked:

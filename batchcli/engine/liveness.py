@@ -5,11 +5,11 @@ temp files left by writers that died."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from batchcli.atomic import atomic_write
 from batchcli.engine.store import BatchPaths
 from batchcli.errors import BatchLocked
 
@@ -79,9 +79,29 @@ def locked_error(paths: BatchPaths, info: dict[str, Any]) -> BatchLocked:
                        f"use 'batchcli pause {paths.id}' or wait")
 
 
+REQUESTS = ("pause", "pause-now", "cancel")
+"""Control requests, weakest first: when several are queued, the strongest wins (cancel is
+terminal, so a pause that follows a cancel never undoes it)."""
+
+
 def request(paths: BatchPaths, what: str) -> None:
-    """Ask the live runner (through the control file) to pause, pause-now or cancel."""
-    atomic_write(paths.control, what.encode() + b"\n", durable=False)
+    """Ask the live runner to pause, pause-now or cancel: one line appended to the control file
+    (O_APPEND: requests from several shells queue up; none overwrites another)."""
+    fd = os.open(paths.control, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, what.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def strongest_request(paths: BatchPaths) -> str | None:
+    """The strongest request queued in the control file, or None."""
+    try:
+        with open(paths.control, "rb") as fh:
+            words = set(fh.read(1 << 16).decode(errors="replace").split())
+    except OSError:
+        return None
+    return next((r for r in reversed(REQUESTS) if r in words), None)
 
 
 def sweep_dead_tmp(root: str) -> list[str]:

@@ -7,6 +7,7 @@ the output durable on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +35,14 @@ from batchcli.engine.journal import (
     failure_key,
     replay,
 )
-from batchcli.engine.liveness import locked_error, process_start_time, read_runner_info, sweep_dead_tmp, take_lock
+from batchcli.engine.liveness import (
+    locked_error,
+    process_start_time,
+    read_runner_info,
+    strongest_request,
+    sweep_dead_tmp,
+    take_lock,
+)
 from batchcli.engine.store import BatchPaths
 from batchcli.engine.videos import VideoGate, segment_chains
 from batchcli.engine.watch import HotFolder
@@ -230,7 +238,10 @@ class Runner:
                            threads=self.opt.threads, providers=self.opt.providers,
                            memory_limit=self.opt.memory_limit, extra=_worker_options(self.manifest))
         watching = bool(self.manifest.get("watch"))  # a hot folder (engine/watch.py): work keeps landing
-        pool = make_executor(self.opt, cfg) if st.counts[PENDING] or watching else Idle(self.opt.workers)
+        opt = self.opt
+        if not watching:  # never more workers than items to do (a 3-item batch with --workers 64 starts 3)
+            opt = dataclasses.replace(opt, workers=max(1, min(opt.workers, st.counts[PENDING])))
+        pool = make_executor(opt, cfg) if st.counts[PENDING] or watching else Idle(opt.workers)
         try:
             if hasattr(pool, "check"):
                 first = next(self._pending(st), None)
@@ -250,7 +261,7 @@ class Runner:
         failures: Counter = Counter(st.failures)
         pending_total = counts[PENDING]
         self.emit({"type": "started", "batch_id": self.paths.id, "total": self.total,
-                   "remaining": pending_total, "workers": self.opt.workers, "resumed": resume,
+                   "remaining": pending_total, "workers": pool.workers, "resumed": resume,
                    "out_dir": self.out_dir})
         videos = self._videos = VideoGate(pool.workers) if self.manifest.get("videos") else None
         source = self._pending(st, videos)
@@ -328,10 +339,10 @@ class Runner:
                     if sig.count >= 2 and not abandon:
                         abandon = True
                         break
-                    if stopping is None and now - last_control >= CONTROL_EVERY:
-                        last_control = now
+                    if stopping != "cancel" and now - last_control >= CONTROL_EVERY:
+                        last_control = now  # looked at while stopping too: a cancel overrides a pause
                         req = self._control()
-                        if req:
+                        if req == "cancel" or (req and stopping is None):
                             stopping = "cancel" if req == "cancel" else "pause"
                             stop_reason = f"{req} requested"
                             if req in ("cancel", "pause-now"):
@@ -425,6 +436,8 @@ class Runner:
                         export_npy(self.paths.dir)
             wall = time.monotonic() - t0
             self._progress(counts, processed, t0, pending_total)
+            if stopping != "cancel" and counts[PENDING] > 0 and self._control() == "cancel":
+                stopping, stop_reason = "cancel", "cancel requested"  # came while we were stopping
             status, code = self._close(st, stopping, stop_reason, sig.signum)
         try:  # the reasons of the items failed now (a retried item that succeeded no longer counts)
             top = checkpoint(self.paths.journal, self.total).failures.most_common(5)
@@ -523,12 +536,8 @@ class Runner:
             pass
 
     def _control(self) -> str | None:
-        try:
-            with open(self.paths.control) as fh:
-                req = fh.read().strip()
-        except FileNotFoundError:
-            return None
-        return req if req in ("pause", "pause-now", "cancel") else None
+        """The strongest request other shells queued (cancel > pause-now > pause)."""
+        return strongest_request(self.paths)
 
     def _progress(self, counts: Counter, processed: int, t0: float, pending_total: int) -> None:
         el = time.monotonic() - t0
@@ -559,8 +568,14 @@ def _parse_max_failures(spec: str | None) -> tuple[str, float] | None:
         return None
     s = spec.strip()
     if s.endswith("%"):
-        return ("pct", float(s[:-1]))
-    return ("n", float(int(s)))
+        pct = float(s[:-1])
+        if not 0 < pct <= 100:  # NaN and infinities too
+            raise ValueError(spec)
+        return ("pct", pct)
+    n = int(s)
+    if n < 1:
+        raise ValueError(spec)
+    return ("n", float(n))
 
 
 def _over(rule: tuple[str, float], failed: int, processed: int, total: int) -> bool:

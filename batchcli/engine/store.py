@@ -98,10 +98,12 @@ class Store:
     def resolve(self, ref: str | None) -> BatchPaths:
         """A batch id, a unique prefix of one, or a batch name (the newest of that name);
         None means the latest batch."""
+        if ref is not None and not ref.strip():  # `batchcli cancel "$UNSET"` must not mean the newest
+            raise BatchNotFound(f"empty batch argument {ref!r}: give a batch id, a unique id prefix, or a name")
         ids = self.ids()
         if not ids:
             raise BatchNotFound(f"no batches in {self.home} (start one with 'batchcli start')")
-        if ref is None or ref == "":
+        if ref is None:
             return BatchPaths(os.path.join(self.batches_dir, ids[0]))
         if ref in ids:
             return BatchPaths(os.path.join(self.batches_dir, ref))
@@ -116,5 +118,6 @@ class Store:
             except (OSError, ValueError):
                 continue
         if len(matches) > 1:
-            raise BatchNotFound(f"batch prefix {ref!r} is ambiguous: {', '.join(matches[:5])}")
+            more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+            raise BatchNotFound(f"batch prefix {ref!r} is ambiguous: {', '.join(matches[:5])}{more}")
         raise BatchNotFound(f"no batch matches {ref!r} (an id, a unique id prefix, or a name)")

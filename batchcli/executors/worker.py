@@ -349,6 +349,7 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
     (written by the Writer thread, overlapping the next item).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides what Ctrl-C means
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and a hung-up terminal means nothing to a batch
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     _cap_memory(cfg.memory_limit)

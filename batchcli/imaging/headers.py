@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from batchcli.errors import ItemError
+from batchcli.units import fmt_bytes
 
 DEFAULT_MAX_FILE_SIZE = 200 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 150_000_000
@@ -64,7 +65,7 @@ def read_bytes(path: str, limits: Limits) -> bytes:
         try:
             size = os.fstat(fh.fileno()).st_size
             if size > limits.max_file_size:
-                raise ItemError("too_large", f"file is {size} bytes, over --max-file-size {limits.max_file_size}")
+                raise ItemError("too_large", f"file is {fmt_bytes(size)}, over --max-file-size {fmt_bytes(limits.max_file_size, exact=True)}")
             data = fh.read(limits.max_file_size + 1)
         except OSError as exc:
             raise read_error(exc) from None

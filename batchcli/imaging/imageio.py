@@ -58,6 +58,7 @@ from batchcli.imaging.pixels import (
     to_uint8,
     upright,
 )
+from batchcli.units import fmt_bytes, fmt_count
 
 # The imaging API in one name: decoding lives here, the rest in headers, encode and pixels.
 __all__ = [
@@ -176,7 +177,7 @@ def _check_pixels(width: int, height: int, limits: Limits) -> None:
     if pixels > limits.max_pixels:
         raise ItemError(
             "too_large",
-            f"{width}x{height} = {pixels / 1e6:.0f} MP, over --max-pixels {limits.max_pixels / 1e6:.0f} MP",
+            f"{width}x{height} = {fmt_count(pixels)} pixels, over --max-pixels {fmt_count(limits.max_pixels, exact=True)}",
         )
 
 
@@ -189,7 +190,7 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
     elif not data:
         raise ItemError("decode", "empty file (0 bytes)")
     if len(data) > limits.max_file_size:
-        raise ItemError("too_large", f"file is {len(data)} bytes, over --max-file-size {limits.max_file_size}")
+        raise ItemError("too_large", f"file is {fmt_bytes(len(data))}, over --max-file-size {fmt_bytes(limits.max_file_size, exact=True)}")
     if rawfile.is_raw(path, data):
         frame = rawfile.load(path, data, limits.max_pixels, shrink_for, raw)
         frame.info = {"mode": "RGB", "orientation": frame.orientation, "camera": {}}

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from batchcli.argfiles import check_file, open_checked
 from batchcli.errors import ConfigError
 from batchcli.inputs.names import Namer, is_url, safe_component
 
@@ -446,11 +447,8 @@ def find(inputs: list[str], exts: Iterable[str] | None = None, skip_dirs: Iterab
         yield from _from_list(res, stdin if stdin is not None else sys.stdin.buffer, os.getcwd())
     elif from_file:
         path = os.path.abspath(os.path.expanduser(from_file))
-        try:
-            fh = open(path, "rb")
-        except OSError as exc:
-            raise ConfigError(f"--from-file {from_file}: {exc.strerror or exc}") from None
-        with fh:
+        fd, _ = open_checked(path, "--from-file", "list")
+        with os.fdopen(fd, "rb") as fh:
             yield from _from_list(res, fh, os.path.dirname(path))
 
 
@@ -468,9 +466,7 @@ def check_inputs(inputs: list[str], from_file: str | None) -> None:
         if not os.path.lexists(path) and not glob.has_magic(raw):
             raise ConfigError(f"{raw}: no such file or folder")
     if from_file and from_file != "-":
-        path = os.path.abspath(os.path.expanduser(from_file))
-        if not os.path.isfile(path):
-            raise ConfigError(f"--from-file {from_file}: no such file")
+        check_file(os.path.expanduser(from_file), "--from-file", "list")
 
 
 def is_video(src: str) -> bool:

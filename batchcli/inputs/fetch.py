@@ -15,6 +15,7 @@ import urllib.request
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from batchcli.errors import ItemError
+from batchcli.units import fmt_bytes
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds without progress (connecting, or between two reads) before a download fails.
@@ -91,7 +92,7 @@ def _get(url: str, max_size: int, timeout: float) -> bytes:
         status = f"HTTP {resp.status} {resp.reason}".strip()
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > max_size:
-            raise ItemError("too_large", f"{status}: Content-Length {length} bytes, over --max-file-size {max_size}")
+            raise ItemError("too_large", f"{status}: Content-Length {fmt_bytes(int(length))}, over --max-file-size {fmt_bytes(max_size, exact=True)}")
         ctype = (resp.headers.get_content_type() or "").lower() if resp.headers.get("Content-Type") else ""
         try:
             data = _read(resp, max_size, ctype, status, deadline, timeout)
@@ -111,7 +112,7 @@ def _read(resp, max_size: int, ctype: str, status: str, deadline: float, timeout
             break
         buf += chunk
         if len(buf) > max_size:
-            raise ItemError("too_large", f"{status}: body over --max-file-size {max_size} bytes")
+            raise ItemError("too_large", f"{status}: body over --max-file-size {fmt_bytes(max_size, exact=True)}")
         if not checked and len(buf) >= SNIFF_BYTES:
             _check_type(bytes(buf), ctype, status)
             checked = True

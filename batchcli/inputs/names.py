@@ -4,6 +4,7 @@ safe for every file system (one component at a time, clipped to a byte limit).""
 from __future__ import annotations
 
 import os
+import re
 import string
 import unicodedata
 from typing import Protocol
@@ -110,6 +111,24 @@ def _parent(src: str) -> str:
     return os.path.basename(os.path.dirname(src))
 
 
+MAX_FIELD_WIDTH = 64
+"""The widest a template field may be padded ({i:05d} is fine; {i:999999999d} would take 4 GB)."""
+
+
+def check_field_specs(template: str, parsed: list[tuple]) -> None:
+    """Refuse format specs that are nested ({i:{i}d}) or wider than MAX_FIELD_WIDTH."""
+    for _lit, fld, spec, _conv in parsed:
+        if fld is None or not spec:
+            continue
+        if "{" in spec:
+            raise ConfigError(f"--name-template {template!r}: a field inside a format spec ({{{fld}:{spec}}}) "
+                              "is not supported")
+        widest = max((int(n) for n in re.findall(r"\d+", spec)), default=0)
+        if widest > MAX_FIELD_WIDTH:
+            raise ConfigError(f"--name-template {template!r}: {{{fld}:{spec}}} asks for {widest} characters; "
+                              f"at most {MAX_FIELD_WIDTH}")
+
+
 def compile_template(template: str) -> str:
     """Validate a --name-template; returns it without its trailing ".{ext}".
     Raises ConfigError naming the problem."""
@@ -117,6 +136,7 @@ def compile_template(template: str) -> str:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise ConfigError(f"--name-template {template!r}: {exc}") from None
+    check_field_specs(template, parsed)
     known = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
     fields = [(lit, fld, spec, conv) for lit, fld, spec, conv in parsed if fld is not None]
     for n, (_lit, fld, _spec, conv) in enumerate(fields):

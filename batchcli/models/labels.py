@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from batchcli.argfiles import read_text
 from batchcli.errors import ConfigError
 
 _LABEL_LINE = re.compile(r"^\s*(\d+)\s*[,:\t]\s*(.+?)\s*$")
@@ -11,13 +12,7 @@ _LABEL_LINE = re.compile(r"^\s*(\d+)\s*[,:\t]\s*(.+?)\s*$")
 
 def read_labels(path: str) -> list[str]:
     """One label per line; `index,label` (or `index: label`) lines are accepted too."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = [ln.rstrip("\r\n") for ln in fh]
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read labels: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: labels file is not UTF-8 text") from None
+    lines = [ln.rstrip("\r") for ln in read_text(path, "model labels=", "labels").split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:

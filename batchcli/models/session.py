@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from batchcli.argfiles import check_file
 from batchcli.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -218,8 +219,9 @@ def inspect_model(path: str) -> ModelInfo:
     outputs; the session is not kept. Raises ConfigError for a missing or invalid file."""
     import onnxruntime as ort
 
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise ConfigError(f"{path}: model file not found")
+    check_file(path, "model", "model")
     so = session_options(1)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = _load(path, path, so, [PROVIDERS["cpu"]])

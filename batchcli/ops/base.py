@@ -8,6 +8,7 @@ any item runs. Ops are pickled to worker processes; `prepare()` runs once per wo
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -46,8 +47,10 @@ class Param:
             out = _PARSERS[self.kind](value, self)
         except ConfigError:
             raise
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise ConfigError(f"{where}: {value!r} is not a valid {self.kind} ({exc})") from None
+        if self.kind in ("float", "floats") and not all(map(math.isfinite, out if self.kind == "floats" else (out,))):
+            raise ConfigError(f"{where}: {value!r} is not a finite number")
         if self.kind in ("int", "float"):
             if self.min is not None and out < self.min:
                 raise ConfigError(f"{where}: {out} is below the minimum {self.min:g}")
@@ -67,6 +70,15 @@ class Param:
             "choices": list(self.choices),
             "help": self.help,
         }
+
+
+def _parse_int(v: Any) -> int:
+    """An int from a command-line string or a TOML value; 2.0 is 2, 2.5 is refused."""
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError("expected a whole number")
+        return int(v)
+    return int(v)
 
 
 def _parse_bool(v: Any, p: Param) -> bool:
@@ -128,7 +140,7 @@ def _parse_floats(v: Any, p: Param) -> tuple[float, ...]:
 
 
 _PARSERS = {
-    "int": lambda v, p: int(v),
+    "int": lambda v, p: _parse_int(v),
     "float": lambda v, p: float(v),
     "bool": _parse_bool,
     "str": lambda v, p: str(v),

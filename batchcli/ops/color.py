@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchcli.argfiles import read_file, read_text
 from batchcli.errors import ConfigError
 from batchcli.imaging.imageio import max_value, merge_alpha, split_alpha
 from batchcli.imaging.lazy import cv2, np
@@ -211,11 +212,9 @@ def _read_toml(path: str, what: str) -> dict:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
+    text = read_text(path, what, "toml")
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what}: {path} is not valid TOML: {exc}") from None
 
@@ -312,6 +311,8 @@ def parse_cube(text: str, where: str = "lut") -> Cube:
     if len(dmin) != 3 or len(dmax) != 3 or any(b <= a for a, b in zip(dmin, dmax)):
         raise ConfigError(f"{where}: DOMAIN_MIN must be below DOMAIN_MAX for every channel")
     table = np.asarray(rows, np.float32).reshape(size, size, size, 3)
+    if not (np.isfinite(table).all() and np.isfinite(dmin + dmax).all()):
+        raise ConfigError(f"{where}: NaN or infinite values in the table or the domain")
     return Cube(size, table, tuple(dmin), tuple(dmax), title)
 
 
@@ -400,11 +401,7 @@ class Lut(Op):
     )
 
     def check(self) -> None:
-        try:
-            with open(self.p["file"], encoding="utf-8", errors="replace") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise ConfigError(f"lut: cannot read {self.p['file']}: {exc.strerror}") from None
+        text = read_file(self.p["file"], "lut", "lut").decode("utf-8", "replace")
         self._cube = parse_cube(text, f"lut {self.p['file']}")
         self._applier: CubeApplier | None = None
 

@@ -172,7 +172,10 @@ def _crop_gravity(img: np.ndarray, size: tuple[int, int], gravity: str) -> np.nd
 
 def _parse_aspect(text: str) -> float:
     a, sep, b = text.replace("/", ":").partition(":")
-    ratio = float(a) / float(b) if sep else float(a)
+    num, den = float(a), float(b) if sep else 1.0
+    if not (num > 0 and den > 0 and math.isfinite(num) and math.isfinite(den)):
+        raise ValueError
+    ratio = num / den
     if not ratio > 0 or math.isinf(ratio):
         raise ValueError
     return ratio

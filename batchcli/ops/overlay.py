@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from batchcli.argfiles import check_file, read_file
 from batchcli.errors import ConfigError
 from batchcli.imaging.imageio import max_value, merge_alpha, split_alpha, upright
 from batchcli.imaging.lazy import cv2, np
@@ -151,6 +152,7 @@ class Watermark(Op):
             self.p["font"] = os.path.abspath(os.path.expanduser(self.p["font"]))
             if not _freetype():
                 raise ConfigError("watermark: font= needs Pillow built with FreeType")
+            check_file(self.p["font"], "watermark font=", "font")
             try:
                 _font(self.p["font"], 32)
             except OSError as exc:
@@ -166,11 +168,7 @@ class Watermark(Op):
         self._logo: np.ndarray | None = None
         if self.p["image"]:
             self.p["image"] = os.path.abspath(os.path.expanduser(self.p["image"]))
-            try:
-                with open(self.p["image"], "rb") as fh:
-                    data = fh.read()
-            except OSError as exc:
-                raise ConfigError(f"watermark: cannot read {self.p['image']}: {exc.strerror}") from None
+            data = read_file(self.p["image"], "watermark image=", "image")
             logo = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
             if logo is None or logo.dtype not in (np.uint8, np.uint16):
                 raise ConfigError(f"watermark: {self.p['image']} is not an image OpenCV can read")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from batchcli.errors import ConfigError
+from batchcli.inputs.names import check_field_specs
 from batchcli.results.snapshot import ItemView, Snapshot
 
 # --------------------------------------------------------------------------------------------
@@ -26,6 +27,7 @@ def check_template(template: str) -> None:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise ConfigError(f"--name-template {template!r}: {exc}") from None
+    check_field_specs(template, parts)
     fields = [f for _, f, _, _ in parts if f is not None]
     for f in fields:
         if f not in TEMPLATE_FIELDS:

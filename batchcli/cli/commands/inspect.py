@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from batchcli.cli.options import HomeOpt, JsonOpt, OptBatchArg, handle_errors
+from batchcli.cli.options import HomeOpt, JsonOpt, OptBatchArg, handle_errors, parse_states
 
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=0, show_default=False, help="At most N rows.")]
 OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip the first N rows.")]
@@ -69,8 +69,7 @@ def register(app: typer.Typer) -> None:
         from batchcli.cli import console
         from batchcli.engine.store import Store
 
-        wanted = [s.strip() for v in (status or []) for s in v.split(",") if s.strip()]
-        data = api.list_batches(Store(home), wanted, limit, offset)
+        data = api.list_batches(Store(home), parse_states(status), limit, offset)
         if json_out:
             console.emit_json(data)
             return
@@ -83,7 +82,8 @@ FOLLOW_EXIT = {"completed": 0, "failed": 1, "paused": 3, "cancelled": 4, "interr
 
 
 def _follow(paths, json_out: bool) -> None:
-    """Print events until the batch ends; exit with the code its runner would have (0, 1, 3, 4)."""
+    """Print events until the batch ends; exit with the code its runner would have (0, 1, 3, 4):
+    1 for a batch completed with failed items."""
     from batchcli.cli import console
     from batchcli.engine.lifecycle import follow
 
@@ -100,4 +100,7 @@ def _follow(paths, json_out: bool) -> None:
         else:
             reason = f" ({ev['reason']})" if ev.get("reason") else ""
             console.info(f"batch {ev['batch_id']}: {ev['status']}{reason}")
-    raise typer.Exit(FOLLOW_EXIT.get(last["status"], 0) if last else 0)
+    code = FOLLOW_EXIT.get(last["status"], 0) if last else 0
+    if code == 0 and last and last.get("failed"):
+        code = 1  # completed with failed items: what the runner exits with too
+    raise typer.Exit(code)

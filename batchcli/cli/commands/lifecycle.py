@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, handle_errors
+from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, finite, handle_errors, parse_states
 
-WaitOpt = Annotated[float, typer.Option("--wait", min=0,
+WaitOpt = Annotated[float, typer.Option("--wait", min=0, callback=finite,
                                         help="Seconds to wait for a live runner to stop before returning.")]
 
 
@@ -151,14 +151,9 @@ def register(app: typer.Typer) -> None:
         from batchcli.cli import console
         from batchcli.engine import lifecycle
         from batchcli.engine.store import Store
-        from batchcli.errors import ConfigError
         from batchcli.units import parse_age
 
-        wanted = tuple(s.strip() for v in (status or []) for s in v.split(",") if s.strip()) \
-            or lifecycle.DEFAULT_CLEANUP_STATUS
-        known = {"pending", "running", "paused", "interrupted", "completed", "failed", "cancelled"}
-        if set(wanted) - known:
-            raise ConfigError(f"--status {','.join(sorted(set(wanted) - known))}: expected some of {', '.join(sorted(known))}")
+        wanted = parse_states(status) or lifecycle.DEFAULT_CLEANUP_STATUS
         data = lifecycle.cleanup(Store(home), older_than=parse_age(older_than, "--older-than"), keep_last=keep_last,
                                  status=wanted, purge_outputs=purge_outputs, dry_run=dry_run)
         if json_out:

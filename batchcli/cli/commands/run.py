@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated, Optional
 
 import typer
@@ -15,14 +16,14 @@ from batchcli.cli.finish import (
     check_secret,
     keep_secret,
 )
-from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, VariantOpt, handle_errors
+from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, VariantOpt, finite, handle_errors
 from batchcli.results.notify import finish_flags
 
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, show_default=False,
-                                                   help="Worker processes (default: usable CPUs).")]
-RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, show_default=False,
+                                                   help="Worker processes (default: usable CPUs; at most 8 per CPU; never more than the items to do).")]
+RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, max=100, show_default=False,
                                                    help="Retries for transient failures (timeout, crash, I/O, network); default 1.")]
-TimeoutOpt = Annotated[Optional[float], typer.Option("--item-timeout", min=0, show_default=False,
+TimeoutOpt = Annotated[Optional[float], typer.Option("--item-timeout", min=0, callback=finite, show_default=False,
                                                      help="Seconds before a stuck item's worker is killed (default 0 = no limit).")]
 MaxFailOpt = Annotated[Optional[str], typer.Option("--max-failures", show_default=False,
                                                    help="Halt after N failed items, or P% of processed items.")]
@@ -60,8 +61,13 @@ def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> Non
     else:
         kw.pop("repair", None)
     finish = Finish(paths, opts, json_out)
-    with console.ProgressView(mode) as view:
-        result = Runner(paths, opts, finish.tap(view)).run(resume=resume, **kw)
+    console.log_to(paths.log)  # where output goes if the terminal or pipe goes away
+    hangup = signal.signal(signal.SIGHUP, lambda *_: console.vanish_all("hung up (SIGHUP)"))
+    try:
+        with console.ProgressView(mode) as view:
+            result = Runner(paths, opts, finish.tap(view)).run(resume=resume, **kw)
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
     if not json_out:
         console.summary(result)
     finish.done(result)
@@ -90,7 +96,9 @@ def _detached(paths, pid: int, json_out: bool) -> None:
 
         emit_json({"type": "started", "batch_id": paths.id, "detached": True, "pid": pid, "log": paths.log})
     else:
-        typer.echo(paths.id)
+        from batchcli.cli.console import info
+
+        info(paths.id)
 
 
 def register(app: typer.Typer) -> None:
@@ -121,7 +129,7 @@ def register(app: typer.Typer) -> None:
         name_template: Annotated[Optional[str], typer.Option("--name-template", show_default=False,
                                                              help='Output names, e.g. "{stem}_web.{ext}".')] = None,
         max_file_size: Annotated[str, typer.Option("--max-file-size", help="Larger inputs fail their item.")] = "200M",
-        max_pixels: Annotated[int, typer.Option("--max-pixels", help="Pixels (read from the header); larger inputs fail their item.")] = 150_000_000,
+        max_pixels: Annotated[str, typer.Option("--max-pixels", help="Pixels (read from the header), e.g. 150M or 40000000; larger inputs fail their item.")] = "150M",
         media: Annotated[str, typer.Option("--media", help="Which files of a folder are items: image, video or all.")] = "image",
         max_duration: Annotated[str, typer.Option("--max-duration", help="Longer videos fail their item (0 = no limit).")] = "6h",
         video_segment: Annotated[str, typer.Option("--video-segment", help="Video work per durable segment (cut on keyframes).")] = "10s",
@@ -150,7 +158,7 @@ def register(app: typer.Typer) -> None:
         from batchcli import api
         from batchcli.engine.store import Store
         from batchcli.errors import ConfigError
-        from batchcli.units import parse_bytes, parse_time
+        from batchcli.units import parse_bytes, parse_count, parse_time
 
         if not inputs and not from_file:
             raise ConfigError("no inputs: give files, folders, globs, URLs, - (stdin) or --from-file")
@@ -158,10 +166,13 @@ def register(app: typer.Typer) -> None:
                                min_free_space, executor, transfer,
                                finish=finish_flags(on_finish, webhook, report, summary))
         check_secret(webhook_secret, opts)
+        limits = parse_bytes(max_file_size, "--max-file-size"), parse_count(max_pixels, "--max-pixels")
+        if min(limits) < 1:
+            raise ConfigError("--max-file-size and --max-pixels must be above 0")
         cfg = api.StartConfig(inputs=list(inputs or []), out_dir=out, pipeline_text=pipeline,
                               pipeline_file=pipeline_file, variants=variant, name=name, exts=ext, exclude=exclude,
                               from_file=from_file, dedupe=dedupe, name_template=name_template,
-                              max_file_size=parse_bytes(max_file_size, "--max-file-size"), max_pixels=max_pixels,
+                              max_file_size=limits[0], max_pixels=limits[1],
                               media=media, max_duration=parse_time(max_duration, "--max-duration"),
                               segment=parse_time(video_segment, "--video-segment"))
         paths = create(Store(home), cfg, opts, json_out)  # `sync` too: the up-to-date items recorded

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, handle_errors
+from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, finite, handle_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def similar(
         batch: BatchArg,
-        threshold: Annotated[float, typer.Option("--threshold", "-t", min=-1.0, max=1.0,
+        threshold: Annotated[float, typer.Option("--threshold", "-t", min=-1.0, max=1.0, callback=finite,
                                                  help="Minimum cosine similarity that links two images.")] = 0.95,
         json_out: JsonOpt = False,
         home: HomeOpt = None,

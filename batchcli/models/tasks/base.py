@@ -10,6 +10,7 @@ must call the model itself (image2image runs tiles) sets `batched = False` and i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeAlias
 
@@ -56,9 +57,12 @@ class Task:
         if raw == "auto":
             return self.default_threshold
         try:
-            return float(raw)
+            value = float(raw)
         except ValueError:
-            raise ConfigError(f"model: threshold: {raw!r} is not a number") from None
+            value = math.nan
+        if not math.isfinite(value):
+            raise ConfigError(f"model: threshold: {raw!r} is not a finite number")
+        return value
 
     def _resolve_targets(self) -> frozenset[int] | None:
         raw = self.p["target"].strip()

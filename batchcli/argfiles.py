@@ -1,0 +1,84 @@
+"""Files named in arguments (LUTs, fonts, logos, labels, pipeline and look files, input lists):
+each must be a regular file under a size cap, checked before a byte is read, so `/dev/zero`, a
+FIFO or a folder is refused at once (exit 2) instead of read forever."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from batchcli.errors import ConfigError
+from batchcli.units import fmt_bytes
+
+MiB = 1 << 20
+CAPS = {
+    "toml": 1 * MiB,  # --pipeline-file, preset looks
+    "labels": 16 * MiB,  # model labels=
+    "lut": 64 * MiB,  # a 65^3 .cube is about 6 MiB of text
+    "font": 64 * MiB,  # the largest CJK fonts are about 30 MiB
+    "image": 64 * MiB,  # watermark image=
+    "list": 16 << 30,  # --from-file: streamed line by line, never held
+    "model": 64 << 30,  # ONNX files, mapped by onnxruntime
+}
+"""Size caps by kind of file argument (bytes)."""
+
+
+def _kind(mode: int) -> str:
+    for test, what in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def open_checked(path: str, what: str, kind: str) -> tuple[int, int]:
+    """Open `path` for reading without blocking (a FIFO with no writer would block) and check it
+    is a regular file within the cap of `kind`. Returns (file descriptor, size); the caller
+    closes it. Raises ConfigError naming `what`, the path and the reason."""
+    what = what if what.endswith("=") else what + " "
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ConfigError(f"{what}{path}: cannot read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what}{path}: {_kind(st.st_mode)}, not a regular file")
+        cap = CAPS[kind]
+        if st.st_size > cap:
+            raise ConfigError(f"{what}{path}: {fmt_bytes(st.st_size)} is over the {fmt_bytes(cap, exact=True)} limit for this file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def check_file(path: str, what: str, kind: str) -> None:
+    """Only the checks of `open_checked` (for files another library opens by name)."""
+    fd, _ = open_checked(path, what, kind)
+    os.close(fd)
+
+
+def read_file(path: str, what: str, kind: str) -> bytes:
+    """The whole file, checked first; a file that grows past its cap while read is refused too."""
+    fd, _ = open_checked(path, what, kind)
+    cap = CAPS[kind]
+    what = what if what.endswith("=") else what + " "
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            data = fh.read(cap + 1)
+        except OSError as exc:
+            raise ConfigError(f"{what}{path}: cannot read: {exc.strerror}") from None
+    if len(data) > cap:
+        raise ConfigError(f"{what}{path}: larger than the {fmt_bytes(cap, exact=True)} limit for this file")
+    return data
+
+
+def read_text(path: str, what: str, kind: str) -> str:
+    """As `read_file`, decoded as UTF-8 (a file that is not is refused, naming it)."""
+    try:
+        return read_file(path, what, kind).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}{'' if what.endswith('=') else ' '}{path}: not UTF-8 text") from None

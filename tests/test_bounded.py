@@ -1,0 +1,173 @@
+"""Everything the tool reads is bounded (DESIGN.md invariant 11): file arguments are regular files
+under a size cap, numbers are finite, counts have ceilings; a bad value is exit 2 before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import cli, make_image
+
+from batchcli.argfiles import CAPS, read_file
+from batchcli.errors import ConfigError
+from batchcli.pipeline import Pipeline, all_ops
+from batchcli.units import fmt_bytes, fmt_count, parse_count
+
+
+@pytest.fixture
+def fifo(tmp_path) -> str:
+    path = tmp_path / "pipe"
+    os.mkfifo(path)  # nobody ever writes to it: opening it for reading must not block
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    for k in range(3):
+        make_image(folder / f"t{k}.png", 64, 48, seed=k)
+    return folder
+
+
+@pytest.mark.parametrize("step", ["lut {f}", "watermark image={f}", "watermark Hi font={f}", "preset {f}"])
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo", "folder"])
+def test_op_file_arguments_must_be_regular_files(step, target, fifo, tmp_path):
+    f = {"/dev/zero": "/dev/zero", "fifo": fifo, "folder": str(tmp_path)}[target]
+    want = {"/dev/zero": "a character device", "fifo": "a FIFO (named pipe)", "folder": "a folder"}[target]
+    with pytest.raises(ConfigError) as info:
+        Pipeline.parse(step.format(f=f))
+    assert f"{f}: {want}, not a regular file" in str(info.value)
+
+
+def test_model_files_and_labels_must_be_regular_files(fifo, tmp_path):
+    onnx_models = pytest.importorskip("onnx_models")
+    with pytest.raises(ConfigError, match="model /dev/zero: a character device, not a regular file"):
+        Pipeline.parse("model /dev/zero task=classify")
+    model = onnx_models.classifier(tmp_path)
+    with pytest.raises(ConfigError, match="labels=.*pipe: a FIFO"):
+        Pipeline.parse(f"model {model} task=classify labels={fifo}")
+    with pytest.raises(ConfigError, match="model: threshold: 'nan' is not a finite number"):
+        Pipeline.parse(f"model {model} task=classify threshold=nan")
+
+
+def test_file_arguments_over_their_cap_are_refused(tmp_path):
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as fh:
+        fh.truncate(CAPS["toml"] + 1)  # sparse: no disk used
+    with pytest.raises(ConfigError, match=r"big.toml: 1.0M is over the 1M limit for this file"):
+        read_file(str(big), "--pipeline-file", "toml")
+    with pytest.raises(ConfigError, match="over the 1M limit"):
+        Pipeline.parse(f"preset {big}")
+
+
+def test_dev_zero_and_fifos_on_the_command_line_exit_2_at_once(tiny, fifo, tmp_path):
+    home = tmp_path / "home"
+    for args, message in [
+        (["--pipeline", "lut /dev/zero"], "lut /dev/zero: a character device, not a regular file"),
+        (["--pipeline-file", "/dev/zero"], "--pipeline-file /dev/zero: a character device"),
+        (["--pipeline-file", fifo], "a FIFO (named pipe), not a regular file"),
+        (["--from-file", fifo, "--pipeline", "convert png"], f"--from-file {fifo}: a FIFO"),
+    ]:
+        r = cli("start", str(tiny), "--out", str(tmp_path / "out"), *args, home=home, timeout=60)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.strip() == f"Error: {message}" or message in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (home / "batches").exists() or not os.listdir(home / "batches")  # nothing was started
+
+
+def test_every_float_parameter_refuses_nan_and_infinities():
+    checked = 0
+    for name, op in all_ops().items():
+        for p in op.params:
+            if p.kind not in ("float", "floats"):
+                continue
+            for bad in ("nan", "inf", "-inf", "NaN", "1,nan,2"):
+                with pytest.raises(ConfigError, match=f"{name}: {p.name}: .*(finite|not a valid)"):
+                    p.parse(name, bad if p.kind == "floats" or "," not in bad else "nan")
+            checked += 1
+    assert checked > 10
+    with pytest.raises(ConfigError, match="sharpen: amount: 'nan' is not a finite number"):
+        Pipeline.parse("sharpen amount=nan")
+
+
+def test_toml_nan_and_infinity_are_refused(tmp_path):
+    pipe = tmp_path / "p.toml"
+    pipe.write_text('[[op]]\nname = "sharpen"\namount = nan\n')
+    with pytest.raises(ConfigError, match="not a finite number"):
+        Pipeline.from_toml(str(pipe))
+    pipe.write_text('[[op]]\nname = "convert"\nformat = "jpg"\nquality = inf\n')
+    with pytest.raises(ConfigError, match="quality: inf is not a valid int"):
+        Pipeline.from_toml(str(pipe))
+    look = tmp_path / "look.toml"
+    look.write_text("exposure = nan\n")
+    with pytest.raises(ConfigError, match="exposure = nan is outside"):
+        Pipeline.parse(f"preset {look}")
+    cube = tmp_path / "x.cube"
+    cube.write_text("LUT_3D_SIZE 2\n" + "0 0 0\n" * 7 + "1 nan 1\n")
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        Pipeline.parse(f"lut {cube}")
+
+
+@pytest.mark.parametrize("args", [["--item-timeout", "nan"], ["--item-timeout", "inf"], ["--max-failures", "nan%"],
+                                  ["--max-failures", "inf%"], ["--max-failures", "0"], ["--workers", "100000"],
+                                  ["--retries", "1000"], ["--max-pixels", "nan"], ["--max-pixels", "0"],
+                                  ["--name-template", "{i:999999999d}.{ext}"], ["--name-template", "{i:{i}d}.{ext}"],
+                                  ["--pipeline", "crop aspect=0:0"], ["--pipeline", "crop aspect=16:0"]])
+def test_bad_numbers_and_counts_exit_2_before_any_work(args, tiny, tmp_path):
+    home = tmp_path / "home"
+    r = cli("start", str(tiny), "--out", str(tmp_path / "out"), *args, home=home, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: ") and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_template_widths_are_capped(tmp_path):
+    from batchcli.results.names import check_template
+
+    with pytest.raises(ConfigError, match="asks for 999999999 characters; at most 64"):
+        check_template("{stem}{i:999999999d}.{ext}")
+    check_template("{stem}_{i:05d}.{ext}")
+
+
+def test_other_commands_refuse_nan(tmp_path):
+    home = tmp_path / "home"
+    for args in (["pause", "x", "--wait", "nan"], ["similar", "x", "--threshold", "nan"]):
+        r = cli(*args, home=home)
+        assert r.returncode == 2 and "not a finite number" in r.stderr, r.stderr
+
+
+def test_workers_are_clamped_to_the_items_to_do(tiny, tmp_path):
+    home = tmp_path / "home"
+    r = cli("start", str(tiny), "--out", str(tmp_path / "out"), "--pipeline", "convert png", "--workers", "20",
+            "--json", home=home)
+    assert r.returncode == 0, r.stderr
+    started = json.loads(r.stdout.splitlines()[0])
+    assert started["type"] == "started" and started["workers"] == 3
+    batch = next((home / "batches").iterdir())
+    runs = [json.loads(ln) for ln in (batch / "journal.jsonl").read_text().splitlines() if '"batch_started"' in ln]
+    assert runs[0]["workers"] == 3 and runs[0]["options"]["workers"] == 20
+
+
+def test_limits_take_and_speak_the_users_units(tiny, tmp_path):
+    assert parse_count("150M", "--max-pixels") == parse_count("150MP", "--max-pixels") == 150_000_000
+    assert (fmt_bytes(200 << 20, exact=True), fmt_bytes(1000, exact=True), fmt_bytes(262_500_000)) == \
+        ("200M", "1000 bytes", "250.3M")
+    assert (fmt_count(150_000_000, exact=True), fmt_count(268_402_689)) == ("150M", "268.4M")
+    home = tmp_path / "home"
+    r = cli("start", str(tiny / "t0.png"), "--out", str(tmp_path / "a"), "--max-pixels", "1K", home=home)
+    assert r.returncode == 1
+    assert "64x48 = 3.1K pixels, over --max-pixels 1K" in r.stderr
+    size = (tiny / "t0.png").stat().st_size
+    r = cli("start", str(tiny / "t0.png"), "--out", str(tmp_path / "b"), "--max-file-size", "1K", home=home)
+    assert r.returncode == 1
+    assert f"file is {fmt_bytes(size)}, over --max-file-size 1K" in r.stderr
+    r = cli("start", str(tiny), "--out", str(tmp_path / "c"), "--max-pixels", "150M", home=home)
+    assert r.returncode == 0, r.stderr
+
+
+def test_list_status_must_be_a_state(tmp_path):
+    r = cli("list", "--status", "bogus", home=tmp_path / "home")
+    assert r.returncode == 2
+    assert r.stderr.startswith("Error: --status bogus: expected some of pending, running")

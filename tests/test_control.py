@@ -1,0 +1,58 @@
+"""Control requests are never lost: they queue in the control file, and cancel, being terminal,
+wins over a pause sent just before or just after it. Real runner, real `pause`/`cancel` processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import make_image
+from crashops import cli_env, records, wait_for
+
+from batchcli.engine.journal import replay
+from batchcli.engine.liveness import request, strongest_request
+from batchcli.engine.store import BatchPaths
+
+
+def _cli(home, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "batchcli", *map(str, args)], env=cli_env(home),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("first, second", [("cancel", "pause"), ("pause", "cancel"), ("cancel", "pause")])
+def test_cancel_wins_whichever_comes_50ms_first(tmp_path, first, second):
+    folder = tmp_path / "in"
+    for k in range(40):
+        make_image(folder / f"i{k:02d}.png", 16, 16, seed=k)
+    home = tmp_path / "home"
+    runner = _cli(home, "start", folder, "--out", tmp_path / "out", "-w", "1", "--min-free-space", "0",
+                  "--pipeline", "crashtest delay=0.3 | convert png")
+    journal = wait_for(lambda: next((home / "batches").glob("*/journal.jsonl"), None), what="the batch")
+    wait_for(lambda: any(r["type"] == "item_completed" for r in records(journal)), what="a first item")
+    a = _cli(home, first, journal.parent.name)
+    time.sleep(0.05)
+    b = _cli(home, second, journal.parent.name)
+    assert runner.wait(timeout=120) == 4, runner.stderr.read()
+    for p in (a, b):
+        p.wait(timeout=120)
+    st = replay(str(journal), 40)
+    assert st.state == "cancelled", [r["type"] for r in records(journal)][-4:]
+    assert sum(r["type"] == "batch_cancelled" for r in records(journal)) == 1
+    assert (a if first == "cancel" else b).returncode == 0
+    pauser = a if first == "pause" else b
+    # the pause either saw the batch cancelled (exit 2, saying so) or stopped nothing: never "paused"
+    out = pauser.stdout.read() + pauser.stderr.read()
+    assert "cancelled" in out and "paused (" not in out, out
+
+
+def test_requests_queue_and_the_strongest_wins(tmp_path):
+    paths = BatchPaths(str(tmp_path))
+    assert strongest_request(paths) is None
+    request(paths, "pause")
+    assert strongest_request(paths) == "pause"
+    request(paths, "cancel")
+    request(paths, "pause")
+    assert strongest_request(paths) == "cancel"
+    assert (tmp_path / "control").read_text().split() == ["pause", "cancel", "pause"]
