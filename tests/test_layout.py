@@ -19,7 +19,7 @@ FLOORS = [
     ("models", "pipeline"),
     ("inputs", "executors", "ops", "video"),
     ("imaging",),
-    ("errors", "units", "atomic", "argfiles", "__init__"),
+    ("errors", "units", "atomic", "argfiles", "jsonio", "__init__"),
 ]
 
 

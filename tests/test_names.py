@@ -67,3 +67,53 @@ def test_manifest_cells_cannot_run_as_formulas(tmp_path):
     assert sorted(row["rel"] for row in rows) == sorted(f"'{name}.png" for name in risky)
     for row in rows:
         assert not any(v.startswith(("=", "+", "-", "@", "\t", "\r")) for v in row.values()), row
+
+
+def _cli_bytes(home, *args, stdin=None, cwd=None):
+    """The CLI with raw bytes in and out (a name that is not UTF-8 is printed as its bytes)."""
+    import subprocess
+    import sys
+
+    from crashops import cli_env
+
+    return subprocess.run([sys.executable, "-m", "batchcli", *map(os.fsdecode, args)], env=cli_env(home),
+                          capture_output=True, input=stdin, timeout=120, cwd=cwd)
+
+
+def test_a_file_name_that_is_not_utf8_works_end_to_end(tmp_path):
+    import json
+    import subprocess
+
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 3)
+    raw = os.fsencode(src) + b"/caf\xe9.png"  # Latin-1 e-acute: not UTF-8
+    os.rename(src / "img001.png", raw)
+    bad = os.fsencode(src) + b"/bro\xffken.png"
+    with open(bad, "wb") as fh:
+        fh.write(b"not an image")
+    r = _cli_bytes(home, "start", src, "--out", out, "--name", "U", "--pipeline", "convert png", *RUN)
+    assert r.returncode == 1, r.stderr  # the broken file fails its own item, nothing else does
+    assert b"bro\xffken.png: not an image" in r.stderr + r.stdout and b"Traceback" not in r.stderr + r.stdout
+    assert open(os.fsencode(out) + b"/caf\xe9.png", "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"  # the same bytes
+    items = json.loads(_cli_bytes(home, "status", "U", "--items", "--json").stdout)["items"]
+    by_src = {it["src"]: it for it in items}
+    assert by_src[os.fsdecode(raw)]["status"] == "completed"
+    assert by_src[os.fsdecode(raw)]["output"] == os.fsdecode(os.fsencode(out) + b"/caf\xe9.png")
+    assert by_src[os.fsdecode(bad)]["error_class"] == "decode"
+    journal = [json.loads(line) for line in open(next((home / "batches").iterdir()) / "journal.jsonl", "rb")]
+    assert os.fsdecode(b"caf\xe9.png") in [rec.get("out") for rec in journal]  # lossless, and valid JSON
+    if subprocess.run(["which", "jq"], capture_output=True).returncode == 0:
+        jq = subprocess.run(["jq", "-c", "select(.type==\"item_completed\") | .out"],
+                            stdin=open(next((home / "batches").iterdir()) / "journal.jsonl", "rb"), capture_output=True)
+        assert jq.returncode == 0 and "caf\ufffd.png" in jq.stdout.decode()
+    assert b"all match the journal" in _cli_bytes(home, "verify", "U").stdout
+    r = _cli_bytes(home, "export", "U", "--zip", tmp_path / "u.zip")
+    assert r.returncode == 0, r.stderr
+    assert "caf\ufffd.png" in zipfile.ZipFile(tmp_path / "u.zip").namelist()
+    listed = _cli_bytes(home, "start", "-", "--out", tmp_path / "o2", "--pipeline", "convert png", *RUN,
+                        stdin=b"caf\xe9.png\n", cwd=src)  # a list on stdin, relative to the folder
+    assert listed.returncode == 0, listed.stderr
+    assert os.path.exists(os.fsencode(tmp_path / "o2") + b"/caf\xe9.png")
+    r = _cli_bytes(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--status", "completed,failed")
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(os.fsencode(out) + b"/caf\xe9.png")

@@ -45,8 +45,9 @@ for _module in COMMANDS:
 
 
 def main() -> None:
-    from batchcli.cli.console import flush_at_exit
+    from batchcli.cli.console import flush_at_exit, setup_streams
 
+    setup_streams()
     try:
         app()
     except KeyboardInterrupt:

@@ -4,7 +4,6 @@ The only module that imports rich (lazily, so `batchcli status --json` starts fa
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -110,8 +109,19 @@ def rich_console():
     return Console(file=_Guarded(sys.stdout), highlight=False)
 
 
+def setup_streams() -> None:
+    """A file name that is not UTF-8 is printed as its bytes (as `ls` does), not a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            pass
+
+
 def emit_json(obj: Any, stream: TextIO | None = None) -> None:
-    write(stream or sys.stdout, json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    from batchcli import jsonio
+
+    write(stream or sys.stdout, jsonio.text(obj) + "\n")
 
 
 def error(msg: str) -> None:

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from batchcli.engine.runner import Runner
     from batchcli.results.verify import find_bad
 
+    console.setup_streams()
     fields = {f.name for f in dataclasses.fields(RunOptions)}
     opts = RunOptions(**{k: v for k, v in json.loads(a.options).items() if k in fields})
     paths = BatchPaths(a.batch_dir)

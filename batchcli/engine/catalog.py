@@ -26,8 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from batchcli import jsonio
 from batchcli.engine.journal import iter_records
 from batchcli.engine.store import Store
 from batchcli.executors.base import outputs_of
@@ -307,7 +306,7 @@ class Catalog:
     def _add_batch(self, bid: str, bdir: str) -> int | None:
         try:
             with open(os.path.join(bdir, "manifest.json"), "rb") as fh:
-                man = orjson.loads(fh.read())
+                man = jsonio.loads(fh.read())
         except (OSError, ValueError):
             return None
         out = man.get("out_dir")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+from batchcli import jsonio
 
 _CRC_KEY = b',"crc":"'
 
@@ -45,7 +45,7 @@ GROUP_COMMIT_RECORDS = 1024
 
 def encode(record: dict[str, Any]) -> bytes:
     """A record as one journal line (with its CRC field and the newline)."""
-    body = orjson.dumps(record)
+    body = jsonio.dumps(record)  # (a file name that is not UTF-8 goes in escaped: batchcli/jsonio.py)
     return b"%s,\"crc\":\"%08x\"}\n" % (body[:-1], zlib.crc32(body))
 
 
@@ -58,7 +58,7 @@ def decode(line: bytes) -> dict[str, Any] | None:
     try:
         if zlib.crc32(body) != int(line[p + 8 : p + 16], 16):
             return None
-        rec = orjson.loads(body)
+        rec = jsonio.loads(body)
     except ValueError:
         return None
     return rec if isinstance(rec, dict) else None
@@ -270,7 +270,7 @@ def checkpoint(path: str, total: int) -> Replay:
         "bad": [[b.lineno, b.offset, b.reason] for b in st.bad if b.offset < st.offset],
         "workers": st.workers, "executor": st.executor, "options": st.options,
     }
-    atomic_write(path + SNAPSHOT_SUFFIX, orjson.dumps(head) + b"\n" + bytes(st.items))
+    atomic_write(path + SNAPSHOT_SUFFIX, jsonio.dumps(head) + b"\n" + bytes(st.items))
     return st
 
 
@@ -306,7 +306,7 @@ def last_options(path: str, total: int) -> dict | None:
 def _load_snapshot(path: str, total: int) -> Replay | None:
     try:
         with open(path + SNAPSHOT_SUFFIX, "rb") as fh:
-            head = orjson.loads(fh.readline())
+            head = jsonio.loads(fh.readline())
             items = bytearray(fh.read())
     except (OSError, ValueError):
         return None

@@ -19,8 +19,7 @@ from fnmatch import fnmatchcase
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
-import orjson
-
+from batchcli import jsonio
 from batchcli.argfiles import check_file, open_checked
 from batchcli.errors import ConfigError
 from batchcli.inputs.names import Namer, is_url, safe_component
@@ -528,18 +527,14 @@ def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = Non
 
 
 def _dumps(rec: dict) -> bytes:
-    try:
-        return orjson.dumps(rec)
-    except TypeError:  # a file name that is not valid UTF-8: keep what can be shown
-        for k in ("src", "rel", "stem"):
-            rec[k] = rec[k].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        return orjson.dumps(rec)
+    """A file name that is not valid UTF-8 is kept byte for byte (batchcli/jsonio.py)."""
+    return jsonio.dumps(rec)
 
 
 def iter_items(path: str, start: int = 0) -> Iterator[dict]:
     """Stream items.jsonl (written once, never modified)."""
     with open(path, "rb") as fh:
         for line in fh:
-            rec = orjson.loads(line)
+            rec = jsonio.loads(line)
             if rec["i"] >= start:
                 yield rec

@@ -6,8 +6,7 @@ import csv
 import io
 from typing import IO, Any
 
-import orjson
-
+from batchcli import jsonio
 from batchcli.results.snapshot import ItemView, flatten_meta
 
 # --------------------------------------------------------------------------------------------
@@ -45,13 +44,14 @@ class ManifestWriter:
         self._csv_text = None
         self._csv = None
         if csv_fh is not None:
-            self._csv_text = io.TextIOWrapper(csv_fh, encoding="utf-8", newline="", write_through=True)
+            self._csv_text = io.TextIOWrapper(csv_fh, encoding="utf-8", errors="surrogateescape",  # names as their bytes
+                                              newline="", write_through=True)
             self._csv = csv.writer(self._csv_text, lineterminator="\r\n")  # RFC 4180; cells with a CR are quoted too
             self._csv.writerow(list(BASE_COLUMNS) + [f"meta.{k}" for k in meta_keys])
 
     def write(self, row: dict[str, Any]) -> None:
         if self.jsonl is not None:
-            self.jsonl.write(orjson.dumps(row, option=orjson.OPT_SORT_KEYS) + b"\n")
+            self.jsonl.write(jsonio.dumps(row, sort_keys=True) + b"\n")
         if self._csv is not None:
             flat = flatten_meta(row["meta"]) if row.get("meta") else {}
             self._csv.writerow([_cell(row.get(c)) for c in BASE_COLUMNS] + [_cell(flat.get(k)) for k in self.meta_keys])
