@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ CLIENTS = 50
 POLL_GAPS = (0.5, 0.05)  # seconds each client waits between two polls: a dashboard's pace, then a stress
 SUBSCRIBERS = 100
 WS_ITEMS = 1000
+ROUNDS = 2
 
 
 def make_inputs(folder: str, n: int) -> None:
@@ -64,19 +66,24 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def baseline(root: str, home: str, n: int) -> float:
-    r = subprocess.run([sys.executable, "-m", "batchcli", "start", "in/", "--out", "out-cli/", "--pipeline", PIPELINE,
-                        "-w", "2", "-q", "--name", "cli"], cwd=root, env=server_env(home), capture_output=True, text=True)
+def baseline(root: str, home: str, n: int, k: int) -> float:
+    r = subprocess.run([sys.executable, "-m", "batchcli", "start", "in/", "--out", f"out-cli{k}/", "--pipeline", PIPELINE,
+                        "-w", "2", "-q", "--name", f"cli{k}"], cwd=root, env=server_env(home), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    secs, done = run_seconds(home, "cli")
+    secs, done = run_seconds(home, f"cli{k}")
     assert done == n
     return done / secs
 
 
-def polled(srv, root: str, n: int, gap: float) -> tuple[float, list[float], float]:
-    """Start the batch through the server while CLIENTS poll its status every `gap` seconds;
-    (items/s, latencies, peak RSS)."""
-    status, made = jcall(srv.url + "/api/v1/batches", "POST", {"inputs": ["in/"], "out": f"out-srv-{gap}/",
+def polled(srv, root: str, n: int, gap: float, k: int) -> tuple[float, list[float], float, float]:
+    """Start the batch through the server while CLIENTS poll its status every `gap` seconds
+    (each starting at a random point of the first gap); (items/s, latencies, peak RSS, server
+    CPU seconds)."""
+    import psutil
+
+    proc = psutil.Process(srv.proc.pid)
+    cpu0 = sum(proc.cpu_times()[:2])
+    status, made = jcall(srv.url + "/api/v1/batches", "POST", {"inputs": ["in/"], "out": f"out-srv-{k}/",
                                                                "pipeline": PIPELINE, "workers": 2})
     assert status == 201, made
     bid = made["batch_id"]
@@ -88,6 +95,7 @@ def polled(srv, root: str, n: int, gap: float) -> tuple[float, list[float], floa
     def client() -> None:
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         mine = []
+        time.sleep(random.uniform(0, gap))
         while not stop.is_set():
             t = time.perf_counter()
             conn.request("GET", f"/api/v1/batches/{bid}")
@@ -111,7 +119,7 @@ def polled(srv, root: str, n: int, gap: float) -> tuple[float, list[float], floa
         t.join()
     secs, done = run_seconds(srv.home, bid)
     assert done == n
-    return done / secs, lat, max(peak)
+    return done / secs, lat, max(peak), sum(proc.cpu_times()[:2]) - cpu0
 
 
 def subscribers(srv, root: str) -> tuple[int, int, float, float]:
@@ -165,24 +173,30 @@ def main() -> None:
     root, home = os.path.join(work, "root"), os.path.join(work, "home")
     make_inputs(os.path.join(root, "in"), n)
     make_inputs(os.path.join(root, "in-ws"), WS_ITEMS)
-    alone = baseline(root, home, n)
     srv = start_server(home, root)
-    polls = []
+    alone: list[float] = []
+    polls: dict[float, list] = {gap: [] for gap in POLL_GAPS}
     try:
         idle = rss_mb(srv.proc.pid)
-        for gap in POLL_GAPS:
-            polls.append((gap, *polled(srv, root, n, gap)))
+        for k in range(ROUNDS):  # alternated, best of each: the machine's other load weighs on both sides
+            alone.append(baseline(root, home, n, k))
+            for gap in POLL_GAPS:
+                polls[gap].append(polled(srv, root, n, gap, f"{gap}-{k}"))
         complete, events, lag, peak = subscribers(srv, root)
     finally:
         srv.stop()
-    rows = [("batch alone (CLI, 2 workers)", f"{alone:.0f} items/s", f"{n} items, {PIPELINE}")]
-    for gap, served, lat, peak1 in polls:
-        lat.sort()
+    best = max(alone)
+    rows = [("batch alone (CLI, 2 workers)", f"{best:.0f} items/s", f"{n} items, {PIPELINE}; best of {ROUNDS}")]
+    for gap, runs in polls.items():
+        served, mine, _, cpu = max(runs, key=lambda r: r[0])
+        lat = sorted(x for r in runs for x in r[1])
         p50, p95 = (lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 for q in (0.5, 0.95))
-        peak = max(peak, peak1)
+        peak = max([peak] + [r[2] for r in runs])
         rows += [(f"same, {CLIENTS} clients polling every {gap * 1000:.0f} ms", f"{served:.0f} items/s",
-                  f"{served / alone:.2f}x of alone"),
-                 ("  GET /batches/{id} latency", f"p50 {p50:.1f} ms, p95 {p95:.1f} ms", f"{len(lat)} requests")]
+                  f"{served / best:.2f}x of alone; best of {ROUNDS}"),
+                 ("  GET /batches/{id} latency", f"p50 {p50:.1f} ms, p95 {p95:.1f} ms", f"{len(lat)} requests"),
+                 ("  server CPU", f"{cpu / len(mine) * 1000:.2f} ms a request",
+                  f"{cpu:.2f} s over the batch's {n / served:.1f} s")]
     rows += [
         (f"{SUBSCRIBERS} WebSocket subscribers", f"{complete}/{SUBSCRIBERS} got all {WS_ITEMS} items",
          f"{events} events each; last finished {lag:.2f} s after the batch"),

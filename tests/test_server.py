@@ -43,6 +43,11 @@ def srv(tmp_path_factory):
     s.stop()
 
 
+def batch_dirs(srv) -> set[str]:
+    folder = os.path.join(srv.home, "batches")
+    return set(os.listdir(folder)) if os.path.isdir(folder) else set()
+
+
 def post(srv, body, path="/batches", **kw):
     return jcall(srv.url + API + path, "POST", body, **kw)
 
@@ -115,16 +120,18 @@ def test_create_from_urls_base64_and_uploads(srv, tmp_path):
     ({"inputs": ["photos/"], "pipeline": "resize 16x16", "wokers": 2}, "wokers"),
     ({"inputs": ["photos/"], "pipeline": "resize 16x16", "workers": 0}, "workers"),
     ({"inputs": ["nothing-here/"], "pipeline": "resize 16x16"}, "nothing-here"),
+    ({"inputs": ["photos/"], "pipeline": "resize 16x16", "media": "sound"}, "media sound: expected image, video or all"),
+    ({"inputs": ["photos/"], "pipeline": "resize 16x16", "variants": {"a b": "resize 8x8"}}, "a b"),
 ])
 def test_bad_requests_are_400_naming_the_problem(srv, body, words):
-    before = set(os.listdir(os.path.join(srv.home, "batches")))
+    before = batch_dirs(srv)
     status, err = post(srv, body)
     assert status == 400 and err["status"] == 400 and words in err["error"], err
-    assert set(os.listdir(os.path.join(srv.home, "batches"))) == before  # nothing left behind
+    assert batch_dirs(srv) == before  # nothing left behind
 
 
 def test_uploads_over_the_caps_are_413(srv, tmp_path):
-    before = set(os.listdir(os.path.join(srv.home, "batches")))
+    before = batch_dirs(srv)
     body, ctype = multipart([("pipeline", "resize 16x16")], [("files", "big.png", os.urandom(50_000))])
     status, err = jcall(srv.url + API + "/batches", "POST", data=body, headers={"content-type": ctype})
     assert status == 413 and "big.png" in err["error"] and "--max-upload" in err["error"]
@@ -132,7 +139,7 @@ def test_uploads_over_the_caps_are_413(srv, tmp_path):
     body, ctype = multipart([("pipeline", "resize 16x16")], [("files", f"f{k}.png", small) for k in range(4)])
     status, err = jcall(srv.url + API + "/batches", "POST", data=body, headers={"content-type": ctype})
     assert status == 413 and "more than 3 files" in err["error"]
-    assert set(os.listdir(os.path.join(srv.home, "batches"))) == before
+    assert batch_dirs(srv) == before
 
 
 def test_paths_outside_the_allowed_roots_are_400_and_never_echo_server_paths(srv, tmp_path):
@@ -225,6 +232,20 @@ def test_recover_and_cleanup_take_the_cli_options_as_json(srv):
     assert status == 200 and dry["dry_run"] is True and dry["cleaned_count"] >= 1
     status, err = post(srv, {"older_than": "soon"}, "/cleanup")
     assert status == 400 and "older_than" in err["error"]
+
+
+def test_variants_as_an_object_or_as_flags(srv):
+    status, made = post(srv, {"inputs": ["photos/img000.png"], "out": "varied/", "pipeline": "resize 24x24",
+                              "variants": {"small": "resize 8x8"}, "workers": 1})
+    assert status == 201, made
+    assert wait_status(srv, made["batch_id"])["status"] == "completed"
+    assert os.path.exists(srv.root / "varied" / "small" / "img000.png")
+    body, ctype = multipart([("pipeline", "resize 24x24"), ("variants", "tiny=resize 4x4"), ("inputs", "photos/img001.png"),
+                             ("out", "varied2/")], [])
+    status, made = jcall(srv.url + API + "/batches", "POST", data=body, headers={"content-type": ctype})
+    assert status == 201, made
+    assert wait_status(srv, made["batch_id"])["status"] == "completed"
+    assert os.path.exists(srv.root / "varied2" / "tiny" / "img001.png")
 
 
 def test_zip_equals_the_cli_export_byte_for_byte(srv, tmp_path):

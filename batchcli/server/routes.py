@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -61,6 +61,9 @@ class BatchRequest(RunFlags):
     images: list[ImageSource] = Field(default_factory=list, description="each {\"url\"} or {\"base64\", \"name\"}")
     pipeline: Optional[str] = Field(None, description='e.g. "orient | resize 1024x1024 | convert webp"')
     pipeline_toml: Optional[str] = Field(None, description="the pipeline as TOML text ([[op]] tables)")
+    variants: Union[dict[str, str], list[str], None] = Field(
+        None, description='more outputs from one decode: {"thumb": "resize 256x256"} or ["thumb=resize 256x256"]')
+    media: Optional[str] = Field(None, description="image (default), video or all")
     name: Optional[str] = None
     out: Optional[str] = Field(None, description="output folder under an allowed root (default: the batch's own folder)")
     ext: Optional[list[str]] = None
@@ -136,7 +139,7 @@ async def create_batch(request: Request) -> JSONResponse:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             fields = await uploads.read_multipart(ctype, request.stream())
-            lists = {"inputs", "ext", "exclude"}
+            lists = {"inputs", "ext", "exclude", "variants"}
             data: dict[str, Any] = {k: (v if k in lists else v[-1]) for k, v in fields.items() if k not in ("files", "file")}
         else:
             data = await _json_body(request, c.cfg.max_upload * 4 // 3 + (1 << 20))
@@ -179,11 +182,13 @@ def _create(c, paths: BatchPaths, req: BatchRequest, uploads: Uploads) -> dict[s
         pipeline_file = os.path.join(paths.dir, "pipeline.toml")
         with open(pipeline_file, "w", encoding="utf-8") as fh:
             fh.write(req.pipeline_toml)
+    variants = [f"{k}={v}" for k, v in req.variants.items()] if isinstance(req.variants, dict) else req.variants
     out = c.guard.resolve(req.out, "out") if req.out else None
     if out is None:
-        pipeline = api.build_pipeline(req.pipeline, pipeline_file)
+        pipeline = api.build_pipeline(req.pipeline, pipeline_file, variants)
         out = os.path.join(paths.dir, "out") if pipeline.writes_image else None
     cfg = api.StartConfig(inputs=inputs, out_dir=out, pipeline_text=req.pipeline, pipeline_file=pipeline_file,
+                          variants=variants, media=req.media or "image",
                           name=req.name, exts=req.ext, exclude=req.exclude, dedupe=req.dedupe,
                           name_template=req.name_template,
                           max_file_size=parse_bytes(req.max_file_size, "max_file_size") if req.max_file_size else 200 << 20,
