@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 from conftest import cli, make_image
@@ -139,6 +140,21 @@ def test_thumbnail_is_one_still_per_video(tmp_path, clips):
     assert sorted(p.name for p in out.iterdir()) == ["clip.jpg", "long.jpg", "photo.jpg"]
 
 
+def test_mkv_and_avi_become_mp4_and_max_pixels_counts_per_frame(tmp_path, clips):
+    src = tmp_path / "in"
+    make_clip(src / "a.mkv", seconds=1.0)
+    make_clip(src / "b.avi", seconds=1.0)
+    make_clip(src / "big.mp4", seconds=1.0, size=(128, 96))
+    home, out = tmp_path / "home", tmp_path / "out"
+    r = cli("start", str(src), "--out", str(out), "--media", "video", "--max-pixels", "10000", "-w", "1",
+            "--pipeline", "resize 48x", home=home)
+    assert r.returncode == 1, r.stdout + r.stderr
+    recs = _by_src(home)
+    assert (recs["a.mkv"]["out"], recs["b.avi"]["out"]) == ("a.mp4", "b.mp4")
+    assert video_facts(out / "b.mp4")["audio"] == "mp3"  # mp4 takes mp3: copied
+    assert recs["big.mp4"]["error_class"] == "too_large" and "frames of 128x96" in recs["big.mp4"]["error"]
+
+
 def test_a_truncated_or_too_long_clip_fails_alone_with_a_reason(tmp_path, clips):
     src = _folder(tmp_path, clips, **{"clip.mp4": "mp4", "long.mp4": "long"})
     data = clips["mp4"].read_bytes()
@@ -146,10 +162,10 @@ def test_a_truncated_or_too_long_clip_fails_alone_with_a_reason(tmp_path, clips)
     (src / "text.mkv").write_text("not a video")
     home = tmp_path / "home"
     r = cli("start", str(src), "--out", str(tmp_path / "out"), "--media", "video", "--max-duration", "5s",
-            "--pipeline", "resize 32x | convert mp4", *SEG, home=home)
+            "--max-file-size", "1K", "--pipeline", "resize 32x | convert mp4", *SEG, home=home)
     assert r.returncode == 1, r.stdout + r.stderr
     recs = _by_src(home)
-    assert recs["clip.mp4"]["type"] == "item_completed"
+    assert recs["clip.mp4"]["type"] == "item_completed"  # videos are streamed: --max-file-size is for images
     assert (recs["cut.mp4"]["error_class"], recs["text.mkv"]["error_class"], recs["long.mp4"]["error_class"]) == \
         ("truncated", "decode", "too_large")
     assert recs["cut.mp4"]["error"].endswith("cut.mp4: truncated mp4 video: the file ends before its data does")
@@ -207,6 +223,8 @@ def test_pause_or_kill_mid_video_then_resume_continues_from_the_last_segment(tmp
         assert status["status"] == "paused"
         video = status["videos"][0]
         assert video["frames_total"] == 72 and video["frames_done"] == 12 * video["segments"]
+        text = run(home, "status", "v").stdout
+        assert f"long.mp4: frames {video['frames_done']}/72 ({video['frames_done'] * 100 // 72}%)" in text
     else:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -255,3 +273,53 @@ def test_video_gate_measures_memory_before_a_second_video_starts():
     gate.finished(0)
     gate.finished(1)
     assert gate.may_start()  # nothing running: one may always start
+
+
+def test_photos_keep_the_other_workers_busy_and_progress_events_carry_the_video(tmp_path, clips):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copyfile(clips["long"], src / "long.mp4")
+    for k in range(4):
+        make_image(src / f"p{k}.jpg", 64, 48, seed=k)
+    home = tmp_path / "home"
+    r = run(home, "start", src, "--out", tmp_path / "out", "--media", "all", "-w", "2", "--json", *SEG, *NOSPACE,
+            "--pipeline", "crashtest delay=0.03 | resize 32x | convert mp4 preset=ultrafast")
+    assert r.returncode == 0, r.stdout + r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    videos = [v for e in events if e["type"] == "progress" for v in e.get("videos", ())]
+    assert videos and videos[-1]["frames_total"] == 72 and videos[-1]["src"].endswith("long.mp4")
+    assert any(0 < v["frames_done"] < 72 for v in videos)
+    order = [rec["i"] for rec in records(_latest(home).journal) if rec["type"] == "item_completed"]
+    assert order[-1] == 0 and len(order) == 5  # the photos finished while the video ran
+
+
+def test_video_defaults_and_times():
+    from batchcli.pipeline import Pipeline
+    from batchcli.units import parse_time
+    from batchcli.video.plan import plan_for
+
+    def target(text, family="mp4", src="a.mp4"):
+        t = plan_for(Pipeline.parse(text)).target(family, src)
+        return t.container, t.codec, t.crf, t.speed, t.fps
+
+    assert target("resize 10x") == ("mp4", "h264", 23, "medium", None)
+    assert target("resize 10x", "matroska", "a.mkv")[:2] == ("mp4", "h264")
+    assert target("resize 10x", "mp4", "a.mov")[:2] == ("mov", "h264")
+    assert [target(f"convert {c}")[1:3] for c in ("mp4 codec=hevc", "webm", "mp4 codec=av1")] == \
+        [("hevc", 28), ("vp9", 31), ("av1", 35)]
+    assert [parse_time(t, "t") for t in ("90", "2.5s", "1m", "1:30", "01:02:03.5", "500ms")] == \
+        [90, 2.5, 60, 90, 3723.5, 0.5]
+
+
+def test_readme_video_examples_are_valid_pipelines():
+    import re
+
+    from batchcli.pipeline import Pipeline
+    from batchcli.video.plan import check_pipeline
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Videos", 1)[1].split("\n## ", 1)[0]
+    found = re.findall(r'--pipeline "([^"]+)"', section)
+    assert len(found) == 4
+    for text in found:
+        check_pipeline(Pipeline.parse(text))

@@ -66,7 +66,7 @@ def video_facts(path: Path) -> dict:
         vs = c.streams.video[0]
         times = [float(f.pts * f.time_base) for f in c.decode(vs)]
         duration = c.duration / 1e6 if c.duration else None
-        audio = c.streams.audio[0].codec_context.name if c.streams.audio else None
+        audio = c.streams.audio[0].codec_context.codec.canonical_name if c.streams.audio else None
         return {"width": vs.codec_context.width, "height": vs.codec_context.height, "frames": len(times),
                 "times": times, "duration": duration, "audio": audio, "codec": vs.codec_context.name}
 

@@ -40,6 +40,9 @@ class _Proc:
             out.extend(items[pos:])
         return out
 
+    def on_video(self) -> bool:
+        return any(it.get("video") for items, _ in self.queue for it in items)
+
     def current(self) -> dict[str, Any] | None:
         """The item the worker is on: the one it says, else the first without a result."""
         left = self._unreported()
@@ -77,13 +80,14 @@ class ProcessPool:
         return _Proc(proc, parent, at)
 
     def capacity(self) -> int:
-        return sum(CHUNKS_PER_WORKER - len(p.queue) for p in self._procs)
+        """Chunks that can be queued now; none behind a video, which may take minutes."""
+        return sum(CHUNKS_PER_WORKER - len(p.queue) for p in self._procs if not p.on_video())
 
     def busy(self) -> bool:
         return any(p.queue for p in self._procs)
 
     def submit(self, items: list[dict[str, Any]]) -> None:
-        p = min(self._procs, key=lambda q: len(q.queue))
+        p = min(self._procs, key=lambda q: (q.on_video(), len(q.queue)))
         if not p.queue:
             p.item_started = time.monotonic()
         p.queue.append([items, 0])

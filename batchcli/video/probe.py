@@ -196,7 +196,7 @@ def _info(c: Any, family: str, limits: VideoLimits) -> VideoInfo:
     frames = int(vs.frames or 0) or round(duration * rate)
     if frames > duration * MAX_FPS + 1:
         raise ItemError("decode", f"the header claims {frames} frames in {duration:.1f} s")
-    audio = c.streams.audio[0].codec_context.name if c.streams.audio else None
+    audio = c.streams.audio[0].codec_context.codec.canonical_name if c.streams.audio else None  # mp3, not mp3float
     return VideoInfo(container=family, width=width, height=height, duration=duration, rate=rate,
                      frames=frames, time_base=tb, start_pts=int(vs.start_time or 0), codec=cc.name,
                      audio=audio)

@@ -390,8 +390,11 @@ def _audio_packets(job: Job, target: Target, src: Any, out: Any, mode: str) -> I
     shift = round(origin / atb)
     if mode == "copy":
         oa = out.add_stream_from_template(ast)
+        if atb.numerator != 1 and ast.codec_context.sample_rate:  # AVI's 1152/48000 s ticks: mp4 wants 1/N
+            oa.time_base = Fraction(1, ast.codec_context.sample_rate)
     else:
         oa = add_audio_encoder(out, target.container, ast.layout.name)
+        encoder = _AudioEncoder(oa, shift)
     if plan.start:
         src.seek(max(0, int(origin / atb) - int(1 / atb)), stream=ast, backward=True)
     last = None
@@ -413,10 +416,40 @@ def _audio_packets(job: Job, target: Target, src: Any, out: Any, mode: str) -> I
             yield pkt
         else:
             for frame in pkt.decode():
-                frame.pts = frame.pts - shift if frame.pts is not None else None
-                yield from oa.encode(frame)
+                yield from encoder.encode(frame)
     if mode != "copy":
-        yield from oa.encode()
+        yield from encoder.encode(None)
+
+
+class _AudioEncoder:
+    """Decoded audio -> the encoder's sample format and frame size, timestamped by the samples
+    counted from the first frame's place (so frames of 1152 samples in, 1024 out, stay exact)."""
+
+    def __init__(self, stream: Any, shift: int):
+        import av
+
+        self.stream, self.shift = stream, shift
+        cc = stream.codec_context
+        self.size = cc.frame_size or 1024
+        self.resampler = av.AudioResampler(format=cc.format.name, layout=cc.layout.name, rate=cc.sample_rate)
+        self.fifo = av.AudioFifo()
+        self.rate = cc.sample_rate
+        self.next: int | None = None
+
+    def encode(self, frame: Any) -> Iterator[Any]:
+        if frame is not None and self.next is None:
+            t = (frame.pts - self.shift) * frame.time_base if frame.pts is not None else 0
+            self.next = round(t * self.rate)
+        for part in self.resampler.resample(frame):
+            part.pts = None
+            self.fifo.write(part)
+        while self.fifo.samples >= self.size or (frame is None and self.fifo.samples):
+            chunk = self.fifo.read(min(self.size, self.fifo.samples))
+            chunk.pts, chunk.time_base = self.next or 0, Fraction(1, self.rate)
+            self.next = (self.next or 0) + chunk.samples
+            yield from self.stream.encode(chunk)
+        if frame is None:
+            yield from self.stream.encode(None)
 
 
 def _merge(video: Iterator[Any], audio: Iterator[Any]) -> Iterator[Any]:
