@@ -245,14 +245,15 @@ def test_pause_or_kill_mid_video_then_resume_continues_from_the_last_segment(tmp
 
 
 def test_item_timeout_counts_per_segment(tmp_path, clips):
-    """Each 1 s segment takes ~0.4 s, the whole clip ~2.4 s: a 1.5 s limit holds per segment."""
+    """Each 1 s segment takes over 1.2 s (12 frames, 0.1 s each), the whole clip over 7 s: a 4 s
+    limit holds per segment."""
     src = tmp_path / "in"
     src.mkdir()
     shutil.copyfile(clips["long"], src / "long.mp4")
     home = tmp_path / "home"
     r = run(home, "start", src, "--out", tmp_path / "out", "--media", "video", *SEG, *NOSPACE,
-            "--item-timeout", "1.5", "--retries", "0",
-            "--pipeline", "crashtest delay=0.03 | convert mp4 preset=ultrafast")
+            "--item-timeout", "4", "--retries", "0",
+            "--pipeline", "crashtest delay=0.1 | convert mp4 preset=ultrafast")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
