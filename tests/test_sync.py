@@ -104,8 +104,11 @@ def test_catalog_deleted_between_runs_is_rebuilt_with_the_same_result(synced):
 
 def test_a_changed_pipeline_redoes_everything(synced, tmp_path):
     home, _src, out, sync = synced
-    r, done = sync(pipeline=f"crashtest log={tmp_path / 'seen.log'} | resize 24x24 | convert png")
+    note = tmp_path / "finished.txt"
+    r, done = sync("--on-finish", f'echo "$BATCHCLI_STATUS $BATCHCLI_COMPLETED" > {note}',
+                   pipeline=f"crashtest log={tmp_path / 'seen.log'} | resize 24x24 | convert png")
     assert r.returncode == 0 and len(done) == 6 and "0 up to date (reused), 6 to process" in r.stdout
+    assert note.read_text().split() == ["completed", "6"]  # notifications work on sync as on start
 
 
 def test_dry_run_lists_the_work_and_changes_nothing(synced):
@@ -123,21 +126,71 @@ def test_dry_run_lists_the_work_and_changes_nothing(synced):
     assert plan["type"] == "sync_plan" and (plan["reused"], plan["new"]) == (6, 1)
 
 
-def test_ci_scenario_second_run_writes_junit_and_summary(tmp_path):
-    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
-    make_tree(src, n=4)
-    xml, summary = tmp_path / "report.xml", tmp_path / "summary.md"
-    args = ("sync", src, "--out", out, "-p", "resize 32x32", "-w", "1", "--report", xml)
-    assert run(home, *args).returncode == 0
-    r = run(home, *args, "--json")
-    assert r.returncode == 0
-    events = [json.loads(line) for line in r.stdout.splitlines()]
-    assert events[0]["type"] == "sync_plan" and events[0]["reused"] == 4 and events[-1]["type"] == "finished"
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """The README's sample folder: examples/make_samples.py (two of its files are broken)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path_factory.mktemp("examples") / "generated"
+    subprocess.run([sys.executable, str(ROOT / "examples" / "make_samples.py"), str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+@pytest.mark.slow
+def test_ci_scenario_the_same_sync_twice_over_the_examples(samples, tmp_path):
+    """README "In CI": the second run processes nothing, reuses everything (the two broken files
+    stay failed without being run again) and writes a JUnit file and a Markdown summary."""
+    from conftest import ROOT
     from junitparser import JUnitXml
 
+    home, out = tmp_path / "home", tmp_path / "web"
+    xml, summary = tmp_path / "batchcli.xml", tmp_path / "summary.md"
+    total = sum(1 for p in samples.rglob("*") if p.is_file())
+    args = ("sync", samples, "--out", out, "--pipeline-file", ROOT / "examples" / "web.toml", "--report", xml)
+    first = run(home, *args)
+    assert first.returncode == 1, first.stderr  # two broken samples
+    before = _outputs(out)
+    summary.write_text("")
+    import subprocess
+    import sys
+
+    from crashops import cli_env
+
+    env = {**cli_env(home), "GITHUB_STEP_SUMMARY": str(summary)}
+    r = subprocess.run([sys.executable, "-m", "batchcli", *map(str, args)], env=env, capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert f"sync: {total - 2} up to date (reused), 0 to process (0 new, 0 changed) of {total}; " \
+           "2 failed last time and are unchanged: still failed" in r.stdout
+    assert "this run: 0 items" in r.stdout and _outputs(out) == before
     suite = next(iter(JUnitXml.fromfile(str(xml))))
-    assert suite.tests == 4 and suite.failures == 0
-    assert all("reused from batch" in (c.system_out or "") for c in suite)
-    env_run = run(home, "export", _latest(home)["batch_id"], "--report", summary)
-    assert env_run.returncode == 0
-    assert "| reused (up to date) | 4 |" in summary.read_text()
+    assert (suite.tests, suite.failures) == (total, 2)
+    assert sum("reused from batch" in (c.system_out or "") for c in suite) == total - 2
+    text = summary.read_text()
+    assert f"| reused (up to date) | {total - 2} |" in text and "| failed | 2 |" in text
+
+
+def test_permanent_failures_stay_failed_and_transient_ones_are_retried(tmp_path):
+    home, src, out, seen, flag = tmp_path / "home", tmp_path / "in", tmp_path / "out", tmp_path / "seen", tmp_path / "flag"
+    make_tree(src, n=3)
+    (src / "bad.png").write_bytes(b"not a png at all")
+    flag.write_text("fail img001 with an I/O error while this file exists")
+    pipe = f"crashtest action=ioerror match=img001 flag={flag} log={seen} | resize 32x32 | convert png"
+    args = ("sync", src, "--out", out, "-p", pipe, "-w", "1", "--retries", "0", "--min-free-space", "0")
+    r = run(home, *args)
+    assert r.returncode == 1 and "completed 2, failed 2" in r.stdout, r.stdout
+    flag.unlink()
+    seen.unlink()
+    r = run(home, *args)
+    assert r.returncode == 1, r.stderr
+    assert "2 up to date (reused), 1 to process (1 new, 0 changed) of 4; 1 failed last time" in r.stdout
+    assert [os.path.basename(p) for p in seen.read_text().splitlines()] == ["img001.png"]  # the io failure, retried
+    last = _latest(home)
+    assert (last["completed"], last["failed"]) == (3, 1)
+    failed = [rec for rec in records(home / "batches" / last["batch_id"] / "journal.jsonl")
+              if rec.get("type") == "item_failed"]
+    assert len(failed) == 1 and failed[0]["error_class"] in ("decode", "unsupported") and failed[0]["reused_from"]

@@ -122,7 +122,9 @@ def test_bad_watch_arguments_are_usage_errors(tmp_path, args, message):
 def test_json_events_ctrl_c_and_a_detached_resume(tmp_path):
     home, hot, out, log = tmp_path / "home", tmp_path / "hot", tmp_path / "out", tmp_path / "events.ndjson"
     hot.mkdir()
-    runner = spawn(home, "watch", hot, "--out", out, "-p", "convert png", *FLAGS, "--settle", "0.3s", "--json", log=log)
+    note = tmp_path / "finished.txt"
+    runner = spawn(home, "watch", hot, "--out", out, "-p", "convert png", *FLAGS, "--settle", "0.3s", "--json",
+                   "--on-finish", f'echo "$BATCHCLI_STATUS $BATCHCLI_EXIT_CODE" >> {note}', log=log)
     try:
         batch = _batch(home)
         make_image(hot / "a.png", seed=1)
@@ -134,6 +136,7 @@ def test_json_events_ctrl_c_and_a_detached_resume(tmp_path):
             runner.kill()
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert events[0]["type"] == "started" and events[-1]["type"] == "paused" and events[-1]["completed"] == 1
+    assert note.read_text().split() == ["paused", "130"]  # a watch ends by pausing: --on-finish runs then
     r = run(home, "resume", batch.name, "--detach")
     assert r.returncode == 0 and r.stdout.strip() == batch.name
     make_image(hot / "b.png", seed=2)

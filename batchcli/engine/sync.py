@@ -19,8 +19,9 @@ from typing import Any
 import orjson
 
 from batchcli.engine.catalog import KIND_NONE, KIND_OUT, KIND_ROUTED, Catalog
-from batchcli.engine.journal import JournalWriter, decode, replay
+from batchcli.engine.journal import FAILED, JournalWriter, decode, iter_matching, replay
 from batchcli.engine.store import BatchPaths, Store
+from batchcli.errors import ItemError
 from batchcli.inputs.discover import iter_items
 
 
@@ -30,12 +31,13 @@ class SyncPlan:
     reused: int = 0
     new: int = 0  # no earlier result from this input with this pipeline
     changed: int = 0  # an earlier result, but the input or the output changed since
+    failed_again: int = 0  # failed for good last time (not a transient class), input unchanged: not retried
     from_batches: Counter = field(default_factory=Counter)  # batch id -> items reused from it
     todo: list[str] = field(default_factory=list)  # inputs to process (the first TODO_LISTED)
 
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total, "reused": self.reused, "to_process": self.new + self.changed,
-                "new": self.new, "changed": self.changed, "reused_from": dict(self.from_batches),
+                "new": self.new, "changed": self.changed, "failed_again": self.failed_again, "reused_from": dict(self.from_batches),
                 "to_process_sample": self.todo}
 
 
@@ -52,6 +54,41 @@ def _earlier(cat: Catalog, man: dict[str, Any]) -> dict[tuple[int, int], list[tu
         if rows and rows[0][4:6] != row[4:6]:  # oldest first: a newer record replaces the rows
             rows.clear()
         rows.append(row)
+    return out
+
+
+def _earlier_failures(store: Store, cat: Catalog, man: dict[str, Any], me: str) -> dict[tuple, tuple]:
+    """(input device, inode) -> (size, mtime, the record to copy) for the items that failed for
+    good (decode, truncated, unsupported ...: not a transient class) in the newest other batch
+    with this fingerprint into this folder. Running them again would fail again; the record
+    keeps them failed (and the exit code 1) until the input changes."""
+    if man.get("out_dev") is None:
+        return {}
+    rows = [b for b in cat.batches_into(man["out_dev"], man["out_ino"])
+            if b.fingerprint == man["fingerprint"] and b.batch_id != me]
+    if not rows:
+        return {}
+    old = BatchPaths(os.path.join(store.batches_dir, rows[-1].batch_id))
+    try:
+        total = int(old.load_manifest()["total"])
+    except (OSError, ValueError, KeyError):
+        return {}
+    st = replay(old.journal, total)
+    if not st.failed:
+        return {}
+    last: dict[int, dict[str, Any]] = {}
+    for rec in iter_matching(old.journal, (b'"type":"item_failed"',)):
+        i = rec.get("i")
+        if isinstance(i, int) and 0 <= i < total and st.items[i] == FAILED:
+            last[i] = rec
+    out: dict[tuple, tuple] = {}
+    for item in iter_items(old.items):
+        rec = last.get(item["i"])
+        if rec is None or rec.get("error_class") in ItemError.TRANSIENT or not item.get("ino"):
+            continue
+        copy = {k: rec.get(k) for k in ("error_class", "error", "attempts")}
+        out[(item.get("dev"), item["ino"])] = (item.get("size"), item.get("mtime"),
+                                               {**copy, "ms": 0.0, "reused_from": old.id})
     return out
 
 
@@ -79,11 +116,18 @@ def plan(store: Store, paths: BatchPaths) -> tuple[SyncPlan, list[dict[str, Any]
     with Catalog(store) as cat:
         cat.refresh()
         earlier = _earlier(cat, man) if man.get("out_dev") is not None or not out_dir else {}
+        failures = _earlier_failures(store, cat, man, paths.id)
     p = SyncPlan()
     records: list[dict[str, Any]] = []
     for item in iter_items(paths.items):
         p.total += 1
-        found = earlier.get((item.get("dev"), item.get("ino"))) if item.get("ino") else None
+        key = (item.get("dev"), item.get("ino"))
+        found = earlier.get(key) if item.get("ino") else None
+        failed = failures.get(key) if not found and item.get("ino") else None
+        if failed is not None and failed[:2] == (item.get("size"), item.get("mtime")):
+            records.append({"i": item["i"], **failed[2]})
+            p.failed_again += 1
+            continue
         if not found:
             p.new += 1
             if len(p.todo) < TODO_LISTED:
@@ -120,7 +164,8 @@ def _copy_meta(store: Store, records: list[dict[str, Any]]) -> None:
     any."""
     wanted: dict[str, dict[int, dict[str, Any]]] = {}
     for rec in records:
-        wanted.setdefault(rec["reused_from"], {})[rec.pop("_seq")] = rec
+        if "_seq" in rec:  # a completion (a failure has nothing to bring)
+            wanted.setdefault(rec["reused_from"], {})[rec.pop("_seq")] = rec
     for bid, by_seq in wanted.items():
         journal = os.path.join(store.batches_dir, bid, "journal.jsonl")
         try:
@@ -156,7 +201,7 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
         j = JournalWriter(paths.journal, st.last_seq, durable=False)
         try:
             for rec in records:
-                j.append("item_completed", **rec)
+                j.append("item_failed" if "error_class" in rec else "item_completed", **rec)
         finally:
             j.close()
         with open(paths.journal, "rb") as fh:

@@ -73,7 +73,7 @@ def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run:
                                               "outputs": gone.removed_rels[:1000]}} if gone else {})})
         else:
             lines = [f"sync (dry run): {p.reused} up to date, {p.new + p.changed} to process "
-                     f"({p.new} new, {p.changed} changed) of {p.total}"]
+                     f"({p.new} new, {p.changed} changed) of {p.total}" + _failed_again(p)]
             lines += [f"  process {src}" for src in p.todo]
             if p.new + p.changed > len(p.todo):
                 lines.append(f"  ... and {p.new + p.changed - len(p.todo)} more")
@@ -99,8 +99,12 @@ def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run:
                            **{k: v for k, v in p.as_dict().items() if k != "to_process_sample"}})
     else:
         console.info(f"sync: {p.reused} up to date (reused), {p.new + p.changed} to process "
-                     f"({p.new} new, {p.changed} changed) of {p.total}")
+                     f"({p.new} new, {p.changed} changed) of {p.total}" + _failed_again(p))
     return paths
+
+
+def _failed_again(p) -> str:
+    return f"; {p.failed_again} failed last time and are unchanged: still failed" if p.failed_again else ""
 
 
 def register_sync(app: typer.Typer, start) -> None:
