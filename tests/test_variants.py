@@ -250,3 +250,87 @@ def test_variants_travel_with_dask_transfer(tmp_path):
     for rec in _completed(home).values():
         for o in rec["outputs"]:
             assert hashlib.sha256((out / o["out"]).read_bytes()).hexdigest() == o["sha256"]
+
+
+# --- after the run: status, export, verify, contact sheets, cleanup ---------------------------
+
+@pytest.fixture
+def branched(tmp_path):
+    """A finished batch named 'site': three items, two variants, one item failed."""
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    for k in range(3):
+        make_image(src / f"p{k}.png", 80, 60, seed=k)
+    r = run(home, "start", src, "--out", out, "--name", "site", "--retries", "0", "-p", "analyze",
+            "--variant", "web=resize 40x40 | convert webp", "--variant", "t=crashtest raise match=p2 | convert jpg")
+    assert r.returncode == 1, r.stderr
+    return home, out
+
+
+def test_status_items_lists_every_variant_output(branched):
+    home, out = branched
+    r = run(home, "status", "site", "--items", "--json")
+    rows = json.loads(r.stdout)["items"]
+    assert rows[0]["outputs"] == [{"variant": "web", "output": str(out / "web/p0.webp")},
+                                  {"variant": "t", "output": str(out / "t/p0.jpg")}]
+    assert rows[0]["output"] == str(out / "web/p0.webp")
+    assert "outputs" not in rows[2] and rows[2]["error"].endswith("variant t: RuntimeError: injected op failure")
+    text = run(home, "status", "site", "--items").stdout
+    assert f"{out / 'web/p1.webp'}, {out / 't/p1.jpg'}" in text
+
+
+def test_export_takes_every_variant_output_or_the_one_asked_for(branched, tmp_path):
+    import csv
+    import io
+    import zipfile
+
+    home, out = branched
+    assert run(home, "export", "site", "--zip", tmp_path / "all.zip").returncode == 0
+    with zipfile.ZipFile(tmp_path / "all.zip") as z:
+        assert sorted(z.namelist()) == ["manifest.csv", "manifest.jsonl", "t/p0.jpg", "t/p1.jpg",
+                                        "web/p0.webp", "web/p1.webp"]
+        assert z.read("t/p1.jpg") == (out / "t/p1.jpg").read_bytes()
+        rows = list(csv.DictReader(io.StringIO(z.read("manifest.csv").decode())))
+    assert [(r["i"], r["variant"], r["output"], r["status"]) for r in rows] == [
+        ("0", "web", "web/p0.webp", "completed"), ("0", "t", "t/p0.jpg", "completed"),
+        ("1", "web", "web/p1.webp", "completed"), ("1", "t", "t/p1.jpg", "completed"), ("2", "", "", "failed")]
+    assert rows[1]["sha256"] == hashlib.sha256((out / "t/p0.jpg").read_bytes()).hexdigest()
+    assert rows[0]["meta.analyze.width"] == "80"  # the shared ops' metadata on every row
+    r = run(home, "export", "site", "--to", tmp_path / "thumbs", "--variant", "t", "--no-manifest",
+            "--name-template", "{stem}_{variant}.{ext}")
+    assert sorted(p.name for p in (tmp_path / "thumbs").iterdir()) == ["p0_t.jpg", "p1_t.jpg"]
+    r = run(home, "export", "site", "--zip", tmp_path / "x.zip", "--variant", "big")
+    assert r.returncode == 2 and "--variant big: no such variant in batch" in r.stderr and "(variants: web, t)" in r.stderr
+
+
+def test_verify_checks_every_variant_and_repair_redoes_the_item(branched):
+    home, out = branched
+    r = run(home, "verify", "site")
+    assert r.returncode == 0 and "checked 4 outputs" in r.stdout
+    (out / "t/p1.jpg").write_bytes(b"not the thumbnail")
+    r = run(home, "verify", "site", "--json")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 1 and rep["changed"] == [{"i": 1, "input": rep["changed"][0]["input"],
+                                                     "output": str(out / "t/p1.jpg")}]
+    before = (out / "web/p1.webp").stat().st_mtime_ns
+    r = run(home, "resume", "site", "--repair")
+    assert r.returncode == 1, r.stderr  # p2 still fails
+    assert _size(out / "t/p1.jpg") == (80, 60)
+    assert (out / "web/p1.webp").stat().st_mtime_ns != before  # the item is redone whole: one decode
+    assert run(home, "verify", "site").returncode == 0
+
+
+def test_contact_sheet_shows_one_variant_per_item(branched, tmp_path):
+    home, _ = branched
+    r = run(home, "export", "site", "--contact-sheet", tmp_path / "sheet.jpg", "--variant", "t", "--json")
+    assert r.returncode == 0, r.stderr
+    sheet = json.loads(r.stdout)["contact_sheet"]
+    assert (sheet["tiles"], sheet["completed"], sheet["failed"]) == (3, 2, 1)
+    assert _size(tmp_path / "sheet.jpg")[0] > 0
+
+
+def test_cleanup_purges_every_variant_output(branched):
+    home, out = branched
+    (out / "keep.txt").write_text("not ours")
+    r = run(home, "cleanup", "--older-than", "0s", "--status", "failed,completed", "--purge-outputs", "--json")
+    assert r.returncode == 0, r.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["keep.txt"]

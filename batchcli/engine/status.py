@@ -123,10 +123,14 @@ def item_rows(paths: BatchPaths, failed_only: bool = False, limit: int | None = 
             if kind == "item_completed":
                 r.update(output=os.path.join(man["out_dir"], rec["out"]) if rec.get("out") and man.get("out_dir") else None,
                          error_class=None, error=None, ms=rec.get("ms"))
+                if man.get("variants") and man.get("out_dir"):  # every variant's output, in order
+                    r["outputs"] = [{"variant": o.get("variant"), "output": os.path.join(man["out_dir"], o["out"])}
+                                    for o in rec.get("outputs") or ()]
                 if rec.get("meta"):
                     r["meta"] = rec["meta"]
             elif kind == "item_failed":
                 r.update(output=None, error_class=rec.get("error_class"), error=rec.get("error"), ms=rec.get("ms"))
+                r.pop("outputs", None)
     return {"items": [rows[i] for i in page], "total": count}
 
 

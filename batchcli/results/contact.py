@@ -103,6 +103,7 @@ class Tile:
     after: np.ndarray | None = None  # RGB(A) thumbnails, already fitted to the box
     before: np.ndarray | None = None
     detail: str = ""
+    name: str = ""  # the output shown (its path below the output folder), when there is one
 
 
 def page_paths(path: str, pages: int) -> list[str]:
@@ -185,14 +186,15 @@ def _load_tile(snap: Snapshot, item: ItemView, lay: Layout, limits) -> Tile:
     before, src_size = thumbnail(item.src, box, limits) if lay.compare else (None, None)
     if item.state == "failed":
         return Tile(item, "failed", before=before, detail=_error_text(item.record or {}))
-    if item.out and snap.out_dir:
-        out_path = os.path.join(snap.out_dir, item.out)
+    outputs = snap.outputs(item)  # with variants: the chosen one's, else the first variant's
+    rec = outputs[0] if outputs else item.record or {}
+    if outputs:
+        out_path = os.path.join(snap.out_dir, rec["out"])  # type: ignore[arg-type]
         if not os.path.exists(out_path):
-            return Tile(item, "missing", before=before, detail="output file is missing")
+            return Tile(item, "missing", before=before, detail="output file is missing", name=rec["out"])
         after, size = thumbnail(out_path, box, limits)
     else:  # a pipeline that writes no image: show the source
         after, size = thumbnail(item.src, box, limits)
-    rec = item.record or {}
     detail = f"#{item.i}"
     if size and src_size and src_size != size:
         detail += f"  {src_size[0]}\u00d7{src_size[1]} \u2192 {size[0]}\u00d7{size[1]}"
@@ -200,7 +202,7 @@ def _load_tile(snap: Snapshot, item: ItemView, lay: Layout, limits) -> Tile:
         detail += f"  {size[0]}\u00d7{size[1]}"
     if rec.get("bytes"):
         detail += f"  {_fmt_bytes(int(rec['bytes']))}"
-    return Tile(item, "image", after=after, before=before, detail=detail)
+    return Tile(item, "image", after=after, before=before, detail=detail, name=rec.get("out") or "")
 
 
 def thumbnail(path: str, box: int, limits) -> tuple[np.ndarray | None, tuple[int, int] | None]:
@@ -388,7 +390,7 @@ def _draw_page(snap: Snapshot, tiles: list[Tile], lay: Layout, fonts: _Fonts, pa
             _centre(draw, "output file is gone", fonts.small, MISS_TEXT, hx, by + lay.thumb // 2 + 4, lay.thumb, 16)
         elif t.after is None:
             _centre(draw, "cannot preview", fonts.small, DIM, hx, by, lay.thumb, lay.thumb)
-        name = t.item.out or t.item.rel
+        name = t.name or t.item.out or t.item.rel
         cy = y + lay.thumb + 12
         draw.text((x + 7, cy), _fit(draw, name, fonts.caption, lay.tile_w - 14), font=fonts.caption, fill=TEXT)
         detail = t.detail if t.kind == "image" else f"#{t.item.i}  {_fit(draw, t.item.rel, fonts.small, lay.tile_w - 60)}"

@@ -88,18 +88,22 @@ def _require_exported(snap: Snapshot, res: ExportResult, manifest: bool) -> None
             f"changed since they were written (see 'batchcli verify {snap.paths.id}')")
 
 
-def _selection(snap: Snapshot, namer: Callable[[ItemView], str] | None,
-               visit: Callable[[ItemView, str], str | None], res: ExportResult,
+def _selection(snap: Snapshot, namer: Callable[[ItemView, dict[str, Any] | None], str] | None,
+               visit: Callable[[ItemView, dict[str, Any], str], str | None], res: ExportResult,
                rows: ManifestWriter | None) -> None:
-    """For each item: decide its entry and let `visit` write it (returns None when written, or
-    'missing' / 'changed'); feed the manifest."""
+    """For each output of each item (one per variant): decide its entry and let `visit` write
+    it (returns None when written, or 'missing' / 'changed'); feed the manifest, one row per
+    output (one per item that has none)."""
     for item in snap:
-        entry = None
-        status = item.state
-        problem = None
-        if item.out and snap.out_dir:
-            name = namer(item) if namer else item.out
-            problem = visit(item, name)
+        outputs = snap.outputs(item)
+        if not outputs and rows is not None:
+            rows.write(manifest_row(item, None, item.state))
+            res.manifest_rows += 1
+        for out in outputs:
+            entry = None
+            status = item.state
+            name = namer(item, out) if namer else out["out"]
+            problem = visit(item, out, name)
             if problem is None:
                 entry = name
                 res.exported += 1
@@ -109,9 +113,9 @@ def _selection(snap: Snapshot, namer: Callable[[ItemView], str] | None,
                     res.missing += 1
                 else:
                     res.changed += 1
-        if rows is not None:
-            rows.write(manifest_row(item, entry, status, problem))
-            res.manifest_rows += 1
+            if rows is not None:
+                rows.write(manifest_row(item, entry, status, problem, out))
+                res.manifest_rows += 1
 
 
 def export_zip(paths: BatchPaths, zip_path: str, name_template: str | None = None,
@@ -132,13 +136,13 @@ def export_zip(paths: BatchPaths, zip_path: str, name_template: str | None = Non
             tempfile.TemporaryFile(dir=folder) as jsonl_fh:
         try:
             zs = ZipStream(fh, spool_dir=folder)
-            rows = ManifestWriter(list(snap.meta_keys), csv_fh, jsonl_fh) if manifest else None
+            rows = ManifestWriter(list(snap.meta_keys), csv_fh, jsonl_fh, bool(snap.variants)) if manifest else None
 
-            def visit(item: ItemView, name: str) -> str | None:
-                src, size = open_output(snap.out_dir, item.record)  # type: ignore[arg-type]
+            def visit(item: ItemView, out: dict[str, Any], name: str) -> str | None:
+                src, size = open_output(snap.out_dir, out)  # type: ignore[arg-type]
                 if src is None:
                     return size  # type: ignore[return-value]
-                want = item.record.get("sha256")  # type: ignore[union-attr]
+                want = out.get("sha256")
                 with src:
                     try:
                         zs.add(name, src, size, check=lambda s, d: _checked(s, d, want))
@@ -192,15 +196,16 @@ def export_manifest(paths: BatchPaths, path: str, fmt: str | None = None,
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         with open(tmp, "wb") as fh:
-            rows = ManifestWriter(list(snap.meta_keys), fh if fmt == "csv" else None, fh if fmt == "jsonl" else None)
+            rows = ManifestWriter(list(snap.meta_keys), fh if fmt == "csv" else None, fh if fmt == "jsonl" else None,
+                                  bool(snap.variants))
 
-            def visit(item: ItemView, name: str) -> str | None:
-                src, size = open_output(snap.out_dir, item.record)  # type: ignore[arg-type]
+            def visit(item: ItemView, out: dict[str, Any], name: str) -> str | None:
+                src, size = open_output(snap.out_dir, out)  # type: ignore[arg-type]
                 if src is None:
                     return size  # type: ignore[return-value]
                 with src:
                     try:
-                        copy_verified(src, None, item.record.get("sha256"))  # type: ignore[union-attr]
+                        copy_verified(src, None, out.get("sha256"))
                     except Changed:
                         return "changed"
                 res.exported_bytes += size
@@ -237,11 +242,11 @@ def export_dir(paths: BatchPaths, dest: str, name_template: str | None = None,
     namer = entry_namer(snap, name_template, reserved)
     with Dest(dest) as out:
 
-        def visit(item: ItemView, name: str) -> str | None:
+        def visit(item: ItemView, rec: dict[str, Any], name: str) -> str | None:
             folder, base = split(name)
             fd = out.folder(folder)
-            src_path = os.path.join(snap.out_dir, item.record["out"])  # type: ignore[arg-type,index]
-            want = item.record.get("sha256")  # type: ignore[union-attr]
+            src_path = os.path.join(snap.out_dir, rec["out"])  # type: ignore[arg-type]
+            want = rec.get("sha256")
             tmp = tmp_in(base)
             try:
                 try:
@@ -253,12 +258,12 @@ def export_dir(paths: BatchPaths, dest: str, name_template: str | None = None,
                     linked = False
                 if linked:  # the link is the same inode: verifying it verifies what we publish
                     with os.fdopen(os.open(tmp, os.O_RDONLY | _NOFOLLOW, dir_fd=fd), "rb") as fh:
-                        if item.record.get("bytes") is not None and os.fstat(fh.fileno()).st_size != item.record["bytes"]:  # type: ignore[union-attr]
+                        if rec.get("bytes") is not None and os.fstat(fh.fileno()).st_size != rec["bytes"]:
                             raise Changed("size")
                         n, _, _ = copy_verified(fh, None, want)
                     res.linked += 1
                 else:
-                    src, size = open_output(snap.out_dir, item.record)  # type: ignore[arg-type]
+                    src, size = open_output(snap.out_dir, rec)  # type: ignore[arg-type]
                     if src is None:
                         return size  # type: ignore[return-value]
                     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
@@ -282,7 +287,7 @@ def export_dir(paths: BatchPaths, dest: str, name_template: str | None = None,
         try:
             with os.fdopen(os.open(csv_tmp, flags, 0o644, dir_fd=out.root), "wb") as cf, \
                     os.fdopen(os.open(jsonl_tmp, flags, 0o644, dir_fd=out.root), "wb") as jf:
-                rows = ManifestWriter(list(snap.meta_keys), cf, jf) if manifest else None
+                rows = ManifestWriter(list(snap.meta_keys), cf, jf, bool(snap.variants)) if manifest else None
                 _selection(snap, namer, visit, res, rows)
                 _require_exported(snap, res, manifest)
                 if rows is not None:
@@ -307,7 +312,7 @@ MAX_REPLACED = 1_000_000
 are held in memory, about 150 bytes each)."""
 
 
-def _check_dest(snap: Snapshot, dest: str, namer: Callable[[ItemView], str]) -> None:
+def _check_dest(snap: Snapshot, dest: str, namer: Callable[[ItemView, dict[str, Any] | None], str]) -> None:
     """Before anything is written to `dest`: not the batch's own output folder (by identity),
     no link among the folders the entries go to, and no entry that would replace one of the
     batch's inputs (same device and inode: a bind mount, a link). ConfigError (exit 2) otherwise."""
@@ -327,15 +332,14 @@ def _check_dest(snap: Snapshot, dest: str, namer: Callable[[ItemView], str]) -> 
         return  # made by the export: nothing in it can be an input or a link
     there: dict[tuple[int, int], str] = {}  # identities of the files the export would replace
     for item in snap:
-        if not item.out:
-            continue
-        name = namer(item)
-        link, st = lookup(dest, name)
-        if link is not None:
-            raise ConfigError(f"--to {dest}: {link} is a symbolic link or a file, not a folder; export never "
-                              "writes through a link inside the destination (remove it, or export elsewhere)")
-        if st is not None and len(there) < MAX_REPLACED:
-            there.setdefault((st.st_dev, st.st_ino), os.path.join(dest, name))
+        for out in snap.outputs(item):
+            name = namer(item, out)
+            link, st = lookup(dest, name)
+            if link is not None:
+                raise ConfigError(f"--to {dest}: {link} is a symbolic link or a file, not a folder; export never "
+                                  "writes through a link inside the destination (remove it, or export elsewhere)")
+            if st is not None and len(there) < MAX_REPLACED:
+                there.setdefault((st.st_dev, st.st_ino), os.path.join(dest, name))
     if not there:
         return
     for rec in iter_items(snap.paths.items):

@@ -16,7 +16,7 @@ from batchcli.results.snapshot import ItemView, Snapshot
 # --------------------------------------------------------------------------------------------
 # Entry names.
 
-TEMPLATE_FIELDS = ("name", "id", "stem", "ext", "i", "rel", "dir")
+TEMPLATE_FIELDS = ("name", "id", "stem", "ext", "i", "rel", "dir", "variant")
 _UNSAFE = set('<>:"|?*\\')
 _MAX_COMPONENT = 240
 
@@ -42,18 +42,20 @@ def check_template(template: str) -> None:
 
 
 def _sample_fields() -> dict[str, Any]:
-    return {"name": "batch", "id": "id", "stem": "stem", "ext": "jpg", "i": 0, "rel": "a/stem", "dir": "a"}
+    return {"name": "batch", "id": "id", "stem": "stem", "ext": "jpg", "i": 0, "rel": "a/stem", "dir": "a",
+            "variant": "v"}
 
 
-def name_fields(snap_name: str, batch_id: str, item: ItemView) -> dict[str, Any]:
-    out = item.out
+def name_fields(snap_name: str, batch_id: str, item: ItemView, output: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields of an export's --name-template for one output of an item (its first by default)."""
+    out = output["out"] if output else item.out
     if out:
         rel, ext = os.path.splitext(out)
     else:  # no output file (e.g. an analyze-only pipeline): the input's name
         rel, ext = os.path.splitext(item.rel)
     folder, stem = os.path.split(rel)
     return {"name": snap_name, "id": batch_id, "stem": stem, "ext": ext.lstrip("."), "i": item.i,
-            "rel": rel, "dir": folder}
+            "rel": rel, "dir": folder, "variant": (output or {}).get("variant") or ""}
 
 
 def sanitize_name(name: str, fallback: str = "file") -> str:
@@ -128,17 +130,20 @@ class UniqueNames:
         return name
 
 
-def entry_namer(snap: Snapshot, template: str | None, reserved: tuple[str, ...] = ()) -> Callable[[ItemView], str]:
+def entry_namer(snap: Snapshot, template: str | None,
+                reserved: tuple[str, ...] = ()) -> Callable[[ItemView, dict[str, Any] | None], str]:
+    """namer(item, output): the unique, safe entry name of one output of an item (of the item
+    itself when output is None)."""
     if template:
         check_template(template)
     names = UniqueNames(reserved)
     bid = snap.paths.id
 
-    def namer(item: ItemView) -> str:
+    def namer(item: ItemView, output: dict[str, Any] | None = None) -> str:
         if template:
-            raw = template.format(**name_fields(snap.name, bid, item))
+            raw = template.format(**name_fields(snap.name, bid, item, output))
         else:
-            raw = item.out or item.rel
+            raw = (output or {}).get("out") or item.out or item.rel
         return names.take(sanitize_name(raw, fallback=f"item_{item.i}"))
 
     return namer

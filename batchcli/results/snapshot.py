@@ -15,6 +15,8 @@ from typing import IO, Any
 
 from batchcli.engine.journal import COMPLETED, FAILED, STATE_NAMES, decode, replay
 from batchcli.engine.store import BatchPaths
+from batchcli.errors import ConfigError
+from batchcli.executors.base import outputs_of
 
 BLOCK = 1 << 20
 MANIFEST_CSV = "manifest.csv"
@@ -44,6 +46,14 @@ class ItemView:
             return rec["out"]
         return None
 
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        """Every output file of a completed item (out, bytes, sha256; `variant` with variants):
+        one per variant, a video's stills, or its one output."""
+        if self.state == "completed" and self.record:
+            return outputs_of(self.record)
+        return []
+
 
 class Snapshot:
     """A consistent, read-only view of a batch: replay once, then read records by offset."""
@@ -62,7 +72,23 @@ class Snapshot:
         # Offset of each item's last item record with seq <= last_seq (-1: none).
         self.offsets = array("q", [-1]) * self.total
         self.meta_keys: dict[str, None] = {}  # flattened meta columns, in first-seen order
+        self.variants = [v["name"] for v in self.manifest.get("variants") or ()]
+        self.variant: str | None = None  # choose_variant(): exports take only this variant's outputs
         self._scan()
+
+    def choose_variant(self, name: str | None) -> None:
+        """Exports of this snapshot take only the outputs of variant `name` (None: all)."""
+        if name is not None and name not in self.variants:
+            known = ", ".join(self.variants) if self.variants else "this batch has none"
+            raise ConfigError(f"--variant {name}: no such variant in batch {self.paths.id} (variants: {known})")
+        self.variant = name
+
+    def outputs(self, item: ItemView) -> list[dict[str, Any]]:
+        """The item's output files an export takes: all of them, or the chosen variant's."""
+        if not self.out_dir:
+            return []
+        outs = item.outputs
+        return outs if self.variant is None else [o for o in outs if o.get("variant") == self.variant]
 
     @property
     def name(self) -> str:
@@ -84,10 +110,10 @@ class Snapshot:
                     continue
                 if rec.get("type") in ("item_completed", "item_failed"):
                     offsets[i] = here
-                    meta = rec.get("meta")
-                    if meta and len(self.meta_keys) < MAX_META_COLUMNS:
-                        for k in flatten_meta(meta):
-                            self.meta_keys.setdefault(k, None)
+                    for meta in (rec.get("meta"), *(o.get("meta") for o in rec.get("outputs") or ())):
+                        if meta and len(self.meta_keys) < MAX_META_COLUMNS:
+                            for k in flatten_meta(meta):
+                                self.meta_keys.setdefault(k, None)
 
     def record(self, fh: IO[bytes], i: int) -> dict[str, Any] | None:
         off = self.offsets[i]
@@ -151,7 +177,8 @@ class Changed(Exception):
 
 
 def open_output(out_dir: str, rec: dict[str, Any]) -> tuple[IO[bytes], int] | tuple[None, str]:
-    """Open a recorded output: (file, size), or (None, "missing" / "changed")."""
+    """Open a recorded output (an item record, or one entry of its outputs): (file, size), or
+    (None, "missing" / "changed")."""
     path = os.path.join(out_dir, rec["out"])
     try:
         fh = open(path, "rb")

@@ -49,7 +49,8 @@ class VerifyReport:
 
 
 def check(out_dir: str, rec: dict[str, Any]) -> str | None:
-    """None when the output matches its record, else "missing" or "changed"."""
+    """None when the output matches its record (an item's record, or an entry of its outputs),
+    else "missing" or "changed"."""
     fh, size = open_output(out_dir, rec)
     if fh is None:
         return size  # type: ignore[return-value]
@@ -62,7 +63,7 @@ def check(out_dir: str, rec: dict[str, Any]) -> str | None:
 
 
 def verify_batch(paths: BatchPaths) -> VerifyReport:
-    """Check every completed item that recorded an output file. An output a later batch wrote
+    """Check every output file of every completed item (each variant's). An output a later batch wrote
     over (the catalog names another last writer) is "superseded": no longer this batch's to
     check or repair."""
     from batchcli.engine.owners import superseded
@@ -73,32 +74,35 @@ def verify_batch(paths: BatchPaths) -> VerifyReport:
         return rep
     later = superseded(paths)
     for item in snap:
-        if not item.out:
-            continue
-        rep.checked += 1
-        by = later.get(item.out)
-        if by is not None:
-            rep.superseded_count += 1
-            rep.superseded_by.setdefault(by[0], {"name": by[1], "count": 0})["count"] += 1
-            if len(rep.superseded) < MAX_LISTED:
-                rep.superseded.append({"i": item.i, "input": item.src, "output": os.path.join(snap.out_dir, item.out),
-                                       "by": by[0], "by_name": by[1]})
-            continue
-        problem = check(snap.out_dir, item.record)  # type: ignore[arg-type]
-        if problem is None:
-            rep.ok += 1
-            rep.bytes_checked += int(item.record.get("bytes") or 0)  # type: ignore[union-attr]
-            continue
-        rep.bad_items.append(item.i)
-        row = {"i": item.i, "input": item.src, "output": os.path.join(snap.out_dir, item.out)}
-        if problem == "missing":
-            rep.missing_count += 1
-            if len(rep.missing) < MAX_LISTED:
-                rep.missing.append(row)
-        else:
-            rep.changed_count += 1
-            if len(rep.changed) < MAX_LISTED:
-                rep.changed.append(row)
+        bad = False
+        for out in snap.outputs(item):  # every variant's output
+            rep.checked += 1
+            rel = out["out"]
+            by = later.get(rel)
+            if by is not None:
+                rep.superseded_count += 1
+                rep.superseded_by.setdefault(by[0], {"name": by[1], "count": 0})["count"] += 1
+                if len(rep.superseded) < MAX_LISTED:
+                    rep.superseded.append({"i": item.i, "input": item.src, "output": os.path.join(snap.out_dir, rel),
+                                           "by": by[0], "by_name": by[1]})
+                continue
+            problem = check(snap.out_dir, out)
+            if problem is None:
+                rep.ok += 1
+                rep.bytes_checked += int(out.get("bytes") or 0)
+                continue
+            bad = True
+            row = {"i": item.i, "input": item.src, "output": os.path.join(snap.out_dir, rel)}
+            if problem == "missing":
+                rep.missing_count += 1
+                if len(rep.missing) < MAX_LISTED:
+                    rep.missing.append(row)
+            else:
+                rep.changed_count += 1
+                if len(rep.changed) < MAX_LISTED:
+                    rep.changed.append(row)
+        if bad:  # redone as a whole: every variant comes from the one decode
+            rep.bad_items.append(item.i)
     return rep
 
 

@@ -24,7 +24,10 @@ def register(app: typer.Typer) -> None:
                                                              help="Draw thumbnails into FILE.jpg (pages FILE-1.jpg, FILE-2.jpg ... when many).")] = None,
         compare: Annotated[bool, typer.Option("--compare", help="Contact sheet of before/after pairs.")] = False,
         name_template: Annotated[Optional[str], typer.Option("--name-template", metavar="T", show_default=False,
-                                                             help="Entry names from {name} {id} {stem} {ext} {i} {rel} {dir}, e.g. '{name}_{stem}_{i}.{ext}'.")] = None,
+                                                             help="Entry names from {name} {id} {stem} {ext} {i} {rel} {dir} {variant}, e.g. '{name}_{stem}_{i}.{ext}'.")] = None,
+        variant: Annotated[Optional[str], typer.Option(
+            "--variant", metavar="NAME", show_default=False,
+            help="Only this variant's outputs (a batch with variants); a contact sheet shows the first variant unless this names another.")] = None,
         no_manifest: Annotated[bool, typer.Option("--no-manifest", help="Leave manifest.csv / manifest.jsonl out of the ZIP or folder.")] = False,
         report: Annotated[Optional[str], typer.Option("--report", metavar="FILE", show_default=False,
                                                       help="Write a CI report: FILE.xml (JUnit, one test case per item) or FILE.md (Markdown summary).")] = None,
@@ -61,7 +64,7 @@ def register(app: typer.Typer) -> None:
                 _report_only(paths, report, json_out)
                 return
             results, lines, snap = _export(paths, zip_file, to, manifest, contact_sheet, compare,
-                                           name_template, no_manifest)
+                                           name_template, no_manifest, variant)
             if report:
                 results["report"] = _write_report(paths, report, lines)
         except OSError as exc:  # an unwritable target, a full disk: one line, exit 1
@@ -128,12 +131,13 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-def _export(paths, zip_file, to, manifest, contact_sheet, compare, name_template, no_manifest):
+def _export(paths, zip_file, to, manifest, contact_sheet, compare, name_template, no_manifest, variant=None):
     """Every form asked for, from one snapshot. Returns (results, text lines, snapshot)."""
     from batchcli.results.export import export_dir, export_manifest, export_zip
     from batchcli.results.snapshot import Snapshot
 
     snap = Snapshot(paths)
+    snap.choose_variant(variant)
     results: dict[str, Any] = {}
     lines: list[str] = []
     if zip_file:

@@ -43,7 +43,8 @@ def register(app: typer.Typer) -> None:
                 return
             console.table(["#", "status", "source", "output / error"],
                           [[str(r["i"]), r["status"], r["src"] or "",
-                            (r["output"] or r["error"] or "").replace("\n", "\\n")] for r in data["items"]])
+                            (", ".join(o["output"] for o in r["outputs"]) if r.get("outputs") else
+                             r["output"] or r["error"] or "").replace("\n", "\\n")] for r in data["items"]])
             return
         data = api.batch_status(paths)
         if json_out:
