@@ -373,6 +373,25 @@ def test_cors_is_off_unless_asked(srv):
     assert not any(h.lower() == "access-control-allow-origin" for h in headers)
 
 
+def test_pages_of_other_sites_cannot_drive_the_server(srv):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    before = batch_dirs(srv)
+    body = {"inputs": ["photos/"], "pipeline": "resize 8x8"}
+    status, err = post(srv, body, headers={"Origin": "http://evil.example"})  # a form posted from another site
+    assert status == 403 and "--cors http://evil.example" in err["error"]
+    status, err = post(srv, body, headers={"Host": "evil.example:8750"})  # a name rebound to 127.0.0.1
+    assert status == 403 and "not a loopback name" in err["error"]
+    assert batch_dirs(srv) == before
+    with pytest.raises(InvalidStatus):
+        connect(ws_url(srv, f"{API}/batches/x/events"), origin="http://evil.example", open_timeout=10)
+    host = srv.url.split("//")[1]
+    status, made = post(srv, {**body, "name": "same-origin"}, headers={"Origin": f"http://{host}"})
+    assert status == 201, made  # the dashboard's own requests
+    wait_status(srv, made["batch_id"])
+
+
 def test_token_cors_and_the_non_loopback_refusal(tmp_path):
     r = subprocess.run([sys.executable, "-m", "batchcli", "serve", "--host", "0.0.0.0", "--port", "0"],
                        env=server_env(tmp_path / "home"), capture_output=True, text=True, timeout=60)
@@ -403,6 +422,9 @@ def test_token_cors_and_the_non_loopback_refusal(tmp_path):
                                                                      "Origin": "http://app.example"})
         assert status == 200 and headers.get("access-control-allow-origin") == "http://app.example"
         assert jcall(f"{s.url}{API}/batches?token={token}")[0] == 200
+        status, _ = jcall(s.url + API + "/recover", "POST", {}, headers={"Authorization": f"Bearer {token}",
+                                                                        "Origin": "http://app.example"})
+        assert status == 200  # a --cors origin's POST goes through
         assert call(s.url + "/")[0] == 200  # the dashboard page itself asks for the token
         make_pngs(root / "p", 2)
         status, made = jcall(s.url + API + "/batches", "POST", {"inputs": ["p/"], "pipeline": "resize 8x8"},
@@ -417,3 +439,13 @@ def test_token_cors_and_the_non_loopback_refusal(tmp_path):
             connect(s.url.replace("http", "ws") + API + "/batches/x/events", open_timeout=10)
     finally:
         s.stop()
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install(tmp_path):
+    code = ("import sys, runpy\n"
+            "sys.modules['fastapi'] = None  # as if the serve extra were not installed\n"
+            "sys.argv = ['batchcli', 'serve', '--port', '0']\n"
+            "runpy.run_module('batchcli', run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=server_env(tmp_path / "home"),
+                       timeout=60)
+    assert r.returncode == 2 and "pip install 'batchcli[serve]'" in r.stderr and "Traceback" not in r.stderr

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +31,7 @@ from batchcli.errors import (
 )
 from batchcli.server import files, routes
 from batchcli.server.events import Hub
-from batchcli.server.security import PathGuard, ServerConfig, token_ok
+from batchcli.server.security import PathGuard, ServerConfig, is_loopback, token_ok
 from batchcli.server.uploads import TooLarge
 
 log = logging.getLogger("batchcli.server")
@@ -66,26 +67,49 @@ def _error(status: int, msg: str, headers: dict[str, str] | None = None) -> JSON
     return JSONResponse({"error": msg, "status": status}, status_code=status, headers=headers)
 
 
-class TokenGate:
-    """ASGI middleware: with a token set, /api and /metrics need `Authorization: Bearer T` (or
-    `?token=T`, for what a browser cannot add headers to: links, images, EventSource, WebSocket)."""
+class Gate:
+    """ASGI middleware, before anything else: what a browser on another site could make this
+    server do is refused.
 
-    def __init__(self, app: Any, token: str | None):
+    - Without a token, the Host a request was sent to must be a loopback name (a page that
+      rebinds its own name to 127.0.0.1 gets 403).
+    - A browser's POST, DELETE or WebSocket from another origin (its `Origin` header) is 403
+      unless that origin was named with --cors.
+    - With a token, /api and /metrics need `Authorization: Bearer T` (or `?token=T`, for what a
+      browser cannot add headers to: links, images, EventSource, WebSocket), else 401."""
+
+    def __init__(self, app: Any, token: str | None, cors: list[str]):
         self.app = app
         self.token = token
+        self.cors = set(cors)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.token and scope["type"] in ("http", "websocket") and \
-                (scope["path"].startswith("/api/") or scope["path"] == "/metrics") and scope.get("method") != "OPTIONS":
-            if not token_ok(_presented(scope), self.token):
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 4401, "reason": "token required"})
-                    return
-                resp = _error(401, "missing or wrong token: send Authorization: Bearer TOKEN",
-                              {"WWW-Authenticate": "Bearer"})
-                await resp(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        host = headers.get(b"host", b"").decode("latin-1")
+        problem = None
+        if not self.token and not is_loopback(urlsplit("//" + host).hostname or ""):
+            problem = 403, f"Host {host!r} is not a loopback name; serving other names needs a token"
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        if problem is None and origin and (scope["type"] == "websocket" or scope.get("method") not in SAFE) \
+                and origin not in self.cors and urlsplit(origin).netloc != host:
+            problem = 403, f"a request from the page of {origin} is refused (--cors {origin} allows it)"
+        if problem is None and self.token and (scope["path"].startswith("/api/") or scope["path"] == "/metrics") \
+                and scope.get("method") != "OPTIONS" and not token_ok(_presented(scope), self.token):
+            problem = 401, "missing or wrong token: send Authorization: Bearer TOKEN"
+        if problem is None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 4000 + problem[0], "reason": problem[1][:120]})
+        else:
+            extra = {"WWW-Authenticate": "Bearer"} if problem[0] == 401 else None
+            await _error(problem[0], problem[1], extra)(scope, receive, send)
+
+
+SAFE = ("GET", "HEAD", "OPTIONS")
+"""Methods a page of another site may send without being asked where it comes from."""
 
 
 def _presented(scope: dict) -> str | None:
@@ -122,7 +146,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors, allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(TokenGate, token=cfg.token)
+    app.add_middleware(Gate, token=cfg.token, cors=cfg.cors)
 
     @app.exception_handler(BatchcliError)
     async def batchcli_error(request: Request, exc: BatchcliError) -> JSONResponse:
