@@ -324,3 +324,44 @@ def test_readme_video_examples_are_valid_pipelines():
     assert len(found) == 4
     for text in found:
         check_pipeline(Pipeline.parse(text))
+
+
+def test_contact_sheets_show_a_video_as_a_strip_of_frames(tmp_path, clips):
+    from batchcli.results.contact import Layout, _load_tile, limits_of, thumbnail
+    from batchcli.results.snapshot import Snapshot
+
+    src = _folder(tmp_path, clips, **{"clip.mp4": "mp4"})
+    home = tmp_path / "home"
+    for name, pipeline in (("moving", "resize 48x32 | convert mp4"), ("stills", "frames every=1s | resize 48x32")):
+        r = cli("start", str(src), "--out", str(tmp_path / name), "--media", "video", "--name", name,
+                "--pipeline", pipeline, home=home)
+        assert r.returncode == 0, r.stderr
+        sheet = tmp_path / f"{name}.jpg"
+        r = cli("export", name, "--contact-sheet", str(sheet), "--compare", home=home)
+        assert r.returncode == 0 and sheet.exists(), r.stderr
+    strip, size = thumbnail(str(tmp_path / "moving" / "clip.mp4"), 256, None)
+    assert size == (48, 32) and strip.shape[1] > 3.5 * strip.shape[0]  # four frames side by side
+    quarters = [strip[:, k * strip.shape[1] // 4:(k + 1) * strip.shape[1] // 4 - 4] for k in range(4)]
+    assert all(abs(int(a.mean()) - int(b.mean())) > 2 for a, b in zip(quarters, quarters[1:]))  # spread in time
+    snap = Snapshot(Store(str(home)).resolve("stills"))
+    tile = _load_tile(snap, next(iter(snap)), Layout(compare=True), limits_of(snap.manifest))
+    assert tile.kind == "image" and tile.detail.endswith("3 stills") and tile.name == "clip"
+    assert tile.after.shape[1] > 2.5 * tile.after.shape[0] and tile.before.shape[1] > 3.5 * tile.before.shape[0]
+
+
+def test_export_zip_groups_a_videos_stills_under_its_folder(tmp_path, clips):
+    import zipfile
+
+    src = _folder(tmp_path, clips, **{"trip__clip.mp4": "mp4"})
+    home = tmp_path / "home"
+    r = cli("start", str(src), "--out", str(tmp_path / "out"), "--media", "all", "--name", "z",
+            "--pipeline", "frames every=1s | resize 32x", home=home)
+    assert r.returncode == 0, r.stderr
+    r = cli("export", "z", "--zip", str(tmp_path / "z.zip"), home=home)
+    assert r.returncode == 0, r.stderr
+    names = sorted(zipfile.ZipFile(tmp_path / "z.zip").namelist())
+    assert names == ["manifest.csv", "manifest.jsonl", "photo.jpg", "trip/clip/clip_000000.000.jpg",
+                     "trip/clip/clip_000001.000.jpg", "trip/clip/clip_000002.000.jpg"]
+    assert run(home, "verify", "z").returncode == 0
+    (tmp_path / "out/trip/clip/clip_000001.000.jpg").unlink()
+    assert run(home, "verify", "z").returncode == 1  # every still is checked

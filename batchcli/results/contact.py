@@ -188,6 +188,14 @@ def _load_tile(snap: Snapshot, item: ItemView, lay: Layout, limits) -> Tile:
         return Tile(item, "failed", before=before, detail=_error_text(item.record or {}))
     outputs = snap.outputs(item)  # with variants: the chosen one's, else the first variant's
     rec = outputs[0] if outputs else item.record or {}
+    if len(outputs) > 1 and ((item.record or {}).get("meta") or {}).get("video"):  # a video's stills: a strip
+        paths = [os.path.join(snap.out_dir, o["out"]) for o in _spread(outputs, STRIP)]  # type: ignore[arg-type]
+        frames = [f for f in (_decode_still(p, limits) for p in paths) if f is not None]
+        after = _strip(frames, box)
+        if after is None:
+            return Tile(item, "missing", before=before, detail="stills are missing", name=rec["out"])
+        return Tile(item, "image", after=after, before=before, name=os.path.dirname(rec["out"]),
+                    detail=f"#{item.i}  {len(outputs)} stills")
     if outputs:
         out_path = os.path.join(snap.out_dir, rec["out"])  # type: ignore[arg-type]
         if not os.path.exists(out_path):
@@ -205,13 +213,55 @@ def _load_tile(snap: Snapshot, item: ItemView, lay: Layout, limits) -> Tile:
     return Tile(item, "image", after=after, before=before, detail=detail, name=rec.get("out") or "")
 
 
-def thumbnail(path: str, box: int, limits) -> tuple[np.ndarray | None, tuple[int, int] | None]:
-    """Decode (reduced when the format allows), orient, fit into box x box.
-    Returns (RGB or RGBA uint8 thumbnail, the image's full size), or (None, None)."""
+STRIP = 4
+"""Frames in a video's strip on a contact sheet."""
+
+
+def _spread(seq: list, n: int) -> list:
+    """n entries spread evenly over seq (all of them when it has no more)."""
+    if len(seq) <= n:
+        return list(seq)
+    return [seq[round(k * (len(seq) - 1) / (n - 1))] for k in range(n)]
+
+
+def _decode_still(path: str, limits) -> np.ndarray | None:
     from batchcli.imaging import imageio
+
+    try:
+        return imageio.to_uint8(imageio.upright(imageio.load(path, limits)).img)
+    except Exception:
+        return None
+
+
+def _strip(frames: list[np.ndarray], box: int) -> np.ndarray | None:
+    """Frames (BGR) side by side, as one RGB thumbnail that fits box x box."""
+    if not frames:
+        return None
+    h = min(f.shape[0] for f in frames)
+    row = [cv2.resize(f[:, :, :3] if f.ndim == 3 else cv2.cvtColor(f, cv2.COLOR_GRAY2BGR),
+                      (max(1, round(f.shape[1] * h / f.shape[0])), h), interpolation=cv2.INTER_AREA) for f in frames]
+    gap = np.full((h, max(1, h // 24), 3), LETTERBOX[::-1], np.uint8)
+    strip = np.hstack([part for f in row for part in (f, gap)][:-1])
+    scale = min(box / strip.shape[1], box / strip.shape[0], 2.0)
+    size = (max(1, round(strip.shape[1] * scale)), max(1, round(strip.shape[0] * scale)))
+    strip = cv2.resize(strip, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    return cv2.cvtColor(strip, cv2.COLOR_BGR2RGB)
+
+
+def thumbnail(path: str, box: int, limits) -> tuple[np.ndarray | None, tuple[int, int] | None]:
+    """Decode (reduced when the format allows), orient, fit into box x box. A video becomes a
+    strip of frames spread over its length. Returns (RGB or RGBA uint8 thumbnail, the image's
+    full size), or (None, None)."""
+    from batchcli.imaging import imageio
+    from batchcli.inputs.discover import is_video
 
     if path.startswith(("http://", "https://")):
         return None, None
+    if is_video(path):
+        from batchcli.video.stills import sample_frames
+
+        frames = sample_frames(path, STRIP)
+        return _strip(frames, box), ((frames[0].shape[1], frames[0].shape[0]) if frames else None)
 
     def shrink(w: int, h: int) -> int:
         f = 1

@@ -142,3 +142,29 @@ def thumbnail(job: Job) -> dict:
     t = float((chosen.pts - info.start_pts) * info.time_base)
     res = run_ops(job, [chosen.to_ndarray(format="bgr24")])[0]
     return _save(job, res, os.path.join(job.out_dir, job.stem), t)
+
+
+def sample_frames(path: str, n: int = 4) -> list[Any]:
+    """Up to `n` frames (BGR) spread evenly over a video, for a strip on a contact sheet; []
+    when it cannot be read."""
+    from batchcli.video.probe import open_input, probe
+
+    try:
+        info = probe(path)
+        out = []
+        with open_input(path) as c:
+            vs = c.streams.video[0]
+            for k in range(n):
+                want = info.start_pts + round(Fraction(info.duration * (2 * k + 1) / (2 * n)).limit_denominator(10**6)
+                                              / info.time_base)
+                c.seek(want, stream=vs, backward=True, any_frame=False)
+                got = None
+                for frame in c.decode(vs):
+                    got = frame
+                    if frame.pts is None or frame.pts >= want:
+                        break
+                if got is not None:
+                    out.append(got.to_ndarray(format="bgr24"))
+        return out
+    except Exception:
+        return []
