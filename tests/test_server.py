@@ -226,6 +226,9 @@ def test_resume_retry_failed_pipeline_toml_and_delete_with_purge(srv, tmp_path):
 
 
 def test_recover_and_cleanup_take_the_cli_options_as_json(srv):
+    status, made = post(srv, {"inputs": ["photos/img000.png"], "pipeline": "resize 8x8", "workers": 1})
+    assert status == 201
+    wait_status(srv, made["batch_id"])
     status, rec = post(srv, {}, "/recover")
     assert status == 200 and rec["recovered_count"] == 0 and rec["failed_count"] == 0
     status, dry = post(srv, {"older_than": "0s", "status": ["completed"], "dry_run": True}, "/cleanup")

@@ -155,5 +155,17 @@ def test_the_form_starts_a_batch_and_the_token_is_asked_once(browser, tmp_path):
         browser.get(srv.url + "/#/")  # the session keeps the token: no second prompt
         until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".card"), what="the list")
         assert not browser.execute_script("return document.querySelector('#token-dialog').open")
+        # files chosen on the page are uploaded with the form (the drop zone's path)
+        browser.get(srv.url + "/#/new")
+        until(browser, lambda d: text(d, "#roots"), what="the form")
+        browser.find_element(By.ID, "f-files").send_keys("\n".join(str(root / "photos" / f"img00{k}.png") for k in (0, 1)))
+        until(browser, lambda d: text(d, "#drop-count") == "2 file(s)", what="2 files chosen")
+        browser.find_element(By.ID, "f-name").send_keys("dropped")
+        browser.find_element(By.ID, "f-submit").click()
+        until(browser, lambda d: "#/batch/" in d.current_url, what="the uploaded batch's page")
+        until(browser, lambda d: text(d, "#status") == "completed", what="completed")
+        until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#thumbs img")) == 2, what="2 thumbnails")
+        bid = browser.current_url.rsplit("/", 1)[1]
+        assert sorted(os.listdir(tmp_path / "home" / "batches" / bid / "uploads")) == ["img000.png", "img001.png"]
     finally:
         srv.stop()
