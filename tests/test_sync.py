@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 
 import pytest
 from conftest import make_image, make_tree
@@ -150,7 +152,8 @@ def test_ci_scenario_the_same_sync_twice_over_the_examples(samples, tmp_path):
     home, out = tmp_path / "home", tmp_path / "web"
     xml, summary = tmp_path / "batchcli.xml", tmp_path / "summary.md"
     total = sum(1 for p in samples.rglob("*") if p.is_file())
-    args = ("sync", samples, "--out", out, "--pipeline-file", ROOT / "examples" / "web.toml", "--report", xml)
+    args = ("sync", samples, "--out", out, "--pipeline-file", ROOT / "examples" / "web.toml", "--checksum",
+            "--report", xml)
     first = run(home, *args)
     assert first.returncode == 1, first.stderr  # two broken samples
     before = _outputs(out)
@@ -194,3 +197,35 @@ def test_permanent_failures_stay_failed_and_transient_ones_are_retried(tmp_path)
     failed = [rec for rec in records(home / "batches" / last["batch_id"] / "journal.jsonl")
               if rec.get("type") == "item_failed"]
     assert len(failed) == 1 and failed[0]["error_class"] in ("decode", "unsupported") and failed[0]["reused_from"]
+
+
+def test_checksum_reuses_across_a_fresh_checkout(tmp_path):
+    """A CI checkout: the same files again, with new inodes and new mtimes."""
+    home, src, out, seen = tmp_path / "home", tmp_path / "in", tmp_path / "out", tmp_path / "seen.log"
+    pristine = tmp_path / "pristine"
+    make_tree(pristine, n=5)
+    shutil.copytree(pristine, src)
+    args = ("sync", src, "--out", out, "-p", f"crashtest log={seen} | resize 32x32 | convert png", "-w", "1",
+            "--min-free-space", "0", "--checksum")
+    assert run(home, *args).returncode == 0
+    before = _outputs(out)
+
+    def fresh_checkout():
+        shutil.rmtree(src)
+        time.sleep(0.01)
+        shutil.copytree(pristine, src, copy_function=shutil.copyfile)  # new inodes, new mtimes
+        seen.unlink(missing_ok=True)
+
+    fresh_checkout()
+    r = run(home, *args[:-1])  # without --checksum: identities differ, everything is redone
+    assert r.returncode == 0 and "0 up to date (reused), 5 to process" in r.stdout
+    fresh_checkout()
+    r = run(home, *args)
+    assert r.returncode == 0 and "0 up to date (reused), 5 to process" in r.stdout  # the last batch recorded no contents
+    fresh_checkout()
+    make_image(src / "img004.tif", seed=77)  # one file really changed
+    r = run(home, *args)
+    assert r.returncode == 0, r.stderr
+    assert "4 up to date (reused), 1 to process (0 new, 1 changed)" in r.stdout
+    assert [os.path.basename(p) for p in seen.read_text().splitlines()] == ["img004.tif"]
+    assert set(_outputs(out)) == set(before)

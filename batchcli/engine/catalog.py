@@ -392,22 +392,22 @@ class Catalog:
         out = [_batch(r) for r in rows]
         return [b for b in out if not b.finished] if live_only else out
 
-    def results_into(self, out_dev: int | None, out_ino: int | None, fingerprint: str) -> Iterator[tuple]:
-        """For `sync`: per input identity, the rows of its newest current result (one per file:
-        each variant's output, a routed link; or one without a file) among the batches with this
-        pipeline fingerprint into this output folder (by identity; None: batches that write no
-        file), as tuples (input device, inode, size, mtime, batch id, record seq, kind, rel,
-        sha256 hex, size, mtime). Older results are left in the database. No refresh."""
-        where = "b.out_dev = ? AND b.out_ino = ?" if out_dev is not None else "b.out_dev IS NULL AND ? IS NULL AND ? IS NULL"
+    def batches_with(self, out_dev: int | None, out_ino: int | None, fingerprint: str) -> list[str]:
+        """For `sync`: the batches with this pipeline fingerprint into this output folder (by
+        identity; None: batches that write no file), newest first. No refresh."""
+        where = "out_dev = ? AND out_ino = ?" if out_dev is not None else "out_dev IS NULL AND ? IS NULL AND ? IS NULL"
+        return [r[0] for r in self.db.execute(f"SELECT batch_id FROM batches WHERE {where} AND fingerprint = ? "
+                                              "ORDER BY batch_id DESC", (out_dev, out_ino, fingerprint))]
+
+    def results_of(self, batch_id: str) -> Iterator[tuple]:
+        """For `sync`: a batch's current results with their input's identity, as tuples (input
+        device, inode, size, mtime, batch id, record seq, kind, rel, sha256 hex, size, mtime),
+        one per file of a result (each variant's output, a routed link; or one without a
+        file). No refresh."""
         cur = self.db.execute(
-            f"""SELECT dev, ino, src_size, src_mtime, batch_id, seq, kind, rel, sha256, size, mtime FROM (
-                  SELECT it.dev AS dev, it.ino AS ino, COALESCE(o.src_size, it.size) AS src_size,
-                         COALESCE(o.src_mtime, it.mtime) AS src_mtime, b.batch_id AS batch_id, o.seq AS seq,
-                         o.kind AS kind, o.rel AS rel, o.sha256 AS sha256, o.size AS size, o.mtime AS mtime,
-                         DENSE_RANK() OVER (PARTITION BY it.dev, it.ino
-                                            ORDER BY o.written_at DESC, o.bkey DESC, o.seq DESC) AS newest
-                  FROM {_OUTPUT_FROM} WHERE {where} AND b.fingerprint = ? AND o.current = 1 AND it.ino IS NOT NULL)
-                WHERE newest = 1""", (out_dev, out_ino, fingerprint))
+            f"""SELECT it.dev, it.ino, COALESCE(o.src_size, it.size), COALESCE(o.src_mtime, it.mtime), b.batch_id,
+                       o.seq, o.kind, o.rel, o.sha256, o.size, o.mtime
+                FROM {_OUTPUT_FROM} WHERE b.batch_id = ? AND o.current = 1 AND it.ino IS NOT NULL""", (batch_id,))
         for r in cur:
             yield (r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else os.fsdecode(r[7]),
                    None if r[8] is None else r[8].hex(), r[9], r[10])

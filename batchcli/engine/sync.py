@@ -34,6 +34,7 @@ class SyncPlan:
     failed_again: int = 0  # failed for good last time (not a transient class), input unchanged: not retried
     from_batches: Counter = field(default_factory=Counter)  # batch id -> items reused from it
     todo: list[str] = field(default_factory=list)  # inputs to process (the first TODO_LISTED)
+    contents: dict[int, str] = field(default_factory=dict)  # --checksum: item -> its input's sha256
 
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total, "reused": self.reused, "to_process": self.new + self.changed,
@@ -45,15 +46,27 @@ TODO_LISTED = 1000
 """Inputs to process named in a plan (a dry run lists them)."""
 
 
-def _earlier(cat: Catalog, man: dict[str, Any]) -> dict[tuple[int, int], list[tuple]]:
+def _earlier(store: Store, cat: Catalog, man: dict[str, Any]) -> dict[tuple[int, int], list[tuple]]:
     """(input device, inode) -> the rows of the newest result of this fingerprint into this
-    folder (one per file: each variant's output, a routed link; or one without a file)."""
+    folder (one per file: each variant's output, a routed link; or one without a file). Batches
+    are read newest first, down to the newest `sync` batch: that one holds the whole picture
+    of its time, so nothing older is needed (and the cost does not grow with the history)."""
     out: dict[tuple[int, int], list[tuple]] = {}
-    for row in cat.results_into(man.get("out_dev"), man.get("out_ino"), man["fingerprint"]):
-        rows = out.setdefault((row[0], row[1]), [])
-        if rows and rows[0][4:6] != row[4:6]:  # oldest first: a newer record replaces the rows
-            rows.clear()
-        rows.append(row)
+    for bid in cat.batches_with(man.get("out_dev"), man.get("out_ino"), man["fingerprint"]):
+        if bid == man["batch_id"]:
+            continue
+        for row in cat.results_of(bid):
+            rows = out.get((row[0], row[1]))
+            if rows is None:
+                out[(row[0], row[1])] = [row]
+            elif rows[0][4] == bid and rows[0][5] == row[5]:  # another file of the same result
+                rows.append(row)
+        try:
+            with open(os.path.join(store.batches_dir, bid, "manifest.json"), "rb") as fh:
+                if orjson.loads(fh.read()).get("kind") == "sync":
+                    break
+        except (OSError, ValueError):
+            continue
     return out
 
 
@@ -92,6 +105,53 @@ def _earlier_failures(store: Store, cat: Catalog, man: dict[str, Any], me: str) 
     return out
 
 
+CONTENTS = "input_sha256.jsonl"
+"""sync --checksum: each input's sha256 as read when the batch was made, one {"i", "sha256"} a line."""
+
+
+def input_contents(paths: BatchPaths) -> dict[int, str]:
+    """The sha256 of every local input of a new batch (each file read once, like rsync -c)."""
+    import hashlib
+
+    out: dict[int, str] = {}
+    for item in iter_items(paths.items):
+        h = hashlib.sha256()
+        try:
+            with open(item["src"], "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023 (used at once)
+                    h.update(block)
+        except OSError:
+            continue
+        out[item["i"]] = h.hexdigest()
+    return out
+
+
+def save_contents(paths: BatchPaths, contents: dict[int, str]) -> None:
+    from batchcli.atomic import atomic_write
+
+    atomic_write(os.path.join(paths.dir, CONTENTS),
+                 b"".join(orjson.dumps({"i": i, "sha256": h}) + b"\n" for i, h in sorted(contents.items())))
+
+
+def _earlier_contents(store: Store, cat: Catalog, man: dict[str, Any], me: str) -> dict[str, tuple]:
+    """Output name (stem) -> (input sha256, input identity, batch id) in the newest other batch
+    with this fingerprint into this folder that recorded its inputs' contents (sync --checksum)."""
+    if man.get("out_dev") is None:
+        return {}
+    for b in reversed(cat.batches_into(man["out_dev"], man["out_ino"])):
+        if b.fingerprint != man["fingerprint"] or b.batch_id == me:
+            continue
+        old = os.path.join(store.batches_dir, b.batch_id)
+        try:
+            with open(os.path.join(old, CONTENTS), "rb") as fh:
+                sums = {r["i"]: r["sha256"] for r in map(orjson.loads, fh)}
+        except (OSError, ValueError):
+            continue
+        return {item["stem"]: (sums[item["i"]], (item.get("dev"), item.get("ino")), b.batch_id)
+                for item in iter_items(os.path.join(old, "items.jsonl")) if item["i"] in sums}
+    return {}
+
+
 def _still_there(out_dir: str | None, row: tuple) -> bool:
     """The output is on disk as it was written (size and mtime as recorded)."""
     kind, rel, size, mtime = row[6], row[7], row[9], row[10]
@@ -106,8 +166,11 @@ def _still_there(out_dir: str | None, row: tuple) -> bool:
     return st.st_size == size and (mtime is None or st.st_mtime == mtime)
 
 
-def plan(store: Store, paths: BatchPaths) -> tuple[SyncPlan, list[dict[str, Any]]]:
-    """Which items of the new batch are up to date, and the records that say so (no writes)."""
+def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncPlan, list[dict[str, Any]]]:
+    """Which items of the new batch are up to date, and the records that say so (no writes).
+    With `checksum`, an input whose content (sha256) equals the input of the same output name in
+    the newest earlier batch that recorded contents also counts as the same input, whatever
+    its identity and mtime (a fresh checkout in CI: new inodes, new mtimes)."""
     from batchcli.engine.owners import output_lanes
 
     man = paths.load_manifest()
@@ -115,28 +178,39 @@ def plan(store: Store, paths: BatchPaths) -> tuple[SyncPlan, list[dict[str, Any]
     lanes = output_lanes(man)
     with Catalog(store) as cat:
         cat.refresh()
-        earlier = _earlier(cat, man) if man.get("out_dev") is not None or not out_dir else {}
+        earlier = _earlier(store, cat, man) if man.get("out_dev") is not None or not out_dir else {}
         failures = _earlier_failures(store, cat, man, paths.id)
+        by_name = _earlier_contents(store, cat, man, paths.id) if checksum else {}
     p = SyncPlan()
+    if checksum:
+        p.contents = input_contents(paths)
     records: list[dict[str, Any]] = []
     for item in iter_items(paths.items):
         p.total += 1
         key = (item.get("dev"), item.get("ino"))
         found = earlier.get(key) if item.get("ino") else None
+        same_content = False
+        was = by_name.get(item["stem"]) if checksum else None
+        if was is not None and was[0] == p.contents.get(item["i"]):
+            rows = earlier.get(was[1])  # that input's newest result: the one made from this content?
+            found, same_content = (rows, True) if rows and rows[0][4] == was[2] else (None, False)
         failed = failures.get(key) if not found and item.get("ino") else None
         if failed is not None and failed[:2] == (item.get("size"), item.get("mtime")):
             records.append({"i": item["i"], **failed[2]})
             p.failed_again += 1
             continue
         if not found:
-            p.new += 1
+            if was is not None:  # --checksum: the same output name, from other content
+                p.changed += 1
+            else:
+                p.new += 1
             if len(p.todo) < TODO_LISTED:
                 p.todo.append(item["src"])
             continue
         files = [row for row in found if row[6] == KIND_OUT]
         main = files[0] if files else next((row for row in found if row[6] == KIND_NONE), None)
         stems = {item["stem"] if to_stem is None else to_stem(item["stem"]) for to_stem, _ in lanes}
-        ok = (main is not None and main[2] == item.get("size") and main[3] == item.get("mtime")
+        ok = (main is not None and (same_content or (main[2], main[3]) == (item.get("size"), item.get("mtime")))
               and (main[6] == KIND_NONE or sorted(os.path.splitext(row[7])[0] for row in files) == sorted(stems))
               and all(_still_there(out_dir, row) for row in found))
         if not ok:

@@ -49,7 +49,12 @@ def watch_create(store, cfg, json_out: bool, settle: str = "2s", poll: bool = Fa
     return paths
 
 
-def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run: bool = False):
+ChecksumOpt = Annotated[bool, typer.Option(
+    "--checksum", help="Compare inputs by content (sha256), not by identity and mtime: a fresh checkout reuses too.")]
+
+
+def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run: bool = False,
+                checksum: bool = False):
     """Make the batch, record its up-to-date items as reused, say what is left to do."""
     import shutil
     import tempfile
@@ -57,13 +62,13 @@ def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run:
     from batchcli import api
     from batchcli.cli import console
     from batchcli.engine.store import Store
-    from batchcli.engine.sync import delete_stale, note_plan, plan, record_reused
+    from batchcli.engine.sync import delete_stale, note_plan, plan, record_reused, save_contents
 
     if dry_run:  # discover into a scratch home; compare with the real catalog; keep nothing
         scratch = tempfile.mkdtemp(prefix="batchcli-sync-")
         try:
             paths = api.create_batch(Store(scratch), cfg)
-            p, _records = plan(store, paths)
+            p, _records = plan(store, paths, checksum)
             gone = delete_stale(store, paths, dry_run=True) if delete else None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -86,7 +91,9 @@ def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run:
         raise typer.Exit(0)
     paths = api.create_batch(store, cfg)
     try:
-        p, records = plan(store, paths)
+        p, records = plan(store, paths, checksum)
+        if checksum:
+            save_contents(paths, p.contents)
         record_reused(paths, records)
         note_plan(paths, p)
     except BaseException:
@@ -108,7 +115,8 @@ def _failed_again(p) -> str:
 
 
 def register_sync(app: typer.Typer, start) -> None:
-    _derive(app, start, "sync", [("delete", False, DeleteOpt), ("dry_run", False, DryRunOpt)], _sync_doc)
+    _derive(app, start, "sync", [("delete", False, DeleteOpt), ("dry_run", False, DryRunOpt),
+                                 ("checksum", False, ChecksumOpt)], _sync_doc)
     _derive(app, start, "watch", [("settle", "2s", SettleOpt), ("poll", False, PollOpt)], _watch_doc)
 
 
