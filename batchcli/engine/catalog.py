@@ -77,7 +77,8 @@ CREATE INDEX IF NOT EXISTS items_identity ON items (dev, ino) WHERE ino IS NOT N
 CREATE INDEX IF NOT EXISTS outputs_path ON outputs (out_dev, out_ino, rel, written_at) WHERE kind < 2;
 """
 """Made after the first full index of a new catalog (faster than keeping them up to date row by
-row while millions of rows go in), then kept up to date."""
+row while millions of rows go in), then kept up to date. A query must say `kind < 2` for
+SQLite to use the partial index outputs_path."""
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,7 @@ class Catalog:
     def last_writer(self, out_dev: int, out_ino: int, rel: str) -> Output | None:
         """The newest write of OUT/rel across all batches (by journal time), or None. No refresh."""
         row = self.db.execute(
-            f"SELECT {_OUTPUT_COLUMNS} FROM {_OUTPUT_FROM} WHERE o.out_dev=? AND o.out_ino=? AND o.rel=?"
+            f"SELECT {_OUTPUT_COLUMNS} FROM {_OUTPUT_FROM} WHERE o.out_dev=? AND o.out_ino=? AND o.rel=? AND o.kind < 2"
             " ORDER BY o.written_at DESC, o.bkey DESC LIMIT 1", (out_dev, out_ino, os.fsencode(rel))).fetchone()
         return None if row is None else _output(row)
 
@@ -353,7 +354,7 @@ class Catalog:
         in item order. No refresh."""
         rows = self.db.execute(
             f"""SELECT {_OUTPUT_COLUMNS}, (SELECT o2.bkey FROM outputs o2
-                  WHERE o2.out_dev = o.out_dev AND o2.out_ino = o.out_ino AND o2.rel = o.rel
+                  WHERE o2.out_dev = o.out_dev AND o2.out_ino = o.out_ino AND o2.rel = o.rel AND o2.kind < 2
                   ORDER BY o2.written_at DESC, o2.bkey DESC LIMIT 1) AS last_bkey, o.bkey
                 FROM {_OUTPUT_FROM} WHERE b.batch_id = ? AND o.kind < 2 ORDER BY o.i, o.kind, o.seq""",
             (batch_id,)).fetchall()

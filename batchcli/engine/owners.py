@@ -140,19 +140,27 @@ def writers_into(store: Store, out_id: tuple[int, int], me: str) -> list[str]:
 
 def superseded(paths: BatchPaths) -> dict[str, tuple[str, str | None]]:
     """The outputs of this batch that a later batch wrote over: rel -> (that batch's id, its
-    name). The catalog is refreshed first."""
+    name). The catalog is refreshed first; a home this process cannot write (another user's,
+    read-only) gives none: verify then checks every output against this batch's records."""
+    import logging
+    import sqlite3
+
     from batchcli.engine.catalog import KIND_OUT
 
     out: dict[str, tuple[str, str | None]] = {}
-    with Catalog(paths.home) as cat:
-        cat.refresh()
-        names: dict[str, str | None] = {}
-        for mine, last in cat.last_writers(paths.id):
-            if mine.kind == KIND_OUT and last.batch_id != paths.id and mine.rel is not None:
-                if last.batch_id not in names:
-                    row = cat.batch(last.batch_id)
-                    names[last.batch_id] = row.name if row else None
-                out[mine.rel] = (last.batch_id, names[last.batch_id])
+    try:
+        with Catalog(paths.home) as cat:
+            cat.refresh()
+            names: dict[str, str | None] = {}
+            for mine, last in cat.last_writers(paths.id):
+                if mine.kind == KIND_OUT and last.batch_id != paths.id and mine.rel is not None:
+                    if last.batch_id not in names:
+                        row = cat.batch(last.batch_id)
+                        names[last.batch_id] = row.name if row else None
+                    out[mine.rel] = (last.batch_id, names[last.batch_id])
+    except (sqlite3.Error, OSError) as exc:
+        logging.getLogger("batchcli.owners").warning("output catalog unavailable (%s): superseded outputs "
+                                                     "show as changed", exc)
     return out
 
 
