@@ -365,3 +365,23 @@ def test_export_zip_groups_a_videos_stills_under_its_folder(tmp_path, clips):
     assert run(home, "verify", "z").returncode == 0
     (tmp_path / "out/trip/clip/clip_000001.000.jpg").unlink()
     assert run(home, "verify", "z").returncode == 1  # every still is checked
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg to tag a rotation")
+def test_a_phones_rotation_is_applied_to_the_pixels(tmp_path, clips):
+    import subprocess
+
+    src = tmp_path / "in"
+    src.mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clips["mp4"]), "-c", "copy", "-metadata:s:v", "rotate=90",
+                    str(src / "portrait.mp4")], check=True)
+    home, out = tmp_path / "home", tmp_path / "out"
+    r = cli("start", str(src), "--out", str(out), "--media", "video", "-w", "1", "--pipeline", "convert mp4", home=home)
+    assert r.returncode == 0, r.stderr
+    import av
+
+    with av.open(str(out / "portrait.mp4")) as c:
+        first = next(c.decode(video=0))
+        assert (first.width, first.height, first.rotation) == (64, 96, 0)
+        img = first.to_ndarray(format="bgr24")
+    assert img[-8:].mean() > 100 > img[:8].mean()  # frame 0's bar, at the left as stored, is at the bottom as shown

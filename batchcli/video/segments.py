@@ -98,6 +98,18 @@ def to_bgr(img: Any) -> Any:
     return img
 
 
+_TURNS = {90: "ROTATE_90_COUNTERCLOCKWISE", 180: "ROTATE_180", 270: "ROTATE_90_CLOCKWISE"}
+
+
+def upright(frame: Any) -> Any:
+    """A decoded frame's pixels (BGR), turned as its display matrix says (phones record
+    portrait video as landscape pixels plus a rotation): outputs carry no rotation, they show
+    upright everywhere."""
+    img = frame.to_ndarray(format="bgr24")
+    turn = _TURNS.get(round(getattr(frame, "rotation", 0) or 0) % 360)
+    return cv2.rotate(img, getattr(cv2, turn)) if turn else img
+
+
 def run_ops(job: Job, images: list[Any]) -> list[Frame]:
     """The pipeline over decoded frames (BGR arrays), as one micro-batch; an op that fails on a
     frame fails the video."""
@@ -244,7 +256,7 @@ def transcode(job: Job, target: Target) -> list[dict]:
         nonlocal batch
         if not batch:
             return
-        for (rel, _), res in zip(batch, run_ops(job, [f.to_ndarray(format="bgr24") for _, f in batch])):
+        for (rel, _), res in zip(batch, run_ops(job, [upright(f) for _, f in batch])):
             for r in ([rel] if isinstance(rel, int) else rel):
                 seg.add(res.img, r)
         batch = []

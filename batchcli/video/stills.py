@@ -17,7 +17,7 @@ from typing import Any
 
 from batchcli.errors import ItemError
 from batchcli.imaging.encode import encode_to, write
-from batchcli.video.segments import Job, Paused, bounds, decode, open_video, run_ops
+from batchcli.video.segments import Job, Paused, bounds, decode, open_video, run_ops, upright
 
 
 def clock(seconds: float) -> str:
@@ -108,7 +108,7 @@ def extract_frames(job: Job) -> list[dict]:
             if not pick(pts, bool(frame.key_frame)):
                 continue
             t = float((pts - info.start_pts) * info.time_base)
-            res = run_ops(job, [frame.to_ndarray(format="bgr24")])[0]
+            res = run_ops(job, [upright(frame)])[0]
             stills.append(_save(job, res, os.path.join(folder, f"{name}_{clock(t)}"), t))
         if last is not None or not done:
             close(end_pts if end_pts is not None else (last if last is not None else resume) + 1)
@@ -140,7 +140,7 @@ def thumbnail(job: Job) -> dict:
     if chosen is None:
         raise ItemError("decode", "no decodable frame at or before the thumbnail's position")
     t = float((chosen.pts - info.start_pts) * info.time_base)
-    res = run_ops(job, [chosen.to_ndarray(format="bgr24")])[0]
+    res = run_ops(job, [upright(chosen)])[0]
     return _save(job, res, os.path.join(job.out_dir, job.stem), t)
 
 
@@ -164,7 +164,7 @@ def sample_frames(path: str, n: int = 4) -> list[Any]:
                     if frame.pts is None or frame.pts >= want:
                         break
                 if got is not None:
-                    out.append(got.to_ndarray(format="bgr24"))
+                    out.append(upright(got))
         return out
     except Exception:
         return []
