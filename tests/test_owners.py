@@ -123,6 +123,8 @@ def test_a_file_written_again_since_is_kept_even_when_its_writer_is_gone(tmp_pat
     os.utime(b.journal, (1, 1))  # B is old: cleaned alone, records only (its files stay)
     r = run(home, "cleanup", "--older-than", "1h", "--json")
     assert [c["batch_id"] for c in json.loads(r.stdout)["cleaned"]] == [b.id]
+    r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--dry-run")
+    assert r.stdout == f"would remove batch {a.id} (completed, 0 output files) (2 files kept: 2 changed since)\n"
     r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--json")
     entry = json.loads(r.stdout)["cleaned"][0]
     assert entry["batch_id"] == a.id and entry["outputs_removed"] == 0  # same bytes, but B's mtime
@@ -161,6 +163,8 @@ def test_a_link_inside_the_output_folder_is_not_followed(tmp_path):
     shutil.copytree(out / "sub", elsewhere)
     shutil.rmtree(out / "sub")
     (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--dry-run")
+    assert r.stdout.endswith("(completed, 1 output files) (2 files kept: 2 behind a link)\n"), r.stdout
     r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--json")
     entry = json.loads(r.stdout)["cleaned"][0]
     assert (entry["outputs_removed"], entry["outputs_kept_reasons"]) == (1, {"link": 2})
