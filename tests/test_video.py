@@ -18,7 +18,7 @@ from videoclips import audio_seconds, make_clip, video_facts
 from batchcli.engine.journal import replay
 from batchcli.engine.store import Store
 
-SEG = ("--video-segment", "1s")
+SEG = ("--video-segment", "1s", "-w", "1")  # one worker unless a test says otherwise: less to start
 NOSPACE = ("--min-free-space", "0")
 
 
@@ -283,7 +283,7 @@ def test_photos_keep_the_other_workers_busy_and_progress_events_carry_the_video(
     for k in range(4):
         make_image(src / f"p{k}.jpg", 64, 48, seed=k)
     home = tmp_path / "home"
-    r = run(home, "start", src, "--out", tmp_path / "out", "--media", "all", "-w", "2", "--json", *SEG, *NOSPACE,
+    r = run(home, "start", src, "--out", tmp_path / "out", "--media", "all", "--json", *SEG, "-w", "2", *NOSPACE,
             "--pipeline", "crashtest delay=0.03 | resize 32x | convert mp4 preset=ultrafast")
     assert r.returncode == 0, r.stdout + r.stderr
     events = [json.loads(line) for line in r.stdout.splitlines()]

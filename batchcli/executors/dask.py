@@ -399,6 +399,9 @@ class DaskExecutor:
         from batchcli.imaging.imageio import Limits, read_bytes
 
         try:
+            if item.get("video"):  # streamed from and to files, segment by segment: not shipped whole
+                raise ItemError("unsupported", "videos need the input and output folders shared with the "
+                                               "workers (run without --transfer)")
             data = read_bytes(src, Limits(self.cfg.max_file_size, self.cfg.max_pixels))
         except ItemError as exc:
             self._events.append(Event("item", result={
