@@ -1,4 +1,8 @@
-"""Atomic, durable file writes: temp file in the target folder, fsync, os.replace, fsync the folder."""
+"""Atomic, durable file writes: temp file in the target folder, fsync, os.replace, fsync the folder.
+
+`atomic_write` does it for one file; `atomic_write_many` for a group, paying for durability once:
+fsyncs issued together from a few threads share one filesystem journal commit (ext4, XFS), and
+each folder is fsynced once after all its renames, instead of two commits per file."""
 
 from __future__ import annotations
 
@@ -102,6 +106,79 @@ def atomic_stream(path: str, *, durable: bool = True) -> Iterator[IO[bytes]]:
             os.unlink(tmp)
     if durable:
         fsync_dir(folder)
+
+
+SYNC_THREADS = 8
+"""Threads that fsync a group's files concurrently (the kernel folds them into one commit)."""
+_syncers = None
+
+
+def _write_synced(path: str, data: bytes | memoryview) -> tuple[str, float]:
+    """Write `data` to a new temp file beside `path` and fsync it; (temp path, mtime)."""
+    tmp = tmp_name(path)
+    fd = _create(tmp, os.path.dirname(path) or ".")
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+        return tmp, os.fstat(fd).st_mtime  # a rename keeps the mtime
+    except BaseException:
+        _discard(tmp)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def atomic_write_many(entries: list[tuple[str, bytes | memoryview]]) -> list[float | OSError]:
+    """Write each (path, data) as `atomic_write` does, durable when this returns, paying for
+    durability about once for the group: the files are created, written and fsynced by a few
+    threads at once (the waits on the filesystem journal overlap, and concurrent fsyncs share its
+    commits), then renamed, then each folder they went to is fsynced once. Returns, for each
+    entry, the file's mtime or the OSError that stopped it (a failure fails only its own file,
+    which is then not in place)."""
+    global _syncers
+
+    def one(entry: tuple[str, bytes | memoryview]) -> tuple[str, float] | OSError:
+        try:
+            return _write_synced(*entry)
+        except OSError as exc:
+            return exc
+
+    if len(entries) < 2:
+        written = [one(e) for e in entries]
+    else:
+        if _syncers is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="batchcli-write")
+        written = list(_syncers.map(one, entries))
+    out: list[float | OSError] = []
+    folders: set[str] = set()
+    for (path, _), w in zip(entries, written):
+        if isinstance(w, OSError):
+            out.append(w)
+            continue
+        tmp, mtime = w
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            _discard(tmp)
+            out.append(exc)
+            continue
+        out.append(mtime)
+        folders.add(os.path.dirname(path) or ".")
+    for folder in folders:
+        fsync_dir(folder)
+    return out
 
 
 def sweep_tmp(root: str) -> list[str]:

@@ -10,6 +10,11 @@ the op misbehaves only the first time it meets an item (a marker file remembers 
 succeeds. `flag` is a file: the op misbehaves only while it exists. `log` is a file that gets
 one line per processed item (to count redone work). `mark` is a file that gets the time just
 before a crash (to measure how long the runner takes to notice).
+
+With BATCHCLI_TEST_SYNC_LOG=FILE, every process that imports this module also logs each fsync
+and rename it makes, after it returned ("<time> fsync <path>", "<time> replace <from> <to>"),
+and BATCHCLI_TEST_SYNC_DELAY=S makes each fsync take S seconds longer (a slow disk), so the
+order of durable writes and journal records can be checked under real kills.
 """
 
 from __future__ import annotations
@@ -86,39 +91,65 @@ def _misbehave(action: str, src: str, mark: str) -> None:
         raise RuntimeError("injected op failure")
 
 
+def _spy_on_syncs(log: str, delay: float) -> None:
+    real_fsync, real_replace = os.fsync, os.replace
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def note(*words: str) -> None:
+        os.write(out, (" ".join((f"{time.time():.6f}", *words)) + "\n").encode())  # one write: whole lines
+
+    def fsync(fd) -> None:
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        if delay:
+            time.sleep(delay)
+        real_fsync(fd)
+        note("fsync", os.readlink(f"/proc/self/fd/{fd}"))
+
+    def replace(src, dst, **kw) -> None:
+        real_replace(src, dst, **kw)
+        note("replace", os.fspath(src), os.fspath(dst))
+
+    os.fsync, os.replace = fsync, replace
+
+
+if os.environ.get("BATCHCLI_TEST_SYNC_LOG"):
+    _spy_on_syncs(os.environ["BATCHCLI_TEST_SYNC_LOG"], float(os.environ.get("BATCHCLI_TEST_SYNC_DELAY") or 0))
+
+
 # --- helpers for the lifecycle tests (real processes; polling conditions, never fixed sleeps) ---
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
-def cli_env(home) -> dict:
-    """The environment of a CLI process that knows `crashtest` and uses `home`."""
-    env = dict(os.environ)
+def cli_env(home, **extra) -> dict:
+    """The environment of a CLI process that knows `crashtest` and uses `home` (and `extra`)."""
+    env = dict(os.environ, **extra)
     env.pop("CI", None)
     env.update(BATCHCLI_HOME=str(home), BATCHCLI_TEST_OPS="crashops",
                PYTHONPATH=os.pathsep.join(p for p in (TESTS, env.get("PYTHONPATH", "")) if p))
     return env
 
 
-def spawn(home, *args, log=None):
-    """Start `python -m batchcli ARGS` without waiting (output to `log`, a path, or discarded)."""
+def spawn(home, *args, log=None, env=None):
+    """Start `python -m batchcli ARGS` without waiting (output to `log`, a path, or discarded;
+    `env`: more environment variables)."""
     import subprocess
     import sys
 
     out = open(log, "ab") if log else subprocess.DEVNULL
     try:
-        return subprocess.Popen([sys.executable, "-m", "batchcli", *map(str, args)], env=cli_env(home),
+        return subprocess.Popen([sys.executable, "-m", "batchcli", *map(str, args)], env=cli_env(home, **(env or {})),
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     finally:
         if log:
             out.close()
 
 
-def run(home, *args, timeout=120):
+def run(home, *args, timeout=120, env=None):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "batchcli", *map(str, args)], env=cli_env(home),
+    return subprocess.run([sys.executable, "-m", "batchcli", *map(str, args)], env=cli_env(home, **(env or {})),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 

@@ -129,7 +129,8 @@ def test_recover_is_idempotent_and_sweeps_temp_files(tmp_path):
     first = json.loads(run(home, "recover", "--json").stdout)
     assert first["recovered_count"] == 1 and first["failed_count"] == 0
     b = first["batches"][0]
-    assert b["status"] == "paused" and b["previous"] == "interrupted" and b["temp_files_removed"] == 1
+    # the stray, and any temp file the killed workers left mid-write
+    assert b["status"] == "paused" and b["previous"] == "interrupted" and b["temp_files_removed"] >= 1
     assert not stray.exists() and mine.read_text() == "keep"
     kinds = [r["type"] for r in records(paths.journal)]
     assert kinds[-2:] == ["batch_interrupted", "batch_paused"]

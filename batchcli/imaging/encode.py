@@ -7,7 +7,7 @@ import errno
 import hashlib
 import os
 
-from batchcli.atomic import atomic_write
+from batchcli.atomic import atomic_write, atomic_write_many
 from batchcli.errors import ItemError
 from batchcli.imaging import heif, metadata
 from batchcli.imaging.frame import Frame
@@ -88,6 +88,17 @@ def write(path: str, data: bytes) -> float:
         atomic_write(path, data)
         return os.stat(path).st_mtime
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise ItemError("disk_full", f"no space left writing {path}") from None
-        raise ItemError("io", f"cannot write {path}: {exc.strerror or exc}") from None
+        raise _write_error(path, exc) from None
+
+
+def write_many(entries: list[tuple[str, bytes]]) -> list[float | ItemError]:
+    """`write` for a group of outputs, durable together (one journal commit for the group, see
+    atomic_write_many): for each, its mtime or the ItemError that failed it."""
+    return [r if isinstance(r, float) else _write_error(path, r)
+            for (path, _), r in zip(entries, atomic_write_many(entries))]
+
+
+def _write_error(path: str, exc: OSError) -> ItemError:
+    if exc.errno == errno.ENOSPC:
+        return ItemError("disk_full", f"no space left writing {path}")
+    return ItemError("io", f"cannot write {path}: {exc.strerror or exc}")

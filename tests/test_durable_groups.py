@@ -1,0 +1,99 @@
+"""Outputs made durable in groups (a worker's writer fsyncs a group of files together, renames
+them, fsyncs each folder once, then reports them): kill -9 the runner while groups are being
+written and check, at each kill, that every item the journal records completed has its output in
+place with the recorded bytes, and that the output's temp file was fsynced, renamed, and its folder
+fsynced before the record was written (each fsync made slower, so the groups are in flight)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+from collections import defaultdict
+
+import psutil
+from crashops import create, make_pngs, records, run, spawn, wait_for
+
+from batchcli.atomic import is_tmp_name
+from batchcli.engine.journal import replay
+from batchcli.engine.lifecycle import recover
+from batchcli.engine.store import Store
+
+SLOW_FSYNC = 0.004  # seconds added to every fsync: a disk this slow makes the order visible
+
+
+def _completed(journal) -> list[dict]:
+    return [r for r in records(journal) if r.get("type") == "item_completed"]
+
+
+def _sync_log(path) -> tuple[dict, dict, dict]:
+    """fsynced files {path: time}, renames {to: [(time, from)]}, folder fsyncs {folder: [time]}."""
+    files: dict[str, float] = {}
+    renames: dict[str, list] = defaultdict(list)
+    folders: dict[str, list] = defaultdict(list)
+    for line in open(path).read().splitlines():
+        t, kind, *paths = line.split(" ")
+        if kind == "fsync" and os.path.isdir(paths[0]):
+            folders[paths[0]].append(float(t))
+        elif kind == "fsync":
+            files[paths[0]] = float(t)
+        elif kind == "replace":
+            renames[paths[1]].append((float(t), paths[0]))
+    return files, renames, folders
+
+
+def _check_at_kill(out, journal, synclog) -> int:
+    """Every completed item durable before its record; returns how many outputs were caught in
+    flight (a temp file, or renamed and not yet recorded): the kill landed mid-group."""
+    files, renames, folders = _sync_log(synclog)
+    recorded = set()
+    for rec in _completed(journal):
+        path = str(out / rec["out"])
+        recorded.add(path)
+        data = open(path, "rb").read()  # in place...
+        assert hashlib.sha256(data).hexdigest() == rec["sha256"], f"{path}: not the recorded bytes"
+        # ...and durable before the record: its temp file fsynced, renamed, then its folder fsynced
+        t_rec = rec["t"] + 0.001  # record times are rounded to the millisecond
+        ok = any(tmp in files and files[tmp] <= t_ren
+                 and any(t_ren <= t_dir <= t_rec for t_dir in folders.get(os.path.dirname(path), []))
+                 for t_ren, tmp in renames.get(path, []))
+        assert ok, f"{path}: recorded completed at {rec['t']} before it was durable: {renames.get(path)}"
+    on_disk = [os.path.join(out, n) for n in os.listdir(out)] if out.exists() else []
+    return sum(1 for p in on_disk if is_tmp_name(os.path.basename(p)) or p not in recorded)
+
+
+def test_kill9_mid_group_every_recorded_output_is_durable(tmp_path):
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    n = 160
+    make_pngs(src, n, size=16)
+    synclog = tmp_path / "sync.log"
+    env = {"BATCHCLI_TEST_SYNC_LOG": str(synclog), "BATCHCLI_TEST_SYNC_DELAY": str(SLOW_FSYNC)}
+    paths = create(home, [src], out, "resize 8x8")
+    rng = random.Random(18)
+    kills = caught = 0
+    for k in range(5):
+        target = len(_completed(paths.journal)) + rng.randint(4, 24)
+        proc = spawn(home, "resume", paths.id, "-w", "2", "--quiet", "--min-free-space", "0", env=env)
+        wait_for(lambda: proc.poll() is not None or len(_completed(paths.journal)) >= target,
+                 what=f"kill {k}: {target} items completed")
+        if proc.poll() is not None:
+            break
+        try:
+            kids = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            kids = []
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in kids),
+                 timeout=5, what="workers of the killed runner to exit")
+        kills += 1
+        caught += _check_at_kill(out, paths.journal, synclog)
+        recover(Store(str(home)))
+    assert kills >= 3
+    assert caught > 0, "no kill landed while a group was being written"
+    r = run(home, "resume", paths.id, "-w", "2", "--min-free-space", "0", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert replay(paths.journal, n).completed == n
+    assert sorted(os.listdir(out)) == sorted(f"img{k:03d}.png" for k in range(n))
+    _check_at_kill(out, paths.journal, synclog)
