@@ -59,7 +59,7 @@ class Task:
         try:
             value = float(raw)
         except ValueError:
-            value = math.nan
+            raise ConfigError(f"model: threshold: {raw!r} is not a number (or auto)") from None
         if not math.isfinite(value):
             raise ConfigError(f"model: threshold: {raw!r} is not a finite number")
         return value
