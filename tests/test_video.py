@@ -385,3 +385,23 @@ def test_a_phones_rotation_is_applied_to_the_pixels(tmp_path, clips):
         assert (first.width, first.height, first.rotation) == (64, 96, 0)
         img = first.to_ndarray(format="bgr24")
     assert img[-8:].mean() > 100 > img[:8].mean()  # frame 0's bar, at the left as stored, is at the bottom as shown
+
+
+def test_a_model_op_runs_on_every_frame(tmp_path, clips):
+    import onnx_models as om
+
+    src = _folder(tmp_path, clips, **{"clip.mp4": "mp4"})
+    model = om.inverter(tmp_path)
+    home, out = tmp_path / "home", tmp_path / "out"
+    r = cli("start", str(src), "--out", str(out), "--media", "all", "--pipeline",
+            f"model {model} task=image2image | convert mp4 crf=18 preset=ultrafast", *SEG, home=home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import av
+
+    with av.open(str(clips["mp4"])) as a, av.open(str(out / "clip.mp4")) as b:
+        pairs = list(zip(a.decode(video=0), b.decode(video=0)))
+    assert len(pairs) == 36
+    for x, y in pairs[::9]:  # inverted: the white bar is black, the dark background light
+        x, y = x.to_ndarray(format="rgb24").astype(int), y.to_ndarray(format="rgb24").astype(int)
+        assert abs((255 - x) - y).mean() < 12
+    assert (out / "photo.jpg").exists()
