@@ -144,3 +144,18 @@ def test_json_events_ctrl_c_and_a_detached_resume(tmp_path):
     assert run(home, "pause", batch.name).returncode == 0
     s = json.loads(run(home, "status", "--json").stdout)
     assert (s["status"], s["completed"], s["runner_pid"]) == ("paused", 2, None)
+
+
+def test_watch_detach_prints_the_batch_id_alone(tmp_path):
+    home, hot, out = tmp_path / "home", tmp_path / "hot", tmp_path / "out"
+    hot.mkdir()
+    r = run(home, "watch", hot, "--out", out, "-p", "convert png", *FLAGS, "--settle", "0.3s", "--detach")
+    assert r.returncode == 0, r.stderr
+    batch_id = r.stdout.strip()
+    assert (home / "batches" / batch_id).is_dir()  # scripts capture it: BATCH=$(batchcli watch ... --detach)
+    try:
+        make_image(hot / "a.png", seed=1)
+        wait_for(lambda: (out / "a.png").is_file(), what="a.png, under the detached watcher")
+    finally:
+        r = run(home, "cancel", batch_id)
+    assert r.returncode == 0, r.stderr

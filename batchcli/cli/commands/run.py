@@ -74,7 +74,7 @@ def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> Non
     raise typer.Exit(result.exit_code)
 
 
-def create(store, cfg, opts, json_out: bool):
+def create(store, cfg, opts, json_out: bool, detach: bool = False):
     """The new batch of `start`, or of `sync` or `watch` (called from inside `start`'s body, so
     that they take every flag start takes): sync records up-to-date items as reused first; a
     watch batch may start empty and names the folders it watches."""
@@ -85,8 +85,8 @@ def create(store, cfg, opts, json_out: bool):
     if mode is None:
         return api.create_batch(store, cfg)
     if mode.pop("watch", False):
-        return watch_create(store, cfg, json_out, **mode)
-    return sync_create(store, cfg, opts, json_out, **mode)
+        return watch_create(store, cfg, json_out, detach, **mode)
+    return sync_create(store, cfg, opts, json_out, detach, **mode)
 
 
 def _detached(paths, pid: int, json_out: bool) -> None:
@@ -175,7 +175,7 @@ def register(app: typer.Typer) -> None:
                               max_file_size=limits[0], max_pixels=limits[1],
                               media=media, max_duration=parse_time(max_duration, "--max-duration"),
                               segment=parse_time(video_segment, "--video-segment"))
-        paths = create(Store(home), cfg, opts, json_out)  # `sync` too: the up-to-date items recorded
+        paths = create(Store(home), cfg, opts, json_out, detach)  # `sync` too: the up-to-date items recorded
         keep_secret(paths, webhook_secret)
         if detach:
             from batchcli.engine.spawn import spawn_detached

@@ -27,7 +27,7 @@ PollOpt = Annotated[bool, typer.Option(
     "--poll", help="Scan the folders instead of asking the kernel for events (network file systems).")]
 
 
-def watch_create(store, cfg, json_out: bool, settle: str = "2s", poll: bool = False):
+def watch_create(store, cfg, json_out: bool, detach: bool = False, settle: str = "2s", poll: bool = False):
     """An empty-or-not batch that names the folders its runner watches."""
     from batchcli import api
     from batchcli.cli import console
@@ -43,7 +43,7 @@ def watch_create(store, cfg, json_out: bool, settle: str = "2s", poll: bool = Fa
     man = paths.load_manifest()
     man.update(kind="watch", watch=spec)
     paths.write_manifest(man)
-    if not json_out:
+    if not (json_out or detach):  # detached, stdout is the batch id alone
         console.info(f"watching {', '.join(spec['roots'])}: a file is taken once unchanged for {spec['settle']:g} s; "
                      f"stop with Ctrl-C or 'batchcli pause {paths.id}'")
     return paths
@@ -53,8 +53,8 @@ ChecksumOpt = Annotated[bool, typer.Option(
     "--checksum", help="Compare inputs by content (sha256), not by identity and mtime: a fresh checkout reuses too.")]
 
 
-def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run: bool = False,
-                checksum: bool = False):
+def sync_create(store, cfg, opts, json_out: bool, detach: bool = False, delete: bool = False,
+                dry_run: bool = False, checksum: bool = False):
     """Make the batch, record its up-to-date items as reused, say what is left to do."""
     import shutil
     import tempfile
@@ -104,7 +104,7 @@ def sync_create(store, cfg, opts, json_out: bool, delete: bool = False, dry_run:
     if json_out:
         console.emit_json({"type": "sync_plan", "batch_id": paths.id, "dry_run": False,
                            **{k: v for k, v in p.as_dict().items() if k != "to_process_sample"}})
-    else:
+    elif not detach:  # detached, stdout is the batch id alone
         console.info(f"sync: {p.reused} up to date (reused), {p.new + p.changed} to process "
                      f"({p.new} new, {p.changed} changed) of {p.total}" + _failed_again(p))
     return paths
