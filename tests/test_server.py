@@ -72,6 +72,12 @@ def test_create_from_paths_list_filter_and_page(srv):
     assert listed["total"] == 1 and listed["batches"][0]["batch_id"] == made["batch_id"]
     _, listed = jcall(f"{srv.url}{API}/batches?status=running,paused&name=paths")
     assert listed == {"batches": [], "total": 0}
+    post(srv, {"inputs": ["photos/img000.png"], "pipeline": "resize 8x8", "workers": 1, "name": "second"})
+    _, every = jcall(f"{srv.url}{API}/batches?limit=1000")
+    ids = [b["batch_id"] for b in every["batches"]]
+    assert ids == sorted(ids, reverse=True) and every["total"] == len(ids) >= 2  # newest first
+    _, page = jcall(f"{srv.url}{API}/batches?limit=1&offset=1")
+    assert [b["batch_id"] for b in page["batches"]] == ids[1:2] and page["total"] == len(ids)
     status, bad = jcall(f"{srv.url}{API}/batches?status=bogus")
     assert status == 400 and "bogus" in bad["error"] and bad["status"] == 400
 
@@ -217,7 +223,7 @@ def test_resume_retry_failed_pipeline_toml_and_delete_with_purge(srv, tmp_path):
     status, err = jcall(url + "/resume", "POST", {})
     assert status == 409 and "nothing to resume" in err["error"]
     status, s = jcall(url + "/resume", "POST", {"retry_failed": True})
-    assert status == 200, s
+    assert status == 200 and s["status"] == "running", s
     assert wait_status(srv, made["batch_id"])["completed"] == 2
     assert sorted(os.listdir(srv.root / "purged")) == ["img000.png", "img001.png"]
     status, gone = jcall(url + "?purge_outputs=true", "DELETE")

@@ -50,9 +50,12 @@ def shot(driver, tmp_path, name: str) -> str:
 
 
 def until(driver, cond, timeout: float = 60, what: str = "the page"):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: cond(d), message=f"waiting for {what}")
+    # the page re-renders live: an element found a moment ago may be gone; look again
+    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)) \
+        .until(lambda d: cond(d), message=f"waiting for {what}")
 
 
 def text(driver, css: str) -> str:
@@ -76,17 +79,19 @@ def test_dashboard_follows_a_batch_to_100_percent_with_pause_and_resume(browser,
         bid = made["batch_id"]
         browser.get(f"{srv.url}/#/batch/{bid}")
         until(browser, lambda d: text(d, "#status") == "running", what="running")
-        bar = browser.find_element(By.CSS_SELECTOR, "#b-bar")
-        until(browser, lambda d: float(bar.get_attribute("data-percent") or 0) > 0, what="the bar to move")
+        def percent(d) -> float:
+            return float(d.find_element(By.CSS_SELECTOR, "#b-bar").get_attribute("data-percent") or 0)
+
+        until(browser, lambda d: percent(d) > 0, what="the bar to move")
         browser.find_element(By.ID, "btn-pause").click()
         until(browser, lambda d: text(d, "#status") == "paused", what="paused")
-        paused_at = float(bar.get_attribute("data-percent"))
+        paused_at = percent(browser)
         assert 0 < paused_at < 100
         assert jcall(f"{srv.url}{API}/batches/{bid}")[1]["status"] == "paused"  # the click reached the batch
         shot(browser, tmp_path, "dashboard-paused.png")
         browser.find_element(By.ID, "btn-resume").click()
         until(browser, lambda d: text(d, "#status") in ("running", "completed"), what="resumed")
-        until(browser, lambda d: bar.get_attribute("data-percent") == "100.0", what="100%")
+        until(browser, lambda d: percent(d) == 100.0, what="100%")
         until(browser, lambda d: text(d, "#status") == "completed", what="completed")
         assert wait_status(srv, bid)["failed"] == 1
         # failures and thumbnails
@@ -111,9 +116,10 @@ def test_dashboard_follows_a_batch_to_100_percent_with_pause_and_resume(browser,
         shot(browser, tmp_path, "dashboard-batch.png")
         # the list: the same batch at 100%
         browser.get(f"{srv.url}/#/")
-        card = until(browser, lambda d: d.find_elements(By.ID, f"batch-{bid}"), what="the batch card")[0]
-        assert card.find_element(By.CSS_SELECTOR, ".bar").get_attribute("data-percent") == "100.0"
-        assert "holiday" in card.text and "completed" in card.text and "1 failed" in card.text
+        until(browser, lambda d: "1 failed" in text(d, f"#batch-{bid}"), what="the batch card")
+        assert browser.find_element(By.CSS_SELECTOR, f"#batch-{bid} .bar").get_attribute("data-percent") == "100.0"
+        card = text(browser, f"#batch-{bid}")
+        assert "holiday" in card and "completed" in card
         shot(browser, tmp_path, "dashboard-list.png")
         # a phone's screen: nothing wider than the viewport
         browser.set_window_size(390, 844)

@@ -186,6 +186,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             return
         await ws.accept()
         sub = await asyncio.to_thread(ctx.hub.subscribe, paths, since)
+        ctx.hub.ensure_polling()
         watcher = asyncio.create_task(_drain(ws))
         try:
             while True:
@@ -218,6 +219,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             if bad:
                 raise ConfigError(f"types {','.join(bad)}: expected some of {', '.join(EVENT_TYPES)}")
         sub = await asyncio.to_thread(ctx.hub.subscribe, None, None, wanted)
+        ctx.hub.ensure_polling()
 
         async def stream():
             try:

@@ -279,7 +279,8 @@ class Hub:
     def subscribe(self, paths: BatchPaths | None, since: int | None = None,
                   types: frozenset[str] | None = None) -> Subscriber:
         """A subscriber to one batch (`paths`) or to all (None). A batch subscriber first gets the
-        events after `since` (when given), then the current `progress`, then live events."""
+        events after `since` (when given), then the current `progress`, then live events. Reads
+        files: call it in a thread, then `ensure_polling` in the loop."""
         assert self.loop is not None
         sub = Subscriber(self.loop, paths.id if paths else None, types)
         if paths is None:
@@ -293,7 +294,6 @@ class Hub:
                     except (OSError, ValueError, KeyError):
                         pass
                     sub.joined.add(f.paths.id)
-            self._ensure_task()
             return sub
         f = self.feed(paths)
         with f.lock:
@@ -305,7 +305,6 @@ class Hub:
             for ev in backlog:
                 sub.offer(ev["type"], _dumps(ev), ev.get("seq") or 0)
             f.subs.add(sub)
-        self._ensure_task()
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -330,7 +329,8 @@ class Hub:
         self.loop.call_soon_threadsafe(_deliver, subs, batch)
 
     # -- the poller ---------------------------------------------------------------------------
-    def _ensure_task(self) -> None:
+    def ensure_polling(self) -> None:
+        """Start the poller if it is not running (call in the event loop, after `subscribe`)."""
         if self._task is None or self._task.done():
             assert self.loop is not None
             self._task = self.loop.create_task(self._run())

@@ -134,6 +134,7 @@ async def create_batch(request: Request) -> JSONResponse:
     """Create a batch from paths, URLs, base64 images or uploaded files and run it (detached)."""
     c = ctx(request)
     paths = c.store.create()
+    started: list[int] = []  # the runner's pid once spawned: from then on the batch is not ours to remove
     try:
         uploads = Uploads(os.path.join(paths.dir, api.UPLOADS), c.cfg.max_upload, c.cfg.max_files)
         ctype = request.headers.get("content-type", "")
@@ -146,14 +147,15 @@ async def create_batch(request: Request) -> JSONResponse:
             if not isinstance(data, dict):
                 raise ConfigError("the body must be a JSON object")
         req = _validated(BatchRequest, data)
-        out = await run_in_threadpool(_create, c, paths, req, uploads)
+        out = await run_in_threadpool(_create, c, paths, req, uploads, started)
     except BaseException:
-        shutil.rmtree(paths.dir, ignore_errors=True)
+        if not started:
+            shutil.rmtree(paths.dir, ignore_errors=True)
         raise
     return JSONResponse(out, status_code=201)
 
 
-def _create(c, paths: BatchPaths, req: BatchRequest, uploads: Uploads) -> dict[str, Any]:
+def _create(c, paths: BatchPaths, req: BatchRequest, uploads: Uploads, started: list[int]) -> dict[str, Any]:
     from batchcli.engine.spawn import spawn_detached
     from batchcli.inputs.discover import is_url
     from batchcli.units import parse_bytes
@@ -195,8 +197,10 @@ def _create(c, paths: BatchPaths, req: BatchRequest, uploads: Uploads) -> dict[s
                           max_pixels=req.max_pixels or 150_000_000)
     api.create_batch(c.store, cfg, paths=paths)
     _check_items_inside(c, paths, uploads.folder)
-    pid = spawn_detached(paths, opts, c.store.home)
-    s = c.hub.status(paths)
+    before = c.hub.status(paths)["journal_records"]
+    started.append(spawn_detached(paths, opts, c.store.home))
+    pid = started[0]
+    s = _after_spawn(c, paths, before)
     return {"batch_id": paths.id, "status": s["status"], "total": s["total"], "pid": pid,
             "message": f"batch {paths.id} started: {s['total']} items"}
 
@@ -214,6 +218,22 @@ def _check_items_inside(c, paths: BatchPaths, uploads: str) -> None:
         real = os.path.realpath(src)
         if not (real.startswith(up) or c.guard.inside(real)):
             raise ConfigError(f"inputs: {rec.get('rel') or os.path.basename(src)} leads outside the allowed folders")
+
+
+SETTLE = 2.0
+"""Seconds a start or resume waits for the new runner's first journal record (it is written
+just after the runner takes the lock), so that the answer shows the batch running."""
+
+
+def _after_spawn(c, paths: BatchPaths, records_before: int) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + SETTLE
+    while True:
+        s = c.hub.status(paths)
+        if s["journal_records"] > records_before or time.monotonic() > deadline:
+            return s
+        time.sleep(0.02)
 
 
 # --- read --------------------------------------------------------------------------------------
@@ -335,9 +355,10 @@ def _resume(c, paths: BatchPaths, body: ResumeRequest) -> dict[str, Any]:
                                 "(retry_failed reruns failed items, repair missing outputs)")
     lifecycle.wait_stopped(paths, 5.0)
     opts = body.options(last=api.last_run_flags(paths))
+    before = c.hub.status(paths)["journal_records"]
     pid = spawn_detached(paths, opts, c.store.home, resume=True, retry_failed=body.retry_failed,
                          repair=body.repair, force=body.force)
-    s = c.hub.status(paths)
+    s = _after_spawn(c, paths, before)
     return {**s, "pid": pid, "message": f"batch {paths.id} resumed: {s['remaining']} items to do"}
 
 
