@@ -90,6 +90,10 @@ def test_added_changed_and_deleted_inputs_with_and_without_delete(synced):
     assert r.returncode == 0 and done == []
     assert "removed 1 output(s) whose inputs are gone; kept 1 changed since written" in r.stdout
     assert not gone_out.exists() and edited_out.exists()
+    last = _latest(home)["batch_id"]
+    deleted = [rec for rec in records(home / "batches" / last / "journal.jsonl") if rec.get("type") == "outputs_deleted"]
+    assert len(deleted) == 1 and deleted[0]["count"] == 1 and deleted[0]["kept"] == {"changed": 1}
+    assert deleted[0]["outputs"] == [str(gone_out.relative_to(out))]
     after = _outputs(out)
     assert after == {k: v for k, v in before.items() if k != str(gone_out.relative_to(out))}
 

@@ -95,7 +95,7 @@ def test_sigkill_then_recover_resume_picks_up_what_landed_meanwhile(tmp_path):
         done = _completed(batch)
         assert sorted(done) == [0, 1, 2]
         requeued = [r for r in records(batch / "journal.jsonl") if r.get("type") == "items_requeued"]
-        assert [r["items"] for r in requeued] == [[0]]
+        assert [r["items"] for r in requeued] == [[0]] and requeued[0]["reason"] == "changed"
     finally:
         r = run(home, "cancel", batch.name)
     assert r.returncode == 0, r.stderr
