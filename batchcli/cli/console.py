@@ -157,6 +157,7 @@ class ProgressView:
         self.mode = mode
         self._last_plain = 0.0
         self._progress = None
+        self._bars: dict[int, Any] = {}  # a running video's bar, by item
         self._task = None
         self._fail_lines = 0
         self._batch = ""
@@ -204,11 +205,11 @@ class ProgressView:
             console = rich_console()
             console.print(line)
             self._progress = Progress(
-                TextColumn("[bold]processing"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
                 TextColumn("[red]{task.fields[failed]}"), transient=False, console=console)
-            self._task = self._progress.add_task("run", total=ev["total"], completed=ev["total"] - ev["remaining"],
-                                                 rate="", failed="")
+            self._task = self._progress.add_task("processing", total=ev["total"],
+                                                 completed=ev["total"] - ev["remaining"], rate="", failed="")
             self._progress.start()
         else:
             info(line)
@@ -218,6 +219,7 @@ class ProgressView:
         if self._progress is not None:
             self._progress.update(self._task, completed=done, rate=fmt_rate(ev["rate"]),
                                   failed=f"{ev['failed']} failed" if ev["failed"] else "")
+            self._video_bars(ev.get("videos") or [])
         elif self.mode == "plain":
             now = time.monotonic()
             if now - self._last_plain >= PLAIN_EVERY:
@@ -226,6 +228,18 @@ class ProgressView:
                      f"rate={fmt_rate(ev['rate'])} eta={fmt_secs(ev['eta_s'])}")
                 for v in ev.get("videos") or []:
                     info(f"  video {video_line(v)}")
+
+    def _video_bars(self, videos: list[dict[str, Any]]) -> None:
+        """One bar per running video (frames done of its total), gone when it finishes."""
+        bars = self._bars
+        for v in videos:
+            if v["i"] not in bars:
+                bars[v["i"]] = self._progress.add_task(f"  {os.path.basename(v.get('src') or '')}", total=None,
+                                                       rate="", failed="")
+            self._progress.update(bars[v["i"]], completed=v["frames_done"], total=v.get("frames_total"),
+                                  rate=f"eta {fmt_secs(v.get('eta_s'))}")
+        for i in [i for i in bars if i not in {v["i"] for v in videos}]:
+            self._progress.remove_task(bars.pop(i))
 
     def _failed(self, ev: dict[str, Any]) -> None:
         self._fail_lines += 1
