@@ -458,3 +458,27 @@ def test_without_the_serve_extra_the_command_says_what_to_install(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=server_env(tmp_path / "home"),
                        timeout=60)
     assert r.returncode == 2 and "pip install 'batchcli[serve]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_line_being_written_is_read_once_it_is_whole(tmp_path):
+    """The status cache folds only new lines: a half-written last line is not counted as
+    corrupt again and again, and is read when it is complete."""
+    from crashops import create
+
+    from batchcli.engine.journal import encode
+    from batchcli.engine.store import Store
+    from batchcli.server.events import Hub
+
+    make_pngs(tmp_path / "in", 2)
+    paths = create(tmp_path / "home", [tmp_path / "in"], tmp_path / "out", "resize 8x8")
+    hub = Hub(Store(str(tmp_path / "home")))
+    line = encode({"seq": 1, "t": 1.0, "type": "item_failed", "i": 0, "error_class": "decode", "error": "x: bad"})
+    with open(paths.journal, "ab") as fh:
+        fh.write(line[:20])
+    for _ in range(3):
+        s = hub.status(paths)
+        assert s["failed"] == 0 and s["journal_corrupt_lines"] <= 1
+    with open(paths.journal, "ab") as fh:
+        fh.write(line[20:])
+    s = hub.status(paths)
+    assert s["failed"] == 1 and s["journal_corrupt_lines"] == 0

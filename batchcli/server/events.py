@@ -91,6 +91,8 @@ class Feed:
             self._last_size = size
             self._last_growth = now
             self._dead = False
+            # an unfinished last line was reported by the last fold; it is read again now
+            self.st.bad[:] = [b for b in self.st.bad if b.offset < self.st.offset]
             replay(self.paths.journal, self.total, base=self.st, on_record=self._on_record if emit else None)
         elif self.st.state == "running" and not self._dead and now - self._last_growth >= LIVENESS_AFTER:
             from batchcli.engine.liveness import runner_alive
