@@ -55,6 +55,7 @@ def split_spec(text: str) -> list[tuple[str, list[str], dict[str, str]]]:
         keywords: dict[str, str] = {}
         for word in rest:
             key, eq, value = word.partition("=")
+            key = key.replace("-", "_")  # max-bytes=300K is max_bytes
             if eq and key.isidentifier():
                 if key in keywords:
                     raise ConfigError(f"{name}: {key} given twice")
@@ -307,13 +308,16 @@ class Pipeline:
     def branch(self, frame: Frame) -> list[tuple[str, Any]]:
         """The shared ops' frame through each variant: [(name, frame or the exception that
         failed it)], in order. Each variant gets its own copy of the frame's settings and
-        records; the pixels are shared, read-only, so no variant can change another's."""
+        records; the pixels are shared, read-only, so no variant can change another's. A
+        variant that begins by shrinking starts from a smaller copy of the pixels (_Levels)."""
         frame.img.flags.writeable = False
+        levels = _Levels(frame)
         out: list[tuple[str, Any]] = []
         for name, branch in self.variants:
-            own = dataclasses.replace(frame, encode=dict(frame.encode), meta=copy.deepcopy(frame.meta),
-                                      info=dict(frame.info), keep=copy.deepcopy(frame.keep))
             try:
+                start = levels.for_branch(branch)
+                own = dataclasses.replace(start, encode=dict(frame.encode), meta=copy.deepcopy(frame.meta),
+                                          info=dict(frame.info), keep=copy.deepcopy(frame.keep))
                 out.append((name, branch.run(own)))
             except Exception as exc:
                 out.append((name, exc))
@@ -347,6 +351,43 @@ class Pipeline:
                     except Exception as exc:
                         out[k] = exc
         return out
+
+
+class _Levels:
+    """Halvings of a frame's pixels, by area averaging, each made from the one before, for the
+    variants that begin by shrinking. Each such variant starts from the smallest halving that
+    still holds every pixel its first resize needs (Pipeline.shrink_for, as when a JPEG is
+    decoded at reduced scale), so four sizes of a 12 MP photo cost about one and a third
+    full-size resamplings, not four. Only while the frame's size still follows from its
+    source's (no crop or pad among the shared ops changed it)."""
+
+    def __init__(self, frame: Frame):
+        self.levels = {frame.shrink: frame}
+        h, w = frame.img.shape[:2]
+        self.full: tuple[int, int] | None = (w, h) if frame.shrink <= 1 else None
+        if frame.shrink > 1:
+            sw, sh = frame.src_size
+            for a, b in ((sw, sh), (sh, sw)):
+                if -(-a // frame.shrink) == w and -(-b // frame.shrink) == h:
+                    self.full = (a, b)
+
+    def for_branch(self, branch: Pipeline) -> Frame:
+        n = min(self.levels)
+        base = self.levels[n]
+        if self.full is None:
+            return base
+        want = branch.shrink_for(*self.full)
+        while n < want:
+            from batchcli.ops.geometry import resize_pixels
+
+            w, h = self.full
+            prev = self.levels[n]
+            n *= 2
+            if n not in self.levels:
+                img = resize_pixels(prev.img, (-(-w // n), -(-h // n)))
+                img.flags.writeable = False
+                self.levels[n] = dataclasses.replace(prev, img=img, shrink=n, src_size=self.full)
+        return self.levels[n]
 
 
 def _toml_variant(table: dict, where: str) -> tuple[str, Pipeline]:

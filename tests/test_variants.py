@@ -127,13 +127,17 @@ def test_a_failed_variant_fails_its_item_naming_the_variant_and_the_batch_goes_o
     assert sorted(p.name for p in (out / "web").iterdir()) == ["p0.webp", "p2.webp"]
 
 
-def test_a_name_template_places_the_variants(tmp_path):
+@pytest.mark.parametrize("template, files", [
+    ("{rel}/{stem}_{variant}.{ext}", ["x/p_big.webp", "x/p_small.jpg"]),
+    ("{stem}_web.{ext}", ["big/x/p_web.webp", "small/x/p_web.jpg"]),  # without {variant}: under OUT/NAME/
+])
+def test_a_name_template_places_the_variants(tmp_path, template, files):
     make_image(tmp_path / "in" / "x" / "p.png", 80, 60)
     home, out = tmp_path / "home", tmp_path / "out"
-    r = run(home, "start", tmp_path / "in", "--out", out, "--name-template", "{rel}/{stem}_{variant}.{ext}",
+    r = run(home, "start", tmp_path / "in", "--out", out, "--name-template", template,
             "--variant", "small=resize 20x20 | convert jpg", "--variant", "big=convert webp")
     assert r.returncode == 0, r.stderr
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == ["x/p_big.webp", "x/p_small.jpg"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == files
 
 
 def test_pipeline_files_take_variant_tables(tmp_path):
@@ -155,6 +159,18 @@ def test_pipeline_files_take_variant_tables(tmp_path):
                                                  "lossless": False, "progressive": False, "background": "#ffffff"}
 
 
+def test_the_readme_pipeline_file_gives_its_variants(tmp_path):
+    from batchcli.pipeline import Pipeline
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```toml\n[[op]]\nname = \"orient\"")[1].split("```")[0]
+    (tmp_path / "site.toml").write_text('[[op]]\nname = "orient"' + block)
+    p = Pipeline.from_toml(str(tmp_path / "site.toml"))
+    assert [name for name, _ in p.variants] == ["large", "thumb"]
+    assert p.command_text() == ("orient --variant 'large=resize 2048x2048 | convert webp quality=82' "
+                                "--variant 'thumb=resize 400x400 mode=fill | convert jpg'")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--variant", "thumb"], "--variant 'thumb': expected NAME=PIPELINE"),
     (["--variant", "thumb="], "the pipeline after thumb= is empty"),
@@ -163,6 +179,7 @@ def test_pipeline_files_take_variant_tables(tmp_path):
     (["--variant", "a=resize nine"], "variant 'a': resize"),
     (["--variant", "a=analyze"], "variant 'a': writes no image"),
     (["--variant", "a=raw | resize 9x9"], "variant 'a': raw belongs in --pipeline"),
+    (["--variant", "a=thumbnail at=10%"], "variant 'a': thumbnail is a video operation"),
     (["--name-template", "{stem}_{variant}.{ext}"], "{variant} needs --variant NAME=PIPELINE"),
 ])
 def test_bad_variants_are_usage_errors_before_any_work(tmp_path, args, message):
@@ -171,6 +188,34 @@ def test_bad_variants_are_usage_errors_before_any_work(tmp_path, args, message):
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "home" / "batches").exists() or not any((tmp_path / "home" / "batches").iterdir())
+
+
+def test_at_most_16_variants():
+    from batchcli.errors import ConfigError
+    from batchcli.pipeline import MAX_VARIANTS, Pipeline
+
+    p = Pipeline.parse("flip h")
+    for k in range(MAX_VARIANTS):
+        p.add_variant(*Pipeline.parse_variant(f"v{k}=convert png"))
+    with pytest.raises(ConfigError, match="variant 'v16': at most 16 variants"):
+        p.add_variant(*Pipeline.parse_variant("v16=convert png"))
+
+
+def test_watch_writes_every_variant_of_a_file_that_lands(tmp_path):
+    from crashops import spawn, wait_for
+
+    home, hot, out = tmp_path / "home", tmp_path / "hot", tmp_path / "out"
+    hot.mkdir()
+    watcher = spawn(home, "watch", hot, "--out", out, "-w", "1", "--min-free-space", "0", "--settle", "0.3s",
+                    "--variant", "a=convert webp", "--variant", "b=resize 9x9 | convert jpg")
+    try:
+        wait_for(lambda: (home / "batches").is_dir() and any((home / "batches").iterdir()), what="the batch")
+        make_image(tmp_path / "p.png", 80, 60).rename(hot / "p.png")
+        wait_for(lambda: len(_completed(home)) == 1, timeout=60, what="the landed file")
+        assert _size(out / "a/p.webp") == (80, 60) and _size(out / "b/p.jpg") == (9, 7)
+    finally:
+        run(home, "cancel", next((home / "batches").iterdir()).name)
+        watcher.wait(60)
 
 
 def test_variants_change_the_fingerprint_and_plain_pipelines_keep_theirs():
@@ -321,11 +366,15 @@ def test_verify_checks_every_variant_and_repair_redoes_the_item(branched):
 
 def test_contact_sheet_shows_one_variant_per_item(branched, tmp_path):
     home, _ = branched
-    r = run(home, "export", "site", "--contact-sheet", tmp_path / "sheet.jpg", "--variant", "t", "--json")
+    r = run(home, "export", "site", "--contact-sheet", tmp_path / "t.png", "--variant", "t", "--json")
     assert r.returncode == 0, r.stderr
     sheet = json.loads(r.stdout)["contact_sheet"]
     assert (sheet["tiles"], sheet["completed"], sheet["failed"]) == (3, 2, 1)
-    assert _size(tmp_path / "sheet.jpg")[0] > 0
+    for name, variant in (("first.png", None), ("web.png", "web")):
+        assert run(home, "export", "site", "--contact-sheet", tmp_path / name,
+                   *(["--variant", variant] if variant else [])).returncode == 0
+    assert (tmp_path / "first.png").read_bytes() == (tmp_path / "web.png").read_bytes()  # the first variant
+    assert (tmp_path / "first.png").read_bytes() != (tmp_path / "t.png").read_bytes()
 
 
 def test_cleanup_purges_every_variant_output(branched):
@@ -334,3 +383,30 @@ def test_cleanup_purges_every_variant_output(branched):
     r = run(home, "cleanup", "--older-than", "0s", "--status", "failed,completed", "--purge-outputs", "--json")
     assert r.returncode == 0, r.stderr
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("shared", ["orient", "orient | crop 700x500", "flip h | pad 1700x1300"])
+def test_variants_that_shrink_start_from_smaller_copies_and_match_their_own_pipeline(tmp_path, shared):
+    """Each variant's output has the size its own pipeline (shared ops + the variant) gives, and
+    the same pixels within rounding, whether it starts from a halving of the frame or not."""
+    import numpy as np
+
+    from batchcli.imaging import imageio
+    from batchcli.pipeline import Pipeline
+    from tests.photos import photo_pixels
+
+    src = tmp_path / "p.jpg"
+    import cv2
+
+    cv2.imwrite(str(src), photo_pixels(1600, 1200)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    variants = ["big=resize 1000x1000", "mid=resize 390x390 mode=fill", "small=resize 150x150", "same=flip v"]
+    p = Pipeline.parse(shared)
+    for flag in variants:
+        p.add_variant(*Pipeline.parse_variant(flag))
+    got = dict(p.branch(p.run(imageio.load(str(src), shrink_for=p.shrink_for))))
+    for flag in variants:
+        name, rest = flag.split("=", 1)
+        alone = Pipeline.parse(f"{shared} | {rest}")
+        want = alone.run(imageio.load(str(src), shrink_for=alone.shrink_for)).img
+        assert got[name].img.shape == want.shape, name
+        assert np.abs(got[name].img.astype(int) - want.astype(int)).mean() < 3, name
