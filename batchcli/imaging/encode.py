@@ -34,7 +34,8 @@ def encode(frame: Frame) -> tuple[bytes, str]:
     """Encode a frame. Returns (bytes, format). Orientation still pending is applied first, so the
     output displays upright even though OpenCV writes no EXIF. JPEG gets alpha flattened on
     `encode["background"]` (white by default); JPEG, WebP, AVIF and BMP are 8-bit, PNG, TIFF and
-    HEIC keep 16 bits (HEIC as 10-bit). Metadata goes in as imaging.metadata says."""
+    HEIC keep 16 bits (HEIC as 10-bit). Metadata goes in as imaging.metadata says. With
+    `encode["max_bytes"]`, the highest quality up to `quality` whose output fits (see _within)."""
     img = apply_orientation(frame.img, frame.orientation)
     fmt = output_format(frame)
     settings = frame.encode
@@ -42,12 +43,20 @@ def encode(frame: Frame) -> tuple[bytes, str]:
     quality = int(q if q is not None else 90)
     if fmt in ("jpg", "webp", "avif", "bmp"):
         img = to_uint8(img)
+    if fmt == "jpg" and img.ndim == 3 and img.shape[2] == 4:
+        img = flatten_alpha(img, settings.get("background", (255, 255, 255)))
+    limit = settings.get("max_bytes")
+    if limit and fmt in ("jpg", "webp", "avif", "heic") and not settings.get("lossless"):
+        return _within(frame, img, fmt, quality, int(limit)), fmt
+    return _encode(frame, img, fmt, quality), fmt
+
+
+def _encode(frame: Frame, img: np.ndarray, fmt: str, quality: int) -> bytes:
+    settings = frame.encode
     if fmt in ("heic", "avif"):
-        return heif.encode(img, fmt, quality, metadata.blocks(frame, img)), fmt
+        return heif.encode(img, fmt, quality, metadata.blocks(frame, img))
     params: list[int] = []
     if fmt == "jpg":
-        if img.ndim == 3 and img.shape[2] == 4:
-            img = flatten_alpha(img, settings.get("background", (255, 255, 255)))
         params = [cv2.IMWRITE_JPEG_QUALITY, quality]
         if settings.get("progressive"):
             params += [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
@@ -64,7 +73,31 @@ def encode(frame: Frame) -> tuple[bytes, str]:
         raise ItemError("encode", f"cannot encode as {fmt}: {line[:200]}") from None
     if not ok:
         raise ItemError("encode", f"cannot encode as {fmt}")
-    return metadata.embed(buf.tobytes(), fmt, frame, img), fmt
+    return metadata.embed(buf.tobytes(), fmt, frame, img)
+
+
+def _within(frame: Frame, img: np.ndarray, fmt: str, top: int, limit: int) -> bytes:
+    """The output at the highest quality in 1..top whose file (metadata included) is at most
+    `limit` bytes, by bisection: at most 7 encodes for top <= 127. The quality chosen goes into
+    the item's record (meta.convert); a file over the limit even at quality 1 fails the item."""
+    lo, hi, best, smallest, tries = 0, top + 1, b"", 0, 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        data = _encode(frame, img, fmt, mid)
+        tries += 1
+        if len(data) <= limit:
+            lo, best = mid, data
+        else:
+            hi, smallest = mid, len(data)
+    if not best:
+        raise ItemError("encode", f"cannot fit {fmt} in {_kib(limit)}: {_kib(smallest)} even at quality 1 "
+                                  "(resize it smaller first)")
+    frame.meta["convert"] = {"quality": lo, "max_bytes": limit, "encodes": tries}
+    return best
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.0f} KiB" if n < 10 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
 def save(frame: Frame, dest_stem: str) -> tuple[str, int, str]:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from batchcli.errors import ConfigError
 from batchcli.imaging.frame import Frame
+from batchcli.units import parse_bytes
 
 REQUIRED = object()
 _SIZE_RE = re.compile(r"^(\d+)?[xX](\d+)?$")
@@ -28,7 +29,7 @@ class Param:
     """One parameter of an op: how to parse it, its default, and its help line."""
 
     name: str
-    kind: str = "str"  # int, float, bool, str, size, path, color, choice, floats
+    kind: str = "str"  # int, float, bool, str, size, path, color, choice, floats, bytes (300K, 2M)
     default: Any = REQUIRED
     help: str = ""
     positional: bool = False
@@ -51,7 +52,7 @@ class Param:
             raise ConfigError(f"{where}: {value!r} is not a valid {self.kind} ({exc})") from None
         if self.kind in ("float", "floats") and not all(map(math.isfinite, out if self.kind == "floats" else (out,))):
             raise ConfigError(f"{where}: {value!r} is not a finite number")
-        if self.kind in ("int", "float"):
+        if self.kind in ("int", "float", "bytes"):
             if self.min is not None and out < self.min:
                 raise ConfigError(f"{where}: {out} is below the minimum {self.min:g}")
             if self.max is not None and out > self.max:
@@ -149,6 +150,7 @@ _PARSERS = {
     "color": _parse_color,
     "path": _parse_path,
     "floats": _parse_floats,
+    "bytes": lambda v, p: v if isinstance(v, int) and not isinstance(v, bool) else parse_bytes(v, f"{p.name}="),
 }
 
 

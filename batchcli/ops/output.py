@@ -16,6 +16,7 @@ VIDEO_CODECS = {"mp4": ("h264", "hevc", "av1", "vp9"), "mov": ("h264", "hevc"), 
 SPEEDS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 _ALIASES = {"jpeg": "jpg", "tif": "tiff", "heif": "heic"}
 _VIDEO_PARAMS = ("codec", "crf", "preset", "fps")
+QUALITY_FORMATS = ("jpg", "webp", "avif", "heic")
 
 
 @register
@@ -38,10 +39,16 @@ class Convert(Op):
               help="video quality, lower is better (default: 23 h264, 28 hevc, 31 vp9, 35 av1)"),
         Param("preset", "choice", "medium", choices=SPEEDS, help="video encoder speed against size"),
         Param("fps", "float", 0.0, min=0, max=240, help="video frame rate (default: the source's)"),
+        Param("max_bytes", "bytes", None, min=1024, max=1 << 30,
+              help="jpg, webp, avif, heic: the highest quality up to `quality` whose file fits, e.g. max-bytes=300K "
+                   "(bisection, at most 7 encodes; the record says which quality)"),
     )
 
     def check(self) -> None:
         fmt = self.output_format
+        if self.p["max_bytes"] is not None and (fmt not in QUALITY_FORMATS or self.p["lossless"]):
+            raise ConfigError(f"convert: max-bytes needs a format with a quality (jpg, webp, avif, heic), not "
+                              f"{'lossless webp' if self.p['lossless'] else fmt}")
         if fmt not in VIDEO_FORMATS:
             if self.p["codec"] or self.p["crf"] >= 0 or self.p["fps"]:
                 raise ConfigError(f"convert: codec, crf and fps are for videos (mp4, webm, mov), not {fmt}")
@@ -58,11 +65,14 @@ class Convert(Op):
         return _ALIASES.get(self.p["format"], self.p["format"])
 
     def spec(self) -> dict:
-        """The video parameters only where they apply, so image pipelines keep their fingerprint."""
+        """The video parameters only where they apply, and max_bytes only when given, so image
+        pipelines keep their fingerprint."""
         out = super().spec()
         if self.output_format not in VIDEO_FORMATS:
             for name in _VIDEO_PARAMS:
                 out.pop(name, None)
+        if out.get("max_bytes") is None:
+            out.pop("max_bytes", None)
         return out
 
     @property
@@ -80,5 +90,6 @@ class Convert(Op):
             lossless=self.p["lossless"],
             progressive=self.p["progressive"],
             background=self.p["background"],
+            max_bytes=self.p["max_bytes"],
         )
         return frame
