@@ -410,3 +410,17 @@ def test_variants_that_shrink_start_from_smaller_copies_and_match_their_own_pipe
         want = alone.run(imageio.load(str(src), shrink_for=alone.shrink_for)).img
         assert got[name].img.shape == want.shape, name
         assert np.abs(got[name].img.astype(int) - want.astype(int)).mean() < 3, name
+
+
+def test_a_worker_killed_between_variants_costs_only_a_retry_of_its_item(tmp_path):
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 4)
+    (tmp_path / "once").mkdir()
+    r = run(home, "start", src, "--out", out, "-w", "1", "--variant", "a=convert webp",
+            "--variant", f"b=crashtest kill match=img002 once={tmp_path / 'once'} | convert jpg")
+    assert r.returncode == 0, r.stderr
+    assert len(_completed(home)) == 4
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == [
+        *(f"a/img{k:03d}.webp" for k in range(4)), *(f"b/img{k:03d}.jpg" for k in range(4))]
+    (batch,) = (home / "batches").iterdir()
+    assert run(home, "verify", batch.name).returncode == 0
