@@ -401,7 +401,7 @@ def test_pages_of_other_sites_cannot_drive_the_server(srv):
     wait_status(srv, made["batch_id"])
 
 
-def test_token_cors_and_the_non_loopback_refusal(tmp_path):
+def test_a_non_loopback_bind_needs_a_token_from_the_flag_or_the_environment(tmp_path):
     r = subprocess.run([sys.executable, "-m", "batchcli", "serve", "--host", "0.0.0.0", "--port", "0"],
                        env=server_env(tmp_path / "home"), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "token is required" in r.stderr and "Traceback" not in r.stderr
@@ -419,6 +419,11 @@ def test_token_cors_and_the_non_loopback_refusal(tmp_path):
         assert info["roots"] == [os.path.realpath(root)]
     finally:
         s.stop()
+
+
+def test_token_auto_is_required_under_api_and_cors_lets_one_origin_in(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
     s = start_server(tmp_path / "home", root, "--token", "auto", "--cors", "http://app.example")
     try:
         token = open(s.log).read().split("token: ", 1)[1].split()[0]
