@@ -52,6 +52,7 @@ def test_slowly_written_files_are_taken_once_complete(tmp_path, poll):
                  what="both outputs")
         img = cv2.imread(str(out / "sub" / "slow.png"))
         assert img is not None and img.shape[:2] == (480, 640)  # the whole image, never a half-written one
+        wait_for(lambda: len(_completed(batch)) == 3, what="the three journaled")  # a moment after the files
         processed = seen.read_text().splitlines()
         assert sorted(os.path.basename(p) for p in processed) == ["copied.png", "slow.png", "there.png"]
         assert not [r for r in records(batch / "journal.jsonl") if r.get("type") == "item_failed"]
@@ -90,7 +91,11 @@ def test_sigkill_then_recover_resume_picks_up_what_landed_meanwhile(tmp_path):
         wait_for(lambda: (out / "c.png").is_file(), what="c.png, after the resume")
         first = (out / "a.png").read_bytes()
         make_image(hot / "a.png", 80, 60, seed=9)  # a.png written again: redone
-        wait_for(lambda: (out / "a.png").read_bytes() != first, what="a.png redone")
+        def redone() -> bool:  # journaled too (group commit: a moment after the file is there)
+            done_a = [r for r in records(batch / "journal.jsonl") if r.get("type") == "item_completed" and r["i"] == 0]
+            return len(done_a) == 2 and (out / "a.png").read_bytes() != first
+
+        wait_for(redone, what="a.png redone")
         assert cv2.imread(str(out / "a.png")).shape[:2] == (60, 80)
         done = _completed(batch)
         assert sorted(done) == [0, 1, 2]
