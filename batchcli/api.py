@@ -182,7 +182,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
 
 RUN_DEFAULTS = {"workers": None, "retries": 1, "item_timeout": 0.0, "max_failures": None, "providers": "cpu",
                 "worker_memory": None, "min_free_space": "1G", "executor": "local", "transfer": False,
-                **FINISH_DEFAULTS}
+                "max_load": None, "min_free_memory": None, **FINISH_DEFAULTS}
 """The run flags and their defaults. A resume takes a flag it is not given from the batch's
 last run (the journal records the flags each run was given), else from here; except where the
 batch runs (--executor, --transfer), chosen afresh each time: that cluster may be gone."""
@@ -192,10 +192,14 @@ _PER_RUN = ("executor", "transfer")
 def run_options(workers: int | None = None, retries: int | None = None, item_timeout: float | None = None,
                 max_failures: str | None = None, providers: str | None = None, worker_memory: str | None = None,
                 min_free_space: str | None = None, executor: str | None = None, transfer: bool | None = None,
-                last: dict | None = None, finish: dict | None = None):
+                last: dict | None = None, finish: dict | None = None, max_load: str | None = None,
+                min_free_memory: str | None = None, slots: int | None = None):
     """Validate the run flags (exit 2 before any work) and build RunOptions. None means "not
     given": the value of the last run (`last`), else the default. `finish`: the notification
-    and report flags given (results.notify.finish_flags), where None turns one off."""
+    and report flags given (results.notify.finish_flags), where None turns one off. `slots`:
+    the home's worker budget (engine.slots.budget; default the usable CPUs), the default
+    --workers and what the default --worker-memory is shared by."""
+    from batchcli.engine.load import parse_max_load
     from batchcli.engine.runner import RunOptions, _parse_max_failures
     from batchcli.executors.factory import usable_cpus
     from batchcli.models.session import parse_providers
@@ -205,30 +209,35 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
     given.update({k: v for k, v in dict(workers=workers, retries=retries, item_timeout=item_timeout,
                                         max_failures=max_failures, providers=providers,
                                         worker_memory=worker_memory, min_free_space=min_free_space,
-                                        executor=executor, transfer=transfer).items() if v is not None})
+                                        executor=executor, transfer=transfer, max_load=max_load,
+                                        min_free_memory=min_free_memory).items() if v is not None})
     given.update(finish or {})
     v = {**RUN_DEFAULTS, **given}
     workers, retries, item_timeout, max_failures = v["workers"], v["retries"], v["item_timeout"], v["max_failures"]
     providers, worker_memory, min_free_space = v["providers"], v["worker_memory"], v["min_free_space"]
     executor, transfer = v["executor"], v["transfer"]
     parse_providers(providers)  # an unknown provider is a usage error, before any work
+    parse_max_load(v["max_load"])
     cpus = usable_cpus()
-    n = workers or cpus
-    if n > max_workers(cpus):
-        raise ConfigError(f"--workers {n}: at most {max_workers(cpus)} here ({WORKERS_PER_CPU} per usable CPU, at "
+    share = slots or cpus  # without `slots` the runner reads the home's budget itself
+    if workers and workers > max_workers(cpus):
+        raise ConfigError(f"--workers {workers}: at most {max_workers(cpus)} here ({WORKERS_PER_CPU} per usable CPU, at "
                           f"least {MIN_WORKER_CEILING}); more processes than that only slow the batch down")
+    n = workers or min(share, max_workers(cpus))
     try:
         _parse_max_failures(max_failures)
     except ValueError:
         raise ConfigError(f"--max-failures {max_failures!r}: expected a count (10) or a percentage (5%)") from None
     if worker_memory is None:
-        memory = default_worker_memory(n)
+        memory = default_worker_memory(share)  # the home runs at most `slots` workers at once
     else:
         memory = parse_bytes(worker_memory, "--worker-memory")
+    min_memory = parse_bytes(v["min_free_memory"], "--min-free-memory") if v["min_free_memory"] else 0
     return RunOptions(workers=n, threads=max(1, cpus // n), item_timeout=item_timeout, retries=retries,
                       max_failures=max_failures, providers=providers, memory_limit=memory,
                       min_free_space=parse_bytes(min_free_space, "--min-free-space"),
-                      executor=executor, transfer=bool(transfer), given=given)
+                      executor=executor, transfer=bool(transfer), given=given, slots=slots or 0,
+                      max_load=v["max_load"], min_free_memory=min_memory)
 
 
 WORKERS_PER_CPU = 8

@@ -194,6 +194,17 @@ class ProgressView:
             self.close()
             write(sys.stderr, f"... and {self._fail_lines - FAIL_LINES} more failures: "
                               f"batchcli status {self._batch} --items --failed\n")
+        elif kind == "state":
+            self._state(ev)
+
+    def _state(self, ev: dict[str, Any]) -> None:
+        """Queued for a worker slot, throttled by the machine's load, or running again."""
+        where = f" #{ev['queue_position']}" if ev.get("queue_position") else ""
+        msg = f"batch {ev['batch_id']}: {ev['status']}{where}" + (f" - {ev['reason']}" if ev.get("reason") else "")
+        if self._progress is not None:
+            self._progress.console.print(msg, markup=False, highlight=False)
+        else:
+            info(msg)
 
     def _started(self, ev: dict[str, Any]) -> None:
         verb = "resuming" if ev.get("resumed") else "starting"
@@ -286,13 +297,21 @@ def summary(res: Any) -> None:
 
 
 STATUS_STYLE = {"running": "cyan", "completed": "green", "failed": "red", "paused": "yellow",
-                "cancelled": "magenta", "interrupted": "bold red", "pending": "white"}
+                "cancelled": "magenta", "interrupted": "bold red", "pending": "white", "queued": "blue",
+                "scheduled": "blue", "throttled": "yellow"}
+
+
+def status_word(s: dict[str, Any]) -> str:
+    """The status with its place in the queue (`queued #2`) or its start time (`scheduled ...`)."""
+    if s.get("queue_position"):
+        return f"{s['status']} #{s['queue_position']}"
+    return s["status"]
 
 
 def status_view(s: dict[str, Any]) -> None:
     rows = [
         ("batch", s["batch_id"] + (f"  ({s['name']})" if s.get("name") else "")),
-        ("status", s["status"] + (f" - {s['reason']}" if s.get("reason") else "")),
+        ("status", status_word(s) + (f" - {s['reason']}" if s.get("reason") else "")),
         ("progress", f"{s['completed'] + s['failed']}/{s['total']} ({s['progress_percent']:.1f}%)"),
         ("completed", str(s["completed"])),
         ("failed", str(s["failed"])),
@@ -306,6 +325,10 @@ def status_view(s: dict[str, Any]) -> None:
         rows.append(("executor", f"{s['executor']} ({s.get('workers') or '?'} workers)"))
     if s.get("runner_pid"):
         rows.append(("runner pid", str(s["runner_pid"])))
+    if s.get("priority"):
+        rows.append(("priority", str(s["priority"])))
+    if s.get("worker_rss"):
+        rows.append(("worker memory", f"{s['worker_rss'] / (1 << 20):.0f} MiB peak RSS measured"))
     if s.get("completed_at"):
         rows.append(("finished", s["completed_at"]))
     if s.get("journal_corrupt_lines"):

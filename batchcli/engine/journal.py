@@ -35,6 +35,7 @@ LIFECYCLE = {
     "batch_interrupted": "interrupted",
     "batch_cancelled": "cancelled",
     "batch_finished": None,  # its "status" field says completed or failed
+    "batch_scheduled": "scheduled",  # --at / --after: created now, run later
 }
 
 GROUP_COMMIT_SECONDS = 0.05
@@ -119,6 +120,8 @@ class Replay:
     bad: list[BadLine] = field(default_factory=list)
     workers: int | None = None
     options: dict | None = None  # the run flags the last start or resume was given
+    worker_rss: int | None = None  # the largest worker memory (RSS, bytes) measured by a run
+    schedule: dict | None = None  # when a scheduled batch may start: {"at", "after", "after_success"}
     executor: str | None = None
     offset: int = 0  # bytes of the journal folded in (always the end of a complete line)
     lines: int = 0  # complete lines folded in
@@ -268,13 +271,15 @@ def checkpoint(path: str, total: int) -> Replay:
         "fail_key": {str(k): v for k, v in st.fail_key.items()},
         "times": st.times, "runner_pid": st.runner_pid, "last_seq": st.last_seq, "records": st.records,
         "bad": [[b.lineno, b.offset, b.reason] for b in st.bad if b.offset < st.offset],
-        "workers": st.workers, "executor": st.executor, "options": st.options,
+        "workers": st.workers, "executor": st.executor, "options": st.options, "worker_rss": st.worker_rss,
+        "schedule": st.schedule,
     }
     atomic_write(path + SNAPSHOT_SUFFIX, jsonio.dumps(head) + b"\n" + bytes(st.items))
     return st
 
 
-_RUN_STARTS = (b'"type":"batch_started"', b'"type":"batch_resumed"')
+_RUN_STARTS = (b'"type":"batch_started"', b'"type":"batch_resumed"', b'"type":"batch_scheduled"',
+               b'"type":"batch_paused"')  # a run paused while queued records its flags there
 
 
 def iter_matching(path: str, needles: tuple[bytes, ...], start: int = 0) -> Iterator[dict[str, Any]]:
@@ -320,7 +325,8 @@ def _load_snapshot(path: str, total: int) -> Replay | None:
                 fail_key={int(k): v for k, v in head.get("fail_key", {}).items()}, times=head["times"], runner_pid=head["runner_pid"],
                 last_seq=head["last_seq"], records=head["records"],
                 bad=[BadLine(*b) for b in head["bad"]], workers=head["workers"], executor=head["executor"],
-                options=head.get("options"), offset=head["offset"], lines=head["lines"])
+                options=head.get("options"), worker_rss=head.get("worker_rss"), schedule=head.get("schedule"),
+                offset=head["offset"], lines=head["lines"])
     return st
 
 
@@ -341,6 +347,8 @@ def _lifecycle(st: Replay, kind: str, rec: dict[str, Any]) -> None:
     else:
         st.state = LIFECYCLE[kind]
     st.reason = rec.get("reason")
+    if rec.get("worker_rss"):
+        st.worker_rss = max(st.worker_rss or 0, rec["worker_rss"])
     if kind in ("batch_started", "batch_resumed"):
         st.times.setdefault("started", t)
         st.times.pop("paused", None)
@@ -349,8 +357,12 @@ def _lifecycle(st: Replay, kind: str, rec: dict[str, Any]) -> None:
         st.workers = rec.get("workers", st.workers)
         st.options = rec.get("options", st.options)
         st.executor = rec.get("executor", st.executor)
+    elif kind == "batch_scheduled":
+        st.schedule = {k: rec.get(k) for k in ("at", "after", "after_success")}
+        st.options = rec.get("options", st.options)
     elif kind == "batch_paused":
         st.times["paused"] = t
+        st.options = rec.get("options", st.options)
     elif kind == "batch_cancelled":
         st.times["finished"] = t
         # every item still pending is skipped: computed, not written one record per item

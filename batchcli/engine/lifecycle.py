@@ -121,12 +121,25 @@ def check_resumable(paths: BatchPaths, force: bool = False) -> None:
     check_fingerprint(paths, man, st, force)
 
 
+def set_priority(paths: BatchPaths, priority: int) -> dict[str, Any]:
+    """Change a batch's priority; its live runner (queued or running) applies it within a tick."""
+    from batchcli.engine.slots import write_priority
+
+    st = replay(paths.journal, int(paths.load_manifest()["total"]))
+    if st.state in TERMINAL or (st.state == "failed" and st.remaining == 0):
+        raise InvalidTransition(f"batch {paths.id} is {st.state}; a priority applies to a batch that "
+                                f"is queued, running, scheduled, pending or paused")
+    write_priority(paths, priority)
+    return batch_status(paths)
+
+
 # --- recover ----------------------------------------------------------------------------------
 
 def recover(store: Store, resume: bool = False, resume_fn=None) -> dict[str, Any]:
     """Every batch whose journal says running but whose lock is free: record interrupted, then
     paused; remove temp files dead writers left in its folders. Idempotent. With `resume`,
-    `resume_fn(paths)` is called for each recovered batch (the CLI starts it detached)."""
+    `resume_fn(paths)` is called for each recovered batch (the CLI starts it detached), and for
+    each scheduled batch no runner waits for (it starts when due: at once if its time passed)."""
     rows: list[dict[str, Any]] = []
     failed = 0
     for paths in store.all():
@@ -155,8 +168,15 @@ def recover(store: Store, resume: bool = False, resume_fn=None) -> dict[str, Any
 def _recover_one(paths: BatchPaths) -> dict[str, Any] | None:
     man = paths.load_manifest()
     st = replay(paths.journal, int(man["total"]))
-    if st.state != "running" or runner_alive(paths) is not None:
+    if st.state not in ("running", "scheduled") or runner_alive(paths) is not None:
         return None
+    if st.state == "scheduled":  # nothing ran: it needs only a runner to wait for it again
+        from batchcli.engine.schedule import check_due
+
+        due = check_due(paths, st.schedule or {})[0] != "wait"
+        return {"batch_id": paths.id, "name": man.get("name"), "status": "scheduled", "runner_pid": None,
+                "due": due, "reason": st.reason, "completed": st.completed, "failed": st.failed,
+                "remaining": st.remaining, "temp_files_removed": 0, "resumed": False}
     info = read_runner_info(paths) or {}
     pid = info.get("pid") or st.runner_pid
     try:

@@ -25,6 +25,7 @@ from filelock import FileLock
 from batchcli import __version__
 from batchcli.atomic import atomic_write
 from batchcli.engine.checks import changed_inputs, check_fingerprint
+from batchcli.engine.gate import Gate
 from batchcli.engine.journal import (
     COMPLETED,
     FAILED,
@@ -43,16 +44,12 @@ from batchcli.engine.liveness import (
     sweep_dead_tmp,
     take_lock,
 )
+from batchcli.engine.outcome import RunResult, close_run
+from batchcli.engine.outcome import Signals as _Signals
 from batchcli.engine.store import BatchPaths
 from batchcli.engine.videos import VideoGate, segment_chains
 from batchcli.engine.watch import HotFolder
 from batchcli.errors import (
-    EXIT_CANCELLED,
-    EXIT_FAILED_ITEMS,
-    EXIT_OK,
-    EXIT_PAUSED,
-    EXIT_SIGINT,
-    EXIT_SIGTERM,
     InvalidTransition,
     ItemError,
 )
@@ -72,6 +69,8 @@ MAX_CHUNK = 16
 """Largest number of items sent to a worker in one message..."""
 MAX_BATCH_CHUNK = 256
 """...unless an op takes micro-batches (`model ... batch=N`): then a chunk holds one batch."""
+IDLE_WAIT = 0.1
+"""Seconds per loop while the runner has no worker (queued, throttled)."""
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -90,53 +89,9 @@ class RunOptions:
     executor: str = "local"  # "local", "dask" (a LocalCluster) or "dask://host:port"
     transfer: bool = False  # --transfer: ship bytes to and from executor workers
     given: dict = field(default_factory=dict)  # the flags as given (journaled; a resume reuses them)
-
-
-@dataclass
-class RunResult:
-    batch_id: str
-    status: str
-    exit_code: int
-    total: int
-    completed: int
-    failed: int
-    skipped: int
-    remaining: int
-    processed_now: int
-    wall: float
-    reason: str | None = None
-    out_dir: str | None = None
-    top_failures: list[tuple[str, int]] = field(default_factory=list)
-    first_frame_only: int = 0  # animated inputs (GIF, WebP, HEIC) of which only the first frame was used
-
-    @property
-    def rate(self) -> float:
-        return self.processed_now / self.wall if self.wall > 0 else 0.0
-
-
-class _Signals:
-    """First SIGINT/SIGTERM: pause after in-flight items. Second: abandon them now."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.signum = 0
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _Signals:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        self.signum = self.signum or signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
+    slots: int = 0  # the home's worker budget (0: read it: BATCHCLI_SLOTS, config.toml, the CPUs)
+    max_load: str | None = None  # --max-load: "1.5" (load per core) or "40%" (CPU pressure)
+    min_free_memory: int = 0  # --min-free-memory, bytes
 
 
 class Runner:
@@ -164,6 +119,10 @@ class Runner:
             raise locked_error(self.paths, read_runner_info(self.paths) or {})
         try:
             self._locked_at = time.time()
+            me = os.getpid()
+            atomic_write(self.paths.runner, json.dumps({  # who holds the lock, for other shells
+                "pid": me, "host": socket.gethostname(), "started": process_start_time(me),
+                "version": __version__}).encode())
             return self._run_locked(resume, list(requeue or []), requeue_failed, repair, force, expect)
         finally:
             for p in (self.paths.runner, self.paths.control):
@@ -203,6 +162,12 @@ class Runner:
         try:
             if crashed:
                 self.journal.append("batch_interrupted", reason=f"runner pid {st.runner_pid} died", pid=st.runner_pid)
+            if st.state == "scheduled":  # hold it until due (engine/schedule.py)
+                from batchcli.engine.schedule import wait_scheduled
+
+                early = wait_scheduled(self.paths, st, self.journal, self.emit, self._control, self.out_dir)
+                if early is not None:
+                    return early
             return self._loop(st, resume, requeue, requeue_failed, force)
         finally:
             self.journal.close()
@@ -226,9 +191,6 @@ class Runner:
                 st.counts[PENDING] += st.counts[FAILED]
                 st.counts[FAILED] = 0
         me = os.getpid()
-        atomic_write(self.paths.runner, json.dumps({  # who holds the lock, for other shells
-            "pid": me, "host": socket.gethostname(), "started": process_start_time(me),
-            "version": __version__}).encode())
         # the executor first: one that refuses to start (a cluster that cannot see the files)
         # must leave the batch as it was, not "interrupted"
         pipeline = Pipeline.from_manifest(self.manifest)
@@ -241,20 +203,32 @@ class Runner:
         opt = self.opt
         if not watching:  # never more workers than items to do (a 3-item batch with --workers 64 starts 3)
             opt = dataclasses.replace(opt, workers=max(1, min(opt.workers, st.counts[PENDING])))
-        pool = make_executor(opt, cfg) if st.counts[PENDING] or watching else Idle(opt.workers)
+        local = opt.executor in ("", "local")  # local workers come with slots of the home's budget
+        pool = make_executor(opt, cfg, start=0 if local else None) if st.counts[PENDING] or watching \
+            else Idle(opt.workers)
         try:
             if hasattr(pool, "check"):
                 first = next(self._pending(st), None)
                 if first is not None:
                     pool.check(first)
+            gate = Gate.for_run(self.paths, self.opt, pool.workers, st, self.emit) if hasattr(pool, "grow") else None
         except BaseException:
             pool.shutdown(abandon=True)
             raise
-        j.append("batch_started" if st.state == "pending" else "batch_resumed",
-                 pid=me, host=socket.gethostname(), workers=pool.workers, executor=self.opt.executor,
-                 options=self.opt.given,
-                 **({"forced": True} if force else {}))
-        j.sync()
+        fresh = st.state in ("pending", "scheduled")
+        announced = False
+
+        def announce() -> None:  # recorded once the batch has a worker: a queued batch has not started
+            nonlocal announced
+            announced = True
+            j.append("batch_started" if fresh else "batch_resumed",
+                     pid=me, host=socket.gethostname(), workers=pool.workers, executor=self.opt.executor,
+                     options=self.opt.given, **({"priority": gate.priority} if gate and gate.priority else {}),
+                     **({"forced": True} if force else {}))
+            j.sync()
+
+        if gate is None:
+            announce()
 
         t0 = time.monotonic()
         counts = st.counts
@@ -269,8 +243,8 @@ class Runner:
         retry_q: list[dict[str, Any]] = []
         attempts: dict[int, int] = {}
         micro = min(pipeline.batch_size, MAX_BATCH_CHUNK)  # a chunk holds a whole micro-batch
-        fed = 0
-        exhausted = False
+        fed = taken = 0
+        exhausted = pending_total == 0 and feed is None  # (with no worker yet, nothing would find out)
         stopping: str | None = None  # "pause", "cancel", "halt", "disk_full"
         stop_reason: str | None = None
         abandon = False
@@ -355,6 +329,14 @@ class Runner:
                         if low:
                             stopping, stop_reason = "disk_full", low
                             pool.stop()
+                    if gate is not None and stopping is None:
+                        if feed is not None and not pool.size() and not retry_q:
+                            nxt = feed.next()  # a hot folder holds no slot while idle: a file that lands wants one
+                            if nxt is not None:
+                                retry_q.append(nxt)
+                        gate.tick(pool, len(retry_q) + (0 if exhausted else max(0, pending_total - taken)), now)
+                        if not announced and pool.size():
+                            announce()
                     # feed
                     while stopping is None and pool.capacity() > 0:
                         if videos is not None and videos.queue and videos.may_start():  # a video goes alone
@@ -362,6 +344,7 @@ class Runner:
                             videos.started(item)
                             inflight[item["i"]] = item
                             fed += 1
+                            taken += 1
                             pool.submit([item])
                             continue
                         # chunks shrink as the end nears, so no worker idles while another
@@ -377,6 +360,7 @@ class Runner:
                             if nxt is None:
                                 exhausted = feed is None
                                 break
+                            taken += 1
                             batch_items.append(nxt)
                         if not batch_items:
                             break
@@ -388,9 +372,11 @@ class Runner:
                         break
                     if stopping is not None and not pool.busy():
                         break
-                    for ev in pool.poll(0.05):
+                    for ev in pool.poll(0.05 if gate is None or pool.alive() else IDLE_WAIT):
                         if ev.kind == "item":
                             res = ev.result
+                            if gate is not None:
+                                gate.observe(res)
                             item = inflight.pop(res["i"], None)
                             if res.get("ok"):
                                 finish_item(res)
@@ -428,6 +414,8 @@ class Runner:
                 pool.shutdown(abandon=abandon)
                 if feed is not None:
                     feed.close()
+                if gate is not None:
+                    gate.close()  # the workers have exited: their slots can go
                 if self._emb is not None:  # vectors: durable, and as one N x D .npy at the end
                     self._emb.close()
                     if self.paths and counts[PENDING] == 0:
@@ -438,7 +426,11 @@ class Runner:
             self._progress(counts, processed, t0, pending_total)
             if stopping != "cancel" and counts[PENDING] > 0 and self._control() == "cancel":
                 stopping, stop_reason = "cancel", "cancel requested"  # came while we were stopping
-            status, code = self._close(st, stopping, stop_reason, sig.signum)
+            extra = {"worker_rss": gate.peak_rss} if gate is not None and gate.peak_rss else {}
+            if not announced:  # ended while queued: the next resume still reuses this run's flags
+                extra["options"] = self.opt.given
+            status, code = close_run(self.journal, st.counts, stopping, stop_reason, sig.signum, extra,
+                                     watching=self.feed is not None)
         try:  # the reasons of the items failed now (a retried item that succeeded no longer counts)
             top = checkpoint(self.paths.journal, self.total).failures.most_common(5)
         except Exception:
@@ -453,31 +445,6 @@ class Runner:
                    "rate": round(result.rate, 2), "reason": stop_reason, "out_dir": self.out_dir,
                    "top_failures": [{"reason": r, "count": c} for r, c in top], "first_frame_only": first_frames})
         return result
-
-    def _close(self, st: Replay, stopping: str | None, reason: str | None, signum: int) -> tuple[str, int]:
-        j = self.journal
-        counts = st.counts
-        if stopping == "cancel":
-            j.append("batch_cancelled", reason=reason)
-            status, code = "cancelled", EXIT_CANCELLED
-        elif stopping == "halt":
-            j.append("batch_finished", status="failed", reason=reason)
-            status, code = "failed", EXIT_FAILED_ITEMS
-        elif stopping in ("pause", "signal", "disk_full") and (counts[PENDING] > 0 or self.feed is not None):
-            j.append("batch_paused", reason=reason)
-            status = "paused"
-            code = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}.get(signum, EXIT_PAUSED) \
-                if stopping == "signal" else EXIT_PAUSED
-        elif counts[PENDING] > 0:  # should not happen: work left but nothing asked us to stop
-            j.append("batch_paused", reason="runner stopped with items left")
-            status, code = "paused", EXIT_PAUSED
-        else:
-            done, failed = counts[COMPLETED], counts[FAILED]
-            status = "failed" if failed and not done else "completed"
-            j.append("batch_finished", status=status, reason=None)
-            code = EXIT_OK if failed == 0 else EXIT_FAILED_ITEMS
-        j.sync()
-        return status, code
 
     def _check_claims(self) -> None:
         """Refuse to resume while another batch claims paths this one writes (engine/owners.py).

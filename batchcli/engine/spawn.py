@@ -42,7 +42,7 @@ def spawn_detached(paths: BatchPaths, opts: RunOptions, home: str | None = None,
     cmd += [flag for flag, on in (("--resume", resume), ("--retry-failed", retry_failed),
                                   ("--repair", repair), ("--force", force)) if on]
     if not resume:
-        cmd += ["--expect", "pending"]  # a pause that overtakes the start wins
+        cmd += ["--expect", "pending", "--expect", "scheduled"]  # a pause that overtakes the start wins
     with open(paths.log, "ab") as logf:
         start = logf.tell()
         logf.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} detached "

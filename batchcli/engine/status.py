@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from batchcli.engine.journal import STATE_NAMES, Replay, iter_records, replay
+from batchcli.engine.slots import live_entry, queue_position, read_priority
 from batchcli.engine.store import BatchPaths, Store
 
 
@@ -18,10 +19,19 @@ def _iso(t: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
 
 
-def effective_state(paths: BatchPaths, st: Replay) -> tuple[str, int | None]:
-    """The journal's state, corrected by reality: 'running' with no live runner is 'interrupted'."""
+LIVE = ("pending", "running", "paused", "interrupted", "scheduled")
+"""Journal states a live runner may be in the queue from (a resumed batch waits as queued)."""
+
+
+def effective_state(paths: BatchPaths, st: Replay, entry: Any = None) -> tuple[str, int | None]:
+    """The journal's state, corrected by reality: a live runner's own word from the home's board
+    (queued, throttled, running); 'running' with no live runner is 'interrupted'."""
     from batchcli.engine.liveness import runner_alive
 
+    if entry is None and st.state in LIVE:
+        entry = live_entry(paths)
+    if entry is not None:
+        return entry.state, entry.pid
     if st.state == "running":
         info = runner_alive(paths)
         if info is None:
@@ -37,7 +47,11 @@ def batch_status(paths: BatchPaths, st: Replay | None = None) -> dict[str, Any]:
     total = int(man["total"])
     if st is None:
         st = replay(paths.journal, total)
-    state, pid = effective_state(paths, st)
+    entry = live_entry(paths) if st.state in LIVE else None
+    state, pid = effective_state(paths, st, entry)
+    reason = entry.reason if entry is not None else st.reason
+    if state == "scheduled":
+        pid, reason = _scheduled(paths, reason)
     done = st.completed + st.failed
     videos = {}
     if man.get("videos") and st.remaining:
@@ -61,7 +75,13 @@ def batch_status(paths: BatchPaths, st: Replay | None = None) -> dict[str, Any]:
         "out_dir": man.get("out_dir"),
         "pipeline": man.get("pipeline_text"),
         "runner_pid": pid,
-        "reason": st.reason,
+        "reason": reason,
+        "priority": read_priority(paths),
+        "queue_position": queue_position(paths, entry) if entry is not None else None,
+        "slots": entry.held if entry is not None else None,
+        "worker_rss": max(st.worker_rss or 0, entry.rss if entry is not None else 0) or None,
+        "scheduled_for": _iso((st.schedule or {}).get("at")) if state == "scheduled" else None,
+        "after": (st.schedule or {}).get("after") or None if state == "scheduled" else None,
         "executor": st.executor,
         "workers": st.workers,
         "dedupe_skipped": man.get("dedupe_skipped", 0),
@@ -71,6 +91,16 @@ def batch_status(paths: BatchPaths, st: Replay | None = None) -> dict[str, Any]:
         "top_failures": [{"reason": r, "count": c} for r, c in st.failures.most_common(5)],
         **videos,
     }
+
+
+def _scheduled(paths: BatchPaths, reason: str | None) -> tuple[int | None, str | None]:
+    """A scheduled batch's waiting runner (pid), or a reason that says none is waiting."""
+    from batchcli.engine.liveness import runner_alive
+
+    info = runner_alive(paths)
+    if info is not None:
+        return info.get("pid"), reason
+    return None, f"{reason}; no runner is waiting for it (after a reboot?): 'batchcli recover --resume' starts one"
 
 
 def list_batches(store: Store, status: Iterable[str] | None = None, limit: int | None = None,

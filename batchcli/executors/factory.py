@@ -18,10 +18,11 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def make_executor(opt: Any, cfg: WorkerConfig) -> Executor:
-    """The executor named by --executor: the local process pool, or Dask (an optional extra)."""
+def make_executor(opt: Any, cfg: WorkerConfig, start: int | None = None) -> Executor:
+    """The executor named by --executor: the local process pool (with `start` workers at first,
+    default all), or Dask (an optional extra)."""
     if opt.executor in ("", "local"):
-        return local.ProcessPool(cfg, opt.workers, opt.item_timeout)
+        return local.ProcessPool(cfg, opt.workers, opt.item_timeout, start=start)
     if opt.executor == "dask" or opt.executor.startswith(("dask://", "tcp://")):
         from batchcli.executors import dask  # needs: pip install batchcli[dask]
 

@@ -61,12 +61,13 @@ class ProcessPool:
 
     name = "local"
 
-    def __init__(self, cfg: WorkerConfig, workers: int, item_timeout: float = 0.0):
+    def __init__(self, cfg: WorkerConfig, workers: int, item_timeout: float = 0.0, start: int | None = None):
         self.cfg = cfg
-        self.workers = workers
+        self.workers = workers  # the most it runs; `start` of them at once (default all)
         self.item_timeout = item_timeout
         self._ctx = mp.get_context("spawn")
-        self._procs: list[_Proc] = [self._spawn() for _ in range(workers)]
+        self._procs: list[_Proc] = [self._spawn() for _ in range(workers if start is None else start)]
+        self._retiring: list[_Proc] = []  # told to stop after the item in hand, then to exit
         self.restarts = 0
 
     def _spawn(self) -> _Proc:
@@ -84,7 +85,35 @@ class ProcessPool:
         return sum(CHUNKS_PER_WORKER - len(p.queue) for p in self._procs if not p.on_video())
 
     def busy(self) -> bool:
-        return any(p.queue for p in self._procs)
+        return any(p.queue for p in self._procs) or any(p.queue for p in self._retiring)
+
+    # --- resizing (the home's shared worker budget; see engine/slots.py) ----------------------
+    def size(self) -> int:
+        """Workers taking new work."""
+        return len(self._procs)
+
+    def alive(self) -> int:
+        """Worker processes that may still be alive: those taking work and those retiring."""
+        return len(self._procs) + len(self._retiring)
+
+    def working(self) -> int:
+        """Workers with items in hand or queued."""
+        return sum(1 for p in self._procs if p.queue)
+
+    def grow(self, n: int) -> None:
+        for _ in range(max(0, n)):
+            self._procs.append(self._spawn())
+
+    def retire(self, n: int) -> None:
+        """Take `n` workers out at item boundaries: idle ones first; a busy one finishes the item
+        in hand, hands back the rest of its queue (a `requeue` event) and exits."""
+        for p in sorted(self._procs, key=lambda q: len(q.queue))[:max(0, n)]:
+            self._procs.remove(p)
+            self._retiring.append(p)
+            try:
+                p.conn.send("stop" if p.queue else None)
+            except OSError:
+                pass
 
     def submit(self, items: list[dict[str, Any]]) -> None:
         p = min(self._procs, key=lambda q: (q.on_video(), len(q.queue)))
@@ -96,9 +125,12 @@ class ProcessPool:
     def poll(self, timeout: float) -> list[Event]:
         events: list[Event] = []
         by_obj = {}
-        for p in self._procs:
+        for p in (*self._procs, *self._retiring):
             by_obj[p.conn] = p
             by_obj[p.proc.sentinel] = p
+        if not by_obj:
+            time.sleep(timeout)
+            return events
         ready = wait(list(by_obj), timeout)
         dead: list[_Proc] = []
         for obj in ready:
@@ -110,13 +142,13 @@ class ProcessPool:
                 dead.append(p)
         now = time.monotonic()
         if self.item_timeout > 0:
-            for p in self._procs:
+            for p in (*self._procs, *self._retiring):
                 if p.ready and p.current() is not None and p not in dead and now - p.item_started > self.item_timeout:
                     p.proc.kill()
                     p.proc.join(5)
                     self._replace(p, events, "timeout", f"no result after {self.item_timeout:g} s (worker killed)")
         for p in dead:
-            if p in self._procs:
+            if p in self._procs or p in self._retiring:
                 self._drain(p, events)
                 p.proc.join(5)
                 code = p.proc.exitcode
@@ -141,9 +173,14 @@ class ProcessPool:
                 elif kind == "done":
                     p.queue.popleft()
                     p.item_started = now
-                elif kind == "stopped":
+                elif kind == "stopped":  # results came first: what is left never started
+                    rest = p._unreported()
+                    if rest:
+                        events.append(Event("requeue", items=rest))
                     p.queue.clear()
                     p.item_started = now
+                    if p in self._retiring:
+                        p.conn.send(None)  # an OSError here is a dead worker: handled below
                 elif kind == "ready":
                     p.ready = True
                     p.item_started = now
@@ -154,6 +191,12 @@ class ProcessPool:
         return True
 
     def _replace(self, p: _Proc, events: list[Event], error_class: str, message: str) -> None:
+        """A worker is gone: charge its item, hand back its queue, start another in its place
+        (none for a retiring worker: it was leaving)."""
+        if p in self._retiring and p.proc.exitcode == 0 and not p.queue:
+            self._retiring.remove(p)  # a retired worker that exited as asked
+            p.conn.close()
+            return
         cur = p.current()
         if cur is not None:
             events.append(Event("lost", item=cur, error_class=error_class, message=message))
@@ -164,13 +207,16 @@ class ProcessPool:
             p.conn.close()
         except OSError:
             pass
+        if p in self._retiring:
+            self._retiring.remove(p)
+            return
         idx = self._procs.index(p)
         self._procs[idx] = self._spawn()
         self.restarts += 1
 
     def stop(self) -> None:
         """Drop queued work: each worker finishes its current item, then reports `stopped`."""
-        for p in self._procs:
+        for p in (*self._procs, *self._retiring):
             if p.queue:
                 try:
                     p.conn.send("stop")
@@ -180,6 +226,8 @@ class ProcessPool:
     def shutdown(self, abandon: bool = False) -> list[dict[str, Any]]:
         """Stop the workers. With abandon, kill them now and return the items they had not finished."""
         left: list[dict[str, Any]] = []
+        self._procs += self._retiring
+        self._retiring = []
         for p in self._procs:
             if abandon:
                 cur = p.current()

@@ -23,7 +23,8 @@ from batchcli.server.uploads import Uploads
 
 router = APIRouter()
 
-STATES = ("pending", "running", "paused", "interrupted", "completed", "failed", "cancelled")
+STATES = ("pending", "scheduled", "queued", "throttled", "running", "paused", "interrupted", "completed", "failed",
+          "cancelled")
 ITEM_STATES = ("pending", "completed", "failed", "skipped")
 LIFECYCLE_WAIT = 5.0
 """Seconds a pause or cancel waits for a live runner to stop before answering (202 if it has not)."""

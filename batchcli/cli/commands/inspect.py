@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
             console.emit_json(data)
             return
         console.table(["batch", "name", "status", "done", "failed", "total", "created"],
-                      [[b["batch_id"], b["name"] or "", b["status"], str(b["completed"]), str(b["failed"]),
+                      [[b["batch_id"], b["name"] or "", console.status_word(b), str(b["completed"]), str(b["failed"]),
                         str(b["total"]), b["created_at"] or ""] for b in data["batches"]])
 
 

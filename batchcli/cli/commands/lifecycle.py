@@ -96,6 +96,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Find batches whose runner died: mark them paused, remove stray temp files (and resume).
 
+        With --resume, scheduled batches that no runner waits for (after a reboot) get one again:
+        those whose time has passed start at once.
+
         Safe to run at boot from cron or systemd: a second run changes nothing.
 
         Example: batchcli recover --resume
@@ -108,13 +111,14 @@ def register(app: typer.Typer) -> None:
         resume_fn = None
         if resume:
             from batchcli.api import run_options
+            from batchcli.engine.slots import budget
             from batchcli.engine.spawn import spawn_detached
 
             def resume_fn(paths):
                 from batchcli.engine.journal import replay
 
                 st = replay(paths.journal, int(paths.load_manifest()["total"]))
-                spawn_detached(paths, run_options(last=st.options), store.home, resume=True)
+                spawn_detached(paths, run_options(last=st.options, slots=budget(store.home)), store.home, resume=True)
 
         data = lifecycle.recover(store, resume=resume, resume_fn=resume_fn)
         if json_out:
@@ -123,6 +127,11 @@ def register(app: typer.Typer) -> None:
             for b in data["batches"]:
                 if b.get("status") == "error":
                     console.info(f"batch {b['batch_id']}: could not recover: {b['error']}")
+                    continue
+                if b.get("status") == "scheduled":
+                    what = ("due: started in the background" if b["due"] else "waiting again in the background") \
+                        if b.get("resumed") else "no runner waits for it; start one with: batchcli recover --resume"
+                    console.info(f"batch {b['batch_id']}: scheduled ({b['reason']}); {what}")
                     continue
                 tail = ", resumed in the background" if b.get("resumed") else \
                     f"; resume with: batchcli resume {b['batch_id']}"

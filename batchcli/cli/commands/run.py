@@ -20,7 +20,8 @@ from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, VariantOpt, finite,
 from batchcli.results.notify import finish_flags
 
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, show_default=False,
-                                                   help="Worker processes (default: usable CPUs; at most 8 per CPU; never more than the items to do).")]
+                                                   help="At most N worker processes (default: the home's worker slots; at most 8 per CPU; "
+                                                        "never more than the items to do).")]
 RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, max=100, show_default=False,
                                                    help="Retries for transient failures (timeout, crash, I/O, network); default 1.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option("--item-timeout", min=0, callback=finite, show_default=False,
@@ -37,6 +38,18 @@ ExecutorOpt = Annotated[Optional[str], typer.Option("--executor", show_default=F
                                                     help="local (default), dask (a local Dask cluster) or dask://HOST:PORT.")]
 TransferOpt = Annotated[Optional[bool], typer.Option("--transfer/--no-transfer", show_default=False,
                                                      help="With Dask: ship image bytes to workers and back (no shared file system).")]
+MaxLoadOpt = Annotated[Optional[str], typer.Option("--max-load", show_default=False,
+                                                   help="Run fewer workers, down to none, while the 1-minute load per core is over L (1.5), or the CPU pressure over P% (40%).")]
+MinMemOpt = Annotated[Optional[str], typer.Option("--min-free-memory", show_default=False,
+                                                  help="Run fewer workers, down to none, while the available memory is under SIZE (2G).")]
+PriorityOpt = Annotated[Optional[int], typer.Option("--priority", show_default=False,
+                                                    help="Higher runs first when batches wait for worker slots (default 0).")]
+AtOpt = Annotated[Optional[str], typer.Option("--at", show_default=False,
+                                              help="Create the batch now, run it then: +30m, 02:00 or 2026-11-21T02:00 (implies --detach).")]
+AfterOpt = Annotated[Optional[list[str]], typer.Option("--after", show_default=False,
+                                                       help="Create the batch now, run it when this batch ends (repeatable; implies --detach).")]
+AfterSuccessOpt = Annotated[bool, typer.Option("--after-success",
+                                               help="With --after: run only if that batch completed; else the batch is cancelled.")]
 DetachOpt = Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; print the batch id and return.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output, only the summary.")]
 
@@ -89,12 +102,37 @@ def create(store, cfg, opts, json_out: bool, detach: bool = False):
     return sync_create(store, cfg, opts, json_out, detach, **mode)
 
 
-def _detached(paths, pid: int, json_out: bool) -> None:
-    """The batch id on stdout (scripts capture it); with --json, one `started` event."""
+def _when(store, at: str | None, after: list[str] | None, after_success: bool) -> tuple | None:
+    """--at / --after / --after-success checked before anything is created: (at, after ids,
+    after_success), or None when the batch runs now."""
+    from batchcli.errors import BatchNotFound, ConfigError
+
+    if after_success and not after:
+        raise ConfigError("--after-success needs --after BATCH (the batch that must complete first)")
+    if at is None and not after:
+        return None
+    from batchcli.engine.schedule import parse_at
+
+    ids = []
+    for b in after or ():
+        if not b.strip():
+            raise ConfigError("--after needs a batch id, a unique id prefix, or a name")
+        try:
+            ids.append(store.resolve(b).id)
+        except BatchNotFound as exc:
+            raise ConfigError(f"--after {b}: {exc}") from None
+    return (parse_at(at) if at is not None else None), ids, after_success
+
+
+def _detached(paths, pid: int, json_out: bool, when: tuple | None = None) -> None:
+    """The batch id on stdout (scripts capture it); with --json, one `started` event (with
+    `scheduled_for` and `after` for a scheduled batch)."""
     if json_out:
         from batchcli.cli.console import emit_json
+        from batchcli.engine.status import _iso
 
-        emit_json({"type": "started", "batch_id": paths.id, "detached": True, "pid": pid, "log": paths.log})
+        emit_json({"type": "started", "batch_id": paths.id, "detached": True, "pid": pid, "log": paths.log,
+                   **({"status": "scheduled", "scheduled_for": _iso(when[0]), "after": when[1]} if when else {})})
     else:
         from batchcli.cli.console import info
 
@@ -146,6 +184,12 @@ def register(app: typer.Typer) -> None:
         webhook_secret: WebhookSecretOpt = None,
         report: ReportOpt = None,
         summary: SummaryOpt = None,
+        max_load: MaxLoadOpt = None,
+        min_free_memory: MinMemOpt = None,
+        priority: PriorityOpt = None,
+        at: AtOpt = None,
+        after: AfterOpt = None,
+        after_success: AfterSuccessOpt = False,
         detach: DetachOpt = False,
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
@@ -156,15 +200,21 @@ def register(app: typer.Typer) -> None:
         Example: batchcli start photos/ --out web/ --pipeline "orient | resize 1024x1024 | convert webp quality=85"
         """
         from batchcli import api
+        from batchcli.engine import slots
         from batchcli.engine.store import Store
         from batchcli.errors import ConfigError
         from batchcli.units import parse_bytes, parse_count, parse_time
 
         if not inputs and not from_file:
             raise ConfigError("no inputs: give files, folders, globs, URLs, - (stdin) or --from-file")
+        store = Store(home)
+        if priority is not None:
+            slots.check_priority(priority)
+        when = _when(store, at, after, after_success)
         opts = api.run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
                                min_free_space, executor, transfer,
-                               finish=finish_flags(on_finish, webhook, report, summary))
+                               finish=finish_flags(on_finish, webhook, report, summary), max_load=max_load,
+                               min_free_memory=min_free_memory, slots=slots.budget(store.home))
         check_secret(webhook_secret, opts)
         limits = parse_bytes(max_file_size, "--max-file-size"), parse_count(max_pixels, "--max-pixels")
         if min(limits) < 1:
@@ -175,12 +225,19 @@ def register(app: typer.Typer) -> None:
                               max_file_size=limits[0], max_pixels=limits[1],
                               media=media, max_duration=parse_time(max_duration, "--max-duration"),
                               segment=parse_time(video_segment, "--video-segment"))
-        paths = create(Store(home), cfg, opts, json_out, detach)  # `sync` too: the up-to-date items recorded
+        paths = create(store, cfg, opts, json_out, detach or when is not None)  # `sync` too: the up-to-date items recorded
         keep_secret(paths, webhook_secret)
+        if priority:
+            slots.write_priority(paths, priority)
+        if when is not None:
+            from batchcli.engine.schedule import schedule
+
+            schedule(paths, *when, options=opts.given)
+            detach = True  # a scheduled batch waits in the background
         if detach:
             from batchcli.engine.spawn import spawn_detached
 
-            _detached(paths, spawn_detached(paths, opts, home), json_out)
+            _detached(paths, spawn_detached(paths, opts, home), json_out, when)
             return
         execute(paths, opts, json_out, quiet, resume=False)
 
@@ -209,6 +266,9 @@ def register(app: typer.Typer) -> None:
         webhook_secret: WebhookSecretOpt = None,
         report: ReportOpt = None,
         summary: SummaryOpt = None,
+        max_load: MaxLoadOpt = None,
+        min_free_memory: MinMemOpt = None,
+        priority: PriorityOpt = None,
         detach: DetachOpt = False,
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
@@ -222,16 +282,23 @@ def register(app: typer.Typer) -> None:
         Example: batchcli resume nightly --retry-failed
         """
         from batchcli import api
+        from batchcli.engine import slots
         from batchcli.engine.liveness import locked_error, runner_alive
         from batchcli.engine.store import Store
 
-        paths = Store(home).resolve(batch)
+        store = Store(home)
+        paths = store.resolve(batch)
         live = runner_alive(paths)  # refuse at once, before any heavy import (the runner checks again)
         if live is not None:
             raise locked_error(paths, live)
+        if priority is not None:
+            slots.check_priority(priority)
         opts = api.run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
                                min_free_space, executor, transfer, last=api.last_run_flags(paths),
-                               finish=finish_flags(on_finish, webhook, report, summary))
+                               finish=finish_flags(on_finish, webhook, report, summary), max_load=max_load,
+                               min_free_memory=min_free_memory, slots=slots.budget(store.home))
+        if priority is not None:
+            slots.write_priority(paths, priority)
         check_secret(webhook_secret, opts)
         keep_secret(paths, webhook_secret)
         if detach:
