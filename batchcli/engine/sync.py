@@ -166,6 +166,15 @@ def _still_there(out_dir: str | None, row: tuple) -> bool:
     return st.st_size == size and (mtime is None or st.st_mtime == mtime)
 
 
+def _names_match(files: list[tuple], stem: str, lanes: list) -> bool:
+    """The result's files are the ones this item would write now (every variant, same names)."""
+    if len(lanes) == 1 and lanes[0][0] is None and len(files) == 1:  # one output, named by the stem
+        rel = files[0][7]
+        return rel.startswith(stem) and os.path.splitext(rel)[0] == stem
+    stems = {stem if to_stem is None else to_stem(stem) for to_stem, _ in lanes}
+    return sorted(os.path.splitext(row[7])[0] for row in files) == sorted(stems)
+
+
 def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncPlan, list[dict[str, Any]]]:
     """Which items of the new batch are up to date, and the records that say so (no writes).
     With `checksum`, an input whose content (sha256) equals the input of the same output name in
@@ -209,9 +218,8 @@ def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncP
             continue
         files = [row for row in found if row[6] == KIND_OUT]
         main = files[0] if files else next((row for row in found if row[6] == KIND_NONE), None)
-        stems = {item["stem"] if to_stem is None else to_stem(item["stem"]) for to_stem, _ in lanes}
         ok = (main is not None and (same_content or (main[2], main[3]) == (item.get("size"), item.get("mtime")))
-              and (main[6] == KIND_NONE or sorted(os.path.splitext(row[7])[0] for row in files) == sorted(stems))
+              and (main[6] == KIND_NONE or _names_match(files, item["stem"], lanes))
               and all(_still_there(out_dir, row) for row in found))
         if not ok:
             p.changed += 1
