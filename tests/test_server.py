@@ -487,3 +487,22 @@ def test_a_line_being_written_is_read_once_it_is_whole(tmp_path):
         fh.write(line[20:])
     s = hub.status(paths)
     assert s["failed"] == 1 and s["journal_corrupt_lines"] == 0
+
+
+def test_the_record_index_reads_only_what_the_journal_gained(tmp_path):
+    from batchcli.engine.journal import encode
+    from batchcli.server.files import RecordIndex
+
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(encode({"seq": 0, "type": "header"}) + encode({"seq": 1, "type": "item_failed", "i": 1, "error": "x"}))
+    index = RecordIndex(3)
+    assert index.record(str(journal), 1)["type"] == "item_failed" and index.record(str(journal), 0) is None
+    late = encode({"seq": 2, "type": "item_completed", "i": 1, "out": "b.png"})
+    with open(journal, "ab") as fh:
+        fh.write(late[:10])  # being written
+    assert index.record(str(journal), 1)["type"] == "item_failed"
+    with open(journal, "ab") as fh:
+        fh.write(late[10:])
+    before = index.end
+    assert index.record(str(journal), 1)["out"] == "b.png"  # the last record wins
+    assert index.end == before + len(late)

@@ -5,11 +5,14 @@ the same bytes), into a private temp folder of the home, streamed from there and
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import mimetypes
 import os
 import shutil
 import tempfile
+import threading
+from array import array
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -114,26 +117,76 @@ async def contact_sheet(request: Request, batch: str, compare: bool = False,
     return resp
 
 
-def item_record(paths: BatchPaths, i: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Item `i` (from items.jsonl) and its last item_completed / item_failed record."""
-    from batchcli.engine.journal import iter_matching
-    from batchcli.inputs.discover import iter_items
+class RecordIndex:
+    """Where each item's last item_completed / item_failed record lies in a journal: built by one
+    pass, then extended by reading only what was appended, so looking up an item (a thumbnail
+    of a batch page) never rescans a long journal."""
 
+    def __init__(self, total: int):
+        self.offsets = array("q", [-1]) * total
+        self.end = 0
+        self.lock = threading.Lock()
+
+    def record(self, journal: str, i: int) -> dict[str, Any] | None:
+        from batchcli.engine.journal import decode
+
+        with self.lock, open(journal, "rb") as fh:
+            fh.seek(self.end)
+            pos = self.end
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # still being written
+                here, pos = pos, pos + len(raw)
+                if b'"type":"item_completed"' in raw or b'"type":"item_failed"' in raw:
+                    rec = decode(raw[:-1])
+                    j = rec.get("i") if rec else None
+                    if isinstance(j, int) and 0 <= j < len(self.offsets):
+                        self.offsets[j] = here
+            self.end = pos
+            if self.offsets[i] < 0:
+                return None
+            fh.seek(self.offsets[i])
+            return decode(fh.readline()[:-1])
+
+
+_INDEXES: collections.OrderedDict[str, RecordIndex] = collections.OrderedDict()
+_INDEXES_LOCK = threading.Lock()
+INDEXES_KEPT = 8
+"""Batches whose record index is kept (8 bytes an item each)."""
+
+
+def _total(paths: BatchPaths, i: int) -> int:
     total = int(paths.load_manifest()["total"])
     if not 0 <= i < total:
         raise BatchNotFound(f"batch {paths.id} has no item {i} (0..{total - 1})")
-    item = next(r for r in iter_items(paths.items, start=i) if r["i"] == i)
-    last = None
-    for rec in iter_matching(paths.journal, (b'"i":%d,' % i,)):
-        if rec.get("i") == i and rec.get("type") in ("item_completed", "item_failed"):
-            last = rec
-    return item, last
+    return total
+
+
+def item_source(paths: BatchPaths, i: int) -> str:
+    """Item `i`'s input (from items.jsonl)."""
+    from batchcli.inputs.discover import iter_items
+
+    _total(paths, i)
+    return next(r for r in iter_items(paths.items, start=i) if r["i"] == i)["src"]
+
+
+def last_record(paths: BatchPaths, i: int) -> dict[str, Any] | None:
+    """Item `i`'s last item_completed / item_failed record."""
+    total = _total(paths, i)
+    with _INDEXES_LOCK:
+        index = _INDEXES.get(paths.dir)
+        if index is None or len(index.offsets) != total:
+            index = _INDEXES[paths.dir] = RecordIndex(total)
+        _INDEXES.move_to_end(paths.dir)
+        while len(_INDEXES) > INDEXES_KEPT:
+            _INDEXES.popitem(last=False)
+    return index.record(paths.journal, i)
 
 
 def _output_path(paths: BatchPaths, i: int) -> tuple[str, dict[str, Any]]:
     """The output file of a completed item, checked to lie inside the batch's output folder."""
     out_dir = paths.load_manifest().get("out_dir")
-    _, rec = item_record(paths, i)
+    rec = last_record(paths, i)
     if not out_dir or rec is None or rec.get("type") != "item_completed" or not rec.get("out"):
         raise BatchNotFound(f"item {i} of batch {paths.id} has no output")
     root = os.path.realpath(out_dir)
@@ -159,8 +212,7 @@ def item_thumbnail(request: Request, batch: str, i: int, side: str = Query("outp
         path, rec = _output_path(paths, i)
         key = rec.get("sha256") or str(os.stat(path).st_mtime_ns)
     else:
-        item, _ = item_record(paths, i)
-        path = item["src"]
+        path = item_source(paths, i)
         if path.startswith(("http://", "https://")) or not os.path.isfile(path):
             raise BatchNotFound(f"the input of item {i} is not a local file")
         st = os.stat(path)
