@@ -407,6 +407,17 @@ def test_a_non_loopback_bind_needs_a_token_from_the_flag_or_the_environment(tmp_
     assert r.returncode == 2 and "token is required" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "batchcli", "serve", "--help"], capture_output=True, text=True)
     assert "127.0.0.1" in r.stdout and "8750" in r.stdout
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        for args, words in ((["--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
+                            (["--port", "0", "--allow-root", str(tmp_path / "nowhere")], "not a folder")):
+            r = subprocess.run([sys.executable, "-m", "batchcli", "serve", *args], env=server_env(tmp_path / "home"),
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
     root = tmp_path / "root"
     root.mkdir()
     s = start_server(tmp_path / "home", root, "--host", "0.0.0.0", env={"BATCHCLI_TOKEN": "from-the-environment"})
