@@ -72,7 +72,8 @@ def test_create_from_paths_list_filter_and_page(srv):
     assert listed["total"] == 1 and listed["batches"][0]["batch_id"] == made["batch_id"]
     _, listed = jcall(f"{srv.url}{API}/batches?status=running,paused&name=paths")
     assert listed == {"batches": [], "total": 0}
-    post(srv, {"inputs": ["photos/img000.png"], "pipeline": "resize 8x8", "workers": 1, "name": "second"})
+    wait_status(srv, post(srv, {"inputs": ["photos/img000.png"], "pipeline": "resize 8x8", "workers": 1,
+                                "name": "second"})[1]["batch_id"])
     _, every = jcall(f"{srv.url}{API}/batches?limit=1000")
     ids = [b["batch_id"] for b in every["batches"]]
     assert ids == sorted(ids, reverse=True) and every["total"] == len(ids) >= 2  # newest first
@@ -320,7 +321,7 @@ def test_batches_started_from_the_cli_show_up_in_the_event_stream(srv):
             if line.startswith("data: "):
                 ev = json.loads(line[6:])
                 seen.append(ev)
-                if ev["type"] == "finished" and ev["status"] == "completed":
+                if ev["type"] == "finished" and jcall(f"{srv.url}{API}/batches/{ev['batch_id']}")[1]["name"] == "fromcli":
                     break
         assert seen and seen[-1]["type"] == "finished", seen[-3:]
         assert {e["type"] for e in seen} <= {"progress", "finished"}

@@ -29,6 +29,8 @@ POLL = 0.1
 """Seconds between looks at the journals that have subscribers."""
 IDLE_POLL = 1.0
 """...and at those of batches that are not running (something else may resume them)."""
+DISCOVER_EVERY = 0.3
+"""Seconds between looks for new batches while anyone listens to every batch."""
 PROGRESS_EVERY = 0.25
 """Least seconds between two `progress` events of a batch (one always precedes paused/finished)."""
 LIVENESS_AFTER = 1.0
@@ -49,11 +51,16 @@ FINAL = ("completed", "failed", "cancelled", "interrupted")
 class Feed:
     """One batch: its Replay, folded further on each `poll`, and the events that came of it."""
 
-    def __init__(self, paths: BatchPaths):
+    def __init__(self, paths: BatchPaths, fresh: bool = False):
+        """`fresh`: a batch made after someone started listening to every batch: its whole
+        journal is news, so the first poll turns every record into events."""
         self.paths = paths
         self.total = int(paths.load_manifest()["total"])
         self.lock = threading.Lock()
         self.st: Replay | None = None
+        if fresh:
+            self.st = Replay(total=self.total, items=bytearray(self.total))
+            self.st.counts[0] = self.total
         self.subs: set[Subscriber] = set()
         self.status: str | None = None
         self._events: list[dict[str, Any]] = []
@@ -237,6 +244,7 @@ class Hub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         self._ids_at = 0.0
+        self._known: set[str] | None = None  # while anyone listens to every batch: the batches seen
         self.closing = asyncio.Event()
 
     # -- feeds (status cache) ---------------------------------------------------------------
@@ -244,7 +252,10 @@ class Hub:
         with self.lock:
             f = self.feeds.get(paths.id)
             if f is None or f.gone:
-                f = self.feeds[paths.id] = Feed(paths)
+                fresh = self._known is not None and paths.id not in self._known
+                f = self.feeds[paths.id] = Feed(paths, fresh)
+                if self._known is not None:
+                    self._known.add(paths.id)
                 for s in self.all_subs:  # a new feed has missed nothing
                     s.joined.add(paths.id)
             self.feeds.move_to_end(paths.id)
@@ -286,7 +297,10 @@ class Hub:
         assert self.loop is not None
         sub = Subscriber(self.loop, paths.id if paths else None, types)
         if paths is None:
+            ids = set(self.store.ids())
             with self.lock:
+                if self._known is None:
+                    self._known = ids | set(self.feeds)
                 self.all_subs.add(sub)
                 feeds = list(self.feeds.values())
             for f in feeds:  # what a cached feed missed goes to its subscribers, not to this one
@@ -312,6 +326,8 @@ class Hub:
     def unsubscribe(self, sub: Subscriber) -> None:
         with self.lock:
             self.all_subs.discard(sub)
+            if not self.all_subs:
+                self._known = None
             feeds = list(self.feeds.values())
         for f in feeds:
             f.subs.discard(sub)
@@ -359,18 +375,18 @@ class Hub:
         now = time.monotonic()
         with self.lock:
             everything = bool(self.all_subs)
-        if everything and now - self._ids_at >= IDLE_POLL:
+        if everything and now - self._ids_at >= DISCOVER_EVERY:
             self._ids_at = now
-            known = set(self.feeds)
+            with self.lock:
+                known = set(self.feeds) | (self._known or set())
             for paths in self.store.all():
                 if paths.id not in known:
                     try:
-                        f = self.feed(paths)
+                        f = self.feed(paths)  # a batch made since: every record of it is news
                     except (OSError, ValueError, KeyError):
                         continue
                     with f.lock:
-                        f.poll()
-                        self._publish(f, [f.progress_event()])
+                        self._publish(f, f.poll())
         with self.lock:
             feeds = [f for f in self.feeds.values() if f.subs or everything]
         for f in feeds:

@@ -253,7 +253,7 @@ def list_batches(request: Request, status: Optional[list[str]] = Query(None), na
     """Batches, newest first, with `total` (before limit and offset)."""
     c = ctx(request)
     wanted = set(_states(status, STATES, "status"))
-    rows = []
+    chosen = []
     for paths in c.store.all():
         if name is not None:
             try:
@@ -261,13 +261,21 @@ def list_batches(request: Request, status: Optional[list[str]] = Query(None), na
                     continue
             except (OSError, ValueError):
                 continue
-        try:
-            row = c.hub.status(paths)
-        except (OSError, ValueError, KeyError):
-            continue
-        if not wanted or row["status"] in wanted:
-            rows.append(row)
+        chosen.append(paths)
+    if not wanted:  # only the page's batches need their journals read
+        return {"batches": [r for r in map(_status_or_none(c), chosen[offset:offset + limit]) if r], "total": len(chosen)}
+    rows = [r for r in map(_status_or_none(c), chosen) if r and r["status"] in wanted]
     return {"batches": rows[offset:offset + limit], "total": len(rows)}
+
+
+def _status_or_none(c):
+    def one(paths: BatchPaths) -> dict[str, Any] | None:
+        try:
+            return c.hub.status(paths)
+        except (OSError, ValueError, KeyError):  # a batch folder half removed or half made
+            return None
+
+    return one
 
 
 @router.get("/batches/{batch}")
