@@ -39,6 +39,8 @@ class StartConfig:
     media: str = "image"  # --media image|video|all: which files of a folder are items
     max_duration: float = 6 * 3600.0  # --max-duration: longer videos fail their item (0 = no limit)
     segment: float = 10.0  # --video-segment: seconds of video per durable segment
+    shards: str | None = None  # --shards tar: outputs into numbered tar shards (engine/shards.py)
+    shard_size: int | None = None  # --shard-size: items per shard
     extra_options: dict[str, Any] = field(default_factory=dict)
     stdin: Any = None  # binary stream read for "-" (default: sys.stdin.buffer)
     allow_empty: bool = False  # a batch of no items (watch: files land later)
@@ -81,6 +83,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     if cfg.dedupe not in (None, "content"):
         raise ConfigError(f"--dedupe {cfg.dedupe}: expected 'content' (skip byte-identical inputs)")
     exts = discover.parse_exts(cfg.exts, cfg.media)
+    shards = _check_shards(cfg, pipeline, out_dir)
     from batchcli.video.plan import check_pipeline
 
     check_pipeline(pipeline)
@@ -129,6 +132,8 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             os.makedirs(out_dir, exist_ok=True)
             st = os.stat(out_dir)  # the folder's identity: a purge later deletes only inside this one
             out_id = {"out_dev": st.st_dev, "out_ino": st.st_ino}
+        if stats.videos and shards:
+            raise ConfigError(f"{stats.videos} of the inputs are videos: --shards takes images (give --media image)")
         if stats.videos and pipeline.variants:
             raise ConfigError(f"{stats.videos} of the inputs are videos: --variant is for images "
                               "(give --media image, or run the videos in a batch of their own)")
@@ -159,6 +164,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
                 "batch_id": paths.id, "name": cfg.name, "created_at": now, "version": __version__,
                 "pipeline": spec, "pipeline_text": pipeline.command_text(), "options": options,
                 "fingerprint": fingerprint, "out_dir": out_dir, **out_id, **outputs,
+                **({"shards": shards} if shards else {}),
                 "inputs": cfg.inputs, "total": total, "dedupe_skipped": stats.dedupe_skipped, "videos": stats.videos,
                 "discovery": {"excluded": stats.excluded, "duplicates": stats.duplicates,
                               "dedupe_skipped": stats.dedupe_skipped, "in_output": stats.in_output},
@@ -176,6 +182,21 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
         shutil.rmtree(paths.dir, ignore_errors=True)
         raise
     return paths
+
+
+def _check_shards(cfg: StartConfig, pipeline: Any, out_dir: str | None) -> dict[str, Any] | None:
+    """The manifest's `shards` entry for --shards / --shard-size; ConfigError when they cannot apply."""
+    from batchcli.engine import shards
+
+    spec = shards.check_options(cfg.shards, cfg.shard_size)
+    if spec is None:
+        return None
+    if not pipeline.writes_image:
+        raise ConfigError("--shards: this pipeline writes no images, so there is nothing to put in shards")
+    if out_dir is not None and shards.existing(out_dir):
+        raise ConfigError(f"--out {cfg.out_dir}: already holds tar shards ({shards.existing(out_dir)[0]}, ...); "
+                          "give a new folder for a new sharded batch")
+    return spec
 
 
 # --- run flags ----------------------------------------------------------------------------------

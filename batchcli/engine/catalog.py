@@ -464,7 +464,7 @@ class _Folder:
         """One row per file the record names (each variant's output, the routed link), or one
         KIND_NONE row for a result without a file."""
         src_stat = rec.get("src_stat") or (None, None)
-        files = [(KIND_OUT, out) for out in outputs_of(rec)]
+        files = [(KIND_OUT, out) for out in outputs_of(rec) if not out.get("shard")]  # a tar member is no file
         if rec.get("routed"):
             files.append((KIND_ROUTED, {**rec, "out": rec["routed"]}))
         rows = []

@@ -1,5 +1,5 @@
 """What a resume checks before it runs: the pipeline fingerprint, and inputs changed since they
-were processed."""
+were processed; and what a run checks as it goes: --max-failures, --min-free-space."""
 
 from __future__ import annotations
 
@@ -53,3 +53,24 @@ def changed_inputs(paths: BatchPaths, st: Replay) -> list[int]:
     if out:
         log.info("%d inputs changed since they were processed; reprocessing them", len(out))
     return out
+
+
+def over_failures(rule: tuple[str, float], failed: int, processed: int, total: int) -> bool:
+    """Has --max-failures (`rule`, parsed) been reached?"""
+    kind, val = rule
+    if kind == "n":
+        return failed >= val
+    return processed >= min(20, total) and failed * 100.0 >= val * max(processed, 1) and failed > 0
+
+
+def low_space(folder: str, need: int) -> str | None:
+    """Why the batch must pause when `folder`'s disk has less than `need` bytes free (--min-free-space)."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= need:
+        return None
+    return f"disk full: {free >> 20} MiB free in {folder}, below --min-free-space {need >> 20} MiB"

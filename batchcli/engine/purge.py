@@ -91,8 +91,20 @@ def purge_outputs(paths: BatchPaths, dry_run: bool) -> PurgeResult:
             res.superseded_by[last.batch_id] += 1
         else:
             owned.append(mine)
+    owned += _shards(paths.journal) if man.get("shards") else []
     delete_outputs(out_dir, man.get("out_dev"), man.get("out_ino"), owned, dry_run, res)
     return res
+
+
+def _shards(journal: str) -> list:
+    """The tar shards a batch sealed (engine/shards.py), as outputs: a shard is its batch's
+    alone (a sharded batch starts only in a folder without shards), so no catalog is asked."""
+    from types import SimpleNamespace
+
+    from batchcli.engine.shards import sealed_records
+
+    return [SimpleNamespace(rel=r["shard"], size=r.get("bytes"), mtime=r.get("mtime"), sha256=r.get("sha256"))
+            for r in sealed_records(journal)]
 
 
 def delete_outputs(out_dir: str, dev: int | None, ino: int | None, outputs: list, dry_run: bool,

@@ -24,7 +24,7 @@ from filelock import FileLock
 
 from batchcli import __version__
 from batchcli.atomic import atomic_write
-from batchcli.engine.checks import changed_inputs, check_fingerprint
+from batchcli.engine.checks import changed_inputs, check_fingerprint, low_space, over_failures
 from batchcli.engine.gate import Gate
 from batchcli.engine.journal import (
     COMPLETED,
@@ -46,10 +46,12 @@ from batchcli.engine.liveness import (
 )
 from batchcli.engine.outcome import RunResult, close_run
 from batchcli.engine.outcome import Signals as _Signals
+from batchcli.engine.shards import open_shards
 from batchcli.engine.store import BatchPaths
 from batchcli.engine.videos import VideoGate, segment_chains
 from batchcli.engine.watch import HotFolder
 from batchcli.errors import (
+    ConfigError,
     InvalidTransition,
     ItemError,
 )
@@ -114,6 +116,8 @@ class Runner:
         verify): those still completed are redone; `force` runs even when
         the pipeline or options fingerprint changed; `expect` refuses unless the batch is in one
         of these states (a detached start that a pause overtook)."""
+        if self.manifest.get("shards") and self.opt.executor != "local":
+            raise ConfigError(f"--executor {self.opt.executor}: a batch with --shards runs on the local executor")
         lock = FileLock(self.paths.lock)
         if not take_lock(lock, self.paths):
             raise locked_error(self.paths, read_runner_info(self.paths) or {})
@@ -252,33 +256,44 @@ class Runner:
         last_progress = last_control = last_space = 0.0
         max_fail = _parse_max_failures(self.opt.max_failures)
 
-        def finish_item(res: dict[str, Any]) -> None:
-            nonlocal processed, failed_now, first_frames
-            i = res["i"]
-            old = st.items[i]
-            if res.get("ok"):
-                rec = {k: v for k, v in res.items() if k not in ("ok", "i")}
-                vector = (rec.get("meta") or {}).get("embed", {}).pop("vector", None)
-                if vector is not None:
-                    self._embeddings().append(i, vector)
-                j.append("item_completed", i=i, **rec)
-                first_frames += "frames" in (rec.get("meta") or {})
-                new = COMPLETED
-            else:
-                j.append("item_failed", i=i, error_class=res.get("error_class"), error=res.get("error"),
-                         ms=res.get("ms"), attempts=attempts.get(i, 0) + 1)
-                new = FAILED
-                failed_now += 1
-                failures[failure_key(res.get("error_class"), res.get("error"))] += 1
-                self.emit({"type": "item_failed", "i": i, "error_class": res.get("error_class"),
-                           "error": res.get("error")})
-            counts[old] -= 1
+        def record(i: int, kind: str, **fields: Any) -> None:
+            """Journal one item's end and count it."""
+            nonlocal processed, first_frames
+            j.append(kind, i=i, **fields)
+            new = COMPLETED if kind == "item_completed" else FAILED
+            first_frames += new == COMPLETED and "frames" in (fields.get("meta") or {})
+            counts[st.items[i]] -= 1
             counts[new] += 1
             st.items[i] = new
             attempts.pop(i, None)
             processed += 1
             if videos is not None:
                 videos.finished(i)
+
+        shards = open_shards(self, st, record) if self.manifest.get("shards") else None
+
+        def finish_item(res: dict[str, Any], item: dict[str, Any] | None = None) -> None:
+            nonlocal failed_now, stopping, stop_reason
+            i = res["i"]
+            if not res.get("ok"):
+                record(i, "item_failed", error_class=res.get("error_class"), error=res.get("error"),
+                       ms=res.get("ms"), attempts=attempts.get(i, 0) + 1)
+                failed_now += 1
+                failures[failure_key(res.get("error_class"), res.get("error"))] += 1
+                self.emit({"type": "item_failed", "i": i, "error_class": res.get("error_class"),
+                           "error": res.get("error")})
+                return
+            rec = {k: v for k, v in res.items() if k not in ("ok", "i")}
+            vector = (rec.get("meta") or {}).get("embed", {}).pop("vector", None)
+            if vector is not None:
+                self._embeddings().append(i, vector)
+            if shards is None:
+                record(i, "item_completed", **rec)
+            else:  # recorded once its shard is durable
+                problem = shards.put(i, item, rec)
+                if problem and stopping is None:
+                    stopping, stop_reason = problem
+                    pool.stop()
 
         def handle_failure(res: dict[str, Any], item: dict[str, Any] | None) -> None:
             nonlocal stopping, stop_reason
@@ -325,7 +340,7 @@ class Runner:
                             pool.stop()
                     if stopping is None and self.opt.min_free_space and self.out_dir and now - last_space >= SPACE_EVERY:
                         last_space = now
-                        low = _low_space(self.out_dir, self.opt.min_free_space)
+                        low = low_space(self.out_dir, self.opt.min_free_space)
                         if low:
                             stopping, stop_reason = "disk_full", low
                             pool.stop()
@@ -379,7 +394,7 @@ class Runner:
                                 gate.observe(res)
                             item = inflight.pop(res["i"], None)
                             if res.get("ok"):
-                                finish_item(res)
+                                finish_item(res, item)
                             else:
                                 handle_failure(res, item)
                         elif ev.kind == "lost":
@@ -402,7 +417,7 @@ class Runner:
                             abandon = True
                     if abandon:
                         break
-                    if max_fail is not None and stopping is None and _over(max_fail, failed_now, processed, self.total):
+                    if max_fail is not None and stopping is None and over_failures(max_fail, failed_now, processed, self.total):
                         stopping = "halt"
                         stop_reason = f"halted: {failed_now} items failed in this run (--max-failures {self.opt.max_failures})"
                         pool.stop()
@@ -412,6 +427,9 @@ class Runner:
                         self._progress(counts, processed, t0, pending_total)
             finally:
                 pool.shutdown(abandon=abandon)
+                problem = shards.close() if shards is not None else None
+                if problem:
+                    stopping, stop_reason = problem
                 if feed is not None:
                     feed.close()
                 if gate is not None:
@@ -525,6 +543,8 @@ def _worker_options(manifest: dict[str, Any]) -> dict[str, Any]:
 
     options = manifest.get("options") or {}
     out = {k: options[k] for k in ("max_duration", "segment") if k in options}
+    if manifest.get("shards"):
+        out["shards"] = True
     if manifest.get("variants"):
         out["variant_template"] = template_has_variant((manifest.get("input_options") or {}).get("name_template"))
     return out
@@ -543,22 +563,3 @@ def _parse_max_failures(spec: str | None) -> tuple[str, float] | None:
     if n < 1:
         raise ValueError(spec)
     return ("n", float(n))
-
-
-def _over(rule: tuple[str, float], failed: int, processed: int, total: int) -> bool:
-    kind, val = rule
-    if kind == "n":
-        return failed >= val
-    return processed >= min(20, total) and failed * 100.0 >= val * max(processed, 1) and failed > 0
-
-
-def _low_space(folder: str, need: int) -> str | None:
-    import shutil
-
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return None
-    if free >= need:
-        return None
-    return f"disk full: {free >> 20} MiB free in {folder}, below --min-free-space {need >> 20} MiB"

@@ -151,8 +151,10 @@ def item_rows(paths: BatchPaths, failed_only: bool = False, limit: int | None = 
                 continue
             kind = rec.get("type")
             if kind == "item_completed":
-                r.update(output=os.path.join(man["out_dir"], rec["out"]) if rec.get("out") and man.get("out_dir") else None,
-                         error_class=None, error=None, ms=rec.get("ms"))
+                r.update(output=os.path.join(man["out_dir"], rec.get("shard") or rec["out"])
+                         if rec.get("out") and man.get("out_dir") else None, error_class=None, error=None, ms=rec.get("ms"))
+                if rec.get("shard"):  # the output is this member of that tar shard
+                    r["member"] = rec.get("member")
                 if man.get("variants") and man.get("out_dir"):  # every variant's output, in order
                     r["outputs"] = [{"variant": o.get("variant"), "output": os.path.join(man["out_dir"], o["out"])}
                                     for o in rec.get("outputs") or ()]

@@ -26,12 +26,13 @@ class Event:
 def outputs_of(rec: dict[str, Any]) -> list[dict[str, Any]]:
     """The output files an item's result (or its journal record) names: its `outputs` (one
     entry per variant, or a video's stills: out, bytes, sha256, mtime, variant), else its one
-    `out`. Records written before there were variants have only `out`."""
+    `out`. Records written before there were variants have only `out`. With --shards an output
+    also names its `shard`, its `member` there and the `offset` of its bytes (engine/shards.py)."""
     many = rec.get("outputs")
     if many:
         return list(many)
     if rec.get("out"):
-        return [{k: rec[k] for k in ("out", "bytes", "sha256", "mtime") if k in rec}]
+        return [{k: rec[k] for k in ("out", "bytes", "sha256", "mtime", "shard", "member", "offset") if k in rec}]
     return []
 
 

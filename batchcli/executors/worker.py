@@ -51,6 +51,7 @@ class Worker:
         self.pipeline.prepare()
         self.writes = self.pipeline.writes_image and cfg.out_dir is not None
         self.writer: Any = None  # a Writer: outputs written in the background (see worker_main)
+        self.shards = bool(cfg.extra.get("shards"))  # --shards: outputs go back to the runner, unwritten
         self.batch = self.pipeline.batch_size  # items processed together: > 1 only for micro-batches
         self.on_segment: Any = None  # video: called with each finished segment's record (worker_main sends it)
         self.stop_requested: Any = lambda: False  # video: asked between segments; True leaves the item unfinished
@@ -144,7 +145,7 @@ class Worker:
             self._save_variants(item, frame, res)
         elif self.writes:
             self._write(frame, os.path.join(self.cfg.out_dir, item["stem"]), res, res)
-            if frame.route:
+            if frame.route and not self.shards:
                 res["routed"] = _route(self.cfg.out_dir, frame.route, os.path.join(self.cfg.out_dir, res["out"]))
         if frame.meta:
             res["meta"] = frame.meta
@@ -159,7 +160,11 @@ class Worker:
         file is durable (the pending write is added to res["_write"]; see settle)."""
         from batchcli.imaging import imageio
 
-        if self.writer is not None and not frame.route:
+        if self.shards:  # the runner puts the bytes into its tar shard (engine/shards.py)
+            path, blob = data or imageio.encode_to(frame, dest)
+            res.setdefault("_blobs", []).append(blob)
+            nbytes, digest = len(blob), hashlib.sha256(blob).hexdigest()
+        elif self.writer is not None and not frame.route:
             # encoded here; written, fsynced and renamed by the writer thread while this one
             # decodes the next image. The result goes out only once the write is done.
             path, blob = data or imageio.encode_to(frame, dest)
@@ -442,7 +447,7 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
         conn.send(("init_error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready",))
-    writer = worker.writer = Writer() if worker.writes else None
+    writer = worker.writer = Writer() if worker.writes and not worker.shards else None
     chunks: deque = deque()
     asked: list = []  # a "stop" or None read while a video was in hand, handled once it returns
 

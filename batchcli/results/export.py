@@ -245,13 +245,15 @@ def export_dir(paths: BatchPaths, dest: str, name_template: str | None = None,
         def visit(item: ItemView, rec: dict[str, Any], name: str) -> str | None:
             folder, base = split(name)
             fd = out.folder(folder)
-            src_path = os.path.join(snap.out_dir, rec["out"])  # type: ignore[arg-type]
+            src_path = os.path.join(snap.out_dir, rec.get("shard") or rec["out"])  # type: ignore[arg-type]
             want = rec.get("sha256")
             tmp = tmp_in(base)
             try:
                 try:
-                    os.link(src_path, tmp, dst_dir_fd=fd)
-                    linked = True
+                    linked = False  # a member of a tar shard is copied out, below
+                    if not rec.get("shard"):
+                        os.link(src_path, tmp, dst_dir_fd=fd)
+                        linked = True
                 except FileNotFoundError:
                     return "missing"
                 except OSError:

@@ -172,13 +172,37 @@ def flatten_meta(meta: dict[str, Any], prefix: str = "", depth: int = 0) -> dict
 # Verified reading of one output.
 
 
+def _open_member(out_dir: str, rec: dict[str, Any]) -> tuple[IO[bytes], int] | tuple[None, str]:
+    """A member of a tar shard as a file of its own: its header must name it, with its size."""
+    import io
+    import tarfile
+
+    size = int(rec.get("bytes") or 0)
+    try:
+        with open(os.path.join(out_dir, rec["shard"]), "rb") as fh:
+            fh.seek(max(0, int(rec["offset"]) - tarfile.BLOCKSIZE))
+            head = fh.read(tarfile.BLOCKSIZE)
+            data = fh.read(size)
+    except OSError:
+        return None, "missing"
+    try:
+        info = tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return None, "changed"
+    if info.name != rec.get("member") or info.size != size or len(data) != size:
+        return None, "changed"
+    return io.BytesIO(data), size
+
+
 class Changed(Exception):
     """The output's bytes no longer match its journal record."""
 
 
 def open_output(out_dir: str, rec: dict[str, Any]) -> tuple[IO[bytes], int] | tuple[None, str]:
     """Open a recorded output (an item record, or one entry of its outputs): (file, size), or
-    (None, "missing" / "changed")."""
+    (None, "missing" / "changed"). An output in a tar shard is read from its recorded offset."""
+    if rec.get("shard"):
+        return _open_member(out_dir, rec)
     path = os.path.join(out_dir, rec["out"])
     try:
         fh = open(path, "rb")

@@ -50,6 +50,10 @@ AfterOpt = Annotated[Optional[list[str]], typer.Option("--after", show_default=F
                                                        help="Create the batch now, run it when this batch ends (repeatable; implies --detach).")]
 AfterSuccessOpt = Annotated[bool, typer.Option("--after-success",
                                                help="With --after: run only if that batch completed; else the batch is cancelled.")]
+ShardsOpt = Annotated[Optional[str], typer.Option("--shards", show_default=False,
+                                                  help="tar: outputs go into numbered tar shards OUT/00000.tar, ... (WebDataset layout) instead of files.")]
+ShardSizeOpt = Annotated[Optional[int], typer.Option("--shard-size", min=1, show_default=False,
+                                                     help="Items per shard with --shards (default 1000).")]
 DetachOpt = Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; print the batch id and return.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output, only the summary.")]
 
@@ -171,6 +175,8 @@ def register(app: typer.Typer) -> None:
         media: Annotated[str, typer.Option("--media", help="Which files of a folder are items: image, video or all.")] = "image",
         max_duration: Annotated[str, typer.Option("--max-duration", help="Longer videos fail their item (0 = no limit).")] = "6h",
         video_segment: Annotated[str, typer.Option("--video-segment", help="Video work per durable segment (cut on keyframes).")] = "10s",
+        shards: ShardsOpt = None,
+        shard_size: ShardSizeOpt = None,
         retries: RetriesOpt = None,
         item_timeout: TimeoutOpt = None,
         max_failures: MaxFailOpt = None,
@@ -200,6 +206,7 @@ def register(app: typer.Typer) -> None:
         Example: batchcli start photos/ --out web/ --pipeline "orient | resize 1024x1024 | convert webp quality=85"
         """
         from batchcli import api
+        from batchcli.cli.commands.sync import SYNC
         from batchcli.engine import slots
         from batchcli.engine.store import Store
         from batchcli.errors import ConfigError
@@ -211,11 +218,15 @@ def register(app: typer.Typer) -> None:
         if priority is not None:
             slots.check_priority(priority)
         when = _when(store, at, after, after_success)
+        if (shards or shard_size) and SYNC.get() is not None:
+            raise ConfigError("--shards is for start: sync and watch keep their outputs as files")
         opts = api.run_options(workers, retries, item_timeout, max_failures, providers, worker_memory,
                                min_free_space, executor, transfer,
                                finish=finish_flags(on_finish, webhook, report, summary), max_load=max_load,
                                min_free_memory=min_free_memory, slots=slots.budget(store.home))
         check_secret(webhook_secret, opts)
+        if shards and opts.executor != "local":
+            raise ConfigError(f"--executor {opts.executor}: a batch with --shards runs on the local executor")
         limits = parse_bytes(max_file_size, "--max-file-size"), parse_count(max_pixels, "--max-pixels")
         if min(limits) < 1:
             raise ConfigError("--max-file-size and --max-pixels must be above 0")
@@ -224,7 +235,7 @@ def register(app: typer.Typer) -> None:
                               from_file=from_file, dedupe=dedupe, name_template=name_template,
                               max_file_size=limits[0], max_pixels=limits[1],
                               media=media, max_duration=parse_time(max_duration, "--max-duration"),
-                              segment=parse_time(video_segment, "--video-segment"))
+                              segment=parse_time(video_segment, "--video-segment"), shards=shards, shard_size=shard_size)
         paths = create(store, cfg, opts, json_out, detach or when is not None)  # `sync` too: the up-to-date items recorded
         keep_secret(paths, webhook_secret)
         if priority:

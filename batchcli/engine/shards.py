@@ -1,0 +1,333 @@
+"""Tar shards for datasets (`start --shards tar [--shard-size N]`), the WebDataset convention:
+OUT/00000.tar, 00001.tar, ... each holding, per item, its outputs and a JSON sidecar under one key
+(`000000042.png`, `000000042.json`; a variant's output is `000000042.NAME.png`).
+
+The runner writes the shard being filled under a temp name as results arrive; when it holds
+`--shard-size` items (or the run ends) it is closed, fsynced, renamed and its folder fsynced, and
+only then are its items recorded completed, followed by a `shard_sealed` record (its name,
+number, size, sha256 and mtime). So a completed item's shard is always durable, and:
+
+- a resume continues the sequence after the last sealed shard;
+- a shard being filled when the runner died is a temp file: swept, its items still pending,
+  so the next run writes them again into a shard of the same number (it is rebuilt);
+- a shard renamed into place whose records the dead runner never wrote is complete by
+  construction: the next run adopts it (records its items from their JSON sidecars).
+
+Each item's record names its `shard`, its `member` and the `offset` of the member's bytes in the
+shard, so readers (export, verify) read one member without scanning the tar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from batchcli.atomic import _create, fsync_dir, tmp_name
+from batchcli.errors import ConfigError
+
+FORMATS = ("tar",)
+DEFAULT_SIZE = 1000
+MAX_SIZE = 1_000_000
+SHARD_RE = re.compile(r"^(\d{5,})\.tar$")
+SEALED = b'"type":"shard_sealed"'
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+
+Complete = Callable[[int, dict[str, Any]], None]
+"""Records one item completed (the runner's journal append and counts): (i, record fields)."""
+
+
+def shard_name(n: int) -> str:
+    return f"{n:05d}.tar"
+
+
+def item_key(i: int) -> str:
+    return f"{i:09d}"
+
+
+def check_options(fmt: str | None, size: int | None) -> dict[str, Any] | None:
+    """The manifest's `shards` entry for the flags given; ConfigError (exit 2) when they are wrong."""
+    if fmt is None:
+        if size is not None:
+            raise ConfigError("--shard-size needs --shards tar")
+        return None
+    if fmt not in FORMATS:
+        raise ConfigError(f"--shards {fmt}: expected one of {', '.join(FORMATS)}")
+    size = DEFAULT_SIZE if size is None else size
+    if not 1 <= size <= MAX_SIZE:
+        raise ConfigError(f"--shard-size {size}: expected 1 to {MAX_SIZE:,} items per shard")
+    return {"format": fmt, "size": size}
+
+
+def existing(out_dir: str) -> list[str]:
+    """The shard files in a folder, in order."""
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        return []
+    return sorted((n for n in names if SHARD_RE.match(n)), key=lambda n: int(n[:-4]))
+
+
+def sealed_records(journal: str) -> Iterator[dict[str, Any]]:
+    """The journal's `shard_sealed` records (only those lines are decoded)."""
+    from batchcli.engine.journal import iter_matching
+
+    yield from iter_matching(journal, (SEALED,))
+
+
+def member_names(rec: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(output entry, member name) for each output of an item's result: `<key>.<ext>`, or
+    `<key>.<variant>.<ext>` for a variant's."""
+    from batchcli.executors.base import outputs_of
+
+    key = item_key(rec["i"])
+    out = []
+    for entry in outputs_of(rec):
+        ext = os.path.splitext(entry["out"])[1].lstrip(".") or "bin"
+        variant = entry.get("variant")
+        out.append((entry, f"{key}.{variant}.{ext}" if variant else f"{key}.{ext}"))
+    return out
+
+
+class _Shard:
+    """One tar being filled: members appended as they come, each one's data offset known."""
+
+    def __init__(self, out_dir: str, n: int):
+        self.n = n
+        self.name = shard_name(n)
+        self.path = os.path.join(out_dir, self.name)
+        self.tmp = tmp_name(self.path)
+        self.fd = _create(self.tmp, out_dir)
+        self.offset = 0
+        self.sha = hashlib.sha256()
+        self.items: list[tuple[int, dict[str, Any]]] = []  # (i, record fields) of the items inside
+
+    def _write(self, data: bytes) -> None:
+        self.sha.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.offset += len(data)
+
+    def add(self, name: str, data: bytes, mtime: float) -> int:
+        """Append one member; returns the offset of its bytes in the shard."""
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), int(mtime), 0o644
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        at = self.offset
+        self._write(data + tarfile.NUL * (-len(data) % _BLOCK))
+        return at
+
+    def seal(self, durable: bool) -> dict[str, Any]:
+        """End the archive, make it durable under its own name; returns its sealed record."""
+        end = tarfile.NUL * (2 * _BLOCK)
+        self._write(end + tarfile.NUL * (-(self.offset + len(end)) % _RECORD))
+        if durable:
+            os.fsync(self.fd)
+        mtime = os.fstat(self.fd).st_mtime
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.tmp, self.path)
+        if durable:
+            fsync_dir(os.path.dirname(self.path))
+        return {"shard": self.name, "n": self.n, "items": len(self.items), "bytes": self.offset,
+                "sha256": self.sha.hexdigest(), "mtime": mtime}
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+class ShardSink:
+    """The runner's side of `--shards tar`: items go into the shard being filled; each full
+    shard is sealed and its items recorded (through `complete`, then `seal_record`)."""
+
+    def __init__(self, out_dir: str, size: int, batch_id: str, journal: str, complete: Complete,
+                 seal_record: Callable[[dict[str, Any]], None], durable: bool = True):
+        self.out_dir, self.size, self.batch_id = out_dir, size, batch_id
+        self.complete, self.seal_record, self.durable = complete, seal_record, durable
+        self.next = 1 + max((int(r.get("n", -1)) for r in sealed_records(journal)), default=-1)
+        self.shard: _Shard | None = None
+
+    def adopt(self, total: int) -> int:
+        """Record the items of complete shards that a runner renamed into place but died before
+        recording (numbers from `next` on, with this batch's sidecars); returns how many."""
+        adopted = 0
+        while True:
+            path = os.path.join(self.out_dir, shard_name(self.next))
+            found = _read_shard(path, self.batch_id, total)
+            if found is None:
+                return adopted
+            for i, rec in found:
+                self.complete(i, rec)
+            st = os.stat(path)
+            sha = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    sha.update(block)
+            self.seal_record({"shard": shard_name(self.next), "n": self.next, "items": len(found),
+                              "bytes": st.st_size, "sha256": sha.hexdigest(), "mtime": st.st_mtime,
+                              "adopted": True})
+            adopted += len(found)
+            self.next += 1
+
+    def add(self, i: int, src: str, rec: dict[str, Any], blobs: list[bytes]) -> None:
+        """One finished item (its record fields and its outputs' bytes, in output order) into
+        the open shard; seals the shard when it is full. OSError when the shard cannot be written."""
+        if self.shard is None:
+            self.shard = _Shard(self.out_dir, self.next)
+            self.next += 1
+        shard = self.shard
+        now = time.time()
+        members = member_names({"i": i, **rec})
+        sidecar: dict[str, Any] = {"key": item_key(i), "i": i, "batch_id": self.batch_id, "input": src}
+        for (entry, member), data in zip(members, blobs):
+            entry.update(shard=shard.name, member=member, offset=shard.add(member, data, now))
+            entry.pop("mtime", None)
+            about = {"member": member, "out": entry["out"], "bytes": entry["bytes"], "sha256": entry["sha256"]}
+            if entry.get("variant"):
+                sidecar.setdefault("variants", {})[entry["variant"]] = about
+            else:
+                sidecar.update(about)
+        if members:  # the record's own fields are its first output's
+            rec.update({k: members[0][0][k] for k in ("shard", "member", "offset")})
+            rec.pop("mtime", None)
+        if rec.get("meta"):
+            sidecar["meta"] = rec["meta"]
+        shard.add(f"{item_key(i)}.json", json.dumps(sidecar, ensure_ascii=False).encode(), now)
+        shard.items.append((i, rec))
+        if len(shard.items) >= self.size:
+            self.seal()
+
+    def seal(self) -> None:
+        """Seal the open shard (if any) and record its items, then the shard."""
+        shard, self.shard = self.shard, None
+        if shard is None:
+            return
+        if not shard.items:
+            shard.discard()
+            self.next -= 1
+            return
+        try:
+            sealed = shard.seal(self.durable)
+        except BaseException:
+            shard.discard()
+            self.next = shard.n  # its items stay pending; the next run writes this number again
+            raise
+        for i, rec in shard.items:
+            self.complete(i, rec)
+        self.seal_record(sealed)
+
+    def discard(self) -> None:
+        """Drop the open shard: its items stay pending."""
+        if self.shard is not None:
+            self.shard.discard()
+            self.shard = None
+
+
+def _read_shard(path: str, batch_id: str, total: int) -> list[tuple[int, dict[str, Any]]] | None:
+    """The items of a complete shard of this batch, as record fields; None when the file is
+    missing, unreadable, or holds anything else."""
+    try:
+        tar = tarfile.open(path, "r:")
+    except (OSError, tarfile.TarError):
+        return None
+    items: dict[int, dict[str, Any]] = {}
+    where: dict[str, tarfile.TarInfo] = {}
+    try:
+        with tar:
+            for info in tar:
+                where[info.name] = info
+                if not info.name.endswith(".json"):
+                    continue
+                fh = tar.extractfile(info)
+                side = json.loads(fh.read()) if fh is not None else {}
+                i = side.get("i")
+                if side.get("batch_id") != batch_id or not isinstance(i, int) or not 0 <= i < total:
+                    return None
+                items[i] = side
+    except (OSError, tarfile.TarError, ValueError):
+        return None
+    out = []
+    for i, side in sorted(items.items()):
+        entries = [({"variant": v, **about}) for v, about in (side.get("variants") or {}).items()]
+        if "member" in side:
+            entries.insert(0, {k: side[k] for k in ("member", "out", "bytes", "sha256")})
+        for e in entries:
+            info = where.get(e["member"])
+            if info is None or info.size != e["bytes"]:
+                return None
+            e.update(shard=os.path.basename(path), offset=info.offset_data)
+        rec: dict[str, Any] = dict(entries[0]) if entries else {}
+        rec.pop("variant", None)
+        if len(entries) > 1 or (entries and entries[0].get("variant")):
+            rec["outputs"] = entries
+        if side.get("meta"):
+            rec["meta"] = side["meta"]
+        out.append((i, rec))
+    return out or None
+
+
+class RunShards:
+    """A ShardSink as the runner uses it: `put` a finished item, `close` at the end; a shard
+    that cannot be written stops the batch (paused: its items stay pending), never fails items."""
+
+    def __init__(self, sink: ShardSink):
+        self.sink = sink
+        self.broken = False
+
+    def put(self, i: int, item: dict[str, Any] | None, rec: dict[str, Any]) -> tuple[str, str] | None:
+        """The item into the shard; (stopping, reason) when the shard cannot be written."""
+        if self.broken:
+            return None  # stays pending: a resume does it again
+        try:
+            self.sink.add(i, (item or {}).get("src", ""), rec, rec.pop("_blobs", None) or [])
+        except OSError as exc:
+            return self._broke(exc)
+        return None
+
+    def close(self) -> tuple[str, str] | None:
+        """Seal the last, partly filled shard (a resume goes on with the next number)."""
+        if self.broken:
+            self.sink.discard()
+            return None
+        try:
+            self.sink.seal()
+        except OSError as exc:
+            return self._broke(exc)
+        return None
+
+    def _broke(self, exc: OSError) -> tuple[str, str]:
+        import errno
+
+        self.broken = True
+        name = self.sink.shard.name if self.sink.shard is not None else shard_name(self.sink.next)
+        self.sink.discard()
+        what = f"cannot write shard {name} in {self.sink.out_dir}: {exc.strerror or exc}"
+        return ("disk_full", f"disk full: {what}") if exc.errno == errno.ENOSPC else ("pause", what)
+
+
+def open_shards(runner: Any, st: Any, record: Callable[..., None]) -> RunShards:
+    """The shards of a run: numbering goes on after the last sealed one, and complete shards a
+    dead runner left unrecorded are adopted first. `record(i, kind, **fields)` journals an item."""
+    j = runner.journal
+
+    def seal_record(fields: dict[str, Any]) -> None:
+        j.append("shard_sealed", **fields)
+        j.sync()  # the shard's items and the shard itself, durable together
+
+    sink = ShardSink(runner.out_dir, int(runner.manifest["shards"]["size"]), runner.paths.id, runner.paths.journal,
+                     lambda i, rec: record(i, "item_completed", **rec), seal_record, durable=runner.opt.durable)
+    sink.adopt(runner.total)
+    return RunShards(sink)
