@@ -1,7 +1,8 @@
 """Core benchmarks: thumbnails, orchestration overhead, status on a 1,000,000-record journal,
 start-up time, runner memory at 1,000,000 items. Prints a table; compares ratios from one run.
 
-    .venv/bin/python benchmarks/bench_core.py [--photos 200] [--tiny 20000] [--million 1000000]
+    .venv/bin/python benchmarks/bench_core.py [--photos 200] [--tiny 20000] [--durable 3000] [--million 1000000]
+                                              [--only thumbnails,orchestration,durable,million]
 
 Peers are used when installed (Debian: parallel, libvips-tools, imagemagick) and reported as
 missing otherwise. The photo workload comes from real photographs when found (Debian's
@@ -121,12 +122,47 @@ def bare_pool(src: Path, out: Path, workers: int) -> float:
     return time.perf_counter() - t0
 
 
-def batchcli_run(src: Path, out: Path | None, pipeline: str, workers: int, home: Path) -> float:
+def batchcli_run(src: Path, out: Path | None, pipeline: str, workers: int, home: Path, *extra: str) -> float:
     if out is not None:
         shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, BATCHCLI_HOME=str(home))
     where = ["--out", str(out)] if out is not None else []
-    return timed(BATCHCLI + ["start", str(src), *where, "-w", str(workers), "-p", pipeline, "--quiet"], env=env)
+    return timed(BATCHCLI + ["start", str(src), *where, "-w", str(workers), "-p", pipeline, "--quiet", *extra], env=env)
+
+
+def parallel_cp(src: Path, out: Path, workers: int) -> float:
+    """GNU parallel with a job log (its resumable mode) copying each file: the shell way."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    log_file = WORK / "joblog-cp"
+    log_file.unlink(missing_ok=True)
+    return timed(f"ls {src}/*.png | parallel -j{workers} --joblog {log_file} cp {{}} {out}/")
+
+
+def durable_rows(a, w: int, home: Path, have: dict) -> list[tuple[str, str, str]]:
+    """Tiny outputs made durable, as files and as tar shards, against GNU parallel running cp:
+    the three alternate round by round (the machine is shared), each ratio from one round."""
+    src = make_tiny(a.durable)
+    rounds = []
+    for _ in range(a.repeat):
+        t_files = batchcli_run(src, WORK / "out-durable", "resize 8x8", w, home)
+        t_shards = batchcli_run(src, WORK / "out-shards", "resize 8x8", w, home, "--shards", "tar")
+        t_cp = parallel_cp(src, WORK / "out-cp", w) if have["parallel"] else None
+        rounds.append((t_files, t_shards, t_cp))
+        log(f"durable round: files {t_files:.2f} s, shards {t_shards:.2f} s, parallel cp "
+            + (f"{t_cp:.2f} s" if t_cp else "-") + f"; load {os.getloadavg()[0]:.1f}")
+    n = a.durable
+    best_f, best_s = min(r[0] for r in rounds), min(r[1] for r in rounds)
+    rows = [(f"durable: batchcli resize 8x8, {n} tiny PNGs, files (best of {a.repeat})", f"{best_f:.2f} s", f"{n / best_f:.0f} items/s"),
+            (f"durable: the same into tar shards, --shards tar (best of {a.repeat})", f"{best_s:.2f} s", f"{n / best_s:.0f} items/s")]
+    if have["parallel"]:
+        best_c = min(r[2] for r in rounds)
+        rows.append((f"durable: GNU parallel --joblog cp (best of {a.repeat})", f"{best_c:.2f} s", f"{n / best_c:.0f} items/s"))
+        files = [r[2] / r[0] for r in rounds]
+        shards = [r[2] / r[1] for r in rounds]
+        rows.append(("  ratio files / parallel cp, per round (target >= 10)", "", " ".join(f"{x:.1f}x" for x in files)))
+        rows.append(("  ratio shards / parallel cp, per round (target >= 30)", "", " ".join(f"{x:.1f}x" for x in shards)))
+    return rows
 
 
 # --- 1,000,000 records --------------------------------------------------------------------------
@@ -192,7 +228,9 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=int(os.environ.get("BENCH_PHOTOS", 200)))
     ap.add_argument("--tiny", type=int, default=20000,
                     help="tiny PNGs for the orchestration rows (enough that the ~0.3 s start-up does not dominate)")
+    ap.add_argument("--durable", type=int, default=3000, help="tiny PNGs for the durable-output rows (files, shards, cp)")
     ap.add_argument("--million", type=int, default=1_000_000)
+    ap.add_argument("--only", default="thumbnails,orchestration,durable,million", help="sections to run (comma list)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each batchcli and bare-loop measure (best kept)")
     a = ap.parse_args()
@@ -202,11 +240,30 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     have = {t: shutil.which(t) is not None for t in ("parallel", "vipsthumbnail", "mogrify")}
     log("peers found: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in have.items()))
+    only = set(a.only.split(","))
+    load = os.getloadavg()
+    w = a.workers
+    if "thumbnails" in only:
+        rows += thumbnail_rows(a, w, home, have)
+    if "orchestration" in only:
+        rows += orchestration_rows(a, w, home, have)
+    if "durable" in only:
+        rows += durable_rows(a, w, home, have)
+    if "million" in only:
+        rows += million_rows(a, w, home)
+    rows.append(("load average (1 min) at the start and at the end, 2 cores", "",
+                 f"{load[0]:.1f} -> {os.getloadavg()[0]:.1f}"))
 
-    # 1. thumbnails
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'time':>10}  rate")
+    for name, t, rate in rows:
+        print(f"{name:<{width}}  {t:>10}  {rate}")
+
+
+def thumbnail_rows(a, w: int, home: Path, have: dict) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
     photos, origin = make_photos(a.photos)
     log(f"thumbnail workload: {a.photos} JPEGs 3000x2000 from {origin}")
-    w = a.workers
     # the machine is shared and noisy: alternate the two, keep the best of each
     tools, bares = [], []
     for _ in range(a.repeat):
@@ -232,8 +289,11 @@ def main() -> None:
         t_mog = timed(f"ls {photos}/*.jpg | parallel -N50 -j{w} mogrify -path {out} -resize 1024x1024 "
                       f"-quality 85 {{}}")
         rows.append((f"thumbnails: mogrify, parallel -N50 -j{w}", f"{t_mog:.2f} s", f"{a.photos / t_mog:.1f} img/s"))
+    return rows
 
-    # 2. orchestration
+
+def orchestration_rows(a, w: int, home: Path, have: dict) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
     # two trivial pipelines: one that only reads and measures each image (journal fsyncs, no
     # output files), and one that writes each as a durable PNG (two fsyncs and a rename per file)
     tiny = make_tiny(a.tiny)
@@ -248,9 +308,13 @@ def main() -> None:
         rows.append(("orchestration: GNU parallel --joblog true", f"{t_par:.2f} s", f"{a.tiny / t_par:.0f} items/s"))
         rows.append(("  ratio batchcli analyze / parallel (target >= 10)", "", f"{t_par / t_meta:.1f}x"))
         rows.append(("  ratio batchcli convert png / parallel", "", f"{t_par / t_orch:.1f}x"))
+    return rows
 
-    # 3. status on 1,000,000 records, start-up time
-    first_tiny = str(sorted(tiny.glob("*.png"))[0])
+
+def million_rows(a, w: int, home: Path) -> list[tuple[str, str, str]]:
+    """Status on 1,000,000 records, runner memory, start-up time."""
+    rows: list[tuple[str, str, str]] = []
+    first_tiny = str(sorted(make_tiny(a.tiny).glob("*.png"))[0])
     bid = make_million(a.million, home, 2000, first_tiny)
     env = dict(os.environ, BATCHCLI_HOME=str(home))
     # runner memory at 1,000,000 items (replay + streaming + the last 2,000 items run); the run
@@ -271,11 +335,7 @@ def main() -> None:
         snap.unlink()
         t_full = best_of(1, BATCHCLI + ["status", bid, "--json"], env)
         rows.append((f"status --json, {a.million:,} records, no snapshot (full replay)", f"{t_full:.2f} s", ""))
-
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'time':>10}  rate")
-    for name, t, rate in rows:
-        print(f"{name:<{width}}  {t:>10}  {rate}")
+    return rows
 
 
 if __name__ == "__main__":

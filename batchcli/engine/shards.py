@@ -95,8 +95,28 @@ def member_names(rec: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     return out
 
 
+def _header(name: str, size: int, mtime: int) -> bytes:
+    """The tar header of a plain file (ustar; tarfile's own for a name ustar cannot hold)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > 100 or not name.isascii():
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, mtime, 0o644
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    h = bytearray(_BLOCK)
+    h[0:len(raw)] = raw
+    h[100:124] = b"0000644\x000000000\x000000000\x00"  # mode, uid, gid
+    h[124:148] = b"%011o\x00%011o\x00" % (size, mtime)
+    h[148:157] = b"        0"  # the checksum counted as spaces; a regular file
+    h[257:265] = b"ustar\x0000"
+    h[148:156] = b"%06o\x00 " % sum(h)
+    return bytes(h)
+
+
 class _Shard:
-    """One tar being filled: members appended as they come, each one's data offset known."""
+    """One tar being filled: members appended as they come (written out in large pieces), each
+    one's data offset known."""
+
+    FLUSH = 1 << 20
 
     def __init__(self, out_dir: str, n: int):
         self.n = n
@@ -105,29 +125,37 @@ class _Shard:
         self.tmp = tmp_name(self.path)
         self.fd = _create(self.tmp, out_dir)
         self.offset = 0
+        self.buf = bytearray()
         self.sha = hashlib.sha256()
         self.items: list[tuple[int, dict[str, Any]]] = []  # (i, record fields) of the items inside
 
     def _write(self, data: bytes) -> None:
-        self.sha.update(data)
-        view = memoryview(data)
+        self.buf += data
+        self.offset += len(data)
+        if len(self.buf) >= self.FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.sha.update(self.buf)
+        view = memoryview(self.buf)
         while view:
             view = view[os.write(self.fd, view):]
-        self.offset += len(data)
+        del view
+        self.buf.clear()
 
     def add(self, name: str, data: bytes, mtime: float) -> int:
         """Append one member; returns the offset of its bytes in the shard."""
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), int(mtime), 0o644
-        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._write(_header(name, len(data), int(mtime)))
         at = self.offset
-        self._write(data + tarfile.NUL * (-len(data) % _BLOCK))
+        self._write(data)
+        self._write(tarfile.NUL * (-len(data) % _BLOCK))
         return at
 
     def seal(self, durable: bool) -> dict[str, Any]:
         """End the archive, make it durable under its own name; returns its sealed record."""
         end = tarfile.NUL * (2 * _BLOCK)
         self._write(end + tarfile.NUL * (-(self.offset + len(end)) % _RECORD))
+        self._flush()
         if durable:
             os.fsync(self.fd)
         mtime = os.fstat(self.fd).st_mtime

@@ -64,11 +64,49 @@ def source_block(data: bytes, fmt: str) -> bytes | None:
     to its first scan (the compressed pixels are not needed), other formats whole."""
     if fmt not in READABLE:
         return None
+    if fmt == "png" and not _png_has_metadata(data):
+        return None  # nothing for exiv2 to read (most generated images): skip parsing it twice
     if fmt == "jpg":
         cut = _jpeg_scan_start(data)
+        if cut and not _jpeg_has_metadata(data, cut):
+            return None
         if cut:
             return data[:cut] + b"\xff\xd9"
     return data
+
+
+_PNG_METADATA = frozenset((b"eXIf", b"iCCP", b"tEXt", b"zTXt", b"iTXt"))
+_JPEG_METADATA = frozenset((0xE1, 0xE2, 0xED))  # APP1 (EXIF, XMP), APP2 (ICC), APP13 (IPTC)
+
+
+def _png_has_metadata(data: bytes) -> bool:
+    """Whether a PNG holds a chunk exiv2 reads (EXIF, ICC, text, XMP); True when the chunks do not parse."""
+    i, n = 8, len(data)
+    while i + 8 <= n:
+        kind = data[i + 4:i + 8]
+        if kind in _PNG_METADATA:
+            return True
+        if kind == b"IEND":
+            return False
+        i += 12 + struct.unpack(">I", data[i:i + 4])[0]
+    return True
+
+
+def _jpeg_has_metadata(data: bytes, scan: int) -> bool:
+    """Whether a JPEG's markers before its first scan (at `scan`) hold EXIF, XMP, ICC or IPTC."""
+    i = 2
+    while i + 4 <= scan:
+        m = data[i + 1]
+        if m == 0xFF:
+            i += 1
+            continue
+        if m in _JPEG_METADATA:
+            return True
+        if m == 0x01 or 0xD0 <= m <= 0xD7:
+            i += 2
+            continue
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return False
 
 
 def _jpeg_scan_start(data: bytes) -> int:
