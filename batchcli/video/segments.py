@@ -110,18 +110,52 @@ def upright(frame: Any) -> Any:
     return cv2.rotate(img, getattr(cv2, turn)) if turn else img
 
 
-def run_ops(job: Job, images: list[Any]) -> list[Frame]:
-    """The pipeline over decoded frames (BGR arrays), as one micro-batch; an op that fails on a
-    frame fails the video."""
+def run_ops(job: Job, images: list[Any], pipeline: Any = None) -> list[Frame]:
+    """The pipeline (the job's, or the part of it left to run) over decoded frames (BGR
+    arrays), as one micro-batch; an op that fails on a frame fails the video."""
     frames = [Frame(img=img, src=job.src, fmt="video", src_size=(img.shape[1], img.shape[0])) for img in images]
     out = []
-    for res in job.pipeline.run_batch(frames):
+    for res in (pipeline or job.pipeline).run_batch(frames):
         if isinstance(res, BaseException):
             if isinstance(res, ItemError):
                 raise res
             raise ItemError("op", f"on a frame: {type(res).__name__}: {res}") from res
         out.append(res)
     return out
+
+
+class Pixels:
+    """How decoded frames become the encoder's input, decided on the first frame. A leading
+    `resize` (without a crop) is done by FFmpeg's scaler in the same pass as the colour
+    conversion, as a JPEG is shrunk on load; when no other op is left and the frame needs no
+    turning, frames stay YUV from decoder to encoder (a plain transcode converts nothing)."""
+
+    def __init__(self, job: Job, frame: Any):
+        turn = _TURNS.get(round(getattr(frame, "rotation", 0) or 0) % 360)
+        self.turn = getattr(cv2, turn) if turn else None
+        sideways = turn is not None and turn != "ROTATE_180"
+        w, h = (frame.height, frame.width) if sideways else (frame.width, frame.height)
+        ops = [op for op in job.pipeline.ops if not getattr(op, "video_role", None)]
+        self.scale: tuple[int, int] | None = None  # (width, height) as stored
+        if ops and ops[0].name == "resize" and hasattr(ops[0], "plan"):
+            size, crop = ops[0].plan(w, h)
+            if crop is None:
+                ops = ops[1:]
+                self.scale = (size[1], size[0]) if sideways else size
+        self.rest = type(job.pipeline)(ops) if ops else None
+        self.yuv = self.rest is None and self.turn is None
+        if self.yuv and self.scale:
+            self.scale = (max(2, self.scale[0] - self.scale[0] % 2), max(2, self.scale[1] - self.scale[1] % 2))
+
+    def _size(self) -> dict:
+        return {"width": self.scale[0], "height": self.scale[1], "interpolation": "AREA"} if self.scale else {}
+
+    def yuv_frame(self, frame: Any) -> Any:
+        return frame.reformat(format="yuv420p", **self._size())
+
+    def bgr(self, frame: Any) -> Any:
+        img = frame.to_ndarray(format="bgr24", **self._size())
+        return cv2.rotate(img, self.turn) if self.turn is not None else img
 
 
 class _Segment:
@@ -141,6 +175,7 @@ class _Segment:
         self.frames = 0
 
     def add(self, img: Any, rel_pts: int) -> None:
+        """Encode a picture (any array a pipeline gives) at `rel_pts`."""
         import av
 
         img = to_bgr(img)
@@ -150,9 +185,14 @@ class _Segment:
         w, h = self.size
         if img.shape[1] != w or img.shape[0] != h:
             img = img[:h, :w] if img.shape[1] >= w and img.shape[0] >= h else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        self.add_frame(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="bgr24"), rel_pts)
+
+    def add_frame(self, vf: Any, rel_pts: int) -> None:
+        """Encode a VideoFrame (its size fixed by the first one) at `rel_pts`."""
+        if self.size is None:
+            self.size = (vf.width, vf.height)
         if self.stream is None:
-            self.stream = add_video_stream(self.out, self.target, w, h, self.rate, self.tb, self.job.threads)
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="bgr24")
+            self.stream = add_video_stream(self.out, self.target, *self.size, self.rate, self.tb, self.job.threads)
         vf.pts, vf.time_base = rel_pts, self.tb
         for pkt in self.stream.encode(vf):
             self.out.mux(pkt)
@@ -247,18 +287,25 @@ def transcode(job: Job, target: Target) -> list[dict]:
     held: tuple[int, Any] | None = None  # fps mode: the frame on screen until the next one
     batch: list[tuple[int, Any]] = []  # decoded frames waiting for the ops (micro-batches)
     group = max(1, int(getattr(job.pipeline, "batch_size", 1)))
+    px: Pixels | None = None
     rate = target.fps or info.rate
 
     def new_segment(start: int) -> _Segment:
         return _Segment(job, target, len(done), start, timing.offset(start), timing.out_tb, rate, size)
 
     def flush_ops() -> None:
-        nonlocal batch
+        nonlocal batch, px
         if not batch:
             return
-        for (rel, _), res in zip(batch, run_ops(job, [upright(f) for _, f in batch])):
+        px = px or Pixels(job, batch[0][1])
+        if px.yuv:
+            pictures = [px.yuv_frame(f) for _, f in batch]
+        else:
+            images = [px.bgr(f) for _, f in batch]
+            pictures = [res.img for res in run_ops(job, images, px.rest)] if px.rest is not None else images
+        for (rel, _), pic in zip(batch, pictures):
             for r in ([rel] if isinstance(rel, int) else rel):
-                seg.add(res.img, r)
+                (seg.add_frame if px.yuv else seg.add)(pic, r)
         batch = []
 
     def emit(frame: Any, pts: int, next_pts: int | None) -> None:
