@@ -349,7 +349,8 @@ class Runner:
                             nxt = feed.next()  # a hot folder holds no slot while idle: a file that lands wants one
                             if nxt is not None:
                                 retry_q.append(nxt)
-                        gate.tick(pool, len(retry_q) + (0 if exhausted else max(0, pending_total - taken)), now)
+                        queued = len(retry_q) + (len(videos.queue) if videos is not None else 0)  # videos wait apart
+                        gate.tick(pool, queued + (0 if exhausted else max(0, pending_total - taken)), now)
                         if not announced and pool.size():
                             announce()
                     # feed
