@@ -239,3 +239,26 @@ def test_shards_refuse_videos(tmp_path):
     r = cli("start", str(tmp_path / "in"), "--media", "all", "--out", str(tmp_path / "out"), "-p", "resize 8x8",
             "--shards", "tar", home=tmp_path / "home")
     assert r.returncode == 2 and "--shards takes images" in r.stderr
+
+
+def test_variants_go_into_the_shard_under_one_key_and_survive_adoption(tmp_path):
+    from batchcli.results.verify import verify_batch
+
+    src, out, home = tmp_path / "in", tmp_path / "out", tmp_path / "home"
+    make_pngs(src, 5, size=16)
+    paths = api.create_batch(Store(str(home)), api.StartConfig(
+        inputs=[str(src)], out_dir=str(out), pipeline_text="resize 12x12", variants=["small=resize 4x4", "mid=resize 8x8"],
+        shards="tar", shard_size=3))
+    assert run(home, "resume", paths.id, "-w", "1", *NOSPACE).returncode == 0
+    names = {n for ms in _members(out).values() for n in ms}
+    assert names == {f"{i:09d}.{v}" for i in range(5) for v in ("small.png", "mid.png", "json")}
+    side = json.loads(_members(out)["00000.tar"]["000000000.json"])
+    assert list(side["variants"]) == ["small", "mid"] and side["variants"]["mid"]["out"] == "mid/img000.png"
+    # the last shard adopted from its sidecars: every variant recorded again, each one verified
+    lines = open(paths.journal, "rb").read().splitlines(keepends=True)
+    first = next(k for k, ln in enumerate(lines) if b'"shard_sealed"' in ln)
+    open(paths.journal, "wb").write(b"".join(lines[:first + 1]))
+    assert run(home, "resume", paths.id, "-w", "1", *NOSPACE).returncode == 0
+    assert [r["shard"] for r in records(paths.journal) if r.get("adopted")] == ["00001.tar"]
+    rep = verify_batch(paths)
+    assert rep.clean and rep.ok == 10, rep.as_dict()
