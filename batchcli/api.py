@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchcli import __version__
+from batchcli.argfiles import check_writable_folder
 from batchcli.engine.journal import encode
 from batchcli.engine.status import (  # noqa: F401  (the read side of the API)
     batch_status,
@@ -80,6 +81,8 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
         raise ConfigError("--out is required: this pipeline writes images")
     if out_dir is not None and os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--out {cfg.out_dir}: exists and is not a folder")
+    if out_dir is not None:
+        check_writable_folder(out_dir, "--out")
     if cfg.dedupe not in (None, "content"):
         raise ConfigError(f"--dedupe {cfg.dedupe}: expected 'content' (skip byte-identical inputs)")
     exts = discover.parse_exts(cfg.exts, cfg.media)
@@ -123,6 +126,8 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             left = [f"{n} {what}" for n, what in ((stats.excluded, "excluded"), (stats.duplicates, "duplicates"),
                                                   (stats.dedupe_skipped, "same content"),
                                                   (stats.in_output, "inside the output folder")) if n]
+            left += [f"{folder} (it is the output folder or the batch home, never read as input; give another --out)"
+                     for folder in stats.out_folders]
             raise ConfigError(f"no input images found in {where} (extensions: {', '.join(exts)}"
                               + (f"; left out: {', '.join(left)}" if left else "") + ")")
         out_id: dict[str, int] = {}
@@ -176,10 +181,13 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
                                  "fingerprint": fingerprint, "total": total}))
                 fh.flush()
                 os.fsync(fh.fileno())
-    except BaseException:
+        paths.created()
+    except BaseException as exc:
         import shutil
 
         shutil.rmtree(paths.dir, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full or read-only batch home
+            raise ConfigError(f"cannot write batch {paths.id} in {store.home}: {exc.strerror}") from None
         raise
     return paths
 

@@ -1,11 +1,13 @@
 """Files named in arguments (LUTs, fonts, logos, labels, pipeline and look files, input lists):
 each must be a regular file under a size cap, checked before a byte is read, so `/dev/zero`, a
-FIFO or a folder is refused at once (exit 2) instead of read forever."""
+FIFO or a folder is refused at once (exit 2) instead of read forever. And folders to write to
+(`--out`): checked writable before any work."""
 
 from __future__ import annotations
 
 import os
 import stat
+import tempfile
 
 from batchcli.errors import ConfigError
 from batchcli.units import fmt_bytes
@@ -82,3 +84,22 @@ def read_text(path: str, what: str, kind: str) -> str:
         return read_file(path, what, kind).decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{what}{'' if what.endswith('=') else ' '}{path}: not UTF-8 text") from None
+
+
+def check_writable_folder(folder: str, what: str) -> None:
+    """`folder` (or, when it does not exist yet, its nearest existing parent) takes a new file:
+    a read-only file system or a folder without write permission is refused with the reason."""
+    probe = folder
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{what} {folder}: {probe} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".batchcli-probe-", dir=probe)
+    except OSError as exc:
+        raise ConfigError(f"{what} {folder}: cannot write there: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(tmp)

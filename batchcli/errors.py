@@ -53,6 +53,17 @@ class JournalCorrupt(BatchcliError):
     exit_code = 1
 
 
+class JournalWriteError(BatchcliError):
+    """The journal cannot be written: a read-only or full disk, no permission. `full` says
+    the disk is full (the runner then pauses the batch instead of failing)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, full: bool = False):
+        super().__init__(message)
+        self.full = full
+
+
 class NothingToExport(BatchcliError):
     """The batch has no completed results."""
 

@@ -400,12 +400,12 @@ def test_pause_then_scheduler_lost_then_local_resume(tmp_path, cluster):
     assert json.loads(cli(home, "status", "cl", "--json").stdout)["status"] == "paused"
 
     runner = subprocess.Popen([sys.executable, "-m", "batchcli", "resume", "cl", "--executor", addr, "--quiet"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: completed_count(batch) >= paused_at + 5, 120, "5 more completed items")
     cluster.kill(cluster.scheduler)
-    code = runner.wait(120)
-    err = runner.stderr.read()
-    assert code != 0 and "Traceback" not in err, err
+    out, err = runner.communicate(timeout=120)
+    assert runner.returncode != 0 and "Traceback" not in err, err
+    assert (out + err).count("lost the Dask scheduler") == 1, out + err  # said once, in the summary
     st = json.loads(cli(home, "status", "cl", "--json").stdout)
     assert st["remaining"] > 0 and st["status"] in ("paused", "failed"), st
 

@@ -77,7 +77,8 @@ def test_output_folder_inside_an_input_is_skipped(tree):
     stats = DiscoveryStats()
     got = rels(find([str(tree), str(tree / "web" / "b.jpg")], skip_dirs=[str(tree / "web")], stats=stats))
     assert got == [f"photos/{r}" for r in ["a.JPG", "b.jpg", "a/z.jpg", "raw/e.jpg", "sub/c.png", "sub/deep/d.webp"]]
-    assert stats.in_output == 2  # the folder web/ (pruned once) and the file named in it
+    assert stats.in_output == 1  # the file named in web/
+    assert stats.out_folders == [str(tree / "web")]  # and the folder web/, pruned once, named
 
 
 def test_list_with_comments_relative_paths_urls_and_missing_files(tree, tmp_path):

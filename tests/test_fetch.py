@@ -30,9 +30,10 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep the test output clean
         pass
 
-    def _send(self, code: int, body: bytes, ctype: str = "image/png", length: bool = True, headers=()):
+    def _send(self, code: int, body: bytes, ctype: str | None = "image/png", length: bool = True, headers=()):
         self.send_response(code)
-        self.send_header("Content-Type", ctype)
+        if ctype:
+            self.send_header("Content-Type", ctype)
         if length:
             self.send_header("Content-Length", str(len(body)))
         for k, v in headers:
@@ -50,6 +51,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, PNG, "text/html; charset=utf-8")
             elif path == "/page.jpg":
                 self._send(200, b"<!doctype html><html><body>login required</body></html>" * 4, "text/html")
+            elif path == "/login.jpg":  # a login page served under the image's own type
+                self._send(200, b"\n  <!DOCTYPE html>\n<html><body>sign in</body></html>" * 4, "image/jpeg")
+            elif path == "/untyped.jpg":  # no Content-Type at all
+                self._send(200, b"<html><head><title>404</title></head></html>" * 4, None)
             elif path == "/big.png":
                 self._send(200, BIG)
             elif path == "/big-stream.png":  # no Content-Length: only the streaming cap can stop it
@@ -115,6 +120,8 @@ def test_good_and_disguised_images_download(server, quick):
     ("/gone.png", "http", "HTTP 410 Gone"),
     ("/always500.png", "network", "HTTP 500 Internal Server Error (after 2 attempts)"),
     ("/page.jpg", "unsupported", "HTTP 200 OK with Content-Type text/html: not an image"),
+    ("/login.jpg", "unsupported", "HTTP 200 OK with Content-Type image/jpeg: an HTML page, not an image"),
+    ("/untyped.jpg", "unsupported", "HTTP 200 OK with Content-Type (none): an HTML page, not an image"),
     ("/big.png", "too_large", f"HTTP 200 OK: Content-Length {fmt_bytes(len(BIG))}, over --max-file-size 1K"),
     ("/big-stream.png", "too_large", "HTTP 200 OK: body over --max-file-size 1K"),
 ])

@@ -61,7 +61,7 @@ def test_repair_requeues_the_broken_items(batch):
         (out / recs[i]["out"]).unlink()
     r = cli("verify", "ver", "--repair", home=home)
     assert r.returncode == 1
-    assert "re-queued 2 item(s)" in r.stdout
+    assert "re-queued 2 items" in r.stdout
     from batchcli.engine.journal import iter_records
     from batchcli.engine.store import Store
 

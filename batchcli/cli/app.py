@@ -4,8 +4,9 @@ Heavy modules (cv2, numpy, onnxruntime) are imported inside the commands that ne
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -32,12 +33,17 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
+    home: Annotated[Optional[str], typer.Option("--home", metavar="DIR", show_default=False,
+                                                help="Batch home folder, for the command that follows "
+                                                     "(as BATCHCLI_HOME; the command's own --home wins).")] = None,
 ) -> None:
     """Batch-process image folders with a durable journal: pause, resume, recover, never lose work.
 
     Exit codes: 0 all items completed, 1 finished with failed items, 2 usage or configuration
     error, 3 paused, 4 cancelled, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
+    if home is not None:  # `batchcli --home DIR status` as well as `batchcli status --home DIR`
+        os.environ["BATCHCLI_HOME"] = os.path.abspath(os.path.expanduser(home))
 
 
 for _module in COMMANDS:
@@ -45,9 +51,10 @@ for _module in COMMANDS:
 
 
 def main() -> None:
-    from batchcli.cli.console import flush_at_exit, setup_streams
+    from batchcli.cli.console import flush_at_exit, install_log_handler, setup_streams
 
     setup_streams()
+    install_log_handler()
     try:
         app()
     except KeyboardInterrupt:

@@ -118,6 +118,20 @@ def setup_streams() -> None:
             pass
 
 
+def install_log_handler() -> None:
+    """The `batchcli` loggers' warnings on stderr as `warning: message`, one line each, never a
+    traceback (Python's last-resort handler prints them), written through `write`."""
+    import logging
+
+    class OneLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            write(sys.stderr, f"{record.levelname.lower()}: {record.getMessage()}".replace("\n", " ") + "\n")
+
+    root = logging.getLogger("batchcli")
+    if not root.handlers:
+        root.addHandler(OneLine(logging.WARNING))
+
+
 def emit_json(obj: Any, stream: TextIO | None = None) -> None:
     from batchcli import jsonio
 
@@ -135,6 +149,11 @@ def warn(msg: str) -> None:
 
 def info(msg: str) -> None:
     write(sys.stdout, msg + "\n")
+
+
+def plural(n: int, word: str) -> str:
+    """'1 item', '2 items', '1 worker'."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def fmt_rate(rate: float | None) -> str:
@@ -208,8 +227,8 @@ class ProgressView:
 
     def _started(self, ev: dict[str, Any]) -> None:
         verb = "resuming" if ev.get("resumed") else "starting"
-        line = (f"batch {ev['batch_id']}: {verb}, {ev['remaining']} of {ev['total']} items to do "
-                f"on {ev['workers']} workers")
+        line = (f"batch {ev['batch_id']}: {verb}, {ev['remaining']} of {plural(ev['total'], 'item')} to do "
+                f"on {plural(ev['workers'], 'worker')}")
         if self.mode == "tty":
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -277,7 +296,7 @@ def summary(res: Any) -> None:
         f"batch {res.batch_id}: {res.status}"
         + (f" ({res.reason})" if res.reason else ""),
         f"  completed {res.completed}, failed {res.failed}, remaining {res.remaining}, of {res.total}",
-        f"  this run: {res.processed_now} items in {fmt_secs(res.wall)} ({res.rate:.1f} items/s)",
+        f"  this run: {plural(res.processed_now, 'item')} in {fmt_secs(res.wall)} ({res.rate:.1f} items/s)",
     ]
     if res.out_dir:
         lines.append(f"  output: {res.out_dir}")
@@ -309,12 +328,16 @@ def status_word(s: dict[str, Any]) -> str:
 
 
 def status_view(s: dict[str, Any]) -> None:
+    state = status_word(s)
+    if state in ("completed", "failed") and s["remaining"]:  # items re-queued (verify --repair)
+        state += f", {s['remaining']} to repair (batchcli resume {s['batch_id']})"
     rows = [
         ("batch", s["batch_id"] + (f"  ({s['name']})" if s.get("name") else "")),
-        ("status", status_word(s) + (f" - {s['reason']}" if s.get("reason") else "")),
+        ("status", state + (f" - {s['reason']}" if s.get("reason") else "")),
         ("progress", f"{s['completed'] + s['failed']}/{s['total']} ({s['progress_percent']:.1f}%)"),
         ("completed", str(s["completed"])),
         ("failed", str(s["failed"])),
+        *([("skipped", str(s["skipped"]))] if s.get("skipped") else []),
         ("remaining", str(s["remaining"])),
         ("pipeline", s.get("pipeline") or ""),
         ("output", s.get("out_dir") or "-"),
@@ -322,7 +345,7 @@ def status_view(s: dict[str, Any]) -> None:
         ("started", s.get("started_at") or "-"),
     ]
     if s.get("executor"):
-        rows.append(("executor", f"{s['executor']} ({s.get('workers') or '?'} workers)"))
+        rows.append(("executor", f"{s['executor']} ({plural(s['workers'], 'worker') if s.get('workers') else '? workers'})"))
     if s.get("runner_pid"):
         rows.append(("runner pid", str(s["runner_pid"])))
     if s.get("priority"):

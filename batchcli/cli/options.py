@@ -17,7 +17,8 @@ def finite(value: float | None) -> float | None:
     return value
 
 
-BATCH_STATES = ("pending", "running", "paused", "interrupted", "completed", "failed", "cancelled")
+BATCH_STATES = ("pending", "scheduled", "queued", "running", "throttled", "paused", "interrupted", "completed",
+                "failed", "cancelled", "damaged")
 
 
 def parse_states(values: list[str] | None) -> tuple[str, ...]:
@@ -31,7 +32,7 @@ def parse_states(values: list[str] | None) -> tuple[str, ...]:
     return wanted
 
 
-HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="BATCHCLI_HOME",
+HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="BATCHCLI_HOME", metavar="DIR",
                                                 help="Batch home folder (default: the user data dir).",
                                                 show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
@@ -57,5 +58,31 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BatchcliError as exc:
             error(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # never a traceback: one line naming the file and the reason
+            message, code = describe_os_error(exc)
+            error(message)
+            raise typer.Exit(code) from None
 
     return wrapper
+
+
+def describe_os_error(exc: OSError) -> tuple[str, int]:
+    """A file error that escaped the engine, as one line and an exit code. A batch folder that
+    went away (`cleanup` racing `resume`) or lost its files is said as such (exit 2)."""
+    import os
+    import re
+
+    from batchcli.engine.status import damage
+    from batchcli.engine.store import BatchPaths
+
+    name = os.fsdecode(exc.filename) if exc.filename is not None else ""
+    m = re.match(r"^(.*[/\\]batches[/\\][^/\\]+)(?:[/\\]|$)", name)
+    if m:
+        paths = BatchPaths(m.group(1))
+        if not os.path.isdir(paths.dir):
+            return f"batch {paths.id} was removed while this command ran (by cleanup?)", 2
+        reason = damage(paths)
+        if reason is not None:
+            return (f"batch {paths.id} is damaged ({reason}); remove it with: "
+                    f"batchcli cleanup --status damaged --older-than 0s"), 2
+    return f"{name or type(exc).__name__}: {exc.strerror or exc}", 1

@@ -10,6 +10,7 @@ lock writes (see runner.py); any process may read at any time.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import zlib
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchcli import jsonio
+from batchcli.errors import JournalWriteError
 
 _CRC_KEY = b',"crc":"'
 
@@ -37,6 +39,12 @@ LIFECYCLE = {
     "batch_finished": None,  # its "status" field says completed or failed
     "batch_scheduled": "scheduled",  # --at / --after: created now, run later
 }
+
+RESERVE = "journal.reserve"
+RESERVE_BYTES = 64 << 10
+"""A file a writer keeps beside the journal and deletes when the disk is full, so that the
+records that end the run (the pause and its reason) still fit."""
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 GROUP_COMMIT_SECONDS = 0.05
 """Flush and fsync the journal at least this often while records are pending."""
@@ -382,14 +390,25 @@ class JournalWriter:
         self.durable = durable
         self._buf: list[bytes] = []
         self._last_sync = time.monotonic()
-        self._fh = open(path, "ab", buffering=0)
-        # A torn tail left by a crash: start on a fresh line so new records stay valid JSONL.
-        size = os.fstat(self._fh.fileno()).st_size
-        if size:
-            with open(path, "rb") as fh:
-                fh.seek(size - 1)
-                if fh.read(1) != b"\n":
-                    self._fh.write(b"\n")
+        try:
+            self._fh = open(path, "ab", buffering=0)
+            # A torn tail left by a crash: start on a fresh line so new records stay valid JSONL.
+            self._size = os.fstat(self._fh.fileno()).st_size
+            if self._size:
+                with open(path, "rb") as fh:
+                    fh.seek(self._size - 1)
+                    if fh.read(1) != b"\n":
+                        self._fh.write(b"\n")
+                        self._size += 1
+        except OSError as exc:
+            raise JournalWriteError(f"cannot write the journal {path}: {exc.strerror}",
+                                    full=exc.errno in _FULL) from None
+        self._reserve = os.path.join(os.path.dirname(path), RESERVE)
+        try:  # room for the last records (the pause) should the disk fill up
+            with open(self._reserve, "wb") as fh:
+                fh.write(bytes(RESERVE_BYTES))
+        except OSError:
+            self._release()
 
     def append(self, type_: str, **fields: Any) -> dict[str, Any]:
         self.seq += 1
@@ -405,22 +424,59 @@ class JournalWriter:
             self.sync()
 
     def sync(self) -> None:
+        """Write and fsync the pending records. On a full disk the reserve is given up and the
+        write tried once more, and JournalWriteError(full) is raised either way, so that the
+        runner stops while its last records still fit; a write that fails is cut off (the file
+        stays valid JSONL) and its records are dropped (their items stay pending)."""
         if self._buf:
             data = b"".join(self._buf)
             self._buf.clear()
-            view = memoryview(data)
+            try:
+                self._write(data)
+            except OSError as exc:
+                if not (exc.errno in _FULL and self._release()):
+                    self._fail(exc)
+                try:
+                    self._write(data)
+                except OSError as again:
+                    self._fail(again)
+                self._fail(exc)  # kept, in the reserve's room: stop now, while the pause still fits
+        self._last_sync = time.monotonic()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
             while view:
                 n = self._fh.write(view)
                 view = view[n:]
             if self.durable:
                 os.fsync(self._fh.fileno())
-        self._last_sync = time.monotonic()
+        except OSError:
+            try:  # a torn record in the middle would hide the ones after it
+                os.ftruncate(self._fh.fileno(), self._size)
+            except OSError:
+                pass
+            raise
+        self._size += len(data)
+
+    def _release(self) -> bool:
+        """Delete the reserve file; True when there was one (space was freed)."""
+        try:
+            os.unlink(self._reserve)
+            return True
+        except OSError:
+            return False
+
+    def _fail(self, exc: OSError) -> None:
+        raise JournalWriteError(f"cannot write the journal {self.path}: {exc.strerror}",
+                                full=exc.errno in _FULL) from None
 
     def close(self) -> None:
         try:
             self.sync()
         finally:
             self._fh.close()
+            self._release()
 
     def __enter__(self) -> JournalWriter:
         return self

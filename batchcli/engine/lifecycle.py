@@ -15,8 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from batchcli.engine.journal import replay
-from batchcli.engine.liveness import locked_error, read_runner_info, request, runner_alive, sweep_dead_tmp
-from batchcli.engine.status import batch_status, mark
+from batchcli.engine.liveness import (
+    locked_error,
+    read_runner_info,
+    request,
+    runner_alive,
+    sweep_dead_tmp,
+    sweep_exports,
+)
+from batchcli.engine.status import batch_status, damage, mark
 from batchcli.engine.store import BatchPaths, Store
 from batchcli.errors import BatchLocked, InvalidTransition
 
@@ -152,7 +159,7 @@ def recover(store: Store, resume: bool = False, resume_fn=None) -> dict[str, Any
             continue
         if row is None:
             continue
-        if resume and resume_fn is not None:
+        if resume and resume_fn is not None and row["status"] == "paused":
             try:
                 resume_fn(paths)
                 row["resumed"] = True
@@ -166,6 +173,9 @@ def recover(store: Store, resume: bool = False, resume_fn=None) -> dict[str, Any
 
 
 def _recover_one(paths: BatchPaths) -> dict[str, Any] | None:
+    reason = damage(paths)
+    if reason is not None:  # nothing to resume: say so, cleanup removes it
+        return {"batch_id": paths.id, "status": "damaged", "reason": reason, "resumed": False}
     man = paths.load_manifest()
     st = replay(paths.journal, int(man["total"]))
     if st.state not in ("running", "scheduled") or runner_alive(paths) is not None:
@@ -237,7 +247,7 @@ def cleanup(store: Store, older_than: float = 7 * 86400, keep_last: int = 0,
         entry = {"batch_id": bid, "name": row["name"], "status": state, "age_s": round(age),
                  "outputs_removed": 0, "outputs_kept": 0}
         try:
-            _clean_one(store, paths, purge_outputs, dry_run, entry)
+            _clean_one(store, paths, purge_outputs and state != "damaged", dry_run, entry)
         except BatchLocked:
             skipped.append({"batch_id": bid, "reason": "runner alive"})
             continue
@@ -264,10 +274,12 @@ def remove(store: Store, paths: BatchPaths, purge_outputs: bool = False) -> dict
 
 
 def _last_activity(paths: BatchPaths) -> float:
-    try:
-        return os.stat(paths.journal).st_mtime
-    except OSError:
-        return os.stat(paths.manifest).st_mtime
+    for path in (paths.journal, paths.manifest, paths.dir):  # a damaged folder may lack the first two
+        try:
+            return os.stat(path).st_mtime
+        except OSError:
+            continue
+    return 0.0
 
 
 def _fmt_age(secs: float) -> str:
@@ -290,6 +302,7 @@ def _clean_one(store: Store, paths: BatchPaths, purge: bool, dry_run: bool, entr
             _purge(store, paths, dry_run, entry)
         if dry_run:
             return
+        sweep_exports(paths)  # temp files killed exports of this batch left behind
         trash = os.path.join(store.home, ".trash")
         os.makedirs(trash, exist_ok=True)
         dest = os.path.join(trash, f"{paths.id}-{os.getpid()}")

@@ -4,13 +4,14 @@ temp files left by writers that died."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from batchcli.engine.store import BatchPaths
+from batchcli.engine.store import BatchPaths, process_alive, process_start_time  # noqa: F401
 from batchcli.errors import BatchLocked
 
 
@@ -22,13 +23,6 @@ def read_runner_info(paths: BatchPaths) -> dict[str, Any] | None:
         return None
 
 
-def process_start_time(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process(pid).create_time()
-    except Exception:
-        return None
 
 
 PROBE_GRACE = 0.5
@@ -38,12 +32,7 @@ function) holds it for a few microseconds, and must not be mistaken for a runner
 
 def _holder_alive(info: dict[str, Any] | None) -> bool:
     """runner.json names a process that is alive and is the one that wrote it (not a reused pid)."""
-    pid = (info or {}).get("pid")
-    if not pid:
-        return False
-    started = process_start_time(pid)
-    want = (info or {}).get("started")
-    return started is not None and (want is None or abs(started - want) < 1.0)
+    return process_alive((info or {}).get("pid"), (info or {}).get("started"))
 
 
 def take_lock(lock: FileLock, paths: BatchPaths, info: dict[str, Any] | None = None) -> bool:
@@ -104,21 +93,66 @@ def strongest_request(paths: BatchPaths) -> str | None:
     return next((r for r in reversed(REQUESTS) if r in words), None)
 
 
-def sweep_dead_tmp(root: str) -> list[str]:
+def sweep_dead_tmp(root: str, name: str = "*") -> list[str]:
     """Remove temp files under `root` left by writers that are no longer alive (the pid is in
-    the name), so a live runner of another batch sharing the folder keeps its own."""
+    the name), so a live runner of another batch sharing the folder keeps its own. With `name`
+    (a file name), only the temp files of that one file, in `root` itself."""
     import contextlib
     import pathlib
 
     from batchcli.atomic import TMP_MARK
 
     removed: list[str] = []
-    for p in pathlib.Path(root).rglob(f".*{TMP_MARK}*"):
+    folder = pathlib.Path(root)
+    found = folder.rglob(f".*{TMP_MARK}*") if name == "*" else folder.glob(f".{glob.escape(name)}{TMP_MARK}*")
+    for p in found:
         pid = p.name.split(TMP_MARK, 1)[1].split("-", 1)[0]
         if p.is_file() and not (pid.isdigit() and _writer_alive(int(pid), p)):
             with contextlib.suppress(OSError):
                 p.unlink()
                 removed.append(str(p))
+    return removed
+
+
+EXPORTS = "exports.txt"
+"""Beside a batch's journal: one line per export target (kind, tab, path), so that `cleanup`
+can sweep the temp files a killed export left there."""
+
+
+def note_export(paths: BatchPaths, kind: str, target: str) -> None:
+    """Remember an export target (once) and sweep the temp files a killed export left there."""
+    line = f"{kind}\t{target}\n"
+    where = os.path.join(paths.dir, EXPORTS)
+    try:
+        with open(where, "a+", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.seek(0)
+            if line not in fh.read():
+                fh.write(line)
+    except OSError:
+        pass
+    sweep_export(kind, target)
+
+
+def sweep_export(kind: str, target: str) -> list[str]:
+    """Dead temp files of one export target: in a folder export (`dir`) the whole tree, else
+    only the target file's own temp files beside it."""
+    if kind == "dir":
+        return sweep_dead_tmp(target) if os.path.isdir(target) else []
+    folder, name = os.path.split(target)
+    return sweep_dead_tmp(folder, name) if os.path.isdir(folder) else []
+
+
+def sweep_exports(paths: BatchPaths) -> list[str]:
+    """Every recorded export target of the batch, swept (cleanup, before the batch goes)."""
+    removed: list[str] = []
+    try:
+        with open(os.path.join(paths.dir, EXPORTS), encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                kind, _, target = line.rstrip("\n").partition("\t")
+                if target:
+                    removed += sweep_export(kind, target)
+    except OSError:
+        pass
     return removed
 
 

@@ -3,14 +3,24 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from batchcli.engine.journal import COMPLETED, FAILED, PENDING
-from batchcli.errors import EXIT_CANCELLED, EXIT_FAILED_ITEMS, EXIT_OK, EXIT_PAUSED, EXIT_SIGINT, EXIT_SIGTERM
+from batchcli.errors import (
+    EXIT_CANCELLED,
+    EXIT_FAILED_ITEMS,
+    EXIT_OK,
+    EXIT_PAUSED,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    JournalWriteError,
+)
 
+log = logging.getLogger("batchcli.runner")
 
 @dataclass
 class RunResult:
@@ -76,7 +86,8 @@ def close_run(j: Any, counts: Any, stopping: str | None, reason: str | None, sig
               watching: bool = False) -> tuple[str, int]:
     """Append the run's closing record to the journal `j` (with `extra` fields: the measured
     worker memory) and return (status, exit code). `stopping`: why the loop ended (None: out of
-    work; "pause", "signal", "disk_full", "cancel", "halt"); a hot folder (`watching`) pauses
+    work; "pause", "signal", "disk_full", "journal" (the journal could not be written: always a
+    pause), "cancel", "halt"); a hot folder (`watching`) pauses
     even with nothing pending."""
     if stopping == "cancel":
         j.append("batch_cancelled", reason=reason, **extra)
@@ -84,7 +95,7 @@ def close_run(j: Any, counts: Any, stopping: str | None, reason: str | None, sig
     elif stopping == "halt":
         j.append("batch_finished", status="failed", reason=reason, **extra)
         status, code = "failed", EXIT_FAILED_ITEMS
-    elif stopping in ("pause", "signal", "disk_full") and (counts[PENDING] > 0 or watching):
+    elif stopping == "journal" or (stopping in ("pause", "signal", "disk_full") and (counts[PENDING] > 0 or watching)):
         j.append("batch_paused", reason=reason, **extra)
         status = "paused"
         code = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}.get(signum, EXIT_PAUSED) \
@@ -97,5 +108,8 @@ def close_run(j: Any, counts: Any, stopping: str | None, reason: str | None, sig
         status = "failed" if failed and not done else "completed"
         j.append("batch_finished", status=status, reason=None, **extra)
         code = EXIT_OK if failed == 0 else EXIT_FAILED_ITEMS
-    j.sync()
+    try:
+        j.sync()
+    except JournalWriteError as exc:  # still full: the journal says running, status shows the
+        log.warning("%s", exc)  # batch interrupted, and a resume completes it all the same
     return status, code

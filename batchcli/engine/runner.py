@@ -54,6 +54,7 @@ from batchcli.errors import (
     ConfigError,
     InvalidTransition,
     ItemError,
+    JournalWriteError,
 )
 from batchcli.executors.base import Idle
 from batchcli.executors.worker import WorkerConfig
@@ -277,7 +278,8 @@ class Runner:
             i = res["i"]
             if not res.get("ok"):
                 record(i, "item_failed", error_class=res.get("error_class"), error=res.get("error"),
-                       ms=res.get("ms"), attempts=attempts.get(i, 0) + 1)
+                       ms=res.get("ms"), attempts=attempts.get(i, 0) + 1,
+                       **({"warnings": res["warnings"]} if res.get("warnings") else {}))
                 failed_now += 1
                 failures[failure_key(res.get("error_class"), res.get("error"))] += 1
                 self.emit({"type": "item_failed", "i": i, "error_class": res.get("error_class"),
@@ -426,6 +428,9 @@ class Runner:
                     if now - last_progress >= PROGRESS_EVERY:
                         last_progress = now
                         self._progress(counts, processed, t0, pending_total)
+            except JournalWriteError as exc:  # a full (or failing) disk under the journal: pause
+                stopping, abandon = "journal", True
+                stop_reason = f"disk full: {exc}" if exc.full else str(exc)
             finally:
                 pool.shutdown(abandon=abandon)
                 problem = shards.close() if shards is not None else None
@@ -450,6 +455,8 @@ class Runner:
                 extra["options"] = self.opt.given
             status, code = close_run(self.journal, st.counts, stopping, stop_reason, sig.signum, extra,
                                      watching=self.feed is not None)
+            if stopping == "journal":  # records the disk refused: their items are pending again
+                counts = st.counts = replay(self.paths.journal, self.total).counts
         try:  # the reasons of the items failed now (a retried item that succeeded no longer counts)
             top = checkpoint(self.paths.journal, self.total).failures.most_common(5)
         except Exception:

@@ -40,11 +40,43 @@ def effective_state(paths: BatchPaths, st: Replay, entry: Any = None) -> tuple[s
     return st.state, None
 
 
+def damage(paths: BatchPaths) -> str | None:
+    """Why a batch folder is not a whole batch (shown as status `damaged`), or None."""
+    alive = paths.creator_alive()
+    if alive is not None:
+        return ("being created (discovery is still running)" if alive else
+                "left half-made: the command creating it was killed during discovery")
+    missing = [name for name, path in (("manifest.json", paths.manifest), ("items.jsonl", paths.items),
+                                       ("journal.jsonl", paths.journal)) if not os.path.isfile(path)]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+def damaged_status(paths: BatchPaths, reason: str) -> dict[str, Any]:
+    """The status object of a damaged batch folder: every field there, counts zero."""
+    try:
+        created = os.stat(paths.dir).st_mtime
+    except OSError:
+        created = None
+    return {"batch_id": paths.id, "name": None, "status": "damaged", "total": 0, "completed": 0, "failed": 0,
+            "skipped": 0, "remaining": 0, "progress_percent": 0.0, "created_at": _iso(created),
+            "started_at": None, "paused_at": None, "completed_at": None, "out_dir": None, "pipeline": None,
+            "runner_pid": None, "reason": reason, "priority": None, "queue_position": None, "slots": None,
+            "worker_rss": None, "scheduled_for": None, "after": None, "executor": None, "workers": None, "dedupe_skipped": 0,
+            "journal_records": 0, "journal_corrupt_lines": 0, "journal_problems": [], "top_failures": []}
+
+
 def batch_status(paths: BatchPaths, st: Replay | None = None) -> dict[str, Any]:
     """The status object of DESIGN.md (a replay: read-only, safe while a runner writes).
-    `st`: a current replay of the batch's journal the caller keeps (else one is made)."""
-    man = paths.load_manifest()
-    total = int(man["total"])
+    `st`: a current replay of the batch's journal the caller keeps (else one is made). A folder
+    that is not a whole batch has status `damaged` and the reason."""
+    reason = damage(paths)
+    if reason is not None:
+        return damaged_status(paths, reason)
+    try:
+        man = paths.load_manifest()
+        total = int(man["total"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return damaged_status(paths, f"manifest.json unreadable: {exc}")
     if st is None:
         st = replay(paths.journal, total)
     entry = live_entry(paths) if st.state in LIVE else None
@@ -150,6 +182,10 @@ def item_rows(paths: BatchPaths, failed_only: bool = False, limit: int | None = 
             if r is None:
                 continue
             kind = rec.get("type")
+            if kind in ("item_completed", "item_failed"):  # decoder warnings of its last run
+                r.pop("warnings", None)
+                if rec.get("warnings"):
+                    r["warnings"] = rec["warnings"]
             if kind == "item_completed":
                 r.update(output=os.path.join(man["out_dir"], rec.get("shard") or rec["out"])
                          if rec.get("out") and man.get("out_dir") else None, error_class=None, error=None, ms=rec.get("ms"))

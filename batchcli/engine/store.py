@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchcli.atomic import atomic_write
-from batchcli.errors import BatchNotFound
+from batchcli.errors import BatchNotFound, ConfigError
 
 ENV_HOME = "BATCHCLI_HOME"
 
@@ -30,6 +30,23 @@ def new_batch_id(now: float | None = None) -> str:
     now = time.time() if now is None else now
     ms = int(now * 1000) % 1000
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"-{ms:03d}-{secrets.token_hex(2)}"
+
+
+def process_start_time(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:
+        return None
+
+
+def process_alive(pid: int | None, started: float | None) -> bool:
+    """Is `pid` alive and the process that recorded `started` (not a reused pid)?"""
+    if not pid:
+        return False
+    now = process_start_time(pid)
+    return now is not None and (started is None or abs(now - started) < 1.0)
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,26 @@ class BatchPaths:
     runner = property(lambda self: self._p("runner.json"))
     control = property(lambda self: self._p("control"))
     log = property(lambda self: self._p("log.txt"))
+    creating = property(lambda self: self._p("creating"))  # there while discovery writes the batch
+
+    def created(self) -> None:
+        """The batch is whole (manifest, items, journal): it shows in every listing from now."""
+        try:
+            os.unlink(self.creating)
+        except FileNotFoundError:
+            pass
+
+    def creator_alive(self) -> bool | None:
+        """None when the batch is whole; else whether the process making it is still at it
+        (False: it was killed during discovery and left the folder half-made)."""
+        try:
+            with open(self.creating, "rb") as fh:
+                info = json.load(fh)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return False
+        return process_alive(info.get("pid"), info.get("started"))
 
     def load_manifest(self) -> dict[str, Any]:
         with open(self.manifest, "rb") as fh:
@@ -66,30 +103,56 @@ class BatchPaths:
         atomic_write(self.manifest, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
 
 
+def _unborn(path: str) -> bool:
+    """A folder that is no batch yet: being created by a live process, just made (still empty),
+    or not a folder at all. A folder left half-made, or one that lost its manifest, is not."""
+    try:
+        with os.scandir(path) as it:
+            if next(it, None) is None:
+                return True
+    except OSError:
+        return True
+    return bool(BatchPaths(path).creator_alive())
+
+
 class Store:
     def __init__(self, home: str | None = None):
         self.home = os.path.abspath(os.path.expanduser(home)) if home else default_home()
         self.batches_dir = os.path.join(self.home, "batches")
 
     def create(self, now: float | None = None) -> BatchPaths:
-        os.makedirs(self.batches_dir, exist_ok=True)
-        while True:
-            bid = new_batch_id(now)
-            path = os.path.join(self.batches_dir, bid)
-            try:
-                os.mkdir(path)
-                return BatchPaths(path)
-            except FileExistsError:
-                continue
+        """A new, empty batch folder, marked `creating` (with this process) until `created()`."""
+        try:
+            os.makedirs(self.batches_dir, exist_ok=True)
+            while True:
+                path = os.path.join(self.batches_dir, new_batch_id(now))
+                try:
+                    os.mkdir(path)
+                    break
+                except FileExistsError:
+                    continue
+            paths = BatchPaths(path)
+            pid = os.getpid()
+            with open(paths.creating, "w") as fh:
+                json.dump({"pid": pid, "started": process_start_time(pid)}, fh)
+        except OSError as exc:
+            raise ConfigError(f"batch home {self.home}: cannot create a batch folder: {exc.strerror}") from None
+        return paths
 
     def ids(self) -> list[str]:
-        """Batch ids, newest first (ids sort by creation time)."""
+        """Batch ids, newest first (ids sort by creation time): every batch folder, damaged ones
+        too (a missing manifest never hides a journal), but not one still being created."""
         try:
             names = os.listdir(self.batches_dir)
         except FileNotFoundError:
             return []
-        return sorted((n for n in names if os.path.isfile(os.path.join(self.batches_dir, n, "manifest.json"))),
-                      reverse=True)
+        out = []
+        for n in names:
+            path = os.path.join(self.batches_dir, n)
+            if n.startswith(".") or not os.path.isfile(os.path.join(path, "manifest.json")) and _unborn(path):
+                continue
+            out.append(n)
+        return sorted(out, reverse=True)
 
     def all(self) -> Iterator[BatchPaths]:
         for bid in self.ids():

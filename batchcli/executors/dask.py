@@ -518,7 +518,7 @@ class DaskExecutor:
 
     def _lost_scheduler(self) -> Event:
         where = self.address or "the local Dask cluster"
-        log.warning("lost the Dask scheduler at %s; unfinished items stay pending", where)
+        log.info("lost the Dask scheduler at %s; unfinished items stay pending", where)  # the pause says it
         return Event("pause", message=f"lost the Dask scheduler at {where}")
 
     def _land(self, res: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchcli.errors import ItemError
+from batchcli.imaging.noise import Capture, unique
 
 if os.environ.get("BATCHCLI_TEST_OPS"):  # test-only ops (tests/crashops.py); never set in production
     import importlib
@@ -55,6 +56,7 @@ class Worker:
         self.batch = self.pipeline.batch_size  # items processed together: > 1 only for micro-batches
         self.on_segment: Any = None  # video: called with each finished segment's record (worker_main sends it)
         self.stop_requested: Any = lambda: False  # video: asked between segments; True leaves the item unfinished
+        self.noise: Any = _Quiet()  # a Capture in a pool process (see worker_main)
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         """One item -> a result dict: {"i", "ok", "ms", ...}. Never raises."""
@@ -69,6 +71,8 @@ class Worker:
         loaded: list[Any] = []
         changed: list[list | None] = []
         spent: list[float] = []
+        noise = self.noise
+        said: list[list[str]] = []  # what the C libraries printed while each item was in hand
         for item in items:
             t0 = time.perf_counter()
             try:
@@ -78,11 +82,13 @@ class Worker:
             loaded.append(frame)
             changed.append(stat)
             spent.append(time.perf_counter() - t0)
+            said.append(noise.take())
         t0 = time.perf_counter()
         frames = self.pipeline.run_batch(loaded)
         share = (time.perf_counter() - t0) / max(1, len(items))
+        shared = noise.take()  # a micro-batch's model run: every item of it
         results = []
-        for item, frame, stat, t in zip(items, frames, changed, spent):
+        for item, frame, stat, t, own in zip(items, frames, changed, spent, said):
             t0 = time.perf_counter()
             if isinstance(frame, BaseException):
                 res = _error(item["src"], frame)
@@ -94,6 +100,9 @@ class Worker:
                     res = _error(item["src"], exc)
             res["i"] = item["i"]
             res["ms"] = round((t + share + time.perf_counter() - t0) * 1000, 1)
+            warnings = unique(own + shared + noise.take())
+            if warnings:  # never a reason to fail the item: recorded with it
+                res["warnings"] = warnings
             results.append(res)
         return results
 
@@ -208,6 +217,13 @@ class Worker:
         res.update({k: v for k, v in outputs[0].items() if k in ("out", "bytes", "sha256", "mtime")}, outputs=outputs)
         if res.get("_write"):
             res["_write"].append((res, res["_write"][0][1]))  # the record's own mtime is the first output's
+
+
+class _Quiet:
+    """No capture (a Worker used in-process, by tests or Dask): nothing to take."""
+
+    def take(self) -> list[str]:
+        return []
 
 
 class VariantFailed(Exception):
@@ -447,6 +463,7 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
         conn.send(("init_error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready",))
+    worker.noise = Capture()  # from here, decoder warnings land in item records, not on the terminal
     writer = worker.writer = Writer() if worker.writes and not worker.shards else None
     chunks: deque = deque()
     asked: list = []  # a "stop" or None read while a video was in hand, handled once it returns

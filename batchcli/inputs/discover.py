@@ -14,7 +14,7 @@ import stat
 import sys
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import IO
 from urllib.parse import unquote, urlsplit
@@ -48,7 +48,12 @@ class DiscoveryStats:
     excluded: int = 0  # matched an --exclude pattern
     duplicates: int = 0  # the same file (or URL) reached through another input
     dedupe_skipped: int = 0  # --dedupe content: same bytes as an earlier item
-    in_output: int = 0  # inside the output folder (or the batch home): never re-ingested
+    in_output: int = 0  # files inside the output folder (or the batch home): never re-ingested
+    out_folders: list = field(default_factory=list)  # folders pruned as the output folder (or the home)
+
+    def pruned(self, folder: str) -> None:
+        if len(self.out_folders) < 5:  # a few, to name them
+            self.out_folders.append(folder)
     videos: int = 0  # items that are videos (by extension), counted by write_items
 
 
@@ -269,8 +274,8 @@ class _Resolver:
         real = os.path.realpath(top)
         if any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots):
             return  # already covered by an earlier folder
-        if self.in_skip(real):
-            self.stats.in_output += 1
+        if self.in_skip(real):  # an input folder that is (inside) the output folder
+            self.stats.pruned(top)
             return
         self.roots.append(real)
         yield from self._walk(top, "", prefix)
@@ -290,7 +295,7 @@ class _Resolver:
                 is_dir = False
             if is_dir:
                 if os.path.realpath(entry.path) in self.skip:
-                    self.stats.in_output += 1
+                    self.stats.pruned(entry.path)
                 elif self.excluded(sub, entry.name, _join(prefix, sub)):
                     self.stats.excluded += 1
                 else:

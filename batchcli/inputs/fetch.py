@@ -120,6 +120,8 @@ def _read(resp, max_size: int, ctype: str, status: str, deadline: float, timeout
             raise TimeoutError(f"download took over {timeout * TOTAL_TIMEOUT_FACTOR:g} s")
     if not checked:
         _check_type(bytes(buf), ctype, status)
+    if _looks_html(bytes(buf[:SNIFF_BYTES])):  # a login or error page, whatever it was labelled
+        raise ItemError("unsupported", f"{status} with Content-Type {ctype or '(none)'}: an HTML page, not an image")
     return bytes(buf)
 
 
@@ -129,6 +131,13 @@ def _check_type(head: bytes, ctype: str, status: str) -> None:
 
     if magic_format(head) is None:
         raise ItemError("unsupported", f"{status} with Content-Type {ctype}: not an image")
+
+
+_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<!--")
+
+
+def _looks_html(head: bytes) -> bool:
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith(_HTML_STARTS)
 
 
 def _reason(reason, timeout: float) -> str:

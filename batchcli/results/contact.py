@@ -22,6 +22,7 @@ import numpy as np
 from batchcli.atomic import atomic_write
 from batchcli.engine.store import BatchPaths
 from batchcli.errors import ConfigError, NothingToExport
+from batchcli.imaging.noise import silenced
 from batchcli.results.snapshot import ItemView, Snapshot
 
 # Colours are RGB (the page is converted to BGR once, before encoding).
@@ -138,7 +139,8 @@ def render_contact_sheet(paths: BatchPaths, out_file: str, compare: bool = False
 
         def flush() -> None:
             nonlocal k
-            tiles = list(pool.map(lambda it: _load_tile(snap, it, lay, limits), page))
+            with silenced():  # decoder warnings (libpng, libjpeg) never reach the terminal
+                tiles = list(pool.map(lambda it: _load_tile(snap, it, lay, limits), page))
             for t in tiles:
                 res.tiles += 1
                 if t.kind == "failed":
@@ -270,9 +272,14 @@ def thumbnail(path: str, box: int, limits) -> tuple[np.ndarray | None, tuple[int
         return f
 
     try:
-        frame = imageio.upright(imageio.load(path, limits, shrink))
+        frame = imageio.load(path, limits, shrink)
     except Exception:
         return None, None
+    # the size as stored (a reduced decode of an odd size cannot give it back), shown upright
+    full = frame.src_size if all(frame.src_size) else (frame.img.shape[1] * frame.shrink, frame.img.shape[0] * frame.shrink)
+    if frame.orientation in (5, 6, 7, 8):
+        full = (full[1], full[0])
+    frame = imageio.upright(frame)
     img = imageio.to_uint8(frame.img)
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
@@ -281,7 +288,6 @@ def thumbnail(path: str, box: int, limits) -> tuple[np.ndarray | None, tuple[int
     else:
         img = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB)
     h, w = img.shape[:2]
-    full = (w * frame.shrink, h * frame.shrink)
     scale = min(box / max(w, h), 2.0)  # fit; small images grow at most 2x
     tw, th = max(1, round(w * scale)), max(1, round(h * scale))
     if (tw, th) != (w, h):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from batchcli.atomic import fsync_dir, tmp_name
+from batchcli.engine.liveness import note_export
 from batchcli.engine.store import BatchPaths
 from batchcli.errors import ConfigError, NothingToExport
 from batchcli.results.manifest import ManifestWriter, manifest_row
@@ -128,6 +129,7 @@ def export_zip(paths: BatchPaths, zip_path: str, name_template: str | None = Non
     zip_path = os.path.abspath(zip_path)
     folder = os.path.dirname(zip_path)
     os.makedirs(folder, exist_ok=True)
+    note_export(paths, "file", zip_path)  # and the temp files a killed export left there go
     res = _result(snap, zip_path)
     reserved = (MANIFEST_CSV, MANIFEST_JSONL) if manifest else ()
     namer = entry_namer(snap, name_template, reserved)
@@ -194,6 +196,7 @@ def export_manifest(paths: BatchPaths, path: str, fmt: str | None = None,
     namer = entry_namer(snap, name_template)
     tmp = tmp_name(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    note_export(paths, "file", path)
     try:
         with open(tmp, "wb") as fh:
             rows = ManifestWriter(list(snap.meta_keys), fh if fmt == "csv" else None, fh if fmt == "jsonl" else None,
@@ -238,6 +241,7 @@ def export_dir(paths: BatchPaths, dest: str, name_template: str | None = None,
     dest = os.path.abspath(dest)
     reserved = (MANIFEST_CSV, MANIFEST_JSONL) if manifest else ()
     _check_dest(snap, dest, entry_namer(snap, name_template, reserved))
+    note_export(paths, "dir", dest)
     res = _result(snap, dest)
     namer = entry_namer(snap, name_template, reserved)
     with Dest(dest) as out:

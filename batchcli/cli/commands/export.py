@@ -6,6 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from batchcli.cli.console import plural
 from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, handle_errors
 
 
@@ -123,7 +124,7 @@ def register(app: typer.Typer) -> None:
             if shown < len(rep.bad_items):
                 lines.append(f"  ... and {len(rep.bad_items) - shown} more (--json lists up to 1000 of each)")
             if rep.requeued:
-                lines.append(f"re-queued {rep.requeued} item(s); run 'batchcli resume {paths.id}' to redo them")
+                lines.append(f"re-queued {plural(rep.requeued, 'item')}; run 'batchcli resume {paths.id}' to redo them")
             elif rep.bad_items:
                 lines.append(f"repair with: batchcli resume {paths.id} --repair")
             console.info("\n".join(lines))
@@ -154,14 +155,14 @@ def _export(paths, zip_file, to, manifest, contact_sheet, compare, name_template
     if manifest:
         r = export_manifest(paths, manifest, name_template=name_template, snapshot=snap)
         results["manifest"] = r.as_dict()
-        lines.append(f"wrote the manifest of {r.manifest_rows} items to {r.target}")
+        lines.append(f"wrote the manifest of {plural(r.manifest_rows, 'item')} to {r.target}")
     if contact_sheet:
         from batchcli.results.contact import render_contact_sheet
 
         c = render_contact_sheet(paths, contact_sheet, compare=compare, snapshot=snap)
         results["contact_sheet"] = c.as_dict()
         pages = c.pages[0] if len(c.pages) == 1 else f"{c.pages[0]} ... {c.pages[-1]} ({len(c.pages)} pages)"
-        lines.append(f"contact sheet of {c.tiles} items ({c.failed} failed"
+        lines.append(f"contact sheet of {plural(c.tiles, 'item')} ({c.failed} failed"
                      + (f", {c.missing} missing" if c.missing else "") + f"): {pages}")
     return results, lines, snap
 

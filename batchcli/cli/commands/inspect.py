@@ -8,8 +8,8 @@ import typer
 
 from batchcli.cli.options import HomeOpt, JsonOpt, OptBatchArg, handle_errors, parse_states
 
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=0, show_default=False, help="At most N rows.")]
-OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip the first N rows.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", metavar="N", min=0, show_default=False, help="At most N rows.")]
+OffsetOpt = Annotated[int, typer.Option("--offset", metavar="N", min=0, help="Skip the first N rows.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
     @app.command("list")
     @handle_errors
     def list_(
-        status: Annotated[Optional[list[str]], typer.Option("--status", show_default=False,
+        status: Annotated[Optional[list[str]], typer.Option("--status", metavar="STATE", show_default=False,
                                                             help="Only batches in this state (repeatable or comma-separated).")] = None,
         limit: LimitOpt = None,
         offset: OffsetOpt = 0,

@@ -8,7 +8,7 @@ import typer
 
 from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, finite, handle_errors, parse_states
 
-WaitOpt = Annotated[float, typer.Option("--wait", min=0, callback=finite,
+WaitOpt = Annotated[float, typer.Option("--wait", metavar="SECONDS", min=0, callback=finite,
                                         help="Seconds to wait for a live runner to stop before returning.")]
 
 
@@ -132,6 +132,9 @@ def register(app: typer.Typer) -> None:
                     what = ("due: started in the background" if b["due"] else "waiting again in the background") \
                         if b.get("resumed") else "no runner waits for it; start one with: batchcli recover --resume"
                     console.info(f"batch {b['batch_id']}: scheduled ({b['reason']}); {what}")
+                if b.get("status") == "damaged":
+                    console.info(f"batch {b['batch_id']}: damaged, {b['reason']}; remove it with: "
+                                 f"batchcli cleanup --status damaged --older-than 0s")
                     continue
                 tail = ", resumed in the background" if b.get("resumed") else \
                     f"; resume with: batchcli resume {b['batch_id']}"
@@ -143,10 +146,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def cleanup(
-        older_than: Annotated[str, typer.Option("--older-than", help="Only batches idle this long (90m, 12h, 7d, 2w).")] = "7d",
-        keep_last: Annotated[int, typer.Option("--keep-last", min=0, help="Always keep the N newest selected batches.")] = 0,
+        older_than: Annotated[str, typer.Option("--older-than", metavar="AGE", help="Only batches idle this long (90m, 12h, 7d, 2w).")] = "7d",
+        keep_last: Annotated[int, typer.Option("--keep-last", metavar="N", min=0, help="Always keep the N newest selected batches.")] = 0,
         status: Annotated[Optional[list[str]], typer.Option(
-            "--status", show_default=False,
+            "--status", metavar="STATE", show_default=False,
             help="States to clean (repeatable or comma-separated; default completed,cancelled,failed).")] = None,
         purge_outputs: Annotated[bool, typer.Option("--purge-outputs", help="Also delete the output files the batch wrote (only those).")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,

@@ -19,22 +19,22 @@ from batchcli.cli.finish import (
 from batchcli.cli.options import BatchArg, HomeOpt, JsonOpt, VariantOpt, finite, handle_errors
 from batchcli.results.notify import finish_flags
 
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, show_default=False,
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", metavar="N", min=1, show_default=False,
                                                    help="At most N worker processes (default: the home's worker slots; at most 8 per CPU; "
                                                         "never more than the items to do).")]
-RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, max=100, show_default=False,
+RetriesOpt = Annotated[Optional[int], typer.Option("--retries", metavar="N", min=0, max=100, show_default=False,
                                                    help="Retries for transient failures (timeout, crash, I/O, network); default 1.")]
-TimeoutOpt = Annotated[Optional[float], typer.Option("--item-timeout", min=0, callback=finite, show_default=False,
+TimeoutOpt = Annotated[Optional[float], typer.Option("--item-timeout", metavar="SECONDS", min=0, callback=finite, show_default=False,
                                                      help="Seconds before a stuck item's worker is killed (default 0 = no limit).")]
-MaxFailOpt = Annotated[Optional[str], typer.Option("--max-failures", show_default=False,
+MaxFailOpt = Annotated[Optional[str], typer.Option("--max-failures", metavar="N|P%", show_default=False,
                                                    help="Halt after N failed items, or P% of processed items.")]
-ProvidersOpt = Annotated[Optional[str], typer.Option("--providers", show_default=False,
-                                                     help="ONNX execution providers in order: cpu, cuda, tensorrt, openvino (default cpu).")]
-MemoryOpt = Annotated[Optional[str], typer.Option("--worker-memory", show_default=False,
+ProvidersOpt = Annotated[Optional[str], typer.Option("--providers", metavar="LIST", show_default=False,
+                                                     help="ONNX execution providers in order: cpu, cuda, tensorrt, openvino, or auto (default cpu).")]
+MemoryOpt = Annotated[Optional[str], typer.Option("--worker-memory", metavar="SIZE", show_default=False,
                                                   help="Address-space cap per worker, e.g. 2G (default: free RAM / workers).")]
-FreeOpt = Annotated[Optional[str], typer.Option("--min-free-space", show_default=False,
+FreeOpt = Annotated[Optional[str], typer.Option("--min-free-space", metavar="SIZE", show_default=False,
                                                 help="Pause the batch when the output disk has less free space (default 1G).")]
-ExecutorOpt = Annotated[Optional[str], typer.Option("--executor", show_default=False,
+ExecutorOpt = Annotated[Optional[str], typer.Option("--executor", metavar="NAME", show_default=False,
                                                     help="local (default), dask (a local Dask cluster) or dask://HOST:PORT.")]
 TransferOpt = Annotated[Optional[bool], typer.Option("--transfer/--no-transfer", show_default=False,
                                                      help="With Dask: ship image bytes to workers and back (no shared file system).")]
@@ -50,9 +50,9 @@ AfterOpt = Annotated[Optional[list[str]], typer.Option("--after", show_default=F
                                                        help="Create the batch now, run it when this batch ends (repeatable; implies --detach).")]
 AfterSuccessOpt = Annotated[bool, typer.Option("--after-success",
                                                help="With --after: run only if that batch completed; else the batch is cancelled.")]
-ShardsOpt = Annotated[Optional[str], typer.Option("--shards", show_default=False,
+ShardsOpt = Annotated[Optional[str], typer.Option("--shards", metavar="FORMAT", show_default=False,
                                                   help="tar: outputs go into numbered tar shards OUT/00000.tar, ... (WebDataset layout) instead of files.")]
-ShardSizeOpt = Annotated[Optional[int], typer.Option("--shard-size", min=1, show_default=False,
+ShardSizeOpt = Annotated[Optional[int], typer.Option("--shard-size", metavar="N", min=1, show_default=False,
                                                      help="Items per shard with --shards (default 1000).")]
 DetachOpt = Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; print the batch id and return.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output, only the summary.")]
@@ -150,31 +150,31 @@ def register(app: typer.Typer) -> None:
         inputs: Annotated[Optional[list[str]], typer.Argument(
             help="Image files, folders (walked recursively), glob patterns, URLs, or - for a list on stdin.",
             show_default=False)] = None,
-        out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder (mirrors input paths).",
+        out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="DIR", help="Output folder (mirrors input paths).",
                                                    show_default=False)] = None,
-        pipeline: Annotated[Optional[str], typer.Option("--pipeline", "-p", show_default=False,
+        pipeline: Annotated[Optional[str], typer.Option("--pipeline", "-p", metavar="SPEC", show_default=False,
                                                         help='Operations, e.g. "orient | resize 1024x1024 | convert webp quality=85".')] = None,
-        pipeline_file: Annotated[Optional[str], typer.Option("--pipeline-file", show_default=False,
+        pipeline_file: Annotated[Optional[str], typer.Option("--pipeline-file", metavar="FILE", show_default=False,
                                                              help="Pipeline as a TOML file of [[op]] (and [[variant]]) tables.")] = None,
         variant: VariantOpt = None,
-        name: Annotated[Optional[str], typer.Option("--name", help="A name to refer to the batch by.",
+        name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="A name to refer to the batch by.",
                                                     show_default=False)] = None,
         workers: WorkersOpt = None,
-        ext: Annotated[Optional[list[str]], typer.Option("--ext", show_default=False,
+        ext: Annotated[Optional[list[str]], typer.Option("--ext", metavar="EXT", show_default=False,
                                                          help="Extensions to include (repeatable; default jpg jpeg png webp tif tiff bmp).")] = None,
-        exclude: Annotated[Optional[list[str]], typer.Option("--exclude", show_default=False,
+        exclude: Annotated[Optional[list[str]], typer.Option("--exclude", metavar="GLOB", show_default=False,
                                                              help="Skip paths matching this glob (repeatable).")] = None,
-        from_file: Annotated[Optional[str], typer.Option("--from-file", show_default=False,
+        from_file: Annotated[Optional[str], typer.Option("--from-file", metavar="FILE", show_default=False,
                                                          help="A file listing one path or URL per line (- for stdin).")] = None,
-        dedupe: Annotated[Optional[str], typer.Option("--dedupe", show_default=False,
+        dedupe: Annotated[Optional[str], typer.Option("--dedupe", metavar="MODE", show_default=False,
                                                       help="content: skip byte-identical inputs.")] = None,
-        name_template: Annotated[Optional[str], typer.Option("--name-template", show_default=False,
+        name_template: Annotated[Optional[str], typer.Option("--name-template", metavar="T", show_default=False,
                                                              help='Output names, e.g. "{stem}_web.{ext}".')] = None,
-        max_file_size: Annotated[str, typer.Option("--max-file-size", help="Larger inputs fail their item.")] = "200M",
-        max_pixels: Annotated[str, typer.Option("--max-pixels", help="Pixels (read from the header), e.g. 150M or 40000000; larger inputs fail their item.")] = "150M",
-        media: Annotated[str, typer.Option("--media", help="Which files of a folder are items: image, video or all.")] = "image",
-        max_duration: Annotated[str, typer.Option("--max-duration", help="Longer videos fail their item (0 = no limit).")] = "6h",
-        video_segment: Annotated[str, typer.Option("--video-segment", help="Video work per durable segment (cut on keyframes).")] = "10s",
+        max_file_size: Annotated[str, typer.Option("--max-file-size", metavar="SIZE", help="Larger inputs fail their item.")] = "200M",
+        max_pixels: Annotated[str, typer.Option("--max-pixels", metavar="N", help="Pixels (read from the header), e.g. 150M or 40000000; larger inputs fail their item.")] = "150M",
+        media: Annotated[str, typer.Option("--media", metavar="KIND", help="Which files of a folder are items: image, video or all.")] = "image",
+        max_duration: Annotated[str, typer.Option("--max-duration", metavar="TIME", help="Longer videos fail their item (0 = no limit).")] = "6h",
+        video_segment: Annotated[str, typer.Option("--video-segment", metavar="TIME", help="Video work per durable segment (cut on keyframes).")] = "10s",
         shards: ShardsOpt = None,
         shard_size: ShardSizeOpt = None,
         retries: RetriesOpt = None,

@@ -13,16 +13,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def serve(
-        host: Annotated[str, typer.Option("--host", help="Address to listen on; any but loopback needs a token.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8750,
+        host: Annotated[str, typer.Option("--host", metavar="HOST", help="Address to listen on; any but loopback needs a token.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", metavar="PORT", min=0, max=65535, help="Port (0: any free one).")] = 8750,
         token: Annotated[Optional[str], typer.Option(
-            "--token", envvar="BATCHCLI_TOKEN", show_default=False,
+            "--token", metavar="T", envvar="BATCHCLI_TOKEN", show_default=False,
             help="Require 'Authorization: Bearer T' on /api; 'auto' makes one up and prints it.")] = None,
         allow_root: Annotated[Optional[list[str]], typer.Option(
             "--allow-root", metavar="DIR", show_default=False,
             help="Folder that path inputs and outputs must lie under (repeatable; default: the current folder).")] = None,
-        max_upload: Annotated[str, typer.Option("--max-upload", help="Largest uploaded file.")] = "200M",
-        max_upload_files: Annotated[int, typer.Option("--max-upload-files", min=1, max=100_000,
+        max_upload: Annotated[str, typer.Option("--max-upload", metavar="SIZE", help="Largest uploaded file.")] = "200M",
+        max_upload_files: Annotated[int, typer.Option("--max-upload-files", metavar="N", min=1, max=100_000,
                                                       help="Most files in one upload.")] = 1000,
         cors: Annotated[Optional[list[str]], typer.Option("--cors", metavar="ORIGIN", show_default=False,
                                                           help="Allow browser calls from this origin (repeatable; default: none).")] = None,

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def similar(
         batch: BatchArg,
-        threshold: Annotated[float, typer.Option("--threshold", "-t", min=-1.0, max=1.0, callback=finite,
+        threshold: Annotated[float, typer.Option("--threshold", "-t", metavar="T", min=-1.0, max=1.0, callback=finite,
                                                  help="Minimum cosine similarity that links two images.")] = 0.95,
         json_out: JsonOpt = False,
         home: HomeOpt = None,

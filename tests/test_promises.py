@@ -1,0 +1,136 @@
+"""What the README promises, the tool does: the smaller promises found false once, each tried
+the way a new user would, with the real CLI and real files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import cli, make_image
+from crashops import records
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from batchcli.cli.app import app
+
+
+def _batch(home: Path) -> Path:
+    return max((home / "batches").iterdir())
+
+
+def test_a_format_that_cannot_be_written_becomes_png(tmp_path):
+    """README: without convert an output keeps its input's format where batchcli can write it;
+    a GIF (which it cannot write) becomes a PNG with the .png extension."""
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (20, 10), (200, 30, 30)).save(src / "anim.gif")
+    make_image(src / "photo.webp", 20, 10)
+    home = tmp_path / "home"
+    r = cli("start", str(src), "--out", str(tmp_path / "out"), "--pipeline", "resize 10x10", home=home)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["anim.png", "photo.webp"]
+    assert (tmp_path / "out" / "anim.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_contact_sheet_captions_give_the_real_sizes(tmp_path):
+    """A thumbnail decoded at a reduced scale still reports the image's own size (2049 x 1001,
+    not 2050 x 1002), upright."""
+    from batchcli.imaging.headers import Limits
+    from batchcli.results.contact import thumbnail
+
+    odd = make_image(tmp_path / "odd.jpg", 2049, 1001)
+    img, size = thumbnail(str(odd), 256, Limits())
+    assert size == (2049, 1001) and max(img.shape[:2]) == 256
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
+def test_the_readme_jq_forms_on_a_journal_with_a_torn_last_line(tmp_path):
+    src = tmp_path / "in"
+    make_image(src / "a.png")
+    (src / "b.png").write_text("not an image")
+    home = tmp_path / "home"
+    assert cli("start", str(src), "--out", str(tmp_path / "out"), home=home).returncode == 1
+    journal = _batch(home) / "journal.jsonl"
+    with open(journal, "ab") as fh:
+        fh.write(b'{"seq":99,"t":1.0,"type":"item_comp')  # a crash mid-write
+    plain = subprocess.run(["jq", "-c", 'select(.type=="item_failed")', str(journal)], capture_output=True, text=True)
+    assert plain.returncode != 0 and '"item_failed"' in plain.stdout  # what came before, then an error
+    skip = subprocess.run(["jq", "-cR", 'fromjson? | select(.type=="item_failed")', str(journal)],
+                          capture_output=True, text=True)
+    assert skip.returncode == 0, skip.stderr
+    assert [json.loads(ln)["type"] for ln in skip.stdout.splitlines()] == ["item_failed"]
+
+
+def test_home_before_or_after_the_subcommand(tmp_path):
+    src = tmp_path / "in"
+    make_image(src / "a.png")
+    home = tmp_path / "home"
+    first = cli("--home", str(home), "start", str(src), "--pipeline", "analyze", home=tmp_path / "elsewhere")
+    assert first.returncode == 0, first.stderr
+    assert (home / "batches").is_dir() and not (tmp_path / "elsewhere").exists()
+    listed = json.loads(cli("--home", str(home), "list", "--json").stdout)
+    assert listed["total"] == 1
+    assert json.loads(cli("list", "--json", "--home", str(home)).stdout)["total"] == 1
+    # the command's own --home wins over the one before it
+    assert json.loads(cli("--home", str(tmp_path / "x"), "list", "--json", "--home", str(home)).stdout)["total"] == 1
+
+
+def test_counts_are_spelled_right_and_help_says_what_it_takes(tmp_path):
+    src = tmp_path / "in"
+    make_image(src / "a.png")
+    r = cli("start", str(src), "--pipeline", "analyze", "-w", "1", home=tmp_path / "home")
+    assert "1 of 1 item to do on 1 worker\n" in r.stdout and "this run: 1 item in" in r.stdout
+    start = get_command(app).commands["start"]  # type: ignore[attr-defined]
+    opts = {name: o for o in start.params for name in o.opts}
+    assert "auto" in opts["--providers"].help
+    runner = CliRunner()
+    for name in get_command(app).commands:  # type: ignore[attr-defined]
+        helps = runner.invoke(app, [name, "--help"], terminal_width=200).stdout
+        assert "<str>" not in helps and "<int" not in helps and "<float" not in helps, (name, helps)
+    helps = runner.invoke(app, ["start", "--help"], terminal_width=200).stdout
+    helps += runner.invoke(app, ["export", "--help"], terminal_width=200).stdout
+    for shown in ("--out DIR", "--pipeline-file FILE", "--from-file FILE", "--home DIR", "--zip FILE", "--to DIR"):
+        assert shown in helps
+
+
+def test_cancelled_and_repaired_batches_say_so_in_text(tmp_path):
+    src = tmp_path / "in"
+    for k in range(4):
+        make_image(src / f"i{k}.png", seed=k)
+    home, out = tmp_path / "home", tmp_path / "out"
+    assert cli("start", str(src), "--out", str(out), "--pipeline", "convert png", home=home).returncode == 0
+    bid = _batch(home).name
+    for name in ("i0.png", "i1.png"):
+        (out / name).unlink()
+    assert cli("verify", bid, "--repair", home=home).returncode == 1
+    s = cli("status", bid, home=home).stdout
+    assert f"completed, 2 to repair (batchcli resume {bid})" in s
+    assert cli("resume", bid, home=home).returncode == 0
+    assert "to repair" not in cli("status", bid, home=home).stdout
+
+    r = cli("start", str(src), "--out", str(tmp_path / "out2"), "--pipeline", "crashtest delay=5 | convert png",
+            "--detach", home=home, env={"BATCHCLI_TEST_OPS": "crashops",
+                                        "PYTHONPATH": str(Path(__file__).parent)})
+    assert r.returncode == 0, r.stderr
+    second = r.stdout.strip()
+    assert cli("cancel", second, home=home).returncode == 0
+    text = cli("status", second, home=home).stdout
+    skipped = json.loads(cli("status", second, "--json", home=home).stdout)["skipped"]
+    assert skipped > 0 and f"skipped    {skipped}" in text
+    assert any(rec["type"] == "batch_cancelled" for rec in records(_batch(home) / "journal.jsonl"))
+
+
+def test_an_input_folder_that_is_the_output_folder_is_named(tmp_path):
+    folder = tmp_path / "inplace"
+    for k in range(16):
+        make_image(folder / f"p{k:02d}.png", seed=k)
+    r = cli("start", str(folder), "--out", str(folder), "--pipeline", "convert jpg", home=tmp_path / "home")
+    assert r.returncode == 2
+    assert f"left out: {folder} (it is the output folder or the batch home, never read as input; " \
+           "give another --out)" in r.stderr
+    assert "1 inside the output folder" not in r.stderr
