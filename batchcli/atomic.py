@@ -181,14 +181,16 @@ def atomic_write_many(entries: list[tuple[str, bytes | memoryview]]) -> list[flo
     return out
 
 
-def sweep_tmp(root: str) -> list[str]:
-    """Remove temp files a killed writer left under `root`. Returns the paths removed."""
+def sweep_tmp(root: str, pid: int | None = None) -> list[str]:
+    """Remove temp files a killed writer left under `root` (only those of process `pid` when
+    given). Returns the paths removed."""
     removed = []
     if not os.path.isdir(root):
         return removed
+    mine = f"{TMP_MARK}{pid}-" if pid is not None else TMP_MARK
     for folder, _dirs, files in os.walk(root):
         for name in files:
-            if is_tmp_name(name):
+            if is_tmp_name(name) and mine in name:
                 p = os.path.join(folder, name)
                 try:
                     os.unlink(p)

@@ -170,4 +170,4 @@ def test_limits_take_and_speak_the_users_units(tiny, tmp_path):
 def test_list_status_must_be_a_state(tmp_path):
     r = cli("list", "--status", "bogus", home=tmp_path / "home")
     assert r.returncode == 2
-    assert r.stderr.startswith("Error: --status bogus: expected some of pending, running")
+    assert r.stderr.startswith("Error: --status bogus: expected some of pending, scheduled, queued, running")

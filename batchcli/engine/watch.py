@@ -31,6 +31,8 @@ SETTLE_DEFAULT = 2.0
 """Seconds a file's size and mtime must stay the same before it is taken (--settle)."""
 LOOK_EVERY = 0.1
 """Seconds between looks at the files waiting to settle."""
+RESCAN_AFTER = 1.0
+"""Seconds after the start: one more walk, for files that landed while the watcher started."""
 POLL_DELAY_MS = 250
 """With --poll (or when the native watcher cannot start): milliseconds between scans."""
 
@@ -84,6 +86,9 @@ class HotFolder:
                 self.waiting[os.path.abspath(f.src)] = None
         self._thread = threading.Thread(target=self._watch, name="batchcli-watch", daemon=True)
         self._thread.start()
+        # a file that lands between the walk above and the moment the watcher is listening is
+        # reported by neither: one more walk once the watcher surely runs finds it
+        self._rescan_at = time.monotonic() + RESCAN_AFTER
 
     # --- the watcher thread ------------------------------------------------------------------
     def _watch(self) -> None:
@@ -124,6 +129,9 @@ class HotFolder:
     def _collect(self, now: float) -> list[dict[str, Any]]:
         with self._lock:
             fresh, self._events = self._events, set()
+        if self._rescan_at and now >= self._rescan_at:
+            self._rescan_at = 0.0
+            fresh |= {os.path.abspath(f.src) for f in self._discover()} - set(self.known) - set(self.waiting)
         for p in fresh:
             if not any(p.startswith(d.rstrip(os.sep) + os.sep) for d in self.skip):  # our own outputs
                 self.waiting[p] = None

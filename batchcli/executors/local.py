@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
+from batchcli.atomic import sweep_tmp
 from batchcli.executors.base import CHUNKS_PER_WORKER, Event
 from batchcli.executors.worker import WorkerConfig, worker_main
 
@@ -200,6 +201,8 @@ class ProcessPool:
         cur = p.current()
         if cur is not None:
             events.append(Event("lost", item=cur, error_class=error_class, message=message))
+        if self.cfg.out_dir:  # what its writer thread had in hand: the items run again, whole
+            sweep_tmp(self.cfg.out_dir, pid=p.proc.pid)
         rest = p.unstarted()
         if rest:
             events.append(Event("requeue", items=rest))

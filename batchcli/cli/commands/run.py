@@ -38,15 +38,15 @@ ExecutorOpt = Annotated[Optional[str], typer.Option("--executor", metavar="NAME"
                                                     help="local (default), dask (a local Dask cluster) or dask://HOST:PORT.")]
 TransferOpt = Annotated[Optional[bool], typer.Option("--transfer/--no-transfer", show_default=False,
                                                      help="With Dask: ship image bytes to workers and back (no shared file system).")]
-MaxLoadOpt = Annotated[Optional[str], typer.Option("--max-load", show_default=False,
+MaxLoadOpt = Annotated[Optional[str], typer.Option("--max-load", metavar="L|P%", show_default=False,
                                                    help="Run fewer workers, down to none, while the 1-minute load per core is over L (1.5), or the CPU pressure over P% (40%).")]
-MinMemOpt = Annotated[Optional[str], typer.Option("--min-free-memory", show_default=False,
+MinMemOpt = Annotated[Optional[str], typer.Option("--min-free-memory", metavar="SIZE", show_default=False,
                                                   help="Run fewer workers, down to none, while the available memory is under SIZE (2G).")]
-PriorityOpt = Annotated[Optional[int], typer.Option("--priority", show_default=False,
+PriorityOpt = Annotated[Optional[int], typer.Option("--priority", metavar="N", show_default=False,
                                                     help="Higher runs first when batches wait for worker slots (default 0).")]
-AtOpt = Annotated[Optional[str], typer.Option("--at", show_default=False,
+AtOpt = Annotated[Optional[str], typer.Option("--at", metavar="TIME", show_default=False,
                                               help="Create the batch now, run it then: +30m, 02:00 or 2026-11-21T02:00 (implies --detach).")]
-AfterOpt = Annotated[Optional[list[str]], typer.Option("--after", show_default=False,
+AfterOpt = Annotated[Optional[list[str]], typer.Option("--after", metavar="BATCH", show_default=False,
                                                        help="Create the batch now, run it when this batch ends (repeatable; implies --detach).")]
 AfterSuccessOpt = Annotated[bool, typer.Option("--after-success",
                                                help="With --after: run only if that batch completed; else the batch is cancelled.")]
