@@ -90,3 +90,30 @@ def bind_mount():
     yield mount
     for dst in mounted:
         subprocess.run(["umount", str(dst)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only); skips where it cannot be mounted."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (the injected-error test covers disk_full)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_disk(mnt, leave: int = 0):
+    """Fill the disk, leaving about `leave` bytes."""
+    import shutil
+
+    filler = mnt / "filler"
+    with open(filler, "wb") as fh:
+        while shutil.disk_usage(mnt).free > leave + 4096:
+            try:
+                fh.write(b"\0" * max(4096, min(1 << 20, shutil.disk_usage(mnt).free - leave)))
+                fh.flush()
+            except OSError:
+                break
+    return filler

@@ -8,9 +8,9 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
 
 import pytest
+from conftest import fill_disk
 from crashops import create, make_pngs, records, run
 
 from batchcli.engine.journal import replay
@@ -180,38 +180,11 @@ def test_resume_reuses_the_flags_the_last_run_was_given(tmp_path):
     assert replay(paths.journal, 40).completed == 40
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs (root only); skips where it cannot be mounted."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (the injected-error test covers disk_full)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(mnt, leave: int = 0):
-    """Fill the disk, leaving about `leave` bytes."""
-    import shutil
-
-    filler = mnt / "filler"
-    with open(filler, "wb") as fh:
-        while shutil.disk_usage(mnt).free > leave + 4096:
-            try:
-                fh.write(b"\0" * max(4096, min(1 << 20, shutil.disk_usage(mnt).free - leave)))
-                fh.flush()
-            except OSError:
-                break
-    return filler
-
-
 def test_enospc_pauses_the_batch_and_resume_completes_after_space_is_freed(tmp_path, small_disk):
     make_pngs(tmp_path / "in", N)
     home = tmp_path / "home"
     paths = create(home, [tmp_path / "in"], small_disk / "out", "convert png compression=0")
-    filler = _fill(small_disk)
+    filler = fill_disk(small_disk)
     r = run(home, "resume", paths.id, "-w", "2", *NOSPACE)
     assert r.returncode == 3, r.stdout + r.stderr
     st = replay(paths.journal, N)

@@ -130,8 +130,10 @@ def test_kill9_while_a_shard_fills_then_it_is_rebuilt_and_every_recorded_item_is
     n = 40
     make_pngs(src, n, size=16)
     paths = _create(home, src, out, "crashtest delay=0.04 | resize 8x8", size=6)
-    caught = 0
-    for extra in (3, 9, 5, 12):
+    caught = kills = 0
+    for extra in (3, 9, 5, 12, 4, 7, 6, 8):
+        if kills >= 4 and caught:
+            break
         target = line_count(paths.journal) + extra
         proc = spawn(home, "resume", paths.id, "-w", "2", *NOSPACE)
         if not _kill_when(proc, paths.journal, target):
@@ -139,6 +141,7 @@ def test_kill9_while_a_shard_fills_then_it_is_rebuilt_and_every_recorded_item_is
         # at the kill: every recorded item reads back from its sealed shard with the recorded bytes
         rep = verify_batch(paths)
         assert rep.clean and rep.ok == replay(paths.journal, n).completed, rep.as_dict()
+        kills += 1
         caught += any(is_tmp_name(f) for f in os.listdir(out))  # a shard was being filled
         recover(Store(str(home)))
     assert caught, "no kill landed while a shard was being filled"
@@ -262,3 +265,20 @@ def test_variants_go_into_the_shard_under_one_key_and_survive_adoption(tmp_path)
     assert [r["shard"] for r in records(paths.journal) if r.get("adopted")] == ["00001.tar"]
     rep = verify_batch(paths)
     assert rep.clean and rep.ok == 10, rep.as_dict()
+
+
+def test_a_shard_the_disk_has_no_room_for_pauses_the_batch_and_resume_completes(tmp_path, small_disk):
+    from conftest import fill_disk
+
+    src, home, out = tmp_path / "in", tmp_path / "home", small_disk / "out"
+    make_pngs(src, 12, size=64)
+    paths = _create(home, src, out, "convert png compression=0", size=4)  # about 50 KB a shard
+    filler = fill_disk(small_disk, leave=80_000)
+    r = run(home, "resume", paths.id, "-w", "2", *NOSPACE)
+    assert r.returncode == 3, r.stdout + r.stderr  # paused, not failed
+    st = replay(paths.journal, 12)
+    assert st.state == "paused" and st.failed == 0 and "cannot write shard" in st.reason, st.reason
+    assert 0 < st.completed < 12 and st.completed % 4 == 0
+    filler.unlink()
+    assert run(home, "resume", paths.id, "-w", "2", *NOSPACE).returncode == 0
+    _check_dataset(out, paths.journal, 12)

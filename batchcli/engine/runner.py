@@ -424,6 +424,10 @@ class Runner:
                         stopping = "halt"
                         stop_reason = f"halted: {failed_now} items failed in this run (--max-failures {self.opt.max_failures})"
                         pool.stop()
+                    problem = shards.poll() if shards is not None else None  # a shard sealed meanwhile: record it
+                    if problem and stopping is None:
+                        stopping, stop_reason = problem
+                        pool.stop()
                     j.maybe_sync()
                     if now - last_progress >= PROGRESS_EVERY:
                         last_progress = now

@@ -179,7 +179,9 @@ class _Shard:
 
 class ShardSink:
     """The runner's side of `--shards tar`: items go into the shard being filled; each full
-    shard is sealed and its items recorded (through `complete`, then `seal_record`)."""
+    shard is sealed on a background thread (its fsync overlaps the next shard's filling), then
+    its items are recorded through `complete` and `seal_record`, from the runner's thread, in
+    `settle`. One shard is sealed at a time, in order."""
 
     def __init__(self, out_dir: str, size: int, batch_id: str, journal: str, complete: Complete,
                  seal_record: Callable[[dict[str, Any]], None], durable: bool = True):
@@ -187,6 +189,8 @@ class ShardSink:
         self.complete, self.seal_record, self.durable = complete, seal_record, durable
         self.next = 1 + max((int(r.get("n", -1)) for r in sealed_records(journal)), default=-1)
         self.shard: _Shard | None = None
+        self.sealing: tuple[_Shard, Any] | None = None  # (shard, future of its sealed record)
+        self._sealer: Any = None
 
     def adopt(self, total: int) -> int:
         """Record the items of complete shards that a runner renamed into place but died before
@@ -236,31 +240,54 @@ class ShardSink:
         shard.add(f"{item_key(i)}.json", json.dumps(sidecar, ensure_ascii=False).encode(), now)
         shard.items.append((i, rec))
         if len(shard.items) >= self.size:
-            self.seal()
+            self._seal_open()
 
-    def seal(self) -> None:
-        """Seal the open shard (if any) and record its items, then the shard."""
+    def _seal_open(self) -> None:
+        """Hand the open shard to the sealing thread (after the one before it is recorded)."""
         shard, self.shard = self.shard, None
         if shard is None:
             return
-        if not shard.items:
-            shard.discard()
-            self.next -= 1
+        self.settle(wait=True)
+        if self._sealer is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._sealer = ThreadPoolExecutor(1, thread_name_prefix="batchcli-shard")
+        self.sealing = (shard, self._sealer.submit(shard.seal, self.durable))
+
+    def settle(self, wait: bool = False) -> None:
+        """Record the items of the shard sealed in the background, once it is durable (with
+        `wait`, wait for it). OSError when it could not be sealed: its items stay pending, and
+        the shard being filled after it is dropped too (the numbers stay without a gap)."""
+        if self.sealing is None or not (wait or self.sealing[1].done()):
             return
+        shard, fut = self.sealing
+        self.sealing = None
         try:
-            sealed = shard.seal(self.durable)
+            sealed = fut.result()
         except BaseException:
             shard.discard()
-            self.next = shard.n  # its items stay pending; the next run writes this number again
+            self.discard()
+            self.next = shard.n  # the next run writes this number again
             raise
         for i, rec in shard.items:
             self.complete(i, rec)
         self.seal_record(sealed)
 
+    def seal(self) -> None:
+        """Seal the open shard, even partly filled, and record everything sealed (end of a run)."""
+        if self.shard is not None and not self.shard.items:
+            self.discard()
+        self._seal_open()
+        self.settle(wait=True)
+        if self._sealer is not None:
+            self._sealer.shutdown()
+            self._sealer = None
+
     def discard(self) -> None:
         """Drop the open shard: its items stay pending."""
         if self.shard is not None:
             self.shard.discard()
+            self.next = min(self.next, self.shard.n)
             self.shard = None
 
 
@@ -316,22 +343,32 @@ class RunShards:
         self.broken = False
 
     def put(self, i: int, item: dict[str, Any] | None, rec: dict[str, Any]) -> tuple[str, str] | None:
-        """The item into the shard; (stopping, reason) when the shard cannot be written."""
-        if self.broken:
-            return None  # stays pending: a resume does it again
-        try:
-            self.sink.add(i, (item or {}).get("src", ""), rec, rec.pop("_blobs", None) or [])
-        except OSError as exc:
-            return self._broke(exc)
-        return None
+        """The item into the shard; (stopping, reason) when the shard cannot be written (once
+        broken, items are left pending: a resume does them again)."""
+        blobs = rec.pop("_blobs", None) or []
+        return self._try(lambda: self.sink.add(i, (item or {}).get("src", ""), rec, blobs))
+
+    def poll(self) -> tuple[str, str] | None:
+        """Record a shard whose background seal finished; (stopping, reason) if it failed."""
+        return self._try(self.sink.settle)
 
     def close(self) -> tuple[str, str] | None:
         """Seal the last, partly filled shard (a resume goes on with the next number)."""
         if self.broken:
             self.sink.discard()
+            if self.sink.sealing is not None:  # a seal started before the failure: record it if it held
+                try:
+                    self.sink.settle(wait=True)
+                except OSError:
+                    pass
+            return None
+        return self._try(self.sink.seal)
+
+    def _try(self, step: Callable[[], None]) -> tuple[str, str] | None:
+        if self.broken:
             return None
         try:
-            self.sink.seal()
+            step()
         except OSError as exc:
             return self._broke(exc)
         return None
