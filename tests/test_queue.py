@@ -288,3 +288,21 @@ def test_a_queued_batch_can_be_followed_paused_and_cancelled(tmp_path):
     assert status(home, "b")["skipped"] == 5
     cli(home, "cancel", "a", slots=1)
     assert a.wait(30) == 4
+
+
+def test_an_idle_hot_folder_gives_its_slot_back_and_takes_one_when_a_file_lands(tmp_path):
+    from conftest import make_image
+
+    home, hot = tmp_path / "home", tmp_path / "hot"
+    hot.mkdir()
+    make_image(hot / "first.png", seed=1)
+    watch = subprocess.Popen([sys.executable, "-m", "batchcli", "watch", str(hot), "--out", str(tmp_path / "hot-out"),
+                              "-p", "convert png", "--settle", "0.2s", "--name", "hot", *NOSPACE],
+                             env=env(home, 1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (tmp_path / "hot-out" / "first.png").is_file(), what="the first file done")
+    wait_for(lambda: status(home, "hot")["slots"] == 0, what="the idle hot folder gives its slot back")
+    b = start(tmp_path, home, "b", 5, 0.01, slots=1)  # the only slot is free for another batch
+    assert b.wait(60) == 0 and status(home, "b")["completed"] == 5
+    make_image(hot / "second.png", seed=2)
+    wait_for(lambda: (tmp_path / "hot-out" / "second.png").is_file(), what="a file that lands gets a worker")
+    assert cli(home, "pause", "hot", slots=1).returncode == 0 and watch.wait(20) == 3
