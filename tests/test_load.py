@@ -75,6 +75,7 @@ def test_max_load_zero_holds_a_batch_until_the_limit_is_raised(tmp_path):
     wait_for(lambda: has_batch(home, "a") and status(home, "a")["status"] == "throttled", what="throttled")
     assert "over --max-load 0" in status(home, "a")["reason"]
     assert "throttled - load 0.50 per core" in cli(home, "status", "a").stdout
+    assert json.loads(cli(home, "list", "--status", "throttled", "--json").stdout)["total"] == 1
     r = cli(home, "pause", "a")
     assert r.returncode == 0 and p.wait(10) == 3
     assert [r["type"] for r in records(Store(str(home)).resolve("a").journal)] == ["header", "batch_paused"]

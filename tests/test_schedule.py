@@ -63,6 +63,7 @@ def test_at_creates_the_batch_now_and_runs_it_then(tmp_path):
     assert s["status"] == "scheduled" and s["total"] == 4 and s["runner_pid"] == ev["pid"]
     assert s["reason"].startswith("starts at ") and s["scheduled_for"] == ev["scheduled_for"]
     assert "scheduled" in run(tmp_path / "home", "list").stdout
+    assert "later" in run(tmp_path / "home", "list", "--status", "scheduled").stdout
     assert "scheduled - starts at " in run(tmp_path / "home", "status", "later").stdout
     assert run(tmp_path / "home", "cancel", "later").returncode == 0
 

@@ -386,6 +386,8 @@ class Runner:
                             inflight[it["i"]] = it
                         fed += len(batch_items)
                         pool.submit(batch_items)
+                    if not exhausted and feed is None and taken >= pending_total:
+                        exhausted = True  # all handed out: a gate may retire every worker before the source says so
                     if exhausted and not retry_q and not pool.busy() and not (videos is not None and videos.queue):
                         break
                     if stopping is not None and not pool.busy():
