@@ -159,7 +159,7 @@ def recover(store: Store, resume: bool = False, resume_fn=None) -> dict[str, Any
             continue
         if row is None:
             continue
-        if resume and resume_fn is not None and row["status"] == "paused":
+        if resume and resume_fn is not None and row["status"] in ("paused", "scheduled"):
             try:
                 resume_fn(paths)
                 row["resumed"] = True
