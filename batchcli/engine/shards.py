@@ -394,5 +394,20 @@ def open_shards(runner: Any, st: Any, record: Callable[..., None]) -> RunShards:
 
     sink = ShardSink(runner.out_dir, int(runner.manifest["shards"]["size"]), runner.paths.id, runner.paths.journal,
                      lambda i, rec: record(i, "item_completed", **rec), seal_record, durable=runner.opt.durable)
+    _sweep_dead_shard_tmp(runner.out_dir)
     sink.adopt(runner.total)
     return RunShards(sink)
+
+
+def _sweep_dead_shard_tmp(out_dir: str) -> None:
+    """Remove shard temp files whose writer is gone (a run that paused on a full disk, or died),
+    so the folder holds numbered shards only. A live writer's temp files are kept."""
+    from batchcli.atomic import TMP_MARK
+    from batchcli.engine.liveness import sweep_dead_tmp
+
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        return
+    for base in {n[1:].split(TMP_MARK, 1)[0] for n in names if n.startswith(".") and f".tar{TMP_MARK}" in n}:
+        sweep_dead_tmp(out_dir, base)

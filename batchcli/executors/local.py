@@ -121,7 +121,10 @@ class ProcessPool:
         if not p.queue:
             p.item_started = time.monotonic()
         p.queue.append([items, 0])
-        p.conn.send((0, items))
+        try:
+            p.conn.send((0, items))
+        except OSError:
+            pass  # the worker just died: poll() finds its pipe closed and hands these items back
 
     def poll(self, timeout: float) -> list[Event]:
         events: list[Event] = []
