@@ -92,8 +92,9 @@ def test_kill9_mid_group_every_recorded_output_is_durable(tmp_path):
         recover(Store(str(home)))
     assert kills >= 3
     assert caught > 0, "no kill landed while a group was being written"
-    r = run(home, "resume", paths.id, "-w", "2", "--min-free-space", "0", env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
+    if replay(paths.journal, n).state != "completed":  # the last resume may have run to the end before its kill
+        r = run(home, "resume", paths.id, "-w", "2", "--min-free-space", "0", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
     assert replay(paths.journal, n).completed == n
     assert sorted(os.listdir(out)) == sorted(f"img{k:03d}.png" for k in range(n))
     _check_at_kill(out, paths.journal, synclog)
