@@ -58,7 +58,7 @@ def start(tmp_path, home, name, n=20, delay=0.05, *flags, slots=2, extra_env=Non
         log.close()
 
 
-def cli(home, *args, slots=2, timeout=60):
+def cli(home, *args, slots=2, timeout=120):
     return subprocess.run([sys.executable, "-m", "batchcli", *map(str, args)], env=env(home, slots),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -176,7 +176,7 @@ def test_bad_budget_and_priority_are_usage_errors_before_any_work(tmp_path):
 def test_two_batches_share_two_slots(tmp_path):
     home = tmp_path / "home"
     with Workers(home) as w:
-        a = start(tmp_path, home, "a", 80, 0.1, "-w", "2")
+        a = start(tmp_path, home, "a", 200, 0.05, "-w", "2")  # outlasts b: it takes b's slot back
         wait_for(lambda: has_batch(home, "a") and status(home, "a")["slots"] == 2, what="a alone holds both slots")
         b = start(tmp_path, home, "b", 30, 0.1, "-w", "2", "--json")
         assert a.wait(90) == 0 and b.wait(90) == 0
@@ -184,7 +184,7 @@ def test_two_batches_share_two_slots(tmp_path):
     both = [k for k, s in enumerate(w.samples) if len(s) == 2]
     assert both and all(sorted(w.samples[k].values()) == [1, 1] for k in both), "two batches share: one slot each"
     assert any(2 in s.values() for s in w.samples[both[-1]:]), "the one left takes the freed slot again"
-    for name, n in (("a", 80), ("b", 30)):
+    for name, n in (("a", 200), ("b", 30)):
         s = status(home, name)
         assert s["status"] == "completed" and s["completed"] == n
         assert len(os.listdir(tmp_path / f"out-{name}")) == n
