@@ -39,8 +39,6 @@ def finish_flags(on_finish: str | None = None, webhook: str | None = None, repor
                  summary: bool | None = None) -> dict[str, Any]:
     """The flags given, validated (ConfigError, exit 2, before any work); an empty value turns
     one off. A command keeps the folder it was given in; a report path is made absolute."""
-    from batchcli.results.report import report_kind
-
     out: dict[str, Any] = {}
     if on_finish is not None:
         out["on_finish"] = {"cmd": on_finish, "cwd": os.getcwd()} if on_finish.strip() else None
@@ -50,6 +48,8 @@ def finish_flags(on_finish: str | None = None, webhook: str | None = None, repor
         out["webhook"] = webhook or None
     if report is not None:
         if report:
+            from batchcli.results.report import report_kind  # imported only when wanted: a start pays nothing
+
             report_kind(report)
         out["report"] = os.path.abspath(report) if report else None
     if summary is not None:
@@ -164,17 +164,19 @@ def after_run(paths: BatchPaths, event: dict[str, Any], flags: dict[str, Any],
     """Everything that follows a run's end or pause, in this order: the Markdown summary
     appended to `$GITHUB_STEP_SUMMARY` (unless flags["summary"] is False), the --report file,
     the --on-finish command (which may read both), the webhook. Returns the problems met."""
-    from batchcli.results.report import append_step_summary, write_report
-
     env = os.environ if env is None else env
     problems: list[str] = []
     step_summary = env.get("GITHUB_STEP_SUMMARY")
     if step_summary and flags.get("summary", True) is not False:
+        from batchcli.results.report import append_step_summary
+
         try:
             append_step_summary(paths, step_summary)
         except OSError as exc:
             problems.append(f"could not append the summary to $GITHUB_STEP_SUMMARY ({step_summary}): {exc.strerror or exc}")
     if flags.get("report"):
+        from batchcli.results.report import write_report
+
         try:
             write_report(paths, flags["report"])
         except (OSError, ConfigError) as exc:
