@@ -206,13 +206,13 @@ def _segments(journal, i=None) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("how", ["pause", "kill"])
 def test_pause_or_kill_mid_video_then_resume_continues_from_the_last_segment(tmp_path, clips, how):
-    """A 6 s clip in 1 s segments, slowed per frame; stopped after its second segment."""
+    """A 6 s clip in 1 s segments, slowed per frame (over 4 s in all); stopped after its second segment."""
     src = tmp_path / "in"
     src.mkdir()
     shutil.copyfile(clips["long"], src / "long.mp4")
     home, out, seen = tmp_path / "home", tmp_path / "out", tmp_path / "seen.log"
     proc = spawn(home, "start", src, "--out", out, "--media", "video", "--name", "v", *SEG, *NOSPACE,
-                 "--pipeline", f"crashtest log={seen} delay=0.03 | resize 48x32 | convert mp4 preset=ultrafast")
+                 "--pipeline", f"crashtest log={seen} delay=0.06 | resize 48x32 | convert mp4 preset=ultrafast")
     paths = wait_for(lambda: _latest(home), what="the batch")
     wait_for(lambda: len(_segments(paths.journal)) >= 2 or proc.poll() is not None, what="two segments")
     assert proc.poll() is None, "the clip finished before it could be stopped"

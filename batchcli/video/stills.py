@@ -64,6 +64,14 @@ class _Picker:
         self.next = (math.floor((t + self.half) / every) + 1) * every
         return True
 
+    def far(self, pts: int) -> bool:
+        """Time mode: whether the next wanted still is far enough ahead (more than 0.5 s, and
+        more than 8 frames: the decoder's threads run a few frames ahead) that frames no other
+        frame refers to need not be decoded at all."""
+        if self.kind != "time" or self.next is None:
+            return False
+        return (pts - self.origin) * self.tb < self.next - max(Fraction(1, 2), 16 * self.half)
+
 
 def extract_frames(job: Job) -> list[dict]:
     """Write the stills of every segment not yet done; returns all the segment records."""
@@ -72,7 +80,7 @@ def extract_frames(job: Job) -> list[dict]:
     seg_len = max(1, round(Fraction(plan.segment) / info.time_base))
     done = job.done
     resume = done[-1]["end"] if done else origin
-    pick = _Picker(job, origin, done[-1]["done"] if done else 0)
+    pick = _Picker(job, origin, done[-1].get("index", done[-1]["done"]) if done else 0)
     total = max(1, round(((plan.end if plan.end is not None else info.duration) - plan.start) * float(info.rate)))
     folder = os.path.join(job.out_dir, job.stem)
     name = os.path.basename(job.stem)
@@ -81,17 +89,19 @@ def extract_frames(job: Job) -> list[dict]:
 
     def close(end: int) -> None:
         nonlocal stills, frames
-        rec = job.base({"seg": len(done), "start": start, "end": end, "frames": frames,
-                        "done": pick.index, "total": total, "stills": stills})
+        reached = min(total, round((end - origin) * info.time_base * info.rate))  # frames skipped undecoded count too
+        rec = job.base({"seg": len(done), "start": start, "end": end, "frames": frames, "index": pick.index,
+                        "done": reached, "total": total, "stills": stills})
         done.append(rec)
         job.report(rec)
         stills, frames = [], 0
 
     c, vs = open_video(job, resume)
     with c:
+        cc = vs.codec_context
         if plan.every[0] == "keyframes":
-            vs.codec_context.skip_frame = "NONKEY"
-        last = None
+            cc.skip_frame = "NONKEY"
+        last, skipping = None, False
         for frame in decode(c, vs):
             pts = frame.pts if frame.pts is not None else (last + 1 if last is not None else resume)
             if pts < resume or (last is not None and pts <= last):
@@ -105,7 +115,11 @@ def extract_frames(job: Job) -> list[dict]:
                 start = pts
             last = pts
             frames += 1
-            if not pick(pts, bool(frame.key_frame)):
+            picked = pick(pts, bool(frame.key_frame))
+            if pick.far(pts) != skipping:
+                skipping = not skipping
+                cc.skip_frame = "NONREF" if skipping else "DEFAULT"
+            if not picked:
                 continue
             t = float((pts - info.start_pts) * info.time_base)
             res = run_ops(job, [upright(frame)])[0]
