@@ -405,3 +405,26 @@ def test_a_model_op_runs_on_every_frame(tmp_path, clips):
         x, y = x.to_ndarray(format="rgb24").astype(int), y.to_ndarray(format="rgb24").astype(int)
         assert abs((255 - x) - y).mean() < 12
     assert (out / "photo.jpg").exists()
+
+
+def test_a_full_disk_pauses_a_video_and_resume_completes_it(tmp_path, clips, small_disk):
+    from conftest import fill_disk
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copyfile(clips["long"], src / "long.mp4")
+    home, out = tmp_path / "home", small_disk / "out"
+    out.mkdir()
+    filler = fill_disk(small_disk, leave=40_000)  # room for a segment or two, not for the video
+    r = run(home, "start", src, "--out", out, "--media", "video", "--name", "full", *SEG, *NOSPACE,
+            "--pipeline", "convert mp4 crf=10 preset=ultrafast")
+    assert r.returncode == 3, r.stdout + r.stderr
+    paths = Store(str(home)).resolve("full")
+    st = replay(paths.journal, 1)
+    assert st.state == "paused" and st.failed == 0 and "disk full" in st.reason
+    kept = [seg for _, seg in _segments(paths.journal)]
+    filler.unlink()
+    r = run(home, "resume", "full", *NOSPACE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [seg for _, seg in _segments(paths.journal)] == kept + list(range(len(kept), 6))  # on from those kept
+    assert video_facts(out / "long.mp4")["frames"] == 72

@@ -5,6 +5,7 @@ rest, and return the item's result (the same shape as a photo's, plus `outputs` 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable
@@ -44,7 +45,18 @@ def process_video(item: dict[str, Any], pipeline: Any, out_dir: str | None, limi
                   segment: float = DEFAULT_SEGMENT, report: Callable[[dict], None] = lambda rec: None,
                   stop: Callable[[], bool] = lambda: False, threads: int = 0) -> dict[str, Any]:
     """Process a video item; returns its result fields (out, bytes, sha256, meta, ...). Raises
-    ItemError for a bad file or op, Paused when a stop was asked for between segments."""
+    ItemError for a bad file or op or a failed write (a full disk as `disk_full`, which pauses
+    the batch), Paused when a stop was asked for between segments."""
+    try:
+        return _process(item, pipeline, out_dir, limits, segment, report, stop, threads)
+    except OSError as exc:  # writing segments or the output (PyAV's errors from FFmpeg are OSErrors too)
+        if exc.errno == errno.ENOSPC:
+            raise ItemError("disk_full", f"no space left writing the video's output in {out_dir}") from None
+        raise ItemError("io", f"cannot write the video's output: {exc.strerror or exc}") from None
+
+
+def _process(item: dict[str, Any], pipeline: Any, out_dir: str | None, limits: VideoLimits, segment: float,
+             report: Callable[[dict], None], stop: Callable[[], bool], threads: int) -> dict[str, Any]:
     src = item["src"]
     info = probe(src, limits)
     if out_dir is None:
