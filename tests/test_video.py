@@ -186,9 +186,10 @@ def test_bad_video_pipelines_exit_2_before_any_work(tmp_path, clips, pipeline, m
     assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
-def _latest(home):
+def _latest(home, name=None):
+    """The latest batch (or the one named), or None while there is none."""
     try:
-        return Store(str(home)).resolve(None)
+        return Store(str(home)).resolve(name)
     except Exception:
         return None
 
@@ -428,3 +429,24 @@ def test_a_full_disk_pauses_a_video_and_resume_completes_it(tmp_path, clips, sma
     assert r.returncode == 0, r.stdout + r.stderr
     assert [seg for _, seg in _segments(paths.journal)] == kept + list(range(len(kept), 6))  # on from those kept
     assert video_facts(out / "long.mp4")["frames"] == 72
+
+
+def test_cancel_leaves_no_half_made_video_behind(tmp_path, clips):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copyfile(clips["long"], src / "long.mp4")
+    home = tmp_path / "home"
+    for name, how in (("live", "cancel"), ("parked", "pause")):
+        out = tmp_path / name
+        proc = spawn(home, "start", src, "--out", out, "--media", "video", "--name", name, *SEG, *NOSPACE,
+                     "--pipeline", "crashtest delay=0.06 | convert mp4 preset=ultrafast")
+        paths = wait_for(lambda: _latest(home, name), what="the batch")
+        wait_for(lambda: len(_segments(paths.journal)) >= 2 or proc.poll() is not None, what="two segments")
+        assert proc.poll() is None and list(out.glob(".*")), "the clip finished before it could be stopped"
+        assert run(home, how, name).returncode == 0
+        assert proc.wait(30) == (4 if how == "cancel" else 3)
+        if how == "pause":  # no runner now: cancel marks the batch itself
+            assert list(out.glob(".*"))
+            assert run(home, "cancel", name).returncode == 0
+        assert replay(paths.journal, 1).state == "cancelled"
+        assert not list(out.glob(".*")) and not list(out.iterdir())

@@ -107,6 +107,11 @@ def cancel(paths: BatchPaths, wait: float = 60.0) -> dict[str, Any]:
             mark(paths, "batch_cancelled", reason="cancelled by user")
         except BatchLocked:
             continue
+        manifest = paths.load_manifest()
+        if manifest.get("videos"):
+            from batchcli.engine.videos import discard_segments
+
+            discard_segments(paths, replay(paths.journal, int(manifest["total"])), manifest.get("out_dir"))
         out = batch_status(paths)
         out.update(via="journal")
         return out

@@ -48,7 +48,7 @@ from batchcli.engine.outcome import RunResult, close_run
 from batchcli.engine.outcome import Signals as _Signals
 from batchcli.engine.shards import open_shards
 from batchcli.engine.store import BatchPaths
-from batchcli.engine.videos import VideoGate, segment_chains
+from batchcli.engine.videos import VideoGate, discard_segments, segment_chains
 from batchcli.engine.watch import HotFolder
 from batchcli.errors import (
     ConfigError,
@@ -461,6 +461,8 @@ class Runner:
                 extra["options"] = self.opt.given
             status, code = close_run(self.journal, st.counts, stopping, stop_reason, sig.signum, extra,
                                      watching=self.feed is not None)
+            if status == "cancelled" and videos is not None:
+                discard_segments(self.paths, st, self.out_dir)
             if stopping == "journal":  # records the disk refused: their items are pending again
                 counts = st.counts = replay(self.paths.journal, self.total).counts
         try:  # the reasons of the items failed now (a retried item that succeeded no longer counts)

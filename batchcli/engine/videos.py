@@ -7,6 +7,7 @@ holds one more such worker (never more than the pool's workers)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from typing import Any
@@ -31,6 +32,32 @@ def segment_chains(journal: str, wanted: set[int] | None = None) -> dict[int, li
             del chain[k:]
             chain.append({key: v for key, v in rec.items() if key not in ("seq", "type", "crc", "i", "mem")})
     return chains
+
+
+def discard_segments(paths: Any, st: Any, out_dir: str | None) -> None:
+    """A cancelled batch leaves no half-made video behind: the segment files of its unfinished
+    videos are deleted, with their hidden folders once empty (temp files of dead writers too)."""
+    import os
+
+    from batchcli.engine.journal import COMPLETED
+    from batchcli.engine.liveness import sweep_dead_tmp
+
+    if not out_dir:
+        return
+    for i, recs in segment_chains(paths.journal).items():
+        if not 0 <= i < st.total or st.items[i] == COMPLETED:
+            continue
+        folders = set()
+        for rec in recs:
+            path = os.path.join(out_dir, rec.get("file", ""))
+            if rec.get("file") and os.path.dirname(path).endswith(".batchcli-segments"):
+                folders.add(os.path.dirname(path))
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        for folder in folders:
+            sweep_dead_tmp(folder)
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 def progress_row(i: int, src: str | None, recs: list[dict[str, Any]]) -> dict[str, Any]:
