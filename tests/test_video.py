@@ -140,11 +140,12 @@ def test_thumbnail_is_one_still_per_video(tmp_path, clips):
     assert sorted(p.name for p in out.iterdir()) == ["clip.jpg", "long.jpg", "photo.jpg"]
 
 
-def test_mkv_and_avi_become_mp4_and_max_pixels_counts_per_frame(tmp_path, clips):
+def test_mkv_and_avi_become_mp4_mov_stays_and_max_pixels_counts_per_frame(tmp_path, clips):
     src = tmp_path / "in"
     make_clip(src / "a.mkv", seconds=1.0)
     make_clip(src / "b.avi", seconds=1.0)
     make_clip(src / "big.mp4", seconds=1.0, size=(128, 96))
+    make_clip(src / "quiet.mov", seconds=1.0, audio=False)
     home, out = tmp_path / "home", tmp_path / "out"
     r = cli("start", str(src), "--out", str(out), "--media", "video", "--max-pixels", "10000", "-w", "1",
             "--pipeline", "resize 48x", home=home)
@@ -152,6 +153,7 @@ def test_mkv_and_avi_become_mp4_and_max_pixels_counts_per_frame(tmp_path, clips)
     recs = _by_src(home)
     assert (recs["a.mkv"]["out"], recs["b.avi"]["out"]) == ("a.mp4", "b.mp4")
     assert video_facts(out / "b.mp4")["audio"] == "mp3"  # mp4 takes mp3: copied
+    assert recs["quiet.mov"]["out"] == "quiet.mov" and video_facts(out / "quiet.mov")["audio"] is None
     assert recs["big.mp4"]["error_class"] == "too_large" and "frames of 128x96" in recs["big.mp4"]["error"]
 
 
