@@ -274,9 +274,13 @@ def test_video_gate_measures_memory_before_a_second_video_starts():
     free[0] = 1 << 30
     assert not gate.may_start()  # 1 GiB free does not hold one more with headroom
     assert [r["frames_done"] for r in gate.rows()] == [12, 0]
+    gate.progress({"i": 1, "done": 6, "total": 72})  # within a segment: the bar moves, nothing is journaled
+    assert [r["frames_done"] for r in gate.rows()] == [12, 6]
     gate.finished(0)
     gate.finished(1)
     assert gate.may_start()  # nothing running: one may always start
+    gate.started({"i": 2, "src": "c.mp4", "segments": [{"seg": 0, "done": 12, "total": 72}]})
+    assert gate.rows()[0]["frames_done"] == 12 and gate.rows()[0]["segments"] == 1  # a resumed video
 
 
 def test_photos_keep_the_other_workers_busy_and_progress_events_carry_the_video(tmp_path, clips):

@@ -414,6 +414,8 @@ class Runner:
                                     retry(it)
                         elif ev.kind == "segment":  # a video's segment is durable: journal it
                             self._segment(ev.result, inflight.get(ev.result["i"]))
+                        elif ev.kind == "progress" and videos is not None:
+                            videos.progress(ev.result)
                         elif ev.kind == "fatal":
                             stopping, stop_reason = "halt", ev.message
                             abandon = True

@@ -105,9 +105,10 @@ class VideoGate:
         return self._available() >= self.per_video * HEADROOM
 
     def started(self, item: dict[str, Any]) -> None:
-        self.running[item["i"]] = {"i": item["i"], "src": item.get("src"), "frames_done": 0, "frames_total": None,
-                                   "segments": len(item.get("segments") or ()), "t0": time.monotonic(), "made": 0,
-                                   "eta_s": None}
+        before = item.get("segments") or [{}]  # a resumed video starts where its segments end
+        self.running[item["i"]] = {"i": item["i"], "src": item.get("src"), "frames_done": before[-1].get("done", 0),
+                                   "frames_total": before[-1].get("total"), "segments": len(item.get("segments") or ()),
+                                   "t0": time.monotonic(), "made": 0, "eta_s": None}
 
     def finished(self, i: int) -> None:
         self.running.pop(i, None)
@@ -117,9 +118,21 @@ class VideoGate:
         row = self.running.get(rec["i"])
         if row is None:
             return
+        row["made"] += max(0, rec.get("done", 0) - row["frames_done"])
         row["frames_done"], row["frames_total"] = rec.get("done", 0), rec.get("total")
         row["segments"] = rec.get("seg", 0) + 1
-        row["made"] += rec.get("frames", 0)
+        self._eta(row)
+
+    def progress(self, rec: dict[str, Any]) -> None:
+        """Frames done within a segment (not journaled: the segments are)."""
+        row = self.running.get(rec["i"])
+        if row is None:
+            return
+        made = row["made"] + max(0, rec.get("done", 0) - row["frames_done"])
+        row["frames_done"], row["frames_total"], row["made"] = rec.get("done", 0), rec.get("total"), made
+        self._eta(row)
+
+    def _eta(self, row: dict[str, Any]) -> None:
         spent = time.monotonic() - row["t0"]
         if row["made"] and row["frames_total"]:
             row["eta_s"] = round(max(0, row["frames_total"] - row["frames_done"]) * spent / row["made"], 1)

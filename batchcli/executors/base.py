@@ -15,7 +15,8 @@ CHUNKS_PER_WORKER = 2
 @dataclass
 class Event:
     kind: str  # "item" (a result), "lost" (item died with its worker), "requeue", "fatal", "pause",
-    #            "segment" (a video's segment is durable; `result` is its record)
+    #            "segment" (a video's segment is durable; `result` is its record),
+    #            "progress" (a video's frames done so far: {"i", "done", "total"})
     result: dict[str, Any] | None = None
     item: dict[str, Any] | None = None
     items: list[dict[str, Any]] = field(default_factory=list)

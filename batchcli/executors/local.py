@@ -174,6 +174,8 @@ class ProcessPool:
                 elif kind == "segment":  # a video's segment is durable: --item-timeout counts afresh
                     events.append(Event("segment", result=msg[1]))
                     p.item_started = now
+                elif kind == "progress":  # frames done within a video's segment
+                    events.append(Event("progress", result=msg[1]))
                 elif kind == "done":
                     p.queue.popleft()
                     p.item_started = now

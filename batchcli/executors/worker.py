@@ -55,6 +55,7 @@ class Worker:
         self.shards = bool(cfg.extra.get("shards"))  # --shards: outputs go back to the runner, unwritten
         self.batch = self.pipeline.batch_size  # items processed together: > 1 only for micro-batches
         self.on_segment: Any = None  # video: called with each finished segment's record (worker_main sends it)
+        self.on_progress: Any = None  # video: called with {"i", "done", "total"} about once a second
         self.stop_requested: Any = lambda: False  # video: asked between segments; True leaves the item unfinished
         self.noise: Any = _Quiet()  # a Capture in a pool process (see worker_main)
 
@@ -119,10 +120,18 @@ class Worker:
             if self.on_segment is not None:
                 self.on_segment({"i": item["i"], **rec, "mem": _rss()})
 
+        told = [time.monotonic()]
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if self.on_progress is not None and now - told[0] >= PROGRESS_EVERY:
+                told[0] = now
+                self.on_progress({"i": item["i"], "done": done, "total": total})
+
         try:
             res = process_video(item, self.pipeline, self.cfg.out_dir if self.writes else None, limits,
                                 segment=float(extra.get("segment") or 10.0), report=report,
-                                stop=self.stop_requested)
+                                stop=self.stop_requested, progress=progress)
             res["ok"] = True
             changed = _changed_stat(item)
             if changed is not None:
@@ -432,6 +441,9 @@ class PeakRss:
             return None
 
 
+PROGRESS_EVERY = 1.0
+"""Seconds between a video's progress messages (frames done) within a segment."""
+
 FLUSH_EVERY = 0.02
 """Seconds a worker may hold finished results before sending them (tiny items: one message per
 many results). Held results are always sent before `stopped` and their chunk's `done`; a worker
@@ -480,6 +492,7 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
 
     worker.stop_requested = stop_requested
     worker.on_segment = lambda rec: conn.send(("segment", rec))
+    worker.on_progress = lambda rec: conn.send(("progress", rec))
     # (result, source) in item order; (None, chunk_id) marks the end of a chunk
     held: deque[tuple[dict[str, Any] | None, Any]] = deque()
     held_since = 0.0

@@ -43,12 +43,13 @@ def _size(path: str) -> int:
 
 def process_video(item: dict[str, Any], pipeline: Any, out_dir: str | None, limits: VideoLimits, *,
                   segment: float = DEFAULT_SEGMENT, report: Callable[[dict], None] = lambda rec: None,
-                  stop: Callable[[], bool] = lambda: False, threads: int = 0) -> dict[str, Any]:
+                  stop: Callable[[], bool] = lambda: False, threads: int = 0,
+                  progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
     """Process a video item; returns its result fields (out, bytes, sha256, meta, ...). Raises
     ItemError for a bad file or op or a failed write (a full disk as `disk_full`, which pauses
     the batch), Paused when a stop was asked for between segments."""
     try:
-        return _process(item, pipeline, out_dir, limits, segment, report, stop, threads)
+        return _process(item, pipeline, out_dir, limits, segment, report, stop, threads, progress)
     except OSError as exc:  # writing segments or the output (PyAV's errors from FFmpeg are OSErrors too)
         if exc.errno == errno.ENOSPC:
             raise ItemError("disk_full", f"no space left writing the video's output in {out_dir}") from None
@@ -56,7 +57,8 @@ def process_video(item: dict[str, Any], pipeline: Any, out_dir: str | None, limi
 
 
 def _process(item: dict[str, Any], pipeline: Any, out_dir: str | None, limits: VideoLimits, segment: float,
-             report: Callable[[dict], None], stop: Callable[[], bool], threads: int) -> dict[str, Any]:
+             report: Callable[[dict], None], stop: Callable[[], bool], threads: int,
+             progress: Callable[[int, int], None]) -> dict[str, Any]:
     src = item["src"]
     info = probe(src, limits)
     if out_dir is None:
@@ -65,7 +67,7 @@ def _process(item: dict[str, Any], pipeline: Any, out_dir: str | None, limits: V
     st = os.stat(src)
     job = Job(src=src, info=info, plan=plan, pipeline=pipeline, out_dir=out_dir, stem=item["stem"],
               fingerprint=pipeline.fingerprint(), src_stat=[st.st_size, st.st_mtime],
-              report=report, stop=stop, threads=threads)
+              report=report, stop=stop, threads=threads, progress=progress)
     job.done = usable_segments(list(item.get("segments") or ()), job)
     reused = len(job.done)
     meta: dict[str, Any] = {"source": info.describe()}

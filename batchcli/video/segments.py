@@ -47,6 +47,7 @@ class Job:
     src_stat: list  # [size, mtime] of the input: segments of another version are not reused
     report: Callable[[dict], None] = lambda rec: None
     stop: Callable[[], bool] = lambda: False
+    progress: Callable[[int, int], None] = lambda done, total: None  # frames done, total: often, cheap
     threads: int = 0  # FFmpeg threads for decoding and encoding (0: as many as it likes)
     done: list[dict] = field(default_factory=list)  # segment records already finished (resume)
 
@@ -307,6 +308,7 @@ def transcode(job: Job, target: Target) -> list[dict]:
             for r in ([rel] if isinstance(rel, int) else rel):
                 (seg.add_frame if px.yuv else seg.add)(pic, r)
         batch = []
+        job.progress(counted + seg.frames, total)
 
     def emit(frame: Any, pts: int, next_pts: int | None) -> None:
         """Queue a source frame for the segment: once, or (fps mode) for every slot it covers."""

@@ -115,6 +115,7 @@ def extract_frames(job: Job) -> list[dict]:
                 start = pts
             last = pts
             frames += 1
+            job.progress(min(total, round((pts - origin) * info.time_base * info.rate)), total)
             picked = pick(pts, bool(frame.key_frame))
             if pick.far(pts) != skipping:
                 skipping = not skipping
