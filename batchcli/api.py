@@ -110,15 +110,16 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
                    "dedupe": cfg.dedupe, "name_template": cfg.name_template, "media": cfg.media}
     stats = discover.DiscoveryStats()
     keep = [os.path.join(paths.dir, UPLOADS)] if paths is not None else []
+    paths = paths or store.create()
+    # a generator: it runs inside write_items, and what it remembers spills into the batch folder
     found = discover.find(cfg.inputs, exts, skip_dirs=[out_dir, store.home] if out_dir else [store.home],
                           exclude=cfg.exclude or (), from_file=cfg.from_file, dedupe=cfg.dedupe,
-                          stdin=stdin, stats=stats, keep_dirs=keep)
-    paths = paths or store.create()
+                          stdin=stdin, stats=stats, keep_dirs=keep, spill_dir=paths.dir)
     try:
         namer = names.Namer(cfg.name_template if template else None, cfg.name or paths.id,
                                names.preset_name(spec))
         with open(paths.items, "wb") as fh:
-            total = discover.write_items(found, fh, namer, stats)
+            total = discover.write_items(found, fh, namer, stats, spill_dir=paths.dir)
             fh.flush()
             os.fsync(fh.fileno())
         if total == 0 and not cfg.allow_empty:

@@ -225,3 +225,44 @@ def test_a_long_list_streams(tmp_path):
 
     small, large = peak(1_000), peak(6_000)
     assert (large - small) / 5_000 < 200  # bytes per extra item; keeping the lines alone would be 280+
+
+
+def test_spill_set_answers_exactly_across_spills(tmp_path):
+    from batchcli.inputs.seen import SpillSet
+
+    rng = random.Random(7)
+    pool = [rng.getrandbits(64) for _ in range(6000)]
+    s, ref = SpillSet(str(tmp_path), spill=500), set()
+    for _ in range(20000):
+        k = rng.choice(pool) if rng.random() < 0.5 else rng.getrandbits(64)
+        want = (k | 3) not in ref  # kept keys are stored with their two low bits set
+        ref.add(k | 3)
+        assert s.add(k) is want
+    assert len(s.runs) > 10 and s.count == len(ref)
+    assert os.listdir(tmp_path) == []  # run files are open but unlinked: nothing to clean up
+    s.close()
+
+
+def test_a_long_list_gives_the_same_items_when_its_sets_spill(tmp_path, monkeypatch):
+    """Duplicates and name collisions far apart in a list: the same items.jsonl with sets that
+    spill every 40 keys as with sets held in memory."""
+    from batchcli.inputs import seen
+
+    src = tmp_path / "in"
+    for k in range(30):
+        touch(src / f"d{k % 3}" / f"img{k % 10}.{'jpg' if k % 2 else 'png'}")
+    lines = [str(p) for p in sorted(src.rglob("*.*"))] * 3 + [f"/nowhere/x{k}.jpg" for k in range(200)] * 2
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(lines) + "\n")
+
+    def items(spill_dir):
+        out = io.BytesIO()
+        stats = DiscoveryStats()
+        n = write_items(find([], from_file=str(listing), stats=stats, spill_dir=spill_dir), out, stats=stats,
+                        spill_dir=spill_dir)
+        return n, stats.duplicates, out.getvalue()
+
+    whole = items(None)
+    monkeypatch.setattr(seen, "SPILL", 40)
+    spilled = items(str(tmp_path))
+    assert spilled == whole and whole[0] == 230 and whole[1] == 60 + 200

@@ -12,7 +12,6 @@ import hashlib
 import os
 import stat
 import sys
-from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -23,6 +22,7 @@ from batchcli import jsonio
 from batchcli.argfiles import check_file, open_checked
 from batchcli.errors import ConfigError
 from batchcli.inputs.names import Namer, is_url, safe_component
+from batchcli.inputs.seen import DigestSet, SpillSet, identity_key, key64  # noqa: F401  (DigestSet: owners)
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "heic", "heif", "avif", "gif",
                       "dng", "cr2", "cr3", "nef", "arw", "raf", "orf", "rw2", "pef")
@@ -50,11 +50,11 @@ class DiscoveryStats:
     dedupe_skipped: int = 0  # --dedupe content: same bytes as an earlier item
     in_output: int = 0  # files inside the output folder (or the batch home): never re-ingested
     out_folders: list = field(default_factory=list)  # folders pruned as the output folder (or the home)
+    videos: int = 0  # items that are videos (by extension), counted by write_items
 
     def pruned(self, folder: str) -> None:
         if len(self.out_folders) < 5:  # a few, to name them
             self.out_folders.append(folder)
-    videos: int = 0  # items that are videos (by extension), counted by write_items
 
 
 def parse_exts(exts: Iterable[str] | None, media: str = "image") -> tuple[str, ...]:
@@ -73,73 +73,6 @@ def parse_exts(exts: Iterable[str] | None, media: str = "image") -> tuple[str, .
     if not out:
         raise ConfigError("--ext: no extension given")
     return tuple(out)
-
-
-_MASK64 = (1 << 64) - 1
-
-
-class DigestSet:
-    """A set of 16-byte digests in one flat array of 64-bit words (open addressing, linear
-    probing): about 32-64 bytes per member and no Python object per member. `wide=False` keeps
-    only 8 bytes of each digest (half the memory), for sets where a rare false "already there"
-    does no harm (it only renames an output)."""
-
-    def __init__(self, capacity: int = 1024, wide: bool = True):
-        self._w = 2 if wide else 1
-        cap = 1
-        while cap < capacity:
-            cap <<= 1
-        self._alloc(cap)
-        self.count = 0
-
-    def _alloc(self, cap: int) -> None:
-        self._mask = cap - 1
-        self._slots = array("Q", bytes(8 * self._w * cap))
-
-    def add(self, digest: bytes) -> bool:
-        """Add; True when the digest was not there before."""
-        hi = int.from_bytes(digest[:8], "little")
-        if self._w == 1:
-            hi = lo = hi | 1  # never 0: 0 marks an empty slot
-        else:
-            lo = int.from_bytes(digest[8:16], "little") | 1
-        return self._add(hi, lo)
-
-    def add_pair(self, hi: int, lo: int) -> bool:
-        """Add a key given as two unsigned 64-bit numbers (e.g. inode and device, exactly);
-        True when it was not there before."""
-        lo = ((lo << 1) | 1) & _MASK64 if self._w == 2 else (hi | 1) & _MASK64
-        hi = (hi * 0x9E3779B97F4A7C15) & _MASK64  # odd multiplier: one-to-one, and spreads runs
-        return self._add(lo if self._w == 1 else hi, lo)
-
-    def _add(self, hi: int, lo: int) -> bool:
-        if self._insert(hi, lo):
-            self.count += 1
-            if self.count * 2 > self._mask:
-                self._grow()
-            return True
-        return False
-
-    def _insert(self, hi: int, lo: int) -> bool:
-        slots, mask, w = self._slots, self._mask, self._w
-        j = (hi >> 1) & mask
-        while True:
-            k = j * w
-            last = slots[k + w - 1]
-            if last == 0:
-                slots[k] = hi
-                slots[k + w - 1] = lo
-                return True
-            if last == lo and slots[k] == hi:
-                return False
-            j = (j + 1) & mask
-
-    def _grow(self) -> None:
-        old, w = self._slots, self._w
-        self._alloc((self._mask + 1) * 2)
-        for k in range(0, len(old), w):
-            if old[k + w - 1]:
-                self._insert(old[k], old[k + w - 1])
 
 
 def _digest(*parts: str | bytes) -> bytes:
@@ -171,7 +104,8 @@ def file_digest(path: str) -> bytes | None:
 
 class _Resolver:
     def __init__(self, exts: Iterable[str] | None, skip_dirs: Iterable[str | None], exclude: Iterable[str],
-                 dedupe: str | None, stats: DiscoveryStats, multi: bool, keep_dirs: Iterable[str] = ()):
+                 dedupe: str | None, stats: DiscoveryStats, multi: bool, keep_dirs: Iterable[str] = (),
+                 spill_dir: str | None = None):
         self.exts = frozenset(parse_exts(exts))
         self.skip = {os.path.realpath(d) for d in skip_dirs if d}
         self.keep = tuple(os.path.realpath(d).rstrip(os.sep) + os.sep for d in keep_dirs)
@@ -179,7 +113,7 @@ class _Resolver:
         self.dedupe = dedupe
         self.stats = stats
         self.multi = multi
-        self.seen = DigestSet()  # identity of every item: (device, inode), or the path / URL
+        self.seen = SpillSet(spill_dir)  # identity of every item: (device, inode), or the path / URL
         self.contents = DigestSet() if dedupe == "content" else None
         self.roots: list[str] = []  # folders walked so far (real paths)
         self.labels: dict[str, int] = {}
@@ -231,7 +165,7 @@ class _Resolver:
             except OSError:
                 st = None
         if st is None:  # broken symlink, vanished or missing file: the worker reports it on its own item
-            if not self.seen.add(_digest("p", os.path.abspath(path))):
+            if not self.seen.add(key64(_digest("p", os.path.abspath(path)))):
                 self.stats.duplicates += 1
                 return
             yield Found(path, rel)
@@ -239,7 +173,7 @@ class _Resolver:
         if not walked and self.skip and self.in_skip(self.real(path)):
             self.stats.in_output += 1
             return
-        if not self.seen.add_pair(st.st_ino, st.st_dev):  # exact: no two files ever share it
+        if not self.seen.add(identity_key(st.st_ino, st.st_dev)):  # exact on one file system
             self.stats.duplicates += 1
             return
         if self.contents is not None:
@@ -263,7 +197,7 @@ class _Resolver:
         if self.excluded(url, rel):
             self.stats.excluded += 1
             return
-        if not self.seen.add(_digest("u", url)):
+        if not self.seen.add(key64(_digest("u", url))):
             self.stats.duplicates += 1
             return
         yield Found(url, rel)
@@ -428,32 +362,35 @@ def iter_list(fh: IO[bytes]) -> Iterator[str]:
 def find(inputs: list[str], exts: Iterable[str] | None = None, skip_dirs: Iterable[str | None] = (), *,
          exclude: Iterable[str] = (), from_file: str | None = None, dedupe: str | None = None,
          stdin: IO[bytes] | None = None, stats: DiscoveryStats | None = None,
-         keep_dirs: Iterable[str] = ()) -> Iterator[Found]:
+         keep_dirs: Iterable[str] = (), spill_dir: str | None = None) -> Iterator[Found]:
     """Resolve inputs to Found items, in order, without duplicates.
 
     `inputs` are files, folders, glob patterns, URLs, or "-" (a list on stdin); `from_file` is a
     list file ("-" = stdin) read after them. List lines that are relative paths are relative to
     the list's folder (the current folder for stdin). Nothing under `skip_dirs` is read, except
-    under `keep_dirs`."""
+    under `keep_dirs`. `spill_dir`: where the identities seen may spill (inputs/seen.py)."""
     if dedupe not in (None, "content"):
         raise ConfigError(f"--dedupe {dedupe}: expected 'content'")
     if from_file == "-" and "-" in inputs or inputs.count("-") > 1:
         raise ConfigError("stdin can be read only once: give - once (as an input or as --from-file -)")
     sources = len(inputs) + (1 if from_file else 0)
     res = _Resolver(exts, skip_dirs, exclude or (), dedupe, stats or DiscoveryStats(), multi=sources > 1,
-                    keep_dirs=keep_dirs)
-    for raw in inputs:
-        if raw == "-":
+                    keep_dirs=keep_dirs, spill_dir=spill_dir)
+    try:
+        for raw in inputs:
+            if raw == "-":
+                yield from _from_list(res, stdin if stdin is not None else sys.stdin.buffer, os.getcwd())
+            else:
+                yield from res.argument(raw)
+        if from_file == "-":
             yield from _from_list(res, stdin if stdin is not None else sys.stdin.buffer, os.getcwd())
-        else:
-            yield from res.argument(raw)
-    if from_file == "-":
-        yield from _from_list(res, stdin if stdin is not None else sys.stdin.buffer, os.getcwd())
-    elif from_file:
-        path = os.path.abspath(os.path.expanduser(from_file))
-        fd, _ = open_checked(path, "--from-file", "list")
-        with os.fdopen(fd, "rb") as fh:
-            yield from _from_list(res, fh, os.path.dirname(path))
+        elif from_file:
+            path = os.path.abspath(os.path.expanduser(from_file))
+            fd, _ = open_checked(path, "--from-file", "list")
+            with os.fdopen(fd, "rb") as fh:
+                yield from _from_list(res, fh, os.path.dirname(path))
+    finally:
+        res.seen.close()
 
 
 def _from_list(res: _Resolver, fh: IO[bytes], base: str) -> Iterator[Found]:
@@ -483,31 +420,33 @@ class ItemWriter:
     case-insensitively), one items.jsonl line each. A batch that grows (`watch`) keeps one and
     seeds it with the items it already has."""
 
-    def __init__(self, fh: IO[bytes], namer: Namer | None = None, stats: DiscoveryStats | None = None):
+    def __init__(self, fh: IO[bytes], namer: Namer | None = None, stats: DiscoveryStats | None = None,
+                 spill_dir: str | None = None):
         self.fh, self.namer, self.stats = fh, namer or Namer(), stats
-        self.taken = DigestSet(wide=False)
+        self.taken = SpillSet(spill_dir)  # names given (a rare false "taken" would only rename)
         self.n = 0
 
     def seed(self, rec: dict) -> None:
         """An item the batch already has: its number and stem are taken."""
         self.n = max(self.n, rec["i"] + 1)
         ext = os.path.splitext(rec.get("rel") or "")[1]
-        self.taken.add_pair(hash(("with-ext", rec["stem"].casefold(), ext.casefold())), 0)
-        self.taken.add_pair(hash(rec["stem"].casefold()), 0)
+        self.taken.add(hash(("with-ext", rec["stem"].casefold(), ext.casefold())), keep=False)
+        self.taken.add(hash(rec["stem"].casefold()))
 
     def add(self, f: Found) -> dict:
         taken, namer, n = self.taken, self.namer, self.n
         stem, ext = namer.candidate(n, f)
         out = stem
-        new_name = taken.add_pair(hash(("with-ext", stem.casefold(), ext.casefold())), 0)
-        if not taken.add_pair(hash(out.casefold()), 0):
+        # (stem, ext) seen before: a hint only (a list of millions may forget it: a_jpg, not a_2)
+        new_name = taken.add(hash(("with-ext", stem.casefold(), ext.casefold())), keep=False)
+        if not taken.add(hash(out.casefold())):
             # a.jpg and a.png in one folder (default naming): the second becomes a_png; then _2, _3...
             by_ext = namer.template is None and ext and new_name
             base = f"{stem}_{ext.lstrip('.').lower()}" if by_ext else stem
             out, k = base, 2
             if base == stem:
                 out, k = f"{base}_2", 3
-            while not taken.add_pair(hash(out.casefold()), 0):
+            while not taken.add(hash(out.casefold())):
                 out, k = f"{base}_{k}", k + 1
         rec = {"i": n, "src": f.src, "rel": f.rel, "stem": out, "size": f.size, "mtime": f.mtime}
         if f.ino:
@@ -522,12 +461,15 @@ class ItemWriter:
 
 
 def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = None,
-                stats: DiscoveryStats | None = None) -> int:
+                stats: DiscoveryStats | None = None, spill_dir: str | None = None) -> int:
     """Write items.jsonl (see ItemWriter); mark videos (`"video": 1`, counted in `stats`).
-    Returns the count."""
-    w = ItemWriter(fh, namer, stats)
-    for f in found:
-        w.add(f)
+    `spill_dir`: where the names given may spill (inputs/seen.py). Returns the count."""
+    w = ItemWriter(fh, namer, stats, spill_dir)
+    try:
+        for f in found:
+            w.add(f)
+    finally:
+        w.taken.close()
     return w.n
 
 
