@@ -208,9 +208,14 @@ def test_preset_name_from_the_pipeline_spec():
     assert preset_name([{"name": "resize"}]) == "none"
 
 
-def test_a_long_list_streams(tmp_path):
+def test_a_long_list_streams(tmp_path, monkeypatch):
     """Memory per item is the fixed-size digests of the seen-sets, whatever the length of the
-    paths: no line, path or Found is kept once written."""
+    paths: no line, path or Found is kept once written. (The sets' first keys sit in a Python
+    set of bounded size, seen.SET_KEYS; here they go to the flat tables at once.)"""
+    from batchcli.inputs import seen
+
+    monkeypatch.setattr(seen, "SET_KEYS", 16)
+
     def peak(n: int) -> int:
         listing = tmp_path / f"list{n}.txt"
         with open(listing, "w") as fh:
@@ -241,6 +246,21 @@ def test_spill_set_answers_exactly_across_spills(tmp_path):
     assert len(s.runs) > 10 and s.count == len(ref)
     assert os.listdir(tmp_path) == []  # run files are open but unlinked: nothing to clean up
     s.close()
+
+
+def test_spill_set_answers_exactly_from_its_set_to_its_table(monkeypatch):
+    from batchcli.inputs import seen
+
+    monkeypatch.setattr(seen, "SET_KEYS", 300)
+    rng = random.Random(11)
+    pool = [rng.getrandbits(64) for _ in range(2000)]
+    s, ref = seen.SpillSet(None), set()
+    for n in range(6000):
+        k, keep = rng.choice(pool), n % 3 != 0
+        stored = (k | 3) if keep else (k | 1) & ~2
+        assert s.add(k, keep=keep) is (stored not in ref)
+        ref.add(stored)
+    assert s.fast is None and s.count == len(ref) and not s.runs
 
 
 def test_a_long_list_gives_the_same_items_when_its_sets_spill(tmp_path, monkeypatch):

@@ -177,13 +177,18 @@ def replay(path: str, total: int, use_snapshot: bool = True, base: Replay | None
         st.counts[PENDING] = total
     pos = [st.offset, st.lines]
     for rec in iter_records(path, st.bad, start=st.offset, first_line=st.lines + 1, pos=pos):
-        st.records += 1
-        st.last_seq = rec.get("seq", st.last_seq)
-        _fold(st, rec)
+        fold(st, rec)
         if on_record is not None:
             on_record(st, rec)
     st.offset, st.lines = pos
     return st
+
+
+def fold(st: Replay, rec: dict[str, Any]) -> None:
+    """One record, as written, into the state (what `replay` does with each line)."""
+    st.records += 1
+    st.last_seq = rec.get("seq", st.last_seq)
+    _fold(st, rec)
 
 
 def _fold(st: Replay, rec: dict[str, Any]) -> None:
@@ -266,12 +271,20 @@ def _prefix_crc(path: str, length: int) -> int | None:
 def checkpoint(path: str, total: int) -> Replay:
     """Fold the journal and save the fold as a snapshot beside it, so later replays read only
     what was appended since. Call it only while holding the batch lock (the runner, at exit)."""
+    st = replay(path, total)
+    save_snapshot(path, st)
+    return st
+
+
+def save_snapshot(path: str, st: Replay) -> None:
+    """Save `st`, the fold of the journal at `path` up to `st.offset`, as its snapshot (see
+    `checkpoint`; the lock holder only)."""
     from batchcli.atomic import atomic_write
 
-    st = replay(path, total)
     crc = _prefix_crc(path, st.offset)
     if crc is None:
-        return st
+        return
+    total = st.total
     head = {
         "v": 1, "offset": st.offset, "lines": st.lines, "crc": crc, "total": total,
         "header": st.header, "state": st.state, "reason": st.reason,
@@ -283,7 +296,6 @@ def checkpoint(path: str, total: int) -> Replay:
         "schedule": st.schedule,
     }
     atomic_write(path + SNAPSHOT_SUFFIX, jsonio.dumps(head) + b"\n" + bytes(st.items))
-    return st
 
 
 _RUN_STARTS = (b'"type":"batch_started"', b'"type":"batch_resumed"', b'"type":"batch_scheduled"',
@@ -417,6 +429,14 @@ class JournalWriter:
         if len(self._buf) >= GROUP_COMMIT_RECORDS:
             self.sync()
         return rec
+
+    def append_encoded(self, lines: list[bytes], last_seq: int) -> None:
+        """Records already encoded (`encode`), numbered after this writer's last one up to
+        `last_seq`: written with the next sync, as `append` would have."""
+        self._buf.extend(lines)
+        self.seq = last_seq
+        if len(self._buf) >= GROUP_COMMIT_RECORDS:
+            self.sync()
 
     def maybe_sync(self) -> None:
         """Call often: commits the pending group when it is old enough."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -179,39 +180,106 @@ _EXT_OF_SOURCE = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "ti
 def check_outputs_off_inputs(items_path: str, out_dir: str | None, lanes: Lanes) -> None:
     """Raise ConfigError (exit 2) when an item's output path is an input file itself (same
     device and inode: reached through a bind mount, a symbolic link or a hard link), before
-    any work. Free when the output folder is empty."""
+    any work. Free when the output folder is empty; otherwise one listing per output folder
+    (a stat per output only where a listing cannot tell: links, mount points, unusual file
+    systems)."""
     if not out_dir or not _has_entries(out_dir):
         return
-    from batchcli.inputs.discover import DigestSet, iter_items
+    from batchcli.inputs.discover import iter_items
+    from batchcli.inputs.seen import SpillSet, identity_key
 
-    existing = DigestSet()  # identities of the output paths that exist already
-    for _rec, _path, st in _planned(items_path, out_dir, lanes):
-        existing.add_pair(st.st_ino, st.st_dev)
-    if not existing.count:
-        return
-    for rec in iter_items(items_path):  # inputs are distinct files: adding one never hides another
-        if rec.get("ino") and not existing.add_pair(rec["ino"], rec["dev"]):
-            for _other, path, st in _planned(items_path, out_dir, lanes):
-                if (st.st_dev, st.st_ino) == (rec["dev"], rec["ino"]):
-                    raise ConfigError(
-                        f"--out {out_dir}: the output {path} would replace the input {rec['src']} (the same "
-                        f"file, device {st.st_dev} inode {st.st_ino}, reached through a bind mount, a symbolic "
-                        "link or a hard link); choose another --out")
+    existing = SpillSet()  # identities of the output paths that exist already
+    try:
+        for _rec, _path, dev, ino in _existing(items_path, out_dir, lanes):
+            existing.add(identity_key(ino, dev))
+        if not existing.count:
+            return
+        for rec in iter_items(items_path):  # inputs are distinct files: adding one never hides another
+            if rec.get("ino") and not existing.add(identity_key(rec["ino"], rec["dev"])):
+                for _other, path, dev, ino in _existing(items_path, out_dir, lanes):
+                    if (dev, ino) == (rec["dev"], rec["ino"]):
+                        raise ConfigError(
+                            f"--out {out_dir}: the output {path} would replace the input {rec['src']} (the same "
+                            f"file, device {dev} inode {ino}, reached through a bind mount, a symbolic "
+                            "link or a hard link); choose another --out")
+    finally:
+        existing.close()
 
 
-def _planned(items_path: str, out_dir: str, lanes: Lanes) -> Iterator[tuple[dict, str, os.stat_result]]:
-    """(item, output path, its stat) for each output path of an item that exists already."""
+LISTED_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "jfs", "reiserfs", "zfs"})
+"""File systems whose folder listings give each entry's inode as its stat does (d_ino)."""
+LISTINGS = 64
+"""Output folders whose listing is kept at once (variants alternate between their folders)."""
+
+
+def _existing(items_path: str, out_dir: str, lanes: Lanes) -> Iterator[tuple[dict, str, int, int]]:
+    """(item, output path, device, inode) for each output path of an item that exists already."""
     from batchcli.inputs.discover import iter_items
 
+    mounts = _mounts()
+    listings: dict[str, tuple[dict | None, int]] = {}
     for rec in iter_items(items_path):
         src_ext = os.path.splitext(rec["src"])[1].lower().lstrip(".")
         for to_stem, out_ext in lanes:
             stem = rec["stem"] if to_stem is None else to_stem(rec["stem"])
             path = os.path.join(out_dir, f"{stem}.{out_ext or _EXT_OF_SOURCE.get(src_ext, 'png')}")
+            folder, name = os.path.split(path)
+            got = listings.get(folder)
+            if got is None:
+                if len(listings) >= LISTINGS:
+                    del listings[next(iter(listings))]
+                got = listings[folder] = _listing(folder, mounts)
+            listing, dev = got
+            if listing is not None:
+                entry = listing.get(name)
+                if entry is None:
+                    continue
+                if not entry.is_symlink():
+                    yield rec, path, dev, entry.inode()
+                    continue
             try:
-                yield rec, path, os.stat(path)
+                st = os.stat(path)
             except OSError:
                 continue
+            yield rec, path, st.st_dev, st.st_ino
+
+
+def _listing(folder: str, mounts: list[tuple[str, str]] | None) -> tuple[dict | None, int]:
+    """A folder's entries by name and its device; (None, 0) where each path must be stat'ed:
+    a mount point inside it, a file system whose listings may not give the inodes stat gives,
+    or a folder that cannot be listed."""
+    if mounts is None:
+        return None, 0
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return {}, 0  # no such folder: nothing in it exists
+    real = os.path.realpath(folder)
+    fstype = next((t for m, t in mounts if real == m or real.startswith(m.rstrip("/") + "/")), None)
+    if fstype not in LISTED_FS or any(m.startswith(real + "/") for m, _ in mounts):
+        return None, 0
+    try:
+        with os.scandir(folder) as it:
+            return {e.name: e for e in it}, st.st_dev
+    except OSError:
+        return None, 0
+
+
+def _mounts() -> list[tuple[str, str]] | None:
+    """(mount point, file system type), the longest first; None when they cannot be read."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as fh:
+            lines = fh.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return None
+    out = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split(" ")
+        if len(fields) > 4 and right:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            out.append((point, right.split(" ")[0]))
+    return sorted(out, key=lambda m: len(m[0]), reverse=True)
 
 
 def _has_entries(folder: str) -> bool:

@@ -12,6 +12,7 @@ picture for `status`, `export` and `verify`. Everything else runs as in `start`.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,17 @@ from typing import Any
 import orjson
 
 from batchcli.engine.catalog import KIND_NONE, KIND_OUT, KIND_ROUTED, Catalog
-from batchcli.engine.journal import FAILED, JournalWriter, decode, iter_matching, replay
+from batchcli.engine.journal import (
+    FAILED,
+    GROUP_COMMIT_RECORDS,
+    JournalWriter,
+    decode,
+    encode,
+    fold,
+    iter_matching,
+    replay,
+    save_snapshot,
+)
 from batchcli.engine.store import BatchPaths, Store
 from batchcli.errors import ItemError
 from batchcli.inputs.discover import iter_items
@@ -269,7 +280,8 @@ def _copy_meta(store: Store, records: list[dict[str, Any]]) -> None:
 
 def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
     """Append the up-to-date items' records to a new batch's journal (it has no runner yet),
-    as one durable write."""
+    as one durable write, and save the fold as the journal's snapshot: the runner, `status`
+    and the rest read the snapshot instead of decoding every reused record again."""
     from filelock import FileLock
 
     from batchcli.engine.liveness import take_lock
@@ -280,14 +292,32 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
         raise BatchLocked(f"batch {paths.id} is held by a live runner")
     try:
         st = replay(paths.journal, int(paths.load_manifest()["total"]))
+        clean = st.offset == os.path.getsize(paths.journal)  # no torn tail: the fold is the file's
         j = JournalWriter(paths.journal, st.last_seq, durable=False)
+        seq, t, written = st.last_seq, round(time.time(), 3), 0
+        lines: list[bytes] = []
         try:
             for rec in records:
-                j.append("item_failed" if "error_class" in rec else "item_completed", **rec)
+                seq += 1
+                full = {"seq": seq, "t": t, "type": "item_failed" if "error_class" in rec else "item_completed", **rec}
+                line = encode(full)
+                lines.append(line)
+                written += len(line)
+                fold(st, full)
+                if len(lines) >= GROUP_COMMIT_RECORDS:
+                    j.append_encoded(lines, seq)
+                    lines = []
+            j.append_encoded(lines, seq)
         finally:
             j.close()
         with open(paths.journal, "rb") as fh:
             os.fsync(fh.fileno())
+        if clean and records:
+            st.offset, st.lines = st.offset + written, st.lines + len(records)
+            try:
+                save_snapshot(paths.journal, st)
+            except OSError:  # a cache: the journal alone is the truth
+                pass
     finally:
         lock.release()
 
