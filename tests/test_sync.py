@@ -233,3 +233,32 @@ def test_checksum_reuses_across_a_fresh_checkout(tmp_path):
     assert "4 up to date (reused), 1 to process (0 new, 1 changed)" in r.stdout
     assert [os.path.basename(p) for p in seen.read_text().splitlines()] == ["img004.tif"]
     assert set(_outputs(out)) == set(before)
+
+
+def _catalog_rows(home, batch_id) -> tuple[list, list]:
+    """The catalog's items and outputs rows of a batch (without its key)."""
+    from batchcli.engine.catalog import Catalog
+
+    with Catalog(str(home)) as cat:
+        cat.refresh()
+        (bkey,) = cat.db.execute("SELECT bkey FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+        return ([r[1:] for r in cat.db.execute("SELECT * FROM items WHERE bkey = ? ORDER BY i", (bkey,))],
+                sorted(r[1:] for r in cat.db.execute("SELECT * FROM outputs WHERE bkey = ?", (bkey,))))
+
+
+def test_reused_results_are_in_the_catalog_as_a_rebuild_from_the_journals_has_them(tmp_path):
+    """A sync indexes the results it reuses by copying their catalog rows (not folding its
+    journal): the rows are those a catalog rebuilt from the journals has, variants included."""
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_tree(src, n=5)
+    args = ("sync", src, "--out", out, "-p", "resize 32x32", "--variant", "small=resize 8x8 | convert png",
+            "--variant", "big=convert jpg", "-w", "1", "--min-free-space", "0")
+    assert run(home, *args).returncode == 0
+    r = run(home, *args)
+    assert r.returncode == 0 and "5 up to date (reused)" in r.stdout, r.stdout + r.stderr
+    second = _latest(home)["batch_id"]
+    items, outputs = _catalog_rows(home, second)
+    assert len(outputs) == 10 and all(row[-1] == 1 for row in outputs)  # two files an item, current
+    for p in home.glob("catalog.sqlite*"):
+        p.unlink()
+    assert _catalog_rows(home, second) == (items, outputs)

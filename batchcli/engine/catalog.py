@@ -402,16 +402,58 @@ class Catalog:
 
     def results_of(self, batch_id: str) -> Iterator[tuple]:
         """For `sync`: a batch's current results with their input's identity, as tuples (input
-        device, inode, size, mtime, batch id, record seq, kind, rel, sha256 hex, size, mtime),
-        one per file of a result (each variant's output, a routed link; or one without a
+        device, inode, size, mtime, batch id, record seq, kind, rel, sha256 hex, size, mtime,
+        item), one per file of a result (each variant's output, a routed link; or one without a
         file). No refresh."""
         cur = self.db.execute(
             f"""SELECT it.dev, it.ino, COALESCE(o.src_size, it.size), COALESCE(o.src_mtime, it.mtime), b.batch_id,
-                       o.seq, o.kind, o.rel, o.sha256, o.size, o.mtime
+                       o.seq, o.kind, o.rel, o.sha256, o.size, o.mtime, o.i
                 FROM {_OUTPUT_FROM} WHERE b.batch_id = ? AND o.current = 1 AND it.ino IS NOT NULL""", (batch_id,))
+        fsdecode = os.fsdecode
         for r in cur:
-            yield (r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else os.fsdecode(r[7]),
-                   None if r[8] is None else r[8].hex(), r[9], r[10])
+            yield (r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else fsdecode(r[7]),
+                   None if r[8] is None else r[8].hex(), r[9], r[10], r[11])
+
+    def add_copies(self, batch_id: str, copies: list[tuple[int, int, str, int]], t: float, before: int,
+                   after: int) -> bool:
+        """For `sync`: index the completions a new batch copied from earlier results in SQL,
+        instead of folding them from its journal: the rows are those `refresh` would make of
+        them. `copies`: (item, record seq, source batch id, source item); `t`: the records'
+        time; `before` and `after`: the journal's size right before and after the records were
+        appended (the catalog must have indexed it up to `before`). Returns False, doing nothing, when the
+        catalog is elsewhere (a later refresh folds the records from the journal)."""
+        db = self.db
+        journal = os.path.join(self.store.batches_dir, batch_id, "journal.jsonl")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT bkey, j_offset, out_dev, out_ino, j_dev, j_ino FROM batches WHERE batch_id = ?",
+                             (batch_id,)).fetchone()
+            st = os.stat(journal)
+            if row is None or row[1] != before or row[4:] != (st.st_dev, st.st_ino) or st.st_size != after:
+                db.execute("ROLLBACK")
+                return False
+            bkey, _, out_dev, out_ino, _, _ = row
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS copies (i INTEGER, seq INTEGER, src TEXT, src_i INTEGER)")
+            db.execute("DELETE FROM temp.copies")
+            db.executemany("INSERT INTO temp.copies VALUES (?, ?, ?, ?)", copies)
+            # as _Folder._rows: a file-less result has no digest, size or mtime; src_stat is not copied
+            db.execute(
+                """INSERT OR REPLACE INTO outputs (bkey, i, kind, rel, sha256, size, mtime, written_at, seq,
+                       src_size, src_mtime, out_dev, out_ino, current)
+                   SELECT ?, c.i, o.kind, o.rel, CASE o.kind WHEN 2 THEN NULL ELSE o.sha256 END,
+                          CASE o.kind WHEN 2 THEN NULL ELSE o.size END, CASE o.kind WHEN 2 THEN NULL ELSE o.mtime END,
+                          ?, c.seq, NULL, NULL, ?, ?, 1
+                   FROM temp.copies c JOIN batches b ON b.batch_id = c.src
+                   JOIN outputs o ON o.bkey = b.bkey AND o.i = c.src_i AND o.current = 1""",
+                (bkey, t, out_dev, out_ino))
+            db.execute("DELETE FROM temp.copies")
+            db.execute("UPDATE batches SET j_dev=?, j_ino=?, j_offset=?, j_tail=? WHERE bkey=?",
+                       (st.st_dev, st.st_ino, after, _tail_crc(journal, after), bkey))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return True
 
     def counts(self) -> dict[str, int]:
         db = self.db

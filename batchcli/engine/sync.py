@@ -11,7 +11,9 @@ picture for `status`, `export` and `verify`. Everything else runs as in `start`.
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -243,7 +245,7 @@ def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncP
         for row in found:
             if row[6] == KIND_ROUTED:
                 rec["routed"] = row[7]
-        rec.update(ms=0.0, reused_from=main[4], _seq=main[5])
+        rec.update(ms=0.0, reused_from=main[4], _seq=main[5], _src=main[11])
         records.append(rec)
         p.reused += 1
         p.from_batches[main[4]] += 1
@@ -296,9 +298,13 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
         j = JournalWriter(paths.journal, st.last_seq, durable=False)
         seq, t, written = st.last_seq, round(time.time(), 3), 0
         lines: list[bytes] = []
+        copies: list[tuple[int, int, str, int]] = []  # (item, seq, the batch and item it copies): for the catalog
         try:
             for rec in records:
                 seq += 1
+                src = rec.pop("_src", None)
+                if src is not None:
+                    copies.append((rec["i"], seq, rec["reused_from"], src))
                 full = {"seq": seq, "t": t, "type": "item_failed" if "error_class" in rec else "item_completed", **rec}
                 line = encode(full)
                 lines.append(line)
@@ -313,11 +319,15 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
         with open(paths.journal, "rb") as fh:
             os.fsync(fh.fileno())
         if clean and records:
+            before = st.offset
             st.offset, st.lines = st.offset + written, st.lines + len(records)
-            try:
+            try:  # caches: the journal alone is the truth
                 save_snapshot(paths.journal, st)
-            except OSError:  # a cache: the journal alone is the truth
-                pass
+                if copies:
+                    with Catalog(paths.home) as cat:
+                        cat.add_copies(paths.id, copies, t, before, st.offset)
+            except (OSError, sqlite3.Error) as exc:
+                logging.getLogger("batchcli.sync").warning("sync: %s (the journal has every record)", exc)
     finally:
         lock.release()
 
