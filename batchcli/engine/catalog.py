@@ -400,19 +400,17 @@ class Catalog:
         return [r[0] for r in self.db.execute(f"SELECT batch_id FROM batches WHERE {where} AND fingerprint = ? "
                                               "ORDER BY batch_id DESC", (out_dev, out_ino, fingerprint))]
 
-    def results_of(self, batch_id: str) -> Iterator[tuple]:
+    def results_of(self, batch_id: str) -> list[tuple]:
         """For `sync`: a batch's current results with their input's identity, as tuples (input
-        device, inode, size, mtime, batch id, record seq, kind, rel, sha256 hex, size, mtime,
-        item), one per file of a result (each variant's output, a routed link; or one without a
-        file). No refresh."""
-        cur = self.db.execute(
+        device, inode, size, mtime, batch id, record seq, kind, rel as bytes, sha256 hex, size,
+        mtime, item), one per file of a result (each variant's output, a routed link; or one
+        without a file). In one query, converted by SQLite. No refresh."""
+        return self.db.execute(
             f"""SELECT it.dev, it.ino, COALESCE(o.src_size, it.size), COALESCE(o.src_mtime, it.mtime), b.batch_id,
-                       o.seq, o.kind, o.rel, o.sha256, o.size, o.mtime, o.i
-                FROM {_OUTPUT_FROM} WHERE b.batch_id = ? AND o.current = 1 AND it.ino IS NOT NULL""", (batch_id,))
-        fsdecode = os.fsdecode
-        for r in cur:
-            yield (r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else fsdecode(r[7]),
-                   None if r[8] is None else r[8].hex(), r[9], r[10], r[11])
+                       o.seq, o.kind, o.rel, CASE WHEN o.sha256 IS NULL THEN NULL ELSE lower(hex(o.sha256)) END,
+                       o.size, o.mtime, o.i
+                FROM {_OUTPUT_FROM} WHERE b.batch_id = ? AND o.current = 1 AND it.ino IS NOT NULL""",
+            (batch_id,)).fetchall()
 
     def add_copies(self, batch_id: str, copies: list[tuple[int, int, str, int]], t: float, before: int,
                    after: int) -> bool:

@@ -165,26 +165,28 @@ def _earlier_contents(store: Store, cat: Catalog, man: dict[str, Any], me: str) 
     return {}
 
 
-def _still_there(out_dir: str | None, row: tuple) -> bool:
-    """The output is on disk as it was written (size and mtime as recorded)."""
+def _still_there(out_dir: bytes | None, row: tuple) -> bool:
+    """The output is on disk as it was written (size and mtime as recorded: like rsync without
+    --checksum, the file is not read). `out_dir` ends with a slash."""
     kind, rel, size, mtime = row[6], row[7], row[9], row[10]
     if kind == KIND_NONE:
         return True
     if not out_dir or not rel:
         return False
     try:
-        st = os.stat(os.path.join(out_dir, rel))
+        st = os.lstat(out_dir + rel)
     except OSError:
         return False
     return st.st_size == size and (mtime is None or st.st_mtime == mtime)
 
 
-def _names_match(files: list[tuple], stem: str, lanes: list) -> bool:
-    """The result's files are the ones this item would write now (every variant, same names)."""
+def _names_match(files: list[tuple], stem: bytes, lanes: list) -> bool:
+    """The result's files are the ones this item would write now (every variant, same names).
+    Names as bytes, as the catalog has them."""
     if len(lanes) == 1 and lanes[0][0] is None and len(files) == 1:  # one output, named by the stem
         rel = files[0][7]
         return rel.startswith(stem) and os.path.splitext(rel)[0] == stem
-    stems = {stem if to_stem is None else to_stem(stem) for to_stem, _ in lanes}
+    stems = {stem if to_stem is None else os.fsencode(to_stem(os.fsdecode(stem))) for to_stem, _ in lanes}
     return sorted(os.path.splitext(row[7])[0] for row in files) == sorted(stems)
 
 
@@ -203,6 +205,8 @@ def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncP
         earlier = _earlier(store, cat, man) if man.get("out_dev") is not None or not out_dir else {}
         failures = _earlier_failures(store, cat, man, paths.id)
         by_name = _earlier_contents(store, cat, man, paths.id) if checksum else {}
+    out_b = os.fsencode(os.path.join(out_dir, "")) if out_dir else None
+    fsencode, fsdecode = os.fsencode, os.fsdecode
     p = SyncPlan()
     if checksum:
         p.contents = input_contents(paths)
@@ -232,8 +236,8 @@ def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncP
         files = [row for row in found if row[6] == KIND_OUT]
         main = files[0] if files else next((row for row in found if row[6] == KIND_NONE), None)
         ok = (main is not None and (same_content or (main[2], main[3]) == (item.get("size"), item.get("mtime")))
-              and (main[6] == KIND_NONE or _names_match(files, item["stem"], lanes))
-              and all(_still_there(out_dir, row) for row in found))
+              and (main[6] == KIND_NONE or _names_match(files, fsencode(item["stem"]), lanes))
+              and (_still_there(out_b, main) if len(found) == 1 else all(_still_there(out_b, row) for row in found)))
         if not ok:
             p.changed += 1
             if len(p.todo) < TODO_LISTED:
@@ -241,10 +245,10 @@ def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncP
             continue
         rec: dict[str, Any] = {"i": item["i"]}
         if main[6] == KIND_OUT:
-            rec.update(out=main[7], bytes=main[9], sha256=main[8], mtime=main[10])
+            rec.update(out=fsdecode(main[7]), bytes=main[9], sha256=main[8], mtime=main[10])
         for row in found:
             if row[6] == KIND_ROUTED:
-                rec["routed"] = row[7]
+                rec["routed"] = fsdecode(row[7])
         rec.update(ms=0.0, reused_from=main[4], _seq=main[5], _src=main[11])
         records.append(rec)
         p.reused += 1

@@ -142,7 +142,9 @@ class _Resolver:
         return any(real == s or real.startswith(s.rstrip(os.sep) + os.sep) for s in self.skip)
 
     def ext_ok(self, name: str) -> bool:
-        return os.path.splitext(name)[1].lower().lstrip(".") in self.exts
+        """The extension (os.path.splitext's, without its dot) is one of ours."""
+        dot, base = name.rfind("."), name.rfind(os.sep) + 1
+        return dot > base and bool(name[base:dot].strip(".")) and name[dot + 1:].lower() in self.exts
 
     def label(self, path: str) -> str:
         name = os.path.basename(os.path.realpath(path).rstrip(os.sep)) or "root"
@@ -156,7 +158,7 @@ class _Resolver:
         """One candidate file -> at most one Found (duplicates, exclusions and the output folder
         dropped). `walked`: not a symlink, found in a folder walk whose folder is not skipped.
         `stat_done`: `st` is the result of os.stat already (None: the path cannot be stat'ed)."""
-        if (self.excluded(rel, os.path.basename(rel)) if walked else self.excluded_path(rel)):
+        if self.exclude and (self.excluded(rel, os.path.basename(rel)) if walked else self.excluded_path(rel)):
             self.stats.excluded += 1
             return
         if st is None and not stat_done:
@@ -222,7 +224,7 @@ class _Resolver:
             return
         dirs = []
         for entry in entries:  # the files of a folder first, then its sub-folders
-            sub = os.path.join(inner, entry.name) if inner else entry.name
+            sub = f"{inner}{os.sep}{entry.name}" if inner else entry.name
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:

@@ -83,6 +83,7 @@ class Namer:
         self.path_template = bool(self.template) and ("/" in self.template or "{rel" in self.template)
         self.batch_name = safe_component(batch_name) or "batch"
         self.preset = safe_component(preset) or "none"
+        self._folder, self._folder_clean = "", ""
 
     def candidate(self, i: int, f: Found) -> tuple[str, str]:
         """(stem, extension of the input) before collisions are resolved."""
@@ -91,7 +92,10 @@ class Namer:
         if stem == "" or (stem.startswith(".") and not ext):  # ".jpg", ".hidden"
             stem, ext = name, ""
         if self.template is None:
-            out = _clean_path(os.path.join(folder, stem), _mirror_component)
+            if folder != self._folder:  # items come folder by folder: its part is made once
+                self._folder, self._folder_clean = folder, _clean_path(folder, _mirror_component)
+            name = _clean_path(stem, _mirror_component)
+            out = f"{self._folder_clean}/{name}" if self._folder_clean and name else self._folder_clean or name
             return out or f"item{i}", ext
         values = {"stem": safe_component(stem), "name": self.batch_name, "i": i,
                   "parent": safe_component(_parent(f.src)), "preset": self.preset,
