@@ -143,8 +143,7 @@ class _Resolver:
 
     def ext_ok(self, name: str) -> bool:
         """The extension (os.path.splitext's, without its dot) is one of ours."""
-        dot, base = name.rfind("."), name.rfind(os.sep) + 1
-        return dot > base and bool(name[base:dot].strip(".")) and name[dot + 1:].lower() in self.exts
+        return _ext(name) in self.exts
 
     def label(self, path: str) -> str:
         name = os.path.basename(os.path.realpath(path).rstrip(os.sep)) or "root"
@@ -414,7 +413,13 @@ def check_inputs(inputs: list[str], from_file: str | None) -> None:
 
 def is_video(src: str) -> bool:
     """A local file whose extension names a video container (such items run as videos)."""
-    return not is_url(src) and os.path.splitext(src)[1].lower().lstrip(".") in VIDEO_EXTENSIONS
+    return not is_url(src) and _ext(src) in VIDEO_EXTENSIONS
+
+
+def _ext(path: str) -> str:
+    """os.path.splitext(path)[1], lower case, without its dot."""
+    dot, base = path.rfind("."), path.rfind(os.sep) + 1
+    return path[dot + 1:].lower() if dot > base and path[base:dot].strip(".") else ""
 
 
 class ItemWriter:

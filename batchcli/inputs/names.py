@@ -87,8 +87,13 @@ class Namer:
 
     def candidate(self, i: int, f: Found) -> tuple[str, str]:
         """(stem, extension of the input) before collisions are resolved."""
-        folder, name = os.path.split(f.rel)
-        stem, ext = os.path.splitext(name)
+        rel = f.rel  # os.path.split and os.path.splitext, spelled out (once per item of a batch)
+        cut = rel.rfind("/") + 1
+        folder, name = rel[:cut], rel[cut:]
+        if folder and folder.strip("/"):
+            folder = folder.rstrip("/")
+        dot = name.rfind(".")
+        stem, ext = (name[:dot], name[dot:]) if dot > 0 and name[:dot].strip(".") else (name, "")
         if stem == "" or (stem.startswith(".") and not ext):  # ".jpg", ".hidden"
             stem, ext = name, ""
         if self.template is None:

@@ -121,6 +121,7 @@ class SpillSet:
     def __init__(self, folder: str | None = None, spill: int | None = None):
         self.folder, self.spill = folder, spill or SPILL
         self.fast: set[int] | None = set()  # the first keys (until SET_KEYS, or the spill size)
+        self.set_keys = min(SET_KEYS, self.spill) if folder is not None else SET_KEYS
         self.table = DigestSet(wide=False)
         self.runs: list[tuple[int, array, array]] = []  # (fd of the run file, bucket starts, low 16 bits)
         self.filter: bytearray | None = None  # two bits per spilled key: most new keys skip the runs
@@ -135,7 +136,7 @@ class SpillSet:
                 return False
             fast.add(key)
             self.count += 1
-            if len(fast) >= SET_KEYS or (self.folder is not None and len(fast) >= self.spill):
+            if len(fast) >= self.set_keys:
                 self._to_table()
             return True
         if self.runs and keep and self._maybe(key) and self._in_runs(key):
