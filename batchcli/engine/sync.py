@@ -211,10 +211,21 @@ def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncP
     if checksum:
         p.contents = input_contents(paths)
     records: list[dict[str, Any]] = []
+    single = not checksum and len(lanes) == 1 and lanes[0][0] is None
+    sources: Counter = Counter()
     for item in iter_items(paths.items):
         p.total += 1
         key = (item.get("dev"), item.get("ino"))
         found = earlier.get(key) if item.get("ino") else None
+        if single and found is not None and len(found) == 1:  # the usual case, spelled out: one output file
+            main = found[0]
+            rel, stem = main[7], fsencode(item["stem"])
+            if (main[6] == KIND_OUT and (main[2], main[3]) == (item.get("size"), item.get("mtime"))
+                    and rel.startswith(stem) and os.path.splitext(rel)[0] == stem and _still_there(out_b, main)):
+                records.append({"i": item["i"], "out": fsdecode(rel), "bytes": main[9], "sha256": main[8],
+                                "mtime": main[10], "ms": 0.0, "reused_from": main[4], "_seq": main[5], "_src": main[11]})
+                sources[main[4]] += 1
+                continue
         same_content = False
         was = by_name.get(item["stem"]) if checksum else None
         if was is not None and was[0] == p.contents.get(item["i"]):
@@ -251,8 +262,8 @@ def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncP
                 rec["routed"] = fsdecode(row[7])
         rec.update(ms=0.0, reused_from=main[4], _seq=main[5], _src=main[11])
         records.append(rec)
-        p.reused += 1
-        p.from_batches[main[4]] += 1
+        sources[main[4]] += 1
+    p.reused, p.from_batches = sum(sources.values()), sources
     _copy_meta(store, records)
     return p, records
 
