@@ -123,3 +123,5 @@ def test_make_test_lints_before_the_suite():
     recipe = (PKG.parent / "Makefile").read_text().split("\ntest:", 1)[1].split("\n\n", 1)[0]
     assert recipe.index("ruff check") < recipe.index("pytest")
     assert "[tool.ruff" in (PKG.parent / "pyproject.toml").read_text()
+    readme = (PKG.parent / "README.md").read_text()
+    assert "make test    # same set-up, then the lint (ruff) and the whole test suite" in readme
