@@ -27,8 +27,10 @@ def test_cancel_wins_whichever_comes_50ms_first(tmp_path, first, second):
     for k in range(40):
         make_image(folder / f"i{k:02d}.png", 16, 16, seed=k)
     home = tmp_path / "home"
+    # items of 1 s: the runner is still finishing the one in hand when both requests (two CLI
+    # processes, each a Python start-up, 50 ms apart) have arrived, however loaded the machine
     runner = _cli(home, "start", folder, "--out", tmp_path / "out", "-w", "1", "--min-free-space", "0",
-                  "--pipeline", "crashtest delay=0.3 | convert png")
+                  "--pipeline", "crashtest delay=1.0 | convert png")
     journal = wait_for(lambda: next((home / "batches").glob("*/journal.jsonl"), None), what="the batch")
     wait_for(lambda: any(r["type"] == "item_completed" for r in records(journal)), what="a first item")
     a = _cli(home, first, journal.parent.name)

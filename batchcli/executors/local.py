@@ -23,7 +23,7 @@ from typing import Any
 
 from batchcli.atomic import sweep_tmp
 from batchcli.executors.base import CHUNKS_PER_WORKER, Event
-from batchcli.executors.worker import WorkerConfig, worker_main
+from batchcli.executors.worker import WorkerConfig, worker_process
 
 
 @dataclass
@@ -74,7 +74,7 @@ class ProcessPool:
     def _spawn(self) -> _Proc:
         parent, child = self._ctx.Pipe(duplex=True)
         at = self._ctx.RawValue("q", -1)
-        proc = self._ctx.Process(target=worker_main, args=(child, self.cfg, at), daemon=True,
+        proc = self._ctx.Process(target=worker_process, args=(child, self.cfg, at), daemon=True,
                                  name="batchcli-worker")
         with _main_not_rerun():
             proc.start()
