@@ -50,3 +50,19 @@ def test_cli_path_does_not_import_heavy_modules(args, tmp_path):
 def test_version_is_fast_path():
     r = subprocess.run([sys.executable, "-m", "batchcli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("batchcli ")
+
+
+@pytest.mark.parametrize("args, built", [
+    (["status", "--json"], ["status"]), (["--home", "h", "list"], ["list"]), (["--home=h", "sync", "a"], ["sync"]),
+    (["--help"], COMMANDS), ([], COMMANDS), (["stauts"], COMMANDS), (["--version"], COMMANDS),
+])
+def test_a_command_builds_only_itself_and_anything_else_the_whole_app(args, built):
+    from batchcli.cli.app import app_for
+
+    assert sorted(get_command(app_for(args)).commands) == built  # type: ignore[attr-defined]
+    assert sorted(get_command(app).commands) == COMMANDS  # the app itself is left whole
+
+
+def test_a_misspelt_command_is_a_usage_error_with_suggestions():
+    r = subprocess.run([sys.executable, "-m", "batchcli", "stauts"], capture_output=True, text=True)
+    assert r.returncode == 2 and "No such command 'stauts'. Did you mean" in r.stderr and "'status'" in r.stderr
