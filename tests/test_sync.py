@@ -262,3 +262,49 @@ def test_reused_results_are_in_the_catalog_as_a_rebuild_from_the_journals_has_th
     for p in home.glob("catalog.sqlite*"):
         p.unlink()
     assert _catalog_rows(home, second) == (items, outputs)
+
+
+def test_a_sync_killed_with_sigkill_and_resumed_loses_nothing(tmp_path):
+    """kill -9 of a sync while it processes its new inputs (its reused records, snapshot and
+    catalog rows written): `recover`, then `resume`, finishes it, the reused outputs untouched, each
+    new input done, and the next sync reuses everything."""
+    import signal
+
+    from crashops import line_count, spawn, wait_for
+
+    home, src, out, seen = tmp_path / "home", tmp_path / "in", tmp_path / "out", tmp_path / "seen.log"
+    make_tree(src, n=6)
+    args = ("sync", src, "--out", out, "-p", f"crashtest log={seen} delay=0.3 | resize 16x16 | convert png",
+            "-w", "1", "--min-free-space", "0")
+    assert run(home, *args).returncode == 0
+    before = _outputs(out)
+    for k in range(5):
+        make_image(src / f"new{k}.png", seed=60 + k)
+    seen.unlink()
+    first = set(os.listdir(home / "batches"))
+    proc = spawn(home, *args)
+    batch = wait_for(lambda: [p for p in (home / "batches").iterdir() if p.name not in first
+                              and (p / "journal.jsonl.snapshot").exists()  # the reused records' fold
+                              and line_count(p / "journal.jsonl") >= 1 + 6 + 1 + 1], what="the sync to complete an item")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    journal = batch[0] / "journal.jsonl"
+    assert line_count(journal) < 1 + 6 + 1 + 5 + 1  # killed before its end
+    items = {rec["i"]: os.path.basename(rec["src"]) for rec in map(json.loads, open(batch[0] / "items.jsonl"))}
+    kept = {items[rec["i"]] for rec in records(journal) if rec.get("type") == "item_completed"}
+    assert len(kept) >= 7  # the 6 reused and a new one, durable before the kill
+    assert run(home, "recover").returncode == 0  # marked paused
+    r = run(home, "resume", batch[0].name, "--min-free-space", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = _latest(home)
+    assert (s["batch_id"], s["status"], s["completed"], s["failed"]) == (batch[0].name, "completed", 11, 0)
+    reused = [rec for rec in records(journal) if rec.get("reused_from")]
+    assert len(reused) == 6 and all(rec["type"] == "item_completed" for rec in reused)
+    assert {k: v for k, v in _outputs(out).items() if k in before} == before  # reused outputs untouched
+    done = [os.path.basename(p) for p in seen.read_text().splitlines()]
+    assert sorted(set(done)) == [f"new{k}.png" for k in range(5)]
+    assert not [name for name in kept if done.count(name) > 1]  # what was journaled is not done again
+    assert run(home, "verify", batch[0].name).returncode == 0
+    seen.unlink()
+    r = run(home, *args)
+    assert r.returncode == 0 and "11 up to date (reused), 0 to process" in r.stdout and not seen.exists()
