@@ -210,3 +210,18 @@ def test_an_output_that_would_land_on_an_input_is_refused_before_any_work(tmp_pa
                                f"{src}/sub/{first}.png (the same file, device ")
     assert r.stderr.count("\n") == 1 and r.stderr.rstrip().endswith("choose another --out")
     assert _files(src) == before and Store(str(home)).ids() == []
+
+
+def test_outputs_that_are_one_file_but_no_input_are_not_refused(tmp_path):
+    """Two existing output paths hard-linked to one file (not an input) clash with no input: the
+    batch runs and writes both outputs."""
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src / "sub", 3)
+    (out / "sub").mkdir(parents=True)
+    (tmp_path / "other.png").write_bytes(b"not an input")
+    os.link(tmp_path / "other.png", out / "sub" / "img000.png")
+    os.link(tmp_path / "other.png", out / "sub" / "img001.png")
+    r = run(home, "start", src, "--out", out, "--pipeline", "resize 16x16", *RUN)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "other.png").read_bytes() == b"not an input"  # replaced by new files, not written through
+    assert (out / "sub" / "img000.png").stat().st_ino != (out / "sub" / "img001.png").stat().st_ino

@@ -308,3 +308,19 @@ def test_a_sync_killed_with_sigkill_and_resumed_loses_nothing(tmp_path):
     seen.unlink()
     r = run(home, *args)
     assert r.returncode == 0 and "11 up to date (reused), 0 to process" in r.stdout and not seen.exists()
+
+
+def test_outputs_are_compared_by_size_and_mtime_not_read(synced):
+    """As rsync without --checksum: an output given other bytes of the same size and its recorded
+    mtime still counts as up to date (sync does not read it); `verify` reads it and says so."""
+    home, _src, out, sync = synced
+    target = sorted(out.rglob("*.png"))[0]
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r, done = sync()
+    assert r.returncode == 0 and done == [] and "6 up to date (reused)" in r.stdout
+    r = run(home, "verify", _latest(home)["batch_id"], "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["changed_count"] == 1

@@ -188,22 +188,31 @@ def check_outputs_off_inputs(items_path: str, out_dir: str | None, lanes: Lanes)
     from batchcli.inputs.discover import iter_items
     from batchcli.inputs.seen import SpillSet, identity_key
 
-    existing = SpillSet()  # identities of the output paths that exist already
+    keys = SpillSet()  # the inputs' identities and the existing outputs': one pass, any repeat is suspect
+    suspect = False
     try:
-        for _rec, _path, dev, ino in _existing(items_path, out_dir, lanes):
-            existing.add(identity_key(ino, dev))
-        if not existing.count:
-            return
-        for rec in iter_items(items_path):  # inputs are distinct files: adding one never hides another
-            if rec.get("ino") and not existing.add(identity_key(rec["ino"], rec["dev"])):
-                for _other, path, dev, ino in _existing(items_path, out_dir, lanes):
-                    if (dev, ino) == (rec["dev"], rec["ino"]):
-                        raise ConfigError(
-                            f"--out {out_dir}: the output {path} would replace the input {rec['src']} (the same "
-                            f"file, device {dev} inode {ino}, reached through a bind mount, a symbolic "
-                            "link or a hard link); choose another --out")
+        outputs = _Outputs(out_dir, lanes)
+        for rec in iter_items(items_path):  # inputs are distinct files: one never repeats another
+            if rec.get("ino") and not keys.add(identity_key(rec["ino"], rec["dev"])):
+                suspect = True
+            for _path, dev, ino in outputs.existing(rec):
+                if not keys.add(identity_key(ino, dev)):
+                    suspect = True
     finally:
-        existing.close()
+        keys.close()
+    if not suspect:
+        return
+    existing: dict[tuple[int, int], str] = {}  # the exact pass (rare: a real clash, or two outputs that are one file)
+    for rec in iter_items(items_path):
+        for path, dev, ino in outputs.existing(rec):
+            existing.setdefault((dev, ino), path)
+    for rec in iter_items(items_path):
+        path = existing.get((rec.get("dev"), rec.get("ino"))) if rec.get("ino") else None
+        if path is not None:
+            raise ConfigError(
+                f"--out {out_dir}: the output {path} would replace the input {rec['src']} (the same "
+                f"file, device {rec['dev']} inode {rec['ino']}, reached through a bind mount, a symbolic "
+                "link or a hard link); choose another --out")
 
 
 LISTED_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "jfs", "reiserfs", "zfs"})
@@ -212,36 +221,39 @@ LISTINGS = 64
 """Output folders whose listing is kept at once (variants alternate between their folders)."""
 
 
-def _existing(items_path: str, out_dir: str, lanes: Lanes) -> Iterator[tuple[dict, str, int, int]]:
-    """(item, output path, device, inode) for each output path of an item that exists already."""
-    from batchcli.inputs.discover import iter_items
+class _Outputs:
+    """The output paths of items that exist already, found by listing each output folder once."""
 
-    mounts = _mounts()
-    listings: dict[str, tuple[dict | None, int]] = {}
-    for rec in iter_items(items_path):
+    def __init__(self, out_dir: str, lanes: Lanes):
+        self.out_dir, self.lanes = out_dir, lanes
+        self.mounts = _mounts()
+        self.listings: dict[str, tuple[dict | None, int]] = {}
+
+    def existing(self, rec: dict) -> Iterator[tuple[str, int, int]]:
+        """(path, device, inode) of each output path of this item that exists."""
         src_ext = os.path.splitext(rec["src"])[1].lower().lstrip(".")
-        for to_stem, out_ext in lanes:
+        for to_stem, out_ext in self.lanes:
             stem = rec["stem"] if to_stem is None else to_stem(rec["stem"])
-            path = os.path.join(out_dir, f"{stem}.{out_ext or _EXT_OF_SOURCE.get(src_ext, 'png')}")
+            path = os.path.join(self.out_dir, f"{stem}.{out_ext or _EXT_OF_SOURCE.get(src_ext, 'png')}")
             folder, name = os.path.split(path)
-            got = listings.get(folder)
+            got = self.listings.get(folder)
             if got is None:
-                if len(listings) >= LISTINGS:
-                    del listings[next(iter(listings))]
-                got = listings[folder] = _listing(folder, mounts)
+                if len(self.listings) >= LISTINGS:
+                    del self.listings[next(iter(self.listings))]
+                got = self.listings[folder] = _listing(folder, self.mounts)
             listing, dev = got
             if listing is not None:
                 entry = listing.get(name)
                 if entry is None:
                     continue
                 if not entry.is_symlink():
-                    yield rec, path, dev, entry.inode()
+                    yield path, dev, entry.inode()
                     continue
             try:
                 st = os.stat(path)
             except OSError:
                 continue
-            yield rec, path, st.st_dev, st.st_ino
+            yield path, st.st_dev, st.st_ino
 
 
 def _listing(folder: str, mounts: list[tuple[str, str]] | None) -> tuple[dict | None, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class SyncPlan:
                 "new": self.new, "changed": self.changed, "failed_again": self.failed_again, "reused_from": dict(self.from_batches),
                 "to_process_sample": self.todo}
 
+
+log = logging.getLogger("batchcli.sync")
 
 TODO_LISTED = 1000
 """Inputs to process named in a plan (a dry run lists them)."""
@@ -336,15 +339,26 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
         if clean and records:
             before = st.offset
             st.offset, st.lines = st.offset + written, st.lines + len(records)
-            try:  # caches: the journal alone is the truth
+            try:  # a cache: the journal alone is the truth
                 save_snapshot(paths.journal, st)
-                if copies:
-                    with Catalog(paths.home) as cat:
-                        cat.add_copies(paths.id, copies, t, before, st.offset)
-            except (OSError, sqlite3.Error) as exc:
-                logging.getLogger("batchcli.sync").warning("sync: %s (the journal has every record)", exc)
+            except OSError as exc:
+                log.warning("sync: no journal snapshot: %s", exc)
+            if copies:  # SQLite copies the rows while the runner starts (the process waits for it at exit)
+                threading.Thread(target=_index_copies, args=(paths, copies, t, before, st.offset),
+                                 name="batchcli-catalog").start()
     finally:
         lock.release()
+
+
+def _index_copies(paths: BatchPaths, copies: list[tuple[int, int, str, int]], t: float, before: int,
+                  after: int) -> None:
+    """The reused results into the catalog (Catalog.add_copies). A cache: should it fail, the
+    next refresh folds them from the journal."""
+    try:
+        with Catalog(paths.home) as cat:
+            cat.add_copies(paths.id, copies, t, before, after)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("sync: the catalog will index batch %s from its journal (%s)", paths.id, exc)
 
 
 def note_plan(paths: BatchPaths, p: SyncPlan) -> None:
