@@ -324,3 +324,27 @@ def test_outputs_are_compared_by_size_and_mtime_not_read(synced):
     assert r.returncode == 0 and done == [] and "6 up to date (reused)" in r.stdout
     r = run(home, "verify", _latest(home)["batch_id"], "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["changed_count"] == 1
+
+
+def test_the_reused_records_snapshot_is_the_replay_of_the_journal(tmp_path):
+    """What the runner and `status` read instead of decoding every reused record: the fold saved
+    with the records equals a full replay of the journal."""
+    from batchcli import api
+    from batchcli.engine.journal import _load_snapshot, replay
+    from batchcli.engine.store import Store
+    from batchcli.engine.sync import plan, record_reused
+
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_tree(src, n=6)
+    assert run(home, "sync", src, "--out", out, "-p", "resize 16x16 | convert png", "-w", "1",
+               "--min-free-space", "0").returncode == 0
+    make_image(src / "new.png", seed=70)
+    store = Store(str(home))
+    paths = api.create_batch(store, api.StartConfig(inputs=[str(src)], out_dir=str(out),
+                                                    pipeline_text="resize 16x16 | convert png"))
+    p, recs = plan(store, paths)
+    assert (p.reused, p.new) == (6, 1)
+    record_reused(paths, recs)
+    snap, full = _load_snapshot(paths.journal, 7), replay(paths.journal, 7, use_snapshot=False)
+    assert snap is not None and (snap.items, snap.counts, snap.offset, snap.lines, snap.last_seq, snap.records) == \
+        (full.items, full.counts, full.offset, full.lines, full.last_seq, full.records)

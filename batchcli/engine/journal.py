@@ -133,6 +133,7 @@ class Replay:
     executor: str | None = None
     offset: int = 0  # bytes of the journal folded in (always the end of a complete line)
     lines: int = 0  # complete lines folded in
+    crc_at: tuple[int, int] | None = None  # (offset, CRC-32 of the journal's bytes before it), when known
 
     @property
     def completed(self) -> int:
@@ -252,10 +253,11 @@ def _unfail(st: Replay, i: int) -> None:
 SNAPSHOT_SUFFIX = ".snapshot"
 
 
-def _prefix_crc(path: str, length: int) -> int | None:
-    crc = 0
+def prefix_crc(path: str, length: int, start: int = 0, crc: int = 0) -> int | None:
+    """CRC-32 of the `length` bytes from `start` (continuing `crc`, that of the bytes before)."""
     try:
         with open(path, "rb") as fh:
+            fh.seek(start)
             left = length
             while left > 0:
                 block = fh.read(min(left, 16 << 20))
@@ -281,9 +283,14 @@ def save_snapshot(path: str, st: Replay) -> None:
     `checkpoint`; the lock holder only)."""
     from batchcli.atomic import atomic_write
 
-    crc = _prefix_crc(path, st.offset)
+    known = st.crc_at
+    if known is not None and known[0] <= st.offset:  # only the bytes after the known part are read
+        crc = prefix_crc(path, st.offset - known[0], start=known[0], crc=known[1])
+    else:
+        crc = prefix_crc(path, st.offset)
     if crc is None:
         return
+    st.crc_at = (st.offset, crc)
     total = st.total
     head = {
         "v": 1, "offset": st.offset, "lines": st.lines, "crc": crc, "total": total,
@@ -337,7 +344,7 @@ def _load_snapshot(path: str, total: int) -> Replay | None:
         return None
     if head.get("v") != 1 or head.get("total") != total or len(items) != total:
         return None
-    if _prefix_crc(path, head["offset"]) != head["crc"]:
+    if prefix_crc(path, head["offset"]) != head["crc"]:
         return None  # the journal is not the one the snapshot was taken of: ignore it
     st = Replay(total=total, items=items, header=head["header"], state=head["state"], reason=head["reason"],
                 counts=Counter({int(k): v for k, v in head["counts"].items()}),
@@ -346,7 +353,7 @@ def _load_snapshot(path: str, total: int) -> Replay | None:
                 last_seq=head["last_seq"], records=head["records"],
                 bad=[BadLine(*b) for b in head["bad"]], workers=head["workers"], executor=head["executor"],
                 options=head.get("options"), worker_rss=head.get("worker_rss"), schedule=head.get("schedule"),
-                offset=head["offset"], lines=head["lines"])
+                offset=head["offset"], lines=head["lines"], crc_at=(head["offset"], head["crc"]))
     return st
 
 

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from batchcli.engine.journal import (
     encode,
     fold,
     iter_matching,
+    prefix_crc,
     replay,
     save_snapshot,
 )
@@ -315,6 +317,7 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
         clean = st.offset == os.path.getsize(paths.journal)  # no torn tail: the fold is the file's
         j = JournalWriter(paths.journal, st.last_seq, durable=False)
         seq, t, written = st.last_seq, round(time.time(), 3), 0
+        crc = prefix_crc(paths.journal, st.offset) if clean else None  # the snapshot's, extended line by line
         lines: list[bytes] = []
         copies: list[tuple[int, int, str, int]] = []  # (item, seq, the batch and item it copies): for the catalog
         try:
@@ -327,6 +330,8 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
                 line = encode(full)
                 lines.append(line)
                 written += len(line)
+                if crc is not None:
+                    crc = zlib.crc32(line, crc)
                 fold(st, full)
                 if len(lines) >= GROUP_COMMIT_RECORDS:
                     j.append_encoded(lines, seq)
@@ -339,6 +344,7 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
         if clean and records:
             before = st.offset
             st.offset, st.lines = st.offset + written, st.lines + len(records)
+            st.crc_at = (st.offset, crc) if crc is not None else None
             try:  # a cache: the journal alone is the truth
                 save_snapshot(paths.journal, st)
             except OSError as exc:

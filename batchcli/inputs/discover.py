@@ -244,6 +244,13 @@ class _Resolver:
                     st = entry.stat()
                 except OSError:
                     pass
+                if st is not None and self.contents is None and not self.exclude and not entry.is_symlink():
+                    # emit's work for a plain file of a walk, without its generator
+                    if self.seen.add(identity_key(st.st_ino, st.st_dev)):
+                        yield Found(entry.path, _join(prefix, sub), st.st_size, st.st_mtime, st.st_dev, st.st_ino)
+                    else:
+                        self.stats.duplicates += 1
+                    continue
                 yield from self.emit(entry.path, _join(prefix, sub), st, walked=not entry.is_symlink())
         for path, sub in dirs:
             yield from self._walk(path, sub, prefix)
