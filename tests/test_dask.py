@@ -18,6 +18,7 @@ from collections import Counter
 import cv2
 import numpy as np
 import pytest
+from crashops import cli_env
 
 distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
@@ -57,8 +58,7 @@ def make_images(folder, n: int, size=(480, 360), extra: dict[str, int] | None = 
 
 
 def cli(home, *args, check=True, timeout=180):
-    env = {**os.environ, "BATCHCLI_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-m", "batchcli", *args], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "batchcli", *args], env=cli_env(home), capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode not in (0, 1):
         raise AssertionError(f"batchcli {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -299,7 +299,7 @@ class Cluster:
     def add_workers(self, n: int, env=None) -> None:
         for _ in range(n):
             self.workers.append(self._spawn(["worker", self.addr, "--nworkers", "1", "--nthreads", "1",
-                                             "--no-dashboard", "--host", "127.0.0.1"], env or os.environ))
+                                             "--no-dashboard", "--host", "127.0.0.1"], env or cli_env(self.cwd)))
         client = wait_for(lambda: _client(self.addr), 60, "the scheduler")
         try:
             client.wait_for_workers(len(self.workers), timeout=60)
@@ -331,13 +331,18 @@ def _client(addr):
         return None
 
 
+SLOW = f"crashtest delay=0.05 | {PIPELINE}"
+"""Items that take a known time (tests/crashops.py), so a kill or a pause lands mid-batch however
+loaded the machine is; the cluster's workers and every CLI process are given the op."""
+
+
 def start_runner(tmp_path, n: int, *args) -> subprocess.Popen:
-    """`batchcli start` on n fresh images in the background (home: tmp_path/home)."""
-    make_images(tmp_path / "in", n, size=(900, 700))
-    env = {**os.environ, "BATCHCLI_HOME": str(tmp_path / "home")}
+    """`batchcli start` on n fresh images in the background (home: tmp_path/home), pipeline SLOW."""
+    make_images(tmp_path / "in", n, size=(64, 48))
     return subprocess.Popen([sys.executable, "-m", "batchcli", "start", str(tmp_path / "in"), "--out",
-                             str(tmp_path / "out"), "-w", "2", "--pipeline", PIPELINE, "--quiet", *args],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             str(tmp_path / "out"), "-w", "2", "--pipeline", SLOW, "--quiet", *args],
+                            env=cli_env(tmp_path / "home"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
 
 
 @pytest.mark.slow
@@ -389,7 +394,6 @@ def test_pause_then_scheduler_lost_then_local_resume(tmp_path, cluster):
     addr = cluster.addr
     n = 60
     home = tmp_path / "home"
-    env = {**os.environ, "BATCHCLI_HOME": str(home)}
     runner = start_runner(tmp_path, n, "--executor", addr, "--name", "cl")
     batch = wait_for(lambda: (batch_dirs(home) or [None])[0], 60, "the batch")
     wait_for(lambda: completed_count(batch) >= 5, 120, "5 completed items")
@@ -400,7 +404,7 @@ def test_pause_then_scheduler_lost_then_local_resume(tmp_path, cluster):
     assert json.loads(cli(home, "status", "cl", "--json").stdout)["status"] == "paused"
 
     runner = subprocess.Popen([sys.executable, "-m", "batchcli", "resume", "cl", "--executor", addr, "--quiet"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: completed_count(batch) >= paused_at + 5, 120, "5 more completed items")
     cluster.kill(cluster.scheduler)
     out, err = runner.communicate(timeout=120)
