@@ -23,6 +23,7 @@ from typing import Any
 from batchcli.engine.catalog import BatchRow, Catalog
 from batchcli.engine.store import BatchPaths, Store
 from batchcli.errors import ConfigError
+from batchcli.inputs.discover import file_ext
 
 LOCK_NAME = "claims.lock"
 SHOWN = 5
@@ -231,11 +232,15 @@ class _Outputs:
 
     def existing(self, rec: dict) -> Iterator[tuple[str, int, int]]:
         """(path, device, inode) of each output path of this item that exists."""
-        src_ext = os.path.splitext(rec["src"])[1].lower().lstrip(".")
+        src_ext = None
         for to_stem, out_ext in self.lanes:
             stem = rec["stem"] if to_stem is None else to_stem(rec["stem"])
-            path = os.path.join(self.out_dir, f"{stem}.{out_ext or _EXT_OF_SOURCE.get(src_ext, 'png')}")
-            folder, name = os.path.split(path)
+            if not out_ext:
+                src_ext = file_ext(rec["src"]) if src_ext is None else src_ext
+                out_ext = _EXT_OF_SOURCE.get(src_ext, "png")
+            path = os.path.join(self.out_dir, f"{stem}.{out_ext}")
+            cut = path.rfind("/")
+            folder, name = path[:cut] or "/", path[cut + 1:]  # (a stem never ends in "/")
             got = self.listings.get(folder)
             if got is None:
                 if len(self.listings) >= LISTINGS:

@@ -143,7 +143,7 @@ class _Resolver:
 
     def ext_ok(self, name: str) -> bool:
         """The extension (os.path.splitext's, without its dot) is one of ours."""
-        return _ext(name) in self.exts
+        return file_ext(name) in self.exts
 
     def label(self, path: str) -> str:
         name = os.path.basename(os.path.realpath(path).rstrip(os.sep)) or "root"
@@ -420,10 +420,10 @@ def check_inputs(inputs: list[str], from_file: str | None) -> None:
 
 def is_video(src: str) -> bool:
     """A local file whose extension names a video container (such items run as videos)."""
-    return not is_url(src) and _ext(src) in VIDEO_EXTENSIONS
+    return not is_url(src) and file_ext(src) in VIDEO_EXTENSIONS
 
 
-def _ext(path: str) -> str:
+def file_ext(path: str) -> str:
     """os.path.splitext(path)[1], lower case, without its dot."""
     dot, base = path.rfind("."), path.rfind(os.sep) + 1
     return path[dot + 1:].lower() if dot > base and path[base:dot].strip(".") else ""
