@@ -22,12 +22,12 @@ import logging
 import os
 import sqlite3
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from batchcli import jsonio
-from batchcli.engine.journal import iter_records
+from batchcli.engine.journal import decode, iter_records
 from batchcli.engine.store import Store
 from batchcli.executors.base import outputs_of
 
@@ -233,18 +233,19 @@ class Catalog:
         return stats
 
     # --- refreshing --------------------------------------------------------------------------
-    def refresh(self) -> dict[str, int]:
+    def refresh(self, skip: str | None = None) -> dict[str, int]:
         """Fold in what the journals gained since the last refresh. Cheap when nothing changed
-        (one stat per batch). Returns counts: batches indexed, dropped, records folded."""
+        (one stat per batch). Returns counts: batches indexed, dropped, records folded. `skip`:
+        a batch left for later (a new sync batch that `index_sync` indexes)."""
         try:
-            return self._refresh()
+            return self._refresh(skip)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise
             log.warning("catalog %s: %s; rebuilding it from the journals", self.path, exc)
             return self.rebuild()
 
-    def _refresh(self) -> dict[str, int]:
+    def _refresh(self, skip: str | None = None) -> dict[str, int]:
         db = self.db
         stats = {"batches": 0, "dropped": 0, "records": 0}
         ids = self.store.ids()
@@ -258,6 +259,8 @@ class Catalog:
                     self._drop(bkey)
                     stats["dropped"] += 1
             for bid in reversed(ids):  # oldest first
+                if bid == skip and bid not in known:
+                    continue
                 n = self._index(bid, known.get(bid))
                 if n >= 0:
                     stats["batches"] += 1
@@ -412,45 +415,65 @@ class Catalog:
                 FROM {_OUTPUT_FROM} WHERE b.batch_id = ? AND o.current = 1 AND it.ino IS NOT NULL""",
             (batch_id,)).fetchall()
 
-    def add_copies(self, batch_id: str, copies: list[tuple[int, int, str, int]], t: float, before: int,
-                   after: int) -> bool:
-        """For `sync`: index the completions a new batch copied from earlier results in SQL,
-        instead of folding them from its journal: the rows are those `refresh` would make of
-        them. `copies`: (item, record seq, source batch id, source item); `t`: the records'
-        time; `before` and `after`: the journal's size right before and after the records were
-        appended (the catalog must have indexed it up to `before`). Returns False, doing nothing, when the
-        catalog is elsewhere (a later refresh folds the records from the journal)."""
+    def index_sync(self, batch_id: str, copies: list[tuple[int, int, str, int]], t: float, before: int,
+                   written: Callable[[], int | None]) -> bool:
+        """For `sync`: index a new batch (its items and its journal's first `before` bytes, the
+        header) and the completions it copies from earlier results, in one transaction, the
+        copies' rows made in SQL: those `refresh` would make of their records. `copies`: (item,
+        record seq, source batch id, source item); `t`: the records' time; `written()` waits
+        until they are in the journal and returns its size right after them (None: they are
+        not), the offset the batch is then indexed up to. Returns
+        False, keeping nothing (a later refresh folds the journal), when the catalog knows the
+        batch already, lacks a source, or the journal is not as said."""
         db = self.db
-        journal = os.path.join(self.store.batches_dir, batch_id, "journal.jsonl")
         db.execute("BEGIN IMMEDIATE")
+        ok = False
         try:
-            row = db.execute("SELECT bkey, j_offset, out_dev, out_ino, j_dev, j_ino FROM batches WHERE batch_id = ?",
-                             (batch_id,)).fetchone()
+            if db.execute("SELECT 1 FROM batches WHERE batch_id = ?", (batch_id,)).fetchone() is None:
+                ok = self._index_sync(batch_id, copies, t, before, written)
+        finally:
+            db.execute("COMMIT" if ok else "ROLLBACK")
+        return ok
+
+    def _index_sync(self, batch_id: str, copies: list[tuple[int, int, str, int]], t: float, before: int,
+                    written: Callable[[], int | None]) -> bool:
+        db = self.db
+        bdir = os.path.join(self.store.batches_dir, batch_id)
+        journal = os.path.join(bdir, "journal.jsonl")
+        bkey = self._add_batch(batch_id, bdir)
+        if bkey is None:
+            return False
+        with open(journal, "rb") as fh:
+            head = fh.read(before)
+        if len(head) != before or not head.endswith(b"\n"):
+            return False
+        _Folder(db, bkey, True).fold(rec for rec in map(decode, head.splitlines()) if rec is not None)
+        out_dev, out_ino = db.execute("SELECT out_dev, out_ino FROM batches WHERE bkey = ?", (bkey,)).fetchone()
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS copies (i INTEGER, seq INTEGER, src TEXT, src_i INTEGER)")
+        db.execute("DELETE FROM temp.copies")
+        db.executemany("INSERT INTO temp.copies VALUES (?, ?, ?, ?)", copies)
+        # as _Folder._rows: a file-less result has no digest, size or mtime; src_stat is not copied
+        db.execute(
+            """INSERT OR REPLACE INTO outputs (bkey, i, kind, rel, sha256, size, mtime, written_at, seq,
+                   src_size, src_mtime, out_dev, out_ino, current)
+               SELECT ?, c.i, o.kind, o.rel, CASE o.kind WHEN 2 THEN NULL ELSE o.sha256 END,
+                      CASE o.kind WHEN 2 THEN NULL ELSE o.size END, CASE o.kind WHEN 2 THEN NULL ELSE o.mtime END,
+                      ?, c.seq, NULL, NULL, ?, ?, 1
+               FROM temp.copies c JOIN batches b ON b.batch_id = c.src
+               JOIN outputs o ON o.bkey = b.bkey AND o.i = c.src_i AND o.current = 1""",
+            (bkey, t, out_dev, out_ino))
+        db.execute("DELETE FROM temp.copies")
+        if db.execute("SELECT count(DISTINCT i) FROM outputs WHERE bkey = ?", (bkey,)).fetchone()[0] != len(copies):
+            return False  # a source the catalog does not have (rebuilt meanwhile): the journal decides
+        after = written()
+        try:
             st = os.stat(journal)
-            if row is None or row[1] != before or row[4:] != (st.st_dev, st.st_ino) or st.st_size != after:
-                db.execute("ROLLBACK")
-                return False
-            bkey, _, out_dev, out_ino, _, _ = row
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS copies (i INTEGER, seq INTEGER, src TEXT, src_i INTEGER)")
-            db.execute("DELETE FROM temp.copies")
-            db.executemany("INSERT INTO temp.copies VALUES (?, ?, ?, ?)", copies)
-            # as _Folder._rows: a file-less result has no digest, size or mtime; src_stat is not copied
-            db.execute(
-                """INSERT OR REPLACE INTO outputs (bkey, i, kind, rel, sha256, size, mtime, written_at, seq,
-                       src_size, src_mtime, out_dev, out_ino, current)
-                   SELECT ?, c.i, o.kind, o.rel, CASE o.kind WHEN 2 THEN NULL ELSE o.sha256 END,
-                          CASE o.kind WHEN 2 THEN NULL ELSE o.size END, CASE o.kind WHEN 2 THEN NULL ELSE o.mtime END,
-                          ?, c.seq, NULL, NULL, ?, ?, 1
-                   FROM temp.copies c JOIN batches b ON b.batch_id = c.src
-                   JOIN outputs o ON o.bkey = b.bkey AND o.i = c.src_i AND o.current = 1""",
-                (bkey, t, out_dev, out_ino))
-            db.execute("DELETE FROM temp.copies")
-            db.execute("UPDATE batches SET j_dev=?, j_ino=?, j_offset=?, j_tail=? WHERE bkey=?",
-                       (st.st_dev, st.st_ino, after, _tail_crc(journal, after), bkey))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        except OSError:
+            return False
+        if after is None or st.st_size < after:  # (the runner may have appended more since: a later refresh's)
+            return False
+        db.execute("UPDATE batches SET j_dev=?, j_ino=?, j_offset=?, j_tail=? WHERE bkey=?",
+                   (st.st_dev, st.st_ino, after, _tail_crc(journal, after), bkey))
         return True
 
     def counts(self) -> dict[str, int]:

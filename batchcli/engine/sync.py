@@ -206,7 +206,7 @@ def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncP
     out_dir = man.get("out_dir")
     lanes = output_lanes(man)
     with Catalog(store) as cat:
-        cat.refresh()
+        cat.refresh(skip=paths.id)  # the new batch: indexed with its reused records (record_reused)
         earlier = _earlier(store, cat, man) if man.get("out_dev") is not None or not out_dir else {}
         failures = _earlier_failures(store, cat, man, paths.id)
         by_name = _earlier_contents(store, cat, man, paths.id) if checksum else {}
@@ -303,7 +303,9 @@ def _copy_meta(store: Store, records: list[dict[str, Any]]) -> None:
 def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
     """Append the up-to-date items' records to a new batch's journal (it has no runner yet),
     as one durable write, and save the fold as the journal's snapshot: the runner, `status`
-    and the rest read the snapshot instead of decoding every reused record again."""
+    and the rest read the snapshot instead of decoding every reused record again. Meanwhile a
+    thread indexes the batch in the catalog, its reused results copied there in SQL
+    (Catalog.index_sync); the process waits for it at exit."""
     from filelock import FileLock
 
     from batchcli.engine.liveness import take_lock
@@ -312,20 +314,22 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
     lock = FileLock(paths.lock)
     if not take_lock(lock, paths):
         raise BatchLocked(f"batch {paths.id} is held by a live runner")
+    indexer = None
+    after = None  # the journal's size once the records are in, when the fold and the file agree
     try:
         st = replay(paths.journal, int(paths.load_manifest()["total"]))
         clean = st.offset == os.path.getsize(paths.journal)  # no torn tail: the fold is the file's
-        j = JournalWriter(paths.journal, st.last_seq, durable=False)
         seq, t, written = st.last_seq, round(time.time(), 3), 0
+        copies = [(rec["i"], seq + k, rec["reused_from"], rec.pop("_src"))  # (item, seq, what it copies)
+                  for k, rec in enumerate(records, 1) if "_src" in rec]
+        if clean and copies:
+            indexer = _Indexer(paths, copies, t, st.offset)
+        j = JournalWriter(paths.journal, st.last_seq, durable=False)
         crc = prefix_crc(paths.journal, st.offset) if clean else None  # the snapshot's, extended line by line
         lines: list[bytes] = []
-        copies: list[tuple[int, int, str, int]] = []  # (item, seq, the batch and item it copies): for the catalog
         try:
             for rec in records:
                 seq += 1
-                src = rec.pop("_src", None)
-                if src is not None:
-                    copies.append((rec["i"], seq, rec["reused_from"], src))
                 full = {"seq": seq, "t": t, "type": "item_failed" if "error_class" in rec else "item_completed", **rec}
                 line = encode(full)
                 lines.append(line)
@@ -342,29 +346,45 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
         with open(paths.journal, "rb") as fh:
             os.fsync(fh.fileno())
         if clean and records:
-            before = st.offset
             st.offset, st.lines = st.offset + written, st.lines + len(records)
             st.crc_at = (st.offset, crc) if crc is not None else None
+            after = st.offset
             try:  # a cache: the journal alone is the truth
                 save_snapshot(paths.journal, st)
             except OSError as exc:
                 log.warning("sync: no journal snapshot: %s", exc)
-            if copies:  # SQLite copies the rows while the runner starts (the process waits for it at exit)
-                threading.Thread(target=_index_copies, args=(paths, copies, t, before, st.offset),
-                                 name="batchcli-catalog").start()
     finally:
+        if indexer is not None:
+            indexer.done(after)
         lock.release()
 
 
-def _index_copies(paths: BatchPaths, copies: list[tuple[int, int, str, int]], t: float, before: int,
-                  after: int) -> None:
-    """The reused results into the catalog (Catalog.add_copies). A cache: should it fail, the
-    next refresh folds them from the journal."""
-    try:
-        with Catalog(paths.home) as cat:
-            cat.add_copies(paths.id, copies, t, before, after)
-    except (OSError, sqlite3.Error) as exc:
-        log.warning("sync: the catalog will index batch %s from its journal (%s)", paths.id, exc)
+class _Indexer(threading.Thread):
+    """Indexes a new sync batch in the catalog while its reused records are written
+    (Catalog.index_sync). A cache: should it fail, a later refresh folds the journal."""
+
+    def __init__(self, paths: BatchPaths, copies: list[tuple[int, int, str, int]], t: float, before: int):
+        super().__init__(name="batchcli-catalog")
+        self.paths, self.copies, self.t, self.before = paths, copies, t, before
+        self.after: int | None = None
+        self.ready = threading.Event()
+        self.start()
+
+    def done(self, after: int | None) -> None:
+        """The records are in the journal, now `after` bytes long (None: they are not)."""
+        self.after = after
+        self.ready.set()
+
+    def _written(self) -> int | None:
+        self.ready.wait()
+        return self.after
+
+    def run(self) -> None:
+        try:
+            with Catalog(self.paths.home) as cat:
+                cat.index_sync(self.paths.id, self.copies, self.t, self.before, self._written)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("sync: the catalog will index batch %s from its journal (%s)", self.paths.id, exc)
 
 
 def note_plan(paths: BatchPaths, p: SyncPlan) -> None:
