@@ -204,6 +204,18 @@ def batch_dir(home):
     return os.path.join(str(home), "batches", ids[0])
 
 
+def named(home, name):
+    """The batch called `name` in `home`, or None while it is still being created (its folder can
+    appear before the manifest that names it): a condition for wait_for."""
+    from batchcli.engine.store import Store
+    from batchcli.errors import BatchNotFound
+
+    try:
+        return Store(str(home)).resolve(name)
+    except BatchNotFound:
+        return None
+
+
 def create(home, inputs, out, pipeline, name=None):
     """A new pending batch (created in this process); returns its BatchPaths."""
     from batchcli import api

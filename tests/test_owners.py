@@ -8,7 +8,7 @@ import os
 import shutil
 
 import pytest
-from crashops import create, make_pngs, run, spawn, wait_for
+from crashops import create, make_pngs, named, run, spawn, wait_for
 
 from batchcli.engine.liveness import runner_alive
 from batchcli.engine.store import Store
@@ -39,7 +39,7 @@ def test_a_second_runner_into_the_same_folder_is_refused_naming_the_first(tmp_pa
     first = spawn(home, "start", src, "--out", out, "--name", "A", "--pipeline",
                   "crashtest delay=1 | convert png", *RUN)  # 12 s of work: cancelled at the end
     try:
-        a = wait_for(lambda: Store(str(home)).ids() and Store(str(home)).resolve("A"), what="batch A")
+        a = wait_for(lambda: named(home, "A"), what="batch A")
         wait_for(lambda: runner_alive(a), what="A's runner")
         for where in (out, tmp_path / "link"):  # the same folder by another path is the same folder
             r = run(home, "start", src, "--out", where, "--name", "B", "--pipeline", "convert png", *RUN)
@@ -178,7 +178,7 @@ def test_a_purge_waits_while_another_batch_runs_into_the_folder(tmp_path):
     proc = spawn(home, "start", src, "--out", out, "--name", "B", "--pipeline", "crashtest delay=1 | convert png",
                  *RUN)  # 10 s of work: cancelled at the end
     try:
-        b = wait_for(lambda: len(Store(str(home)).ids()) == 2 and Store(str(home)).resolve("B"), what="batch B")
+        b = wait_for(lambda: named(home, "B"), what="batch B")
         wait_for(lambda: runner_alive(b), what="B's runner")
         r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--status", "completed")
         assert r.returncode == 1
