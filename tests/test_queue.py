@@ -308,3 +308,22 @@ def test_an_idle_hot_folder_gives_its_slot_back_and_takes_one_when_a_file_lands(
     make_image(hot / "second.png", seed=2)
     wait_for(lambda: (tmp_path / "hot-out" / "second.png").is_file(), what="a file that lands gets a worker")
     assert cli(home, "pause", "hot", slots=1).returncode == 0 and watch.wait(20) == 3
+
+
+def test_a_full_disk_keeps_the_last_board_record_and_the_next_publish_puts_the_new_one(small_disk):
+    from conftest import fill_disk
+
+    from batchcli.engine.slots import Registration
+
+    reg = Registration(str(small_disk), "b1")
+    first = Entry("b1", os.getpid(), 0, 1.0, want=2, held=1, state="running", budget=2)
+    reg.publish(first)
+    filler = fill_disk(small_disk)
+    later = Entry("b1", os.getpid(), 0, 1.0, want=2, held=2, state="running", budget=2)
+    reg.publish(later)  # no room: the run goes on (its journal says when the disk is really full)
+    assert json.loads(open(reg.json).read())["held"] == 1
+    assert sorted(os.listdir(small_disk / "queue")) == ["b1.json", "b1.lock"]  # no temp file left
+    filler.unlink()
+    reg.publish(later)
+    assert json.loads(open(reg.json).read())["held"] == 2
+    reg.close()

@@ -19,6 +19,7 @@ Every runner of a home (any shell, cron job or detached run) draws its workers f
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -299,9 +300,16 @@ class Registration:
         self._last: dict[str, Any] | None = None
 
     def publish(self, entry: Entry) -> None:
+        """Put the record on the board. A full disk keeps the last one there and is tried again at
+        the next tick: the run goes on, and its journal says when the disk is really full."""
         data = asdict(entry)
         if data != self._last:
-            atomic_write(self.json, json.dumps(data).encode(), durable=False)
+            try:
+                atomic_write(self.json, json.dumps(data).encode(), durable=False)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                return
             self._last = data
 
     def close(self) -> None:
