@@ -86,5 +86,10 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "generated"))
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write the demo's sample images into a folder.")
+    ap.add_argument("out", nargs="?", default=os.path.join(os.path.dirname(__file__), "generated"),
+                    help="folder to write into (default: examples/generated)")
+    main(ap.parse_args().out)
 
