@@ -22,7 +22,7 @@ import logging
 import os
 import sqlite3
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,7 +236,7 @@ class Catalog:
     def refresh(self, skip: str | None = None) -> dict[str, int]:
         """Fold in what the journals gained since the last refresh. Cheap when nothing changed
         (one stat per batch). Returns counts: batches indexed, dropped, records folded. `skip`:
-        a batch left for later (a new sync batch that `index_sync` indexes)."""
+        a batch left for later (a new sync batch: its own thread indexes it, engine/sync.py)."""
         try:
             return self._refresh(skip)
         except sqlite3.DatabaseError as exc:
@@ -415,40 +415,57 @@ class Catalog:
                 FROM {_OUTPUT_FROM} WHERE b.batch_id = ? AND o.current = 1 AND it.ino IS NOT NULL""",
             (batch_id,)).fetchall()
 
-    def index_sync(self, batch_id: str, copies: list[tuple[int, int, str, int]], t: float, before: int,
-                   written: Callable[[], int | None]) -> bool:
-        """For `sync`: index a new batch (its items and its journal's first `before` bytes, the
-        header) and the completions it copies from earlier results, in one transaction, the
-        copies' rows made in SQL: those `refresh` would make of their records. `copies`: (item,
-        record seq, source batch id, source item); `t`: the records' time; `written()` waits
-        until they are in the journal and returns its size right after them (None: they are
-        not), the offset the batch is then indexed up to. Returns
-        False, keeping nothing (a later refresh folds the journal), when the catalog knows the
-        batch already, lacks a source, or the journal is not as said."""
+    def index_head(self, batch_id: str, before: int) -> bool:
+        """For `sync`: index a new batch up to its journal's first `before` bytes (its items and
+        header), so that `add_copies` can follow. False, doing nothing, when the catalog knows
+        the batch already or its journal is not as said."""
         db = self.db
+        bdir = os.path.join(self.store.batches_dir, batch_id)
+        journal = os.path.join(bdir, "journal.jsonl")
         db.execute("BEGIN IMMEDIATE")
         ok = False
         try:
             if db.execute("SELECT 1 FROM batches WHERE batch_id = ?", (batch_id,)).fetchone() is None:
-                ok = self._index_sync(batch_id, copies, t, before, written)
+                st = os.stat(journal)
+                with open(journal, "rb") as fh:
+                    head = fh.read(before)
+                bkey = self._add_batch(batch_id, bdir) if len(head) == before and head.endswith(b"\n") else None
+                if bkey is not None:
+                    _Folder(db, bkey, True).fold(rec for rec in map(decode, head.splitlines()) if rec is not None)
+                    db.execute("UPDATE batches SET j_dev=?, j_ino=?, j_offset=?, j_tail=? WHERE bkey=?",
+                               (st.st_dev, st.st_ino, before, _tail_crc(journal, before), bkey))
+                    ok = True
         finally:
             db.execute("COMMIT" if ok else "ROLLBACK")
         return ok
 
-    def _index_sync(self, batch_id: str, copies: list[tuple[int, int, str, int]], t: float, before: int,
-                    written: Callable[[], int | None]) -> bool:
+    def add_copies(self, batch_id: str, copies: list[tuple[int, int, str, int]], t: float, before: int,
+                   after: int) -> bool:
+        """For `sync`: index the completions a new batch copied from earlier results in SQL,
+        instead of folding them from its journal: the rows are those `refresh` would make of
+        them. `copies`: (item, record seq, source batch id, source item); `t`: the records'
+        time; `before` and `after`: the journal's size right before and right after them (the
+        catalog must have indexed it up to `before`). Returns False, keeping nothing (a later
+        refresh folds them from the journal), when the catalog is elsewhere or lacks a source."""
         db = self.db
-        bdir = os.path.join(self.store.batches_dir, batch_id)
-        journal = os.path.join(bdir, "journal.jsonl")
-        bkey = self._add_batch(batch_id, bdir)
-        if bkey is None:
-            return False
-        with open(journal, "rb") as fh:
-            head = fh.read(before)
-        if len(head) != before or not head.endswith(b"\n"):
-            return False
-        _Folder(db, bkey, True).fold(rec for rec in map(decode, head.splitlines()) if rec is not None)
-        out_dev, out_ino = db.execute("SELECT out_dev, out_ino FROM batches WHERE bkey = ?", (bkey,)).fetchone()
+        journal = os.path.join(self.store.batches_dir, batch_id, "journal.jsonl")
+        db.execute("BEGIN IMMEDIATE")
+        ok = False
+        try:
+            row = db.execute("SELECT bkey, j_offset, out_dev, out_ino, j_dev, j_ino FROM batches WHERE batch_id = ?",
+                             (batch_id,)).fetchone()
+            st = os.stat(journal)
+            if row is not None and row[1] == before and row[4:] == (st.st_dev, st.st_ino) and st.st_size >= after:
+                ok = self._copy(row[0], row[2], row[3], copies, t)  # (the runner may have appended more since)
+            if ok:
+                db.execute("UPDATE batches SET j_offset=?, j_tail=? WHERE bkey=?",
+                           (after, _tail_crc(journal, after), row[0]))
+        finally:
+            db.execute("COMMIT" if ok else "ROLLBACK")
+        return ok
+
+    def _copy(self, bkey: int, out_dev: int, out_ino: int, copies: list[tuple[int, int, str, int]], t: float) -> bool:
+        db = self.db
         db.execute("CREATE TEMP TABLE IF NOT EXISTS copies (i INTEGER, seq INTEGER, src TEXT, src_i INTEGER)")
         db.execute("DELETE FROM temp.copies")
         db.executemany("INSERT INTO temp.copies VALUES (?, ?, ?, ?)", copies)
@@ -463,18 +480,8 @@ class Catalog:
                JOIN outputs o ON o.bkey = b.bkey AND o.i = c.src_i AND o.current = 1""",
             (bkey, t, out_dev, out_ino))
         db.execute("DELETE FROM temp.copies")
-        if db.execute("SELECT count(DISTINCT i) FROM outputs WHERE bkey = ?", (bkey,)).fetchone()[0] != len(copies):
-            return False  # a source the catalog does not have (rebuilt meanwhile): the journal decides
-        after = written()
-        try:
-            st = os.stat(journal)
-        except OSError:
-            return False
-        if after is None or st.st_size < after:  # (the runner may have appended more since: a later refresh's)
-            return False
-        db.execute("UPDATE batches SET j_dev=?, j_ino=?, j_offset=?, j_tail=? WHERE bkey=?",
-                   (st.st_dev, st.st_ino, after, _tail_crc(journal, after), bkey))
-        return True
+        # every copy found its source (a catalog rebuilt meanwhile may lack one: the journal decides)
+        return db.execute("SELECT count(DISTINCT i) FROM outputs WHERE bkey = ?", (bkey,)).fetchone()[0] == len(copies)
 
     def counts(self) -> dict[str, int]:
         db = self.db

@@ -51,6 +51,7 @@ class SyncPlan:
     from_batches: Counter = field(default_factory=Counter)  # batch id -> items reused from it
     todo: list[str] = field(default_factory=list)  # inputs to process (the first TODO_LISTED)
     contents: dict[int, str] = field(default_factory=dict)  # --checksum: item -> its input's sha256
+    indexer: Any = None  # plan(index=True): the thread indexing the new batch in the catalog (record_reused)
 
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total, "reused": self.reused, "to_process": self.new + self.changed,
@@ -195,26 +196,41 @@ def _names_match(files: list[tuple], stem: bytes, lanes: list) -> bool:
     return sorted(os.path.splitext(row[7])[0] for row in files) == sorted(stems)
 
 
-def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncPlan, list[dict[str, Any]]]:
+def plan(store: Store, paths: BatchPaths, checksum: bool = False,
+         index: bool = False) -> tuple[SyncPlan, list[dict[str, Any]]]:
     """Which items of the new batch are up to date, and the records that say so (no writes).
     With `checksum`, an input whose content (sha256) equals the input of the same output name in
     the newest earlier batch that recorded contents also counts as the same input, whatever
-    its identity and mtime (a fresh checkout in CI: new inodes, new mtimes)."""
+    its identity and mtime (a fresh checkout in CI: new inodes, new mtimes). With `index`, a
+    thread indexes the new batch in the catalog meanwhile (`p.indexer`: record_reused ends it;
+    call `p.indexer.done(None)` when the records will not be written)."""
+    p = SyncPlan()
+    try:
+        return _plan(store, paths, checksum, index, p)
+    except BaseException:
+        if p.indexer is not None:
+            p.indexer.done(None)
+        raise
+
+
+def _plan(store: Store, paths: BatchPaths, checksum: bool, index: bool,
+          p: SyncPlan) -> tuple[SyncPlan, list[dict[str, Any]]]:
     from batchcli.engine.owners import output_lanes
 
     man = paths.load_manifest()
     out_dir = man.get("out_dir")
     lanes = output_lanes(man)
     with Catalog(store) as cat:
-        cat.refresh(skip=paths.id)  # the new batch: indexed with its reused records (record_reused)
+        cat.refresh(skip=paths.id if index else None)  # the new batch: indexed by the thread
         earlier = _earlier(store, cat, man) if man.get("out_dev") is not None or not out_dir else {}
         failures = _earlier_failures(store, cat, man, paths.id)
         by_name = _earlier_contents(store, cat, man, paths.id) if checksum else {}
     out_b = os.fsencode(os.path.join(out_dir, "")) if out_dir else None
     fsencode, fsdecode = os.fsencode, os.fsdecode
-    p = SyncPlan()
     if checksum:
         p.contents = input_contents(paths)
+    if index:
+        p.indexer = _Indexer(paths, os.path.getsize(paths.journal))
     records: list[dict[str, Any]] = []
     single = not checksum and len(lanes) == 1 and lanes[0][0] is None
     sources: Counter = Counter()
@@ -300,89 +316,98 @@ def _copy_meta(store: Store, records: list[dict[str, Any]]) -> None:
                         rec.update({k: old[k] for k in ("out", "bytes", "sha256", "mtime") if k in old})
 
 
-def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
+def record_reused(paths: BatchPaths, records: list[dict[str, Any]], indexer: _Indexer | None = None) -> None:
     """Append the up-to-date items' records to a new batch's journal (it has no runner yet),
     as one durable write, and save the fold as the journal's snapshot: the runner, `status`
-    and the rest read the snapshot instead of decoding every reused record again. Meanwhile a
-    thread indexes the batch in the catalog, its reused results copied there in SQL
-    (Catalog.index_sync); the process waits for it at exit."""
+    and the rest read the snapshot instead of decoding every reused record again. `indexer`
+    (plan's): told what was written, it copies the reused results' catalog rows in SQL
+    (Catalog.add_copies); the process waits for it at exit."""
     from filelock import FileLock
 
     from batchcli.engine.liveness import take_lock
     from batchcli.errors import BatchLocked
 
-    lock = FileLock(paths.lock)
-    if not take_lock(lock, paths):
-        raise BatchLocked(f"batch {paths.id} is held by a live runner")
-    indexer = None
-    after = None  # the journal's size once the records are in, when the fold and the file agree
+    copied = None  # (copies, t, the journal's size before and after them) once written, for the indexer
     try:
-        st = replay(paths.journal, int(paths.load_manifest()["total"]))
-        clean = st.offset == os.path.getsize(paths.journal)  # no torn tail: the fold is the file's
-        seq, t, written = st.last_seq, round(time.time(), 3), 0
-        copies = [(rec["i"], seq + k, rec["reused_from"], rec.pop("_src"))  # (item, seq, what it copies)
-                  for k, rec in enumerate(records, 1) if "_src" in rec]
-        if clean and copies:
-            indexer = _Indexer(paths, copies, t, st.offset)
-        j = JournalWriter(paths.journal, st.last_seq, durable=False)
-        crc = prefix_crc(paths.journal, st.offset) if clean else None  # the snapshot's, extended line by line
-        lines: list[bytes] = []
+        lock = FileLock(paths.lock)
+        if not take_lock(lock, paths):
+            raise BatchLocked(f"batch {paths.id} is held by a live runner")
         try:
-            for rec in records:
-                seq += 1
-                full = {"seq": seq, "t": t, "type": "item_failed" if "error_class" in rec else "item_completed", **rec}
-                line = encode(full)
-                lines.append(line)
-                written += len(line)
-                if crc is not None:
-                    crc = zlib.crc32(line, crc)
-                fold(st, full)
-                if len(lines) >= GROUP_COMMIT_RECORDS:
-                    j.append_encoded(lines, seq)
-                    lines = []
-            j.append_encoded(lines, seq)
+            copied = _append_reused(paths, records, indexer)
         finally:
-            j.close()
-        with open(paths.journal, "rb") as fh:
-            os.fsync(fh.fileno())
-        if clean and records:
-            st.offset, st.lines = st.offset + written, st.lines + len(records)
-            st.crc_at = (st.offset, crc) if crc is not None else None
-            after = st.offset
-            try:  # a cache: the journal alone is the truth
-                save_snapshot(paths.journal, st)
-            except OSError as exc:
-                log.warning("sync: no journal snapshot: %s", exc)
+            lock.release()
     finally:
         if indexer is not None:
-            indexer.done(after)
-        lock.release()
+            indexer.done(copied)
+
+
+def _append_reused(paths: BatchPaths, records: list[dict[str, Any]], indexer: _Indexer | None) -> tuple | None:
+    st = replay(paths.journal, int(paths.load_manifest()["total"]))
+    clean = st.offset == os.path.getsize(paths.journal)  # no torn tail: the fold is the file's
+    seq, t, written = st.last_seq, round(time.time(), 3), 0
+    copies = [(rec["i"], seq + k, rec["reused_from"], rec.pop("_src"))  # (item, seq, what it copies)
+              for k, rec in enumerate(records, 1) if "_src" in rec]
+    j = JournalWriter(paths.journal, st.last_seq, durable=False)
+    crc = prefix_crc(paths.journal, st.offset) if clean else None  # the snapshot's, extended line by line
+    lines: list[bytes] = []
+    try:
+        for rec in records:
+            seq += 1
+            full = {"seq": seq, "t": t, "type": "item_failed" if "error_class" in rec else "item_completed", **rec}
+            line = encode(full)
+            lines.append(line)
+            written += len(line)
+            if crc is not None:
+                crc = zlib.crc32(line, crc)
+            fold(st, full)
+            if len(lines) >= GROUP_COMMIT_RECORDS:
+                j.append_encoded(lines, seq)
+                lines = []
+        j.append_encoded(lines, seq)
+    finally:
+        j.close()
+    with open(paths.journal, "rb") as fh:
+        os.fsync(fh.fileno())
+    if not (clean and records):
+        return None
+    before = st.offset
+    st.offset, st.lines = st.offset + written, st.lines + len(records)
+    st.crc_at = (st.offset, crc) if crc is not None else None
+    try:  # a cache: the journal alone is the truth
+        save_snapshot(paths.journal, st)
+    except OSError as exc:
+        log.warning("sync: no journal snapshot: %s", exc)
+    return (copies, t, before, st.offset) if indexer is not None and before == indexer.before else None
 
 
 class _Indexer(threading.Thread):
-    """Indexes a new sync batch in the catalog while its reused records are written
-    (Catalog.index_sync). A cache: should it fail, a later refresh folds the journal."""
+    """Indexes a new sync batch in the catalog while the plan is made (its items and header:
+    Catalog.index_head), then the results it reuses once written (Catalog.add_copies). A cache:
+    should it fail, a later refresh folds the journal."""
 
-    def __init__(self, paths: BatchPaths, copies: list[tuple[int, int, str, int]], t: float, before: int):
+    def __init__(self, paths: BatchPaths, before: int):
         super().__init__(name="batchcli-catalog")
-        self.paths, self.copies, self.t, self.before = paths, copies, t, before
-        self.after: int | None = None
+        self.paths, self.before = paths, before
+        self.copied: tuple | None = None
         self.ready = threading.Event()
         self.start()
 
-    def done(self, after: int | None) -> None:
-        """The records are in the journal, now `after` bytes long (None: they are not)."""
-        self.after = after
+    def done(self, copied: tuple | None) -> None:
+        """What record_reused wrote: (copies, t, the journal's size before and after them), or None."""
+        self.copied = copied
         self.ready.set()
 
-    def _written(self) -> int | None:
+    def _copied(self) -> tuple | None:
         self.ready.wait()
-        return self.after
+        return self.copied
 
     def run(self) -> None:
         try:
-            with Catalog(self.paths.home) as cat:
-                cat.index_sync(self.paths.id, self.copies, self.t, self.before, self._written)
+            with Catalog(self.paths.home) as cat:  # two transactions: no lock held while it waits
+                if cat.index_head(self.paths.id, self.before):
+                    copied = self._copied()
+                    if copied is not None:
+                        cat.add_copies(self.paths.id, *copied)
         except (OSError, sqlite3.Error) as exc:
             log.warning("sync: the catalog will index batch %s from its journal (%s)", self.paths.id, exc)
 
