@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from crashops import make_pngs
+from crashops import make_pngs, wait_for
 from serverkit import (
     call,
     jcall,
@@ -26,6 +26,9 @@ from serverkit import (
     ws_events,
     ws_url,
 )
+
+from batchcli.engine.liveness import runner_alive
+from batchcli.engine.store import Store
 
 need_serve_extra()
 
@@ -241,6 +244,8 @@ def test_recover_and_cleanup_take_the_cli_options_as_json(srv):
     status, made = post(srv, {"inputs": ["photos/img000.png"], "pipeline": "resize 8x8", "workers": 1})
     assert status == 201
     wait_status(srv, made["batch_id"])
+    paths = Store(srv.home).resolve(made["batch_id"])
+    wait_for(lambda: runner_alive(paths) is None, what="its runner to exit")  # cleanup skips a live one
     status, rec = post(srv, {}, "/recover")
     assert status == 200 and rec["recovered_count"] == 0 and rec["failed_count"] == 0
     status, dry = post(srv, {"older_than": "0s", "status": ["completed"], "dry_run": True}, "/cleanup")
