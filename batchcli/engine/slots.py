@@ -61,16 +61,15 @@ def read_config(home: str) -> dict[str, Any]:
     """$BATCHCLI_HOME/config.toml as a dict ({} when absent). A bad file is a usage error."""
     import stat
 
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
     path = os.path.join(home, "config.toml")
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return {}
+        return {}  # the usual case: no TOML parser to import (every runner asks)
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
     if not stat.S_ISREG(st.st_mode) or st.st_size > CONFIG_MAX_BYTES:
         raise ConfigError(f"{path}: not a regular file under {CONFIG_MAX_BYTES >> 10} KiB")
     try:
