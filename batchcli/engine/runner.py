@@ -497,12 +497,17 @@ class Runner:
                          (man["out_dev"], man["out_ino"]))
 
     def _pending(self, st: Replay, videos: VideoGate | None = None) -> Iterator[dict[str, Any]]:
-        """The pending items in order; with `videos`, video items go to its queue instead (each
-        with the segments a previous run finished)."""
-        items = st.items
+        """The items pending now, in order, read as they are needed; with `videos`, video items go
+        to its queue instead (each with the segments a previous run finished). Items a hot folder
+        adds or requeues later come from it alone, even when this is first read after."""
+        return self._pending_from(st.items, bytes(st.items), videos)
+
+    def _pending_from(self, items: bytearray, at_start: bytes, videos: VideoGate | None) -> Iterator[dict[str, Any]]:
         chains = segment_chains(self.paths.journal) if videos is not None else {}
         for rec in iter_items(self.paths.items):
-            if items[rec["i"]] == PENDING:
+            if rec["i"] >= len(at_start):
+                return
+            if at_start[rec["i"]] == PENDING and items[rec["i"]] == PENDING:
                 item = {"i": rec["i"], "src": rec["src"], "stem": rec["stem"],
                         "size": rec.get("size"), "mtime": rec.get("mtime")}
                 if rec.get("video"):
