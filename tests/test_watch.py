@@ -164,3 +164,26 @@ def test_watch_detach_prints_the_batch_id_alone(tmp_path):
     finally:
         r = run(home, "cancel", batch_id)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_landed_file_is_processed_once_even_when_the_journal_is_slow(tmp_path):
+    """The run's own list of pending items is first read after a file landed: the file must come
+    from the hot folder alone (a slow disk widens the moment where both offered it)."""
+    home, hot, out, seen = tmp_path / "home", tmp_path / "hot", tmp_path / "out", tmp_path / "seen.log"
+    hot.mkdir()
+    runner = spawn(home, "watch", hot, "--out", out, "-p", f"crashtest log={seen} | convert png", *FLAGS,
+                   "--settle", "0.1s", env={"BATCHCLI_TEST_SYNC_LOG": str(tmp_path / "syncs.log"),
+                                            "BATCHCLI_TEST_SYNC_DELAY": "0.2"})
+    try:
+        batch = _batch(home)
+        for k, name in enumerate(("a.png", "b.png")):
+            make_image(hot / name, seed=k)
+            wait_for(lambda: k in _completed(batch), what=f"{name} journaled")
+        assert run(home, "pause", batch.name).returncode == 0
+        assert runner.wait(20) == 3
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert sorted(os.path.basename(p) for p in seen.read_text().splitlines()) == ["a.png", "b.png"]
+    done = [r["i"] for r in records(batch / "journal.jsonl") if r.get("type") == "item_completed"]
+    assert sorted(done) == [0, 1]
