@@ -23,11 +23,13 @@ demo: $(STAMP)  ## generate sample images and run a real batch over them
 	BATCHCLI_HOME=$(DEMO)/home $(BIN)/batchcli status demo --items
 	@echo "outputs are in $(DEMO)/web; try: BATCHCLI_HOME=$(DEMO)/home $(BIN)/batchcli status demo --json"
 
-# pytest-xdist -n auto: a test process per CPU. The suite is CPU-bound (its tests start thousands of
-# CLI, runner and worker processes): -n 4 on 2 cores was no faster (357 s against 342 s) and took 9% more CPU.
+# pytest-xdist: two test processes per CPU. The tests start thousands of CLI, runner and worker processes
+# and wait on them, so one per CPU leaves CPUs idle: on 2 cores, lightly loaded, 4 took 223 s where 2 took
+# 255 s (10% more CPU time); on a busy machine they were even (357 s against 342 s). JOBS=N to choose.
+JOBS ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 1) )))
 test: $(STAMP)  ## lint, then run the whole test suite
 	$(BIN)/ruff check batchcli tests benchmarks examples
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n $(JOBS)
 
 bench: $(STAMP)  ## run the benchmarks (minutes; prints tables)
 	$(BIN)/python benchmarks/bench_core.py
