@@ -23,6 +23,28 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+LONG_FIRST = (
+    "test_recover.py::test_kill9_recover_resume_50_kills",
+    "test_recover.py::test_kill9_recover_resume_fast",
+    "test_no_traceback.py::test_resume_racing_cleanup_never_shows_a_traceback",
+    "test_dask.py::test_scheduler_worker_killed_then_runner_killed",
+    "test_dask.py::test_pause_then_scheduler_lost_then_local_resume",
+    "test_queue.py::test_priority_order_and_a_running_batch_yields_to_a_higher_one",
+    "test_queue.py::test_two_batches_share_two_slots",
+    "test_durable_groups.py::test_kill9_mid_group_every_recorded_output_is_durable",
+    "test_shards.py::test_kill9_while_a_shard_fills",
+)
+"""The longest tests (seconds to a minute each: kill loops, clusters, shared slots), sent to the
+test processes first so that none of them starts last and leaves the others idle at the end."""
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    def rank(item) -> int:
+        return next((i for i, key in enumerate(LONG_FIRST) if key in item.nodeid), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     h = tmp_path / "home"
