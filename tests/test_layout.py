@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -125,3 +128,10 @@ def test_make_test_lints_before_the_suite():
     assert "[tool.ruff" in (PKG.parent / "pyproject.toml").read_text()
     readme = (PKG.parent / "README.md").read_text()
     assert "make test    # same set-up, then the lint (ruff) and the whole test suite" in readme
+    assert "2 test processes per CPU, JOBS=N to choose" in readme
+    assert "-n $(JOBS)" in recipe
+    if shutil.which("make") and shutil.which("nproc"):
+        line = next(x for x in (PKG.parent / "Makefile").read_text().splitlines() if x.startswith("JOBS ?="))
+        jobs = subprocess.run(["make", "-s", "-f", "-", "show"], input=f"{line}\nshow:\n\t@echo $(JOBS)\n",
+                              capture_output=True, text=True, check=True)
+        assert jobs.stdout.strip() == str(2 * len(os.sched_getaffinity(0)))
