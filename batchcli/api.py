@@ -45,6 +45,7 @@ class StartConfig:
     extra_options: dict[str, Any] = field(default_factory=dict)
     stdin: Any = None  # binary stream read for "-" (default: sys.stdin.buffer)
     allow_empty: bool = False  # a batch of no items (watch: files land later)
+    writes_checked_later: bool = False  # sync: its plan checks the outputs it will write against the inputs
 
 
 UPLOADS = "uploads"
@@ -157,7 +158,8 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
         lanes = owners.output_lanes(outputs)
         with owners.claims_lock(store):  # the check and this batch's claim (its manifest) at once
             try:
-                owners.check_outputs_off_inputs(paths.items, out_dir, lanes)
+                if not cfg.writes_checked_later:
+                    owners.check_outputs_off_inputs(paths.items, out_dir, lanes)
                 owners.check_claims(store, paths.id, paths.items, out_dir, lanes,
                                     (out_id["out_dev"], out_id["out_ino"]) if out_id else None)
             except ConfigError:

@@ -348,3 +348,22 @@ def test_the_reused_records_snapshot_is_the_replay_of_the_journal(tmp_path):
     snap, full = _load_snapshot(paths.journal, 7), replay(paths.journal, 7, use_snapshot=False)
     assert snap is not None and (snap.items, snap.counts, snap.offset, snap.lines, snap.last_seq, snap.records) == \
         (full.items, full.counts, full.offset, full.lines, full.last_seq, full.records)
+
+
+def test_an_output_that_would_land_on_an_input_is_refused_and_up_to_date_items_are_not_checked(synced):
+    """The output-on-input check of `start` holds for the items a sync will write; the up-to-date
+    ones write nothing, so their outputs are not listed."""
+    home, src, out, sync = synced
+    target = next(out.rglob("img001.png"))
+    victim = next(src.rglob("img001.png"))
+    target.unlink()
+    os.link(victim, target)  # the output of img001 is now the input itself: not as written, so redone
+    before = victim.read_bytes()
+    batches = sorted(os.listdir(home / "batches"))
+    r, done = sync()
+    assert r.returncode == 2 and done == []
+    assert r.stderr.startswith(f"Error: --out {out}: the output {target} would replace the input {victim} "
+                               "(the same file, device ")
+    assert victim.read_bytes() == before and sorted(os.listdir(home / "batches")) == batches
+    r, done = sync("--dry-run")
+    assert r.returncode == 2 and "would replace the input" in r.stderr

@@ -203,17 +203,40 @@ def check_outputs_off_inputs(items_path: str, out_dir: str | None, lanes: Lanes)
         keys.close()
     if not suspect:
         return
-    existing: dict[tuple[int, int], str] = {}  # the exact pass (rare: a real clash, or two outputs that are one file)
+    check = WrittenOutputs(out_dir, lanes)  # the exact pass (rare: a real clash, or two outputs that are one file)
     for rec in iter_items(items_path):
-        for path, dev, ino in outputs.existing(rec):
-            existing.setdefault((dev, ino), path)
-    for rec in iter_items(items_path):
-        path = existing.get((rec.get("dev"), rec.get("ino"))) if rec.get("ino") else None
-        if path is not None:
-            raise ConfigError(
-                f"--out {out_dir}: the output {path} would replace the input {rec['src']} (the same "
-                f"file, device {rec['dev']} inode {rec['ino']}, reached through a bind mount, a symbolic "
-                "link or a hard link); choose another --out")
+        check.add(rec)
+    check.check(items_path)
+
+
+class WrittenOutputs:
+    """check_outputs_off_inputs for a caller that knows which items will write (`sync`: not the
+    up-to-date ones): `add` each such item (a listing per output folder, kept for the existing
+    outputs only), then `check` the batch's inputs against the outputs found."""
+
+    def __init__(self, out_dir: str | None, lanes: Lanes):
+        self.out_dir = out_dir
+        self.outputs = _Outputs(out_dir, lanes) if out_dir and _has_entries(out_dir) else None
+        self.found: dict[tuple[int, int], str] = {}  # (device, inode) of an existing output -> its path
+
+    def add(self, rec: dict) -> None:
+        if self.outputs is not None:
+            for path, dev, ino in self.outputs.existing(rec):
+                self.found.setdefault((dev, ino), path)
+
+    def check(self, items_path: str) -> None:
+        """Raise ConfigError naming the first input (in item order) that is one of the outputs found."""
+        if not self.found:
+            return
+        from batchcli.inputs.discover import iter_items
+
+        for rec in iter_items(items_path):
+            path = self.found.get((rec.get("dev"), rec.get("ino"))) if rec.get("ino") else None
+            if path is not None:
+                raise ConfigError(
+                    f"--out {self.out_dir}: the output {path} would replace the input {rec['src']} (the same "
+                    f"file, device {rec['dev']} inode {rec['ino']}, reached through a bind mount, a symbolic "
+                    "link or a hard link); choose another --out")
 
 
 LISTED_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "jfs", "reiserfs", "zfs"})

@@ -210,16 +210,18 @@ def plan(store: Store, paths: BatchPaths, checksum: bool = False,
     except BaseException:
         if p.indexer is not None:
             p.indexer.done(None)
+            p.indexer.join()  # it reads the batch's files: the caller removes them
         raise
 
 
 def _plan(store: Store, paths: BatchPaths, checksum: bool, index: bool,
           p: SyncPlan) -> tuple[SyncPlan, list[dict[str, Any]]]:
-    from batchcli.engine.owners import output_lanes
+    from batchcli.engine.owners import WrittenOutputs, output_lanes
 
     man = paths.load_manifest()
     out_dir = man.get("out_dir")
     lanes = output_lanes(man)
+    writes = WrittenOutputs(out_dir, lanes)  # the output-on-input check, for the items that will write
     with Catalog(store) as cat:
         cat.refresh(skip=paths.id if index else None)  # the new batch: indexed by the thread
         earlier = _earlier(store, cat, man) if man.get("out_dev") is not None or not out_dir else {}
@@ -264,6 +266,7 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, index: bool,
                 p.new += 1
             if len(p.todo) < TODO_LISTED:
                 p.todo.append(item["src"])
+            writes.add(item)
             continue
         files = [row for row in found if row[6] == KIND_OUT]
         main = files[0] if files else next((row for row in found if row[6] == KIND_NONE), None)
@@ -274,6 +277,7 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, index: bool,
             p.changed += 1
             if len(p.todo) < TODO_LISTED:
                 p.todo.append(item["src"])
+            writes.add(item)
             continue
         rec: dict[str, Any] = {"i": item["i"]}
         if main[6] == KIND_OUT:
@@ -284,6 +288,7 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, index: bool,
         rec.update(ms=0.0, reused_from=main[4], _seq=main[5], _src=main[11])
         records.append(rec)
         sources[main[4]] += 1
+    writes.check(paths.items)  # ConfigError (exit 2) before any work: an output that is an input
     p.reused, p.from_batches = sum(sources.values()), sources
     _copy_meta(store, records)
     return p, records

@@ -64,6 +64,7 @@ def sync_create(store, cfg, opts, json_out: bool, detach: bool = False, delete: 
     from batchcli.engine.store import Store
     from batchcli.engine.sync import delete_stale, note_plan, plan, record_reused, save_contents
 
+    cfg.writes_checked_later = True  # by the plan: up-to-date items write nothing
     if dry_run:  # discover into a scratch home; compare with the real catalog; keep nothing
         scratch = tempfile.mkdtemp(prefix="batchcli-sync-")
         try:
