@@ -115,7 +115,7 @@ def test_a_replaced_journal_is_indexed_again(tmp_path):
         assert [r.i for r in cat.outputs_of(a.id)] == [0]
 
 
-@pytest.mark.parametrize("damage", ["deleted", "garbage", "truncated"])
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "truncated", "schema 1"])
 def test_a_missing_or_corrupt_catalog_is_rebuilt_with_the_same_answers(two, tmp_path, damage):
     home, src, out, a, b = two
     copy = tmp_path / "home"
@@ -124,6 +124,13 @@ def test_a_missing_or_corrupt_catalog_is_rebuilt_with_the_same_answers(two, tmp_
         cat.refresh()
         before = _answers(cat, a, b, src, out)
     path = copy / FILENAME
+    if damage == "schema 1":  # a catalog from before the `reuses` table: emptied, so only a rebuild answers
+        import sqlite3
+
+        db = sqlite3.connect(path)
+        db.executescript("DROP TABLE reuses; DELETE FROM outputs; DELETE FROM items; DELETE FROM batches;"
+                         " UPDATE meta SET value = 1 WHERE key = 'schema';")
+        db.close()
     for suffix in ("-wal", "-shm"):
         if os.path.exists(str(path) + suffix):
             os.unlink(str(path) + suffix)
@@ -131,7 +138,7 @@ def test_a_missing_or_corrupt_catalog_is_rebuilt_with_the_same_answers(two, tmp_
         path.unlink()
     elif damage == "garbage":
         path.write_bytes(b"this is not a database" * 100)
-    else:
+    elif damage == "truncated":
         with open(path, "r+b") as fh:
             fh.truncate(os.path.getsize(path) // 2)
     with Catalog(str(copy)) as cat:

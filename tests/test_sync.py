@@ -236,19 +236,22 @@ def test_checksum_reuses_across_a_fresh_checkout(tmp_path):
 
 
 def _catalog_rows(home, batch_id) -> tuple[list, list]:
-    """The catalog's items and outputs rows of a batch (without its key)."""
+    """The catalog's items and outputs rows of a batch (without its key), its `reuses` rows made
+    rows of their own (as before any question but sync's)."""
     from batchcli.engine.catalog import Catalog
 
     with Catalog(str(home)) as cat:
         cat.refresh()
+        cat.materialize()
         (bkey,) = cat.db.execute("SELECT bkey FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
         return ([r[1:] for r in cat.db.execute("SELECT * FROM items WHERE bkey = ? ORDER BY i", (bkey,))],
                 sorted(r[1:] for r in cat.db.execute("SELECT * FROM outputs WHERE bkey = ?", (bkey,))))
 
 
 def test_reused_results_are_in_the_catalog_as_a_rebuild_from_the_journals_has_them(tmp_path):
-    """A sync indexes the results it reuses by copying their catalog rows (not folding its
-    journal): the rows are those a catalog rebuilt from the journals has, variants included."""
+    """A sync indexes the results it reuses as one `reuses` row per run of them (not folding its
+    journal, not copying rows): made rows, they are those a catalog rebuilt from the journals
+    has, variants included."""
     home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
     make_tree(src, n=5)
     args = ("sync", src, "--out", out, "-p", "resize 32x32", "--variant", "small=resize 8x8 | convert png",
@@ -257,6 +260,10 @@ def test_reused_results_are_in_the_catalog_as_a_rebuild_from_the_journals_has_th
     r = run(home, *args)
     assert r.returncode == 0 and "5 up to date (reused)" in r.stdout, r.stdout + r.stderr
     second = _latest(home)["batch_id"]
+    import sqlite3
+
+    with sqlite3.connect(home / "catalog.sqlite") as db:  # the whole batch in one row, whatever its size
+        assert db.execute("SELECT i, n FROM reuses").fetchall() == [(0, 5)]
     items, outputs = _catalog_rows(home, second)
     assert len(outputs) == 10 and all(row[-1] == 1 for row in outputs)  # two files an item, current
     for p in home.glob("catalog.sqlite*"):
@@ -367,3 +374,25 @@ def test_an_output_that_would_land_on_an_input_is_refused_and_up_to_date_items_a
     assert victim.read_bytes() == before and sorted(os.listdir(home / "batches")) == batches
     r, done = sync("--dry-run")
     assert r.returncode == 2 and "would replace the input" in r.stderr
+
+
+def test_the_batch_that_wrote_the_reused_results_can_be_purged_and_removed(synced):
+    """Later syncs hold the results they reuse without copies of their catalog rows. Purging and
+    removing the batch that wrote them keeps the outputs (the newest sync is their last writer),
+    and the next sync still reuses them all."""
+    home, _src, out, sync = synced
+    first = _latest(home)["batch_id"]
+    before = _outputs(out)
+    for _ in range(2):
+        r, done = sync()
+        assert r.returncode == 0 and done == []
+    last = _latest(home)["batch_id"]
+    r = run(home, "cleanup", "--older-than", "0s", "--keep-last", "2", "--purge-outputs", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert [b["batch_id"] for b in data["cleaned"]] == [first] and data["cleaned"][0]["outputs_removed"] == 0
+    assert _outputs(out) == before and not (home / "batches" / first).exists()
+    assert run(home, "verify", last).returncode == 0
+    r, done = sync()
+    assert r.returncode == 0 and done == [] and "6 up to date (reused), 0 to process" in r.stdout
+    assert _outputs(out) == before

@@ -11,6 +11,7 @@ folds only what each journal gained since it was last indexed (the byte offset i
 batch, with a check that the bytes before it are unchanged), drops batches whose folder is gone,
 and reindexes a batch whose journal was replaced. A missing, corrupt or older-format file is
 rebuilt from the journals. The runner never touches it: commands refresh it when they need it.
+A sync batch's reused results are held as `reuses` rows instead of copies (engine/reuses.py).
 
 Paths are stored as bytes (os.fsencode), so names that are not valid UTF-8 round-trip.
 """
@@ -27,14 +28,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchcli import jsonio
-from batchcli.engine.journal import decode, iter_records
+from batchcli.engine.journal import iter_records
+from batchcli.engine.reuses import materialize as _materialize
+from batchcli.engine.reuses import unlink as _unlink
 from batchcli.engine.store import Store
 from batchcli.executors.base import outputs_of
 
 log = logging.getLogger("batchcli.catalog")
 
 FILENAME = "catalog.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: the `reuses` table (a sync's up-to-date results, engine/sync_catalog.py). An older file is rebuilt."""
 FLUSH_ROWS = 20_000
 """Rows gathered before they are written (one executemany)."""
 TAIL = 256
@@ -70,7 +74,14 @@ CREATE TABLE outputs (
     current INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (bkey, i, kind, rel)
 ) WITHOUT ROWID;
+CREATE TABLE reuses (
+    bkey INTEGER NOT NULL, i INTEGER NOT NULL, n INTEGER NOT NULL, seq INTEGER NOT NULL, written_at REAL,
+    src_bkey INTEGER NOT NULL, src_i INTEGER NOT NULL,
+    PRIMARY KEY (bkey, i)
+) WITHOUT ROWID;
+CREATE INDEX reuses_src ON reuses (src_bkey, src_i);
 """
+"""`reuses`: the results a `sync` reuses, a row per run of them (engine/reuses.py)."""
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS batches_out ON batches (out_dev, out_ino);
 CREATE INDEX IF NOT EXISTS items_identity ON items (dev, ino) WHERE ino IS NOT NULL;
@@ -276,8 +287,25 @@ class Catalog:
         return stats
 
     def _drop(self, bkey: int) -> None:
-        for table in ("outputs", "items", "batches"):
+        for (other,) in self.db.execute("SELECT DISTINCT bkey FROM reuses WHERE src_bkey = ?", (bkey,)).fetchall():
+            _materialize(self.db, other)  # they read this batch's rows: they get their own first
+        for table in ("reuses", "outputs", "items", "batches"):
             self.db.execute(f"DELETE FROM {table} WHERE bkey = ?", (bkey,))
+
+    def materialize(self) -> None:
+        """Turn every `reuses` row into outputs and items rows of their own (what the questions
+        below read). Cheap when there are none."""
+        db = self.db
+        if db.execute("SELECT 1 FROM reuses LIMIT 1").fetchone() is None:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for (bkey,) in db.execute("SELECT DISTINCT bkey FROM reuses").fetchall():
+                _materialize(db, bkey)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _index(self, bid: str, known: tuple | None) -> int:
         """Index what is new in one batch's journal; -1 when nothing was (unchanged, half-made)."""
@@ -307,7 +335,7 @@ class Catalog:
                         (st.st_dev, st.st_ino, pos[0], _tail_crc(journal, pos[0]), bkey))
         return n
 
-    def _add_batch(self, bid: str, bdir: str) -> int | None:
+    def _add_batch(self, bid: str, bdir: str, linked: bytearray | None = None) -> int | None:
         try:
             with open(os.path.join(bdir, "manifest.json"), "rb") as fh:
                 man = jsonio.loads(fh.read())
@@ -325,16 +353,19 @@ class Catalog:
             (bid, man.get("name"), man.get("created_at"), man.get("fingerprint"),
              os.fsencode(out) if out else None, dev, ino, man.get("total")))
         bkey = cur.lastrowid
-        self._index_items(bkey, os.path.join(bdir, "items.jsonl"))
+        self._index_items(bkey, os.path.join(bdir, "items.jsonl"), linked)
         return bkey
 
-    def _index_items(self, bkey: int, path: str) -> None:
-        from batchcli.inputs.discover import iter_items
-
+    def _index_items(self, bkey: int, path: str, linked: bytearray | None = None) -> None:
+        """`linked`: one byte per item of the batch, set for those a `reuses` row covers: they get
+        no row (item i is line i of the file, so their lines are not even decoded; with every
+        item covered, the file is not read)."""
         rows: list[tuple] = []
         sql = "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)"
+        if linked is not None and linked.find(0) < 0:
+            return
         try:
-            for rec in iter_items(path):
+            for rec in _items(path, linked):
                 rows.append((bkey, rec["i"], os.fsencode(rec["src"]), rec.get("dev"), rec.get("ino"),
                              rec.get("size"), rec.get("mtime")))
                 if len(rows) >= FLUSH_ROWS:
@@ -347,6 +378,7 @@ class Catalog:
     # --- questions -----------------------------------------------------------------------------
     def last_writer(self, out_dev: int, out_ino: int, rel: str) -> Output | None:
         """The newest write of OUT/rel across all batches (by journal time), or None. No refresh."""
+        self.materialize()
         row = self.db.execute(
             f"SELECT {_OUTPUT_COLUMNS} FROM {_OUTPUT_FROM} WHERE o.out_dev=? AND o.out_ino=? AND o.rel=? AND o.kind < 2"
             " ORDER BY o.written_at DESC, o.bkey DESC LIMIT 1", (out_dev, out_ino, os.fsencode(rel))).fetchone()
@@ -355,6 +387,7 @@ class Catalog:
     def last_writers(self, batch_id: str) -> Iterator[tuple[Output, Output]]:
         """(this batch's write, the newest write of the same file) for every file the batch wrote,
         in item order. No refresh."""
+        self.materialize()
         rows = self.db.execute(
             f"""SELECT {_OUTPUT_COLUMNS}, (SELECT o2.bkey FROM outputs o2
                   WHERE o2.out_dev = o.out_dev AND o2.out_ino = o.out_ino AND o2.rel = o.rel AND o2.kind < 2
@@ -370,6 +403,7 @@ class Catalog:
 
     def outputs_of(self, batch_id: str) -> Iterator[Output]:
         """Everything a batch recorded as completed (files and file-less results), item order."""
+        self.materialize()
         cur = self.db.execute(f"SELECT {_OUTPUT_COLUMNS} FROM {_OUTPUT_FROM} WHERE b.batch_id = ? "
                               "ORDER BY o.i, o.kind", (batch_id,))
         for row in cur:
@@ -378,6 +412,7 @@ class Catalog:
     def by_input(self, dev: int, ino: int, fingerprint: str | None = None) -> list[Output]:
         """The completed results made from the input with this identity (device, inode),
         optionally only with this pipeline fingerprint; newest first. No refresh."""
+        self.materialize()
         sql = (f"SELECT {_OUTPUT_COLUMNS} FROM {_OUTPUT_FROM} WHERE it.dev = ? AND it.ino = ? AND o.current = 1"
                + (" AND b.fingerprint = ?" if fingerprint is not None else "")
                + " ORDER BY o.written_at DESC, o.bkey DESC, o.kind")
@@ -403,87 +438,8 @@ class Catalog:
         return [r[0] for r in self.db.execute(f"SELECT batch_id FROM batches WHERE {where} AND fingerprint = ? "
                                               "ORDER BY batch_id DESC", (out_dev, out_ino, fingerprint))]
 
-    def results_of(self, batch_id: str) -> list[tuple]:
-        """For `sync`: a batch's current results with their input's identity, as tuples (input
-        device, inode, size, mtime, batch id, record seq, kind, rel as bytes, sha256 hex, size,
-        mtime, item), one per file of a result (each variant's output, a routed link; or one
-        without a file). In one query, converted by SQLite. No refresh."""
-        return self.db.execute(
-            f"""SELECT it.dev, it.ino, COALESCE(o.src_size, it.size), COALESCE(o.src_mtime, it.mtime), b.batch_id,
-                       o.seq, o.kind, o.rel, CASE WHEN o.sha256 IS NULL THEN NULL ELSE lower(hex(o.sha256)) END,
-                       o.size, o.mtime, o.i
-                FROM {_OUTPUT_FROM} WHERE b.batch_id = ? AND o.current = 1 AND it.ino IS NOT NULL""",
-            (batch_id,)).fetchall()
-
-    def index_head(self, batch_id: str, before: int) -> bool:
-        """For `sync`: index a new batch up to its journal's first `before` bytes (its items and
-        header), so that `add_copies` can follow. False, doing nothing, when the catalog knows
-        the batch already or its journal is not as said."""
-        db = self.db
-        bdir = os.path.join(self.store.batches_dir, batch_id)
-        journal = os.path.join(bdir, "journal.jsonl")
-        db.execute("BEGIN IMMEDIATE")
-        ok = False
-        try:
-            if db.execute("SELECT 1 FROM batches WHERE batch_id = ?", (batch_id,)).fetchone() is None:
-                st = os.stat(journal)
-                with open(journal, "rb") as fh:
-                    head = fh.read(before)
-                bkey = self._add_batch(batch_id, bdir) if len(head) == before and head.endswith(b"\n") else None
-                if bkey is not None:
-                    _Folder(db, bkey, True).fold(rec for rec in map(decode, head.splitlines()) if rec is not None)
-                    db.execute("UPDATE batches SET j_dev=?, j_ino=?, j_offset=?, j_tail=? WHERE bkey=?",
-                               (st.st_dev, st.st_ino, before, _tail_crc(journal, before), bkey))
-                    ok = True
-        finally:
-            db.execute("COMMIT" if ok else "ROLLBACK")
-        return ok
-
-    def add_copies(self, batch_id: str, copies: list[tuple[int, int, str, int]], t: float, before: int,
-                   after: int) -> bool:
-        """For `sync`: index the completions a new batch copied from earlier results in SQL,
-        instead of folding them from its journal: the rows are those `refresh` would make of
-        them. `copies`: (item, record seq, source batch id, source item); `t`: the records'
-        time; `before` and `after`: the journal's size right before and right after them (the
-        catalog must have indexed it up to `before`). Returns False, keeping nothing (a later
-        refresh folds them from the journal), when the catalog is elsewhere or lacks a source."""
-        db = self.db
-        journal = os.path.join(self.store.batches_dir, batch_id, "journal.jsonl")
-        db.execute("BEGIN IMMEDIATE")
-        ok = False
-        try:
-            row = db.execute("SELECT bkey, j_offset, out_dev, out_ino, j_dev, j_ino FROM batches WHERE batch_id = ?",
-                             (batch_id,)).fetchone()
-            st = os.stat(journal)
-            if row is not None and row[1] == before and row[4:] == (st.st_dev, st.st_ino) and st.st_size >= after:
-                ok = self._copy(row[0], row[2], row[3], copies, t)  # (the runner may have appended more since)
-            if ok:
-                db.execute("UPDATE batches SET j_offset=?, j_tail=? WHERE bkey=?",
-                           (after, _tail_crc(journal, after), row[0]))
-        finally:
-            db.execute("COMMIT" if ok else "ROLLBACK")
-        return ok
-
-    def _copy(self, bkey: int, out_dev: int, out_ino: int, copies: list[tuple[int, int, str, int]], t: float) -> bool:
-        db = self.db
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS copies (i INTEGER, seq INTEGER, src TEXT, src_i INTEGER)")
-        db.execute("DELETE FROM temp.copies")
-        db.executemany("INSERT INTO temp.copies VALUES (?, ?, ?, ?)", copies)
-        # as _Folder._rows: a file-less result has no digest, size or mtime; src_stat is not copied
-        db.execute(
-            """INSERT OR REPLACE INTO outputs (bkey, i, kind, rel, sha256, size, mtime, written_at, seq,
-                   src_size, src_mtime, out_dev, out_ino, current)
-               SELECT ?, c.i, o.kind, o.rel, CASE o.kind WHEN 2 THEN NULL ELSE o.sha256 END,
-                      CASE o.kind WHEN 2 THEN NULL ELSE o.size END, CASE o.kind WHEN 2 THEN NULL ELSE o.mtime END,
-                      ?, c.seq, NULL, NULL, ?, ?, 1
-               FROM temp.copies c JOIN batches b ON b.batch_id = c.src
-               JOIN outputs o ON o.bkey = b.bkey AND o.i = c.src_i AND o.current = 1""",
-            (bkey, t, out_dev, out_ino))
-        db.execute("DELETE FROM temp.copies")
-        # every copy found its source (a catalog rebuilt meanwhile may lack one: the journal decides)
-        return db.execute("SELECT count(DISTINCT i) FROM outputs WHERE bkey = ?", (bkey,)).fetchone()[0] == len(copies)
-
     def counts(self) -> dict[str, int]:
+        self.materialize()
         db = self.db
         return {"batches": db.execute("SELECT count(*) FROM batches").fetchone()[0],
                 "items": db.execute("SELECT count(*) FROM items").fetchone()[0],
@@ -548,6 +504,8 @@ class _Folder:
     def flush(self) -> None:
         db, bkey = self.db, self.bkey
         touched = {i for i, _, _ in self.rows} | self.undone
+        if touched:
+            _unlink(db, bkey, touched)
         if not self.fresh:  # rows from earlier refreshes are no longer the items' last completions
             earlier = touched
         else:
@@ -572,6 +530,18 @@ class _Folder:
 _STATES = {"header": "pending", "batch_started": "running", "batch_resumed": "running",
            "batch_paused": "paused", "batch_interrupted": "interrupted", "batch_cancelled": "cancelled",
            "batch_finished": "completed"}
+
+
+def _items(path: str, linked: bytearray | None) -> Iterator[dict[str, Any]]:
+    """items.jsonl's records but those set in `linked` (by line: line n holds item n)."""
+    with open(path, "rb") as fh:
+        for n, line in enumerate(fh):
+            if linked is not None and n < len(linked) and linked[n]:
+                continue
+            rec = jsonio.loads(line)
+            if linked is not None and rec["i"] != n:
+                raise RuntimeError(f"{path}: line {n + 1} holds item {rec['i']}")
+            yield rec
 
 
 def _schema(db: sqlite3.Connection) -> int | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 import time
 import zlib
 from collections import Counter
@@ -51,7 +50,6 @@ class SyncPlan:
     from_batches: Counter = field(default_factory=Counter)  # batch id -> items reused from it
     todo: list[str] = field(default_factory=list)  # inputs to process (the first TODO_LISTED)
     contents: dict[int, str] = field(default_factory=dict)  # --checksum: item -> its input's sha256
-    indexer: Any = None  # plan(index=True): the thread indexing the new batch in the catalog (record_reused)
 
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total, "reused": self.reused, "to_process": self.new + self.changed,
@@ -74,7 +72,7 @@ def _earlier(store: Store, cat: Catalog, man: dict[str, Any]) -> dict[tuple[int,
     for bid in cat.batches_with(man.get("out_dev"), man.get("out_ino"), man["fingerprint"]):
         if bid == man["batch_id"]:
             continue
-        for row in cat.results_of(bid):
+        for row in results_of(cat, bid):
             rows = out.get((row[0], row[1]))
             if rows is None:
                 out[(row[0], row[1])] = [row]
@@ -196,26 +194,15 @@ def _names_match(files: list[tuple], stem: bytes, lanes: list) -> bool:
     return sorted(os.path.splitext(row[7])[0] for row in files) == sorted(stems)
 
 
-def plan(store: Store, paths: BatchPaths, checksum: bool = False,
-         index: bool = False) -> tuple[SyncPlan, list[dict[str, Any]]]:
+def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncPlan, list[dict[str, Any]]]:
     """Which items of the new batch are up to date, and the records that say so (no writes).
     With `checksum`, an input whose content (sha256) equals the input of the same output name in
     the newest earlier batch that recorded contents also counts as the same input, whatever
-    its identity and mtime (a fresh checkout in CI: new inodes, new mtimes). With `index`, a
-    thread indexes the new batch in the catalog meanwhile (`p.indexer`: record_reused ends it;
-    call `p.indexer.done(None)` when the records will not be written)."""
-    p = SyncPlan()
-    try:
-        return _plan(store, paths, checksum, index, p)
-    except BaseException:
-        if p.indexer is not None:
-            p.indexer.done(None)
-            p.indexer.join()  # it reads the batch's files: the caller removes them
-        raise
+    its identity and mtime (a fresh checkout in CI: new inodes, new mtimes)."""
+    return _plan(store, paths, checksum, SyncPlan())
 
 
-def _plan(store: Store, paths: BatchPaths, checksum: bool, index: bool,
-          p: SyncPlan) -> tuple[SyncPlan, list[dict[str, Any]]]:
+def _plan(store: Store, paths: BatchPaths, checksum: bool, p: SyncPlan) -> tuple[SyncPlan, list[dict[str, Any]]]:
     from batchcli.engine.owners import WrittenOutputs, output_lanes
 
     man = paths.load_manifest()
@@ -223,7 +210,8 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, index: bool,
     lanes = output_lanes(man)
     writes = WrittenOutputs(out_dir, lanes)  # the output-on-input check, for the items that will write
     with Catalog(store) as cat:
-        cat.refresh(skip=paths.id if index else None)  # the new batch: indexed by the thread
+        cat.refresh(skip=paths.id)  # the new batch: record_reused indexes it
+        ids = dict(cat.db.execute("SELECT bkey, batch_id FROM batches"))  # where the reused rows lie
         earlier = _earlier(store, cat, man) if man.get("out_dev") is not None or not out_dir else {}
         failures = _earlier_failures(store, cat, man, paths.id)
         by_name = _earlier_contents(store, cat, man, paths.id) if checksum else {}
@@ -231,8 +219,6 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, index: bool,
     fsencode, fsdecode = os.fsencode, os.fsdecode
     if checksum:
         p.contents = input_contents(paths)
-    if index:
-        p.indexer = _Indexer(paths, os.path.getsize(paths.journal))
     records: list[dict[str, Any]] = []
     single = not checksum and len(lanes) == 1 and lanes[0][0] is None
     sources: Counter = Counter()
@@ -246,7 +232,8 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, index: bool,
             if (main[6] == KIND_OUT and (main[2], main[3]) == (item.get("size"), item.get("mtime"))
                     and rel.startswith(stem) and os.path.splitext(rel)[0] == stem and _still_there(out_b, main)):
                 records.append({"i": item["i"], "out": fsdecode(rel), "bytes": main[9], "sha256": main[8],
-                                "mtime": main[10], "ms": 0.0, "reused_from": main[4], "_seq": main[5], "_src": main[11]})
+                                "mtime": main[10], "ms": 0.0, "reused_from": main[4], "_seq": main[5],
+                                "_src": (ids[main[12]], main[13], _same_input(main, item))})
                 sources[main[4]] += 1
                 continue
         same_content = False
@@ -285,13 +272,19 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, index: bool,
         for row in found:
             if row[6] == KIND_ROUTED:
                 rec["routed"] = fsdecode(row[7])
-        rec.update(ms=0.0, reused_from=main[4], _seq=main[5], _src=main[11])
+        rec.update(ms=0.0, reused_from=main[4], _seq=main[5], _src=(ids[main[12]], main[13], _same_input(main, item)))
         records.append(rec)
         sources[main[4]] += 1
     writes.check(paths.items)  # ConfigError (exit 2) before any work: an output that is an input
     p.reused, p.from_batches = sum(sources.values()), sources
     _copy_meta(store, records)
     return p, records
+
+
+def _same_input(row: tuple, item: dict[str, Any]) -> bool:
+    """The item's input is recorded as the reused row's (path, size, mtime): the catalog may say
+    "this item holds that one's result" (a `reuses` row) instead of copying the rows."""
+    return row[15] == item.get("size") and row[16] == item.get("mtime") and row[14] == os.fsencode(item["src"])
 
 
 def _copy_meta(store: Store, records: list[dict[str, Any]]) -> None:
@@ -321,36 +314,38 @@ def _copy_meta(store: Store, records: list[dict[str, Any]]) -> None:
                         rec.update({k: old[k] for k in ("out", "bytes", "sha256", "mtime") if k in old})
 
 
-def record_reused(paths: BatchPaths, records: list[dict[str, Any]], indexer: _Indexer | None = None) -> None:
+def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
     """Append the up-to-date items' records to a new batch's journal (it has no runner yet),
     as one durable write, and save the fold as the journal's snapshot: the runner, `status`
-    and the rest read the snapshot instead of decoding every reused record again. `indexer`
-    (plan's): told what was written, it copies the reused results' catalog rows in SQL
-    (Catalog.add_copies); the process waits for it at exit."""
+    and the rest read the snapshot instead of decoding every reused record again. Then index
+    the batch in the catalog as far as those records (`_index`)."""
     from filelock import FileLock
 
     from batchcli.engine.liveness import take_lock
     from batchcli.errors import BatchLocked
 
-    copied = None  # (copies, t, the journal's size before and after them) once written, for the indexer
+    lock = FileLock(paths.lock)
+    if not take_lock(lock, paths):
+        raise BatchLocked(f"batch {paths.id} is held by a live runner")
     try:
-        lock = FileLock(paths.lock)
-        if not take_lock(lock, paths):
-            raise BatchLocked(f"batch {paths.id} is held by a live runner")
-        try:
-            copied = _append_reused(paths, records, indexer)
-        finally:
-            lock.release()
+        written = _append_reused(paths, records)
     finally:
-        if indexer is not None:
-            indexer.done(copied)
+        lock.release()
+    if written is not None:
+        try:  # a cache: should it fail, a later refresh folds the journal
+            _index(paths, *written)
+        except (OSError, sqlite3.Error, RuntimeError) as exc:
+            log.warning("sync: the catalog will index batch %s from its journal (%s)", paths.id, exc)
 
 
-def _append_reused(paths: BatchPaths, records: list[dict[str, Any]], indexer: _Indexer | None) -> tuple | None:
+def _append_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> tuple | None:
+    """Returns (the reused results: (item, seq, source batch, source item, same input), their
+    records' time, the journal's size before and after the records), or None when the journal
+    had a torn tail (a refresh folds it)."""
     st = replay(paths.journal, int(paths.load_manifest()["total"]))
     clean = st.offset == os.path.getsize(paths.journal)  # no torn tail: the fold is the file's
     seq, t, written = st.last_seq, round(time.time(), 3), 0
-    copies = [(rec["i"], seq + k, rec["reused_from"], rec.pop("_src"))  # (item, seq, what it copies)
+    reused = [(rec["i"], seq + k, *rec.pop("_src"))  # (item, seq, where its rows lie, same input)
               for k, rec in enumerate(records, 1) if "_src" in rec]
     j = JournalWriter(paths.journal, st.last_seq, durable=False)
     crc = prefix_crc(paths.journal, st.offset) if clean else None  # the snapshot's, extended line by line
@@ -382,39 +377,101 @@ def _append_reused(paths: BatchPaths, records: list[dict[str, Any]], indexer: _I
         save_snapshot(paths.journal, st)
     except OSError as exc:
         log.warning("sync: no journal snapshot: %s", exc)
-    return (copies, t, before, st.offset) if indexer is not None and before == indexer.before else None
+    return reused, t, before, st.offset
 
 
-class _Indexer(threading.Thread):
-    """Indexes a new sync batch in the catalog while the plan is made (its items and header:
-    Catalog.index_head), then the results it reuses once written (Catalog.add_copies). A cache:
-    should it fail, a later refresh folds the journal."""
+def results_of(cat: Catalog, batch_id: str) -> list[tuple]:
+    """A batch's current results with their input's identity, as tuples (input device, inode,
+    size, mtime, batch id, record seq, kind, rel as bytes, sha256 hex, size, mtime, item, the
+    batch key and item whose rows hold them, the input's path as bytes, its size and mtime as
+    listed), one per file of a result (each variant's output, a routed link; or one without a
+    file): its own rows and those its `reuses` rows point to (engine/reuses.py). In one query,
+    converted by SQLite. No refresh."""
+    row = cat.db.execute("SELECT bkey FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+    if row is None:
+        return []
+    return cat.db.execute(
+        """SELECT it.dev, it.ino, COALESCE(o.src_size, it.size), COALESCE(o.src_mtime, it.mtime), :id, o.seq, o.kind,
+                  o.rel, CASE WHEN o.sha256 IS NULL THEN NULL ELSE lower(hex(o.sha256)) END, o.size, o.mtime, o.i,
+                  o.bkey, o.i, it.src, it.size, it.mtime
+           FROM outputs o JOIN items it ON it.bkey = o.bkey AND it.i = o.i
+           WHERE o.bkey = :b AND o.current = 1 AND it.ino IS NOT NULL
+           UNION ALL
+           SELECT it.dev, it.ino, it.size, it.mtime, :id, r.seq + o.i - r.src_i, o.kind, o.rel,
+                  CASE WHEN o.kind = 2 OR o.sha256 IS NULL THEN NULL ELSE lower(hex(o.sha256)) END,
+                  CASE o.kind WHEN 2 THEN NULL ELSE o.size END, CASE o.kind WHEN 2 THEN NULL ELSE o.mtime END,
+                  r.i + o.i - r.src_i, o.bkey, o.i, it.src, it.size, it.mtime
+           FROM reuses r JOIN outputs o ON o.bkey = r.src_bkey AND o.i BETWEEN r.src_i AND r.src_i + r.n - 1
+                AND o.current = 1
+           JOIN items it ON it.bkey = o.bkey AND it.i = o.i
+           WHERE r.bkey = :b AND it.ino IS NOT NULL""", {"id": batch_id, "b": row[0]}).fetchall()
 
-    def __init__(self, paths: BatchPaths, before: int):
-        super().__init__(name="batchcli-catalog")
-        self.paths, self.before = paths, before
-        self.copied: tuple | None = None
-        self.ready = threading.Event()
-        self.start()
 
-    def done(self, copied: tuple | None) -> None:
-        """What record_reused wrote: (copies, t, the journal's size before and after them), or None."""
-        self.copied = copied
-        self.ready.set()
+def _index(paths: BatchPaths, reused: list[tuple], t: float, before: int, after: int) -> None:
+    """Index a new sync batch in the catalog up to its reused records (the journal's first
+    `after` bytes): its header, the items whose input is not the reused result's (their rows),
+    and the results it reuses: a `reuses` row per run of consecutive ones whose input is the
+    same (nothing copied), the rows of the others copied in SQL. Nothing is kept (a refresh
+    folds the journal later) when the catalog knows the batch already, lacks a batch whose rows
+    are reused, or the journal is not as written."""
+    from batchcli.engine.catalog import _Folder, _tail_crc
 
-    def _copied(self) -> tuple | None:
-        self.ready.wait()
-        return self.copied
-
-    def run(self) -> None:
+    links: list[list] = []  # [item, n, seq, t, source batch id, source item]
+    copies = []
+    for i, seq, src, src_i, same in reused:
+        run = links[-1] if links else None
+        if not same:
+            copies.append((i, seq, src, src_i))
+        elif run and (i, seq, src, src_i) == (run[0] + run[1], run[2] + run[1], run[4], run[5] + run[1]):
+            run[1] += 1
+        else:
+            links.append([i, 1, seq, t, src, src_i])
+    linked = bytearray(int(paths.load_manifest()["total"]))
+    for link in links:
+        linked[link[0]:link[0] + link[1]] = b"\x01" * link[1]
+    with Catalog(paths.home) as cat:
+        db = cat.db
+        db.execute("BEGIN IMMEDIATE")
+        ok = False
         try:
-            with Catalog(self.paths.home) as cat:  # two transactions: no lock held while it waits
-                if cat.index_head(self.paths.id, self.before):
-                    copied = self._copied()
-                    if copied is not None:
-                        cat.add_copies(self.paths.id, *copied)
-        except (OSError, sqlite3.Error) as exc:
-            log.warning("sync: the catalog will index batch %s from its journal (%s)", self.paths.id, exc)
+            keys = dict(db.execute("SELECT batch_id, bkey FROM batches"))
+            st = os.stat(paths.journal)
+            if paths.id in keys or st.st_size < after or not {row[4] for row in links} | {c[2] for c in copies} <= keys.keys():
+                return
+            with open(paths.journal, "rb") as fh:
+                head = fh.read(before)
+            bkey = cat._add_batch(paths.id, paths.dir, linked) if len(head) == before and head.endswith(b"\n") else None
+            if bkey is None:
+                return
+            _Folder(db, bkey, True).fold(rec for rec in map(decode, head.splitlines()) if rec is not None)
+            db.executemany("INSERT INTO reuses VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(bkey, i, n, seq, when, keys[src], src_i) for i, n, seq, when, src, src_i in links])
+            ok = _copy(db, bkey, [(i, seq, keys[src], src_i) for i, seq, src, src_i in copies], t)
+            if ok:
+                db.execute("UPDATE batches SET j_dev=?, j_ino=?, j_offset=?, j_tail=? WHERE bkey=?",
+                           (st.st_dev, st.st_ino, after, _tail_crc(paths.journal, after), bkey))
+        finally:
+            db.execute("COMMIT" if ok else "ROLLBACK")
+
+
+def _copy(db: sqlite3.Connection, bkey: int, copies: list[tuple[int, int, int, int]], t: float) -> bool:
+    """The rows of reused results copied in SQL (item, seq, source batch key, source item), as
+    _Folder makes them from the records: a file-less result has no digest, size or mtime;
+    src_stat is not copied. False when a source lacks its rows."""
+    if not copies:
+        return True
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS copies (i INTEGER, seq INTEGER, src_bkey INTEGER, src_i INTEGER)")
+    db.execute("DELETE FROM temp.copies")
+    db.executemany("INSERT INTO temp.copies VALUES (?, ?, ?, ?)", copies)
+    db.execute(
+        """INSERT OR REPLACE INTO outputs (bkey, i, kind, rel, sha256, size, mtime, written_at, seq,
+               src_size, src_mtime, out_dev, out_ino, current)
+           SELECT ?, c.i, o.kind, o.rel, CASE o.kind WHEN 2 THEN NULL ELSE o.sha256 END,
+                  CASE o.kind WHEN 2 THEN NULL ELSE o.size END, CASE o.kind WHEN 2 THEN NULL ELSE o.mtime END,
+                  ?, c.seq, NULL, NULL, o.out_dev, o.out_ino, 1
+           FROM temp.copies c JOIN outputs o ON o.bkey = c.src_bkey AND o.i = c.src_i AND o.current = 1""", (bkey, t))
+    db.execute("DELETE FROM temp.copies")
+    return db.execute("SELECT count(DISTINCT i) FROM outputs WHERE bkey = ?", (bkey,)).fetchone()[0] == len(copies)
 
 
 def note_plan(paths: BatchPaths, p: SyncPlan) -> None:

@@ -91,16 +91,13 @@ def sync_create(store, cfg, opts, json_out: bool, detach: bool = False, delete: 
             console.info("\n".join(lines))
         raise typer.Exit(0)
     paths = api.create_batch(store, cfg)
-    p = None
     try:
-        p, records = plan(store, paths, checksum, index=True)
+        p, records = plan(store, paths, checksum)
         if checksum:
             save_contents(paths, p.contents)
-        record_reused(paths, records, p.indexer)  # (ends the indexer, whatever happens)
+        record_reused(paths, records)
         note_plan(paths, p)
     except BaseException:
-        if p is not None and p.indexer is not None:
-            p.indexer.done(None)
         shutil.rmtree(paths.dir, ignore_errors=True)
         raise
     if delete:
