@@ -65,11 +65,14 @@ def build_pipeline(text: str | None, file: str | None, variants: list[str] | Non
     return pipeline
 
 
-def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None) -> BatchPaths:
+def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None,
+                 checked: Any = None) -> BatchPaths:
     """Validate everything, discover the inputs, and write the batch's immutable files.
     Raises ConfigError (exit 2) before any work when anything is wrong (and removes the batch
     folder). `paths`: an empty batch folder made beforehand with `store.create()` (the server
-    puts uploads in its `uploads/` first; that folder is read although the home is not)."""
+    puts uploads in its `uploads/` first; that folder is read although the home is not).
+    `checked`: called with the pipeline once the flags are checked, before discovery
+    (`warm_workers`: a run that follows in this process gets its workers ready meanwhile)."""
     import contextlib
     import sys
 
@@ -109,6 +112,8 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     fingerprint = pipeline.fingerprint(options)
     inputs_opts = {"exts": list(exts), "exclude": list(cfg.exclude or []), "from_file": cfg.from_file,
                    "dedupe": cfg.dedupe, "name_template": cfg.name_template, "media": cfg.media}
+    if checked is not None:
+        checked(pipeline)
     stats = discover.DiscoveryStats()
     keep = [os.path.join(paths.dir, UPLOADS)] if paths is not None else []
     paths = paths or store.create()
@@ -193,6 +198,23 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             raise ConfigError(f"cannot write batch {paths.id} in {store.home}: {exc.strerror}") from None
         raise
     return paths
+
+
+def warm_workers(opts: Any) -> Any:
+    """For create_batch's `checked`, when the batch runs next in this process: the local pool's
+    fork server starts importing what the workers need (executors/forkserve.py) while discovery
+    runs. `cold_workers` stops it when the batch is not created after all."""
+    if opts.executor not in ("", "local"):
+        return None
+    from batchcli.executors.forkserve import warm_up
+
+    return lambda pipeline: warm_up(pipeline.worker_modules(), opts.threads)
+
+
+def cold_workers() -> None:
+    from batchcli.executors.forkserve import stop_server
+
+    stop_server(now=True)
 
 
 def _check_shards(cfg: StartConfig, pipeline: Any, out_dir: str | None) -> dict[str, Any] | None:

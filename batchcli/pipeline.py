@@ -195,6 +195,12 @@ class Pipeline:
         return cls.from_spec(manifest["pipeline"], variants=manifest.get("variants"))
 
     # --- properties ----------------------------------------------------------------------
+    def worker_modules(self) -> list[str]:
+        """The modules a worker imports to run this pipeline: its ops' own and what they import
+        on first use (`Op.imports`), variants' included, each once."""
+        ops = [*self.ops, *(op for _, branch in self.variants for op in branch.ops)]
+        return list(dict.fromkeys(m for op in ops for m in (type(op).__module__, *op.imports)))
+
     def spec(self) -> list[dict]:
         """The shared ops (without the variants: see variant_spec)."""
         return [op.spec() for op in self.ops]

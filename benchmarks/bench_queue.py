@@ -95,7 +95,7 @@ class Sampler:
         while not self._stop.is_set():
             workers = runners = 0
             runner_rss = total_rss = 0
-            for p in psutil.process_iter(["cmdline", "memory_info"]):
+            for p in psutil.process_iter(["name", "cmdline", "memory_info"]):
                 cmd = p.info["cmdline"] or []
                 try:
                     if p.environ().get("BATCHCLI_HOME") != self.home:
@@ -103,8 +103,10 @@ class Sampler:
                 except psutil.Error:
                     continue
                 rss = p.info["memory_info"].rss if p.info["memory_info"] else 0
-                if any("spawn_main" in c for c in cmd):
+                if p.info["name"] == "batchcli-worker":
                     workers += 1
+                    total_rss += rss
+                elif any("multiprocessing.forkserver" in c for c in cmd):  # a runner's fork server
                     total_rss += rss
                 elif "batchcli" in cmd and "start" in cmd:
                     runners += 1

@@ -76,7 +76,8 @@ def has_batch(home, name):
 
 
 class Workers:
-    """Samples the worker processes of a home every 20 ms: how many at most, and per runner pid."""
+    """Samples the worker processes of a home every 20 ms: how many at most, and per parent (a
+    runner, or the fork server a runner forks its workers from)."""
 
     def __init__(self, home):
         self.home = str(home)
@@ -90,8 +91,8 @@ class Workers:
 
         while not self._stop.is_set():
             per: dict[int, int] = {}
-            for p in psutil.process_iter(["cmdline", "ppid"]):
-                if not any("spawn_main" in c for c in (p.info["cmdline"] or [])):
+            for p in psutil.process_iter(["name", "ppid"]):
+                if p.info["name"] != "batchcli-worker":  # each runner's workers share a parent
                     continue
                 try:
                     if p.environ().get("BATCHCLI_HOME") != self.home:

@@ -160,6 +160,14 @@ class Runner:
             raise InvalidTransition(f"batch {self.paths.id} is completed; nothing to resume "
                                     f"(--retry-failed reruns failed items, --repair missing outputs)")
         self._drop_stale_control()
+        from batchcli.pipeline import Pipeline
+
+        pipeline = self._pipeline = Pipeline.from_manifest(self.manifest)
+        if self.opt.executor in ("", "local") and st.state != "scheduled" and \
+                (st.remaining or requeue or requeue_failed or self.manifest.get("watch")):
+            from batchcli.executors.forkserve import warm_up  # workers' imports, while the journal is written
+
+            warm_up(pipeline.worker_modules(), self.opt.threads)
         crashed = st.state == "running"  # we hold the lock, so the runner the journal names is gone
         if crashed and self.out_dir:
             sweep_dead_tmp(self.out_dir)
@@ -179,7 +187,6 @@ class Runner:
 
     def _loop(self, st: Replay, resume: bool, requeue: list[int], requeue_failed: bool, force: bool) -> RunResult:
         from batchcli.executors.factory import make_executor
-        from batchcli.pipeline import Pipeline
 
         j = self.journal
         if requeue or requeue_failed:
@@ -198,7 +205,7 @@ class Runner:
         me = os.getpid()
         # the executor first: one that refuses to start (a cluster that cannot see the files)
         # must leave the batch as it was, not "interrupted"
-        pipeline = Pipeline.from_manifest(self.manifest)
+        pipeline = self._pipeline
         cfg = WorkerConfig(pipeline=pickle.dumps(pipeline), out_dir=self.out_dir,
                            max_file_size=int(self.manifest["options"].get("max_file_size", 200 << 20)),
                            max_pixels=int(self.manifest["options"].get("max_pixels", 150_000_000)),

@@ -7,6 +7,9 @@ so a distributed engine can replace the local process pool without touching the 
 hand, so it always knows which item each worker is on: a worker that dies or hangs costs exactly
 that item (reported as lost); the items queued behind it, and those it finished but had not yet
 reported (workers send results in small groups), are handed back; a fresh worker takes its place.
+
+Workers are forked from a fork server where the platform has one (executors/forkserve.py), else
+spawned.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from batchcli.atomic import sweep_tmp
 from batchcli.executors.base import CHUNKS_PER_WORKER, Event
+from batchcli.executors.forkserve import START_METHOD, stop_server, warm_up
 from batchcli.executors.worker import WorkerConfig, worker_process
 
 
@@ -58,7 +62,7 @@ class _Proc:
 
 
 class ProcessPool:
-    """A pool of spawned worker processes with per-item crash and hang detection."""
+    """A pool of worker processes with per-item crash and hang detection."""
 
     name = "local"
 
@@ -66,7 +70,9 @@ class ProcessPool:
         self.cfg = cfg
         self.workers = workers  # the most it runs; `start` of them at once (default all)
         self.item_timeout = item_timeout
-        self._ctx = mp.get_context("spawn")
+        if START_METHOD == "forkserver":
+            warm_up(threads=cfg.threads)  # a no-op when the runner already started it
+        self._ctx = mp.get_context(START_METHOD)
         self._procs: list[_Proc] = [self._spawn() for _ in range(workers if start is None else start)]
         self._retiring: list[_Proc] = []  # told to stop after the item in hand, then to exit
         self.restarts = 0
@@ -259,12 +265,13 @@ class ProcessPool:
             except OSError:
                 pass
         self._procs = []
+        stop_server(now=True)  # every worker has exited: nothing to wait for
         return left
 
 
 @contextmanager
 def _main_not_rerun() -> Iterator[None]:
-    """A spawned child imports the parent's main script again (as __mp_main__); for the
+    """A spawned (or fork-served) child imports the parent's main script again (as __mp_main__); for the
     `batchcli` console script that is typer and the whole CLI, ~45 ms per worker for nothing.
     Hide the script's path while the child is prepared; workers need nothing from it."""
     main = sys.modules.get("__main__")

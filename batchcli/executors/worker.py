@@ -389,14 +389,18 @@ def _rss() -> int:
 
 
 def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the runner dies, so a killed runner leaves no orphan workers."""
+    """Linux: get SIGKILL when the parent dies (no orphan workers), be `batchcli-worker` in ps."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(15, b"batchcli-worker")  # PR_SET_NAME (15 bytes at most)
     except (OSError, AttributeError):
         pass
+    from batchcli.executors.forkserve import leave
+
+    leave()  # after the prctl: the fork server, this worker's parent, exits with the runner
 
 
 def _cap_memory(limit: int) -> None:

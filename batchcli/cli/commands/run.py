@@ -94,13 +94,20 @@ def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> Non
 def create(store, cfg, opts, json_out: bool, detach: bool = False):
     """The new batch of `start`, or of `sync` or `watch` (called from inside `start`'s body, so
     that they take every flag start takes): sync records up-to-date items as reused first; a
-    watch batch may start empty and names the folders it watches."""
+    watch batch may start empty and names the folders it watches. A batch that runs here gets
+    its workers ready while its inputs are discovered."""
     from batchcli import api
     from batchcli.cli.commands.sync import SYNC, sync_create, watch_create
 
     mode = SYNC.get()
     if mode is None:
-        return api.create_batch(store, cfg)
+        checked = None if detach else api.warm_workers(opts)
+        try:
+            return api.create_batch(store, cfg, checked=checked)
+        except BaseException:
+            if checked is not None:
+                api.cold_workers()
+            raise
     if mode.pop("watch", False):
         return watch_create(store, cfg, json_out, detach, **mode)
     return sync_create(store, cfg, opts, json_out, detach, **mode)
