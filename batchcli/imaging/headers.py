@@ -66,7 +66,11 @@ def read_bytes(path: str, limits: Limits) -> bytes:
             size = os.fstat(fh.fileno()).st_size
             if size > limits.max_file_size:
                 raise ItemError("too_large", f"file is {fmt_bytes(size)}, over --max-file-size {fmt_bytes(limits.max_file_size, exact=True)}")
-            data = fh.read(limits.max_file_size + 1)
+            # ask for the size the file has (one more byte shows it grew): a read of up to
+            # --max-file-size bytes allocates that much first, 0.3 ms of a 700 KB photo's read
+            data = fh.read(size + 1)
+            if len(data) > size:
+                data += fh.read(limits.max_file_size + 1 - len(data))
         except OSError as exc:
             raise read_error(exc) from None
     if not data:
