@@ -67,6 +67,26 @@ class CrashTest(Op):
         return frame
 
 
+@register
+class FaultTest(Op):
+    name = "faulttest"
+    summary = "Test only: allocate and free buffers, as decoding a photo does; record the page faults."
+    params = (Param("rounds", "int", 10, "rounds of four 4 MiB buffers, written and freed", min=1),)
+    shrink_safe = True
+
+    def apply(self, frame: Frame) -> Frame:
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(self.p["rounds"]):
+            bufs = [bytearray(4 << 20) for _ in range(4)]
+            for b in bufs:
+                b[::4096] = bytes(len(b[::4096]))  # every page written
+            del bufs
+        frame.meta["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        return frame
+
+
 def _misbehave(action: str, src: str, mark: str) -> None:
     if mark:
         with open(mark, "w") as fh:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchcli.errors import ItemError
+from batchcli.executors.heap import keep_freed_memory
 from batchcli.imaging.noise import Capture, unique
 
 if os.environ.get("BATCHCLI_TEST_OPS"):  # test-only ops (tests/crashops.py); never set in production
@@ -488,6 +489,7 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     _cap_memory(cfg.memory_limit)
+    keep_freed_memory()
     try:
         worker = Worker(cfg)
     except Exception as exc:  # e.g. a model that loaded in the parent but not here
