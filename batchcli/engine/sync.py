@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import sys
 import time
 import zlib
 from collections import Counter
@@ -101,6 +102,9 @@ def _earlier_failures(store: Store, cat: Catalog, man: dict[str, Any], me: str) 
     old = BatchPaths(os.path.join(store.batches_dir, rows[-1].batch_id))
     try:
         total = int(old.load_manifest()["total"])
+        with open(old.journal, "rb") as fh:  # no failure at all (the usual case): no need to fold it
+            if b'"type":"item_failed"' not in fh.read():
+                return {}
     except (OSError, ValueError, KeyError):
         return {}
     st = replay(old.journal, total)
@@ -216,7 +220,8 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, p: SyncPlan) -> tuple
         failures = _earlier_failures(store, cat, man, paths.id)
         by_name = _earlier_contents(store, cat, man, paths.id) if checksum else {}
     out_b = os.fsencode(os.path.join(out_dir, "")) if out_dir else None
-    fsencode, fsdecode = os.fsencode, os.fsdecode
+    fsencode, fsdecode, lstat = os.fsencode, os.fsdecode, os.lstat
+    fs = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # fsencode's, without its checks
     if checksum:
         p.contents = input_contents(paths)
     records: list[dict[str, Any]] = []
@@ -226,16 +231,22 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, p: SyncPlan) -> tuple
         p.total += 1
         key = (item.get("dev"), item.get("ino"))
         found = earlier.get(key) if item.get("ino") else None
-        if single and found is not None and len(found) == 1:  # the usual case, spelled out: one output file
+        if single and found is not None and len(found) == 1 and out_b:  # the usual case, spelled out: one output file
             main = found[0]
-            rel, stem = main[7], fsencode(item["stem"])
-            if (main[6] == KIND_OUT and (main[2], main[3]) == (item.get("size"), item.get("mtime"))
-                    and rel.startswith(stem) and os.path.splitext(rel)[0] == stem and _still_there(out_b, main)):
-                records.append({"i": item["i"], "out": fsdecode(rel), "bytes": main[9], "sha256": main[8],
-                                "mtime": main[10], "ms": 0.0, "reused_from": main[4], "_seq": main[5],
-                                "_src": (ids[main[12]], main[13], _same_input(main, item))})
-                sources[main[4]] += 1
-                continue
+            rel, stem, size, mtime = main[7], item["stem"].encode(*fs), item.get("size"), item.get("mtime")
+            if main[6] == KIND_OUT and main[2] == size and main[3] == mtime and rel.startswith(stem) and (
+                    _ext_only(rel[len(stem):], stem) or os.path.splitext(rel)[0] == stem):
+                try:  # _still_there, inline
+                    st = lstat(out_b + rel)
+                except OSError:
+                    st = None
+                if st is not None and st.st_size == main[9] and (main[10] is None or st.st_mtime == main[10]):
+                    same = main[15] == size and main[16] == mtime and main[14] == item["src"].encode(*fs)
+                    records.append({"i": item["i"], "out": fsdecode(rel), "bytes": main[9], "sha256": main[8],
+                                    "mtime": main[10], "ms": 0.0, "reused_from": main[4], "_seq": main[5],
+                                    "_src": (ids[main[12]], main[13], same)})
+                    sources[main[4]] += 1
+                    continue
         same_content = False
         was = by_name.get(item["stem"]) if checksum else None
         if was is not None and was[0] == p.contents.get(item["i"]):
@@ -279,6 +290,12 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, p: SyncPlan) -> tuple
     p.reused, p.from_batches = sum(sources.values()), sources
     _copy_meta(store, records)
     return p, records
+
+
+def _ext_only(rest: bytes, stem: bytes) -> bool:
+    """stem + rest splits (os.path.splitext) into stem and rest: rest is one extension, and the
+    stem's last part is not dots alone. (False may be wrong: ask splitext then.)"""
+    return rest[:1] == b"." and b"." not in rest[1:] and b"/" not in rest and stem[-1:] not in (b"", b".", b"/")
 
 
 def _same_input(row: tuple, item: dict[str, Any]) -> bool:
