@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import cv2
@@ -454,3 +455,16 @@ def test_an_output_that_does_not_fit_the_decoder_fails_the_item(models):
     with pytest.raises(ItemError, match="not \\[N,6\\]") as err:
         op.apply(frame(solid((0, 0, 0))))
     assert err.value.error_class == "model"
+
+
+def test_a_model_file_replaced_in_place_is_inspected_anew(tmp_path):
+    """inspect_model keeps its answer per file while the file is unchanged; a new file at the
+    same path (a long-lived `serve` validating pipelines) is read again."""
+    path = tmp_path / "m.onnx"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    os.replace(om.classifier(tmp_path / "a", size=8), path)
+    assert onnx_session.inspect_model(str(path)).inputs[0].shape[-1] == 8
+    assert onnx_session.inspect_model(str(path)).inputs[0].shape[-1] == 8
+    os.replace(om.classifier(tmp_path / "b", size=16), path)
+    assert onnx_session.inspect_model(str(path)).inputs[0].shape[-1] == 16

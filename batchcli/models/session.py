@@ -176,8 +176,9 @@ def _load(real: str, shown: str, so: Any, providers: list[str]) -> ort.Inference
 
 
 def clear_cache() -> None:
-    """Drop every cached session (tests, or a parent that only inspected a model)."""
+    """Drop every cached session and model description (tests, or a parent that only inspected a model)."""
     _SESSIONS.clear()
+    _INFOS.clear()
 
 
 def short_provider(ort_name: str) -> str:
@@ -214,17 +215,27 @@ def tensor_infos(sess: ort.InferenceSession) -> tuple[tuple[TensorInfo, ...], tu
     return tuple(_tensor(a) for a in sess.get_inputs()), tuple(_tensor(a) for a in sess.get_outputs())
 
 
+_INFOS: dict[tuple, tuple] = {}
+"""(real path, mtime, size) -> (inputs, outputs): a pipeline is checked more than once (parsed,
+validated, fingerprinted), and each look loaded the model again (25 ms for squeezenet)."""
+
+
 def inspect_model(path: str) -> ModelInfo:
     """Load a model once on CPU, without graph optimisation (fast), to read its inputs and
-    outputs; the session is not kept. Raises ConfigError for a missing or invalid file."""
+    outputs; the session is not kept (the answer is, while the file is unchanged). Raises
+    ConfigError for a missing or invalid file."""
     import onnxruntime as ort
 
     if not os.path.lexists(path):
         raise ConfigError(f"{path}: model file not found")
     check_file(path, "model", "model")
-    so = session_options(1)
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = _load(path, path, so, [PROVIDERS["cpu"]])
-    ins, outs = tensor_infos(sess)
-    del sess
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    if key not in _INFOS:
+        so = session_options(1)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = _load(path, path, so, [PROVIDERS["cpu"]])
+        _INFOS[key] = tensor_infos(sess)
+        del sess
+    ins, outs = _INFOS[key]
     return ModelInfo(path, ins, outs)
