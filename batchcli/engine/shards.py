@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from batchcli import jsonio
 from batchcli.atomic import _create, fsync_dir, tmp_name
 from batchcli.errors import ConfigError
 
@@ -95,6 +96,13 @@ def member_names(rec: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     return out
 
 
+_MODE = b"0000644\x000000000\x000000000\x00"  # mode, uid, gid
+_TYPE = b"0"  # a regular file
+_MAGIC = b"ustar\x0000"
+_FIXED = sum(_MODE) + sum(b" " * 8) + sum(_TYPE) + sum(_MAGIC)  # the checksum counts its own field as spaces
+_ZEROS = bytes(_BLOCK)
+
+
 def _header(name: str, size: int, mtime: int) -> bytes:
     """The tar header of a plain file (ustar; tarfile's own for a name ustar cannot hold)."""
     raw = name.encode("utf-8", "surrogateescape")
@@ -102,14 +110,10 @@ def _header(name: str, size: int, mtime: int) -> bytes:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = size, mtime, 0o644
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    h = bytearray(_BLOCK)
-    h[0:len(raw)] = raw
-    h[100:124] = b"0000644\x000000000\x000000000\x00"  # mode, uid, gid
-    h[124:148] = b"%011o\x00%011o\x00" % (size, mtime)
-    h[148:157] = b"        0"  # the checksum counted as spaces; a regular file
-    h[257:265] = b"ustar\x0000"
-    h[148:156] = b"%06o\x00 " % sum(h)
-    return bytes(h)
+    times = b"%011o\x00%011o\x00" % (size, mtime)
+    check = b"%06o\x00 " % (_FIXED + sum(raw) + sum(times))
+    return b"".join((raw, _ZEROS[:100 - len(raw)], _MODE, times, check, _TYPE, _ZEROS[:100], _MAGIC,
+                     _ZEROS[:_BLOCK - 265]))
 
 
 class _Shard:
@@ -145,10 +149,17 @@ class _Shard:
 
     def add(self, name: str, data: bytes, mtime: float) -> int:
         """Append one member; returns the offset of its bytes in the shard."""
-        self._write(_header(name, len(data), int(mtime)))
-        at = self.offset
-        self._write(data)
-        self._write(tarfile.NUL * (-len(data) % _BLOCK))
+        header = _header(name, len(data), int(mtime))
+        buf = self.buf
+        buf += header
+        buf += data
+        pad = -len(data) % _BLOCK
+        if pad:
+            buf += _ZEROS[:pad]
+        at = self.offset + len(header)
+        self.offset = at + len(data) + pad
+        if len(buf) >= self.FLUSH:
+            self._flush()
         return at
 
     def seal(self, durable: bool) -> dict[str, Any]:
@@ -237,7 +248,7 @@ class ShardSink:
             rec.pop("mtime", None)
         if rec.get("meta"):
             sidecar["meta"] = rec["meta"]
-        shard.add(f"{item_key(i)}.json", json.dumps(sidecar, ensure_ascii=False).encode(), now)
+        shard.add(f"{item_key(i)}.json", jsonio.dumps(sidecar), now)  # (a name that is not UTF-8 escaped)
         shard.items.append((i, rec))
         if len(shard.items) >= self.size:
             self._seal_open()

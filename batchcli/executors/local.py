@@ -35,18 +35,18 @@ class _Proc:
     proc: Any
     conn: Any
     at: Any  # shared integer: the index of the item the worker has in hand
-    queue: deque = field(default_factory=deque)  # of [items, position of the first unreported]
+    queue: deque = field(default_factory=deque)  # of [items, position of the first unreported, holds a video]
     ready: bool = False
     item_started: float = 0.0
 
     def _unreported(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for items, pos in self.queue:
+        for items, pos, _ in self.queue:
             out.extend(items[pos:])
         return out
 
     def on_video(self) -> bool:
-        return any(it.get("video") for items, _ in self.queue for it in items)
+        return any(video for _, _, video in self.queue)
 
     def current(self) -> dict[str, Any] | None:
         """The item the worker is on: the one it says, else the first without a result."""
@@ -126,7 +126,7 @@ class ProcessPool:
         p = min(self._procs, key=lambda q: (q.on_video(), len(q.queue)))
         if not p.queue:
             p.item_started = time.monotonic()
-        p.queue.append([items, 0])
+        p.queue.append([items, 0, any(it.get("video") for it in items)])
         try:
             p.conn.send((0, items))
         except OSError:
