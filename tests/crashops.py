@@ -9,7 +9,8 @@ Python path): batchcli/worker.py imports it then, in the CLI process and in ever
 the op misbehaves only the first time it meets an item (a marker file remembers it), so a retry
 succeeds. `flag` is a file: the op misbehaves only while it exists. `log` is a file that gets
 one line per processed item (to count redone work). `mark` is a file that gets the time just
-before a crash (to measure how long the runner takes to notice).
+before a crash (to measure how long the runner takes to notice). `hold` is a file: the items
+`match` picks wait while it exists (a run that cannot finish before the test says so).
 
 With BATCHCLI_TEST_SYNC_LOG=FILE, every process that imports this module also logs each fsync
 and rename it makes, after it returned ("<time> fsync <path>", "<time> replace <from> <to>"),
@@ -42,6 +43,7 @@ class CrashTest(Op):
         Param("log", "str", "", "append one line per processed item to this file"),
         Param("mark", "str", "", "write the time here just before crashing"),
         Param("delay", "float", 0.0, "seconds to sleep on every item", min=0),
+        Param("hold", "str", "", "the items picked by match wait while this file exists"),
     )
     shrink_safe = True
 
@@ -53,6 +55,8 @@ class CrashTest(Op):
             os.close(fd)
         if p["delay"]:
             time.sleep(p["delay"])
+        while p["hold"] and p["match"] in frame.src and os.path.exists(p["hold"]):
+            time.sleep(0.01)
         if p["action"] == "none" or (p["match"] and p["match"] not in frame.src):
             return frame
         if p["flag"] and not os.path.exists(p["flag"]):

@@ -399,11 +399,13 @@ def test_export_while_running(tmp_path):
                             "p.Pipeline.parse('crashtest none delay=0.05')"], capture_output=True, text=True, env=env)
     if probe.returncode != 0:
         pytest.skip("the test-only crashtest op is not available")
+    hold = tmp_path / "hold"  # the last item waits while this file exists: the run cannot end first
+    hold.touch()
     proc = subprocess.Popen([sys.executable, "-m", "batchcli", "start", str(src), "--out", str(out), "--name", "live",
-                             "-w", "1", "-p", "crashtest none delay=0.04 | convert webp"],
+                             "-w", "1", "-p", f"crashtest none match=r049 hold={hold} | convert webp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         while time.time() < deadline:
             if (home / "batches").is_dir() and len(completed_records(home)) >= 5:
                 break
@@ -413,8 +415,9 @@ def test_export_while_running(tmp_path):
         assert r.returncode == 0, r.stderr
         still_running = proc.poll() is None
     finally:
+        hold.unlink()
         proc.wait(timeout=60)
-    assert still_running, "the runner finished before the export: make the items slower"
+    assert still_running, "the runner finished before the export"
     assert "the batch is still running" in r.stdout and "completed as of" in r.stdout
     recs = completed_records(home)
     with zipfile.ZipFile(z) as zf:
