@@ -196,10 +196,11 @@ class Pipeline:
 
     # --- properties ----------------------------------------------------------------------
     def worker_modules(self) -> list[str]:
-        """The modules a worker imports to run this pipeline: its ops' own and what they import
-        on first use (`Op.imports`), variants' included, each once."""
+        """The modules of this pipeline's ops, variants' included, each once (a worker imports
+        them; the fork server preloads them: executors/forkserve.py). onnxruntime is not one:
+        importing it starts a thread, which a fork would not carry over."""
         ops = [*self.ops, *(op for _, branch in self.variants for op in branch.ops)]
-        return list(dict.fromkeys(m for op in ops for m in (type(op).__module__, *op.imports)))
+        return list(dict.fromkeys(type(op).__module__ for op in ops))
 
     def spec(self) -> list[dict]:
         """The shared ops (without the variants: see variant_spec)."""

@@ -219,3 +219,35 @@ def test_injected_disk_full_pauses_and_resume_completes(tmp_path):
     flag.unlink()
     assert run(home, "resume", paths.id, *NOSPACE).returncode == 0
     assert replay(paths.journal, N).completed == N
+
+
+def test_workers_show_as_batchcli_worker_and_no_process_outlives_the_run(tmp_path):
+    """The workers (forked from the runner's fork server where there is one) are named
+    batchcli-worker in ps; when the run ends, every process it started has exited."""
+    import psutil
+    from crashops import spawn, wait_for
+
+    home, paths = _batch(tmp_path, "crashtest delay=0.1 | convert png", n=16)
+    proc = spawn(home, "resume", paths.id, "-w", "2", *NOSPACE)
+    seen: dict[int, psutil.Process] = {}
+
+    def workers() -> int:
+        try:
+            for p in psutil.Process(proc.pid).children(recursive=True):
+                seen.setdefault(p.pid, p)
+        except psutil.NoSuchProcess:
+            pass
+        named = 0
+        for p in seen.values():
+            try:
+                named += p.name() == "batchcli-worker"
+            except psutil.NoSuchProcess:
+                pass
+        return named
+
+    wait_for(lambda: workers() == 2 or proc.poll() is not None, what="two batchcli-worker processes")
+    assert workers() == 2
+    assert proc.wait(timeout=120) == 0
+    wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in seen.values()),
+             timeout=5, what="every process of the run to exit")
+    assert replay(paths.journal, 16).completed == 16

@@ -20,8 +20,8 @@ START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "
 
 
 def warm_up(modules: Iterable[str] = (), threads: int = 1) -> None:
-    """Start the fork server now, importing PRELOAD and `modules` (the pipeline's op modules,
-    or what its ops name in `Op.imports`) while the caller goes on with its own work. Its
+    """Start the fork server now, importing PRELOAD and `modules` (the pipeline's op modules)
+    while the caller goes on with its own work. Its
     environment is this process's, with OMP_NUM_THREADS at `threads` unless set (as a spawned
     worker sets it before its first import: OpenBLAS sizes its thread pool when NumPy loads).
     Once started it keeps its imports: a later call is a no-op. It exits with this process."""

@@ -162,7 +162,6 @@ class Op:
     params: ClassVar[tuple[Param, ...]] = ()
     writes_image: ClassVar[bool] = True  # False for ops that only record metadata (analyze)
     shrink_safe: ClassVar[bool] = False  # True when a smaller decoded input is fine before this op
-    imports: ClassVar[tuple[str, ...]] = ()  # modules it imports on first use in a worker (preloaded: executors/local.py)
 
     def __init__(self, **values: Any):
         self.p: dict[str, Any] = values
