@@ -14,6 +14,7 @@ the op's `apply_batch`.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -129,6 +130,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the plain loops and batchcli")
     ap.add_argument("--core-only", action="store_true", help="only the rounds (no spin, batch=8 rows skipped)")
     args = ap.parse_args()
+    # batchcli's bytecode cached, as an installed package has it (see bench_core.compile_batchcli)
+    compileall.compile_dir(str(ROOT / "batchcli"), quiet=1)
     model = str(args.models / MODEL)
     if not os.path.exists(model) or not args.photos.is_dir():
         raise SystemExit(f"needs {model} and {args.photos}")

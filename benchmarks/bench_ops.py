@@ -15,6 +15,7 @@ against `-auto-orient -resize 2048x2048 -modulate 100,110 -unsharp 0x1+0.8 -qual
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import resource
 import shutil
@@ -162,6 +163,32 @@ def _run_mogrify(mogrify: str, files: list[str], out: Path) -> tuple[float, floa
     return time.perf_counter() - t, _children_cpu() - c
 
 
+def stage_ms(files: list[str]) -> dict[str, float]:
+    """The pipeline's CPU ms per image, stage by stage, one thread, in-process (median over
+    `files`): what bounds the whole against mogrify."""
+    from batchcli.executors.heap import keep_freed_memory
+
+    keep_freed_memory()  # as a worker does
+    steps = [s.strip() for s in PIPELINE.split("|")]
+    pipes = [Pipeline.parse(s) for s in steps]
+    for p in pipes:
+        p.prepare()
+    took: dict[str, list[float]] = {k: [] for k in ["read + decode", *steps[:-1], "encode (convert webp quality=85)"]}
+    for path in files:
+        t = time.process_time()
+        frame = imageio.load(path)
+        took["read + decode"].append(time.process_time() - t)
+        for name, p in zip(steps[:-1], pipes[:-1]):
+            t = time.process_time()
+            frame = p.run(frame)
+            took[name].append(time.process_time() - t)
+        frame = pipes[-1].run(frame)
+        t = time.process_time()
+        imageio.encode(frame)
+        took["encode (convert webp quality=85)"].append(time.process_time() - t)
+    return {k: sorted(v)[len(v) // 2] * 1000 for k, v in took.items()}
+
+
 def compare_mogrify(count: int, tmp: Path, rounds: int) -> None:
     """batchcli and mogrify take turns, round by round; each round prints its own ratios (wall
     clock, and CPU time of all processes: the steadier one on a machine busy with other work)."""
@@ -179,7 +206,7 @@ def compare_mogrify(count: int, tmp: Path, rounds: int) -> None:
     files = sorted(str(p) for p in src.iterdir())
     print(f"\npipeline on {count} JPEGs of 3000x2000, 2 workers each (start-up included), {rounds} alternating rounds")
     print(f"{'round':>5} {'batchcli s':>10} {'cpu s':>7} {'mogrify s':>9} {'cpu s':>7} {'wall':>6} {'cpu':>6}  load")
-    ours_best, theirs_best, cpu_ratios = float("inf"), float("inf"), []
+    ours_best, theirs_best, cpu_ratios, ours_cpus, theirs_cpus = float("inf"), float("inf"), [], [], []
     for r in range(rounds):
         ours, ours_cpu = _run_batchcli(src, tmp / "out_b", tmp / "home")
         made = len(list((tmp / "out_b").rglob("*.webp")))
@@ -188,10 +215,19 @@ def compare_mogrify(count: int, tmp: Path, rounds: int) -> None:
         theirs, theirs_cpu = _run_mogrify(mogrify, files, tmp / "out_m")
         ours_best, theirs_best = min(ours_best, ours), min(theirs_best, theirs)
         cpu_ratios.append(theirs_cpu / ours_cpu)
+        ours_cpus.append(ours_cpu)
+        theirs_cpus.append(theirs_cpu)
         print(f"{r + 1:>5} {ours:10.2f} {ours_cpu:7.2f} {theirs:9.2f} {theirs_cpu:7.2f} {theirs / ours:5.2f}x "
               f"{theirs_cpu / ours_cpu:5.2f}x  {os.getloadavg()[0]:.1f}")
     print(f"best of {rounds}: batchcli {ours_best:.2f} s ({count / ours_best:.2f} images/s), mogrify {theirs_best:.2f} s: "
           f"{theirs_best / ours_best:.2f}x wall, {max(cpu_ratios):.2f}x CPU (target: at least 4x)")
+    stages = stage_ms(files[:8])
+    mog = min(theirs_cpus) * 1000 / count
+    print(f"\nCPU ms per image: batchcli {min(ours_cpus) * 1000 / count:.0f} (whole command, 2 workers), "
+          f"mogrify {mog:.0f}; 4x mogrify leaves {mog / 4:.0f} ms for everything. The pipeline in-process, one thread:")
+    for name, ms in stages.items():
+        print(f"  {name:40} {ms:6.1f} ms")
+    print(f"  {'sum':40} {sum(stages.values()):6.1f} ms")
 
 
 def main() -> None:
@@ -202,6 +238,8 @@ def main() -> None:
     ap.add_argument("--ops-only", action="store_true", help="skip the mogrify comparison")
     ap.add_argument("--pipeline-only", action="store_true", help="only the mogrify comparison")
     args = ap.parse_args()
+    # batchcli's bytecode cached, as an installed package has it (see bench_core.compile_batchcli)
+    compileall.compile_dir(str(ROOT / "batchcli"), quiet=1)
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory(prefix="bench_ops_") as d:
         tmp = Path(d)
