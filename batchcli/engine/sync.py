@@ -227,8 +227,8 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, p: SyncPlan) -> tuple
     records: list[dict[str, Any]] = []
     single = not checksum and len(lanes) == 1 and lanes[0][0] is None
     sources: Counter = Counter()
-    for item in iter_items(paths.items):
-        p.total += 1
+    n = 0
+    for n, item in enumerate(iter_items(paths.items), 1):  # noqa: B007 (n: the count, after the loop)
         key = (item.get("dev"), item.get("ino"))
         found = earlier.get(key) if item.get("ino") else None
         if single and found is not None and len(found) == 1 and out_b:  # the usual case, spelled out: one output file
@@ -242,7 +242,7 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, p: SyncPlan) -> tuple
                     st = None
                 if st is not None and st.st_size == main[9] and (main[10] is None or st.st_mtime == main[10]):
                     same = main[15] == size and main[16] == mtime and main[14] == item["src"].encode(*fs)
-                    records.append({"i": item["i"], "out": fsdecode(rel), "bytes": main[9], "sha256": main[8],
+                    records.append({"i": item["i"], "out": rel.decode(*fs), "bytes": main[9], "sha256": main[8],
                                     "mtime": main[10], "ms": 0.0, "reused_from": main[4], "_seq": main[5],
                                     "_src": (ids[main[12]], main[13], same)})
                     sources[main[4]] += 1
@@ -287,7 +287,7 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, p: SyncPlan) -> tuple
         records.append(rec)
         sources[main[4]] += 1
     writes.check(paths.items)  # ConfigError (exit 2) before any work: an output that is an input
-    p.reused, p.from_batches = sum(sources.values()), sources
+    p.total, p.reused, p.from_batches = n, sum(sources.values()), sources
     _copy_meta(store, records)
     return p, records
 

@@ -420,7 +420,7 @@ def check_inputs(inputs: list[str], from_file: str | None) -> None:
 
 def is_video(src: str) -> bool:
     """A local file whose extension names a video container (such items run as videos)."""
-    return not is_url(src) and file_ext(src) in VIDEO_EXTENSIONS
+    return file_ext(src) in VIDEO_EXTENSIONS and not is_url(src)
 
 
 def file_ext(path: str) -> str:
