@@ -13,6 +13,7 @@ from typing import Any
 
 from batchcli.errors import ItemError
 from batchcli.executors.heap import keep_freed_memory
+from batchcli.executors.proc import PeakRss, cap_memory, die_with_parent, rss
 from batchcli.imaging.noise import Capture, unique
 
 if os.environ.get("BATCHCLI_TEST_OPS"):  # test-only ops (tests/crashops.py); never set in production
@@ -75,6 +76,7 @@ class Worker:
         spent: list[float] = []
         noise = self.noise
         said: list[list[str]] = []  # what the C libraries printed while each item was in hand
+        alone = len(items) == 1  # (then all of it is the item's: read once, after its save)
         for item in items:
             t0 = time.perf_counter()
             try:
@@ -84,11 +86,11 @@ class Worker:
             loaded.append(frame)
             changed.append(stat)
             spent.append(time.perf_counter() - t0)
-            said.append(noise.take())
+            said.append([] if alone else noise.take())
         t0 = time.perf_counter()
         frames = self.pipeline.run_batch(loaded)
         share = (time.perf_counter() - t0) / max(1, len(items))
-        shared = noise.take()  # a micro-batch's model run: every item of it
+        shared = [] if alone else noise.take()  # a micro-batch's model run: every item of it
         results = []
         for item, frame, stat, t, own in zip(items, frames, changed, spent, said):
             t0 = time.perf_counter()
@@ -119,7 +121,7 @@ class Worker:
 
         def report(rec: dict[str, Any]) -> None:
             if self.on_segment is not None:
-                self.on_segment({"i": item["i"], **rec, "mem": _rss()})
+                self.on_segment({"i": item["i"], **rec, "mem": rss()})
 
         told = [time.monotonic()]
 
@@ -196,7 +198,7 @@ class Worker:
         else:
             path, nbytes, digest = imageio.save(frame, dest)  # discovery keeps outputs off inputs
             entry["mtime"] = os.stat(path).st_mtime
-        entry.update(out=os.path.relpath(path, self.cfg.out_dir), bytes=nbytes, sha256=digest)
+        entry.update(out=_below(path, self.cfg.out_dir), bytes=nbytes, sha256=digest)
 
     def _save_variants(self, item: dict[str, Any], frame: Any, res: dict[str, Any]) -> None:
         """Each variant from the shared frame, into OUT/NAME/<stem> (or the template's {variant}):
@@ -349,6 +351,17 @@ def _error(src: str, exc: BaseException) -> dict[str, Any]:
     return {"ok": False, "error_class": "op", "error": f"{src}: {type(exc).__name__}: {msg}"[:500]}
 
 
+def _below(path: str, root: str) -> str:
+    """os.path.relpath(path, root), without its two abspath calls when `path` is plainly
+    inside `root` (the output paths a worker makes)."""
+    n = len(root)
+    if path.startswith(root) and path[n:n + 1] == os.sep:
+        rel = path[n + 1:]
+        if not any(part in ("", ".", "..") for part in rel.split(os.sep)):
+            return rel
+    return os.path.relpath(path, root)
+
+
 def _changed_stat(item: dict[str, Any]) -> list | None:
     """[size, mtime] of a local input when they differ from the ones recorded for the item."""
     if "size" not in item or item["src"].startswith(("http://", "https://")):
@@ -378,72 +391,6 @@ def _route(out_dir: str, label: str, path: str) -> str:
         shutil.copyfile(path, tmp)
     os.replace(tmp, dest)
     return os.path.join(label, rel)
-
-
-def _rss() -> int:
-    """This process's resident memory in bytes (0 when unknown)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the parent dies (no orphan workers), be `batchcli-worker` in ps."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        libc.prctl(15, b"batchcli-worker")  # PR_SET_NAME (15 bytes at most)
-    except (OSError, AttributeError):
-        pass
-    from batchcli.executors.forkserve import leave
-
-    leave()  # after the prctl: the fork server, this worker's parent, exits with the runner
-
-
-def _cap_memory(limit: int) -> None:
-    if limit <= 0:
-        return
-    try:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    except (ImportError, ValueError, OSError):
-        pass
-
-
-class PeakRss:
-    """The peak resident memory of this process since the last reading: Linux's VmHWM, reset by
-    writing 5 to /proc/self/clear_refs (about 15 us a reading); elsewhere the peak of the
-    process's whole life. Read once per message of results, so a result carries the peak of the
-    window it was made in: its own item's for any item slower than FLUSH_EVERY."""
-
-    def __init__(self) -> None:
-        try:
-            self._status = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
-            self._clear: int | None = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
-        except OSError:
-            self._status = self._clear = None
-
-    def read(self) -> int | None:
-        if self._clear is not None:
-            try:
-                data = os.pread(self._status, 8192, 0)
-                at = data.index(b"VmHWM:")
-                kb = int(data[at + 6:data.index(b"kB", at)])
-                os.write(self._clear, b"5")
-                return kb << 10
-            except (OSError, ValueError):
-                self._clear = None
-        try:
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
-        except (ImportError, OSError):
-            return None
 
 
 PROGRESS_EVERY = 1.0
@@ -487,8 +434,8 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides what Ctrl-C means
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and a hung-up terminal means nothing to a batch
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent()
-    _cap_memory(cfg.memory_limit)
+    die_with_parent()
+    cap_memory(cfg.memory_limit)
     keep_freed_memory()
     try:
         worker = Worker(cfg)
