@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import cv2
@@ -163,10 +164,16 @@ def trilinear_reference(cube, img: np.ndarray) -> np.ndarray:
     return out[..., ::-1] * top
 
 
+@functools.cache
+def _graded_cube(n: int):
+    """Written and parsed once per size (65: 274,625 rows, about a second), for both depths."""
+    return parse_cube(cube_text(n, _grade))
+
+
 @pytest.mark.parametrize("n", [2, 17, 33, 65])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_lut_matches_reference_trilinear(n, dtype):
-    cube = parse_cube(cube_text(n, _grade))
+    cube = _graded_cube(n)
     img = scene(dtype=dtype)
     out = CubeApplier(cube).apply(img).astype(float)
     ref = trilinear_reference(cube, img)
