@@ -49,26 +49,31 @@ def save_jpeg_with_orientation(path: str, bgr: np.ndarray, orientation: int) -> 
     im.save(path, "JPEG", quality=90, exif=exif.tobytes())
 
 
-def main(out: str) -> None:
+def main(out: str, scale: float = 1.0) -> None:
+    """Write the samples into `out`; `scale` shrinks the pictures (0.1: the same files, 1% of the pixels)."""
+
+    def px(n: int) -> int:
+        return max(16, round(n * scale))
+
     os.makedirs(os.path.join(out, "trip", "day1"), exist_ok=True)
     os.makedirs(os.path.join(out, "trip", "day2"), exist_ok=True)
     os.makedirs(os.path.join(out, "studio"), exist_ok=True)
     j = os.path.join
-    cv2.imwrite(j(out, "trip", "day1", "beach.jpg"), scene(4000, 3000, 1), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    cv2.imwrite(j(out, "trip", "day1", "hills.jpg"), scene(3000, 2000, 2), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    cv2.imwrite(j(out, "trip", "day1", "small.jpg"), scene(640, 480, 3))
+    cv2.imwrite(j(out, "trip", "day1", "beach.jpg"), scene(px(4000), px(3000), 1), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(j(out, "trip", "day1", "hills.jpg"), scene(px(3000), px(2000), 2), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(j(out, "trip", "day1", "small.jpg"), scene(px(640), px(480), 3))
     # a phone shot stored sideways with EXIF orientation 6 (display rotated 90 degrees clockwise)
     # (the pixels are stored rotated 90 degrees counter-clockwise, as a phone held upright does)
-    upright = scene(1512, 2016, 4)
+    upright = scene(px(1512), px(2016), 4)
     save_jpeg_with_orientation(j(out, "trip", "day2", "phone portrait.jpg"),
                                cv2.rotate(upright, cv2.ROTATE_90_COUNTERCLOCKWISE), 6)
-    cv2.imwrite(j(out, "trip", "day2", "tower.png"), scene(1200, 1800, 5))
-    cv2.imwrite(j(out, "trip", "day2", "dusk.webp"), scene(1920, 1080, 6), [cv2.IMWRITE_WEBP_QUALITY, 85])
-    cv2.imwrite(j(out, "studio", "scan.tif"), scene(1600, 1200, 7))
-    cv2.imwrite(j(out, "studio", "legacy.bmp"), scene(800, 600, 8))
-    gray = cv2.cvtColor(scene(1024, 768, 9), cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(j(out, "trip", "day2", "tower.png"), scene(px(1200), px(1800), 5))
+    cv2.imwrite(j(out, "trip", "day2", "dusk.webp"), scene(px(1920), px(1080), 6), [cv2.IMWRITE_WEBP_QUALITY, 85])
+    cv2.imwrite(j(out, "studio", "scan.tif"), scene(px(1600), px(1200), 7))
+    cv2.imwrite(j(out, "studio", "legacy.bmp"), scene(px(800), px(600), 8))
+    gray = cv2.cvtColor(scene(px(1024), px(768), 9), cv2.COLOR_BGR2GRAY)
     cv2.imwrite(j(out, "studio", "mono.png"), gray)
-    deep = (scene(1024, 1024, 10).astype(np.uint16) * 257)
+    deep = (scene(px(1024), px(1024), 10).astype(np.uint16) * 257)
     cv2.imwrite(j(out, "studio", "deep-16bit.png"), deep)
     logo = np.zeros((512, 512, 4), np.uint8)
     cv2.circle(logo, (256, 256), 200, (40, 120, 250, 255), -1, cv2.LINE_AA)
@@ -91,5 +96,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Write the demo's sample images into a folder.")
     ap.add_argument("out", nargs="?", default=os.path.join(os.path.dirname(__file__), "generated"),
                     help="folder to write into (default: examples/generated)")
-    main(ap.parse_args().out)
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="shrink the pictures by this factor (0.1: a quick set for tests)")
+    args = ap.parse_args()
+    main(args.out, args.scale)
 
