@@ -418,8 +418,13 @@ def check_inputs(inputs: list[str], from_file: str | None) -> None:
         check_file(os.path.expanduser(from_file), "--from-file", "list")
 
 
+_PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+
+
 def is_video(src: str) -> bool:
     """A local file whose extension names a video container (such items run as videos)."""
+    if src.endswith(_PHOTO_SUFFIXES):  # the usual item, told without file_ext
+        return False
     return file_ext(src) in VIDEO_EXTENSIONS and not is_url(src)
 
 

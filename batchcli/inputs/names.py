@@ -48,6 +48,8 @@ def _mirror_component(s: str) -> str:
 
 
 def _clip(s: str, limit: int = MAX_NAME_BYTES) -> str:
+    if len(s) * 4 <= limit:  # short enough whatever its characters (4 bytes at most each)
+        return s
     b = s.encode("utf-8", "surrogateescape")
     if len(b) <= limit:
         return s
@@ -99,7 +101,7 @@ class Namer:
         if self.template is None:
             if folder != self._folder:  # items come folder by folder: its part is made once
                 self._folder, self._folder_clean = folder, _clean_path(folder, _mirror_component)
-            name = _clean_path(stem, _mirror_component)
+            name = _mirror_component(stem) if "/" not in stem and "\\" not in stem else _clean_path(stem, _mirror_component)
             out = f"{self._folder_clean}/{name}" if self._folder_clean and name else self._folder_clean or name
             return out or f"item{i}", ext
         values = {"stem": safe_component(stem), "name": self.batch_name, "i": i,
