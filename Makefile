@@ -29,11 +29,13 @@ demo: $(STAMP)  ## generate sample images and run a real batch over them
 JOBS ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 1) )))
 # compileall first: the package is installed editable, so with PYTHONDONTWRITEBYTECODE set (as on CI) every
 # CLI, runner and worker process the tests start would compile batchcli from source (about 20% of the suite's
-# CPU time). It writes only what is stale.
+# CPU time). It writes only what is stale. pytest, for its part, keeps the test modules it has rewritten (for
+# its assert messages) only where bytecode may be written: allowed, each test process collects the suite in
+# 2.2 s of CPU instead of 5.7 s from the second run on.
 test: $(STAMP)  ## lint, then run the whole test suite
 	$(BIN)/ruff check batchcli tests benchmarks examples
 	$(BIN)/python -m compileall -q batchcli
-	$(BIN)/python -m pytest -q -n $(JOBS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(JOBS)
 
 bench: $(STAMP)  ## run the benchmarks (minutes; prints tables)
 	$(BIN)/python benchmarks/bench_core.py
