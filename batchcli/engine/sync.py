@@ -435,14 +435,17 @@ def _index(paths: BatchPaths, reused: list[tuple], t: float, before: int, after:
 
     links: list[list] = []  # [item, n, seq, t, source batch id, source item]
     copies = []
+    run, nxt = None, (None, None, None, None)  # the run being extended; what its next item would be
     for i, seq, src, src_i, same in reused:
-        run = links[-1] if links else None
         if not same:
             copies.append((i, seq, src, src_i))
-        elif run and (i, seq, src, src_i) == (run[0] + run[1], run[2] + run[1], run[4], run[5] + run[1]):
+        elif (i, seq, src_i, src) == nxt:
             run[1] += 1
+            nxt = (i + 1, seq + 1, src_i + 1, src)
         else:
-            links.append([i, 1, seq, t, src, src_i])
+            run = [i, 1, seq, t, src, src_i]
+            links.append(run)
+            nxt = (i + 1, seq + 1, src_i + 1, src)
     linked = bytearray(int(paths.load_manifest()["total"]))
     for link in links:
         linked[link[0]:link[0] + link[1]] = b"\x01" * link[1]
