@@ -272,9 +272,13 @@ def prefix_crc(path: str, length: int, start: int = 0, crc: int = 0) -> int | No
 
 def checkpoint(path: str, total: int) -> Replay:
     """Fold the journal and save the fold as a snapshot beside it, so later replays read only
-    what was appended since. Call it only while holding the batch lock (the runner, at exit)."""
-    st = replay(path, total)
-    save_snapshot(path, st)
+    what was appended since (unless nothing was: the snapshot is current). Call it only while
+    holding the batch lock (the runner, at exit)."""
+    snap = _load_snapshot(path, total)
+    taken_at = snap.offset if snap is not None else -1
+    st = replay(path, total, base=snap) if snap is not None else replay(path, total, use_snapshot=False)
+    if st.offset != taken_at:
+        save_snapshot(path, st)
     return st
 
 
