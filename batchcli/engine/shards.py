@@ -233,8 +233,22 @@ class ShardSink:
             self.next += 1
         shard = self.shard
         now = time.time()
+        key = item_key(i)
+        sidecar: dict[str, Any] = {"key": key, "i": i, "batch_id": self.batch_id, "input": src}
+        if len(blobs) == 1 and rec.get("out") and not rec.get("outputs"):  # one output: no copies
+            out = rec["out"]
+            member = f"{key}.{os.path.splitext(out)[1].lstrip('.') or 'bin'}"
+            rec.update(shard=shard.name, member=member, offset=shard.add(member, blobs[0], now))
+            rec.pop("mtime", None)
+            sidecar.update(member=member, out=out, bytes=rec["bytes"], sha256=rec["sha256"])
+            if rec.get("meta"):
+                sidecar["meta"] = rec["meta"]
+            shard.add(f"{key}.json", jsonio.dumps(sidecar), now)
+            shard.items.append((i, rec))
+            if len(shard.items) >= self.size:
+                self._seal_open()
+            return
         members = member_names({"i": i, **rec})
-        sidecar: dict[str, Any] = {"key": item_key(i), "i": i, "batch_id": self.batch_id, "input": src}
         for (entry, member), data in zip(members, blobs):
             entry.update(shard=shard.name, member=member, offset=shard.add(member, data, now))
             entry.pop("mtime", None)
@@ -248,7 +262,7 @@ class ShardSink:
             rec.pop("mtime", None)
         if rec.get("meta"):
             sidecar["meta"] = rec["meta"]
-        shard.add(f"{item_key(i)}.json", jsonio.dumps(sidecar), now)  # (a name that is not UTF-8 escaped)
+        shard.add(f"{key}.json", jsonio.dumps(sidecar), now)  # (a name that is not UTF-8 escaped)
         shard.items.append((i, rec))
         if len(shard.items) >= self.size:
             self._seal_open()
