@@ -110,6 +110,9 @@ def test_second_runner_refuses_fast_and_lock_passes_on_after_sigkill(slow_batch)
     assert engine_refused < 1.0
     assert cli_refused < 5.0  # a whole CLI process: interpreter start-up on a loaded 2-core machine
 
+    # it holds the lock before it writes to the journal: killed in between, it left nothing to note
+    wait_for(lambda: any(r["type"] == "batch_started" for r in records(paths.journal)),
+             what="first runner to start the batch")
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     t0 = time.monotonic()
