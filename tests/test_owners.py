@@ -45,7 +45,8 @@ def test_a_second_runner_into_the_same_folder_is_refused_naming_the_first(tmp_pa
             r = run(home, "start", src, "--out", where, "--name", "B", "--pipeline", "convert png", *RUN)
             assert r.returncode == 2, r.stderr
             line = r.stderr.strip()
-            assert "\n" not in line and f"batch {a.id} (A, running) also writes 12 of these outputs:" in line
+            assert "\n" not in line, repr(r.stderr)
+            assert f"batch {a.id} (A, running) also writes 12 of these outputs:" in line, line
             assert "img000.png, img001.png, img002.png, img003.png, img004.png and 7 more" in line
             assert f"batchcli cancel {a.id}" in line
         assert Store(str(home)).ids() == [a.id]  # B left nothing behind

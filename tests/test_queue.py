@@ -196,6 +196,9 @@ def test_kill_9_of_a_slot_holder_frees_its_slots_within_a_second(tmp_path):
     home = tmp_path / "home"
     a = start(tmp_path, home, "a", 200, 0.1, "-w", "2")
     wait_for(lambda: has_batch(home, "a") and status(home, "a")["slots"] == 2, what="a holds both slots")
+    # its slots are on the board before its workers start; batch_started comes with the first worker
+    wait_for(lambda: any(r["type"] == "batch_started" for r in records(Store(str(home)).resolve("a").journal)),
+             what="a started")
     b = start(tmp_path, home, "b", 10, 0.01, "-w", "2", "--json")
     wait_for(lambda: has_batch(home, "b") and status(home, "b")["status"] == "queued", what="b queued")
     s = status(home, "b")

@@ -111,7 +111,7 @@ class Gate:
         if need > 0:
             spare = self.leases.held - pool.alive()
             if need > spare and self.leases.acquire(need - max(0, spare)) and self.reg is not None:
-                me.held = self.leases.held  # on the board before the workers start, which takes a while
+                me.held, me.state = self.leases.held, "running"  # on the board before the workers start
                 self.reg.publish(me)
             pool.grow(min(need, self.leases.held - pool.alive()))
         self._settle(pool, left, wanted, cap, mem_note, others, me)

@@ -115,11 +115,16 @@ def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, la
                 if len(clashes) < SHOWN:
                     clashes.append(stem + (f".{ext}" if ext else ".*"))
         if count:
-            raise ConfigError(_refusal(rival, out_dir, clashes, count))
+            raise ConfigError(_refusal(store, rival, out_dir, clashes, count))
 
 
-def _refusal(rival: BatchRow, out_dir: str, clashes: list[str], count: int) -> str:
+def _refusal(store: Store, rival: BatchRow, out_dir: str, clashes: list[str], count: int) -> str:
     state = rival.state if not rival.finished else f"{rival.state}, being resumed"
+    if state == "pending":  # its runner may be up and not have written batch_started yet
+        from batchcli.engine.liveness import runner_alive
+
+        if runner_alive(BatchPaths(os.path.join(store.batches_dir, rival.batch_id))) is not None:
+            state = "running"
     who = f"batch {rival.batch_id} ({rival.name + ', ' if rival.name else ''}{state})"
     more = f" and {count - len(clashes)} more" if count > len(clashes) else ""
     return (f"--out {out_dir}: {who} also writes {count} of these outputs: "
