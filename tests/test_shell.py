@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import cli, make_image
@@ -72,6 +73,19 @@ def test_stdout_and_stderr_on_one_closed_pipe(inputs, tmp_path):
     assert "failed [decode]" in log and "completed 12, failed 1" in log
 
 
+def _session(sid: int) -> set[int]:
+    """The live processes of session `sid`."""
+    pids = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.getsid(int(name)) == sid:
+                    pids.add(int(name))
+            except OSError:
+                pass
+    return pids
+
+
 def test_a_hung_up_terminal_does_not_stop_the_batch(inputs, tmp_path):
     """SIGHUP to the whole process group (what a dropped SSH session sends): the runner and its
     workers keep going; output after it goes to log.txt."""
@@ -81,9 +95,13 @@ def test_a_hung_up_terminal_does_not_stop_the_batch(inputs, tmp_path):
     p.stdout.readline()  # started: the workers are up
     wait_for(lambda: any(r["type"] == "item_completed" for r in records(_batch_dir(home) / "journal.jsonl")),
              what="a first completed item")
+    before = _session(p.pid)  # the runner, the fork server, its resource tracker, the workers
     os.killpg(p.pid, signal.SIGHUP)
+    time.sleep(0.3)
+    after = _session(p.pid)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
+    assert len(before) >= 4 and before <= after, f"processes of the run gone after SIGHUP: {before - after}"
     assert _finished(home)["status"] == "completed"
     recs = records(_batch_dir(home) / "journal.jsonl")
     assert sum(r["type"] == "item_completed" for r in recs) == N

@@ -35,9 +35,14 @@ def warm_up(modules: Iterable[str] = (), threads: int = 1) -> None:
     unset = "OMP_NUM_THREADS" not in os.environ
     if unset:
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    # SIGHUP blocked while it starts, so the server and its resource tracker inherit it blocked: a
+    # hung-up terminal signals the whole process group, and the server's death would take the
+    # workers with it (they ignore SIGHUP themselves). It exits with the runner all the same.
+    masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
         forkserver.ensure_running()
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, masked)
         if unset:
             del os.environ["OMP_NUM_THREADS"]
 
