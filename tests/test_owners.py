@@ -31,6 +31,29 @@ def _files(folder) -> dict[str, bytes]:
     return out
 
 
+def test_a_runner_that_has_not_written_batch_started_yet_is_named_running(tmp_path):
+    """Between taking its lock and its first worker (the fork server's imports: seconds on a busy
+    machine) a runner's journal holds only the header; a refusal still names the batch running."""
+    home, src, out, slow = tmp_path / "home", tmp_path / "in", tmp_path / "out", tmp_path / "slow"
+    make_pngs(src, 3)
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(  # the fork server takes 5 s to start
+        "import time\nif b'forkserver import main' in open('/proc/self/cmdline', 'rb').read():\n"
+        "    time.sleep(5)\n")
+    first = spawn(home, "start", src, "--out", out, "--name", "A", "--pipeline", "convert png", *RUN,
+                  env={"PYTHONPATH": str(slow)})
+    try:
+        a = wait_for(lambda: named(home, "A"), what="batch A")
+        wait_for(lambda: runner_alive(a), what="A's runner")
+        with open(a.journal, "rb") as fh:  # the window this test is about
+            assert b"batch_started" not in fh.read()
+        r = run(home, "start", src, "--out", out, "--name", "B", "--pipeline", "convert png", *RUN)
+        assert r.returncode == 2 and f"batch {a.id} (A, running) also writes 3 of these outputs" in r.stderr, r.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
 def test_a_second_runner_into_the_same_folder_is_refused_naming_the_first(tmp_path):
     home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
     make_pngs(src, 12)
