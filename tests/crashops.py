@@ -12,10 +12,12 @@ one line per processed item (to count redone work). `mark` is a file that gets t
 before a crash (to measure how long the runner takes to notice). `hold` is a file: the items
 `match` picks wait while it exists (a run that cannot finish before the test says so).
 
-With BATCHCLI_TEST_SYNC_LOG=FILE, every process that imports this module also logs each fsync
-and rename it makes, after it returned ("<time> fsync <path>", "<time> replace <from> <to>"),
-and BATCHCLI_TEST_SYNC_DELAY=S makes each fsync take S seconds longer (a slow disk), so the
-order of durable writes and journal records can be checked under real kills.
+With BATCHCLI_TEST_SYNC_LOG=FILE, every process that imports this module also logs each fsync,
+syncfs, rename and exclusive create (a temp file) it makes, after it returned ("<time> fsync
+<path>", "<time> syncfs <path>", "<time> replace <from> <to>", "<time> create <path>"), and
+BATCHCLI_TEST_SYNC_DELAY=S makes each fsync and syncfs take S seconds longer (a slow disk), so
+the order of durable writes and journal records can be checked under real kills.
+BATCHCLI_TEST_SYNCFS=0 makes groups of outputs use fsyncs instead of syncfs, =1 syncfs always.
 """
 
 from __future__ import annotations
@@ -116,7 +118,10 @@ def _misbehave(action: str, src: str, mark: str) -> None:
 
 
 def _spy_on_syncs(log: str, delay: float) -> None:
-    real_fsync, real_replace = os.fsync, os.replace
+    import batchcli.atomic
+
+    real_fsync, real_replace, real_open = os.fsync, os.replace, os.open
+    real_syncfs = batchcli.atomic.syncfs
     out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def note(*words: str) -> None:
@@ -133,7 +138,27 @@ def _spy_on_syncs(log: str, delay: float) -> None:
         real_replace(src, dst, **kw)
         note("replace", os.fspath(src), os.fspath(dst))
 
-    os.fsync, os.replace = fsync, replace
+    def syncfs(fd: int) -> None:
+        if delay:
+            time.sleep(delay)
+        real_syncfs(fd)
+        note("syncfs", os.readlink(f"/proc/self/fd/{fd}"))
+
+    def open_(path, flags, *args, **kw) -> int:
+        fd = real_open(path, flags, *args, **kw)
+        if flags & os.O_EXCL:
+            note("create", os.fspath(path))
+        return fd
+
+    os.fsync, os.replace, os.open = fsync, replace, open_
+    batchcli.atomic.syncfs = syncfs
+
+
+if os.environ.get("BATCHCLI_TEST_SYNCFS") in ("0", "1"):
+    import batchcli.atomic
+
+    batchcli.atomic.SYNCFS = os.environ["BATCHCLI_TEST_SYNCFS"] == "1"
+    batchcli.atomic.DIRTY_LIMIT = 1 << 62  # whatever else the machine is writing
 
 
 if os.environ.get("BATCHCLI_TEST_SYNC_LOG"):

@@ -45,3 +45,52 @@ def test_a_file_that_cannot_be_written_fails_alone_in_its_group(tmp_path):
     assert isinstance(got[1], OSError) and isinstance(got[0], float) and isinstance(got[2], float)
     assert (tmp_path / "ok1.bin").read_bytes() == b"1" and (tmp_path / "ok2.bin").read_bytes() == b"3"
     assert sorted(os.listdir(tmp_path)) == ["blocked", "ok1.bin", "ok2.bin"]  # no temp file left
+
+
+def _spy_syncfs(monkeypatch, fail: bool = False) -> list[str]:
+    import batchcli.atomic as atomic
+
+    calls, real = [], atomic.syncfs
+
+    def syncfs(fd: int) -> None:
+        calls.append(os.readlink(f"/proc/self/fd/{fd}"))
+        if fail:
+            raise OSError(5, "Input/output error")  # EIO: a write-back failed
+        real(fd)
+
+    monkeypatch.setattr(atomic, "syncfs", syncfs)
+    monkeypatch.setattr(atomic, "SYNCFS", True)
+    monkeypatch.setattr(atomic, "DIRTY_LIMIT", 1 << 62)
+    return calls
+
+
+def test_a_group_costs_two_syncfs_calls_on_linux_whatever_its_size(tmp_path, monkeypatch):
+    calls = _spy_syncfs(monkeypatch)
+    entries = [(str(tmp_path / "out" / f"f{k}.bin"), bytes([k])) for k in range(40)]
+    got = atomic_write_many(entries)
+    assert all(isinstance(m, float) for m in got)
+    assert calls == [str(tmp_path / "out")] * 2  # the data before the renames, the renames after
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(f"f{k}.bin" for k in range(40))
+
+
+def test_a_failed_syncfs_falls_back_to_an_fsync_of_each_file(tmp_path, monkeypatch):
+    calls = _spy_syncfs(monkeypatch, fail=True)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    entries = [(str(tmp_path / f"f{k}.bin"), b"x" * k) for k in range(5)]
+    got = atomic_write_many(entries)
+    assert all(isinstance(m, float) for m in got) and len(calls) == 2
+    assert sum(is_tmp_name(os.path.basename(p)) for p in synced) == 5  # each temp file, before its rename
+    assert synced.count(str(tmp_path)) == 1  # and the folder after the renames
+    assert [(tmp_path / f"f{k}.bin").read_bytes() for k in range(5)] == [b"x" * k for k in range(5)]
+
+
+def test_with_much_else_waiting_to_be_written_a_group_uses_its_own_fsyncs(tmp_path, monkeypatch):
+    import batchcli.atomic as atomic
+
+    assert atomic.DIRTY_LIMIT == 64 << 20  # what the README says
+    calls = _spy_syncfs(monkeypatch)
+    monkeypatch.setattr(atomic, "DIRTY_LIMIT", 0)  # a syncfs would wait for every other program's writes
+    got = atomic_write_many([(str(tmp_path / f"f{k}.bin"), b"1") for k in range(3)])
+    assert all(isinstance(m, float) for m in got) and calls == []

@@ -1,8 +1,10 @@
-"""Outputs made durable in groups (a worker's writer fsyncs a group of files together, renames
-them, fsyncs each folder once, then reports them): kill -9 the runner while groups are being
-written and check, at each kill, that every item the journal records completed has its output in
-place with the recorded bytes, and that the output's temp file was fsynced, renamed, and its folder
-fsynced before the record was written (each fsync made slower, so the groups are in flight)."""
+"""Outputs made durable in groups (a worker's writer writes a group of files, commits the
+filesystem with syncfs, renames them, commits again, then reports them; or, without syncfs,
+fsyncs the files together, renames them and fsyncs each folder once): kill -9 the runner while
+groups are being written and check, at each kill, that every item the journal records completed
+has its output in place with the recorded bytes, and that the output's temp file was durable
+before its rename and the rename durable before the record (each sync made slower, so the groups
+are in flight)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import signal
 from collections import defaultdict
 
 import psutil
+import pytest
 from crashops import create, make_pngs, records, run, spawn, wait_for
 
 from batchcli.atomic import is_tmp_name
@@ -27,11 +30,14 @@ def _completed(journal) -> list[dict]:
     return [r for r in records(journal) if r.get("type") == "item_completed"]
 
 
-def _sync_log(path) -> tuple[dict, dict, dict]:
-    """fsynced files {path: time}, renames {to: [(time, from)]}, folder fsyncs {folder: [time]}."""
+def _sync_log(path) -> tuple[dict, dict, dict, dict, list]:
+    """fsynced files {path: time}, renames {to: [(time, from)]}, folder fsyncs {folder: [time]},
+    temp files created {path: time}, syncfs calls [time] (every test file is on one filesystem)."""
     files: dict[str, float] = {}
     renames: dict[str, list] = defaultdict(list)
     folders: dict[str, list] = defaultdict(list)
+    created: dict[str, float] = {}
+    syncfs: list[float] = []
     for line in open(path).read().splitlines():
         t, kind, *paths = line.split(" ")
         if kind == "fsync" and os.path.isdir(paths[0]):
@@ -40,35 +46,42 @@ def _sync_log(path) -> tuple[dict, dict, dict]:
             files[paths[0]] = float(t)
         elif kind == "replace":
             renames[paths[1]].append((float(t), paths[0]))
-    return files, renames, folders
+        elif kind == "create":
+            created[paths[0]] = float(t)
+        elif kind == "syncfs":
+            syncfs.append(float(t))
+    return files, renames, folders, created, syncfs
 
 
 def _check_at_kill(out, journal, synclog) -> int:
     """Every completed item durable before its record; returns how many outputs were caught in
     flight (a temp file, or renamed and not yet recorded): the kill landed mid-group."""
-    files, renames, folders = _sync_log(synclog)
+    files, renames, folders, created, syncfs = _sync_log(synclog)
     recorded = set()
     for rec in _completed(journal):
         path = str(out / rec["out"])
         recorded.add(path)
         data = open(path, "rb").read()  # in place...
         assert hashlib.sha256(data).hexdigest() == rec["sha256"], f"{path}: not the recorded bytes"
-        # ...and durable before the record: its temp file fsynced, renamed, then its folder fsynced
+        # ...and durable before the record: its temp file fsynced (or a syncfs after it was
+        # made), renamed, then its folder fsynced (or a syncfs after the rename)
         t_rec = rec["t"] + 0.001  # record times are rounded to the millisecond
-        ok = any(tmp in files and files[tmp] <= t_ren
-                 and any(t_ren <= t_dir <= t_rec for t_dir in folders.get(os.path.dirname(path), []))
+        ok = any((files.get(tmp, t_ren + 1) <= t_ren or any(created.get(tmp, t_ren) <= t <= t_ren for t in syncfs))
+                 and any(t_ren <= t <= t_rec for t in [*folders.get(os.path.dirname(path), []), *syncfs])
                  for t_ren, tmp in renames.get(path, []))
         assert ok, f"{path}: recorded completed at {rec['t']} before it was durable: {renames.get(path)}"
     on_disk = [os.path.join(out, n) for n in os.listdir(out)] if out.exists() else []
     return sum(1 for p in on_disk if is_tmp_name(os.path.basename(p)) or p not in recorded)
 
 
-def test_kill9_mid_group_every_recorded_output_is_durable(tmp_path):
+@pytest.mark.parametrize("sync", ["syncfs", "fsync"])
+def test_kill9_mid_group_every_recorded_output_is_durable(tmp_path, sync):
     home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
     n = 160
     make_pngs(src, n, size=16)
     synclog = tmp_path / "sync.log"
-    env = {"BATCHCLI_TEST_SYNC_LOG": str(synclog), "BATCHCLI_TEST_SYNC_DELAY": str(SLOW_FSYNC)}
+    env = {"BATCHCLI_TEST_SYNC_LOG": str(synclog), "BATCHCLI_TEST_SYNC_DELAY": str(SLOW_FSYNC),
+           "BATCHCLI_TEST_SYNCFS": "1" if sync == "syncfs" else "0"}
     paths = create(home, [src], out, "resize 8x8")
     rng = random.Random(18)
     kills = caught = 0
@@ -92,6 +105,7 @@ def test_kill9_mid_group_every_recorded_output_is_durable(tmp_path):
         recover(Store(str(home)))
     assert kills >= 3
     assert caught > 0, "no kill landed while a group was being written"
+    assert (" syncfs " in synclog.read_text()) == (sync == "syncfs")
     if replay(paths.journal, n).state != "completed":  # the last resume may have run to the end before its kill
         r = run(home, "resume", paths.id, "-w", "2", "--min-free-space", "0", env=env)
         assert r.returncode == 0, r.stdout + r.stderr

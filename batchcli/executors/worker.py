@@ -248,16 +248,17 @@ class VariantFailed(Exception):
 
 class Writer:
     """A background thread that makes a worker's outputs durable in groups: the outputs queued
-    while it was busy are written, fsynced together, renamed, and each folder fsynced once
-    (imageio.write_many), so a group costs about one filesystem commit, not two per file, and
-    the waiting overlaps the next images' decode. At most `depth` outputs or `max_bytes` wait.
+    while it was busy, or within `linger` seconds of the first, are written and made durable
+    together (imageio.write_many, atomic_write_many), so a group costs about two filesystem
+    commits, not two per file, and the waiting overlaps the next images' decode. At most `depth` outputs or `max_bytes` wait.
     Each output's future gets its mtime or its ItemError; `fileno()` becomes readable after
     every group, so the worker can wait on it beside its pipe."""
 
-    def __init__(self, depth: int = 64, max_bytes: int = 64 << 20):
+    def __init__(self, depth: int = 64, max_bytes: int = 64 << 20, linger: float = 0.005):
         import threading
 
         self.depth = depth
+        self.linger = linger
         self.max_bytes = max_bytes
         self._cond = threading.Condition()
         self._queue: list[tuple[str, bytes, Any]] = []
@@ -298,6 +299,12 @@ class Writer:
             with self._cond:
                 while not self._queue:
                     self._cond.wait()
+                deadline = time.monotonic() + self.linger  # let a group gather: each costs a commit
+                while len(self._queue) < self.depth and self._bytes < self.max_bytes // 2:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 group, self._queue = self._queue, []
             try:
                 outs: list[Any] = write_many([(path, data) for path, data, _ in group])
