@@ -96,6 +96,32 @@ def test_a_paused_batch_still_claims_its_outputs_and_a_resume_checks_too(tmp_pat
     assert r.returncode == 2 and f"batch {c.id} (C, pending) also writes 3 of these outputs" in r.stderr
 
 
+def test_claims_follow_the_journals_when_the_catalog_is_behind_them(tmp_path):
+    """The claims check reads a batch the catalog indexed before its journal grew from the
+    journal's end, however far back its last state record lies: a paused batch indexed then
+    cancelled claims nothing; one paused after 200 KiB of other records still claims."""
+    from batchcli.engine.catalog import Catalog
+    from batchcli.engine.journal import JournalWriter, replay
+
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 3)
+    a = create(home, [src], out, "convert png", name="A")
+    assert run(home, "pause", a.id).returncode == 0
+    with Catalog(str(home)) as cat:
+        assert cat.refresh()["batches"] == 1
+        assert [r.state for r in cat.batches_into(os.stat(out).st_dev, os.stat(out).st_ino)] == ["paused"]
+    assert run(home, "cancel", a.id).returncode == 0  # the catalog still says paused
+    c = create(home, [src], out, "convert png", name="C")
+    assert run(home, "pause", c.id).returncode == 0
+    with JournalWriter(c.journal, replay(c.journal, 3).last_seq) as j:  # the pause far from the end
+        for _ in range(800):
+            j.append("items_requeued", items=[], reason="x" * 200)
+    assert os.path.getsize(c.journal) > 200 << 10
+    r = run(home, "start", src, "--out", out, "--pipeline", "resize 10x10", *RUN)
+    assert r.returncode == 2 and f"batch {c.id} (C, paused) also writes 3" in r.stderr, r.stderr
+    assert a.id not in r.stderr
+
+
 def test_writing_over_a_finished_batch_moves_ownership(tmp_path):
     home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
     make_pngs(src, 3)

@@ -342,11 +342,7 @@ class Catalog:
         except (OSError, ValueError):
             return None
         out = man.get("out_dir")
-        dev, ino = man.get("out_dev"), man.get("out_ino")
-        if out and dev is None:  # a batch from before folder identities were recorded
-            with contextlib.suppress(OSError):
-                st = os.stat(out)
-                dev, ino = st.st_dev, st.st_ino
+        dev, ino = out_identity(man)
         cur = self.db.execute(
             "INSERT INTO batches (batch_id, name, created_at, fingerprint, out_path, out_dev, out_ino, total)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -431,6 +427,12 @@ class Catalog:
         out = [_batch(r) for r in rows]
         return [b for b in out if not b.finished] if live_only else out
 
+    def indexed(self) -> dict[str, tuple[BatchRow, tuple[int, int, int]]]:
+        """Every indexed batch: its row and the journal's (device, inode, size) it was indexed up
+        to. No refresh: a row is current while its journal's stat still says the same."""
+        return {r[0]: (_batch(r[:8]), (r[8], r[9], r[10])) for r in
+                self.db.execute(f"SELECT {_BATCH_COLUMNS}, j_dev, j_ino, j_offset FROM batches")}
+
     def batches_with(self, out_dev: int | None, out_ino: int | None, fingerprint: str) -> list[str]:
         """For `sync`: the batches with this pipeline fingerprint into this output folder (by
         identity; None: batches that write no file), newest first. No refresh."""
@@ -477,8 +479,8 @@ class _Folder:
                 self.undone.add(i)
             elif kind == "items_requeued":  # back to pending (failed items have nothing to withdraw)
                 self.undone.update(j for j in rec.get("items", ()) if isinstance(j, int))
-            elif kind in _STATES:
-                self.state = rec.get("status", "completed") if kind == "batch_finished" else _STATES[kind]
+            elif kind in STATES:
+                self.state = rec.get("status", "completed") if kind == "batch_finished" else STATES[kind]
             if len(self.rows) + len(self.undone) >= FLUSH_ROWS:
                 self.flush()
         self.flush()
@@ -527,9 +529,20 @@ class _Folder:
         self.undone.clear()
 
 
-_STATES = {"header": "pending", "batch_started": "running", "batch_resumed": "running",
+STATES = {"header": "pending", "batch_started": "running", "batch_resumed": "running",
            "batch_paused": "paused", "batch_interrupted": "interrupted", "batch_cancelled": "cancelled",
            "batch_finished": "completed"}
+"""Record types that set a batch's state, and the state (batch_finished: its `status`)."""
+
+
+def out_identity(man: dict[str, Any]) -> tuple[int | None, int | None]:
+    """A manifest's output folder (device, inode); (None, None) without one."""
+    dev, ino = man.get("out_dev"), man.get("out_ino")
+    if man.get("out_dir") and dev is None:  # a batch from before folder identities were recorded
+        with contextlib.suppress(OSError):
+            st = os.stat(man["out_dir"])
+            dev, ino = st.st_dev, st.st_ino
+    return dev, ino
 
 
 def _items(path: str, linked: bytearray | None) -> Iterator[dict[str, Any]]:

@@ -20,7 +20,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from batchcli.engine.catalog import BatchRow, Catalog
+from batchcli.engine.catalog import STATES, BatchRow, Catalog, out_identity
+from batchcli.engine.journal import decode
 from batchcli.engine.store import BatchPaths, Store
 from batchcli.errors import ConfigError
 from batchcli.inputs.discover import file_ext
@@ -90,9 +91,7 @@ def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, la
     `claims_lock`."""
     if not out_dir or out_id is None:
         return
-    with Catalog(store) as cat:
-        cat.refresh()
-        rivals = [r for r in cat.batches_into(*out_id) if r.batch_id != me and _claiming(store, r)]
+    rivals = [r for r in batches_into(store, out_id) if r.batch_id != me and _claiming(store, r)]
     if not rivals:
         return
     from batchcli.inputs.discover import DigestSet
@@ -118,6 +117,69 @@ def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, la
             raise ConfigError(_refusal(store, rival, out_dir, clashes, count))
 
 
+def batches_into(store: Store, out_id: tuple[int, int]) -> list[BatchRow]:
+    """The batches whose output folder is `out_id` (by identity), oldest first, each in the state
+    its journal leaves it in now. The catalog's row stands for a batch whose journal is unchanged
+    since it was indexed; any other is read from its manifest and the end of its journal, so a
+    new batch does not wait for the last one's outputs to be indexed (the commands that ask about
+    outputs refresh the catalog themselves)."""
+    with Catalog(store) as cat:
+        known = cat.indexed()
+    rows = []
+    for bid in reversed(store.ids()):
+        bdir = os.path.join(store.batches_dir, bid)
+        journal = os.path.join(bdir, "journal.jsonl")
+        try:
+            st = os.stat(journal)
+        except OSError:
+            continue  # being created (or removed): not a batch yet
+        row, mark = known.get(bid, (None, None))
+        if mark != (st.st_dev, st.st_ino, st.st_size):
+            row = _row_now(bid, bdir, journal, out_id)
+        if row is not None and (row.out_dev, row.out_ino) == tuple(out_id):
+            rows.append(row)
+    return rows
+
+
+def _row_now(bid: str, bdir: str, journal: str, out_id: tuple[int, int]) -> BatchRow | None:
+    """A batch's row from its manifest (its state from its journal only when it writes into
+    `out_id`); None without a readable manifest, as the catalog has it."""
+    man = _manifest_in(bdir)
+    if not man:
+        return None
+    dev, ino = out_identity(man)
+    state = end_state(journal) if (dev, ino) == tuple(out_id) else "pending"
+    return BatchRow(bid, man.get("name"), state, man.get("out_dir"), dev, ino, man.get("fingerprint"), man.get("total"))
+
+
+_STATE_NEEDLES = tuple(b'"type":"%s"' % t.encode() for t in STATES)
+_TAIL_BLOCK = 64 << 10
+
+
+def end_state(journal: str) -> str:
+    """The state a journal's records leave its batch in, as an index of it records it (pending
+    before any), read backwards from its end: one block unless that state was set long ago."""
+    try:
+        fh = open(journal, "rb")
+    except OSError:
+        return "pending"
+    with fh:
+        end, carry = fh.seek(0, os.SEEK_END), b""
+        while end > 0:
+            start = max(0, end - _TAIL_BLOCK)
+            fh.seek(start)
+            lines = (fh.read(end - start) + carry).split(b"\n")
+            carry = lines.pop(0) if start else b""  # (its start lies in the block before)
+            for raw in reversed(lines):
+                if any(n in raw for n in _STATE_NEEDLES):
+                    rec = decode(raw)
+                    kind = rec.get("type") if rec is not None else None
+                    if kind in STATES:
+                        return rec.get("status", "completed") if kind == "batch_finished" else STATES[kind]
+            end = start
+    return "pending"
+
+
 def _refusal(store: Store, rival: BatchRow, out_dir: str, clashes: list[str], count: int) -> str:
     state = rival.state if not rival.finished else f"{rival.state}, being resumed"
     if state == "pending":  # its runner may be up and not have written batch_started yet
@@ -138,10 +200,7 @@ def writers_into(store: Store, out_id: tuple[int, int], me: str) -> list[str]:
     lock. Their ids, oldest first. Call it under `claims_lock`."""
     from batchcli.engine.liveness import runner_alive
 
-    with Catalog(store) as cat:
-        cat.refresh()
-        rows = cat.batches_into(*out_id)
-    return [r.batch_id for r in rows if r.batch_id != me and (
+    return [r.batch_id for r in batches_into(store, out_id) if r.batch_id != me and (
         r.state == "pending" or runner_alive(BatchPaths(os.path.join(store.batches_dir, r.batch_id))) is not None)]
 
 
@@ -172,8 +231,12 @@ def superseded(paths: BatchPaths) -> dict[str, tuple[str, str | None]]:
 
 
 def _manifest(store: Store, batch_id: str) -> dict[str, Any]:
+    return _manifest_in(os.path.join(store.batches_dir, batch_id))
+
+
+def _manifest_in(bdir: str) -> dict[str, Any]:
     try:
-        return BatchPaths(os.path.join(store.batches_dir, batch_id)).load_manifest()
+        return BatchPaths(bdir).load_manifest()
     except (OSError, ValueError):
         return {}
 
