@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,14 +66,65 @@ def build_pipeline(text: str | None, file: str | None, variants: list[str] | Non
     return pipeline
 
 
+def _write_items(found: Any, paths: BatchPaths, namer: Any, stats: Any) -> tuple[int, Any]:
+    from batchcli.inputs import discover
+
+    with open(paths.items, "wb") as fh:
+        total = discover.write_items(found, fh, namer, stats, spill_dir=paths.dir)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return total, stats
+
+
+def _discover(found: Any, paths: BatchPaths, namer: Any, stats: Any,
+              meanwhile: Callable[[BatchPaths], None] | None) -> int:
+    """Write items.jsonl (and fill `stats`); with `meanwhile`, in a child process while this one
+    calls meanwhile(paths): two independent phases on two cores. Should the child fail (an
+    input that is not there, a kill), the inputs are discovered here after all, and any error
+    is raised here."""
+    if meanwhile is not None:
+        from batchcli.engine.forked import Forked
+
+        with Forked(_write_items, found, paths, namer, stats) as child:
+            if child.pid is not None:
+                meanwhile(paths)
+                got = child.result()
+                if got is not None:
+                    vars(stats).update(vars(got[1]))
+                    return got[0]
+    return _write_items(found, paths, namer, stats)[0]
+
+
+def _options(cfg: StartConfig) -> dict[str, Any]:
+    """The options a batch's fingerprint covers (a batch with videos adds theirs)."""
+    return {"max_file_size": cfg.max_file_size, "max_pixels": cfg.max_pixels, **cfg.extra_options}
+
+
+def manifest_preview(cfg: StartConfig, paths: BatchPaths) -> dict[str, Any] | None:
+    """What the manifest of the batch `create_batch(store, cfg, paths)` makes will say of its
+    pipeline and output folder (batch_id, fingerprint, out_dir, out_dev, out_ino), as far as
+    it can be told before discovery (a batch of photos, an output folder that exists or none);
+    None when it cannot (create_batch says why, if anything is wrong)."""
+    try:
+        pipeline = build_pipeline(cfg.pipeline_text, cfg.pipeline_file, cfg.variants)
+        out_dir = os.path.abspath(os.path.expanduser(cfg.out_dir)) if cfg.out_dir else None
+        st = os.stat(out_dir) if out_dir else None
+        return {"batch_id": paths.id, "fingerprint": pipeline.fingerprint(_options(cfg)), "out_dir": out_dir,
+                **({"out_dev": st.st_dev, "out_ino": st.st_ino} if st is not None else {})}
+    except Exception:  # noqa: BLE001 (create_batch reports it)
+        return None
+
+
 def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None,
-                 checked: Any = None) -> BatchPaths:
+                 checked: Any = None, meanwhile: Callable[[BatchPaths], None] | None = None) -> BatchPaths:
     """Validate everything, discover the inputs, and write the batch's immutable files.
     Raises ConfigError (exit 2) before any work when anything is wrong (and removes the batch
     folder). `paths`: an empty batch folder made beforehand with `store.create()` (the server
     puts uploads in its `uploads/` first; that folder is read although the home is not).
     `checked`: called with the pipeline once the flags are checked, before discovery
-    (`warm_workers`: a run that follows in this process gets its workers ready meanwhile)."""
+    (`warm_workers`: a run that follows in this process gets its workers ready meanwhile).
+    `meanwhile`: called with the new batch's paths while a child process discovers the inputs
+    (`sync` asks the catalog meanwhile); not called when the inputs come from stdin."""
     import contextlib
     import sys
 
@@ -108,7 +160,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     template = names.compile_template(cfg.name_template) if cfg.name_template else None
     if names.template_has_variant(cfg.name_template) and not pipeline.variants:
         raise ConfigError(f"--name-template {cfg.name_template!r}: {{variant}} needs --variant NAME=PIPELINE")
-    options = {"max_file_size": cfg.max_file_size, "max_pixels": cfg.max_pixels, **cfg.extra_options}
+    options = _options(cfg)
     fingerprint = pipeline.fingerprint(options)
     inputs_opts = {"exts": list(exts), "exclude": list(cfg.exclude or []), "from_file": cfg.from_file,
                    "dedupe": cfg.dedupe, "name_template": cfg.name_template, "media": cfg.media}
@@ -124,10 +176,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     try:
         namer = names.Namer(cfg.name_template if template else None, cfg.name or paths.id,
                                names.preset_name(spec))
-        with open(paths.items, "wb") as fh:
-            total = discover.write_items(found, fh, namer, stats, spill_dir=paths.dir)
-            fh.flush()
-            os.fsync(fh.fileno())
+        total = _discover(found, paths, namer, stats, None if stdin is not None else meanwhile)
         if total == 0 and not cfg.allow_empty:
             where = ", ".join([*cfg.inputs, *([f"--from-file {cfg.from_file}"] if cfg.from_file else [])])
             left = [f"{n} {what}" for n, what in ((stats.excluded, "excluded"), (stats.duplicates, "duplicates"),

@@ -397,3 +397,32 @@ def test_the_batch_that_wrote_the_reused_results_can_be_purged_and_removed(synce
     r, done = sync()
     assert r.returncode == 0 and done == [] and "6 up to date (reused), 0 to process" in r.stdout
     assert _outputs(out) == before
+
+
+def test_inputs_discovered_in_a_child_process_report_their_errors_as_before(tmp_path):
+    """sync discovers its inputs in a child process while it asks the catalog: a pattern that
+    matches nothing (found only while discovering) is still one line and exit 2, no batch left."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    make_tree(tmp_path / "in", n=2)
+    r = run(home, "sync", tmp_path / "in", "--out", out, "-p", "convert png", "--min-free-space", "0")
+    assert r.returncode == 0, r.stderr
+    r = run(home, "sync", str(tmp_path / "nowhere*" / "*.png"), "--out", out, "-p", "convert png", "--min-free-space", "0")
+    assert r.returncode == 2 and "no file matches this pattern" in r.stderr and "Traceback" not in r.stderr
+    assert len(os.listdir(home / "batches")) == 1
+
+
+def test_a_forked_call_gives_its_result_or_none():
+    """engine/forked.py: the value comes back; a failure or a kill gives None (the caller does
+    the work itself); cancel kills a child that is still at work."""
+    from batchcli.engine.forked import Forked
+
+    with Forked(sorted, [3, 1, 2]) as f:
+        assert f.pid is not None and f.result() == [1, 2, 3]
+    assert Forked(int, "not a number").result() is None
+    f = Forked(time.sleep, 30)
+    pid = f.pid
+    t0 = time.monotonic()
+    f.cancel()
+    assert time.monotonic() - t0 < 5 and f.pid is None
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)

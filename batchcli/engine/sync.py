@@ -198,29 +198,73 @@ def _names_match(files: list[tuple], stem: bytes, lanes: list) -> bool:
     return sorted(os.path.splitext(row[7])[0] for row in files) == sorted(stems)
 
 
-def plan(store: Store, paths: BatchPaths, checksum: bool = False) -> tuple[SyncPlan, list[dict[str, Any]]]:
+@dataclass
+class Earlier:
+    """What the catalog knows of a new sync batch's inputs: the plan's questions, asked at once."""
+
+    ids: dict[int, str]  # batch key -> batch id (where reused rows lie)
+    results: dict[tuple[int, int], list[tuple]]  # _earlier's
+    failures: dict[tuple, tuple]  # _earlier_failures'
+    by_name: dict[str, tuple]  # _earlier_contents' (--checksum only)
+    present: set[tuple[int, int]]  # the inputs (device, inode) in `results` whose files are all on disk as written
+    question: tuple = ()  # _question of the manifest asked about
+
+
+def _question(man: dict[str, Any]) -> tuple:
+    """What the catalog's answers depend on, of a batch's manifest."""
+    return man.get("fingerprint"), man.get("out_dir"), man.get("out_dev"), man.get("out_ino"), man.get("batch_id")
+
+
+def ask(store: Store, man: dict[str, Any], checksum: bool = False) -> Earlier:
+    """The catalog's answers for a batch with this manifest (its fingerprint, output folder and
+    id are enough), and which of the outputs it names are still on disk (an lstat each)."""
+    out_dir = man.get("out_dir")
+    with Catalog(store) as cat:
+        cat.refresh(skip=man["batch_id"])  # the new batch: record_reused indexes it
+        ids = dict(cat.db.execute("SELECT bkey, batch_id FROM batches"))
+        earlier = _earlier(store, cat, man) if man.get("out_dev") is not None or not out_dir else {}
+        failures = _earlier_failures(store, cat, man, man["batch_id"])
+        by_name = _earlier_contents(store, cat, man, man["batch_id"]) if checksum else {}
+    out_b = os.fsencode(os.path.join(out_dir, "")) if out_dir else None
+    present = set()
+    lstat = os.lstat
+    for key, rows in earlier.items():
+        if len(rows) == 1 and rows[0][6] == KIND_OUT and out_b and rows[0][7]:  # _still_there, inline
+            row = rows[0]
+            try:
+                st = lstat(out_b + row[7])
+            except OSError:
+                continue
+            if st.st_size == row[9] and (row[10] is None or st.st_mtime == row[10]):
+                present.add(key)
+        elif all(_still_there(out_b, row) for row in rows):
+            present.add(key)
+    return Earlier(ids, earlier, failures, by_name, present, _question(man))
+
+
+def plan(store: Store, paths: BatchPaths, checksum: bool = False, asked: Earlier | None = None
+         ) -> tuple[SyncPlan, list[dict[str, Any]]]:
     """Which items of the new batch are up to date, and the records that say so (no writes).
     With `checksum`, an input whose content (sha256) equals the input of the same output name in
     the newest earlier batch that recorded contents also counts as the same input, whatever
-    its identity and mtime (a fresh checkout in CI: new inodes, new mtimes)."""
-    return _plan(store, paths, checksum, SyncPlan())
+    its identity and mtime (a fresh checkout in CI: new inodes, new mtimes). `asked`: `ask`'s
+    answers from before the manifest was written (while the inputs were discovered), used when
+    the manifest says what they were asked about."""
+    return _plan(store, paths, checksum, SyncPlan(), asked)
 
 
-def _plan(store: Store, paths: BatchPaths, checksum: bool, p: SyncPlan) -> tuple[SyncPlan, list[dict[str, Any]]]:
+def _plan(store: Store, paths: BatchPaths, checksum: bool, p: SyncPlan, asked: Earlier | None
+          ) -> tuple[SyncPlan, list[dict[str, Any]]]:
     from batchcli.engine.owners import WrittenOutputs, output_lanes
 
     man = paths.load_manifest()
     out_dir = man.get("out_dir")
     lanes = output_lanes(man)
     writes = WrittenOutputs(out_dir, lanes)  # the output-on-input check, for the items that will write
-    with Catalog(store) as cat:
-        cat.refresh(skip=paths.id)  # the new batch: record_reused indexes it
-        ids = dict(cat.db.execute("SELECT bkey, batch_id FROM batches"))  # where the reused rows lie
-        earlier = _earlier(store, cat, man) if man.get("out_dev") is not None or not out_dir else {}
-        failures = _earlier_failures(store, cat, man, paths.id)
-        by_name = _earlier_contents(store, cat, man, paths.id) if checksum else {}
+    e = asked if asked is not None and asked.question == _question(man) else ask(store, man, checksum)
+    ids, earlier, failures, by_name, present = e.ids, e.results, e.failures, e.by_name, e.present
     out_b = os.fsencode(os.path.join(out_dir, "")) if out_dir else None
-    fsencode, fsdecode, lstat = os.fsencode, os.fsdecode, os.lstat
+    fsencode, fsdecode = os.fsencode, os.fsdecode
     fs = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # fsencode's, without its checks
     if checksum:
         p.contents = input_contents(paths)
@@ -236,11 +280,7 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, p: SyncPlan) -> tuple
             rel, stem, size, mtime = main[7], item["stem"].encode(*fs), item.get("size"), item.get("mtime")
             if main[6] == KIND_OUT and main[2] == size and main[3] == mtime and rel.startswith(stem) and (
                     _ext_only(rel[len(stem):], stem) or os.path.splitext(rel)[0] == stem):
-                try:  # _still_there, inline
-                    st = lstat(out_b + rel)
-                except OSError:
-                    st = None
-                if st is not None and st.st_size == main[9] and (main[10] is None or st.st_mtime == main[10]):
+                if key in present:
                     same = main[15] == size and main[16] == mtime and main[14] == item["src"].encode(*fs)
                     records.append({"i": item["i"], "out": rel.decode(*fs), "bytes": main[9], "sha256": main[8],
                                     "mtime": main[10], "ms": 0.0, "reused_from": main[4], "_seq": main[5],
@@ -270,7 +310,7 @@ def _plan(store: Store, paths: BatchPaths, checksum: bool, p: SyncPlan) -> tuple
         main = files[0] if files else next((row for row in found if row[6] == KIND_NONE), None)
         ok = (main is not None and (same_content or (main[2], main[3]) == (item.get("size"), item.get("mtime")))
               and (main[6] == KIND_NONE or _names_match(files, fsencode(item["stem"]), lanes))
-              and (_still_there(out_b, main) if len(found) == 1 else all(_still_there(out_b, row) for row in found)))
+              and (was[1] if same_content else key) in present)  # its files are all there
         if not ok:
             p.changed += 1
             if len(p.todo) < TODO_LISTED:

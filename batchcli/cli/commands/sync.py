@@ -62,14 +62,24 @@ def sync_create(store, cfg, opts, json_out: bool, detach: bool = False, delete: 
     from batchcli import api
     from batchcli.cli import console
     from batchcli.engine.store import Store
-    from batchcli.engine.sync import delete_stale, note_plan, plan, record_reused, save_contents
+    from batchcli.engine.sync import ask, delete_stale, note_plan, plan, record_reused, save_contents
+
+    asked: list = []
+
+    def meanwhile(paths):  # the catalog, asked while a child process discovers the inputs
+        man = api.manifest_preview(cfg, paths)
+        if man is not None:
+            try:
+                asked.append(ask(store, man, checksum))
+            except Exception:  # noqa: BLE001 (the plan asks again, and says what is wrong)
+                pass
 
     cfg.writes_checked_later = True  # by the plan: up-to-date items write nothing
     if dry_run:  # discover into a scratch home; compare with the real catalog; keep nothing
         scratch = tempfile.mkdtemp(prefix="batchcli-sync-")
         try:
-            paths = api.create_batch(Store(scratch), cfg)
-            p, _records = plan(store, paths, checksum)
+            paths = api.create_batch(Store(scratch), cfg, meanwhile=meanwhile)
+            p, _records = plan(store, paths, checksum, asked[0] if asked else None)
             gone = delete_stale(store, paths, dry_run=True) if delete else None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -90,9 +100,9 @@ def sync_create(store, cfg, opts, json_out: bool, detach: bool = False, delete: 
                 lines += [f"  remove {rel}" for rel in gone.removed_rels[:1000]]
             console.info("\n".join(lines))
         raise typer.Exit(0)
-    paths = api.create_batch(store, cfg)
+    paths = api.create_batch(store, cfg, meanwhile=meanwhile)
     try:
-        p, records = plan(store, paths, checksum)
+        p, records = plan(store, paths, checksum, asked[0] if asked else None)
         if checksum:
             save_contents(paths, p.contents)
         record_reused(paths, records)
