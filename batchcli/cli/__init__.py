@@ -4,6 +4,17 @@
 
 def main() -> None:
     """The `batchcli` console script."""
-    from batchcli.cli.app import main as run
+    import sys
 
-    run()
+    from batchcli.cli.warm import warm_for
+
+    warmed = warm_for(sys.argv[1:])  # a `start`: the workers' imports begin on another core now
+    try:
+        from batchcli.cli.app import main as run
+
+        run()
+    finally:
+        if warmed:  # a run stops it itself; a usage error leaves no process behind
+            from batchcli.executors.forkserve import stop_server
+
+            stop_server(now=True)

@@ -14,23 +14,36 @@ import os
 import signal
 from collections.abc import Iterable
 
-PRELOAD = ("cv2", "batchcli.executors.worker", "batchcli.imaging.imageio", "batchcli.imaging.encode")
-"""What every worker imports (NumPy comes with OpenCV): imported once, in the fork server."""
+PRELOAD = ("cv2", "batchcli.executors.worker", "batchcli.imaging.imageio", "batchcli.imaging.encode",
+           "batchcli.pipeline")
+"""What every worker imports (NumPy comes with OpenCV; the pipeline module brings every op):
+imported once, in the fork server."""
 START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
 
-def warm_up(modules: Iterable[str] = (), threads: int = 1) -> None:
+_GUESS: list[int] = []
+"""The thread count of a server started on a guess (`guessed`), until a call confirms it."""
+
+
+def warm_up(modules: Iterable[str] = (), threads: int = 1, guessed: bool = False) -> None:
     """Start the fork server now, importing PRELOAD and `modules` (the pipeline's op modules)
     while the caller goes on with its own work. Its
     environment is this process's, with OMP_NUM_THREADS at `threads` unless set (as a spawned
     worker sets it before its first import: OpenBLAS sizes its thread pool when NumPy loads).
-    Once started it keeps its imports: a later call is a no-op. It exits with this process."""
+    Once started it keeps its imports: a later call is a no-op, except the first call after one
+    `guessed` (the CLI's, before it has parsed its flags: cli/warm.py), which starts it again
+    when the guess of `threads` was wrong (no worker has been forked from it yet). It exits with
+    this process."""
     if START_METHOD != "forkserver":
         return
     from multiprocessing import forkserver
 
     if forkserver._forkserver._forkserver_pid is not None:  # started: it keeps its first preload
-        return
+        if guessed or not _GUESS or _GUESS.pop() == threads:
+            return
+        stop_server(now=True)
+    if guessed:
+        _GUESS.append(threads)
     forkserver.set_forkserver_preload([*PRELOAD, *(m for m in modules if m not in PRELOAD)])
     unset = "OMP_NUM_THREADS" not in os.environ
     if unset:
@@ -55,6 +68,7 @@ def stop_server(now: bool = False) -> None:
         return
     from multiprocessing import forkserver
 
+    _GUESS.clear()
     server = forkserver._forkserver
     try:
         if now and server._forkserver_pid is not None:

@@ -1,0 +1,96 @@
+"""The fork server that `start` begins before it parses its flags (cli/warm.py): started only
+for a batch that runs here, with the thread count the run will give its workers, started again
+when that guess was wrong, and gone when the command ends without running."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from crashops import make_pngs, run, spawn, wait_for
+
+from batchcli.cli.warm import warm_for
+from batchcli.executors import forkserve
+
+pytestmark = pytest.mark.skipif(forkserve.START_METHOD != "forkserver", reason="no fork server here")
+
+
+def _server_pid() -> int | None:
+    from multiprocessing import forkserver
+
+    return forkserver._forkserver._forkserver_pid
+
+
+def _omp(pid: int) -> str | None:
+    """The server's OMP_NUM_THREADS, once it runs (it is started without waiting for its exec)."""
+    wait_for(lambda: b"forkserver" in open(f"/proc/{pid}/cmdline", "rb").read(), what="the server's exec")
+    env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    return next((e[16:].decode() for e in env if e.startswith(b"OMP_NUM_THREADS=")), None)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("BATCHCLI_SLOTS", raising=False)
+    yield
+    forkserve.stop_server(now=True)
+
+
+@pytest.mark.parametrize("args", [["status"], ["start", "in", "--detach"], ["start", "in", "-d"],
+                                  ["start", "in", "--at", "+1h"], ["start", "in", "--after=x"],
+                                  ["start", "--help"], ["start", "in", "--executor", "dask"],
+                                  ["--home", "h", "sync", "in"]])
+def test_no_server_for_a_command_that_runs_nothing_here(args, clean_env):
+    assert warm_for(args) is False
+    assert _server_pid() is None
+
+
+def test_the_guess_is_the_run_s_thread_count_and_a_wrong_one_is_corrected(tmp_path, clean_env):
+    cpus = len(os.sched_getaffinity(0))
+    assert warm_for(["--home", str(tmp_path), "start", "in", "--out", "o", "-w", "1", "--executor=local"])
+    first = _server_pid()
+    assert first is not None and _omp(first) == str(cpus)
+    forkserve.warm_up(threads=cpus)  # what the run then asks for: the same server
+    assert _server_pid() == first
+    forkserve.stop_server(now=True)
+    assert warm_for(["start", "in", "--workers=64", "--home", str(tmp_path)])
+    guessed = _server_pid()
+    assert _omp(guessed) == "1"
+    forkserve.warm_up(threads=2)  # the flags meant something else: a fresh server, 2 threads
+    fresh = _server_pid()
+    assert fresh not in (None, guessed) and _omp(fresh) == "2"
+    forkserve.warm_up(threads=1)  # confirmed once: later calls keep it, as before
+    assert _server_pid() == fresh
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_a_usage_error_after_the_server_started_leaves_no_process(tmp_path):
+    """The server starts before the flags are checked; a refused command kills it before it ends
+    (each process of the run carries a marker in its environment, so they can be found; the
+    resource tracker leaves on its own as the command ends)."""
+    home, src, slow = tmp_path / "home", tmp_path / "in", tmp_path / "slow"
+    make_pngs(src, 2)
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(  # the fork server takes 5 s to start
+        "import time\nif b'forkserver import main' in open('/proc/self/cmdline', 'rb').read():\n"
+        "    time.sleep(5)\n")
+    env = {"BATCHCLI_TEST_MARK": tmp_path.name, "PYTHONPATH": str(slow)}
+    mark = f"BATCHCLI_TEST_MARK={tmp_path.name}".encode()
+    refused = spawn(home, "start", src, "-w", "2", "--pipeline", "resize 8x8", "--no-such-flag", env=env)
+    assert refused.wait(60) == 2  # (not run(): a pipe would wait for the server to go as well)
+    wait_for(lambda: not _marked(mark), timeout=3, what="no process left (the server would sleep 5 s)")
+    ok = run(home, "start", src, "--out", tmp_path / "out", "-w", "2", "--pipeline", "resize 8x8", env=env)
+    assert ok.returncode == 0, ok.stderr
+    wait_for(lambda: not _marked(mark), timeout=3, what="no process left")
+
+
+def _marked(mark: bytes) -> list[str]:
+    """The processes (their command lines) whose environment holds `mark`."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if mark in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
+                out.append(open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace"))
+        except OSError:
+            continue
+    return out
