@@ -209,3 +209,24 @@ def test_last_options_without_a_replay_with_and_without_a_snapshot(tmp_path):
     with open(path, "ab") as fh:  # a torn start record after a crash is not believed
         fh.write(encode({"seq": 99, "type": "batch_resumed", "options": {"workers": 9}})[:-12])
     assert last_options(path, 3) == {"workers": 1} == replay(path, 3).options
+
+
+def test_fold_completed_is_fold_of_one_completion_per_item():
+    """journal.fold_completed (sync's reused records, in bulk) leaves the state `fold` leaves:
+    a failed item completed since is no longer counted among the failures."""
+    from batchcli.engine.journal import Replay, fold, fold_completed
+
+    def start() -> Replay:
+        st = Replay(total=6, items=bytearray(6))
+        st.counts[0] = 6
+        fold(st, {"seq": 1, "type": "item_failed", "i": 2, "error_class": "decode", "error": "a: bad"})
+        fold(st, {"seq": 2, "type": "item_completed", "i": 4})
+        return st
+
+    one, bulk = start(), start()
+    for seq, i in enumerate([0, 2, 4, 5, 9], 3):
+        fold(one, {"seq": seq, "type": "item_completed", "i": i})
+    fold_completed(bulk, [0, 2, 4, 5, 9], 7)
+    assert (bulk.items, bulk.counts, bulk.failures, bulk.fail_key, bulk.records, bulk.last_seq) == \
+        (one.items, one.counts, one.failures, one.fail_key, one.records, one.last_seq)
+    assert bulk.completed == 4 and bulk.failed == 0

@@ -192,6 +192,23 @@ def fold(st: Replay, rec: dict[str, Any]) -> None:
     _fold(st, rec)
 
 
+def fold_completed(st: Replay, items: list[int], last_seq: int) -> None:
+    """`fold` of one `item_completed` record for each of `items` (distinct), the last numbered
+    `last_seq`: what a run of such records leaves, without a dict per record."""
+    states, counts, total = st.items, st.counts, st.total
+    st.records += len(items)
+    st.last_seq = last_seq
+    for i in items:
+        if 0 <= i < total:
+            old = states[i]
+            if old != COMPLETED:
+                if old == FAILED:
+                    _unfail(st, i)
+                counts[old] -= 1
+                counts[COMPLETED] += 1
+                states[i] = COMPLETED
+
+
 def _fold(st: Replay, rec: dict[str, Any]) -> None:
     """One record into the state (the last record for an item wins)."""
     total, items, counts = st.total, st.items, st.counts

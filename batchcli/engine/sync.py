@@ -31,6 +31,7 @@ from batchcli.engine.journal import (
     decode,
     encode,
     fold,
+    fold_completed,
     iter_matching,
     prefix_crc,
     replay,
@@ -405,22 +406,34 @@ def _append_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> tuple | 
     reused = [(rec["i"], seq + k, *rec.pop("_src"))  # (item, seq, where its rows lie, same input)
               for k, rec in enumerate(records, 1) if "_src" in rec]
     j = JournalWriter(paths.journal, st.last_seq, durable=False)
-    crc = prefix_crc(paths.journal, st.offset) if clean else None  # the snapshot's, extended line by line
+    crc = prefix_crc(paths.journal, st.offset) if clean else None  # the snapshot's, extended group by group
     lines: list[bytes] = []
+    done: list[int] = []  # completions not folded yet (fold_completed: in bulk)
+    dumps, crc32 = orjson.dumps, zlib.crc32
     try:
         for rec in records:
             seq += 1
-            full = {"seq": seq, "t": t, "type": "item_failed" if "error_class" in rec else "item_completed", **rec}
-            line = encode(full)
+            if "error_class" in rec:
+                fold_completed(st, done, seq - 1)
+                done = []
+                full = {"seq": seq, "t": t, "type": "item_failed", **rec}
+                line = encode(full)
+                fold(st, full)
+            else:
+                full = {"seq": seq, "t": t, "type": "item_completed", **rec}
+                try:  # encode(), spelled out
+                    body = dumps(full)
+                except TypeError:  # a name that is not UTF-8 (batchcli/jsonio.py)
+                    line = encode(full)
+                else:
+                    line = b'%s,"crc":"%08x"}\n' % (body[:-1], crc32(body))
+                done.append(rec["i"])
             lines.append(line)
-            written += len(line)
-            if crc is not None:
-                crc = zlib.crc32(line, crc)
-            fold(st, full)
             if len(lines) >= GROUP_COMMIT_RECORDS:
-                j.append_encoded(lines, seq)
+                written, crc = _append_group(j, lines, seq, written, crc)
                 lines = []
-        j.append_encoded(lines, seq)
+        written, crc = _append_group(j, lines, seq, written, crc)
+        fold_completed(st, done, seq)
     finally:
         j.close()
     with open(paths.journal, "rb") as fh:
@@ -435,6 +448,14 @@ def _append_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> tuple | 
     except OSError as exc:
         log.warning("sync: no journal snapshot: %s", exc)
     return reused, t, before, st.offset
+
+
+def _append_group(j: JournalWriter, lines: list[bytes], seq: int, written: int, crc: int | None) -> tuple[int, int | None]:
+    """Hand a group of encoded records to the writer; (bytes written so far, the CRC so far)."""
+    data = b"".join(lines)
+    j.append_encoded([data], seq)
+    j.sync()
+    return written + len(data), (zlib.crc32(data, crc) if crc is not None else None)
 
 
 def results_of(cat: Catalog, batch_id: str) -> list[tuple]:

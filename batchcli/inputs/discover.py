@@ -15,20 +15,24 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from operator import attrgetter
 from typing import IO
 from urllib.parse import unquote, urlsplit
+
+import orjson
 
 from batchcli import jsonio
 from batchcli.argfiles import check_file, open_checked
 from batchcli.errors import ConfigError
 from batchcli.inputs.names import Namer, is_url, safe_component
-from batchcli.inputs.seen import DigestSet, SpillSet, identity_key, key64  # noqa: F401  (DigestSet: owners)
+from batchcli.inputs.seen import MASK64, DigestSet, SpillSet, identity_key, key64  # noqa: F401  (DigestSet: owners)
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "heic", "heif", "avif", "gif",
                       "dng", "cr2", "cr3", "nef", "arw", "raf", "orf", "rw2", "pef")
 VIDEO_EXTENSIONS = ("mp4", "mov", "m4v", "mkv", "webm", "avi")
 MEDIA = ("image", "video", "all")
 HASH_CHUNK = 1 << 20
+_NAME = attrgetter("name")
 
 
 @dataclass
@@ -218,12 +222,15 @@ class _Resolver:
     def _walk(self, folder: str, inner: str, prefix: str) -> Iterator[Found]:
         try:
             with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = sorted(it, key=_NAME)
         except OSError:
             return
         dirs = []
+        exts, seen_add = self.exts, self.seen.add
+        plain = self.contents is None and not self.exclude  # emit's work is spelled out below
         for entry in entries:  # the files of a folder first, then its sub-folders
-            sub = f"{inner}{os.sep}{entry.name}" if inner else entry.name
+            name = entry.name
+            sub = f"{inner}/{name}" if inner else name
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
@@ -231,11 +238,11 @@ class _Resolver:
             if is_dir:
                 if os.path.realpath(entry.path) in self.skip:
                     self.stats.pruned(entry.path)
-                elif self.excluded(sub, entry.name, _join(prefix, sub)):
+                elif self.excluded(sub, name, _join(prefix, sub)):
                     self.stats.excluded += 1
                 else:
                     dirs.append((entry.path, sub))
-            elif self.ext_ok(entry.name):
+            elif file_ext(name) in exts:
                 if self.exclude and self.excluded(sub):
                     self.stats.excluded += 1
                     continue
@@ -244,10 +251,12 @@ class _Resolver:
                     st = entry.stat()
                 except OSError:
                     pass
-                if st is not None and self.contents is None and not self.exclude and not entry.is_symlink():
-                    # emit's work for a plain file of a walk, without its generator
-                    if self.seen.add(identity_key(st.st_ino, st.st_dev)):
-                        yield Found(entry.path, _join(prefix, sub), st.st_size, st.st_mtime, st.st_dev, st.st_ino)
+                if st is not None and plain and not entry.is_symlink():
+                    # emit's work for a plain file of a walk, without its generator (identity_key, inline)
+                    ino = st.st_ino
+                    if seen_add((ino * 0x9E3779B97F4A7C15 + st.st_dev * 0xC2B2AE3D27D4EB4F) & MASK64):
+                        yield Found(entry.path, _join(prefix, sub) if prefix else sub, st.st_size, st.st_mtime,
+                                    st.st_dev, ino)
                     else:
                         self.stats.duplicates += 1
                     continue
@@ -455,10 +464,10 @@ class ItemWriter:
     def add(self, f: Found) -> dict:
         taken, namer, n = self.taken, self.namer, self.n
         stem, ext = namer.candidate(n, f)
-        out = stem
+        out, folded = stem, stem.casefold()
         # (stem, ext) seen before: a hint only (a list of millions may forget it: a_jpg, not a_2)
-        new_name = taken.add(hash(("with-ext", stem.casefold(), ext.casefold())), keep=False)
-        if not taken.add(hash(out.casefold())):
+        new_name = taken.add(hash(("with-ext", folded, ext.casefold())), keep=False)
+        if not taken.add(hash(folded)):
             # a.jpg and a.png in one folder (default naming): the second becomes a_png; then _2, _3...
             by_ext = namer.template is None and ext and new_name
             base = f"{stem}_{ext.lstrip('.').lower()}" if by_ext else stem
@@ -467,14 +476,19 @@ class ItemWriter:
                 out, k = f"{base}_2", 3
             while not taken.add(hash(out.casefold())):
                 out, k = f"{base}_{k}", k + 1
-        rec = {"i": n, "src": f.src, "rel": f.rel, "stem": out, "size": f.size, "mtime": f.mtime}
+        src = f.src
+        rec = {"i": n, "src": src, "rel": f.rel, "stem": out, "size": f.size, "mtime": f.mtime}
         if f.ino:
             rec["dev"], rec["ino"] = f.dev, f.ino
-        if is_video(f.src):
+        if not src.endswith(_PHOTO_SUFFIXES) and is_video(src):
             rec["video"] = 1
             if self.stats is not None:
                 self.stats.videos += 1
-        self.fh.write(_dumps(rec) + b"\n")
+        try:  # _dumps, spelled out
+            line = orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:
+            line = _dumps(rec) + b"\n"
+        self.fh.write(line)
         self.n = n + 1
         return rec
 
