@@ -4,6 +4,7 @@ when that guess was wrong, and gone when the command ends without running."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -94,3 +95,18 @@ def _marked(mark: bytes) -> list[str]:
         except OSError:
             continue
     return out
+
+
+def test_a_start_ends_at_once_with_its_output_whole_and_its_exit_code(tmp_path):
+    """A run here ends without the interpreter's teardown: what it wrote to a pipe is all there
+    (every JSON event up to the summary), and the exit code says a failed item (1)."""
+    home, src = tmp_path / "home", tmp_path / "in"
+    make_pngs(src, 40)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    r = run(home, "start", src, "--out", tmp_path / "out", "-w", "2", "--pipeline", "resize 8x8", "--json")
+    assert r.returncode == 1, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert events[0]["type"] == "started" and events[-1]["type"] == "finished", events[-1]
+    assert events[-1]["completed"] == 40 and events[-1]["failed"] == 1
+    r = run(home, "start", src, "--out", tmp_path / "out2", "-w", "2", "--pipeline", "resize 8x8", "--quiet")
+    assert r.returncode == 1 and "completed 40, failed 1, remaining 0, of 41" in r.stdout, r.stdout

@@ -13,8 +13,36 @@ def main() -> None:
         from batchcli.cli.app import main as run
 
         run()
+    except SystemExit as exc:
+        if warmed:
+            _exit_now(exc.code)
+        raise
     finally:
         if warmed:  # a run stops it itself; a usage error leaves no process behind
             from batchcli.executors.forkserve import stop_server
 
             stop_server(now=True)
+
+
+def _exit_now(code: object) -> None:
+    """End a `start` without the interpreter's teardown of every module and object (30-50 ms
+    after a run of 3,000 items, a tenth of the command), as the workers end: the server
+    stopped, the exit handlers run (the log's included), both streams flushed. Not while
+    another thread still runs (it would be cut off), nor for an exit with a message."""
+    import atexit
+    import os
+    import sys
+    import threading
+
+    if threading.active_count() > 1 or not (code is None or isinstance(code, int)):
+        return
+    from batchcli.executors.forkserve import stop_server
+
+    stop_server(now=True)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code or 0)
