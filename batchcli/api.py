@@ -77,9 +77,9 @@ def _write_items(found: Any, paths: BatchPaths, namer: Any, stats: Any) -> tuple
 
 
 def _discover(found: Any, paths: BatchPaths, namer: Any, stats: Any,
-              meanwhile: Callable[[BatchPaths], None] | None) -> int:
+              meanwhile: Callable[[BatchPaths, Callable[[], bool]], None] | None) -> int:
     """Write items.jsonl (and fill `stats`); with `meanwhile`, in a child process while this one
-    calls meanwhile(paths): two independent phases on two cores. Should the child fail (an
+    calls meanwhile(paths, running): two independent phases on two cores. Should the child fail (an
     input that is not there, a kill), the inputs are discovered here after all, and any error
     is raised here."""
     if meanwhile is not None:
@@ -87,7 +87,7 @@ def _discover(found: Any, paths: BatchPaths, namer: Any, stats: Any,
 
         with Forked(_write_items, found, paths, namer, stats) as child:
             if child.pid is not None:
-                meanwhile(paths)
+                meanwhile(paths, child.running)
                 got = child.result()
                 if got is not None:
                     vars(stats).update(vars(got[1]))
@@ -102,7 +102,8 @@ def _options(cfg: StartConfig) -> dict[str, Any]:
 
 def manifest_preview(cfg: StartConfig, paths: BatchPaths) -> dict[str, Any] | None:
     """What the manifest of the batch `create_batch(store, cfg, paths)` makes will say of its
-    pipeline and output folder (batch_id, fingerprint, out_dir, out_dev, out_ino), as far as
+    pipeline and output folder (batch_id, fingerprint, out_dir, out_dev, out_ino; out_ext,
+    variants, input_options' name_template: its output names), as far as
     it can be told before discovery (a batch of photos, an output folder that exists or none);
     None when it cannot (create_batch says why, if anything is wrong)."""
     try:
@@ -110,21 +111,26 @@ def manifest_preview(cfg: StartConfig, paths: BatchPaths) -> dict[str, Any] | No
         out_dir = os.path.abspath(os.path.expanduser(cfg.out_dir)) if cfg.out_dir else None
         st = os.stat(out_dir) if out_dir else None
         return {"batch_id": paths.id, "fingerprint": pipeline.fingerprint(_options(cfg)), "out_dir": out_dir,
-                **({"out_dev": st.st_dev, "out_ino": st.st_ino} if st is not None else {})}
+                **({"out_dev": st.st_dev, "out_ino": st.st_ino} if st is not None else {}),
+                "out_ext": pipeline.output_ext, "input_options": {"name_template": cfg.name_template},
+                **({"variants": pipeline.variant_spec(with_ext=True)} if pipeline.variants else {})}
     except Exception:  # noqa: BLE001 (create_batch reports it)
         return None
 
 
 def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None,
-                 checked: Any = None, meanwhile: Callable[[BatchPaths], None] | None = None) -> BatchPaths:
+                 checked: Any = None, meanwhile: Callable[[BatchPaths, Callable[[], bool]], None] | None = None
+                 ) -> BatchPaths:
     """Validate everything, discover the inputs, and write the batch's immutable files.
     Raises ConfigError (exit 2) before any work when anything is wrong (and removes the batch
     folder). `paths`: an empty batch folder made beforehand with `store.create()` (the server
     puts uploads in its `uploads/` first; that folder is read although the home is not).
     `checked`: called with the pipeline once the flags are checked, before discovery
     (`warm_workers`: a run that follows in this process gets its workers ready meanwhile).
-    `meanwhile`: called with the new batch's paths while a child process discovers the inputs
-    (`sync` asks the catalog meanwhile); not called when the inputs come from stdin."""
+    `meanwhile`: called with the new batch's paths and a function that says whether discovery
+    is still going on, while a child process discovers the inputs into items.jsonl (`sync` asks
+    the catalog meanwhile, then goes over the items written); not called when the inputs come
+    from stdin."""
     import contextlib
     import sys
 

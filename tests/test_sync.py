@@ -426,3 +426,38 @@ def test_a_forked_call_gives_its_result_or_none():
     assert time.monotonic() - t0 < 5 and f.pid is None
     with pytest.raises(ProcessLookupError):  # killed and reaped
         os.kill(pid, 0)
+
+
+def test_a_plan_fed_the_items_piece_by_piece_while_they_are_written_is_the_plan_of_the_whole_file(tmp_path):
+    """sync goes over items.jsonl while a child process still writes it (syncplan.follow): a
+    Planner fed the lines in pieces, then the rest from the file, plans what a fresh one does;
+    one whose pieces are not the file's start (the file was written again) is not used."""
+    from batchcli import api
+    from batchcli.engine.store import Store
+    from batchcli.engine.syncplan import Planner, ask, plan
+
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_tree(src, n=9)
+    pipe = "resize 16x16 | convert png"
+    assert run(home, "sync", src, "--out", out, "-p", pipe, "-w", "1", "--min-free-space", "0").returncode == 0
+    make_image(src / "new.png", seed=71)
+    os.utime(next(src.rglob("*.jpg")), (1, 1))  # one changed
+    store = Store(str(home))
+    paths = api.create_batch(store, api.StartConfig(inputs=[str(src)], out_dir=str(out), pipeline_text=pipe))
+    man = paths.load_manifest()
+    whole = plan(store, paths)
+    assert (whole[0].reused, whole[0].new, whole[0].changed) == (8, 1, 1)
+    with open(paths.items, "rb") as fh:
+        lines = fh.read().splitlines(keepends=True)
+    for cut in (0, 1, 4, len(lines)):
+        e = ask(store, man)
+        e.planner = Planner(man, e)
+        e.planner.feed(b"".join(lines[:min(cut, 1)]))  # (an empty piece too)
+        e.planner.feed(b"".join(lines[1:cut]))
+        p, recs = plan(store, paths, asked=e)
+        assert (p.as_dict(), recs) == (whole[0].as_dict(), whole[1]), cut
+    e = ask(store, man)
+    e.planner = Planner(man, e)
+    e.planner.feed(lines[1])  # not the first line: not the file's start
+    p, recs = plan(store, paths, asked=e)
+    assert (p.as_dict(), recs) == (whole[0].as_dict(), whole[1])

@@ -65,6 +65,14 @@ class Forked:
         except Exception:  # noqa: BLE001 (a torn result: the caller does the work itself)
             return None
 
+    def running(self) -> bool:
+        """The child is still at work (it writes its result only at its end)."""
+        if self.pid is None:
+            return False
+        import select
+
+        return not select.select([self.fd], [], [], 0)[0]
+
     def cancel(self) -> None:
         if self.pid is not None:
             try:

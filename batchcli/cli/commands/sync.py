@@ -63,16 +63,22 @@ def sync_create(store, cfg, opts, json_out: bool, detach: bool = False, delete: 
     from batchcli.cli import console
     from batchcli.engine.store import Store
     from batchcli.engine.sync import ask, delete_stale, note_plan, plan, record_reused, save_contents
+    from batchcli.engine.syncplan import Planner, follow
 
     asked: list = []
 
-    def meanwhile(paths):  # the catalog, asked while a child process discovers the inputs
+    def meanwhile(paths, discovering):  # while a child process discovers the inputs
         man = api.manifest_preview(cfg, paths)
-        if man is not None:
-            try:
-                asked.append(ask(store, man, checksum))
-            except Exception:  # noqa: BLE001 (the plan asks again, and says what is wrong)
-                pass
+        if man is None:
+            return
+        try:
+            asked.append(ask(store, man, checksum))  # the catalog
+            if not checksum:  # then the items written so far (--checksum reads them all first)
+                planner = Planner(man, asked[0])
+                follow(planner, paths.items, discovering)
+                asked[0].planner = planner
+        except Exception:  # noqa: BLE001 (the plan asks again, and says what is wrong)
+            pass
 
     cfg.writes_checked_later = True  # by the plan: up-to-date items write nothing
     if dry_run:  # discover into a scratch home; compare with the real catalog; keep nothing
