@@ -58,10 +58,12 @@ def _earlier(store: Store, cat: Catalog, man: dict[str, Any]) -> dict[tuple[int,
     for bid in cat.batches_with(man.get("out_dev"), man.get("out_ino"), man["fingerprint"]):
         if bid == man["batch_id"]:
             continue
+        get = out.get
         for row in results_of(cat, bid):
-            rows = out.get((row[0], row[1]))
+            key = row[:2]
+            rows = get(key)
             if rows is None:
-                out[(row[0], row[1])] = [row]
+                out[key] = [row]
             elif rows[0][4] == bid and rows[0][5] == row[5]:  # another file of the same result
                 rows.append(row)
         try:
@@ -344,8 +346,10 @@ class Planner:
             if single and found is not None and len(found) == 1:  # the usual case, spelled out: one output file
                 main = found[0]
                 rel, stem, size, mtime = main[7], item["stem"].encode(*fs), item.get("size"), item.get("mtime")
+                rest = rel[len(stem):]  # stem + rest splits (splitext) into stem and rest: rest is one extension
                 if main[6] == KIND_OUT and main[2] == size and main[3] == mtime and rel.startswith(stem) and (
-                        _ext_only(rel[len(stem):], stem) or os.path.splitext(rel)[0] == stem) and key in present:
+                        (rest[:1] == b"." and b"." not in rest[1:] and b"/" not in rest and stem[-1:] not in _NOT_LAST)
+                        or os.path.splitext(rel)[0] == stem) and key in present:
                     same = main[15] == size and main[16] == mtime and main[14] == item["src"].encode(*fs)
                     records.append({"i": item["i"], "out": rel.decode(*fs), "bytes": main[9], "sha256": main[8],
                                     "mtime": main[10], "ms": 0.0, "reused_from": main[4], "_seq": main[5],
@@ -401,10 +405,8 @@ class Planner:
         return p, self.records
 
 
-def _ext_only(rest: bytes, stem: bytes) -> bool:
-    """stem + rest splits (os.path.splitext) into stem and rest: rest is one extension, and the
-    stem's last part is not dots alone. (False may be wrong: ask splitext then.)"""
-    return rest[:1] == b"." and b"." not in rest[1:] and b"/" not in rest and stem[-1:] not in (b"", b".", b"/")
+_NOT_LAST = (b"", b".", b"/")
+"""A stem ending so is not split by os.path.splitext where the plan's quick check would."""
 
 
 def _same_input(row: tuple, item: dict[str, Any]) -> bool:

@@ -55,7 +55,22 @@ ChecksumOpt = Annotated[bool, typer.Option(
 
 def sync_create(store, cfg, opts, json_out: bool, detach: bool = False, delete: bool = False,
                 dry_run: bool = False, checksum: bool = False):
-    """Make the batch, record its up-to-date items as reused, say what is left to do."""
+    """Make the batch, record its up-to-date items as reused, say what is left to do. Without
+    the cyclic garbage collector meanwhile: the plan makes few cycles (reference counting frees
+    its objects), and the collector's passes over the hundreds of thousands of rows and records
+    it holds cost about a fifth of its time (100,000 inputs: 0.25 s)."""
+    import gc
+
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _sync_create(store, cfg, opts, json_out, detach, delete, dry_run, checksum)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _sync_create(store, cfg, opts, json_out: bool, detach: bool, delete: bool, dry_run: bool, checksum: bool):
     import shutil
     import tempfile
 
