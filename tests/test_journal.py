@@ -223,10 +223,13 @@ def test_fold_completed_is_fold_of_one_completion_per_item():
         fold(st, {"seq": 2, "type": "item_completed", "i": 4})
         return st
 
-    one, bulk = start(), start()
-    for seq, i in enumerate([0, 2, 4, 5, 9], 3):
-        fold(one, {"seq": seq, "type": "item_completed", "i": i})
-    fold_completed(bulk, [0, 2, 4, 5, 9], 7)
-    assert (bulk.items, bulk.counts, bulk.failures, bulk.fail_key, bulk.records, bulk.last_seq) == \
-        (one.items, one.counts, one.failures, one.fail_key, one.records, one.last_seq)
-    assert bulk.completed == 4 and bulk.failed == 0
+    for items in ([0, 2, 4, 5, 9], [1, 2, 3], [0, 1], [5], [3, 4, 5], []):  # (runs of pending items: in one go)
+        one, bulk = start(), start()
+        for seq, i in enumerate(items, 3):
+            fold(one, {"seq": seq, "type": "item_completed", "i": i})
+        fold_completed(bulk, items, 2 + len(items))
+        assert (bulk.items, +bulk.counts, bulk.failures, bulk.fail_key, bulk.records, bulk.last_seq) == \
+            (one.items, +one.counts, one.failures, one.fail_key, one.records, one.last_seq), items
+    assert bulk.completed == 1 and bulk.failed == 1
+    fold_completed(bulk, [0, 1, 2, 3, 4, 5], 9)
+    assert bulk.completed == 6 and bulk.failed == 0 and not bulk.failures

@@ -198,6 +198,14 @@ def fold_completed(st: Replay, items: list[int], last_seq: int) -> None:
     states, counts, total = st.items, st.counts, st.total
     st.records += len(items)
     st.last_seq = last_seq
+    if not items:
+        return
+    lo, hi = min(items), max(items)
+    if 0 <= lo and hi < total and hi - lo + 1 == len(items) and states.count(PENDING, lo, hi + 1) == len(items):
+        states[lo:hi + 1] = bytes([COMPLETED]) * len(items)  # a run of pending items (a fresh sync batch's)
+        counts[PENDING] -= len(items)
+        counts[COMPLETED] += len(items)
+        return
     for i in items:
         if 0 <= i < total:
             old = states[i]

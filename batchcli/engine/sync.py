@@ -79,8 +79,7 @@ def _append_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> tuple | 
     st = replay(paths.journal, int(paths.load_manifest()["total"]))
     clean = st.offset == os.path.getsize(paths.journal)  # no torn tail: the fold is the file's
     seq, t, written = st.last_seq, round(time.time(), 3), 0
-    reused = [(rec["i"], seq + k, *rec.pop("_src"))  # (item, seq, where its rows lie, same input)
-              for k, rec in enumerate(records, 1) if "_src" in rec]
+    reused: list[tuple] = []  # (item, seq, where its rows lie, same input)
     j = JournalWriter(paths.journal, st.last_seq, durable=False)
     crc = prefix_crc(paths.journal, st.offset) if clean else None  # the snapshot's, extended group by group
     lines: list[bytes] = []
@@ -96,6 +95,9 @@ def _append_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> tuple | 
                 line = encode(full)
                 fold(st, full)
             else:
+                src = rec.pop("_src", None)
+                if src is not None:
+                    reused.append((rec["i"], seq, *src))
                 full = {"seq": seq, "t": t, "type": "item_completed", **rec}
                 try:  # encode(), spelled out
                     body = dumps(full)
