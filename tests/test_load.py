@@ -53,7 +53,8 @@ def test_throttle_steps_down_while_busy_and_up_after_a_quiet_spell():
 def test_max_load_throttles_to_zero_workers_and_back(tmp_path):
     home, load = tmp_path / "home", tmp_path / "load.json"
     figures(load, load=0.1)
-    p = start(tmp_path, home, "a", 60, 0.05, "-w", "2", "--max-load", "1", extra_env={"BATCHCLI_LOAD_FILE": load})
+    p = start(tmp_path, home, "a", 120, 0.05, "-w", "2", "--max-load", "1", extra_env={"BATCHCLI_LOAD_FILE": load})
+    # (enough work left when the load rises: the runner gives up a worker a second, two to go)
     wait_for(lambda: has_batch(home, "a") and status(home, "a")["completed"] >= 3, what="a running")
     with Workers(home) as w:
         figures(load, load=4.0)  # the machine gets busy: in-flight items finish, workers go, down to none
@@ -65,7 +66,7 @@ def test_max_load_throttles_to_zero_workers_and_back(tmp_path):
         assert status(home, "a")["completed"] == done and status(home, "a")["failed"] == 0
         figures(load, load=0.2)  # quiet again: after a few seconds it scales back up
         assert p.wait(60) == 0
-    assert status(home, "a")["completed"] == 60
+    assert status(home, "a")["completed"] == 120
 
 
 def test_max_load_zero_holds_a_batch_until_the_limit_is_raised(tmp_path):

@@ -68,7 +68,7 @@ CONTROL_EVERY = 0.1
 """Seconds between looks at the control file (pause / cancel requests from other shells)."""
 SPACE_EVERY = 1.0
 """Seconds between free-space checks of the output folder (--min-free-space)."""
-MAX_CHUNK = 16
+MAX_CHUNK = 64
 """Largest number of items sent to a worker in one message..."""
 MAX_BATCH_CHUNK = 256
 """...unless an op takes micro-batches (`model ... batch=N`): then a chunk holds one batch."""
