@@ -479,3 +479,20 @@ def test_sync_plans_without_the_cyclic_collector_and_turns_it_back_on(tmp_path):
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0 and json.loads(result.stdout)["new"] == 2
     assert gc.isenabled()
+
+
+def test_a_sync_process_ends_without_teardown_with_all_its_output_and_its_exit_code(synced, tmp_path):
+    """A sync, like a start, ends with os._exit once its run is over (its plan is not freed
+    object by object): a piped --json run's events are whole, up to the last, and the exit
+    code says a failed item; --home before the command is understood."""
+    from batchcli.cli import _command
+
+    assert [_command(a) for a in (["sync", "x"], ["--home", "h", "sync"], ["--home=h", "sync"], [])] == \
+        ["sync", "sync", "sync", None]
+    home, src, out, _sync = synced
+    (src / "bad.png").write_bytes(b"not a png at all")
+    r = run(tmp_path, "--home", home, "sync", src, "--out", out, "-p", "convert png", "--json", "-w", "1",
+            "--retries", "0", "--min-free-space", "0")
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.returncode == 1 and events[0]["type"] == "sync_plan" and events[0]["total"] == 7, r.stderr
+    assert events[-1]["type"] == "finished" and events[-1]["exit_code"] == 1 and events[-1]["failed"] == 1
