@@ -2,27 +2,21 @@
 (all rendering), detach.py, commands/ (one module per command group)."""
 
 
-ENDS_AT_EXIT = False
-"""Set by the console script for a `start` or `sync`: its process ends with os._exit
-(`_exit_now`), so what a command holds at its end need not be freed object by object (sync
-leaves its plan: cli/commands/sync.py)."""
-
-
 def main() -> None:
     """The `batchcli` console script."""
     import sys
 
+    from batchcli.cli import exiting
     from batchcli.cli.warm import warm_for
 
-    global ENDS_AT_EXIT
     warmed = warm_for(sys.argv[1:])  # a `start`: the workers' imports begin on another core now
-    ENDS_AT_EXIT = warmed or _command(sys.argv[1:]) == "sync"
+    exiting.ENDS_AT_EXIT = warmed or _command(sys.argv[1:]) == "sync"
     try:
         from batchcli.cli.app import main as run
 
         run()
     except SystemExit as exc:
-        if ENDS_AT_EXIT:
+        if exiting.ENDS_AT_EXIT:
             _exit_now(exc.code)
         raise
     finally:
