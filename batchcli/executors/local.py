@@ -27,6 +27,7 @@ from typing import Any
 from batchcli.atomic import sweep_tmp
 from batchcli.executors.base import CHUNKS_PER_WORKER, Event
 from batchcli.executors.forkserve import START_METHOD, stop_server, warm_up
+from batchcli.executors.proc import readable
 from batchcli.executors.worker import WorkerConfig, worker_process
 
 
@@ -38,6 +39,7 @@ class _Proc:
     queue: deque = field(default_factory=deque)  # of [items, position of the first unreported, holds a video]
     ready: bool = False
     item_started: float = 0.0
+    readable: Any = None  # () -> a message (or the pipe's end) waits: executors/proc.py
 
     def _unreported(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -85,7 +87,7 @@ class ProcessPool:
         with _main_not_rerun():
             proc.start()
         child.close()
-        return _Proc(proc, parent, at)
+        return _Proc(proc, parent, at, readable=readable(parent))
 
     def capacity(self) -> int:
         """Chunks that can be queued now; none behind a video, which may take minutes."""
@@ -168,7 +170,7 @@ class ProcessPool:
     def _drain(self, p: _Proc, events: list[Event]) -> bool:
         """Read everything the worker sent. False when its pipe is closed."""
         try:
-            while p.conn.poll():
+            while p.readable():
                 msg = p.conn.recv()
                 kind = msg[0]
                 now = time.monotonic()

@@ -13,7 +13,7 @@ from typing import Any
 
 from batchcli.errors import ItemError
 from batchcli.executors.heap import keep_freed_memory
-from batchcli.executors.proc import PeakRss, cap_memory, die_with_parent, rss
+from batchcli.executors.proc import PeakRss, cap_memory, die_with_parent, readable, rss
 from batchcli.imaging.noise import Capture, unique
 
 if os.environ.get("BATCHCLI_TEST_OPS"):  # test-only ops (tests/crashops.py); never set in production
@@ -424,17 +424,6 @@ def worker_process(conn, cfg: WorkerConfig, current: Any = None) -> None:
     os._exit(0)
 
 
-def _poller(conn: Any) -> Any:
-    """`conn.poll()` (is a message, or the end of the pipe, there to read?) for the check made
-    between every two items: one poll object for the worker's life, where Connection.poll builds
-    and tears down a selector each call (an eighth of a worker's CPU on tiny items)."""
-    import select
-
-    p = select.poll()
-    p.register(conn.fileno(), select.POLLIN)
-    return lambda: bool(p.poll(0))
-
-
 def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
     """Entry point of a pool process: receive chunks, send one message per item.
 
@@ -465,7 +454,7 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
     writer = worker.writer = Writer() if worker.writes and not worker.shards else None
     chunks: deque = deque()
     asked: list = []  # a "stop" or None read while a video was in hand, handled once it returns
-    incoming = _poller(conn)
+    incoming = readable(conn)
 
     def stop_requested() -> bool:
         """Between two segments of a video: read what the parent sent; True on stop or exit."""
