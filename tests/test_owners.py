@@ -275,3 +275,25 @@ def test_outputs_that_are_one_file_but_no_input_are_not_refused(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "other.png").read_bytes() == b"not an input"  # replaced by new files, not written through
     assert (out / "sub" / "img000.png").stat().st_ino != (out / "sub" / "img001.png").stat().st_ino
+
+
+def test_the_claims_check_catches_the_catalog_up_once_many_batches_are_behind(tmp_path, monkeypatch):
+    """The claims check reads batches the catalog has not indexed from their own files, up to
+    CATCH_UP of them; past that it refreshes the catalog (the same answer, and the next check
+    reads nothing again)."""
+    from batchcli.engine import owners
+    from batchcli.engine.catalog import Catalog
+
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 2)
+    done = [_start(home, src, out, name) for name in ("A", "B")]
+    c = create(home, [src], tmp_path / "other", "convert png", name="C")  # pending, another folder
+    store, st = Store(str(home)), os.stat(out)
+    read_now = owners.batches_into(store, (st.st_dev, st.st_ino))
+    assert [(r.batch_id, r.state) for r in read_now] == [(b.id, "completed") for b in done]
+    with Catalog(str(home)) as cat:
+        assert cat.indexed() == {}  # nothing was indexed for that answer
+    monkeypatch.setattr(owners, "CATCH_UP", 2)
+    assert owners.batches_into(store, (st.st_dev, st.st_ino)) == read_now
+    with Catalog(str(home)) as cat:
+        assert sorted(cat.indexed()) == sorted([*(b.id for b in done), c.id])

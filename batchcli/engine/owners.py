@@ -27,6 +27,9 @@ from batchcli.errors import ConfigError
 from batchcli.inputs.discover import file_ext
 
 LOCK_NAME = "claims.lock"
+CATCH_UP = 32
+"""Batches the catalog has not indexed (or not since their journal grew) that the claims check
+reads from their own files; past that, it refreshes the catalog first (see batches_into)."""
 SHOWN = 5
 """Paths named in a refusal (the rest are counted)."""
 
@@ -122,23 +125,25 @@ def batches_into(store: Store, out_id: tuple[int, int]) -> list[BatchRow]:
     its journal leaves it in now. The catalog's row stands for a batch whose journal is unchanged
     since it was indexed; any other is read from its manifest and the end of its journal, so a
     new batch does not wait for the last one's outputs to be indexed (the commands that ask about
-    outputs refresh the catalog themselves)."""
+    outputs refresh the catalog themselves). Past CATCH_UP such batches, the catalog is
+    refreshed first (their manifests would be read again by every start until something did)."""
     with Catalog(store) as cat:
         known = cat.indexed()
-    rows = []
-    for bid in reversed(store.ids()):
-        bdir = os.path.join(store.batches_dir, bid)
-        journal = os.path.join(bdir, "journal.jsonl")
-        try:
-            st = os.stat(journal)
-        except OSError:
-            continue  # being created (or removed): not a batch yet
-        row, mark = known.get(bid, (None, None))
-        if mark != (st.st_dev, st.st_ino, st.st_size):
-            row = _row_now(bid, bdir, journal, out_id)
-        if row is not None and (row.out_dev, row.out_ino) == tuple(out_id):
-            rows.append(row)
-    return rows
+        behind = []
+        for bid in reversed(store.ids()):
+            bdir = os.path.join(store.batches_dir, bid)
+            journal = os.path.join(bdir, "journal.jsonl")
+            try:
+                st = os.stat(journal)
+            except OSError:
+                continue  # being created (or removed): not a batch yet
+            row, mark = known.get(bid, (None, None))
+            behind.append((bid, bdir, journal) if mark != (st.st_dev, st.st_ino, st.st_size) else row)
+        if sum(isinstance(b, tuple) for b in behind) > CATCH_UP:
+            cat.refresh()
+            return cat.batches_into(*out_id)
+    rows = [_row_now(*b, out_id) if isinstance(b, tuple) else b for b in behind]
+    return [r for r in rows if r is not None and (r.out_dev, r.out_ino) == tuple(out_id)]
 
 
 def _row_now(bid: str, bdir: str, journal: str, out_id: tuple[int, int]) -> BatchRow | None:
