@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from batchcli.errors import ConfigError
@@ -335,10 +335,11 @@ class Pipeline:
         """The most frames any op takes per call (`model ... batch=N`); 1 for most pipelines."""
         return max((op.batch_size for op in self.ops), default=1)
 
-    def run_batch(self, frames: list[Any]) -> list[Any]:
+    def run_batch(self, frames: list[Any], at: Callable[[int], None] | None = None) -> list[Any]:
         """Several frames through the pipeline. An entry may already be the exception that failed
         its item; it is passed through. Ops that take batches get every live frame in one call,
-        the others one frame at a time. Returns one frame or exception per entry, in order."""
+        the others one frame at a time (`at` is told the entry before each). Returns one frame or
+        exception per entry, in order."""
         out = list(frames)
         for op in self.ops:
             live = [k for k, f in enumerate(out) if isinstance(f, Frame)]
@@ -353,6 +354,8 @@ class Pipeline:
                     out[k] = r
             else:
                 for k in live:
+                    if at is not None:
+                        at(k)
                     try:
                         out[k] = op.apply(out[k])
                     except Exception as exc:

@@ -110,3 +110,36 @@ def test_a_start_ends_at_once_with_its_output_whole_and_its_exit_code(tmp_path):
     assert events[-1]["completed"] == 40 and events[-1]["failed"] == 1
     r = run(home, "start", src, "--out", tmp_path / "out2", "-w", "2", "--pipeline", "resize 8x8", "--quiet")
     assert r.returncode == 1 and "completed 40, failed 1, remaining 0, of 41" in r.stdout, r.stdout
+
+
+def test_small_quick_images_go_in_groups_each_item_in_hand_named_in_turn(tmp_path):
+    """A worker takes small inputs in groups once items prove quick (decodes, ops, encodes phase
+    by phase), never past a large input, and names each item it has in hand in turn (a crash is
+    charged to that one); every item keeps its own result."""
+    import pickle
+
+    from batchcli.api import build_pipeline
+    from batchcli.executors.worker import GROUP, Worker, WorkerConfig
+
+    paths = make_pngs(tmp_path / "in", 20, size=16) + make_pngs(tmp_path / "big", 1, size=400)  # ~480 KB
+    items = [{"i": k, "src": p, "stem": f"s{k:03d}", "size": os.path.getsize(p), "mtime": os.path.getmtime(p)}
+             for k, p in enumerate(paths)]
+    assert items[-1]["size"] > 256 << 10
+    w = Worker(WorkerConfig(pipeline=pickle.dumps(build_pipeline("resize 8x8", None)), out_dir=str(tmp_path / "out"),
+                            max_file_size=1 << 30, max_pixels=1 << 30))
+    seen: list[int] = []
+    w.at = seen.append
+    assert w.group(items, 0) == 1  # nothing measured yet: one at a time
+    k = 0
+    while not w.quick and k < 3:  # the first decodes warm the codecs up
+        assert [r["i"] for r in w.process_batch(items[k:k + 1])] == [k]
+        k += 1
+    assert w.quick
+    n = w.group(items, k)
+    assert n == GROUP
+    seen.clear()
+    results = w.process_batch(items[k:k + n])
+    assert [r["i"] for r in results] == list(range(k, k + n)) and all(r["ok"] for r in results)
+    assert seen == list(range(k, k + n)) * 3  # loaded, resized, saved: each in hand in turn
+    assert w.group(items, k + n) == 20 - k - n  # stops before the large input
+    assert w.group(items, 20) == 1
