@@ -140,6 +140,7 @@ def bare_pool(src: Path, out: Path, workers: int) -> float:
     """The bare loop as a process of its own, as batchcli is one: its wall time includes starting
     Python, and the CPU time of all its processes includes its parent's (dispatching the jobs,
     collecting the results), not only the pool's."""
+    clear_out(out)
     return timed([sys.executable, __file__, "--bare-loop", str(src), str(out), str(workers)])
 
 
@@ -151,9 +152,25 @@ def bare_loop(src: Path, out: Path, workers: int) -> None:
         sum(pool.imap_unordered(_bare_one, jobs, chunksize=4))
 
 
+TRASH = WORK / "trash"
+
+
+def clear_out(out: Path) -> None:
+    """Before a timed run: move the last run's output folder aside (deleted at the end of the
+    benchmark, so no timed run pays for deleting thousands of files, nor the filesystem's search
+    around their freed inodes), then flush the page cache, so no timed run pays for writing out
+    files a run before it left unwritten (`cp` fsyncs nothing; a `syncfs` would write them)."""
+    if out.exists():
+        TRASH.mkdir(parents=True, exist_ok=True)
+        out.rename(TRASH / f"{out.name}-{time.time_ns()}")
+    os.sync()
+
+
 def batchcli_run(src: Path, out: Path | None, pipeline: str, workers: int, home: Path, *extra: str) -> float:
     if out is not None:
-        shutil.rmtree(out, ignore_errors=True)
+        clear_out(out)
+    else:
+        os.sync()
     env = dict(os.environ, BATCHCLI_HOME=str(home))
     where = ["--out", str(out)] if out is not None else []
     return timed(BATCHCLI + ["start", str(src), *where, "-w", str(workers), "-p", pipeline, "--quiet", *extra], env=env)
@@ -161,7 +178,7 @@ def batchcli_run(src: Path, out: Path | None, pipeline: str, workers: int, home:
 
 def parallel_cp(src: Path, out: Path, workers: int) -> float:
     """GNU parallel with a job log (its resumable mode) copying each file: the shell way."""
-    shutil.rmtree(out, ignore_errors=True)
+    clear_out(out)
     out.mkdir(parents=True)
     log_file = WORK / "joblog-cp"
     log_file.unlink(missing_ok=True)
@@ -289,6 +306,7 @@ def main() -> None:
         rows += million_rows(a, w, home)
     rows.append(("load average (1 min) at the start and at the end, 2 cores", "",
                  f"{load[0]:.1f} -> {os.getloadavg()[0]:.1f}"))
+    shutil.rmtree(TRASH, ignore_errors=True)
 
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'time':>10}  rate")
@@ -298,7 +316,7 @@ def main() -> None:
 
 def vips_run(photos: Path, w: int) -> float:
     out = WORK / "out-vips"
-    shutil.rmtree(out, ignore_errors=True)
+    clear_out(out)
     out.mkdir()
     return timed(f"ls {photos}/*.jpg | parallel -N50 -j{w} vipsthumbnail --size 1024x1024 -o '{out}/%s.jpg[Q=85]' {{}}")
 
@@ -336,7 +354,7 @@ def thumbnail_rows(a, w: int, home: Path, have: dict) -> list[tuple[str, str, st
         rows.append(("  the same by CPU time of all processes, per round", "", per_cpu))
     if have["parallel"] and have["mogrify"]:
         out = WORK / "out-mogrify"
-        shutil.rmtree(out, ignore_errors=True)
+        clear_out(out)
         out.mkdir()
         t_mog = timed(f"ls {photos}/*.jpg | parallel -N50 -j{w} mogrify -path {out} -resize 1024x1024 "
                       f"-quality 85 {{}}")
