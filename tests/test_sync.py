@@ -496,3 +496,21 @@ def test_a_sync_process_ends_without_teardown_with_all_its_output_and_its_exit_c
     events = [json.loads(line) for line in r.stdout.splitlines()]
     assert r.returncode == 1 and events[0]["type"] == "sync_plan" and events[0]["total"] == 7, r.stderr
     assert events[-1]["type"] == "finished" and events[-1]["exit_code"] == 1 and events[-1]["failed"] == 1
+
+
+def test_a_sync_run_leaves_its_results_indexed_in_the_catalog(synced):
+    """As its run ends, a sync folds its own journal into catalog.sqlite: the next sync asks the
+    catalog at once."""
+    import sqlite3
+
+    home, _src, _out, _sync = synced
+    s = _latest(home)
+    journal = home / "batches" / s["batch_id"] / "journal.jsonl"
+    db = sqlite3.connect(home / "catalog.sqlite")
+    try:
+        (offset,) = db.execute("SELECT j_offset FROM batches WHERE batch_id = ?", (s["batch_id"],)).fetchone()
+        (rows,) = db.execute("SELECT count(*) FROM outputs o JOIN batches b USING (bkey) WHERE b.batch_id = ?",
+                             (s["batch_id"],)).fetchone()
+    finally:
+        db.close()
+    assert offset == journal.stat().st_size and rows == 6

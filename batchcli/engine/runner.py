@@ -139,6 +139,10 @@ class Runner:
                 checkpoint(self.paths.journal, self.total)
             except Exception:  # a cache: never worth failing a run for
                 log.warning("could not write the journal snapshot", exc_info=True)
+            if self.manifest.get("kind") == "sync":  # the next sync asks the catalog at once
+                from batchcli.engine.catalog import index_quietly
+
+                index_quietly(self.paths.home, self.paths.id)
             lock.release()
 
     # --- internals -------------------------------------------------------------------------
