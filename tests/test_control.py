@@ -9,10 +9,12 @@ import time
 
 import pytest
 from conftest import make_image
-from crashops import cli_env, records, wait_for
+from crashops import cli_env, create, records, wait_for
 
 from batchcli.engine.journal import replay
+from batchcli.engine.lifecycle import TERMINAL
 from batchcli.engine.liveness import request, strongest_request
+from batchcli.engine.status import mark
 from batchcli.engine.store import BatchPaths
 
 
@@ -58,3 +60,17 @@ def test_requests_queue_and_the_strongest_wins(tmp_path):
     request(paths, "pause")
     assert strongest_request(paths) == "cancel"
     assert (tmp_path / "control").read_text().split() == ["pause", "cancel", "pause"]
+
+
+def test_a_pause_written_without_a_runner_never_follows_a_cancel(tmp_path):
+    """The runner that a pause found gone may have written a cancel since the pause looked: the
+    pause's record is not written after it (the batch would have read paused, last record
+    winning); the same for a cancel after a cancel."""
+    make_image(tmp_path / "in" / "a.png", 16, 16)
+    paths = create(tmp_path / "home", [tmp_path / "in"], tmp_path / "out", "resize 8x8")
+    assert mark(paths, "batch_cancelled", unless=TERMINAL, reason="cancelled by its runner")
+    before = (tmp_path / "home" / "batches" / paths.id / "journal.jsonl").read_bytes()
+    assert not mark(paths, "batch_paused", unless=TERMINAL, reason="paused by user (no live runner)")
+    assert not mark(paths, "batch_cancelled", unless=TERMINAL, reason="cancelled by user")
+    assert (tmp_path / "home" / "batches" / paths.id / "journal.jsonl").read_bytes() == before
+    assert replay(paths.journal, 1).state == "cancelled"

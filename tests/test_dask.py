@@ -178,14 +178,14 @@ class ProbePipeline:
             pass
         self.inner.prepare()
 
-    def run_batch(self, frames):
+    def run_batch(self, frames, at=None):
         for frame in frames:
             name = os.path.basename(getattr(frame, "src", ""))
             if name.startswith("kill"):
                 os.kill(os.getpid(), signal.SIGKILL)
             if name.startswith("hang"):
                 time.sleep(600)
-        return self.inner.run_batch(frames)
+        return self.inner.run_batch(frames, at)
 
 
 def probe_executor(tmp_path, item_timeout: float = 0.0, retries: int = 1):

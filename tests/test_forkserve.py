@@ -112,11 +112,15 @@ def test_a_start_ends_at_once_with_its_output_whole_and_its_exit_code(tmp_path):
     assert r.returncode == 1 and "completed 40, failed 1, remaining 0, of 41" in r.stdout, r.stdout
 
 
-def test_small_quick_images_go_in_groups_each_item_in_hand_named_in_turn(tmp_path):
+def test_small_quick_images_go_in_groups_each_item_in_hand_named_in_turn(tmp_path, monkeypatch):
     """A worker takes small inputs in groups once items prove quick (decodes, ops, encodes phase
     by phase), never past a large input, and names each item it has in hand in turn (a crash is
     charged to that one); every item keeps its own result."""
     import pickle
+
+    import batchcli.executors.worker as worker
+
+    monkeypatch.setattr(worker, "QUICK_MS", 1000.0)  # "quick" whatever the machine's load
 
     from batchcli.api import build_pipeline
     from batchcli.executors.worker import GROUP, Worker, WorkerConfig
@@ -143,3 +147,6 @@ def test_small_quick_images_go_in_groups_each_item_in_hand_named_in_turn(tmp_pat
     assert seen == list(range(k, k + n)) * 3  # loaded, resized, saved: each in hand in turn
     assert w.group(items, k + n) == 20 - k - n  # stops before the large input
     assert w.group(items, 20) == 1
+    monkeypatch.setattr(worker, "QUICK_MS", 0.0)  # items that stop being quick: one at a time again
+    w.process_batch(items[k + n:k + n + 1])
+    assert not w.quick and w.group(items, k + n + 1) == 1

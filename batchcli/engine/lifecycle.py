@@ -83,7 +83,8 @@ def pause(paths: BatchPaths, now: bool = False, wait: float = 60.0) -> dict[str,
         if st.state == "failed" and st.remaining == 0:
             raise InvalidTransition(f"batch {paths.id} is failed with nothing left to run; nothing to pause")
         try:
-            mark(paths, "batch_paused", reason="paused by user (no live runner)")
+            if not mark(paths, "batch_paused", unless=TERMINAL, reason="paused by user (no live runner)"):
+                continue  # ended meanwhile (a cancel its runner wrote): say so (next turn)
         except BatchLocked:
             continue
         out = batch_status(paths)
@@ -104,7 +105,8 @@ def cancel(paths: BatchPaths, wait: float = 60.0) -> dict[str, Any]:
         if out is not None:  # it stopped before it read our request (a pause came first): cancel it here
             continue
         try:
-            mark(paths, "batch_cancelled", reason="cancelled by user")
+            if not mark(paths, "batch_cancelled", unless=TERMINAL, reason="cancelled by user"):
+                continue  # ended meanwhile: say so (next turn)
         except BatchLocked:
             continue
         manifest = paths.load_manifest()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from batchcli.engine.journal import STATE_NAMES, Replay, iter_records, replay
@@ -202,8 +202,10 @@ def item_rows(paths: BatchPaths, failed_only: bool = False, limit: int | None = 
     return {"items": [rows[i] for i in page], "total": count}
 
 
-def mark(paths: BatchPaths, kind: str, **fields: Any) -> None:
-    """Append one lifecycle record without a runner (takes the lock; fails if a runner holds it)."""
+def mark(paths: BatchPaths, kind: str, unless: Collection[str] = (), **fields: Any) -> bool:
+    """Append one lifecycle record without a runner (takes the lock; fails if a runner holds it).
+    Not when the batch is, under the lock, in a state of `unless` (a runner that ended since the
+    caller looked: a cancel it wrote is not followed by a pause): False then."""
     from filelock import FileLock
 
     from batchcli.engine.journal import JournalWriter
@@ -215,9 +217,12 @@ def mark(paths: BatchPaths, kind: str, **fields: Any) -> None:
         raise BatchLocked(f"batch {paths.id} is held by a live runner")
     try:
         st = replay(paths.journal, int(paths.load_manifest()["total"]))
+        if st.state in unless:
+            return False
         with JournalWriter(paths.journal, st.last_seq) as j:
             j.append(kind, **fields)
     finally:
         lock.release()
+    return True
 
 
