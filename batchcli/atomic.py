@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -119,6 +120,13 @@ DIRTY_LIMIT = 64 << 20
 """Above this much dirty page cache on the machine (other programs' writes), a group uses fsyncs
 of its own files: a `syncfs` would wait for all of that too."""
 
+SLOW_SYNCFS = 0.1
+"""A `syncfs` that takes longer than this (seconds) was writing out much besides the group
+(other programs' many small files: the byte count DIRTY_LIMIT looks at misses them)..."""
+SYNCFS_PAUSE = 5.0
+"""...so groups use their own fsyncs for this long (seconds), then try `syncfs` again."""
+_syncfs_off_until = 0.0
+
 _libc_syncfs = None
 
 
@@ -200,7 +208,7 @@ def atomic_write_many(entries: list[tuple[str, bytes | memoryview]]) -> list[flo
     OSError that stopped it (a failure fails only its own file, which is then not in place)."""
     global _syncers
 
-    if len(entries) > 1 and SYNCFS and _little_dirty():
+    if len(entries) > 1 and SYNCFS and time.monotonic() >= _syncfs_off_until and _little_dirty():
         written = [_write_temp(path, data, sync=False) for path, data in entries]
         folders = {os.path.dirname(p) or "." for (p, _), w in zip(entries, written) if not isinstance(w, OSError)}
         if not _syncfs_all(folders):  # a write-back failed: find whose with an fsync of each file
@@ -246,8 +254,11 @@ def _rename_all(entries: list[tuple[str, bytes | memoryview]],
 
 
 def _syncfs_all(folders: set[str]) -> bool:
-    """`syncfs` once for each filesystem the folders are on; False if one failed."""
+    """`syncfs` once for each filesystem the folders are on; False if one failed. A slow one
+    turns `syncfs` off for a while (SLOW_SYNCFS)."""
+    global _syncfs_off_until
     seen: set[int] = set()
+    t0 = time.monotonic()
     for folder in folders:
         try:
             fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -262,6 +273,8 @@ def _syncfs_all(folders: set[str]) -> bool:
             return False
         finally:
             os.close(fd)
+    if time.monotonic() - t0 > SLOW_SYNCFS:
+        _syncfs_off_until = time.monotonic() + SYNCFS_PAUSE
     return True
 
 

@@ -94,3 +94,31 @@ def test_with_much_else_waiting_to_be_written_a_group_uses_its_own_fsyncs(tmp_pa
     monkeypatch.setattr(atomic, "DIRTY_LIMIT", 0)  # a syncfs would wait for every other program's writes
     got = atomic_write_many([(str(tmp_path / f"f{k}.bin"), b"1") for k in range(3)])
     assert all(isinstance(m, float) for m in got) and calls == []
+
+
+def test_a_slow_syncfs_turns_to_fsyncs_for_a_while(tmp_path, monkeypatch):
+    """A syncfs slower than SLOW_SYNCFS wrote out much else (another program's many small files):
+    the next groups use their own fsyncs until SYNCFS_PAUSE has passed."""
+    import time
+
+    import batchcli.atomic as atomic
+
+    assert (atomic.SLOW_SYNCFS, atomic.SYNCFS_PAUSE) == (0.1, 5.0)  # what the README says
+    calls = _spy_syncfs(monkeypatch)
+    spied = atomic.syncfs
+    monkeypatch.setattr(atomic, "syncfs", lambda fd: (time.sleep(0.03), spied(fd)))
+    monkeypatch.setattr(atomic, "SLOW_SYNCFS", 0.02)
+    monkeypatch.setattr(atomic, "_syncfs_off_until", 0.0)
+
+    def group(tag: str) -> None:
+        got = atomic_write_many([(str(tmp_path / f"{tag}{k}.bin"), b"1") for k in range(3)])
+        assert all(isinstance(m, float) for m in got)
+
+    group("a")
+    assert len(calls) == 2  # slow: syncfs is off now
+    group("b")
+    assert len(calls) == 2
+    monkeypatch.setattr(atomic, "_syncfs_off_until", 0.0)  # the pause has passed
+    group("c")
+    assert len(calls) == 4
+    assert len(os.listdir(tmp_path)) == 9

@@ -90,7 +90,15 @@ def pause(paths: BatchPaths, now: bool = False, wait: float = 60.0) -> dict[str,
         out = batch_status(paths)
         out.update(via="journal", already=False)
         return out
+    _refuse_if_ended(paths, "only a running or pending batch can be paused")
     raise BatchLocked(f"batch {paths.id}: its runner kept starting and stopping; try again")
+
+
+def _refuse_if_ended(paths: BatchPaths, why: str) -> None:
+    """After the last turn of pause or cancel: a batch that ended meanwhile is named as such."""
+    st = replay(paths.journal, int(paths.load_manifest()["total"]))
+    if st.state in TERMINAL:
+        raise InvalidTransition(f"batch {paths.id} is {st.state}; {why}")
 
 
 def cancel(paths: BatchPaths, wait: float = 60.0) -> dict[str, Any]:
@@ -117,6 +125,7 @@ def cancel(paths: BatchPaths, wait: float = 60.0) -> dict[str, Any]:
         out = batch_status(paths)
         out.update(via="journal")
         return out
+    _refuse_if_ended(paths, "nothing to cancel")
     raise BatchLocked(f"batch {paths.id}: its runner kept starting and stopping; try again")
 
 
