@@ -26,7 +26,7 @@ demo: $(STAMP)  ## generate sample images and run a real batch over them
 # pytest-xdist: two test processes per CPU. The tests start thousands of CLI, runner and worker processes
 # and wait on them, so one per CPU leaves CPUs idle: on 2 cores, lightly loaded, 4 took 223 s where 2 took
 # 255 s (10% more CPU time); on a busy machine they were even (357 s against 342 s). JOBS=N to choose.
-JOBS ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 1) )))
+JOBS ?= $(shell echo $$(( 2 * $$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1) )))
 # compileall first: the package is installed editable, so with PYTHONDONTWRITEBYTECODE set (as on CI) every
 # CLI, runner and worker process the tests start would compile batchcli from source (about 20% of the suite's
 # CPU time). It writes only what is stale. pytest, for its part, keeps the test modules it has rewritten (for

@@ -132,6 +132,7 @@ def test_make_test_lints_before_the_suite():
     assert "-n $(JOBS)" in recipe
     if shutil.which("make") and shutil.which("nproc"):
         line = next(x for x in (PKG.parent / "Makefile").read_text().splitlines() if x.startswith("JOBS ?="))
+        env = dict(os.environ, OMP_NUM_THREADS="1")  # nproc obeys it; a user's shell may have it set
         jobs = subprocess.run(["make", "-s", "-f", "-", "show"], input=f"{line}\nshow:\n\t@echo $(JOBS)\n",
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=True, env=env)
         assert jobs.stdout.strip() == str(2 * len(os.sched_getaffinity(0)))
