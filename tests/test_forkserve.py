@@ -120,6 +120,7 @@ def test_small_quick_images_go_in_groups_each_item_in_hand_named_in_turn(tmp_pat
 
     import batchcli.executors.worker as worker
 
+    assert (worker.GROUP, worker.QUICK_MS) == (16, 2.0)  # the README's pause sentence
     monkeypatch.setattr(worker, "QUICK_MS", 1000.0)  # "quick" whatever the machine's load
 
     from batchcli.api import build_pipeline

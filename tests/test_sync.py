@@ -505,10 +505,10 @@ def test_a_sync_process_ends_without_teardown_with_all_its_output_and_its_exit_c
     """A sync, like a start, ends with os._exit once its run is over (its plan is not freed
     object by object): a piped --json run's events are whole, up to the last, and the exit
     code says a failed item; --home before the command is understood."""
-    from batchcli.cli import _command
+    from batchcli.cli.warm import command_of
 
-    assert [_command(a) for a in (["sync", "x"], ["--home", "h", "sync"], ["--home=h", "sync"], [])] == \
-        ["sync", "sync", "sync", None]
+    assert [command_of(a) for a in (["sync", "x"], ["--home", "h", "sync"], ["--home=h", "sync"], [])] == \
+        [("sync", None, 0), ("sync", "h", 2), ("sync", "h", 1), (None, None, 0)]
     home, src, out, _sync = synced
     (src / "bad.png").write_bytes(b"not a png at all")
     r = run(tmp_path, "--home", home, "sync", src, "--out", out, "-p", "convert png", "--json", "-w", "1",

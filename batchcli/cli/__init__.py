@@ -7,10 +7,10 @@ def main() -> None:
     import sys
 
     from batchcli.cli import exiting
-    from batchcli.cli.warm import warm_for
+    from batchcli.cli.warm import command_of, warm_for
 
     warmed = warm_for(sys.argv[1:])  # a `start`: the workers' imports begin on another core now
-    exiting.ENDS_AT_EXIT = warmed or _command(sys.argv[1:]) == "sync"
+    exiting.ENDS_AT_EXIT = warmed or command_of(sys.argv[1:])[0] == "sync"
     try:
         from batchcli.cli.app import main as run
 
@@ -24,14 +24,6 @@ def main() -> None:
             from batchcli.executors.forkserve import stop_server
 
             stop_server(now=True)
-
-
-def _command(args: list[str]) -> str | None:
-    """The command a command line names (after any --home)."""
-    k = 0
-    while k < len(args) and (args[k] == "--home" or args[k].startswith("--home=")):
-        k += 2 if args[k] == "--home" else 1
-    return args[k] if k < len(args) else None
 
 
 def _exit_now(code: object) -> None:

@@ -15,14 +15,20 @@ _NOT_HERE = ("--detach", "-d", "--at", "--after", "-h", "--help")
 """Flags that mean no batch runs in this process (or nothing runs at all)."""
 
 
-def warm_for(args: list[str]) -> bool:
-    """Start the fork server when `args` (the command line without the program) run a batch
-    here; True when it was started."""
+def command_of(args: list[str]) -> tuple[str | None, str | None, int]:
+    """(the command a command line names, the --home given before it, the command's index)."""
     home, k = None, 0
     while k < len(args) and (args[k] == "--home" or args[k].startswith("--home=")):
         home = args[k + 1] if args[k] == "--home" and k + 1 < len(args) else args[k][7:]
         k += 2 if args[k] == "--home" else 1
-    if args[k:k + 1] != ["start"]:
+    return (args[k] if k < len(args) else None), home, k
+
+
+def warm_for(args: list[str]) -> bool:
+    """Start the fork server when `args` (the command line without the program) run a batch
+    here; True when it was started."""
+    command, home, k = command_of(args)
+    if command != "start":
         return False
     rest = args[k + 1:]
     workers: str | None = None

@@ -25,7 +25,7 @@ from batchcli import jsonio
 from batchcli.argfiles import check_file, open_checked
 from batchcli.errors import ConfigError
 from batchcli.inputs.names import Namer, is_url, safe_component
-from batchcli.inputs.seen import MASK64, DigestSet, SpillSet, identity_key, key64  # noqa: F401  (DigestSet: owners)
+from batchcli.inputs.seen import DigestSet, SpillSet, identity_key, key64  # noqa: F401  (DigestSet: owners)
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "heic", "heif", "avif", "gif",
                       "dng", "cr2", "cr3", "nef", "arw", "raf", "orf", "rw2", "pef")
@@ -252,11 +252,10 @@ class _Resolver:
                 except OSError:
                     pass
                 if st is not None and plain and not entry.is_symlink():
-                    # emit's work for a plain file of a walk, without its generator (identity_key, inline)
-                    ino = st.st_ino
-                    if seen_add((ino * 0x9E3779B97F4A7C15 + st.st_dev * 0xC2B2AE3D27D4EB4F) & MASK64):
+                    # emit's work for a plain file of a walk, without its generator
+                    if seen_add(identity_key(st.st_ino, st.st_dev)):
                         yield Found(entry.path, _join(prefix, sub) if prefix else sub, st.st_size, st.st_mtime,
-                                    st.st_dev, ino)
+                                    st.st_dev, st.st_ino)
                     else:
                         self.stats.duplicates += 1
                     continue

@@ -41,9 +41,6 @@ def identity_key(ino: int, dev: int) -> int:
     return (ino * 0x9E3779B97F4A7C15 + dev * 0xC2B2AE3D27D4EB4F) & MASK64
 
 
-MASK64 = (1 << 64) - 1
-
-
 class DigestSet:
     """A set of 16-byte digests in one flat array of 64-bit words (open addressing, linear
     probing): about 32-64 bytes per member and no Python object per member. `wide=False` keeps
