@@ -369,10 +369,9 @@ def last_run_flags(paths) -> dict:
 def default_worker_memory(workers: int) -> int:
     """80% of the available RAM shared among the workers, never under 1 GiB each (an address-space
     cap: a decompression bomb fails its item with class oom instead of swapping the machine)."""
-    try:
-        import psutil
+    from batchcli.engine.load import available_memory
 
-        avail = psutil.virtual_memory().available
-    except Exception:
+    avail = available_memory()
+    if avail is None:
         return 0
     return max(1 << 30, int(avail * 0.8) // max(1, workers))

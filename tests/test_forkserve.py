@@ -151,3 +151,48 @@ def test_small_quick_images_go_in_groups_each_item_in_hand_named_in_turn(tmp_pat
     monkeypatch.setattr(worker, "QUICK_MS", 0.0)  # items that stop being quick: one at a time again
     w.process_batch(items[k + n:k + n + 1])
     assert not w.quick and w.group(items, k + n + 1) == 1
+
+
+def test_the_server_and_its_workers_run_without_a_resource_tracker(tmp_path, clean_env):
+    """No third interpreter (multiprocessing's resource tracker) for a run: the workers make no
+    named semaphore or shared memory for it to clean up. A worker from the server still does
+    its items; once the pool is gone, anything else that needs the tracker gets a real one."""
+    import pickle
+    import time
+    from multiprocessing import resource_tracker
+
+    from batchcli.api import build_pipeline
+    from batchcli.executors.local import ProcessPool
+    from batchcli.executors.worker import WorkerConfig
+
+    paths = make_pngs(tmp_path / "in", 3)
+    cfg = WorkerConfig(pipeline=pickle.dumps(build_pipeline("resize 8x8", None)), out_dir=str(tmp_path / "out"),
+                       max_file_size=1 << 30, max_pixels=1 << 30)
+    tracker = resource_tracker._resource_tracker
+    if tracker._fd is not None:  # one this process started for something else: the pool may use it
+        tracker._stop()
+    pool = ProcessPool(cfg, 1)
+    try:
+        pool.submit([{"i": k, "src": p, "stem": f"s{k}"} for k, p in enumerate(paths)])
+        done: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(done) < 3 and time.monotonic() < deadline:
+            done += [ev.result["i"] for ev in pool.poll(0.1) if ev.kind == "item" and ev.result["ok"]]
+        assert sorted(done) == [0, 1, 2]
+        assert tracker._pid is None and not _children_running("resource_tracker")
+    finally:
+        pool.shutdown()
+    assert tracker._fd is None  # given back: a later user starts a real one
+
+
+def _children_running(what: str) -> list[int]:
+    """This process's children whose command line holds `what`."""
+    me, out = str(os.getpid()), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat", "rb").read().rsplit(b")", 1)[1].split()
+            if stat[1].decode() == me and what.encode() in open(f"/proc/{pid}/cmdline", "rb").read():
+                out.append(int(pid))
+        except OSError:
+            continue
+    return out

@@ -39,6 +39,30 @@ def test_the_load_is_the_machines_own_per_core(monkeypatch):
     assert abs(sample().load - os.getloadavg()[0] / cores) < 0.5  # every process counts, batchcli's too
 
 
+def test_free_memory_and_process_start_times_read_from_proc_are_psutil_s():
+    """`start` reads them without importing psutil (a tenth of its imports); what it reads is
+    what psutil says: the available memory, and a process's start time (the runner's identity
+    in runner.json, checked against a reused pid)."""
+    import os
+
+    import psutil
+
+    from batchcli.engine.load import available_memory
+    from batchcli.engine.store import process_alive, process_start_time
+
+    assert abs(available_memory() - psutil.virtual_memory().available) < 64 << 20
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for pid in (os.getpid(), child.pid, 1):
+            assert abs(process_start_time(pid) - psutil.Process(pid).create_time()) < 0.02
+        assert process_alive(child.pid, psutil.Process(child.pid).create_time())
+        assert not process_alive(child.pid, psutil.Process(child.pid).create_time() - 5)  # a reused pid
+    finally:
+        child.kill()
+        child.wait()
+    assert process_start_time(child.pid) is None and not process_alive(child.pid, None)
+
+
 def test_throttle_steps_down_while_busy_and_up_after_a_quiet_spell():
     now = {"load": 5.0}
     t = Throttle(("load", 1.0), 0, Monitor(lambda: Sample(now["load"], None, None)))

@@ -11,6 +11,8 @@ def main() -> None:
 
     warmed = warm_for(sys.argv[1:])  # a `start`: the workers' imports begin on another core now
     exiting.ENDS_AT_EXIT = warmed or command_of(sys.argv[1:])[0] == "sync"
+    if warmed:
+        exiting.pause_collector()  # until its run begins (cli/commands/run.py)
     try:
         from batchcli.cli.app import main as run
 

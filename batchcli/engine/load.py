@@ -75,13 +75,26 @@ def sample() -> Sample:
         psi = _psi()
     mem = fake.get("mem_available")
     if not isinstance(mem, int):
-        try:
-            import psutil
-
-            mem = psutil.virtual_memory().available
-        except Exception:
-            mem = None
+        mem = available_memory()
     return Sample(float(load), psi, mem)
+
+
+def available_memory() -> int | None:
+    """The memory available to new work, in bytes (psutil's virtual_memory().available: Linux's
+    MemAvailable, read here without importing psutil); None when unknown."""
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        return None
 
 
 def parse_max_load(text: str | None) -> tuple[str, float] | None:

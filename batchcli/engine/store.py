@@ -33,12 +33,31 @@ def new_batch_id(now: float | None = None) -> str:
 
 
 def process_start_time(pid: int) -> float | None:
+    """When `pid` started (seconds since the epoch, as psutil's create_time), None when it is
+    gone. Linux: from /proc, without importing psutil (a tenth of a `start`'s imports)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            ticks = int(fh.read().rsplit(b")", 1)[1].split()[19])
+        return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import psutil
 
         return psutil.Process(pid).create_time()
     except Exception:
         return None
+
+
+def _boot_time() -> float:
+    """The system's boot time, from /proc/stat's btime line (as psutil reads it)."""
+    with open("/proc/stat", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"btime"):
+                return float(line.split()[1])
+    raise ValueError("no btime in /proc/stat")
 
 
 def process_alive(pid: int | None, started: float | None) -> bool:

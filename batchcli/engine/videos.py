@@ -142,9 +142,6 @@ class VideoGate:
 
 
 def _available_memory() -> int:
-    try:
-        import psutil
+    from batchcli.engine.load import available_memory
 
-        return int(psutil.virtual_memory().available)
-    except Exception:
-        return 0
+    return available_memory() or 0

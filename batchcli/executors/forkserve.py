@@ -53,6 +53,7 @@ def warm_up(modules: Iterable[str] = (), threads: int = 1, guessed: bool = False
     # workers with it (they ignore SIGHUP themselves). It exits with the runner all the same.
     masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
+        _untracked()
         forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, masked)
@@ -69,6 +70,7 @@ def stop_server(now: bool = False) -> None:
     from multiprocessing import forkserver
 
     _GUESS.clear()
+    _tracked()
     server = forkserver._forkserver
     try:
         if now and server._forkserver_pid is not None:
@@ -76,6 +78,39 @@ def stop_server(now: bool = False) -> None:
         server._stop()
     except (AttributeError, OSError):
         pass
+
+
+def _untracked() -> None:
+    """No resource tracker for the server and its workers, unless this process runs one already.
+
+    multiprocessing starts one (a third interpreter: 0.03-0.05 s of CPU, while the command and
+    the server's imports share the cores) only to hand its pipe to every process the server
+    forks. It cleans up named semaphores and shared memory a dead process leaked, and no worker
+    makes either: a worker's shared integer is an anonymous mapping, its pipe a socket pair. The
+    server gets a pipe end that goes nowhere (/dev/null) instead; `stop_server` takes it back, so
+    a later pool of another kind (Dask's, in the same process) gets a real tracker."""
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker
+    if tracker._fd is None:
+        tracker._fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        _NOWHERE.append(tracker._fd)
+
+
+def _tracked() -> None:
+    """Undo `_untracked`: the next user of the resource tracker starts a real one."""
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker
+    while _NOWHERE:
+        fd = _NOWHERE.pop()
+        if tracker._fd == fd:
+            tracker._fd = None
+        os.close(fd)
+
+
+_NOWHERE: list[int] = []
+"""The /dev/null descriptor standing in for the resource tracker's pipe (`_untracked`)."""
 
 
 def leave() -> None:

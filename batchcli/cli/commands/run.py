@@ -61,8 +61,11 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress outpu
 def execute(paths, opts, json_out: bool, quiet: bool, resume: bool, **kw) -> None:
     """Run in this process with the right progress view, print the summary, exit with its code."""
     from batchcli.cli import console
+    from batchcli.cli.exiting import resume_collector
     from batchcli.cli.finish import Finish
     from batchcli.engine.runner import Runner
+
+    resume_collector()
 
     mode = "json" if json_out else "quiet" if quiet else "tty" if console.is_tty() else "plain"
     man = paths.load_manifest()
