@@ -233,3 +233,30 @@ def test_fold_completed_is_fold_of_one_completion_per_item():
     assert bulk.completed == 1 and bulk.failed == 1
     fold_completed(bulk, [0, 1, 2, 3, 4, 5], 9)
     assert bulk.completed == 6 and bulk.failed == 0 and not bulk.failures
+
+
+@pytest.mark.parametrize("shards", [False, True])
+def test_a_run_s_snapshot_is_what_a_full_replay_of_its_journal_saves(tmp_path, shards):
+    """The runner folds each record as it writes it and saves that fold as the snapshot when the
+    run ends, instead of reading the run's records back: the same bytes a full replay saves,
+    after a run with a failed item and after a resume that retries it."""
+    from crashops import batch_dir, make_pngs, run
+
+    from batchcli.engine.journal import SNAPSHOT_SUFFIX, checkpoint
+
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 30, size=16)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    flags = ["--shards", "tar", "--shard-size", "7"] if shards else []
+    r = run(home, "start", src, "--out", out, "-w", "2", "--pipeline", "resize 8x8", "--quiet", *flags)
+    assert r.returncode == 1, r.stderr
+    journal = os.path.join(batch_dir(home), "journal.jsonl")
+    for resumed in (False, True):
+        if resumed:
+            r = run(home, "resume", os.path.basename(batch_dir(home)), "--retry-failed", "--quiet")
+            assert r.returncode == 1, r.stderr
+        saved = open(journal + SNAPSHOT_SUFFIX, "rb").read()
+        os.unlink(journal + SNAPSHOT_SUFFIX)
+        full = checkpoint(journal, 31)
+        assert open(journal + SNAPSHOT_SUFFIX, "rb").read() == saved
+        assert (full.completed, full.failed, full.state) == (30, 1, "completed")

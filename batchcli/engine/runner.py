@@ -26,24 +26,8 @@ from batchcli import __version__
 from batchcli.atomic import atomic_write
 from batchcli.engine.checks import changed_inputs, check_fingerprint, low_space, over_failures
 from batchcli.engine.gate import Gate
-from batchcli.engine.journal import (
-    COMPLETED,
-    FAILED,
-    PENDING,
-    JournalWriter,
-    Replay,
-    checkpoint,
-    failure_key,
-    replay,
-)
-from batchcli.engine.liveness import (
-    locked_error,
-    process_start_time,
-    read_runner_info,
-    strongest_request,
-    sweep_dead_tmp,
-    take_lock,
-)
+from batchcli.engine.journal import COMPLETED, FAILED, PENDING, JournalWriter, Replay, checkpoint, failure_key, replay
+from batchcli.engine.liveness import locked_error, process_start_time, read_runner_info, strongest_request, sweep_dead_tmp, take_lock
 from batchcli.engine.outcome import RunResult, close_run
 from batchcli.engine.outcome import Signals as _Signals
 from batchcli.engine.shards import open_shards
@@ -136,7 +120,7 @@ class Runner:
                 except FileNotFoundError:
                     pass
             try:  # a cache of the replay, so status of a huge batch reads only what comes after
-                checkpoint(self.paths.journal, self.total)
+                checkpoint(self.paths.journal, self.total, getattr(self, "journal", None))
             except Exception:  # a cache: never worth failing a run for
                 log.warning("could not write the journal snapshot", exc_info=True)
             if self.manifest.get("kind") == "sync":  # the next sync asks the catalog at once
@@ -175,7 +159,7 @@ class Runner:
         crashed = st.state == "running"  # we hold the lock, so the runner the journal names is gone
         if crashed and self.out_dir:
             sweep_dead_tmp(self.out_dir)
-        self.journal = JournalWriter(self.paths.journal, st.last_seq, durable=self.opt.durable)
+        self.journal = JournalWriter(self.paths.journal, st.last_seq, durable=self.opt.durable, fold_from=st)
         try:
             if crashed:
                 self.journal.append("batch_interrupted", reason=f"runner pid {st.runner_pid} died", pid=st.runner_pid)
@@ -451,10 +435,15 @@ class Runner:
                 stopping, abandon = "journal", True
                 stop_reason = f"disk full: {exc}" if exc.full else str(exc)
             finally:
-                pool.shutdown(abandon=abandon)
+                if abandon:
+                    pool.shutdown(abandon=True)
+                else:  # told to exit: the workers do while the last shard is recorded
+                    pool.release()
                 problem = shards.close() if shards is not None else None
                 if problem:
                     stopping, stop_reason = problem
+                if not abandon:
+                    pool.shutdown()
                 if feed is not None:
                     feed.close()
                 if gate is not None:
@@ -479,7 +468,7 @@ class Runner:
             if stopping == "journal":  # records the disk refused: their items are pending again
                 counts = st.counts = replay(self.paths.journal, self.total).counts
         try:  # the reasons of the items failed now (a retried item that succeeded no longer counts)
-            top = checkpoint(self.paths.journal, self.total).failures.most_common(5)
+            top = checkpoint(self.paths.journal, self.total, self.journal).failures.most_common(5)
         except Exception:
             top = failures.most_common(5)
         result = RunResult(self.paths.id, status, code, self.total, counts[COMPLETED], counts[FAILED],

@@ -46,6 +46,7 @@ class Executor(Protocol):
     def poll(self, timeout: float) -> list[Event]: ...
     def busy(self) -> bool: ...
     def stop(self) -> None: ...
+    def release(self) -> None: ...  # the run is over: workers may go (shutdown follows)
     def shutdown(self, abandon: bool = False) -> list[dict[str, Any]]: ...
 
 
@@ -69,6 +70,9 @@ class Idle:
         return False
 
     def stop(self) -> None:
+        pass
+
+    def release(self) -> None:
         pass
 
     def shutdown(self, abandon: bool = False) -> list[dict[str, Any]]:

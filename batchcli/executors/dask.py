@@ -360,6 +360,9 @@ class DaskExecutor:
         if dropped:
             self._events.append(Event("requeue", items=dropped))
 
+    def release(self) -> None:
+        """Nothing to tell ahead: `shutdown` does it all."""
+
     def shutdown(self, abandon: bool = False) -> list[dict[str, Any]]:
         """Cancel what is left, disconnect, and stop the LocalCluster if this executor started it."""
         left: list[dict[str, Any]] = []

@@ -40,6 +40,7 @@ class _Proc:
     ready: bool = False
     item_started: float = 0.0
     readable: Any = None  # () -> a message (or the pipe's end) waits: executors/proc.py
+    released: bool = False  # told to exit (ProcessPool.release)
 
     def _unreported(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -239,9 +240,25 @@ class ProcessPool:
                 except OSError:
                     pass
 
+    def release(self) -> None:
+        """Tell every worker to exit (they have sent all they will: the run is over), without
+        waiting: they exit while the runner ends its run (the last shard recorded), and
+        `shutdown` then finds them gone."""
+        self._procs += self._retiring
+        self._retiring = []
+        for p in self._procs:
+            if not p.released:
+                p.released = True
+                try:
+                    p.conn.send(None)
+                except OSError:
+                    pass
+
     def shutdown(self, abandon: bool = False) -> list[dict[str, Any]]:
         """Stop the workers. With abandon, kill them now and return the items they had not finished."""
         left: list[dict[str, Any]] = []
+        if not abandon:
+            self.release()
         self._procs += self._retiring
         self._retiring = []
         for p in self._procs:
@@ -251,11 +268,6 @@ class ProcessPool:
                     left.append(cur)
                 left.extend(p.unstarted())
                 p.proc.kill()
-            else:
-                try:
-                    p.conn.send(None)
-                except OSError:
-                    pass
         deadline = time.monotonic() + 5
         for p in self._procs:
             p.proc.join(max(0.0, deadline - time.monotonic()))
