@@ -119,8 +119,8 @@ def manifest_preview(cfg: StartConfig, paths: BatchPaths) -> dict[str, Any] | No
 
 
 def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None,
-                 checked: Any = None, meanwhile: Callable[[BatchPaths, Callable[[], bool]], None] | None = None
-                 ) -> BatchPaths:
+                 checked: Any = None, meanwhile: Callable[[BatchPaths, Callable[[], bool]], None] | None = None,
+                 quick: Callable[[BatchPaths], int | None] | None = None) -> BatchPaths:
     """Validate everything, discover the inputs, and write the batch's immutable files.
     Raises ConfigError (exit 2) before any work when anything is wrong (and removes the batch
     folder). `paths`: an empty batch folder made beforehand with `store.create()` (the server
@@ -130,7 +130,9 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     `meanwhile`: called with the new batch's paths and a function that says whether discovery
     is still going on, while a child process discovers the inputs into items.jsonl (`sync` asks
     the catalog meanwhile, then goes over the items written); not called when the inputs come
-    from stdin."""
+    from stdin. `quick`: called first with the new batch's paths; when it writes items.jsonl
+    itself (sync: the same items as the last sync's, engine/syncfast.py), it returns their
+    count and the inputs are not discovered (returns None otherwise)."""
     import contextlib
     import sys
 
@@ -182,7 +184,9 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     try:
         namer = names.Namer(cfg.name_template if template else None, cfg.name or paths.id,
                                names.preset_name(spec))
-        total = _discover(found, paths, namer, stats, None if stdin is not None else meanwhile)
+        total = quick(paths) if quick is not None and stdin is None else None
+        if total is None:
+            total = _discover(found, paths, namer, stats, None if stdin is not None else meanwhile)
         if total == 0 and not cfg.allow_empty:
             where = ", ".join([*cfg.inputs, *([f"--from-file {cfg.from_file}"] if cfg.from_file else [])])
             left = [f"{n} {what}" for n, what in ((stats.excluded, "excluded"), (stats.duplicates, "duplicates"),

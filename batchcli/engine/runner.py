@@ -124,9 +124,9 @@ class Runner:
             except Exception:  # a cache: never worth failing a run for
                 log.warning("could not write the journal snapshot", exc_info=True)
             if self.manifest.get("kind") == "sync":  # the next sync asks the catalog at once
-                from batchcli.engine.catalog import index_quietly
+                from batchcli.engine.syncfast import ended
 
-                index_quietly(self.paths.home, self.paths.id)
+                ended(self.paths)
             lock.release()
 
     # --- internals -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import time
 import zlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -48,11 +49,12 @@ from batchcli.engine.syncplan import (  # noqa: F401  (what callers take from he
 log = logging.getLogger("batchcli.sync")
 
 
-def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
+def record_reused(paths: BatchPaths, records: list[dict[str, Any]], bulk: Any = None) -> None:
     """Append the up-to-date items' records to a new batch's journal (it has no runner yet),
     as one durable write, and save the fold as the journal's snapshot: the runner, `status`
     and the rest read the snapshot instead of decoding every reused record again. Then index
-    the batch in the catalog as far as those records (`_index`)."""
+    the batch in the catalog as far as those records (`_index`). `bulk`: instead of `records`,
+    engine/syncfast.py's Reuse, which writes the same records for every item at once."""
     from filelock import FileLock
 
     from batchcli.engine.liveness import take_lock
@@ -62,7 +64,7 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
     if not take_lock(lock, paths):
         raise BatchLocked(f"batch {paths.id} is held by a live runner")
     try:
-        written = _append_reused(paths, records)
+        written = _append(paths, bulk.write if bulk is not None else lambda *a: _append_records(records, *a))
     finally:
         lock.release()
     if written is not None:
@@ -72,60 +74,99 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> None:
             log.warning("sync: the catalog will index batch %s from its journal (%s)", paths.id, exc)
 
 
-def _append_reused(paths: BatchPaths, records: list[dict[str, Any]]) -> tuple | None:
-    """Returns (the reused results: (item, seq, source batch, source item, same input), their
-    records' time, the journal's size before and after the records), or None when the journal
-    had a torn tail (a refresh folds it)."""
+Lines = Callable[[list[bytes], int], None]
+"""Hands a group of encoded records, the last numbered so, to the journal."""
+
+
+def _append(paths: BatchPaths, produce: Callable[[Any, int, float, Lines], tuple]) -> tuple | None:
+    """Append what `produce(fold, last seq, time, lines)` hands to `lines` and folds into the
+    fold (it returns (the runs of reused results and the copies, as _index takes them; the
+    records written)) to the journal, durably. Returns (those runs, copies, the records' time,
+    the journal's size before and after them), or None when the journal had a torn tail (a
+    refresh folds it)."""
     st = replay(paths.journal, int(paths.load_manifest()["total"]))
     clean = st.offset == os.path.getsize(paths.journal)  # no torn tail: the fold is the file's
-    seq, t, written = st.last_seq, round(time.time(), 3), 0
-    reused: list[tuple] = []  # (item, seq, where its rows lie, same input)
+    t = round(time.time(), 3)
     j = JournalWriter(paths.journal, st.last_seq, durable=False)
     crc = prefix_crc(paths.journal, st.offset) if clean else None  # the snapshot's, extended group by group
-    lines: list[bytes] = []
-    done: list[int] = []  # completions not folded yet (fold_completed: in bulk)
-    dumps, crc32 = orjson.dumps, zlib.crc32
+    written = 0
+
+    def lines(group: list[bytes], seq: int) -> None:
+        nonlocal written, crc
+        written, crc = _append_group(j, group, seq, written, crc)
+
     try:
-        for rec in records:
-            seq += 1
-            if "error_class" in rec:
-                fold_completed(st, done, seq - 1)
-                done = []
-                full = {"seq": seq, "t": t, "type": "item_failed", **rec}
-                line = encode(full)
-                fold(st, full)
-            else:
-                src = rec.pop("_src", None)
-                if src is not None:
-                    reused.append((rec["i"], seq, *src))
-                full = {"seq": seq, "t": t, "type": "item_completed", **rec}
-                try:  # encode(), spelled out
-                    body = dumps(full)
-                except TypeError:  # a name that is not UTF-8 (batchcli/jsonio.py)
-                    line = encode(full)
-                else:
-                    line = b'%s,"crc":"%08x"}\n' % (body[:-1], crc32(body))
-                done.append(rec["i"])
-            lines.append(line)
-            if len(lines) >= GROUP_COMMIT_RECORDS:
-                written, crc = _append_group(j, lines, seq, written, crc)
-                lines = []
-        written, crc = _append_group(j, lines, seq, written, crc)
-        fold_completed(st, done, seq)
+        links, copies, n = produce(st, st.last_seq, t, lines)
     finally:
         j.close()
     with open(paths.journal, "rb") as fh:
         os.fsync(fh.fileno())
-    if not (clean and records):
+    if not (clean and n):
         return None
     before = st.offset
-    st.offset, st.lines = st.offset + written, st.lines + len(records)
+    st.offset, st.lines = st.offset + written, st.lines + n
     st.crc_at = (st.offset, crc) if crc is not None else None
     try:  # a cache: the journal alone is the truth
         save_snapshot(paths.journal, st)
     except OSError as exc:
         log.warning("sync: no journal snapshot: %s", exc)
-    return reused, t, before, st.offset
+    return links, copies, t, before, st.offset
+
+
+def _append_records(records: list[dict[str, Any]], st: Any, seq: int, t: float, lines: Lines) -> tuple:
+    """_append's `produce` for the plan's records."""
+    reused: list[tuple] = []  # (item, seq, where its rows lie, same input)
+    group: list[bytes] = []
+    done: list[int] = []  # completions not folded yet (fold_completed: in bulk)
+    dumps, crc32 = orjson.dumps, zlib.crc32
+    for rec in records:
+        seq += 1
+        if "error_class" in rec:
+            fold_completed(st, done, seq - 1)
+            done = []
+            full = {"seq": seq, "t": t, "type": "item_failed", **rec}
+            line = encode(full)
+            fold(st, full)
+        else:
+            src = rec.pop("_src", None)
+            if src is not None:
+                reused.append((rec["i"], seq, *src))
+            full = {"seq": seq, "t": t, "type": "item_completed", **rec}
+            try:  # encode(), spelled out
+                body = dumps(full)
+            except TypeError:  # a name that is not UTF-8 (batchcli/jsonio.py)
+                line = encode(full)
+            else:
+                line = b'%s,"crc":"%08x"}\n' % (body[:-1], crc32(body))
+            done.append(rec["i"])
+        group.append(line)
+        if len(group) >= GROUP_COMMIT_RECORDS:
+            lines(group, seq)
+            group = []
+    lines(group, seq)
+    fold_completed(st, done, seq)
+    return (*runs(reused), len(records))
+
+
+def runs(reused: Iterable[tuple]) -> tuple[list[list], list[tuple]]:
+    """The reused results (item, seq, source batch, source item, same input) as the catalog
+    keeps them: a run [item, n, seq, source batch, source item] per run of consecutive ones
+    whose input is the same (a `reuses` row each), and the others (item, seq, source batch,
+    source item), whose rows are copied."""
+    links: list[list] = []
+    copies = []
+    run, nxt = None, (None, None, None, None)  # the run being extended; what its next item would be
+    for i, seq, src, src_i, same in reused:
+        if not same:
+            copies.append((i, seq, src, src_i))
+        elif (i, seq, src_i, src) == nxt:
+            run[1] += 1  # type: ignore[index]
+            nxt = (i + 1, seq + 1, src_i + 1, src)
+        else:
+            run = [i, 1, seq, src, src_i]
+            links.append(run)
+            nxt = (i + 1, seq + 1, src_i + 1, src)
+    return links, copies
 
 
 def _append_group(j: JournalWriter, lines: list[bytes], seq: int, written: int, crc: int | None) -> tuple[int, int | None]:
@@ -136,30 +177,15 @@ def _append_group(j: JournalWriter, lines: list[bytes], seq: int, written: int, 
     return written + len(data), (zlib.crc32(data, crc) if crc is not None else None)
 
 
-
-
-def _index(paths: BatchPaths, reused: list[tuple], t: float, before: int, after: int) -> None:
+def _index(paths: BatchPaths, links: list[list], copies: list[tuple], t: float, before: int, after: int) -> None:
     """Index a new sync batch in the catalog up to its reused records (the journal's first
     `after` bytes): its header, the items whose input is not the reused result's (their rows),
     and the results it reuses: a `reuses` row per run of consecutive ones whose input is the
-    same (nothing copied), the rows of the others copied in SQL. Nothing is kept (a refresh
-    folds the journal later) when the catalog knows the batch already, lacks a batch whose rows
-    are reused, or the journal is not as written."""
+    same (nothing copied), the rows of the others copied in SQL (`runs`). Nothing is kept (a
+    refresh folds the journal later) when the catalog knows the batch already, lacks a batch
+    whose rows are reused, or the journal is not as written."""
     from batchcli.engine.catalog import _Folder, _tail_crc
 
-    links: list[list] = []  # [item, n, seq, t, source batch id, source item]
-    copies = []
-    run, nxt = None, (None, None, None, None)  # the run being extended; what its next item would be
-    for i, seq, src, src_i, same in reused:
-        if not same:
-            copies.append((i, seq, src, src_i))
-        elif (i, seq, src_i, src) == nxt:
-            run[1] += 1
-            nxt = (i + 1, seq + 1, src_i + 1, src)
-        else:
-            run = [i, 1, seq, t, src, src_i]
-            links.append(run)
-            nxt = (i + 1, seq + 1, src_i + 1, src)
     linked = bytearray(int(paths.load_manifest()["total"]))
     for link in links:
         linked[link[0]:link[0] + link[1]] = b"\x01" * link[1]
@@ -170,7 +196,7 @@ def _index(paths: BatchPaths, reused: list[tuple], t: float, before: int, after:
         try:
             keys = dict(db.execute("SELECT batch_id, bkey FROM batches"))
             st = os.stat(paths.journal)
-            if paths.id in keys or st.st_size < after or not {row[4] for row in links} | {c[2] for c in copies} <= keys.keys():
+            if paths.id in keys or st.st_size < after or not {row[3] for row in links} | {c[2] for c in copies} <= keys.keys():
                 return
             with open(paths.journal, "rb") as fh:
                 head = fh.read(before)
@@ -179,7 +205,7 @@ def _index(paths: BatchPaths, reused: list[tuple], t: float, before: int, after:
                 return
             _Folder(db, bkey, True).fold(rec for rec in map(decode, head.splitlines()) if rec is not None)
             db.executemany("INSERT INTO reuses VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [(bkey, i, n, seq, when, keys[src], src_i) for i, n, seq, when, src, src_i in links])
+                           [(bkey, i, n, seq, t, keys[src], src_i) for i, n, seq, src, src_i in links])
             ok = _copy(db, bkey, [(i, seq, keys[src], src_i) for i, seq, src, src_i in copies], t)
             if ok:
                 db.execute("UPDATE batches SET j_dev=?, j_ino=?, j_offset=?, j_tail=? WHERE bkey=?",

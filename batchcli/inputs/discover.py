@@ -323,6 +323,68 @@ class _Resolver:
             yield from self.emit(path, _list_rel(path, base), st, stat_done=True)
 
 
+def quick_walk(top: str, exts: Iterable[str], skip_dirs: Iterable[str | None]) -> list[tuple] | None:
+    """What `find([top], exts, skip_dirs)` of one folder finds when nothing is excluded or
+    deduplicated by content and it meets only plain files and folders: (path, size, mtime,
+    device, inode) per file, in find's order, with the same file reached twice left in (find
+    would drop the second). None when the walk meets what only find handles (a symbolic link
+    to a file, a file or folder it cannot read). Used to tell a tree unchanged since the last
+    walk (engine/syncfast.py) at the cost of a listing and a stat per file."""
+    top = os.path.abspath(os.path.expanduser(top))
+    res = _Resolver(exts, skip_dirs, (), None, DiscoveryStats(), multi=False)
+    real = os.path.realpath(top)
+    if not os.path.isdir(top) or os.path.islink(top) or res.in_skip(real):
+        return None
+    out: list[tuple] = []
+    try:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        return out if _quick(fd, top, real, frozenset(res.exts), res.skip, out) else None
+    finally:
+        os.close(fd)
+
+
+def _quick(fd: int, folder: str, real: str, exts: frozenset[str], skip: set[str], out: list[tuple]) -> bool:
+    """_Resolver._walk's plain case of one folder (open as `fd`; `real`: its realpath), without
+    its Found objects, each stat relative to the folder; False on anything else."""
+    try:
+        with os.scandir(fd) as it:
+            entries = sorted(it, key=_NAME)
+    except OSError:
+        return False
+    base, real_base = os.path.join(folder, ""), os.path.join(real, "")
+    dirs, add = [], out.append
+    for entry in entries:
+        name = entry.name
+        try:
+            if entry.is_symlink():  # find follows one to a file (emit); one to a folder it leaves alone
+                if file_ext(name) in exts:
+                    return False
+            elif entry.is_dir(follow_symlinks=False):
+                if real_base + name not in skip:  # realpath(entry.path): no link on the way
+                    dirs.append(name)
+            else:
+                dot = name.rfind(".")  # file_ext, spelled out
+                if dot > 0 and name[dot + 1:].lower() in exts and name[:dot].strip("."):
+                    st = entry.stat()
+                    add((base + name, st.st_size, st.st_mtime, st.st_dev, st.st_ino))
+        except OSError:
+            return False
+    for name in dirs:
+        try:
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError:
+            return False
+        try:
+            if not _quick(sub, base + name, real_base + name, exts, skip, out):
+                return False
+        finally:
+            os.close(sub)
+    return True
+
+
 def _stat(path: str) -> os.stat_result | None:
     try:
         return os.stat(path)

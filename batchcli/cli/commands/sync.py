@@ -86,6 +86,7 @@ def _sync_create(store, cfg, opts, json_out: bool, detach: bool, delete: bool, d
 
     from batchcli import api
     from batchcli.cli import console
+    from batchcli.engine import syncfast
     from batchcli.engine.store import Store
     from batchcli.engine.sync import ask, delete_stale, note_plan, plan, record_reused, save_contents
     from batchcli.engine.syncplan import Planner, follow
@@ -131,13 +132,21 @@ def _sync_create(store, cfg, opts, json_out: bool, detach: bool, delete: bool, d
                 lines += [f"  remove {rel}" for rel in gone.removed_rels[:1000]]
             console.info("\n".join(lines))
         raise typer.Exit(0)
-    paths = api.create_batch(store, cfg, meanwhile=meanwhile)
+    reuse = syncfast.Reuse(store, None if checksum else _walk(store, cfg))
+    paths = api.create_batch(store, cfg, meanwhile=meanwhile,
+                             quick=lambda paths: reuse.discover(paths, api.manifest_preview(cfg, paths)))
     try:
-        p, records = plan(store, paths, checksum, asked[0] if asked else None)
-        _KEPT[:] = [asked, records]
-        if checksum:
-            save_contents(paths, p.contents)
-        record_reused(paths, records)
+        if reuse.found:  # nothing changed since the last sync: every item reused from it, in bulk
+            p = reuse.plan()
+            record_reused(paths, [], bulk=reuse)
+            reuse.kept(paths)
+        else:
+            p, records = plan(store, paths, checksum, asked[0] if asked else None)
+            _KEPT[:] = [asked, records]
+            if checksum:
+                save_contents(paths, p.contents)
+            syncfast.from_plan(paths, paths.load_manifest(), reuse.walk, p, records)
+            record_reused(paths, records)
         note_plan(paths, p)
     except BaseException:
         shutil.rmtree(paths.dir, ignore_errors=True)
@@ -151,6 +160,23 @@ def _sync_create(store, cfg, opts, json_out: bool, detach: bool, delete: bool, d
         console.info(f"sync: {p.reused} up to date (reused), {p.new + p.changed} to process "
                      f"({p.new} new, {p.changed} changed) of {p.total}" + _failed_again(p))
     return paths
+
+
+def _walk(store, cfg) -> tuple | None:
+    """The walk that tells whether a sync's inputs changed since the last (engine/syncfast.py)."""
+    import os
+
+    from batchcli.engine.syncfast import walk_spec
+    from batchcli.errors import ConfigError
+    from batchcli.inputs.discover import parse_exts
+
+    try:
+        exts = parse_exts(cfg.exts, cfg.media)
+    except ConfigError:  # create_batch says so
+        return None
+    out_dir = os.path.abspath(os.path.expanduser(cfg.out_dir)) if cfg.out_dir else None
+    return walk_spec(cfg.inputs, exts, [out_dir, store.home],
+                     plain=not (cfg.from_file or cfg.exclude or cfg.dedupe or cfg.name_template))
 
 
 def _failed_again(p) -> str:

@@ -1,0 +1,357 @@
+"""A `sync` with nothing changed, in bulk. The plan (engine/syncplan.py) asks the catalog about
+every item and walks them one by one; when nothing changed since the last sync into the same
+folder, its answer is that batch's, item for item. So a sync that ends with every item reused
+keeps beside its batch what that answer was (sync_fast.bin and sync_fast.data: derived, never
+the truth, which is the journal), and the next sync of the same folder with the same pipeline
+into the same output folder compares whole lists instead:
+
+- the newest batch with this fingerprint into this folder (the catalog's answer, after the
+  refresh the plan does too) kept the record, and its journal and the catalog rows its answer
+  comes from are as they were then (the journal's identity, size and tail CRC; the batch's
+  `reuses` rows and own rows, the journal offsets of the batches it reuses from);
+- a walk of the input folder (a listing and a stat per file: discover.quick_walk) gives the same
+  (path, size, mtime, device, inode) list, so discovery would write the same items.jsonl (it is
+  copied);
+- an lstat of every output gives the size and mtime recorded (in a child process meanwhile).
+
+Then every item is reused from that batch as the plan would say, and the records are written
+from templates (`Reuse.write`); anything else, and the plan runs as ever. BATCHCLI_SYNC_FAST=0
+turns the comparison off (the tests run both ways and compare)."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import secrets
+import sqlite3
+import zlib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from batchcli.engine.catalog import Catalog, _tail_crc, index_quietly
+from batchcli.engine.forked import Forked
+from batchcli.engine.journal import GROUP_COMMIT_RECORDS, fold_completed, replay
+from batchcli.engine.store import BatchPaths, Store
+from batchcli.engine.sync import runs
+from batchcli.engine.syncplan import SyncPlan, _question
+from batchcli.inputs.discover import quick_walk
+from batchcli.inputs.names import is_url
+
+ENV = "BATCHCLI_SYNC_FAST"
+"""Set to 0: every sync runs the plan (the record is still kept)."""
+META, DATA = "sync_fast.bin", "sync_fast.data"
+VERSION = 1
+_RECORD_KEYS = ["i", "out", "bytes", "sha256", "mtime", "ms", "reused_from", "_src"]
+"""A plan's record of a reused result with one output file and nothing more (no metadata)."""
+_ITEM_KEYS = ["i", "src", "rel", "stem", "size", "mtime", "dev", "ino"]
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+def walk_spec(inputs: list[str], exts: Iterable[str], skip_dirs: Iterable[str | None], plain: bool) -> tuple | None:
+    """quick_walk's arguments (folder, extensions, folders skipped) for inputs that are one
+    local folder; None for anything else, or when not `plain` (a list, --exclude, --dedupe, a
+    --name-template: what discovery does beyond a walk)."""
+    if not plain or len(inputs) != 1 or inputs[0] == "-" or is_url(inputs[0]):
+        return None
+    top = os.path.abspath(os.path.expanduser(inputs[0]))
+    if not os.path.isdir(top) or os.path.islink(top):
+        return None
+    return top, tuple(exts), tuple(os.path.realpath(d) for d in skip_dirs if d)
+
+
+def _key(man: dict[str, Any]) -> tuple:
+    """What the plan's answer depends on, of a manifest, but the batch's own id."""
+    q = _question(man)
+    return q[:4] + q[5:]
+
+
+@dataclass
+class Kept:
+    """What a sync batch's record will say, kept until its run ends (`keep`)."""
+
+    key: tuple
+    walk: tuple
+    total: int
+    holders: list[tuple]  # (item, n, batch, its item): where a sync reusing this batch finds the rows
+    links: list[tuple]  # (item, n, seq, batch, its item): this batch's own `reuses` rows, as _index writes them
+    data: tuple | None = None  # (token, identities, outputs, record bodies), to be written; or (token,) of
+    data_from: str | None = None  # the data file of the batch this one reused from (the same lists)
+    items: tuple | None = None  # items.jsonl's (size, CRC), when known
+
+
+KEPT: dict[str, Kept] = {}
+"""Batch id -> what its record will say, once its run ends with every item completed."""
+
+
+class Reuse:
+    """A new sync batch of which every item is reused from the last, told without the plan."""
+
+    def __init__(self, store: Store, walk: tuple | None):
+        self.store, self.walk = store, walk
+        self.meta: dict[str, Any] | None = None
+        self.data: tuple | None = None
+
+    def discover(self, paths: BatchPaths, man: dict[str, Any] | None) -> int | None:
+        """create_batch's `quick`: when nothing changed, the last batch's items.jsonl copied into
+        the new batch, and the count; else None (and discovery runs)."""
+        if self.walk is None or man is None or man.get("out_dev") is None or not enabled():
+            return None
+        try:
+            found = _recorded(self.store, man, self.walk)
+            if found is None:
+                return None
+            meta, data = found
+            out_b = os.fsencode(os.path.join(man["out_dir"], ""))
+            with Forked(walked_as, self.walk, data[1]) as child:  # two cores: the inputs there, the outputs here
+                if not (as_recorded(out_b, data[2]) and _copy_items(self.store, meta, paths)):
+                    return None
+                if not (child.result() if child.pid is not None else walked_as(self.walk, data[1])):
+                    return None
+        except (OSError, ValueError, EOFError, TypeError, KeyError, IndexError, sqlite3.Error):
+            return None
+        self.meta, self.data = meta, data
+        return meta["total"]
+
+    @property
+    def found(self) -> bool:
+        return self.meta is not None
+
+    def plan(self) -> SyncPlan:
+        n, source = self.meta["total"], self.meta["batch"]  # type: ignore[index]
+        return SyncPlan(total=n, reused=n, from_batches=Counter({source: n}))
+
+    def write(self, st: Any, seq: int, t: float, lines: Any) -> tuple:
+        """sync._append's `produce`: the records the plan would write (each item completed,
+        reused from the last batch, with its record's output), from a template each."""
+        assert self.meta is not None and self.data is not None
+        bodies = self.data[3]
+        head = b'{"seq":%d,"t":' + orjson.dumps(t) + b',"type":"item_completed","i":%d,'
+        tail = b',"ms":0.0,"reused_from":' + orjson.dumps(self.meta["batch"]) + b"}"
+        crc32, group, first = zlib.crc32, [], seq + 1
+        for i, body in enumerate(bodies):
+            rec = head % (first + i, i) + body + tail
+            group.append(b'%s,"crc":"%08x"}\n' % (rec[:-1], crc32(rec)))
+            if len(group) >= GROUP_COMMIT_RECORDS:
+                lines(group, first + i)
+                group = []
+        lines(group, seq + len(bodies))
+        fold_completed(st, range(len(bodies)), seq + len(bodies))  # type: ignore[arg-type]
+        links = [[i, n, first + i, src, src_i] for i, n, src, src_i in _merged(self.meta["holders"])]
+        return links, [], len(bodies)
+
+    def kept(self, paths: BatchPaths) -> None:
+        """Keep what the new batch's record will say (`keep`, when its run ends): the same lists
+        as the last batch's, every item reused from where that one's rows lie."""
+        assert self.meta is not None
+        holders = _merged(self.meta["holders"])
+        KEPT[paths.id] = Kept(self.meta["key"], self.meta["walk"], self.meta["total"], holders,
+                              [(i, n, i + 1, src, src_i) for i, n, src, src_i in holders],
+                              data=(self.meta["data"],),
+                              data_from=os.path.join(self.store.batches_dir, self.meta["batch"], DATA),
+                              items=self.meta["items"])
+
+
+def walked_as(walk: tuple, ident: list[tuple]) -> bool:
+    """The input folder holds the files listed (quick_walk), and nothing more."""
+    return quick_walk(*walk) == ident
+
+
+def _copy_items(store: Store, meta: dict[str, Any], paths: BatchPaths) -> bool:
+    """The recorded batch's items.jsonl, as recorded, into the new batch (durably, as discovery
+    writes it); False when it is not as recorded."""
+    with open(os.path.join(store.batches_dir, meta["batch"], "items.jsonl"), "rb") as fh:
+        items = fh.read()
+    if (len(items), zlib.crc32(items)) != meta["items"]:
+        return False
+    with open(paths.items, "wb") as fh:
+        fh.write(items)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def as_recorded(out_b: bytes, outs: list[tuple]) -> bool:
+    """Every output (path relative to out_b, size, mtime) is on disk as recorded (the plan's
+    check: an lstat each)."""
+    lstat = os.lstat
+    try:
+        for rel, size, mtime in outs:
+            st = lstat(out_b + rel)
+            if st.st_size != size or st.st_mtime != mtime:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def _recorded(store: Store, man: dict[str, Any], walk: tuple) -> tuple[dict, tuple] | None:
+    """The record of the newest batch with this fingerprint into this folder, when it holds for
+    this sync and is still current; (its meta, its data)."""
+    with Catalog(store) as cat:
+        cat.refresh(skip=man["batch_id"])  # as the plan's question does
+        newest = [b for b in cat.batches_with(man["out_dev"], man["out_ino"], man["fingerprint"]) if b != man["batch_id"]]
+        if not newest:
+            return None
+        bdir = os.path.join(store.batches_dir, newest[0])
+        try:
+            with open(os.path.join(bdir, META), "rb") as fh:
+                meta = marshal.loads(fh.read())
+        except FileNotFoundError:
+            return None
+        if (meta.get("v") != VERSION or meta.get("batch") != newest[0] or meta.get("key") != _key(man)
+                or meta.get("walk") != walk):
+            return None
+        journal = os.path.join(bdir, "journal.jsonl")
+        st = os.stat(journal)
+        dev, ino, size, tail = meta["journal"]
+        if (st.st_dev, st.st_ino, st.st_size) != (dev, ino, size) or _tail_crc(journal, size) != tail:
+            return None
+        if catalog_state(cat.db, newest[0], meta["holders"]) != meta["catalog"]:
+            return None
+    with open(os.path.join(bdir, DATA), "rb") as fh:
+        data = marshal.loads(fh.read())
+    return (meta, data) if data[0] == meta["data"] else None
+
+
+def catalog_state(db: sqlite3.Connection, batch_id: str, holders: list[tuple]) -> tuple | None:
+    """What the catalog's answer for a batch's results rests on: the batch's journal as indexed
+    (device, inode, offset), its `reuses` rows (with batch ids), how many current rows of its
+    own it has, and the journal as indexed of each batch it reuses from."""
+    row = db.execute("SELECT bkey, j_dev, j_ino, j_offset FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+    if row is None:
+        return None
+    names = dict(db.execute("SELECT bkey, batch_id FROM batches"))
+    links = tuple((i, n, seq, names.get(src), src_i) for i, n, seq, src, src_i in db.execute(
+        "SELECT i, n, seq, src_bkey, src_i FROM reuses WHERE bkey = ? ORDER BY i", (row[0],)))
+    own = db.execute("SELECT count(*) FROM outputs WHERE bkey = ? AND current = 1", (row[0],)).fetchone()[0]
+    held = tuple((h, db.execute("SELECT j_dev, j_ino, j_offset FROM batches WHERE batch_id = ?", (h,)).fetchone())
+                 for h in sorted({h[2] for h in holders} - {batch_id}))
+    return tuple(row[1:]), links, own, tuple((h, tuple(r) if r else None) for h, r in held)
+
+
+def _merged(holders: Iterable[tuple]) -> list[tuple]:
+    """Runs (item, n, batch, its item) with each run that continues the one before joined to it."""
+    out: list[list] = []
+    for i, n, src, src_i in holders:
+        last = out[-1] if out else None
+        if last is not None and last[0] + last[1] == i and last[2] == src and last[3] + last[1] == src_i:
+            last[1] += n
+        else:
+            out.append([i, n, src, src_i])
+    return [tuple(r) for r in out]
+
+
+def from_plan(paths: BatchPaths, man: dict[str, Any], walk: tuple | None, p: SyncPlan,
+              records: list[dict[str, Any]]) -> None:
+    """After the plan: when it reused every item, each with one output file and nothing more,
+    keep what the batch's record will say (before record_reused takes the records' sources)."""
+    n = p.total
+    if walk is None or n == 0 or p.reused != n or len(records) != n or man.get("variants"):
+        return
+    bodies, outs, holders = [], [], []
+    dumps, fsencode = orjson.dumps, os.fsencode
+    try:
+        for k, rec in enumerate(records):
+            if rec["i"] != k or list(rec) != _RECORD_KEYS or rec["mtime"] is None or rec["bytes"] is None:
+                return
+            bodies.append(dumps({"out": rec["out"], "bytes": rec["bytes"], "sha256": rec["sha256"],
+                                 "mtime": rec["mtime"]})[1:-1])
+            outs.append((fsencode(rec["out"]), rec["bytes"], rec["mtime"]))
+            src, src_i, same = rec["_src"]
+            holders.append((k, 1, src, src_i) if same else (k, 1, paths.id, k))
+    except TypeError:  # a name that is not UTF-8: the plan's records are written another way
+        return
+    links, copies = runs((k, k + 1, *rec["_src"]) for k, rec in enumerate(records))
+    KEPT[paths.id] = Kept(_key(man), walk, n, _merged(holders), [tuple(r) for r in links],
+                          data=(secrets.token_hex(8), None, outs, bodies))
+
+
+def ended(paths: BatchPaths) -> None:
+    """A sync batch's run ended: index it in the catalog, so the next sync asks at once
+    (catalog.index_quietly), then keep its record (`keep`)."""
+    index_quietly(paths.home, paths.id)
+    keep(paths)
+
+
+def keep(paths: BatchPaths) -> None:
+    """At the end of a sync batch's run: write its record, when one was kept (`from_plan`,
+    `Reuse.kept`), the run completed every item and the catalog indexed the batch as planned.
+    A cache: any failure leaves no record (the next sync runs the plan)."""
+    kept = KEPT.pop(paths.id, None)
+    if kept is None:
+        return
+    try:
+        _keep(paths, kept)
+    except (OSError, ValueError, TypeError, KeyError, sqlite3.Error):
+        for name in (META, DATA):
+            try:
+                os.unlink(os.path.join(paths.dir, name))
+            except OSError:
+                pass
+
+
+def _keep(paths: BatchPaths, kept: Kept) -> None:
+    st = replay(paths.journal, kept.total)
+    if st.state != "completed" or st.completed != kept.total:
+        return
+    jst = os.stat(paths.journal)
+    with Catalog(paths.home) as cat:
+        state = catalog_state(cat.db, paths.id, kept.holders)
+    linked = sum(r[1] for r in kept.links)
+    if (state is None or state[0] != (jst.st_dev, jst.st_ino, jst.st_size) or state[1] != tuple(kept.links)
+            or state[2] != kept.total - linked or any(r is None for _, r in state[3])):
+        return
+    data_path = os.path.join(paths.dir, DATA)
+    token = kept.data[0]  # type: ignore[index]
+    if kept.data_from is not None:
+        _link(kept.data_from, data_path)
+        items = kept.items
+    else:
+        ident, items = _identities(paths.items, kept.total)
+        if ident is None:
+            return
+        _write(data_path, marshal.dumps((token, ident, *kept.data[2:])))  # type: ignore[index]
+    meta = {"v": VERSION, "batch": paths.id, "key": kept.key, "walk": kept.walk, "total": kept.total,
+            "items": items, "holders": kept.holders, "data": token,
+            "journal": (jst.st_dev, jst.st_ino, jst.st_size, _tail_crc(paths.journal, jst.st_size)),
+            "catalog": state}
+    _write(os.path.join(paths.dir, META), marshal.dumps(meta))
+
+
+def _identities(items_path: str, total: int) -> tuple[list[tuple] | None, tuple]:
+    """items.jsonl's (src, size, mtime, device, inode) per item (quick_walk's tuples), and its
+    (size, CRC); None for the list when an item is anything but a plain file's."""
+    with open(items_path, "rb") as fh:
+        data = fh.read()
+    out, loads = [], orjson.loads
+    for k, line in enumerate(data.splitlines()):
+        item = loads(line)
+        if item["i"] != k or list(item) != _ITEM_KEYS:
+            return None, ()
+        out.append((item["src"], item["size"], item["mtime"], item["dev"], item["ino"]))
+    return (out if len(out) == total else None), (len(data), zlib.crc32(data))
+
+
+def _link(src: str, dst: str) -> None:
+    """The same (never rewritten) file under another name: a hard link, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, dst)
+
+
+def _write(path: str, data: bytes) -> None:
+    """A cache's file, replaced whole (not made durable: a torn one fails to load and is ignored)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
