@@ -87,14 +87,7 @@ def test_a_usage_error_after_the_server_started_leaves_no_process(tmp_path):
 
 def _marked(mark: bytes) -> list[str]:
     """The processes (their command lines) whose environment holds `mark`."""
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if mark in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
-                out.append(open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace"))
-        except OSError:
-            continue
-    return out
+    return [cmd for _, cmd in _marked_pids(mark)]
 
 
 def test_a_start_ends_at_once_with_its_output_whole_and_its_exit_code(tmp_path):
@@ -196,3 +189,44 @@ def _children_running(what: str) -> list[int]:
         except OSError:
             continue
     return out
+
+
+def test_a_start_begins_the_server_before_it_imports_multiprocessing(tmp_path):
+    """The CLI starts the server's process first thing (the command line multiprocessing gives
+    it, a listener in the abstract socket namespace), then imports multiprocessing meanwhile; the
+    run's workers come from that server."""
+    home, src, slow = tmp_path / "home", tmp_path / "in", tmp_path / "slow"
+    make_pngs(src, 4)
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(  # the fork server takes 3 s to start
+        "import time\nif b'forkserver import main' in open('/proc/self/cmdline', 'rb').read():\n"
+        "    time.sleep(3)\n")
+    env = {"BATCHCLI_TEST_MARK": tmp_path.name, "PYTHONPATH": str(slow)}
+    mark = f"BATCHCLI_TEST_MARK={tmp_path.name}".encode()
+    start = spawn(home, "start", src, "--out", tmp_path / "out", "-w", "2", "--pipeline", "resize 8x8", env=env)
+    try:
+        server = wait_for(lambda: next((p for p, cmd in _marked_pids(mark) if "forkserver import main" in cmd), None),
+                          what="the fork server")
+        assert _parent(server) == start.pid
+        assert f"@batchcli-forkserver-{start.pid}-".encode() in open("/proc/net/unix", "rb").read()
+        assert start.wait(60) == 0
+    finally:
+        start.kill()
+        start.wait()
+    assert len(os.listdir(tmp_path / "out")) == 4
+
+
+def _marked_pids(mark: bytes) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose environment holds `mark`."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if mark in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
+                out.append((int(pid), open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")))
+        except OSError:
+            continue
+    return out
+
+
+def _parent(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat", "rb").read().rsplit(b")", 1)[1].split()[1])

@@ -9,16 +9,19 @@ exits when the runner does, and they die with it (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
+import socket
+import sys
 from collections.abc import Iterable
 
 PRELOAD = ("cv2", "batchcli.executors.worker", "batchcli.imaging.imageio", "batchcli.imaging.encode",
            "batchcli.pipeline")
 """What every worker imports (NumPy comes with OpenCV; the pipeline module brings every op):
 imported once, in the fork server."""
-START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+START_METHOD = "forkserver" if sys.platform != "win32" and hasattr(socket, "CMSG_LEN") and \
+    hasattr(socket, "SCM_RIGHTS") and hasattr(socket.socket, "sendmsg") else "spawn"
+"""multiprocessing's own test of the platform (its start methods), without importing it."""
 
 
 _GUESS: list[int] = []
@@ -36,6 +39,10 @@ def warm_up(modules: Iterable[str] = (), threads: int = 1, guessed: bool = False
     this process."""
     if START_METHOD != "forkserver":
         return
+    preload = [*PRELOAD, *(m for m in modules if m not in PRELOAD)]
+    if guessed and "multiprocessing.forkserver" not in sys.modules and _spawn_first(preload, threads):
+        _GUESS.append(threads)
+        return
     from multiprocessing import forkserver
 
     if forkserver._forkserver._forkserver_pid is not None:  # started: it keeps its first preload
@@ -44,7 +51,7 @@ def warm_up(modules: Iterable[str] = (), threads: int = 1, guessed: bool = False
         stop_server(now=True)
     if guessed:
         _GUESS.append(threads)
-    forkserver.set_forkserver_preload([*PRELOAD, *(m for m in modules if m not in PRELOAD)])
+    forkserver.set_forkserver_preload(preload)
     unset = "OMP_NUM_THREADS" not in os.environ
     if unset:
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -59,6 +66,45 @@ def warm_up(modules: Iterable[str] = (), threads: int = 1, guessed: bool = False
         signal.pthread_sigmask(signal.SIG_SETMASK, masked)
         if unset:
             del os.environ["OMP_NUM_THREADS"]
+
+
+def _spawn_first(preload: list[str], threads: int) -> bool:
+    """Linux, the CLI's call: start the server's process before this one imports multiprocessing
+    (its imports, 10-15 ms, then run beside the server's start instead of before it), with the
+    command line multiprocessing gives it and a listener in the abstract socket namespace, and
+    hand it to multiprocessing as the server it started. False where that cannot be done
+    (interpreter flags other than -B, another system): then multiprocessing starts it."""
+    flags = sys.flags
+    if not sys.platform.startswith("linux") or sys._xoptions or sys.warnoptions or any(
+            (flags.debug, flags.optimize, flags.no_user_site, flags.no_site, flags.ignore_environment,
+             flags.isolated, flags.bytes_warning, flags.quiet, flags.verbose, getattr(flags, "safe_path", False))):
+        return False
+    address = f"\0batchcli-forkserver-{os.getpid()}-{os.urandom(6).hex()}"
+    alive_r, alive_w = os.pipe()
+    try:
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(address)
+            listener.listen()
+            cmd = f"from multiprocessing.forkserver import main; main({listener.fileno()}, {alive_r}, {preload!r}, **{{}})"
+            env = dict(os.environ)
+            env.setdefault("OMP_NUM_THREADS", str(threads))
+            os.set_inheritable(listener.fileno(), True)
+            os.set_inheritable(alive_r, True)
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, ()) | {signal.SIGHUP}  # (see warm_up)
+            pid = os.posix_spawn(sys.executable, [sys.executable, *(["-B"] if flags.dont_write_bytecode else []),
+                                                  "-c", cmd], env, setsigmask=mask)
+    except OSError:
+        os.close(alive_w)
+        return False
+    finally:
+        os.close(alive_r)
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    server._forkserver_address, server._forkserver_alive_fd, server._forkserver_pid = address, alive_w, pid
+    server._preload_modules = preload
+    _untracked()
+    return True
 
 
 def stop_server(now: bool = False) -> None:
