@@ -92,8 +92,9 @@ def _left(home, out, tmp_path, bid: str) -> dict:
     if (bdir / "sync_fast.bin").is_file():
         meta = marshal.loads((bdir / "sync_fast.bin").read_bytes())
         data = marshal.loads((bdir / "sync_fast.data").read_bytes())
+        outs, bodies = ([None if i in done else v for i, v in enumerate(vs)] for vs in data[2:])
         kept = ({k: v for k, v in meta.items() if k not in ("journal", "catalog", "data")}, meta["catalog"][1:3],
-                data[1:])
+                data[1], outs, bodies)
     got = {"items": (bdir / "items.jsonl").read_bytes(), "records": recs,
            "replay": (st.state, dict(st.counts), bytes(st.items), st.last_seq, st.records),
            "snapshot": (snap.state, dict(snap.counts), bytes(snap.items), snap.last_seq, snap.offset == st.offset),
@@ -142,8 +143,19 @@ def _quick_finds(home, src, out) -> bool:
         shutil.rmtree(paths.dir)
 
 
-def test_nothing_changed_leaves_what_the_plan_leaves(synced, tmp_path):
-    home, src, out = synced
+@pytest.mark.parametrize("last", ["processed all", "reused all", "processed one"])
+def test_nothing_changed_leaves_what_the_plan_leaves(tmp_path, last):
+    """After a sync that processed every input, one that reused every input, and one that
+    processed a changed input and reused the others."""
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_tree(src, n=8)
+    assert _sync(home, src, out)["new"] == 8
+    if last != "processed all":
+        assert _sync(home, src, out)["reused"] == 8
+    if last == "processed one":
+        first_in = sorted(p for p in src.rglob("*") if p.is_file())[0]
+        os.utime(first_in, ns=(first_in.stat().st_atime_ns, first_in.stat().st_mtime_ns + 10**9))
+        assert _sync(home, src, out)["changed"] == 1
     assert _quick_finds(home, src, out)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     on, off, plan = _both_ways(home, src, out, tmp_path)

@@ -1,9 +1,10 @@
 """A `sync` with nothing changed, in bulk. The plan (engine/syncplan.py) asks the catalog about
 every item and walks them one by one; when nothing changed since the last sync into the same
-folder, its answer is that batch's, item for item. So a sync that ends with every item reused
-keeps beside its batch what that answer was (sync_fast.bin and sync_fast.data: derived, never
-the truth, which is the journal), and the next sync of the same folder with the same pipeline
-into the same output folder compares whole lists instead:
+folder, its answer is that batch's, item for item. So a sync whose run ends with every item
+completed (reused or processed, one output file each) keeps beside its batch what that answer
+will be (sync_fast.bin and sync_fast.data: derived, never the truth, which is the journal), and
+the next sync of the same folder with the same pipeline into the same output folder compares
+whole lists instead:
 
 - the newest batch with this fingerprint into this folder (the catalog's answer, after the
   refresh the plan does too) kept the record, and its journal and the catalog rows its answer
@@ -12,7 +13,8 @@ into the same output folder compares whole lists instead:
 - a walk of the input folder (a listing and a stat per file: discover.quick_walk) gives the same
   (path, size, mtime, device, inode) list, so discovery would write the same items.jsonl (it is
   copied);
-- an lstat of every output gives the size and mtime recorded (in a child process meanwhile).
+- an lstat of every output gives the size and mtime recorded (while a child process walks
+  most of the input folder, this one the rest).
 
 Then every item is reused from that batch as the plan would say, and the records are written
 from templates (`Reuse.write`); anything else, and the plan runs as ever. BATCHCLI_SYNC_FAST=0
@@ -24,6 +26,7 @@ import marshal
 import os
 import secrets
 import sqlite3
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -34,10 +37,10 @@ import orjson
 
 from batchcli.engine.catalog import Catalog, _tail_crc, index_quietly
 from batchcli.engine.forked import Forked
-from batchcli.engine.journal import GROUP_COMMIT_RECORDS, fold_completed, replay
+from batchcli.engine.journal import GROUP_COMMIT_RECORDS, fold_completed, iter_matching, replay
 from batchcli.engine.store import BatchPaths, Store
 from batchcli.engine.sync import runs
-from batchcli.engine.syncplan import SyncPlan, _question
+from batchcli.engine.syncplan import SyncPlan, _question, named_by
 from batchcli.inputs.discover import quick_walk
 from batchcli.inputs.names import is_url
 
@@ -109,10 +112,15 @@ class Reuse:
                 return None
             meta, data = found
             out_b = os.fsencode(os.path.join(man["out_dir"], ""))
-            with Forked(walked_as, self.walk, data[1]) as child:  # two cores: the inputs there, the outputs here
+            ident, cut = data[1], (0.0, 1.0 - MINE)
+            with Forked(walked_as, self.walk, ident, cut) as child:  # two cores: most inputs there, outputs here
+                if child.pid is None:
+                    cut = (0.0, 0.0)
                 if not (as_recorded(out_b, data[2]) and _copy_items(self.store, meta, paths)):
                     return None
-                if not (child.result() if child.pid is not None else walked_as(self.walk, data[1])):
+                mine = quick_walk(*self.walk, part=(cut[1], 1.0))
+                theirs = child.result() if child.pid is not None else 0
+                if mine is None or theirs is None or theirs + len(mine) != len(ident) or ident[theirs:] != mine:
                     return None
         except (OSError, ValueError, EOFError, TypeError, KeyError, IndexError, sqlite3.Error):
             return None
@@ -158,9 +166,16 @@ class Reuse:
                               items=self.meta["items"])
 
 
-def walked_as(walk: tuple, ident: list[tuple]) -> bool:
-    """The input folder holds the files listed (quick_walk), and nothing more."""
-    return quick_walk(*walk) == ident
+MINE = 0.15
+"""The share of the input folder's sub-folders this process walks (the child the rest): it also
+lstats every output."""
+
+
+def walked_as(walk: tuple, ident: list[tuple], part: tuple[float, float]) -> int | None:
+    """How many files the walk of `part` of the input folder finds, when they are the first of
+    those listed (quick_walk); else None."""
+    found = quick_walk(*walk, part=part)
+    return len(found) if found is not None and found == ident[:len(found)] else None
 
 
 def _copy_items(store: Store, meta: dict[str, Any], paths: BatchPaths) -> bool:
@@ -250,27 +265,60 @@ def _merged(holders: Iterable[tuple]) -> list[tuple]:
 
 def from_plan(paths: BatchPaths, man: dict[str, Any], walk: tuple | None, p: SyncPlan,
               records: list[dict[str, Any]]) -> None:
-    """After the plan: when it reused every item, each with one output file and nothing more,
-    keep what the batch's record will say (before record_reused takes the records' sources)."""
-    n = p.total
-    if walk is None or n == 0 or p.reused != n or len(records) != n or man.get("variants"):
+    """After the plan (before record_reused takes the records' sources): keep what the batch's
+    record will say of the items it reuses; `keep` adds the items its run processes."""
+    if walk is None or p.total == 0 or p.failed_again or man.get("variants"):
         return
-    bodies, outs, holders = [], [], []
-    dumps, fsencode = orjson.dumps, os.fsencode
+    n = p.total
+    bodies: list[bytes | None] = [None] * n
+    outs: list[tuple | None] = [None] * n
+    holders: list[tuple | None] = [None] * n
     try:
-        for k, rec in enumerate(records):
-            if rec["i"] != k or list(rec) != _RECORD_KEYS or rec["mtime"] is None or rec["bytes"] is None:
+        for rec in records:
+            if list(rec) != _RECORD_KEYS or rec["mtime"] is None or rec["bytes"] is None:
                 return
-            bodies.append(dumps({"out": rec["out"], "bytes": rec["bytes"], "sha256": rec["sha256"],
-                                 "mtime": rec["mtime"]})[1:-1])
-            outs.append((fsencode(rec["out"]), rec["bytes"], rec["mtime"]))
-            src, src_i, same = rec["_src"]
-            holders.append((k, 1, src, src_i) if same else (k, 1, paths.id, k))
+            i, (src, src_i, same) = rec["i"], rec["_src"]
+            bodies[i], outs[i] = _body(rec), (os.fsencode(rec["out"]), rec["bytes"], rec["mtime"])
+            holders[i] = (i, 1, src, src_i) if same else (i, 1, paths.id, i)
     except TypeError:  # a name that is not UTF-8: the plan's records are written another way
         return
-    links, copies = runs((k, k + 1, *rec["_src"]) for k, rec in enumerate(records))
-    KEPT[paths.id] = Kept(_key(man), walk, n, _merged(holders), [tuple(r) for r in links],
+    links, _copies = runs((rec["i"], k + 1, *rec["_src"]) for k, rec in enumerate(records))
+    KEPT[paths.id] = Kept(_key(man), walk, n, holders, [tuple(r) for r in links],  # type: ignore[arg-type]
                           data=(secrets.token_hex(8), None, outs, bodies))
+
+
+def _body(rec: dict[str, Any]) -> bytes:
+    """The part of a reused record that comes from the result it reuses."""
+    return orjson.dumps({"out": rec["out"], "bytes": rec["bytes"], "sha256": rec["sha256"], "mtime": rec["mtime"]})[1:-1]
+
+
+def _processed(paths: BatchPaths, kept: Kept, items: list[dict[str, Any]]) -> bool:
+    """Fill in what the record says of the items the run processed, from their completions,
+    as a sync reusing them would find them in the catalog (one output file, named by the item's
+    stem, made from the input as listed); False when one is anything else."""
+    _token, _ident, outs, bodies = kept.data  # type: ignore[misc]
+    todo = {i for i, body in enumerate(bodies) if body is None}
+    if not todo:
+        return True
+    last: dict[int, dict[str, Any]] = {}
+    for rec in iter_matching(paths.journal, (b'"type":"item_completed"',)):
+        if rec.get("i") in todo and "reused_from" not in rec:
+            last[rec["i"]] = rec
+    if last.keys() != todo:
+        return False
+    fs = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    for i, rec in last.items():
+        item, stat = items[i], rec.get("src_stat")
+        if (any(k in rec for k in ("meta", "outputs", "routed", "shard")) or rec.get("mtime") is None
+                or rec.get("bytes") is None or not rec.get("out") or not rec.get("sha256")
+                or (stat is not None and list(stat) != [item["size"], item["mtime"]])):
+            return False
+        rel = rec["out"].encode(*fs)
+        if not named_by(rel, item["stem"].encode(*fs)):
+            return False
+        bodies[i], outs[i] = _body(rec), (rel, rec["bytes"], rec["mtime"])
+        kept.holders[i] = (i, 1, paths.id, i)
+    return True
 
 
 def ended(paths: BatchPaths) -> None:
@@ -301,6 +349,14 @@ def _keep(paths: BatchPaths, kept: Kept) -> None:
     st = replay(paths.journal, kept.total)
     if st.state != "completed" or st.completed != kept.total:
         return
+    if kept.data_from is None:
+        ident, items = _identities(paths.items, kept.total)
+        if ident is None or not _processed(paths, kept, ident):
+            return
+        kept.holders = _merged(kept.holders)
+        kept.data = (kept.data[0], [(it["src"], it["size"], it["mtime"], it["dev"], it["ino"]) for it in ident],
+                     *kept.data[2:])  # type: ignore[index]
+        kept.items = items
     jst = os.stat(paths.journal)
     with Catalog(paths.home) as cat:
         state = catalog_state(cat.db, paths.id, kept.holders)
@@ -312,22 +368,18 @@ def _keep(paths: BatchPaths, kept: Kept) -> None:
     token = kept.data[0]  # type: ignore[index]
     if kept.data_from is not None:
         _link(kept.data_from, data_path)
-        items = kept.items
     else:
-        ident, items = _identities(paths.items, kept.total)
-        if ident is None:
-            return
-        _write(data_path, marshal.dumps((token, ident, *kept.data[2:])))  # type: ignore[index]
+        _write(data_path, marshal.dumps(kept.data))
     meta = {"v": VERSION, "batch": paths.id, "key": kept.key, "walk": kept.walk, "total": kept.total,
-            "items": items, "holders": kept.holders, "data": token,
+            "items": kept.items, "holders": kept.holders, "data": token,
             "journal": (jst.st_dev, jst.st_ino, jst.st_size, _tail_crc(paths.journal, jst.st_size)),
             "catalog": state}
     _write(os.path.join(paths.dir, META), marshal.dumps(meta))
 
 
-def _identities(items_path: str, total: int) -> tuple[list[tuple] | None, tuple]:
-    """items.jsonl's (src, size, mtime, device, inode) per item (quick_walk's tuples), and its
-    (size, CRC); None for the list when an item is anything but a plain file's."""
+def _identities(items_path: str, total: int) -> tuple[list[dict[str, Any]] | None, tuple]:
+    """items.jsonl's items, and its (size, CRC); None for the items when one is anything but
+    a plain file's (quick_walk finds only those)."""
     with open(items_path, "rb") as fh:
         data = fh.read()
     out, loads = [], orjson.loads
@@ -335,7 +387,7 @@ def _identities(items_path: str, total: int) -> tuple[list[tuple] | None, tuple]
         item = loads(line)
         if item["i"] != k or list(item) != _ITEM_KEYS:
             return None, ()
-        out.append((item["src"], item["size"], item["mtime"], item["dev"], item["ino"]))
+        out.append(item)
     return (out if len(out) == total else None), (len(data), zlib.crc32(data))
 
 

@@ -346,10 +346,7 @@ class Planner:
             if single and found is not None and len(found) == 1:  # the usual case, spelled out: one output file
                 main = found[0]
                 rel, stem, size, mtime = main[7], item["stem"].encode(*fs), item.get("size"), item.get("mtime")
-                rest = rel[len(stem):]  # stem + rest splits (splitext) into stem and rest: rest is one extension
-                if main[6] == KIND_OUT and main[2] == size and main[3] == mtime and rel.startswith(stem) and (
-                        (rest[:1] == b"." and b"." not in rest[1:] and b"/" not in rest and stem[-1:] not in _NOT_LAST)
-                        or os.path.splitext(rel)[0] == stem) and key in present:
+                if main[6] == KIND_OUT and main[2] == size and main[3] == mtime and named_by(rel, stem) and key in present:
                     same = main[15] == size and main[16] == mtime and main[14] == item["src"].encode(*fs)
                     records.append({"i": item["i"], "out": rel.decode(*fs), "bytes": main[9], "sha256": main[8],
                                     "mtime": main[10], "ms": 0.0, "reused_from": main[4], "_seq": main[5],
@@ -407,6 +404,15 @@ class Planner:
 
 _NOT_LAST = (b"", b".", b"/")
 """A stem ending so is not split by os.path.splitext where the plan's quick check would."""
+
+
+def named_by(rel: bytes, stem: bytes) -> bool:
+    """A result's one file `rel` is the file an item with this output stem writes (the stem and
+    one extension): the plan's check of a one-file result, quick where the rest after the stem
+    plainly is one extension, else as os.path.splitext splits it."""
+    rest = rel[len(stem):]
+    return rel.startswith(stem) and ((rest[:1] == b"." and b"." not in rest[1:] and b"/" not in rest
+                                      and stem[-1:] not in _NOT_LAST) or os.path.splitext(rel)[0] == stem)
 
 
 def _same_input(row: tuple, item: dict[str, Any]) -> bool:

@@ -323,13 +323,16 @@ class _Resolver:
             yield from self.emit(path, _list_rel(path, base), st, stat_done=True)
 
 
-def quick_walk(top: str, exts: Iterable[str], skip_dirs: Iterable[str | None]) -> list[tuple] | None:
+def quick_walk(top: str, exts: Iterable[str], skip_dirs: Iterable[str | None],
+               part: tuple[float, float] = (0.0, 1.0)) -> list[tuple] | None:
     """What `find([top], exts, skip_dirs)` of one folder finds when nothing is excluded or
     deduplicated by content and it meets only plain files and folders: (path, size, mtime,
     device, inode) per file, in find's order, with the same file reached twice left in (find
     would drop the second). None when the walk meets what only find handles (a symbolic link
     to a file, a file or folder it cannot read). Used to tell a tree unchanged since the last
-    walk (engine/syncfast.py) at the cost of a listing and a stat per file."""
+    walk (engine/syncfast.py) at the cost of a listing and a stat per file. `part` (from, to):
+    only that share of the folder's sub-folders (in order), and its own files when `from` is 0
+    (two processes walk a folder in two parts; their lists, joined, are the whole walk's)."""
     top = os.path.abspath(os.path.expanduser(top))
     res = _Resolver(exts, skip_dirs, (), None, DiscoveryStats(), multi=False)
     real = os.path.realpath(top)
@@ -341,12 +344,13 @@ def quick_walk(top: str, exts: Iterable[str], skip_dirs: Iterable[str | None]) -
     except OSError:
         return None
     try:
-        return out if _quick(fd, top, real, frozenset(res.exts), res.skip, out) else None
+        return out if _quick(fd, top, real, frozenset(res.exts), res.skip, out, part) else None
     finally:
         os.close(fd)
 
 
-def _quick(fd: int, folder: str, real: str, exts: frozenset[str], skip: set[str], out: list[tuple]) -> bool:
+def _quick(fd: int, folder: str, real: str, exts: frozenset[str], skip: set[str], out: list[tuple],
+           part: tuple[float, float] = (0.0, 1.0)) -> bool:
     """_Resolver._walk's plain case of one folder (open as `fd`; `real`: its realpath), without
     its Found objects, each stat relative to the folder; False on anything else."""
     try:
@@ -356,23 +360,24 @@ def _quick(fd: int, folder: str, real: str, exts: frozenset[str], skip: set[str]
         return False
     base, real_base = os.path.join(folder, ""), os.path.join(real, "")
     dirs, add = [], out.append
+    files = part[0] == 0
     for entry in entries:
         name = entry.name
         try:
             if entry.is_symlink():  # find follows one to a file (emit); one to a folder it leaves alone
-                if file_ext(name) in exts:
+                if files and file_ext(name) in exts:
                     return False
             elif entry.is_dir(follow_symlinks=False):
                 if real_base + name not in skip:  # realpath(entry.path): no link on the way
                     dirs.append(name)
             else:
                 dot = name.rfind(".")  # file_ext, spelled out
-                if dot > 0 and name[dot + 1:].lower() in exts and name[:dot].strip("."):
+                if files and dot > 0 and name[dot + 1:].lower() in exts and name[:dot].strip("."):
                     st = entry.stat()
                     add((base + name, st.st_size, st.st_mtime, st.st_dev, st.st_ino))
         except OSError:
             return False
-    for name in dirs:
+    for name in dirs[int(part[0] * len(dirs)):int(part[1] * len(dirs))]:
         try:
             sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
         except OSError:
