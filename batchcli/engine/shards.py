@@ -101,6 +101,7 @@ _TYPE = b"0"  # a regular file
 _MAGIC = b"ustar\x0000"
 _FIXED = sum(_MODE) + sum(b" " * 8) + sum(_TYPE) + sum(_MAGIC)  # the checksum counts its own field as spaces
 _ZEROS = bytes(_BLOCK)
+_TAIL = _TYPE + _ZEROS[:100] + _MAGIC + _ZEROS[:_BLOCK - 265]  # type, link name, magic and the rest (all fixed)
 
 
 def _header(name: str, size: int, mtime: int) -> bytes:
@@ -112,8 +113,7 @@ def _header(name: str, size: int, mtime: int) -> bytes:
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     times = b"%011o\x00%011o\x00" % (size, mtime)
     check = b"%06o\x00 " % (_FIXED + sum(raw) + sum(times))
-    return b"".join((raw, _ZEROS[:100 - len(raw)], _MODE, times, check, _TYPE, _ZEROS[:100], _MAGIC,
-                     _ZEROS[:_BLOCK - 265]))
+    return b"".join((raw, _ZEROS[:100 - len(raw)], _MODE, times, check, _TAIL))
 
 
 class _Shard:
@@ -159,6 +159,18 @@ class _Shard:
         at = self.offset + len(header)
         self.offset = at + len(data) + pad
         if len(buf) >= self.FLUSH:
+            self._flush()
+        return at
+
+    def add_item(self, name: str, data: bytes, side_name: str, side: bytes, mtime: float) -> int:
+        """`add` of an output and then its sidecar, in one piece; returns the output's offset."""
+        t = int(mtime)
+        head, n, m = _header(name, len(data), t), len(data), len(side)
+        at = self.offset + len(head)
+        piece = b"".join((head, data, _ZEROS[:-n % _BLOCK], _header(side_name, m, t), side, _ZEROS[:-m % _BLOCK]))
+        self.buf += piece
+        self.offset += len(piece)
+        if len(self.buf) >= self.FLUSH:
             self._flush()
         return at
 
@@ -238,12 +250,12 @@ class ShardSink:
         if len(blobs) == 1 and rec.get("out") and not rec.get("outputs"):  # one output: no copies
             out = rec["out"]
             member = f"{key}.{os.path.splitext(out)[1].lstrip('.') or 'bin'}"
-            rec.update(shard=shard.name, member=member, offset=shard.add(member, blobs[0], now))
-            rec.pop("mtime", None)
             sidecar.update(member=member, out=out, bytes=rec["bytes"], sha256=rec["sha256"])
             if rec.get("meta"):
                 sidecar["meta"] = rec["meta"]
-            shard.add(f"{key}.json", jsonio.dumps(sidecar), now)
+            rec.update(shard=shard.name, member=member,
+                       offset=shard.add_item(member, blobs[0], f"{key}.json", jsonio.dumps(sidecar), now))
+            rec.pop("mtime", None)
             shard.items.append((i, rec))
             if len(shard.items) >= self.size:
                 self._seal_open()

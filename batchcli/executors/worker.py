@@ -182,13 +182,14 @@ class Worker:
     def _load(self, item: dict[str, Any]) -> tuple[Any, list | None]:
         from batchcli.imaging import imageio
 
-        src = item["src"]
-        data = None
+        src, changed, read = item["src"], None, []
         if src.startswith(("http://", "https://")):
             from batchcli.inputs.fetch import fetch_url  # inputs: URLs are fetched by the worker
 
             data = fetch_url(src, self.limits)
-        changed = _changed_stat(item)
+        else:  # whether the input changed since items.jsonl recorded it: from the file as read
+            data = imageio.read_bytes(src, self.limits, read)
+            changed = _changed_from(item, read[0])
         shrink = self.pipeline.shrink_for if self.writes else self.pipeline.shrink_when_unsaved
         return imageio.load(src, self.limits, shrink, data=data, raw=self.pipeline.raw_settings), changed
 
@@ -403,14 +404,15 @@ def _below(path: str, root: str) -> str:
 
 def _changed_stat(item: dict[str, Any]) -> list | None:
     """[size, mtime] of a local input when they differ from the ones recorded for the item."""
-    if "size" not in item or item["src"].startswith(("http://", "https://")):
-        return None
     try:
-        st = os.stat(item["src"])
+        return None if item["src"].startswith(("http://", "https://")) else _changed_from(item, os.stat(item["src"]))
     except OSError:
         return None  # the decoder reports it
-    now = [st.st_size, st.st_mtime]
-    return None if now == [item["size"], item.get("mtime")] else now
+
+
+def _changed_from(item: dict[str, Any], st: os.stat_result) -> list | None:
+    now = [st.st_size, st.st_mtime]  # (`st`: the input's, as read)
+    return None if "size" not in item or now == [item["size"], item.get("mtime")] else now
 
 
 def _route(out_dir: str, label: str, path: str) -> str:

@@ -60,10 +60,15 @@ def read_error(exc: OSError) -> ItemError:
     return ItemError("io", f"read error: {exc.strerror or exc}")
 
 
-def read_bytes(path: str, limits: Limits) -> bytes:
+def read_bytes(path: str, limits: Limits, stat: list | None = None) -> bytes:
+    """The bytes of a local input (ItemError: too large, unreadable, empty); `stat` gets the
+    open file's os.stat_result (the size and mtime of what was read)."""
     with open_input_file(path) as fh:
         try:
-            size = os.fstat(fh.fileno()).st_size
+            st = os.fstat(fh.fileno())
+            if stat is not None:
+                stat.append(st)
+            size = st.st_size
             if size > limits.max_file_size:
                 raise ItemError("too_large", f"file is {fmt_bytes(size)}, over --max-file-size {fmt_bytes(limits.max_file_size, exact=True)}")
             # ask for the size the file has (one more byte shows it grew): a read of up to
