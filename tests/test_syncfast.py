@@ -92,9 +92,10 @@ def _left(home, out, tmp_path, bid: str) -> dict:
     if (bdir / "sync_fast.bin").is_file():
         meta = marshal.loads((bdir / "sync_fast.bin").read_bytes())
         data = marshal.loads((bdir / "sync_fast.data").read_bytes())
-        outs, bodies = ([None if i in done else v for i, v in enumerate(vs)] for vs in data[2:])
+        stats, bodies = ([None if i in done else v for i, v in enumerate(vs)]
+                         for vs in (marshal.loads(data[3]), data[4].split(b"\n")))
         kept = ({k: v for k, v in meta.items() if k not in ("journal", "catalog", "data")}, meta["catalog"][1:3],
-                data[1], outs, bodies)
+                marshal.loads(data[1]), data[2].split(b"\0"), stats, bodies)
     got = {"items": (bdir / "items.jsonl").read_bytes(), "records": recs,
            "replay": (st.state, dict(st.counts), bytes(st.items), st.last_seq, st.records),
            "snapshot": (snap.state, dict(snap.counts), bytes(snap.items), snap.last_seq, snap.offset == st.offset),

@@ -47,7 +47,7 @@ from batchcli.inputs.names import is_url
 ENV = "BATCHCLI_SYNC_FAST"
 """Set to 0: every sync runs the plan (the record is still kept)."""
 META, DATA = "sync_fast.bin", "sync_fast.data"
-VERSION = 1
+VERSION = 2
 _RECORD_KEYS = ["i", "out", "bytes", "sha256", "mtime", "ms", "reused_from", "_src"]
 """A plan's record of a reused result with one output file and nothing more (no metadata)."""
 _ITEM_KEYS = ["i", "src", "rel", "stem", "size", "mtime", "dev", "ino"]
@@ -84,7 +84,7 @@ class Kept:
     total: int
     holders: list[tuple]  # (item, n, batch, its item): where a sync reusing this batch finds the rows
     links: list[tuple]  # (item, n, seq, batch, its item): this batch's own `reuses` rows, as _index writes them
-    data: tuple | None = None  # (token, identities, outputs, record bodies), to be written; or (token,) of
+    data: tuple | None = None  # (token, identities, outputs, record bodies) to be written; or (token,) of
     data_from: str | None = None  # the data file of the batch this one reused from (the same lists)
     items: tuple | None = None  # items.jsonl's (size, CRC), when known
 
@@ -112,15 +112,19 @@ class Reuse:
                 return None
             meta, data = found
             out_b = os.fsencode(os.path.join(man["out_dir"], ""))
-            ident, cut = data[1], (0.0, 1.0 - MINE)
+            ident, cut = memoryview(data[1]), (0.0, 1.0 - MINE)
             with Forked(walked_as, self.walk, ident, cut) as child:  # two cores: most inputs there, outputs here
                 if child.pid is None:
                     cut = (0.0, 0.0)
-                if not (as_recorded(out_b, data[2]) and _copy_items(self.store, meta, paths)):
+                if not (as_recorded(out_b, data[2], data[3]) and _copy_items(self.store, meta, paths)):
                     return None
                 mine = quick_walk(*self.walk, part=(cut[1], 1.0))
-                theirs = child.result() if child.pid is not None else 0
-                if mine is None or theirs is None or theirs + len(mine) != len(ident) or ident[theirs:] != mine:
+                theirs = child.result() if child.pid is not None else (0, 0)
+                if mine is None or theirs is None:
+                    return None
+                tail = marshal.dumps(mine, 2)[5:]  # (a list's: its type and length, then its items)
+                if (ident[:5] != marshal.dumps([None] * (theirs[0] + len(mine)), 2)[:5]
+                        or ident[5 + theirs[1]:] != tail):
                     return None
         except (OSError, ValueError, EOFError, TypeError, KeyError, IndexError, sqlite3.Error):
             return None
@@ -139,7 +143,7 @@ class Reuse:
         """sync._append's `produce`: the records the plan would write (each item completed,
         reused from the last batch, with its record's output), from a template each."""
         assert self.meta is not None and self.data is not None
-        bodies = self.data[3]
+        bodies = self.data[4].split(b"\n")
         head = b'{"seq":%d,"t":' + orjson.dumps(t) + b',"type":"item_completed","i":%d,'
         tail = b',"ms":0.0,"reused_from":' + orjson.dumps(self.meta["batch"]) + b"}"
         crc32, group, first = zlib.crc32, [], seq + 1
@@ -166,16 +170,20 @@ class Reuse:
                               items=self.meta["items"])
 
 
-MINE = 0.15
+MINE = 0.2
 """The share of the input folder's sub-folders this process walks (the child the rest): it also
 lstats every output."""
 
 
-def walked_as(walk: tuple, ident: list[tuple], part: tuple[float, float]) -> int | None:
-    """How many files the walk of `part` of the input folder finds, when they are the first of
-    those listed (quick_walk); else None."""
+def walked_as(walk: tuple, ident: memoryview, part: tuple[float, float]) -> tuple[int, int] | None:
+    """How many files the walk of `part` of the input folder finds, and their bytes in the list
+    recorded (`ident`: quick_walk's list as marshal's version 2 writes it, whose bytes are those
+    of its values), when they are the first listed; else None."""
     found = quick_walk(*walk, part=part)
-    return len(found) if found is not None and found == ident[:len(found)] else None
+    if found is None:
+        return None
+    body = marshal.dumps(found, 2)[5:]
+    return (len(found), len(body)) if ident[5:5 + len(body)] == body else None
 
 
 def _copy_items(store: Store, meta: dict[str, Any], paths: BatchPaths) -> bool:
@@ -192,18 +200,19 @@ def _copy_items(store: Store, meta: dict[str, Any], paths: BatchPaths) -> bool:
     return True
 
 
-def as_recorded(out_b: bytes, outs: list[tuple]) -> bool:
-    """Every output (path relative to out_b, size, mtime) is on disk as recorded (the plan's
-    check: an lstat each)."""
-    lstat = os.lstat
+def as_recorded(out_b: bytes, rels: bytes, stats: bytes) -> bool:
+    """Every output (`rels`: paths relative to out_b, NUL between them) is on disk with the size
+    and mtime recorded (`stats`: their list as marshal's version 2 writes it): the plan's check,
+    an lstat each."""
+    lstat, got = os.lstat, []
+    add = got.append
     try:
-        for rel, size, mtime in outs:
+        for rel in rels.split(b"\0"):
             st = lstat(out_b + rel)
-            if st.st_size != size or st.st_mtime != mtime:
-                return False
+            add((st.st_size, st.st_mtime))
     except OSError:
         return False
-    return True
+    return marshal.dumps(got, 2) == stats
 
 
 def _recorded(store: Store, man: dict[str, Any], walk: tuple) -> tuple[dict, tuple] | None:
@@ -368,8 +377,10 @@ def _keep(paths: BatchPaths, kept: Kept) -> None:
     token = kept.data[0]  # type: ignore[index]
     if kept.data_from is not None:
         _link(kept.data_from, data_path)
-    else:
-        _write(data_path, marshal.dumps(kept.data))
+    else:  # what the next sync compares, as it compares it (marshal's version 2: the bytes of the values)
+        _token, ident, outs, bodies = kept.data  # type: ignore[misc]
+        _write(data_path, marshal.dumps((token, marshal.dumps(ident, 2), b"\0".join(o[0] for o in outs),
+                                         marshal.dumps([o[1:] for o in outs], 2), b"\n".join(bodies))))
     meta = {"v": VERSION, "batch": paths.id, "key": kept.key, "walk": kept.walk, "total": kept.total,
             "items": kept.items, "holders": kept.holders, "data": token,
             "journal": (jst.st_dev, jst.st_ino, jst.st_size, _tail_crc(paths.journal, jst.st_size)),
