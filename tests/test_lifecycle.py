@@ -229,3 +229,30 @@ def test_a_lock_probe_from_another_shell_does_not_stop_a_runner_from_starting(tm
     r = run(home, "resume", paths.id, *NOSPACE)
     assert r.returncode == 0, r.stdout + r.stderr
     assert replay(paths.journal, 4).completed == 4
+
+
+def test_the_batch_lock_and_filelock_s_exclude_each_other(tmp_path):
+    """The runner's lock (liveness.FileLock, without importing filelock) is the flock filelock
+    takes: commands that lock with filelock and the runner never both hold a batch; a lock not
+    given up in time says so with TimeoutError."""
+    from filelock import FileLock as Theirs
+    from filelock import Timeout
+
+    from batchcli.engine.liveness import FileLock
+
+    path = str(tmp_path / "runner.lock")
+    ours, theirs = FileLock(path), Theirs(path)
+    with ours:
+        with pytest.raises(Timeout):
+            theirs.acquire(timeout=0.1)
+    with theirs:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            ours.acquire(timeout=0.2)
+        assert 0.15 < time.monotonic() - t0 < 2.0
+    ours.acquire(timeout=0)  # taken once filelock's holder let go
+    with pytest.raises(Timeout):
+        Theirs(path).acquire(timeout=0)
+    ours.release()
+    Theirs(path).acquire(timeout=0)  # free again
+    assert os.path.exists(path)  # the file stays, as filelock leaves it

@@ -37,7 +37,7 @@ SHOWN = 5
 @contextlib.contextmanager
 def claims_lock(store: Store) -> Iterator[None]:
     """Held while a command checks the claims and makes its own (batch created, or runner live)."""
-    from filelock import FileLock
+    from batchcli.engine.liveness import FileLock
 
     os.makedirs(store.home, exist_ok=True)
     with FileLock(os.path.join(store.home, LOCK_NAME)):

@@ -20,14 +20,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from filelock import FileLock
-
 from batchcli import __version__
 from batchcli.atomic import atomic_write
 from batchcli.engine.checks import changed_inputs, check_fingerprint, low_space, over_failures
 from batchcli.engine.gate import Gate
 from batchcli.engine.journal import COMPLETED, FAILED, PENDING, JournalWriter, Replay, checkpoint, failure_key, replay
-from batchcli.engine.liveness import locked_error, process_start_time, read_runner_info, strongest_request, sweep_dead_tmp, take_lock
+from batchcli.engine.liveness import FileLock, locked_error, process_start_time, read_runner_info, strongest_request, sweep_dead_tmp, take_lock
 from batchcli.engine.outcome import RunResult, close_run
 from batchcli.engine.outcome import Signals as _Signals
 from batchcli.engine.shards import open_shards
