@@ -260,3 +260,25 @@ def test_a_run_s_snapshot_is_what_a_full_replay_of_its_journal_saves(tmp_path, s
         full = checkpoint(journal, 31)
         assert open(journal + SNAPSHOT_SUFFIX, "rb").read() == saved
         assert (full.completed, full.failed, full.state) == (30, 1, "completed")
+
+
+def test_a_torn_or_empty_snapshot_is_ignored(tmp_path):
+    """The snapshot is a cache written without fsync: what a crash may leave of it (nothing,
+    part of it, zeros) is not used, and the replay reads the journal itself."""
+    from batchcli.engine.journal import SNAPSHOT_SUFFIX, checkpoint
+
+    path = str(tmp_path / "journal.jsonl")
+    with JournalWriter(path) as j:
+        j.append("header", total=20)
+        for i in range(15):
+            j.append("item_completed", i=i)
+        j.append("item_failed", i=15, error_class="decode", error="x: bad")
+    checkpoint(path, 20)
+    whole = open(path + SNAPSHOT_SUFFIX, "rb").read()
+    full = replay(path, 20, use_snapshot=False)
+    for torn in (b"", whole[:len(whole) // 2], whole[:-3], bytes(len(whole))):
+        with open(path + SNAPSHOT_SUFFIX, "wb") as fh:
+            fh.write(torn)
+        st_ = replay(path, 20)
+        assert (list(st_.items), st_.counts, dict(st_.failures), st_.last_seq) == \
+               (list(full.items), full.counts, dict(full.failures), full.last_seq)
