@@ -85,7 +85,8 @@ def _left(home, out, tmp_path, bid: str) -> dict:
     zpath = tmp_path / f"{bid}.zip"
     assert run(home, "export", bid, "--zip", zpath).returncode == 0
     with zipfile.ZipFile(zpath) as z:
-        exported = sorted((i.filename, i.file_size) for i in z.infolist())
+        exported = sorted((i.filename, i.file_size if not (done and i.filename.startswith("manifest.")) else None)
+                          for i in z.infolist())  # (a processed item's timing is in the manifest)
     delete = json.loads(run(home, "sync", home.parent / "in", "--out", out, "-p", PIPE, "--dry-run", "--delete",
                             "--json").stdout)
     kept = None

@@ -87,6 +87,7 @@ class Kept:
     data: tuple | None = None  # (token, identities, outputs, record bodies) to be written; or (token,) of
     data_from: str | None = None  # the data file of the batch this one reused from (the same lists)
     items: tuple | None = None  # items.jsonl's (size, CRC), when known
+    start: int = 0  # where the run's own records begin in the journal (after the reused ones)
 
 
 KEPT: dict[str, Kept] = {}
@@ -116,15 +117,17 @@ class Reuse:
             with Forked(walked_as, self.walk, ident, cut) as child:  # two cores: most inputs there, outputs here
                 if child.pid is None:
                     cut = (0.0, 0.0)
-                if not (as_recorded(out_b, data[2], data[3]) and _copy_items(self.store, meta, paths)):
-                    return None
-                mine = quick_walk(*self.walk, part=(cut[1], 1.0))
-                theirs = child.result() if child.pid is not None else (0, 0)
-                if mine is None or theirs is None:
+                mine = quick_walk(*self.walk, part=(cut[1], 1.0))  # the end of the list: a change there shows first
+                if mine is None:
                     return None
                 tail = marshal.dumps(mine, 2)[5:]  # (a list's: its type and length, then its items)
-                if (ident[:5] != marshal.dumps([None] * (theirs[0] + len(mine)), 2)[:5]
-                        or ident[5 + theirs[1]:] != tail):
+                if len(ident) < 5 + len(tail) or ident[len(ident) - len(tail):] != tail:
+                    return None
+                if not (as_recorded(out_b, data[2], data[3]) and _copy_items(self.store, meta, paths)):
+                    return None
+                theirs = child.result() if child.pid is not None else (0, 0)
+                if (theirs is None or 5 + theirs[1] + len(tail) != len(ident)
+                        or ident[:5] != marshal.dumps([None] * (theirs[0] + len(mine)), 2)[:5]):
                     return None
         except (OSError, ValueError, EOFError, TypeError, KeyError, IndexError, sqlite3.Error):
             return None
@@ -296,6 +299,13 @@ def from_plan(paths: BatchPaths, man: dict[str, Any], walk: tuple | None, p: Syn
                           data=(secrets.token_hex(8), None, outs, bodies))
 
 
+def written(paths: BatchPaths) -> None:
+    """The reused records are written: the run's own begin after them."""
+    kept = KEPT.get(paths.id)
+    if kept is not None:
+        kept.start = os.path.getsize(paths.journal)
+
+
 def _body(rec: dict[str, Any]) -> bytes:
     """The part of a reused record that comes from the result it reuses."""
     return orjson.dumps({"out": rec["out"], "bytes": rec["bytes"], "sha256": rec["sha256"], "mtime": rec["mtime"]})[1:-1]
@@ -310,7 +320,7 @@ def _processed(paths: BatchPaths, kept: Kept, items: list[dict[str, Any]]) -> bo
     if not todo:
         return True
     last: dict[int, dict[str, Any]] = {}
-    for rec in iter_matching(paths.journal, (b'"type":"item_completed"',)):
+    for rec in iter_matching(paths.journal, (b'"type":"item_completed"',), kept.start):
         if rec.get("i") in todo and "reused_from" not in rec:
             last[rec["i"]] = rec
     if last.keys() != todo:

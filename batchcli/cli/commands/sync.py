@@ -147,6 +147,7 @@ def _sync_create(store, cfg, opts, json_out: bool, detach: bool, delete: bool, d
                 save_contents(paths, p.contents)
             syncfast.from_plan(paths, paths.load_manifest(), reuse.walk, p, records)
             record_reused(paths, records)
+            syncfast.written(paths)
         note_plan(paths, p)
     except BaseException:
         shutil.rmtree(paths.dir, ignore_errors=True)
