@@ -69,13 +69,9 @@ def test_a_usage_error_after_the_server_started_leaves_no_process(tmp_path):
     """The server starts before the flags are checked; a refused command kills it before it ends
     (each process of the run carries a marker in its environment, so they can be found; the
     resource tracker leaves on its own as the command ends)."""
-    home, src, slow = tmp_path / "home", tmp_path / "in", tmp_path / "slow"
+    home, src = tmp_path / "home", tmp_path / "in"
     make_pngs(src, 2)
-    slow.mkdir()
-    (slow / "sitecustomize.py").write_text(  # the fork server takes 5 s to start
-        "import time\nif b'forkserver import main' in open('/proc/self/cmdline', 'rb').read():\n"
-        "    time.sleep(5)\n")
-    env = {"BATCHCLI_TEST_MARK": tmp_path.name, "PYTHONPATH": str(slow)}
+    env = {"BATCHCLI_TEST_MARK": tmp_path.name, "BATCHCLI_TEST_SERVER_DELAY": "5"}  # the server takes 5 s to start
     mark = f"BATCHCLI_TEST_MARK={tmp_path.name}".encode()
     refused = spawn(home, "start", src, "-w", "2", "--pipeline", "resize 8x8", "--no-such-flag", env=env)
     assert refused.wait(60) == 2  # (not run(): a pipe would wait for the server to go as well)
@@ -191,23 +187,20 @@ def _children_running(what: str) -> list[int]:
     return out
 
 
-def test_a_start_begins_the_server_before_it_imports_multiprocessing(tmp_path):
-    """The CLI starts the server's process first thing (the command line multiprocessing gives
-    it, a listener in the abstract socket namespace), then imports multiprocessing meanwhile; the
-    run's workers come from that server."""
-    home, src, slow = tmp_path / "home", tmp_path / "in", tmp_path / "slow"
+def test_a_start_forks_its_server_first_thing(tmp_path):
+    """The console script's `start` forks itself into the fork server first thing (no second
+    interpreter to start: the command line stays the command's), with a listener in the abstract
+    socket namespace, and imports multiprocessing meanwhile; the run's workers come from it."""
+    home, src = tmp_path / "home", tmp_path / "in"
     make_pngs(src, 4)
-    slow.mkdir()
-    (slow / "sitecustomize.py").write_text(  # the fork server takes 3 s to start
-        "import time\nif b'forkserver import main' in open('/proc/self/cmdline', 'rb').read():\n"
-        "    time.sleep(3)\n")
-    env = {"BATCHCLI_TEST_MARK": tmp_path.name, "PYTHONPATH": str(slow)}
+    env = {"BATCHCLI_TEST_MARK": tmp_path.name, "BATCHCLI_TEST_SERVER_DELAY": "3"}  # the server takes 3 s to start
     mark = f"BATCHCLI_TEST_MARK={tmp_path.name}".encode()
     start = spawn(home, "start", src, "--out", tmp_path / "out", "-w", "2", "--pipeline", "resize 8x8", env=env)
     try:
-        server = wait_for(lambda: next((p for p, cmd in _marked_pids(mark) if "forkserver import main" in cmd), None),
+        server = wait_for(lambda: next((p for p, _ in _marked_pids(mark) if _parent(p) == start.pid), None),
                           what="the fork server")
-        assert _parent(server) == start.pid
+        cmdline = open(f"/proc/{start.pid}/cmdline", "rb").read()
+        assert open(f"/proc/{server}/cmdline", "rb").read() == cmdline and b"forkserver" not in cmdline
         assert f"@batchcli-forkserver-{start.pid}-".encode() in open("/proc/net/unix", "rb").read()
         assert start.wait(60) == 0
     finally:

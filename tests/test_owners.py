@@ -34,14 +34,10 @@ def _files(folder) -> dict[str, bytes]:
 def test_a_runner_that_has_not_written_batch_started_yet_is_named_running(tmp_path):
     """Between taking its lock and its first worker (the fork server's imports: seconds on a busy
     machine) a runner's journal holds only the header; a refusal still names the batch running."""
-    home, src, out, slow = tmp_path / "home", tmp_path / "in", tmp_path / "out", tmp_path / "slow"
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
     make_pngs(src, 3)
-    slow.mkdir()
-    (slow / "sitecustomize.py").write_text(  # the fork server takes 5 s to start
-        "import time\nif b'forkserver import main' in open('/proc/self/cmdline', 'rb').read():\n"
-        "    time.sleep(5)\n")
     first = spawn(home, "start", src, "--out", out, "--name", "A", "--pipeline", "convert png", *RUN,
-                  env={"PYTHONPATH": str(slow)})
+                  env={"BATCHCLI_TEST_SERVER_DELAY": "5"})  # the fork server takes 5 s to start
     try:
         a = wait_for(lambda: named(home, "A"), what="batch A")
         wait_for(lambda: runner_alive(a), what="A's runner")

@@ -9,7 +9,7 @@ def main() -> None:
     from batchcli.cli import exiting
     from batchcli.cli.warm import command_of, warm_for
 
-    warmed = warm_for(sys.argv[1:])  # a `start`: the workers' imports begin on another core now
+    warmed = warm_for(sys.argv[1:], fork=True)  # a `start`: the workers' imports begin on another core now
     exiting.ENDS_AT_EXIT = warmed or command_of(sys.argv[1:])[0] == "sync"
     if warmed:
         exiting.pause_collector()  # until its run begins (cli/commands/run.py)

@@ -24,9 +24,10 @@ def command_of(args: list[str]) -> tuple[str | None, str | None, int]:
     return (args[k] if k < len(args) else None), home, k
 
 
-def warm_for(args: list[str]) -> bool:
+def warm_for(args: list[str], fork: bool = False) -> bool:
     """Start the fork server when `args` (the command line without the program) run a batch
-    here; True when it was started."""
+    here; True when it was started. `fork`: the console script's call, first thing (see
+    forkserve.warm_up)."""
     command, home, k = command_of(args)
     if command != "start":
         return False
@@ -52,7 +53,7 @@ def warm_for(args: list[str]) -> bool:
         return False
     from batchcli.executors.forkserve import warm_up
 
-    warm_up(threads=threads, guessed=True)
+    warm_up(threads=threads, guessed=True, fork=fork)
     return True
 
 

@@ -28,7 +28,7 @@ _GUESS: list[int] = []
 """The thread count of a server started on a guess (`guessed`), until a call confirms it."""
 
 
-def warm_up(modules: Iterable[str] = (), threads: int = 1, guessed: bool = False) -> None:
+def warm_up(modules: Iterable[str] = (), threads: int = 1, guessed: bool = False, fork: bool = False) -> None:
     """Start the fork server now, importing PRELOAD and `modules` (the pipeline's op modules)
     while the caller goes on with its own work. Its
     environment is this process's, with OMP_NUM_THREADS at `threads` unless set (as a spawned
@@ -36,11 +36,12 @@ def warm_up(modules: Iterable[str] = (), threads: int = 1, guessed: bool = False
     Once started it keeps its imports: a later call is a no-op, except the first call after one
     `guessed` (the CLI's, before it has parsed its flags: cli/warm.py), which starts it again
     when the guess of `threads` was wrong (no worker has been forked from it yet). It exits with
-    this process."""
+    this process. `fork`: the CLI's first call, in a process that is still small and has one
+    thread: the server is this process forked (`_fork_first`)."""
     if START_METHOD != "forkserver":
         return
     preload = [*PRELOAD, *(m for m in modules if m not in PRELOAD)]
-    if guessed and "multiprocessing.forkserver" not in sys.modules and _spawn_first(preload, threads):
+    if fork and guessed and "multiprocessing.forkserver" not in sys.modules and _fork_first(preload, threads):
         _GUESS.append(threads)
         return
     from multiprocessing import forkserver
@@ -68,35 +69,40 @@ def warm_up(modules: Iterable[str] = (), threads: int = 1, guessed: bool = False
             del os.environ["OMP_NUM_THREADS"]
 
 
-def _spawn_first(preload: list[str], threads: int) -> bool:
-    """Linux, the CLI's call: start the server's process before this one imports multiprocessing
-    (its imports, 10-15 ms, then run beside the server's start instead of before it), with the
-    command line multiprocessing gives it and a listener in the abstract socket namespace, and
-    hand it to multiprocessing as the server it started. False where that cannot be done
-    (interpreter flags other than -B, another system): then multiprocessing starts it."""
-    flags = sys.flags
-    if not sys.platform.startswith("linux") or sys._xoptions or sys.warnoptions or any(
-            (flags.debug, flags.optimize, flags.no_user_site, flags.no_site, flags.ignore_environment,
-             flags.isolated, flags.bytes_warning, flags.quiet, flags.verbose, getattr(flags, "safe_path", False))):
+def _fork_first(preload: list[str], threads: int) -> bool:
+    """Linux, the CLI's first thing: the server is this process, forked before it imports
+    multiprocessing (whose imports, 10-15 ms, then run beside the server's), given a listener in
+    the abstract socket namespace and handed to multiprocessing as the server it started. The
+    server begins its imports at once, without a new interpreter's start, its site and
+    multiprocessing's imports first (25-30 ms: ready that much sooner, on that much less CPU).
+    False where that cannot be done (another system, more than one thread): then
+    multiprocessing starts it."""
+    threading = sys.modules.get("threading")
+    if not sys.platform.startswith("linux") or (threading is not None and threading.active_count() > 1):
         return False
     address = f"\0batchcli-forkserver-{os.getpid()}-{os.urandom(6).hex()}"
-    alive_r, alive_w = os.pipe()
+    listener = socket.socket(socket.AF_UNIX)
     try:
-        with socket.socket(socket.AF_UNIX) as listener:
-            listener.bind(address)
-            listener.listen()
-            cmd = f"from multiprocessing.forkserver import main; main({listener.fileno()}, {alive_r}, {preload!r}, **{{}})"
-            env = dict(os.environ)
-            env.setdefault("OMP_NUM_THREADS", str(threads))
-            os.set_inheritable(listener.fileno(), True)
-            os.set_inheritable(alive_r, True)
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, ()) | {signal.SIGHUP}  # (see warm_up)
-            pid = os.posix_spawn(sys.executable, [sys.executable, *(["-B"] if flags.dont_write_bytecode else []),
-                                                  "-c", cmd], env, setsigmask=mask)
+        listener.bind(address)
+        listener.listen()
+        alive_r, alive_w = os.pipe()
+    except OSError:
+        listener.close()
+        return False
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # (see warm_up)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _serve(listener.fileno(), alive_r, alive_w, preload, threads)  # never returns
     except OSError:
         os.close(alive_w)
         return False
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, masked)
+        listener.close()
         os.close(alive_r)
     from multiprocessing import forkserver
 
@@ -105,6 +111,33 @@ def _spawn_first(preload: list[str], threads: int) -> bool:
     server._preload_modules = preload
     _untracked()
     return True
+
+
+def _serve(listener: int, alive_r: int, alive_w: int, preload: list[str], threads: int) -> None:
+    """The forked server's life: multiprocessing's fork server on `listener`, until the "alive"
+    pipe's last writer is gone; then this process ends (never returns)."""
+    code = 1
+    try:
+        os.close(alive_w)
+        for name in os.listdir("/proc/self/fd"):  # only what the server uses (and 0, 1, 2)
+            if int(name) > 2 and int(name) not in (listener, alive_r):
+                try:
+                    os.close(int(name))
+                except OSError:
+                    pass
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        if os.environ.get("BATCHCLI_TEST_SERVER_DELAY"):  # tests only: a server slow to get ready
+            import time
+
+            time.sleep(float(os.environ["BATCHCLI_TEST_SERVER_DELAY"]))
+        from multiprocessing.forkserver import main
+
+        main(listener, alive_r, preload)
+        code = 0
+    except SystemExit:  # the runner is gone
+        code = 0
+    finally:
+        os._exit(code)
 
 
 def stop_server(now: bool = False) -> None:
