@@ -169,9 +169,14 @@ def test_the_server_and_its_workers_run_without_a_resource_tracker(tmp_path, cle
             done += [ev.result["i"] for ev in pool.poll(0.1) if ev.kind == "item" and ev.result["ok"]]
         assert sorted(done) == [0, 1, 2]
         assert tracker._pid is None and not _children_running("resource_tracker")
+        server = _server_pid()
     finally:
         pool.shutdown()
     assert tracker._fd is None  # given back: a later user starts a real one
+    # killed by the pool's end, not waited for: reaped by the next call (the CLI's, as it exits)
+    assert _server_pid() is None and forkserve._LATE == [server]
+    forkserve.stop_server()
+    assert forkserve._LATE == [] and not os.path.exists(f"/proc/{server}")
 
 
 def _children_running(what: str) -> list[int]:

@@ -140,10 +140,12 @@ def _serve(listener: int, alive_r: int, alive_w: int, preload: list[str], thread
         os._exit(code)
 
 
-def stop_server(now: bool = False) -> None:
+def stop_server(now: bool = False, reap: bool = True) -> None:
     """Stop the fork server and reap it (its CPU time counts to this process's children, and
     no process of the run outlives it); `now`: kill it, even in the middle of its imports.
-    The next pool starts a fresh one."""
+    The next pool starts a fresh one. `reap=False` (with `now`): killed, and reaped by a later
+    call (the CLI's, as it exits), so the run's last moments are not spent waiting while the
+    kernel tears the server down."""
     if START_METHOD != "forkserver":
         return
     from multiprocessing import forkserver
@@ -151,12 +153,32 @@ def stop_server(now: bool = False) -> None:
     _GUESS.clear()
     _tracked()
     server = forkserver._forkserver
+    pid = server._forkserver_pid
     try:
-        if now and server._forkserver_pid is not None:
-            os.kill(server._forkserver_pid, signal.SIGKILL)
-        server._stop()
+        if now and pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        if now and not reap and pid is not None:
+            os.close(server._forkserver_alive_fd)
+            address = server._forkserver_address
+            server._forkserver_alive_fd = server._forkserver_address = server._forkserver_pid = None
+            _LATE.append(pid)
+            if isinstance(address, str) and not address.startswith("\0"):
+                os.unlink(address)
+        else:
+            server._stop()
     except (AttributeError, OSError):
         pass
+    for late in list(_LATE):
+        try:
+            if os.waitpid(late, 0 if reap else os.WNOHANG)[0] == 0:
+                continue
+        except ChildProcessError:
+            pass
+        _LATE.remove(late)
+
+
+_LATE: list[int] = []
+"""Servers killed and not yet reaped (`stop_server(reap=False)`)."""
 
 
 def _untracked() -> None:

@@ -279,7 +279,7 @@ class ProcessPool:
             except OSError:
                 pass
         self._procs = []
-        stop_server(now=True)  # every worker has exited: nothing to wait for
+        stop_server(now=True, reap=False)  # every worker has exited: nothing to wait for
         return left
 
 
