@@ -47,3 +47,26 @@ def test_every_registered_op_is_documented():
     for name, cls in all_ops().items():
         assert cls.summary, name
         assert all(p.help for p in cls.params), name
+
+
+def test_each_op_s_module_is_known_and_a_pipeline_imports_only_its_own():
+    """get_op imports only the module of the op it is asked for (OP_MODULES: every op, and the
+    module that registers it); an unknown name still loads them all before it is refused."""
+    import subprocess
+    import sys
+
+    from batchcli.ops.base import REGISTRY
+    from batchcli.pipeline import OP_MODULES, all_ops
+
+    all_ops()
+    assert OP_MODULES == {name: cls.__module__ for name, cls in REGISTRY.items()
+                          if cls.__module__.startswith("batchcli.")}  # (not the tests' own ops)
+    code = ("import sys; from batchcli.pipeline import Pipeline; Pipeline.parse('resize 8x8 | convert png'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('batchcli.ops.', 'batchcli.models.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "batchcli.ops.geometry" in out and "batchcli.ops.output" in out
+    assert "batchcli.ops.color" not in out and "batchcli.models.faces" not in out
+    code = ("from batchcli.pipeline import Pipeline\ntry:\n    Pipeline.parse('resise 8x8')\n"
+            "except Exception as exc:\n    print(exc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "unknown operation 'resise'" in out and "watermark" in out  # every op named
