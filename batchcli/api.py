@@ -120,7 +120,7 @@ def manifest_preview(cfg: StartConfig, paths: BatchPaths) -> dict[str, Any] | No
 
 def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None,
                  checked: Any = None, meanwhile: Callable[[BatchPaths, Callable[[], bool]], None] | None = None,
-                 quick: Callable[[BatchPaths], int | None] | None = None) -> BatchPaths:
+                 quick: Callable[[BatchPaths, Any], int | None] | None = None) -> BatchPaths:
     """Validate everything, discover the inputs, and write the batch's immutable files.
     Raises ConfigError (exit 2) before any work when anything is wrong (and removes the batch
     folder). `paths`: an empty batch folder made beforehand with `store.create()` (the server
@@ -130,7 +130,8 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     `meanwhile`: called with the new batch's paths and a function that says whether discovery
     is still going on, while a child process discovers the inputs into items.jsonl (`sync` asks
     the catalog meanwhile, then goes over the items written); not called when the inputs come
-    from stdin. `quick`: called first with the new batch's paths; when it writes items.jsonl
+    from stdin. `quick`: called first with the new batch's paths and the discovery's stats (it
+    may ask for the items' identities: DiscoveryStats.identities); when it writes items.jsonl
     itself (sync: the same items as the last sync's, engine/syncfast.py), it returns their
     count and the inputs are not discovered (returns None otherwise)."""
     import contextlib
@@ -184,7 +185,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     try:
         namer = names.Namer(cfg.name_template if template else None, cfg.name or paths.id,
                                names.preset_name(spec))
-        total = quick(paths) if quick is not None and stdin is None else None
+        total = quick(paths, stats) if quick is not None and stdin is None else None
         if total is None:
             total = _discover(found, paths, namer, stats, None if stdin is not None else meanwhile)
         if total == 0 and not cfg.allow_empty:

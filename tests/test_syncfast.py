@@ -134,13 +134,14 @@ def _quick_finds(home, src, out) -> bool:
     from batchcli.cli.commands.sync import _walk
     from batchcli.engine.store import Store
     from batchcli.engine.syncfast import Reuse
+    from batchcli.inputs.discover import DiscoveryStats
 
     store = Store(str(home))
     cfg = StartConfig(inputs=[str(src)], out_dir=str(out), pipeline_text=PIPE)
     reuse = Reuse(store, _walk(store, cfg))
     paths = store.create()
     try:
-        return reuse.discover(paths, manifest_preview(cfg, paths)) is not None
+        return reuse.discover(paths, manifest_preview(cfg, paths), DiscoveryStats()) is not None
     finally:
         shutil.rmtree(paths.dir)
 

@@ -48,9 +48,8 @@ ENV = "BATCHCLI_SYNC_FAST"
 """Set to 0: every sync runs the plan (the record is still kept)."""
 META, DATA = "sync_fast.bin", "sync_fast.data"
 VERSION = 2
-_RECORD_KEYS = ["i", "out", "bytes", "sha256", "mtime", "ms", "reused_from", "_src"]
+_RECORD_KEYS = ("i", "out", "bytes", "sha256", "mtime", "ms", "reused_from", "_src")
 """A plan's record of a reused result with one output file and nothing more (no metadata)."""
-_ITEM_KEYS = ["i", "src", "rel", "stem", "size", "mtime", "dev", "ino"]
 
 
 def enabled() -> bool:
@@ -101,11 +100,16 @@ class Reuse:
         self.store, self.walk = store, walk
         self.meta: dict[str, Any] | None = None
         self.data: tuple | None = None
+        self.stats: Any = None
 
-    def discover(self, paths: BatchPaths, man: dict[str, Any] | None) -> int | None:
+    def discover(self, paths: BatchPaths, man: dict[str, Any] | None, stats: Any) -> int | None:
         """create_batch's `quick`: when nothing changed, the last batch's items.jsonl copied into
-        the new batch, and the count; else None (and discovery runs)."""
-        if self.walk is None or man is None or man.get("out_dev") is None or not enabled():
+        the new batch, and the count; else None, and discovery, which runs then, keeps the items'
+        identities in `stats` for the new batch's record (`identities`)."""
+        if self.walk is None:
+            return None
+        self.stats, stats.identities = stats, []
+        if man is None or man.get("out_dev") is None or not enabled():
             return None
         try:
             found = _recorded(self.store, man, self.walk)
@@ -137,6 +141,13 @@ class Reuse:
     @property
     def found(self) -> bool:
         return self.meta is not None
+
+    @property
+    def identities(self) -> bytes | None:
+        """What discovery found, as the record keeps it (marshal's version 2 bytes of quick_walk's
+        list), when every item is a plain file."""
+        got = getattr(self.stats, "identities", None)
+        return got if isinstance(got, bytes) else None
 
     def plan(self) -> SyncPlan:
         n, source = self.meta["total"], self.meta["batch"]  # type: ignore[index]
@@ -275,28 +286,35 @@ def _merged(holders: Iterable[tuple]) -> list[tuple]:
     return [tuple(r) for r in out]
 
 
-def from_plan(paths: BatchPaths, man: dict[str, Any], walk: tuple | None, p: SyncPlan,
+def from_plan(paths: BatchPaths, man: dict[str, Any], reuse: Reuse, p: SyncPlan,
               records: list[dict[str, Any]]) -> None:
     """After the plan (before record_reused takes the records' sources): keep what the batch's
     record will say of the items it reuses; `keep` adds the items its run processes."""
-    if walk is None or p.total == 0 or p.failed_again or man.get("variants"):
+    ident = reuse.identities
+    if reuse.walk is None or ident is None or p.total == 0 or p.failed_again or man.get("variants"):
         return
     n = p.total
     bodies: list[bytes | None] = [None] * n
     outs: list[tuple | None] = [None] * n
     holders: list[tuple | None] = [None] * n
-    try:
-        for rec in records:
-            if list(rec) != _RECORD_KEYS or rec["mtime"] is None or rec["bytes"] is None:
-                return
+    fs = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    if any(len(rec) != len(_RECORD_KEYS) or rec.get("mtime") is None or rec.get("bytes") is None
+           or "_src" not in rec or "sha256" not in rec for rec in records):
+        return  # (not a reused result with one output file and nothing more)
+    try:  # every body in one call, cut at the seams: a name holding one gives more pieces, and no record
+        cut = orjson.dumps([{"out": rec["out"], "bytes": rec["bytes"], "sha256": rec["sha256"], "mtime": rec["mtime"]}
+                            for rec in records])[2:-2].split(b"},{") if records else []
+        if len(cut) != len(records):
+            return
+        for rec, body in zip(records, cut):
             i, (src, src_i, same) = rec["i"], rec["_src"]
-            bodies[i], outs[i] = _body(rec), (os.fsencode(rec["out"]), rec["bytes"], rec["mtime"])
+            bodies[i], outs[i] = body, (rec["out"].encode(*fs), rec["bytes"], rec["mtime"])
             holders[i] = (i, 1, src, src_i) if same else (i, 1, paths.id, i)
     except TypeError:  # a name that is not UTF-8: the plan's records are written another way
         return
     links, _copies = runs((rec["i"], k + 1, *rec["_src"]) for k, rec in enumerate(records))
-    KEPT[paths.id] = Kept(_key(man), walk, n, holders, [tuple(r) for r in links],  # type: ignore[arg-type]
-                          data=(secrets.token_hex(8), None, outs, bodies))
+    KEPT[paths.id] = Kept(_key(man), reuse.walk, n, holders, [tuple(r) for r in links],  # type: ignore[arg-type]
+                          data=(secrets.token_hex(8), ident, outs, bodies))
 
 
 def written(paths: BatchPaths) -> None:
@@ -311,7 +329,7 @@ def _body(rec: dict[str, Any]) -> bytes:
     return orjson.dumps({"out": rec["out"], "bytes": rec["bytes"], "sha256": rec["sha256"], "mtime": rec["mtime"]})[1:-1]
 
 
-def _processed(paths: BatchPaths, kept: Kept, items: list[dict[str, Any]]) -> bool:
+def _processed(paths: BatchPaths, kept: Kept, items: list[bytes]) -> bool:
     """Fill in what the record says of the items the run processed, from their completions,
     as a sync reusing them would find them in the catalog (one output file, named by the item's
     stem, made from the input as listed); False when one is anything else."""
@@ -327,7 +345,7 @@ def _processed(paths: BatchPaths, kept: Kept, items: list[dict[str, Any]]) -> bo
         return False
     fs = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     for i, rec in last.items():
-        item, stat = items[i], rec.get("src_stat")
+        item, stat = orjson.loads(items[i]), rec.get("src_stat")
         if (any(k in rec for k in ("meta", "outputs", "routed", "shard")) or rec.get("mtime") is None
                 or rec.get("bytes") is None or not rec.get("out") or not rec.get("sha256")
                 or (stat is not None and list(stat) != [item["size"], item["mtime"]])):
@@ -369,13 +387,12 @@ def _keep(paths: BatchPaths, kept: Kept) -> None:
     if st.state != "completed" or st.completed != kept.total:
         return
     if kept.data_from is None:
-        ident, items = _identities(paths.items, kept.total)
-        if ident is None or not _processed(paths, kept, ident):
+        with open(paths.items, "rb") as fh:
+            items = fh.read()
+        kept.items = (len(items), zlib.crc32(items))
+        if not _processed(paths, kept, items.splitlines()):
             return
         kept.holders = _merged(kept.holders)
-        kept.data = (kept.data[0], [(it["src"], it["size"], it["mtime"], it["dev"], it["ino"]) for it in ident],
-                     *kept.data[2:])  # type: ignore[index]
-        kept.items = items
     jst = os.stat(paths.journal)
     with Catalog(paths.home) as cat:
         state = catalog_state(cat.db, paths.id, kept.holders)
@@ -389,27 +406,13 @@ def _keep(paths: BatchPaths, kept: Kept) -> None:
         _link(kept.data_from, data_path)
     else:  # what the next sync compares, as it compares it (marshal's version 2: the bytes of the values)
         _token, ident, outs, bodies = kept.data  # type: ignore[misc]
-        _write(data_path, marshal.dumps((token, marshal.dumps(ident, 2), b"\0".join(o[0] for o in outs),
+        _write(data_path, marshal.dumps((token, ident, b"\0".join(o[0] for o in outs),
                                          marshal.dumps([o[1:] for o in outs], 2), b"\n".join(bodies))))
     meta = {"v": VERSION, "batch": paths.id, "key": kept.key, "walk": kept.walk, "total": kept.total,
             "items": kept.items, "holders": kept.holders, "data": token,
             "journal": (jst.st_dev, jst.st_ino, jst.st_size, _tail_crc(paths.journal, jst.st_size)),
             "catalog": state}
     _write(os.path.join(paths.dir, META), marshal.dumps(meta))
-
-
-def _identities(items_path: str, total: int) -> tuple[list[dict[str, Any]] | None, tuple]:
-    """items.jsonl's items, and its (size, CRC); None for the items when one is anything but
-    a plain file's (quick_walk finds only those)."""
-    with open(items_path, "rb") as fh:
-        data = fh.read()
-    out, loads = [], orjson.loads
-    for k, line in enumerate(data.splitlines()):
-        item = loads(line)
-        if item["i"] != k or list(item) != _ITEM_KEYS:
-            return None, ()
-        out.append(item)
-    return (out if len(out) == total else None), (len(data), zlib.crc32(data))
 
 
 def _link(src: str, dst: str) -> None:

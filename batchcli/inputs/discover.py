@@ -55,6 +55,9 @@ class DiscoveryStats:
     in_output: int = 0  # files inside the output folder (or the batch home): never re-ingested
     out_folders: list = field(default_factory=list)  # folders pruned as the output folder (or the home)
     videos: int = 0  # items that are videos (by extension), counted by write_items
+    identities: list | bytes | None = None  # set to a list: write_items keeps each item's (src, size,
+    # mtime, device, inode) while all are plain files (else None), then marshal's version 2 bytes of
+    # the list (the record a sync keeps: engine/syncfast.py)
 
     def pruned(self, folder: str) -> None:
         if len(self.out_folders) < 5:  # a few, to name them
@@ -550,6 +553,11 @@ class ItemWriter:
             rec["video"] = 1
             if self.stats is not None:
                 self.stats.videos += 1
+        if self.stats is not None and self.stats.identities is not None:
+            if f.ino and "video" not in rec:
+                self.stats.identities.append((src, f.size, f.mtime, f.dev, f.ino))  # type: ignore[union-attr]
+            else:
+                self.stats.identities = None
         try:  # _dumps, spelled out
             line = orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
         except TypeError:
@@ -569,6 +577,10 @@ def write_items(found: Iterable[Found], fh: IO[bytes], namer: Namer | None = Non
             w.add(f)
     finally:
         w.taken.close()
+    if stats is not None and isinstance(stats.identities, list):
+        import marshal
+
+        stats.identities = marshal.dumps(stats.identities, 2)
     return w.n
 
 

@@ -134,7 +134,7 @@ def _sync_create(store, cfg, opts, json_out: bool, detach: bool, delete: bool, d
         raise typer.Exit(0)
     reuse = syncfast.Reuse(store, None if checksum else _walk(store, cfg))
     paths = api.create_batch(store, cfg, meanwhile=meanwhile,
-                             quick=lambda paths: reuse.discover(paths, api.manifest_preview(cfg, paths)))
+                             quick=lambda paths, stats: reuse.discover(paths, api.manifest_preview(cfg, paths), stats))
     try:
         if reuse.found:  # nothing changed since the last sync: every item reused from it, in bulk
             p = reuse.plan()
@@ -145,7 +145,7 @@ def _sync_create(store, cfg, opts, json_out: bool, detach: bool, delete: bool, d
             _KEPT[:] = [asked, records]
             if checksum:
                 save_contents(paths, p.contents)
-            syncfast.from_plan(paths, paths.load_manifest(), reuse.walk, p, records)
+            syncfast.from_plan(paths, paths.load_manifest(), reuse, p, records)
             record_reused(paths, records)
             syncfast.written(paths)
         note_plan(paths, p)
