@@ -27,6 +27,7 @@ import os
 import secrets
 import sqlite3
 import sys
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -127,7 +128,8 @@ class Reuse:
                 tail = marshal.dumps(mine, 2)[5:]  # (a list's: its type and length, then its items)
                 if len(ident) < 5 + len(tail) or ident[len(ident) - len(tail):] != tail:
                     return None
-                if not (as_recorded(out_b, data[2], data[3]) and _copy_items(self.store, meta, paths)):
+                copy = _Copy(self.store, meta, paths)  # (its fsync while the outputs are looked at)
+                if not (as_recorded(out_b, data[2], data[3]) & copy.done()):
                     return None
                 theirs = child.result() if child.pid is not None else (0, 0)
                 if (theirs is None or 5 + theirs[1] + len(tail) != len(ident)
@@ -184,7 +186,7 @@ class Reuse:
                               items=self.meta["items"])
 
 
-MINE = 0.2
+MINE = 0.15
 """The share of the input folder's sub-folders this process walks (the child the rest): it also
 lstats every output."""
 
@@ -200,18 +202,41 @@ def walked_as(walk: tuple, ident: memoryview, part: tuple[float, float]) -> tupl
     return (len(found), len(body)) if ident[5:5 + len(body)] == body else None
 
 
-def _copy_items(store: Store, meta: dict[str, Any], paths: BatchPaths) -> bool:
-    """The recorded batch's items.jsonl, as recorded, into the new batch (durably, as discovery
-    writes it); False when it is not as recorded."""
-    with open(os.path.join(store.batches_dir, meta["batch"], "items.jsonl"), "rb") as fh:
-        items = fh.read()
-    if (len(items), zlib.crc32(items)) != meta["items"]:
-        return False
-    with open(paths.items, "wb") as fh:
-        fh.write(items)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return True
+class _Copy:
+    """The recorded batch's items.jsonl, as recorded, written into the new batch and made
+    durable (as discovery makes it) by a thread meanwhile: `done()` says whether all went well
+    (False too when the file was not as recorded)."""
+
+    def __init__(self, store: Store, meta: dict[str, Any], paths: BatchPaths):
+        self.ok, self.thread = False, None
+        with open(os.path.join(store.batches_dir, meta["batch"], "items.jsonl"), "rb") as fh:
+            items = fh.read()
+        if (len(items), zlib.crc32(items)) != meta["items"]:
+            return
+        fd = os.open(paths.items, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(items)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            raise
+        self.thread = threading.Thread(target=self._sync, args=(fd,), daemon=True)
+        self.thread.start()
+
+    def _sync(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+            self.ok = True
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def done(self) -> bool:
+        if self.thread is not None:
+            self.thread.join()
+        return self.ok
 
 
 def as_recorded(out_b: bytes, rels: bytes, stats: bytes) -> bool:
