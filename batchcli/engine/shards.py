@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,8 +36,8 @@ DEFAULT_SIZE = 1000
 MAX_SIZE = 1_000_000
 SHARD_RE = re.compile(r"^(\d{5,})\.tar$")
 SEALED = b'"type":"shard_sealed"'
-_BLOCK = tarfile.BLOCKSIZE
-_RECORD = tarfile.RECORDSIZE
+_BLOCK = 512  # tarfile.BLOCKSIZE and RECORDSIZE (tarfile is imported only where it reads or names: a start
+_RECORD = 20 * _BLOCK  # writes its shards without it)
 
 Complete = Callable[[int, dict[str, Any]], None]
 """Records one item completed (the runner's journal append and counts): (i, record fields)."""
@@ -108,6 +107,8 @@ def _header(name: str, size: int, mtime: int) -> bytes:
     """The tar header of a plain file (ustar; tarfile's own for a name ustar cannot hold)."""
     raw = name.encode("utf-8", "surrogateescape")
     if len(raw) > 100 or not name.isascii():
+        import tarfile
+
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = size, mtime, 0o644
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
@@ -176,8 +177,8 @@ class _Shard:
 
     def seal(self, durable: bool) -> dict[str, Any]:
         """End the archive, make it durable under its own name; returns its sealed record."""
-        end = tarfile.NUL * (2 * _BLOCK)
-        self._write(end + tarfile.NUL * (-(self.offset + len(end)) % _RECORD))
+        end = bytes(2 * _BLOCK)
+        self._write(end + bytes(-(self.offset + len(end)) % _RECORD))
         self._flush()
         if durable:
             os.fsync(self.fd)
@@ -331,12 +332,14 @@ class ShardSink:
 def _read_shard(path: str, batch_id: str, total: int) -> list[tuple[int, dict[str, Any]]] | None:
     """The items of a complete shard of this batch, as record fields; None when the file is
     missing, unreadable, or holds anything else."""
+    import tarfile
+
     try:
         tar = tarfile.open(path, "r:")
     except (OSError, tarfile.TarError):
         return None
     items: dict[int, dict[str, Any]] = {}
-    where: dict[str, tarfile.TarInfo] = {}
+    where: dict[str, Any] = {}
     try:
         with tar:
             for info in tar:
