@@ -84,7 +84,7 @@ class Kept:
     total: int
     holders: list[tuple]  # (item, n, batch, its item): where a sync reusing this batch finds the rows
     links: list[tuple]  # (item, n, seq, batch, its item): this batch's own `reuses` rows, as _index writes them
-    data: tuple | None = None  # (token, identities, outputs, record bodies) to be written; or (token,) of
+    data: tuple | None = None  # (token, identities, outputs, their stats, record bodies) to write; or (token,) of
     data_from: str | None = None  # the data file of the batch this one reused from (the same lists)
     items: tuple | None = None  # items.jsonl's (size, CRC), when known
     start: int = 0  # where the run's own records begin in the journal (after the reused ones)
@@ -318,28 +318,38 @@ def from_plan(paths: BatchPaths, man: dict[str, Any], reuse: Reuse, p: SyncPlan,
     ident = reuse.identities
     if reuse.walk is None or ident is None or p.total == 0 or p.failed_again or man.get("variants"):
         return
-    n = p.total
+    n, me, size = p.total, paths.id, len(_RECORD_KEYS)
     bodies: list[bytes | None] = [None] * n
-    outs: list[tuple | None] = [None] * n
-    holders: list[tuple | None] = [None] * n
+    rels: list[bytes | None] = [None] * n
+    stats: list[tuple | None] = [None] * n  # (size, mtime) of each output
+    holders: list[list] = []  # runs [item, n, batch, its item]
     fs = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-    if any(len(rec) != len(_RECORD_KEYS) or rec.get("mtime") is None or rec.get("bytes") is None
-           or "_src" not in rec or "sha256" not in rec for rec in records):
-        return  # (not a reused result with one output file and nothing more)
-    try:  # every body in one call, cut at the seams: a name holding one gives more pieces, and no record
-        cut = orjson.dumps([{"out": rec["out"], "bytes": rec["bytes"], "sha256": rec["sha256"], "mtime": rec["mtime"]}
-                            for rec in records])[2:-2].split(b"},{") if records else []
+    try:
+        parts = []
+        for rec in records:
+            if len(rec) != size or rec.get("mtime") is None or rec.get("bytes") is None or "sha256" not in rec:
+                return  # (not a reused result with one output file and nothing more)
+            parts.append({"out": rec["out"], "bytes": rec["bytes"], "sha256": rec["sha256"], "mtime": rec["mtime"]})
+        # every body in one call, cut at the seams: a name holding one gives more pieces, and no record
+        cut = orjson.dumps(parts)[2:-2].split(b"},{") if records else []
         if len(cut) != len(records):
             return
+        last = None
         for rec, body in zip(records, cut):
             i, (src, src_i, same) = rec["i"], rec["_src"]
-            bodies[i], outs[i] = body, (rec["out"].encode(*fs), rec["bytes"], rec["mtime"])
-            holders[i] = (i, 1, src, src_i) if same else (i, 1, paths.id, i)
-    except TypeError:  # a name that is not UTF-8: the plan's records are written another way
+            bodies[i], rels[i], stats[i] = body, rec["out"].encode(*fs), (rec["bytes"], rec["mtime"])
+            if not same:
+                src, src_i = me, i
+            if last is not None and last[0] + last[1] == i and last[2] == src and last[3] + last[1] == src_i:
+                last[1] += 1
+            else:
+                last = [i, 1, src, src_i]
+                holders.append(last)
+    except (TypeError, KeyError):  # a name that is not UTF-8 (the records are written another way), no source
         return
     links, _copies = runs((rec["i"], k + 1, *rec["_src"]) for k, rec in enumerate(records))
-    KEPT[paths.id] = Kept(_key(man), reuse.walk, n, holders, [tuple(r) for r in links],  # type: ignore[arg-type]
-                          data=(secrets.token_hex(8), ident, outs, bodies))
+    KEPT[paths.id] = Kept(_key(man), reuse.walk, n, [tuple(r) for r in holders], [tuple(r) for r in links],
+                          data=(secrets.token_hex(8), ident, rels, stats, bodies))
 
 
 def written(paths: BatchPaths) -> None:
@@ -358,7 +368,7 @@ def _processed(paths: BatchPaths, kept: Kept, items: list[bytes]) -> bool:
     """Fill in what the record says of the items the run processed, from their completions,
     as a sync reusing them would find them in the catalog (one output file, named by the item's
     stem, made from the input as listed); False when one is anything else."""
-    _token, _ident, outs, bodies = kept.data  # type: ignore[misc]
+    _token, _ident, rels, stats, bodies = kept.data  # type: ignore[misc]
     todo = {i for i, body in enumerate(bodies) if body is None}
     if not todo:
         return True
@@ -378,8 +388,8 @@ def _processed(paths: BatchPaths, kept: Kept, items: list[bytes]) -> bool:
         rel = rec["out"].encode(*fs)
         if not named_by(rel, item["stem"].encode(*fs)):
             return False
-        bodies[i], outs[i] = _body(rec), (rel, rec["bytes"], rec["mtime"])
-        kept.holders[i] = (i, 1, paths.id, i)
+        bodies[i], rels[i], stats[i] = _body(rec), rel, (rec["bytes"], rec["mtime"])
+        kept.holders.append((i, 1, paths.id, i))
     return True
 
 
@@ -417,7 +427,7 @@ def _keep(paths: BatchPaths, kept: Kept) -> None:
         kept.items = (len(items), zlib.crc32(items))
         if not _processed(paths, kept, items.splitlines()):
             return
-        kept.holders = _merged(kept.holders)
+        kept.holders = _merged(sorted(kept.holders))
     jst = os.stat(paths.journal)
     with Catalog(paths.home) as cat:
         state = catalog_state(cat.db, paths.id, kept.holders)
@@ -430,9 +440,8 @@ def _keep(paths: BatchPaths, kept: Kept) -> None:
     if kept.data_from is not None:
         _link(kept.data_from, data_path)
     else:  # what the next sync compares, as it compares it (marshal's version 2: the bytes of the values)
-        _token, ident, outs, bodies = kept.data  # type: ignore[misc]
-        _write(data_path, marshal.dumps((token, ident, b"\0".join(o[0] for o in outs),
-                                         marshal.dumps([o[1:] for o in outs], 2), b"\n".join(bodies))))
+        _token, ident, rels, stats, bodies = kept.data  # type: ignore[misc]
+        _write(data_path, marshal.dumps((token, ident, b"\0".join(rels), marshal.dumps(stats, 2), b"\n".join(bodies))))
     meta = {"v": VERSION, "batch": paths.id, "key": kept.key, "walk": kept.walk, "total": kept.total,
             "items": kept.items, "holders": kept.holders, "data": token,
             "journal": (jst.st_dev, jst.st_ino, jst.st_size, _tail_crc(paths.journal, jst.st_size)),
