@@ -243,3 +243,46 @@ def test_only_one_folder_walked_plainly_is_compared(tmp_path):
                {"from_file": str(src / "list.txt")}, {"inputs": [str(src), str(src / "d1")]},
                {"inputs": ["-"]}, {"inputs": [str(src / "img000.jpg")]}):
         assert walk(**kw) is None, kw
+
+
+def test_a_sync_in_bulk_killed_with_sigkill_loses_nothing(tmp_path):
+    """kill -9 of a sync with nothing changed once its records in bulk appear in the journal
+    (the 2,100 take a few ms: the kill lands after them, before the batch ends): `recover`, then
+    `resume`, completes it with every item, the records written before the kill kept, the outputs
+    intact, and the next sync reuses all."""
+    import signal
+
+    from crashops import line_count, spawn, wait_for
+
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    n = 2100  # three groups of records (GROUP_COMMIT_RECORDS, 1024)
+    make_tree(src, n=n, size=(8, 8))
+    assert _sync(home, src, out)["new"] == n
+    assert _sync(home, src, out)["reused"] == n and _quick_finds(home, src, out)
+    before = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    first = set(os.listdir(home / "batches"))
+    proc = spawn(home, "sync", src, "--out", out, "-p", PIPE, "-w", "1", "--min-free-space", "0", "--quiet")
+    try:
+        batch = wait_for(lambda: [p for p in (home / "batches").iterdir() if p.name not in first
+                                  and line_count(p / "journal.jsonl") > 1], what="the first record")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    journal = batch[0] / "journal.jsonl"
+    written = [rec for rec in records(journal) if rec.get("type") == "item_completed"]
+    assert all(rec["reused_from"] for rec in written)
+    assert not [rec for rec in records(journal) if rec.get("type") == "batch_finished"]  # killed before its end
+    assert run(home, "recover").returncode == 0
+    r = run(home, "resume", batch[0].name, "--min-free-space", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads(run(home, "status", batch[0].name, "--json").stdout)
+    assert (s["status"], s["completed"], s["failed"]) == ("completed", n, 0)
+    kept = [rec for rec in records(journal) if rec.get("type") == "item_completed"][:len(written)]
+    assert [(rec["i"], rec["out"], rec["sha256"]) for rec in kept] == [
+        (rec["i"], rec["out"], rec["sha256"]) for rec in written]  # what was journaled stays
+    after = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert after.keys() == before.keys()
+    assert all(after[rec["out"]] == before[rec["out"]] for rec in written)  # reused outputs untouched
+    assert run(home, "verify", batch[0].name).returncode == 0
+    again = _sync(home, src, out)
+    assert again["reused"] == n and again["new"] + again["changed"] == 0
