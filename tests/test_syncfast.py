@@ -286,3 +286,20 @@ def test_a_sync_in_bulk_killed_with_sigkill_loses_nothing(tmp_path):
     assert run(home, "verify", batch[0].name).returncode == 0
     again = _sync(home, src, out)
     assert again["reused"] == n and again["new"] + again["changed"] == 0
+
+
+def test_the_readme_names_every_file_of_a_sync_batch(synced):
+    """README "On disk" lists what a batch folder holds: every file a sync batch (its record
+    kept) leaves there is named, and so are the caches beside its journal."""
+    import re
+    from pathlib import Path
+
+    home, _src, _out = synced
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## On disk", 1)[1].split("```")[1]
+    listed = {name for line in block.splitlines() if line.startswith("  ")
+              for name in re.findall(r"[\w.]+", line.split("  ")[1].split("  ")[0])}
+    newest = sorted((home / "batches").iterdir())[-1]
+    there = {p.name for p in newest.iterdir()}
+    assert {"journal.jsonl.snapshot", "sync_fast.bin", "sync_fast.data"} <= there
+    assert there <= listed, there - listed
