@@ -69,6 +69,10 @@ def build_pipeline(text: str | None, file: str | None, variants: list[str] | Non
 def _write_items(found: Any, paths: BatchPaths, namer: Any, stats: Any) -> tuple[int, Any]:
     from batchcli.inputs import discover
 
+    try:  # a link to another batch's (engine/syncfast.py) is never written through
+        os.unlink(paths.items)
+    except FileNotFoundError:
+        pass
     with open(paths.items, "wb") as fh:
         total = discover.write_items(found, fh, namer, stats, spill_dir=paths.dir)
         fh.flush()

@@ -134,6 +134,11 @@ def _both_ways(home, src, out, tmp_path, *extra, full: bool = True) -> tuple[dic
     return left_on, left_off, on
 
 
+def _items_of(home) -> dict[str, bytes]:
+    """Each batch's items.jsonl."""
+    return {p.parent.name: p.read_bytes() for p in (home / "batches").glob("*/items.jsonl")}
+
+
 def _quick_finds(home, src, out) -> bool:
     """Whether the comparison tells the next sync of `src` unchanged (a new batch, not kept)."""
     from batchcli.api import StartConfig, manifest_preview
@@ -198,9 +203,13 @@ def test_any_change_falls_back_to_the_plan_with_the_same_result(synced, tmp_path
     else:  # a `start` of the same pipeline into the same folder: the newest batch there has no record
         r = run(home, "start", src, "--out", out, "-p", PIPE, "-w", "1", "--min-free-space", "0", "--quiet")
         assert r.returncode == 0, r.stderr
+    earlier = _items_of(home)
     assert not _quick_finds(home, src, out)
     on, off, plan = _both_ways(home, src, out, tmp_path, full=change in ("input touched", "catalog deleted"))
     assert on == off
+    # the new batch's items.jsonl is linked to the last one's before the outputs are looked at:
+    # the discovery that follows a change found then writes a file of its own
+    assert {b: items for b, items in _items_of(home).items() if b in earlier} == earlier
     if change in ("catalog deleted", "another batch since"):
         assert plan["reused"] == 8
 

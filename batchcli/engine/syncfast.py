@@ -12,7 +12,7 @@ whole lists instead:
   `reuses` rows and own rows, the journal offsets of the batches it reuses from);
 - a walk of the input folder (a listing and a stat per file: discover.quick_walk) gives the same
   (path, size, mtime, device, inode) list, so discovery would write the same items.jsonl (it is
-  copied);
+  linked: a hard link, or a copy);
 - an lstat of every output gives the size and mtime recorded (while a child process walks
   most of the input folder, this one the rest).
 
@@ -104,7 +104,7 @@ class Reuse:
         self.stats: Any = None
 
     def discover(self, paths: BatchPaths, man: dict[str, Any] | None, stats: Any) -> int | None:
-        """create_batch's `quick`: when nothing changed, the last batch's items.jsonl copied into
+        """create_batch's `quick`: when nothing changed, the last batch's items.jsonl linked into
         the new batch, and the count; else None, and discovery, which runs then, keeps the items'
         identities in `stats` for the new batch's record (`identities`)."""
         if self.walk is None:
@@ -112,6 +112,15 @@ class Reuse:
         self.stats, stats.identities = stats, []
         if man is None or man.get("out_dev") is None or not enabled():
             return None
+        found = self._discover(paths, man)
+        if found is None:  # discovery writes items.jsonl: not into the recorded batch's file
+            try:
+                os.unlink(paths.items)
+            except FileNotFoundError:
+                pass
+        return found
+
+    def _discover(self, paths: BatchPaths, man: dict[str, Any]) -> int | None:
         try:
             found = _recorded(self.store, man, self.walk)
             if found is None:
@@ -203,16 +212,26 @@ def walked_as(walk: tuple, ident: memoryview, part: tuple[float, float]) -> tupl
 
 
 class _Copy:
-    """The recorded batch's items.jsonl, as recorded, written into the new batch and made
-    durable (as discovery makes it) by a thread meanwhile: `done()` says whether all went well
-    (False too when the file was not as recorded)."""
+    """The recorded batch's items.jsonl, as recorded, in the new batch: a hard link to it (never
+    rewritten: a sync batch's items are fixed once made, and that file was made durable when it
+    was written), else written and made durable (as discovery makes it) by a thread meanwhile.
+    `done()` says whether all went well (False too when the file was not as recorded)."""
 
     def __init__(self, store: Store, meta: dict[str, Any], paths: BatchPaths):
         self.ok, self.thread = False, None
-        with open(os.path.join(store.batches_dir, meta["batch"], "items.jsonl"), "rb") as fh:
+        src = os.path.join(store.batches_dir, meta["batch"], "items.jsonl")
+        with open(src, "rb") as fh:
+            st = os.fstat(fh.fileno())
             items = fh.read()
         if (len(items), zlib.crc32(items)) != meta["items"]:
             return
+        try:
+            if os.stat(src).st_ino == st.st_ino:  # (not replaced since it was read)
+                os.link(src, paths.items)
+                self.ok = True
+                return
+        except OSError:
+            pass
         fd = os.open(paths.items, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(items)
