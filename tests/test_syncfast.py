@@ -312,3 +312,43 @@ def test_the_readme_names_every_file_of_a_sync_batch(synced):
     there = {p.name for p in newest.iterdir()}
     assert {"journal.jsonl.snapshot", "sync_fast.bin", "sync_fast.data"} <= there
     assert there <= listed, there - listed
+
+
+def test_the_walk_begun_first_thing_is_the_one_the_command_would_begin(tmp_path, monkeypatch):
+    """cli/warm.py starts a sync's walk before its command line is parsed, from what the line
+    seems to say; the command uses it only when it is the walk it would start itself. For these
+    lines the guess is that walk (typer's own parse of the line says which), and it lists what
+    quick_walk lists; a line with more than a walk gets none."""
+    from typer.main import get_command
+
+    from batchcli.api import StartConfig
+    from batchcli.cli.app import app
+    from batchcli.cli.commands.sync import _walk
+    from batchcli.cli.warm import _sync_flags
+    from batchcli.cli.warm import _walk as early
+    from batchcli.engine.store import Store
+    from batchcli.inputs.discover import quick_walk
+
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    monkeypatch.setenv("BATCHCLI_HOME", str(home))
+    make_tree(src, n=10)
+    s, o = str(src), str(out)
+    lines = [[s, "--out", o, "-p", PIPE], [s, "-o", o, f"-p{PIPE}", "-w2", "--json", "-q", "--delete"],
+             [f"--out={o}", "--ext", "png", "--ext=jpg,webp", "--media", "all", s, "--no-summary"],
+             [s, "--out", o, "-p", PIPE, "--home", str(tmp_path / "other")], ["--out", o, "-p", PIPE, "--", s],
+             [s, "--out", o, "--exclude", "*.jpg"], [s, s + "/d1", "--out", o], [s, "--out", o, "--name-template", "{stem}.x"]]
+    sync = get_command(app).get_command(None, "sync")
+    walked = 0
+    for line in lines:
+        p = sync.make_context("sync", list(line)).params
+        cfg = StartConfig(inputs=list(p["inputs"]), out_dir=p["out"], exts=p["ext"], exclude=p["exclude"],
+                          from_file=p["from_file"], dedupe=p["dedupe"], name_template=p["name_template"], media=p["media"])
+        spec = _walk(Store(p["home"]), cfg)
+        guess = _sync_flags(line)
+        got = early(*guess, None) if guess is not None else None
+        assert (got[0] if got else None) == spec, line
+        if spec is not None:
+            walked += 1
+            assert marshal.loads(got[1]) == quick_walk(*spec)
+    assert walked == 5
+    assert _sync_flags([s, "--out", o, "--dry-run"]) is None and _sync_flags([s, "--out", o, "--checksum"]) is None

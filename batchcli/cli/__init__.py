@@ -7,9 +7,10 @@ def main() -> None:
     import sys
 
     from batchcli.cli import exiting
-    from batchcli.cli.warm import command_of, warm_for
+    from batchcli.cli.warm import command_of, drop_walk, walk_early, warm_for
 
     warmed = warm_for(sys.argv[1:], fork=True)  # a `start`: the workers' imports begin on another core now
+    walk_early(sys.argv[1:])  # a `sync`: its walk of the inputs begins on another core now
     exiting.ENDS_AT_EXIT = warmed or command_of(sys.argv[1:])[0] == "sync"
     if warmed:
         exiting.pause_collector()  # until its run begins (cli/commands/run.py)
@@ -18,10 +19,12 @@ def main() -> None:
 
         run()
     except SystemExit as exc:
+        drop_walk()
         if exiting.ENDS_AT_EXIT:
             _exit_now(exc.code)
         raise
     finally:
+        drop_walk()
         if warmed:  # a run stops it itself; a usage error leaves no process behind
             from batchcli.executors.forkserve import stop_server
 

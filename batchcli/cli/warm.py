@@ -75,3 +75,99 @@ def _threads(workers: str | None, home: str | None) -> int | None:
         except Exception:  # a bad config.toml: the command itself says so
             return None
     return max(1, cpus // n) if n > 0 else None
+
+
+WALK: list = []
+"""The walk a `sync` started first thing (`walk_early`): a Forked child, until the command takes
+it (`take_walk`) or the process ends (`drop_walk`)."""
+
+_FLAGS = frozenset(("--after-success", "--quiet", "-q", "--json", "--delete", "--transfer", "--no-transfer",
+                    "--summary", "--no-summary", "--detach", "-d"))
+"""start's and sync's options that take no value."""
+_SHORT = frozenset(("-o", "-p", "-w"))
+"""Their one-letter options that take one."""
+
+
+def walk_early(args: list[str]) -> None:
+    """For a `sync`, start the walk that tells whether its inputs changed (engine/syncfast.py)
+    in a forked child now, while this process imports and parses: from what the command line
+    seems to say. The command uses it only when the walk it would start is the same
+    (cli/commands/sync.py), so a wrong guess costs nothing but the child."""
+    command, home, k = command_of(args)
+    if command != "sync":
+        return
+    guess = _sync_flags(args[k + 1:])
+    if guess is None:
+        return
+    from batchcli.engine.forked import Forked
+
+    child = Forked(_walk, *guess, home)
+    if child.pid is not None:
+        WALK.append(child)
+
+
+def _sync_flags(rest: list[str]) -> tuple | None:
+    """(inputs, --out, --ext values, --media, plain, the command's --home) of a sync's command
+    line, as far as it can be told without its parser; None for a sync that walks nothing here
+    or a command line this does not follow."""
+    inputs: list[str] = []
+    given: dict[str, list[str]] = {}
+    n = 0
+    while n < len(rest):
+        a = rest[n]
+        n += 1
+        if a == "--":
+            inputs += rest[n:]
+            break
+        if not a.startswith("-") or a == "-":
+            inputs.append(a)
+        elif a in _FLAGS:
+            given[a] = []
+        elif a.startswith("--"):
+            name, eq, value = a.partition("=")
+            if not eq:
+                if n >= len(rest):
+                    return None
+                value, n = rest[n], n + 1
+            given.setdefault(name, []).append(value)
+        elif a[:2] in _SHORT:
+            if len(a) == 2:
+                if n >= len(rest):
+                    return None
+                a, n = a + rest[n], n + 1
+            given.setdefault({"-o": "--out", "-p": "--pipeline", "-w": "--workers"}[a[:2]], []).append(a[2:])
+        else:  # -h, or what this does not know
+            return None
+    if given.keys() & {"--dry-run", "--checksum", "--help", "--at", "--after"}:
+        return None
+    plain = not given.keys() & {"--from-file", "--exclude", "--dedupe", "--name-template"}
+    one = {name: values[-1] for name, values in given.items() if values}
+    return inputs, one.get("--out"), given.get("--ext"), one.get("--media", "image"), plain, one.get("--home")
+
+
+def _walk(inputs: list[str], out: str | None, ext: list[str] | None, media: str, plain: bool,
+          home: str | None, global_home: str | None) -> tuple | None:
+    """In the child: (the walk's arguments, quick_walk's list as marshal's version 2 writes it),
+    as cli/commands/sync.py's _walk and syncfast.Reuse would make them; None when there is no walk."""
+    import marshal
+
+    from batchcli.engine.store import Store
+    from batchcli.engine.syncfast import walk_spec
+    from batchcli.inputs.discover import parse_exts, quick_walk
+
+    exts = parse_exts(ext, media)
+    out_dir = os.path.abspath(os.path.expanduser(out)) if out else None
+    spec = walk_spec(inputs, exts, [out_dir, Store(home or global_home).home], plain)
+    found = quick_walk(*spec) if spec is not None else None
+    return (spec, marshal.dumps(found, 2)) if found is not None else None
+
+
+def take_walk():
+    """The walk `walk_early` started, for the command to use (or cancel); None if none."""
+    return WALK.pop() if WALK else None
+
+
+def drop_walk() -> None:
+    """The walk `walk_early` started, cancelled unless its command took it."""
+    while WALK:
+        WALK.pop().cancel()

@@ -22,6 +22,7 @@ turns the comparison off (the tests run both ways and compare)."""
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import secrets
@@ -97,8 +98,8 @@ KEPT: dict[str, Kept] = {}
 class Reuse:
     """A new sync batch of which every item is reused from the last, told without the plan."""
 
-    def __init__(self, store: Store, walk: tuple | None):
-        self.store, self.walk = store, walk
+    def __init__(self, store: Store, walk: tuple | None, early: Forked | None = None):
+        self.store, self.walk, self.early = store, walk, early
         self.meta: dict[str, Any] | None = None
         self.data: tuple | None = None
         self.stats: Any = None
@@ -107,18 +108,42 @@ class Reuse:
         """create_batch's `quick`: when nothing changed, the last batch's items.jsonl linked into
         the new batch, and the count; else None, and discovery, which runs then, keeps the items'
         identities in `stats` for the new batch's record (`identities`)."""
-        if self.walk is None:
-            return None
-        self.stats, stats.identities = stats, []
-        if man is None or man.get("out_dev") is None or not enabled():
-            return None
-        found = self._discover(paths, man)
+        early, self.early = self.early, None
+        with early or _NONE:
+            if self.walk is None:
+                return None
+            self.stats, stats.identities = stats, []
+            if man is None or man.get("out_dev") is None or not enabled():
+                return None
+            found = self._discover(paths, man) if early is None else self._compare(paths, man, early)
         if found is None:  # discovery writes items.jsonl: not into the recorded batch's file
             try:
                 os.unlink(paths.items)
             except FileNotFoundError:
                 pass
         return found
+
+    def _compare(self, paths: BatchPaths, man: dict[str, Any], early: Forked) -> int | None:
+        """_discover's comparison with a walk of the whole input folder that a child process
+        began first thing (cli/warm.py: while this one imported and parsed), when its walk is
+        this sync's; this process lstats every output meanwhile."""
+        try:
+            found = _recorded(self.store, man, self.walk)
+            if found is None:
+                return None
+            meta, data = found
+            out_b = os.fsencode(os.path.join(man["out_dir"], ""))
+            if not as_recorded(out_b, data[2], data[3]):
+                return None
+            walked = early.result()
+            if walked is None or walked[0] != self.walk or walked[1] != data[1]:
+                return None
+            if not _Copy(self.store, meta, paths).done():
+                return None
+        except (OSError, ValueError, EOFError, TypeError, KeyError, IndexError, sqlite3.Error):
+            return None
+        self.meta, self.data = meta, data
+        return meta["total"]
 
     def _discover(self, paths: BatchPaths, man: dict[str, Any]) -> int | None:
         try:
@@ -148,6 +173,12 @@ class Reuse:
             return None
         self.meta, self.data = meta, data
         return meta["total"]
+
+    def close(self) -> None:
+        """The early walk cancelled, when `discover` never came to it."""
+        early, self.early = self.early, None
+        if early is not None:
+            early.cancel()
 
     @property
     def found(self) -> bool:
@@ -194,6 +225,8 @@ class Reuse:
                               data_from=os.path.join(self.store.batches_dir, self.meta["batch"], DATA),
                               items=self.meta["items"])
 
+
+_NONE = contextlib.nullcontext()
 
 MINE = 0.15
 """The share of the input folder's sub-folders this process walks (the child the rest): it also

@@ -132,9 +132,14 @@ def _sync_create(store, cfg, opts, json_out: bool, detach: bool, delete: bool, d
                 lines += [f"  remove {rel}" for rel in gone.removed_rels[:1000]]
             console.info("\n".join(lines))
         raise typer.Exit(0)
-    reuse = syncfast.Reuse(store, None if checksum else _walk(store, cfg))
-    paths = api.create_batch(store, cfg, meanwhile=meanwhile,
-                             quick=lambda paths, stats: reuse.discover(paths, api.manifest_preview(cfg, paths), stats))
+    from batchcli.cli.warm import take_walk
+
+    reuse = syncfast.Reuse(store, None if checksum else _walk(store, cfg), early=take_walk())
+    try:
+        paths = api.create_batch(store, cfg, meanwhile=meanwhile,
+                                 quick=lambda paths, stats: reuse.discover(paths, api.manifest_preview(cfg, paths), stats))
+    finally:
+        reuse.close()
     try:
         if reuse.found:  # nothing changed since the last sync: every item reused from it, in bulk
             p = reuse.plan()
