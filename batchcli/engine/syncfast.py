@@ -115,7 +115,7 @@ class Reuse:
             self.stats, stats.identities = stats, []
             if man is None or man.get("out_dev") is None or not enabled():
                 return None
-            found = self._discover(paths, man) if early is None else self._compare(paths, man, early)
+            found = self._discover(paths, man, early)
         if found is None:  # discovery writes items.jsonl: not into the recorded batch's file
             try:
                 os.unlink(paths.items)
@@ -123,56 +123,50 @@ class Reuse:
                 pass
         return found
 
-    def _compare(self, paths: BatchPaths, man: dict[str, Any], early: Forked) -> int | None:
-        """_discover's comparison with a walk of the whole input folder that a child process
-        began first thing (cli/warm.py: while this one imported and parsed), when its walk is
-        this sync's; this process lstats every output meanwhile."""
+    def _discover(self, paths: BatchPaths, man: dict[str, Any], early: Forked | None) -> int | None:
         try:
             found = _recorded(self.store, man, self.walk)
             if found is None:
                 return None
             meta, data = found
             out_b = os.fsencode(os.path.join(man["out_dir"], ""))
-            if not as_recorded(out_b, data[2], data[3]):
-                return None
-            walked = early.result()
-            if walked is None or walked[0] != self.walk or walked[1] != data[1]:
-                return None
-            if not _Copy(self.store, meta, paths).done():
+            same = self._same_early if early is not None else self._same
+            if not same(paths, meta, data, out_b, early):
                 return None
         except (OSError, ValueError, EOFError, TypeError, KeyError, IndexError, sqlite3.Error):
             return None
         self.meta, self.data = meta, data
         return meta["total"]
 
-    def _discover(self, paths: BatchPaths, man: dict[str, Any]) -> int | None:
-        try:
-            found = _recorded(self.store, man, self.walk)
-            if found is None:
-                return None
-            meta, data = found
-            out_b = os.fsencode(os.path.join(man["out_dir"], ""))
-            ident, cut = memoryview(data[1]), (0.0, 1.0 - MINE)
-            with Forked(walked_as, self.walk, ident, cut) as child:  # two cores: most inputs there, outputs here
-                if child.pid is None:
-                    cut = (0.0, 0.0)
-                mine = quick_walk(*self.walk, part=(cut[1], 1.0))  # the end of the list: a change there shows first
-                if mine is None:
-                    return None
-                tail = marshal.dumps(mine, 2)[5:]  # (a list's: its type and length, then its items)
-                if len(ident) < 5 + len(tail) or ident[len(ident) - len(tail):] != tail:
-                    return None
-                copy = _Copy(self.store, meta, paths)  # (its fsync while the outputs are looked at)
-                if not (as_recorded(out_b, data[2], data[3]) & copy.done()):
-                    return None
-                theirs = child.result() if child.pid is not None else (0, 0)
-                if (theirs is None or 5 + theirs[1] + len(tail) != len(ident)
-                        or ident[:5] != marshal.dumps([None] * (theirs[0] + len(mine)), 2)[:5]):
-                    return None
-        except (OSError, ValueError, EOFError, TypeError, KeyError, IndexError, sqlite3.Error):
-            return None
-        self.meta, self.data = meta, data
-        return meta["total"]
+    def _same_early(self, paths: BatchPaths, meta: dict[str, Any], data: tuple, out_b: bytes, early: Forked) -> bool:
+        """The comparison with a walk of the whole input folder that a child process began first
+        thing (cli/warm.py: while this one imported and parsed), when its walk is this sync's;
+        this process lstats every output meanwhile."""
+        if not as_recorded(out_b, data[2], data[3]):
+            return False
+        walked = early.result()
+        return (walked is not None and walked[0] == self.walk and walked[1] == data[1]
+                and _Copy(self.store, meta, paths).done())
+
+    def _same(self, paths: BatchPaths, meta: dict[str, Any], data: tuple, out_b: bytes, _early: None) -> bool:
+        """The comparison with the input folder walked in two parts: most of it by a child
+        process, the rest here, and every output lstatted here."""
+        ident, cut = memoryview(data[1]), (0.0, 1.0 - MINE)
+        with Forked(walked_as, self.walk, ident, cut) as child:  # two cores: most inputs there, outputs here
+            if child.pid is None:
+                cut = (0.0, 0.0)
+            mine = quick_walk(*self.walk, part=(cut[1], 1.0))  # the end of the list: a change there shows first
+            if mine is None:
+                return False
+            tail = marshal.dumps(mine, 2)[5:]  # (a list's: its type and length, then its items)
+            if len(ident) < 5 + len(tail) or ident[len(ident) - len(tail):] != tail:
+                return False
+            copy = _Copy(self.store, meta, paths)  # (its fsync while the outputs are looked at)
+            if not (as_recorded(out_b, data[2], data[3]) & copy.done()):
+                return False
+            theirs = child.result() if child.pid is not None else (0, 0)
+            return not (theirs is None or 5 + theirs[1] + len(tail) != len(ident)
+                        or ident[:5] != marshal.dumps([None] * (theirs[0] + len(mine)), 2)[:5])
 
     def close(self) -> None:
         """The early walk cancelled, when `discover` never came to it."""
