@@ -55,9 +55,7 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]], bulk: Any = 
     and the rest read the snapshot instead of decoding every reused record again. Then index
     the batch in the catalog as far as those records (`_index`). `bulk`: instead of `records`,
     engine/syncfast.py's Reuse, which writes the same records for every item at once."""
-    from filelock import FileLock
-
-    from batchcli.engine.liveness import take_lock
+    from batchcli.engine.liveness import FileLock, take_lock
     from batchcli.errors import BatchLocked
 
     lock = FileLock(paths.lock)
