@@ -194,16 +194,17 @@ class Reuse:
         reused from the last batch, with its record's output), from a template each."""
         assert self.meta is not None and self.data is not None
         bodies = self.data[4].split(b"\n")
-        head = b'{"seq":%d,"t":' + orjson.dumps(t) + b',"type":"item_completed","i":%d,'
-        tail = b',"ms":0.0,"reused_from":' + orjson.dumps(self.meta["batch"]) + b"}"
-        crc32, group, first = zlib.crc32, [], seq + 1
-        for i, body in enumerate(bodies):
-            rec = head % (first + i, i) + body + tail
-            group.append(b'%s,"crc":"%08x"}\n' % (rec[:-1], crc32(rec)))
-            if len(group) >= GROUP_COMMIT_RECORDS:
-                lines(group, first + i)
-                group = []
-        lines(group, seq + len(bodies))
+        # each record but its closing brace, then its CRC (of the record with the brace: encode())
+        fmt = (b'{"seq":%d,"t":' + orjson.dumps(t) + b',"type":"item_completed","i":%d,%s,"ms":0.0,"reused_from":'
+               + orjson.dumps(self.meta["batch"]))
+        crc32, first, n = zlib.crc32, seq + 1, len(bodies)
+        for start in range(0, n, GROUP_COMMIT_RECORDS):
+            end = min(n, start + GROUP_COMMIT_RECORDS)
+            recs = [fmt % (first + i, i, bodies[i]) for i in range(start, end)]
+            group: list[bytes] = [b""] * (2 * len(recs))
+            group[0::2] = recs
+            group[1::2] = [b',"crc":"%08x"}\n' % crc32(b"}", crc32(rec)) for rec in recs]
+            lines([b"".join(group)], seq + end)
         fold_completed(st, range(len(bodies)), seq + len(bodies))  # type: ignore[arg-type]
         links = [[i, n, first + i, src, src_i] for i, n, src, src_i in _merged(self.meta["holders"])]
         return links, [], len(bodies)
