@@ -191,6 +191,35 @@ def test_failure_reasons_count_items_failed_now(tmp_path):
     assert st_.failed == 1
 
 
+def test_a_snapshot_this_process_saved_is_not_read_back_until_its_journal_changes(tmp_path):
+    """The CRC of the journal a snapshot was taken of is remembered by the process that saved it
+    (engine/crcmemo.py): while the journal's identity, size and mtime are as they were, a replay
+    takes the snapshot without reading the journal back; a journal changed in place, even to the
+    same size, is read back, and the snapshot that no longer matches it is ignored."""
+    import json as _json
+
+    from batchcli.engine import crcmemo
+    from batchcli.engine.journal import checkpoint
+
+    path = tmp_path / "journal.jsonl"
+    with JournalWriter(str(path)) as j:
+        j.append("header", total=20)
+        for i in range(12):
+            j.append("item_completed", i=i)
+    checkpoint(str(path), 20)
+    head = _json.loads((tmp_path / "journal.jsonl.snapshot").read_bytes().split(b"\n", 1)[0])
+    assert crcmemo.known(str(path), head["offset"], head["crc"])
+    assert replay(str(path), 20).completed == 12
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    st = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert not crcmemo.known(str(path), head["offset"], head["crc"])
+    fast = replay(str(path), 20)
+    assert fast.bad and list(fast.items) == list(replay(str(path), 20, use_snapshot=False).items)
+
+
 def test_last_options_without_a_replay_with_and_without_a_snapshot(tmp_path):
     from batchcli.engine.journal import checkpoint, last_options
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchcli import jsonio
+from batchcli.engine import crcmemo
 from batchcli.errors import JournalWriteError
 
 _CRC_KEY = b',"crc":"'
@@ -353,6 +354,7 @@ def save_snapshot(path: str, st: Replay) -> None:
     # one a crash tore or lost does not parse, or names a prefix of the journal (CRC checked),
     # and the replay reads the journal instead
     atomic_write(path + SNAPSHOT_SUFFIX, jsonio.dumps(head) + b"\n" + bytes(st.items), durable=False)
+    crcmemo.remember(path, st.offset, crc)
 
 
 _RUN_STARTS = (b'"type":"batch_started"', b'"type":"batch_resumed"', b'"type":"batch_scheduled"',
@@ -394,7 +396,7 @@ def _load_snapshot(path: str, total: int) -> Replay | None:
         return None
     if head.get("v") != 1 or head.get("total") != total or len(items) != total:
         return None
-    if prefix_crc(path, head["offset"]) != head["crc"]:
+    if not crcmemo.known(path, head["offset"], head["crc"]) and prefix_crc(path, head["offset"]) != head["crc"]:
         return None  # the journal is not the one the snapshot was taken of: ignore it
     st = Replay(total=total, items=items, header=head["header"], state=head["state"], reason=head["reason"],
                 counts=Counter({int(k): v for k, v in head["counts"].items()}),
