@@ -147,19 +147,20 @@ def _sync_flags(rest: list[str]) -> tuple | None:
 
 def _walk(inputs: list[str], out: str | None, ext: list[str] | None, media: str, plain: bool,
           home: str | None, global_home: str | None) -> tuple | None:
-    """In the child: (the walk's arguments, quick_walk's list as marshal's version 2 writes it),
-    as cli/commands/sync.py's _walk and syncfast.Reuse would make them; None when there is no walk."""
+    """In the child: (the walk's arguments, as cli/commands/sync.py's _walk makes them; how many
+    files the walk of all but the last EARLY_MINE of the folder finds; their list's bytes as
+    marshal's version 2 writes them, without its head); None when there is no walk."""
     import marshal
 
     from batchcli.engine.store import Store
-    from batchcli.engine.syncfast import walk_spec
+    from batchcli.engine.syncfast import EARLY_MINE, walk_spec
     from batchcli.inputs.discover import parse_exts, quick_walk
 
     exts = parse_exts(ext, media)
     out_dir = os.path.abspath(os.path.expanduser(out)) if out else None
     spec = walk_spec(inputs, exts, [out_dir, Store(home or global_home).home], plain)
-    found = quick_walk(*spec) if spec is not None else None
-    return (spec, marshal.dumps(found, 2)) if found is not None else None
+    found = quick_walk(*spec, part=(0.0, 1.0 - EARLY_MINE)) if spec is not None else None
+    return (spec, len(found), marshal.dumps(found, 2)[5:]) if found is not None else None
 
 
 def take_walk():

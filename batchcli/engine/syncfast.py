@@ -139,13 +139,21 @@ class Reuse:
         return meta["total"]
 
     def _same_early(self, paths: BatchPaths, meta: dict[str, Any], data: tuple, out_b: bytes, early: Forked) -> bool:
-        """The comparison with a walk of the whole input folder that a child process began first
-        thing (cli/warm.py: while this one imported and parsed), when its walk is this sync's;
-        this process lstats every output meanwhile."""
+        """The comparison with a walk of most of the input folder that a child process began
+        first thing (cli/warm.py: while this one imported and parsed), when its walk is this
+        sync's; this process walks the rest and lstats every output meanwhile."""
+        mine = quick_walk(*self.walk, part=(1.0 - EARLY_MINE, 1.0))  # the end of the list: a change there shows first
+        if mine is None:
+            return False
+        ident, tail = memoryview(data[1]), marshal.dumps(mine, 2)[5:]
+        if len(ident) < 5 + len(tail) or ident[len(ident) - len(tail):] != tail:
+            return False
         if not as_recorded(out_b, data[2], data[3]):
             return False
         walked = early.result()
-        return (walked is not None and walked[0] == self.walk and walked[1] == data[1]
+        return (walked is not None and walked[0] == self.walk and len(ident) == 5 + len(walked[2]) + len(tail)
+                and ident[5:5 + len(walked[2])] == walked[2]
+                and ident[:5] == marshal.dumps([None] * (walked[1] + len(mine)), 2)[:5]
                 and _Copy(self.store, meta, paths).done())
 
     def _same(self, paths: BatchPaths, meta: dict[str, Any], data: tuple, out_b: bytes, _early: None) -> bool:
@@ -222,6 +230,11 @@ class Reuse:
 
 
 _NONE = contextlib.nullcontext()
+
+EARLY_MINE = 0.15
+"""The share of the input folder's sub-folders this process walks (first: a change among the last
+files shows before the outputs are looked at) when a child process began the walk of the rest
+first thing (`_same_early`)."""
 
 MINE = 0.15
 """The share of the input folder's sub-folders this process walks (the child the rest): it also
