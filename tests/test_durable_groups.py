@@ -23,7 +23,11 @@ from batchcli.engine.journal import replay
 from batchcli.engine.lifecycle import recover
 from batchcli.engine.store import Store
 
-SLOW_FSYNC = 0.004  # seconds added to every fsync: a disk this slow makes the order visible
+SLOW_FSYNC = 0.02
+"""Seconds added to every fsync and syncfs: a disk this slow makes the order visible, and a group
+of outputs (at least two of them each) slow enough that a resume does not complete most of the
+batch between two looks of the test. At 4 ms with 160 items, the first kill sometimes came after
+95 completions, which left room for only 3 kills (fewer on a loaded machine: a flaky failure)."""
 
 
 def _completed(journal) -> list[dict]:
@@ -77,7 +81,7 @@ def _check_at_kill(out, journal, synclog) -> int:
 @pytest.mark.parametrize("sync", ["syncfs", "fsync"])
 def test_kill9_mid_group_every_recorded_output_is_durable(tmp_path, sync):
     home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
-    n = 160
+    n = 240
     make_pngs(src, n, size=16)
     synclog = tmp_path / "sync.log"
     env = {"BATCHCLI_TEST_SYNC_LOG": str(synclog), "BATCHCLI_TEST_SYNC_DELAY": str(SLOW_FSYNC),
