@@ -38,6 +38,7 @@ SHARD_RE = re.compile(r"^(\d{5,})\.tar$")
 SEALED = b'"type":"shard_sealed"'
 _BLOCK = 512  # tarfile.BLOCKSIZE and RECORDSIZE (tarfile is imported only where it reads or names: a start
 _RECORD = 20 * _BLOCK  # writes its shards without it)
+_IOV = 512  # pieces per writev (IOV_MAX is 1024 on Linux)
 
 Complete = Callable[[int, dict[str, Any]], None]
 """Records one item completed (the runner's journal append and counts): (i, record fields)."""
@@ -118,8 +119,8 @@ def _header(name: str, size: int, mtime: int) -> bytes:
 
 
 class _Shard:
-    """One tar being filled: members appended as they come (written out in large pieces), each
-    one's data offset known."""
+    """One tar being filled: members appended as they come (written out in large pieces, as
+    the pieces they came in: no copy into one buffer), each one's data offset known."""
 
     FLUSH = 1 << 20
 
@@ -130,36 +131,40 @@ class _Shard:
         self.tmp = tmp_name(self.path)
         self.fd = _create(self.tmp, out_dir)
         self.offset = 0
-        self.buf = bytearray()
+        self.parts: list[bytes] = []  # what is not written yet
+        self.written = 0  # bytes written
         self.sha = hashlib.sha256()
         self.items: list[tuple[int, dict[str, Any]]] = []  # (i, record fields) of the items inside
 
     def _write(self, data: bytes) -> None:
-        self.buf += data
+        self.parts.append(data)
         self.offset += len(data)
-        if len(self.buf) >= self.FLUSH:
+        if self.offset - self.written >= self.FLUSH:
             self._flush()
 
     def _flush(self) -> None:
-        self.sha.update(self.buf)
-        view = memoryview(self.buf)
-        while view:
-            view = view[os.write(self.fd, view):]
-        del view
-        self.buf.clear()
+        parts, self.parts = self.parts, []
+        update = self.sha.update
+        for part in parts:
+            update(part)
+        for k in range(0, len(parts), _IOV):
+            todo = parts[k:k + _IOV]
+            while todo:
+                n = os.writev(self.fd, todo)
+                while todo and n >= len(todo[0]):
+                    n -= len(todo.pop(0))
+                if n:
+                    todo[0] = todo[0][n:]
+        self.written = self.offset
 
     def add(self, name: str, data: bytes, mtime: float) -> int:
         """Append one member; returns the offset of its bytes in the shard."""
         header = _header(name, len(data), int(mtime))
-        buf = self.buf
-        buf += header
-        buf += data
         pad = -len(data) % _BLOCK
-        if pad:
-            buf += _ZEROS[:pad]
+        self.parts += (header, data, _ZEROS[:pad]) if pad else (header, data)
         at = self.offset + len(header)
         self.offset = at + len(data) + pad
-        if len(buf) >= self.FLUSH:
+        if self.offset - self.written >= self.FLUSH:
             self._flush()
         return at
 
@@ -169,9 +174,9 @@ class _Shard:
         head, n, m = _header(name, len(data), t), len(data), len(side)
         at = self.offset + len(head)
         piece = b"".join((head, data, _ZEROS[:-n % _BLOCK], _header(side_name, m, t), side, _ZEROS[:-m % _BLOCK]))
-        self.buf += piece
+        self.parts.append(piece)
         self.offset += len(piece)
-        if len(self.buf) >= self.FLUSH:
+        if self.offset - self.written >= self.FLUSH:
             self._flush()
         return at
 
