@@ -80,6 +80,24 @@ def test_home_before_or_after_the_subcommand(tmp_path):
     assert json.loads(cli("--home", str(tmp_path / "x"), "list", "--json", "--home", str(home)).stdout)["total"] == 1
 
 
+def test_a_home_that_is_no_folder_is_a_usage_error_before_any_work(tmp_path):
+    src = tmp_path / "in"
+    make_image(src / "a.png")
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    for home in (str(not_a_folder), "/dev/null"):
+        for args in (["--home", home, "status"], ["list", "--home", home],
+                     ["start", str(src), "--out", str(tmp_path / "out"), "-p", "analyze", "--home", home],
+                     ["sync", str(src), "--out", str(tmp_path / "out"), "-p", "resize 8x8", "--home", home]):
+            r = cli(*args)
+            assert r.returncode == 2, (args, r.stderr)
+            assert r.stderr.strip() == f"Error: {home}: the batch home (--home, BATCHCLI_HOME) is not a folder", args
+            assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+    r = cli("list", home=not_a_folder)  # BATCHCLI_HOME too
+    assert r.returncode == 2 and "is not a folder" in r.stderr
+    assert not_a_folder.read_text() == "x"
+
+
 def test_counts_are_spelled_right_and_help_says_what_it_takes(tmp_path):
     src = tmp_path / "in"
     make_image(src / "a.png")

@@ -136,8 +136,13 @@ def _unborn(path: str) -> bool:
 
 class Store:
     def __init__(self, home: str | None = None):
+        """The batch home `home` (--home), else BATCHCLI_HOME's, else the user's data folder.
+        ConfigError (exit 2) when it is there but is no folder (a file, /dev/null): every command
+        would fail on it, each with another error."""
         self.home = os.path.abspath(os.path.expanduser(home)) if home else default_home()
         self.batches_dir = os.path.join(self.home, "batches")
+        if not os.path.isdir(self.home) and os.path.lexists(self.home):
+            raise ConfigError(f"{self.home}: the batch home (--home, BATCHCLI_HOME) is not a folder")
 
     def create(self, now: float | None = None) -> BatchPaths:
         """A new, empty batch folder, marked `creating` (with this process) until `created()`."""
