@@ -156,9 +156,10 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
         raise ConfigError(f"--dedupe {cfg.dedupe}: expected 'content' (skip byte-identical inputs)")
     exts = discover.parse_exts(cfg.exts, cfg.media)
     shards = _check_shards(cfg, pipeline, out_dir)
-    from batchcli.video.plan import check_pipeline
+    if any(getattr(op, "video_role", None) for op in pipeline.ops):  # (video ops only: no import otherwise)
+        from batchcli.video.plan import check_pipeline
 
-    check_pipeline(pipeline)
+        check_pipeline(pipeline)
     if cfg.max_duration < 0 or not 1 <= cfg.segment <= 3600:
         raise ConfigError("--max-duration must be 0 (no limit) or more, --video-segment between 1 s and 1 h")
     discover.check_inputs(cfg.inputs, cfg.from_file)
@@ -320,7 +321,6 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
     from batchcli.engine.load import parse_max_load
     from batchcli.engine.runner import RunOptions, _parse_max_failures
     from batchcli.executors.factory import usable_cpus
-    from batchcli.models.session import parse_providers
     from batchcli.units import parse_bytes
 
     given = {k: v for k, v in (last or {}).items() if k in RUN_DEFAULTS and k not in _PER_RUN and v is not None}
@@ -334,7 +334,10 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
     workers, retries, item_timeout, max_failures = v["workers"], v["retries"], v["item_timeout"], v["max_failures"]
     providers, worker_memory, min_free_space = v["providers"], v["worker_memory"], v["min_free_space"]
     executor, transfer = v["executor"], v["transfer"]
-    parse_providers(providers)  # an unknown provider is a usage error, before any work
+    if providers != RUN_DEFAULTS["providers"]:  # (the model module only when it has a say)
+        from batchcli.models.session import parse_providers
+
+        parse_providers(providers)  # an unknown provider is a usage error, before any work
     parse_max_load(v["max_load"])
     cpus = usable_cpus()
     share = slots or cpus  # without `slots` the runner reads the home's budget itself

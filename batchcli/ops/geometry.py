@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 
 from batchcli.errors import ConfigError, ItemError
-from batchcli.imaging.imageio import apply_orientation, color_for, upright
-from batchcli.imaging.lazy import cv2, np
+from batchcli.imaging.lazy import LazyModule, cv2, np
 from batchcli.ops.base import Frame, Op, Param, register
+
+imageio = LazyModule("batchcli.imaging.imageio")  # (pixels only: a pipeline is parsed without it)
 
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 GRAVITIES = ("center", "top", "bottom", "left", "right", "tl", "tr", "bl", "br")
@@ -27,7 +28,7 @@ class Orient(Op):
     def apply(self, frame: Frame) -> Frame:
         if frame.orientation != 1:
             frame.meta.setdefault("orient", {})["applied"] = frame.orientation
-            frame.img = apply_orientation(frame.img, frame.orientation)
+            frame.img = imageio.apply_orientation(frame.img, frame.orientation)
             frame.orientation = 1
         return frame
 
@@ -216,7 +217,7 @@ class Crop(Op):
         return x, y, w, h
 
     def apply(self, frame: Frame) -> Frame:
-        upright(frame)
+        imageio.upright(frame)
         img = frame.img
         h, w = img.shape[:2]
         if self.p["box"]:
@@ -249,7 +250,7 @@ class Rotate(Op):
         self.shrink_safe = self.p.get("angle") == "180"
 
     def apply(self, frame: Frame) -> Frame:
-        upright(frame)
+        imageio.upright(frame)
         frame.img = cv2.rotate(frame.img, getattr(cv2, _ROTATIONS[self.p["angle"]]))
         return frame
 
@@ -262,7 +263,7 @@ class Flip(Op):
     params = (Param("axis", "choice", positional=True, choices=("h", "v"), help="h: left-right; v: top-bottom"),)
 
     def apply(self, frame: Frame) -> Frame:
-        upright(frame)
+        imageio.upright(frame)
         frame.img = cv2.flip(frame.img, 1 if self.p["axis"] == "h" else 0)
         return frame
 
@@ -283,7 +284,7 @@ class Pad(Op):
             raise ConfigError("pad: needs both sides, e.g. pad 1080x1080")
 
     def apply(self, frame: Frame) -> Frame:
-        upright(frame)
+        imageio.upright(frame)
         bw, bh = self.p["size"]
         img = frame.img
         h, w = img.shape[:2]
@@ -293,5 +294,5 @@ class Pad(Op):
             h, w = img.shape[:2]
         x, y = _place((bw, bh), (w, h), self.p["gravity"])
         frame.img = cv2.copyMakeBorder(img, y, bh - h - y, x, bw - w - x, cv2.BORDER_CONSTANT,
-                                       value=color_for(img, self.p["color"]))
+                                       value=imageio.color_for(img, self.p["color"]))
         return frame
