@@ -2,7 +2,7 @@
 start-up time, runner memory at 1,000,000 items. Prints a table; compares ratios from one run.
 
     .venv/bin/python benchmarks/bench_core.py [--photos 200] [--tiny 20000] [--durable 3000] [--million 1000000]
-                                              [--only thumbnails,orchestration,durable,million]
+                                              [--only thumbnails,orchestration,durable,million] [--work DIR]
 
 Peers are used when installed (Debian: parallel, libvips-tools, imagemagick) and reported as
 missing otherwise. The photo workload comes from real photographs when found (Debian's
@@ -166,6 +166,24 @@ def clear_out(out: Path) -> None:
     os.sync()
 
 
+def create_cost(n: int = 500) -> float:
+    """Microseconds to create (and write 100 bytes to) one file in the work folder, from n. Every tool
+    that creates files pays it: on ext4, in a part of the disk where many files were deleted in
+    the last minutes (a benchmark's last outputs, say: ext4 steps over inodes freed less than
+    5 minutes ago, up to 5 more for those not yet written back), a create cost 400-600 us where it
+    costs 35-45 otherwise, so a ratio against `parallel cp` (3,000 files) means something only
+    where this is small. The probe's files go with the run's outputs (deleted at the end: a
+    deletion now would slow the creates that follow)."""
+    probe = TRASH / f"create-probe-{os.getpid()}"
+    probe.mkdir(parents=True)
+    t = time.perf_counter()
+    for k in range(n):
+        fd = os.open(probe / f"f{k:04d}", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, bytes(100))
+        os.close(fd)
+    return (time.perf_counter() - t) / n * 1e6
+
+
 def batchcli_run(src: Path, out: Path | None, pipeline: str, workers: int, home: Path, *extra: str) -> float:
     if out is not None:
         clear_out(out)
@@ -285,9 +303,17 @@ def main() -> None:
     ap.add_argument("--only", default="thumbnails,orchestration,durable,million", help="sections to run (comma list)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each batchcli and bare-loop measure (best kept)")
+    ap.add_argument("--work", default=os.environ.get("BENCH_WORK"), metavar="DIR",
+                    help="the folder the inputs and outputs go in (default benchmarks/work; see the create-cost row)")
     a = ap.parse_args()
+    global WORK, TRASH
+    if a.work:
+        WORK = Path(a.work).resolve()
+        TRASH = WORK / "trash"
     compile_batchcli()
-    WORK.mkdir(exist_ok=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    create_us = create_cost()
+    log(f"work folder {WORK}: creating a file there costs {create_us:.0f} us")
     home = WORK / "home"
     shutil.rmtree(home, ignore_errors=True)
     rows: list[tuple[str, str, str]] = []
@@ -306,6 +332,7 @@ def main() -> None:
         rows += million_rows(a, w, home)
     rows.append(("load average (1 min) at the start and at the end, 2 cores", "",
                  f"{load[0]:.1f} -> {os.getloadavg()[0]:.1f}"))
+    rows.append(("creating a file in the work folder (--work), at the start", "", f"{create_us:.0f} us"))
     shutil.rmtree(TRASH, ignore_errors=True)
 
     width = max(len(r[0]) for r in rows)
