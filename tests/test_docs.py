@@ -66,3 +66,29 @@ def test_a_command_builds_only_itself_and_anything_else_the_whole_app(args, buil
 def test_a_misspelt_command_is_a_usage_error_with_suggestions():
     r = subprocess.run([sys.executable, "-m", "batchcli", "stauts"], capture_output=True, text=True)
     assert r.returncode == 2 and "No such command 'stauts'. Did you mean" in r.stderr and "'status'" in r.stderr
+
+
+def test_a_start_runs_without_the_pixel_modules_in_its_own_process(tmp_path):
+    """The command's process parses the pipeline, discovers, journals and writes the shards: the
+    image, video and model modules (and tarfile) stay in the workers and the fork server."""
+    from conftest import make_image
+
+    for k in range(3):
+        make_image(tmp_path / "in" / f"a{k}.png")
+    code = ("import atexit, sys, runpy\n"
+            f"sys.argv = ['batchcli', 'start', {str(tmp_path / 'in')!r}, '--out', {str(tmp_path / 'out')!r},\n"
+            "            '-p', 'orient | resize 8x8', '--shards', 'tar', '--quiet', '-w', '1']\n"
+            "kept = ('batchcli.imaging.imageio', 'batchcli.imaging.encode', 'batchcli.video.plan',\n"
+            "        'batchcli.models.session', 'tarfile', 'cv2', 'numpy')\n"
+            "atexit.register(lambda: sys.stderr.write('HEAVY:' + ','.join(m for m in kept if m in sys.modules)))\n"
+            "runpy.run_module('batchcli', run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={"BATCHCLI_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.tar"]
+    assert "HEAVY:" in r.stderr and r.stderr.rsplit("HEAVY:", 1)[-1] == "", r.stderr
+
+
+def test_bench_core_takes_the_folder_it_works_in():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_core.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--work DIR" in r.stdout, r.stdout + r.stderr
