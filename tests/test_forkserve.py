@@ -173,8 +173,9 @@ def test_the_server_and_its_workers_run_without_a_resource_tracker(tmp_path, cle
     finally:
         pool.shutdown()
     assert tracker._fd is None  # given back: a later user starts a real one
-    # killed by the pool's end, not waited for: reaped by the next call (the CLI's, as it exits)
-    assert _server_pid() is None and forkserve._LATE == [server]
+    # killed by the pool's end, not waited for: reaped by the next call (the CLI's, as it exits),
+    # unless the kernel was already done with it when the pool looked (it looks without waiting)
+    assert _server_pid() is None and forkserve._LATE in ([server], [])
     forkserve.stop_server()
     assert forkserve._LATE == [] and not os.path.exists(f"/proc/{server}")
 
