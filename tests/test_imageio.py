@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import subprocess
 import sys
 import time
 import zlib
@@ -288,6 +290,22 @@ def test_awkward_names_work(tmp_path, name):
     target = tmp_path / name
     p.rename(target)
     assert imageio.load(str(target)).img.shape == (120, 160, 3)
+
+
+@pytest.mark.skipif(shutil.which("convert") is None, reason="ImageMagick's convert is not installed")
+def test_webp_output_is_the_file_imagemagick_writes(tmp_path):
+    """The same pixels give the same WebP bytes through `convert webp quality=85` as through
+    ImageMagick's `-quality 85` (bench_ops measures that encode on both sides)."""
+    rng = np.random.default_rng(3)
+    img = np.clip(cv2.resize(_photo(90, 120), (480, 360)) + rng.normal(0, 6, (360, 480, 3)), 0, 255).astype(np.uint8)
+    src = _write(tmp_path, "a.png", img)
+    subprocess.run(["convert", str(src), "-quality", "85", str(tmp_path / "im.webp")], check=True,
+                   env=dict(os.environ, MAGICK_THREAD_LIMIT="1"))
+    convert = Pipeline.parse("convert webp quality=85")
+    convert.prepare()
+    data = imageio.encode(convert.run(imageio.load(str(src))))[0]
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    assert data == (tmp_path / "im.webp").read_bytes()
 
 
 def _png_header(width: int, height: int) -> bytes:
