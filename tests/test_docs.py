@@ -33,18 +33,26 @@ def test_readme_opens_with_the_two_commands():
     assert "make demo" in text and "make test" in text
 
 
+def _imported(argv: list[str], names: tuple[str, ...], tmp_path) -> tuple[subprocess.CompletedProcess, list[str] | None]:
+    """Run `batchcli ARGV` in a fresh interpreter: its result, and which of `names` its own process
+    had imported as it ended (None when it never got to say)."""
+    code = ("import atexit, sys, runpy\n"
+            f"sys.argv = ['batchcli', *{argv!r}]\n"
+            f"atexit.register(lambda: sys.stderr.write('IMPORTED:' + ','.join(m for m in {names!r} if m in sys.modules)))\n"
+            "runpy.run_module('batchcli', run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={"BATCHCLI_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
+    if "IMPORTED:" not in r.stderr:
+        return r, None
+    return r, [m for m in r.stderr.rsplit("IMPORTED:", 1)[1].split(",") if m]
+
+
 @pytest.mark.parametrize("args", [["--help"], ["status", "--help"], ["list", "--json"], ["status", "--json"],
                                   ["ops"], ["ops", "--json"]])
 def test_cli_path_does_not_import_heavy_modules(args, tmp_path):
-    code = ("import sys, runpy\n"
-            f"sys.argv = ['batchcli', *{args!r}]\n"
-            "try:\n    runpy.run_module('batchcli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('cv2', 'numpy', 'onnxruntime', 'PIL', 'fastapi', 'starlette', 'uvicorn',\n"
-            "                     'pydantic', 'websockets') if m in sys.modules]\n"
-            "sys.stderr.write('HEAVY:' + ','.join(heavy))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={"BATCHCLI_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
-    assert r.stderr.rsplit("HEAVY:", 1)[-1] == "", f"{args} imported {r.stderr}"
+    r, heavy = _imported(args, ("cv2", "numpy", "onnxruntime", "PIL", "fastapi", "starlette", "uvicorn",
+                                "pydantic", "websockets"), tmp_path)
+    assert heavy == [], f"{args} imported {heavy}: {r.stderr}"
 
 
 def test_version_is_fast_path():
@@ -75,18 +83,13 @@ def test_a_start_runs_without_the_pixel_modules_in_its_own_process(tmp_path):
 
     for k in range(3):
         make_image(tmp_path / "in" / f"a{k}.png")
-    code = ("import atexit, sys, runpy\n"
-            f"sys.argv = ['batchcli', 'start', {str(tmp_path / 'in')!r}, '--out', {str(tmp_path / 'out')!r},\n"
-            "            '-p', 'orient | resize 8x8', '--shards', 'tar', '--quiet', '-w', '1']\n"
-            "kept = ('batchcli.imaging.imageio', 'batchcli.imaging.encode', 'batchcli.video.plan',\n"
-            "        'batchcli.models.session', 'tarfile', 'cv2', 'numpy')\n"
-            "atexit.register(lambda: sys.stderr.write('HEAVY:' + ','.join(m for m in kept if m in sys.modules)))\n"
-            "runpy.run_module('batchcli', run_name='__main__')\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={"BATCHCLI_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
+    r, kept = _imported(["start", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-p", "orient | resize 8x8",
+                         "--shards", "tar", "--quiet", "-w", "1"],
+                        ("batchcli.imaging.imageio", "batchcli.imaging.encode", "batchcli.video.plan",
+                         "batchcli.models.session", "tarfile", "cv2", "numpy"), tmp_path)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.tar"]
-    assert "HEAVY:" in r.stderr and r.stderr.rsplit("HEAVY:", 1)[-1] == "", r.stderr
+    assert kept == [], r.stderr
 
 
 def test_bench_core_takes_the_folder_it_works_in():
