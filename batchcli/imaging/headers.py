@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import stat
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -36,20 +35,26 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
-def open_input_file(path: str, kind: str = "an image"):
-    """Open a local input for reading (binary). A folder, a device, a missing or unreadable file
-    raises ItemError with a one-line reason; `kind` names what the file should be."""
+def open_input_fd(path: str, kind: str = "an image") -> int:
+    """Open a local input for reading: a plain descriptor. A folder, a device, a missing or
+    unreadable file raises ItemError with a one-line reason; `kind` names what the file should
+    be. It is checked before it is opened, so a FIFO or a device never is."""
     try:
         st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
+        if S_ISDIR(st.st_mode):
             raise ItemError("unreadable", f"is a directory, not {kind} file")
-        if not stat.S_ISREG(st.st_mode):
+        if not S_ISREG(st.st_mode):
             raise ItemError("unreadable", "not a regular file (device, socket or pipe)")
-        return open(path, "rb")
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except IsADirectoryError:
         raise ItemError("unreadable", f"is a directory, not {kind} file") from None
     except OSError as exc:
         raise read_error(exc) from None
+
+
+def open_input_file(path: str, kind: str = "an image"):
+    """open_input_fd as a binary file object."""
+    return os.fdopen(open_input_fd(path, kind), "rb")
 
 
 def read_error(exc: OSError) -> ItemError:
@@ -63,19 +68,9 @@ def read_error(exc: OSError) -> ItemError:
 
 def read_bytes(path: str, limits: Limits, stat: list | None = None) -> bytes:
     """The bytes of a local input (ItemError: too large, unreadable, empty); `stat` gets the
-    open file's os.stat_result (the size and mtime of what was read). Checked as
-    open_input_file does before it is opened (a FIFO or a device never is), then read with
-    plain system calls: an open, a stat and a read for most files."""
-    try:
-        st = os.stat(path)
-        if not S_ISREG(st.st_mode):
-            raise ItemError("unreadable", "is a directory, not an image file" if S_ISDIR(st.st_mode)
-                            else "not a regular file (device, socket or pipe)")
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except IsADirectoryError:
-        raise ItemError("unreadable", "is a directory, not an image file") from None
-    except OSError as exc:
-        raise read_error(exc) from None
+    open file's os.stat_result (the size and mtime of what was read). Read with plain system
+    calls (open_input_fd, a stat and a read for most files: a file object made 9)."""
+    fd = open_input_fd(path)
     try:
         st = os.fstat(fd)
         if stat is not None:
