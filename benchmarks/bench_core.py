@@ -310,9 +310,12 @@ def main() -> None:
     if a.work:
         WORK = Path(a.work).resolve()
         TRASH = WORK / "trash"
+    try:
+        WORK.mkdir(parents=True, exist_ok=True)
+        create_us = create_cost()
+    except OSError as exc:
+        ap.error(f"--work {WORK}: cannot make files there ({exc.strerror or exc})")
     compile_batchcli()
-    WORK.mkdir(parents=True, exist_ok=True)
-    create_us = create_cost()
     log(f"work folder {WORK}: creating a file there costs {create_us:.0f} us")
     home = WORK / "home"
     shutil.rmtree(home, ignore_errors=True)

@@ -92,6 +92,16 @@ def test_a_start_runs_without_the_pixel_modules_in_its_own_process(tmp_path):
     assert kept == [], r.stderr
 
 
-def test_bench_core_takes_the_folder_it_works_in():
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_core.py"), "--help"], capture_output=True, text=True)
+def test_bench_core_takes_the_folder_it_works_in(tmp_path):
+    bench = [sys.executable, str(ROOT / "benchmarks" / "bench_core.py")]
+    r = subprocess.run([*bench, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--work DIR" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([*bench, "--only", "none", "--work", str(tmp_path / "w")], capture_output=True, text=True)
+    last = r.stdout.strip().splitlines()[-1]  # its last row: what creating a file cost there, at the start
+    assert r.returncode == 0 and last.startswith("creating a file in the work folder (--work)") and last.endswith(" us"), r.stdout
+    assert int(last.split()[-2]) > 0 and list((tmp_path / "w").iterdir()) == []  # the probe's files went with the run's
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    r = subprocess.run([*bench, "--only", "none", "--work", str(not_a_folder)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"bench_core.py: error: --work {not_a_folder}: cannot make files there (File exists)"
