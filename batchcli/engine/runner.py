@@ -250,10 +250,10 @@ class Runner:
         last_progress = last_control = last_space = 0.0
         max_fail = _parse_max_failures(self.opt.max_failures)
 
-        def record(i: int, kind: str, **fields: Any) -> None:
-            """Journal one item's end and count it."""
+        def record(i: int, kind: str, fields: dict[str, Any]) -> None:
+            """Journal one item's end (its record's fields besides i) and count it."""
             nonlocal processed, first_frames
-            j.append(kind, i=i, **fields)
+            j.append_item(kind, i, fields)
             new = COMPLETED if kind == "item_completed" else FAILED
             first_frames += new == COMPLETED and "frames" in (fields.get("meta") or {})
             counts[st.items[i]] -= 1
@@ -270,20 +270,22 @@ class Runner:
             nonlocal failed_now, stopping, stop_reason
             i = res["i"]
             if not res.get("ok"):
-                record(i, "item_failed", error_class=res.get("error_class"), error=res.get("error"),
-                       ms=res.get("ms"), attempts=attempts.get(i, 0) + 1,
-                       **({"warnings": res["warnings"]} if res.get("warnings") else {}))
+                record(i, "item_failed", {"error_class": res.get("error_class"), "error": res.get("error"),
+                                          "ms": res.get("ms"), "attempts": attempts.get(i, 0) + 1,
+                                          **({"warnings": res["warnings"]} if res.get("warnings") else {})})
                 failed_now += 1
                 failures[failure_key(res.get("error_class"), res.get("error"))] += 1
                 self.emit({"type": "item_failed", "i": i, "error_class": res.get("error_class"),
                            "error": res.get("error")})
                 return
-            rec = {k: v for k, v in res.items() if k not in ("ok", "i")}
-            vector = (rec.get("meta") or {}).get("embed", {}).pop("vector", None)
+            rec = res  # (the result is the record's fields, less these two)
+            del rec["ok"], rec["i"]
+            meta = rec.get("meta")
+            vector = meta["embed"].pop("vector", None) if meta and "embed" in meta else None
             if vector is not None:
                 self._embeddings().append(i, vector)
             if shards is None:
-                record(i, "item_completed", **rec)
+                record(i, "item_completed", rec)
             else:  # recorded once its shard is durable
                 problem = shards.put(i, item, rec)
                 if problem and stopping is None:

@@ -90,10 +90,17 @@ def member_names(rec: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     key = item_key(rec["i"])
     out = []
     for entry in outputs_of(rec):
-        ext = os.path.splitext(entry["out"])[1].lstrip(".") or "bin"
+        ext = _ext(entry["out"])
         variant = entry.get("variant")
         out.append((entry, f"{key}.{variant}.{ext}" if variant else f"{key}.{ext}"))
     return out
+
+
+def _ext(path: str) -> str:
+    """A member's extension: the output's (os.path.splitext's, without the dot), else "bin"."""
+    base = path.rpartition(os.sep)[2]
+    dot = base.rfind(".")
+    return base[dot + 1:] if dot > 0 and base[:dot].strip(".") and dot + 1 < len(base) else "bin"
 
 
 _MODE = b"0000644\x000000000\x000000000\x00"  # mode, uid, gid
@@ -106,16 +113,25 @@ _TAIL = _TYPE + _ZEROS[:100] + _MAGIC + _ZEROS[:_BLOCK - 265]  # type, link name
 
 def _header(name: str, size: int, mtime: int) -> bytes:
     """The tar header of a plain file (ustar; tarfile's own for a name ustar cannot hold)."""
-    raw = name.encode("utf-8", "surrogateescape")
-    if len(raw) > 100 or not name.isascii():
+    if len(name) > 100 or not name.isascii():
         import tarfile
 
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = size, mtime, 0o644
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    times = b"%011o\x00%011o\x00" % (size, mtime)
-    check = b"%06o\x00 " % (_FIXED + sum(raw) + sum(times))
-    return b"".join((raw, _ZEROS[:100 - len(raw)], _MODE, times, check, _TAIL))
+    raw = name.encode()
+    times = _TIMES.get((size, mtime))
+    if times is None:
+        if len(_TIMES) > 4096:
+            _TIMES.clear()
+        part = b"%011o\x00%011o\x00" % (size, mtime)
+        times = _TIMES[size, mtime] = (part, _FIXED + sum(part))
+    return b"".join((raw, _ZEROS[:100 - len(raw)], _MODE, times[0], b"%06o\x00 " % (times[1] + sum(raw)), _TAIL))
+
+
+_TIMES: dict[tuple[int, int], tuple[bytes, int]] = {}
+"""(size, mtime) -> (their header fields, the checksum of those and the fixed fields): a shard's
+members share an mtime, and its small outputs and sidecars few sizes."""
 
 
 class _Shard:
@@ -253,14 +269,15 @@ class ShardSink:
         now = time.time()
         key = item_key(i)
         sidecar: dict[str, Any] = {"key": key, "i": i, "batch_id": self.batch_id, "input": src}
-        if len(blobs) == 1 and rec.get("out") and not rec.get("outputs"):  # one output: no copies
-            out = rec["out"]
-            member = f"{key}.{os.path.splitext(out)[1].lstrip('.') or 'bin'}"
-            sidecar.update(member=member, out=out, bytes=rec["bytes"], sha256=rec["sha256"])
-            if rec.get("meta"):
-                sidecar["meta"] = rec["meta"]
-            rec.update(shard=shard.name, member=member,
-                       offset=shard.add_item(member, blobs[0], f"{key}.json", jsonio.dumps(sidecar), now))
+        out = rec.get("out")
+        if len(blobs) == 1 and out and "outputs" not in rec:  # one output: no copies
+            member = f"{key}.{_ext(out)}"
+            sidecar["member"], sidecar["out"], sidecar["bytes"], sidecar["sha256"] = member, out, rec["bytes"], rec["sha256"]
+            meta = rec.get("meta")
+            if meta:
+                sidecar["meta"] = meta
+            rec["shard"], rec["member"] = shard.name, member
+            rec["offset"] = shard.add_item(member, blobs[0], f"{key}.json", jsonio.dumps(sidecar), now)
             rec.pop("mtime", None)
             shard.items.append((i, rec))
             if len(shard.items) >= self.size:
@@ -432,7 +449,7 @@ class RunShards:
 
 def open_shards(runner: Any, st: Any, record: Callable[..., None]) -> RunShards:
     """The shards of a run: numbering goes on after the last sealed one, and complete shards a
-    dead runner left unrecorded are adopted first. `record(i, kind, **fields)` journals an item."""
+    dead runner left unrecorded are adopted first. `record(i, kind, fields)` journals an item."""
     j = runner.journal
 
     def seal_record(fields: dict[str, Any]) -> None:
@@ -440,7 +457,7 @@ def open_shards(runner: Any, st: Any, record: Callable[..., None]) -> RunShards:
         j.sync()  # the shard's items and the shard itself, durable together
 
     sink = ShardSink(runner.out_dir, int(runner.manifest["shards"]["size"]), runner.paths.id, runner.paths.journal,
-                     lambda i, rec: record(i, "item_completed", **rec), seal_record, durable=runner.opt.durable)
+                     lambda i, rec: record(i, "item_completed", rec), seal_record, durable=runner.opt.durable)
     _sweep_dead_shard_tmp(runner.out_dir)
     sink.adopt(runner.total)
     return RunShards(sink)

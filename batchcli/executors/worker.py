@@ -14,7 +14,12 @@ from typing import Any
 from batchcli.errors import ItemError
 from batchcli.executors.heap import keep_freed_memory
 from batchcli.executors.proc import PeakRss, cap_memory, die_with_parent, readable, rss
+from batchcli.imaging.lazy import LazyModule
 from batchcli.imaging.noise import Capture, unique
+
+imageio: Any = LazyModule("batchcli.imaging.imageio")
+"""Imported on a worker's first item (the fork server has it already): the runner imports this
+module for WorkerConfig, and a start's own process never needs the image modules."""
 
 if os.environ.get("BATCHCLI_TEST_OPS"):  # test-only ops (tests/crashops.py); never set in production
     import importlib
@@ -180,8 +185,6 @@ class Worker:
         return res
 
     def _load(self, item: dict[str, Any]) -> tuple[Any, list | None]:
-        from batchcli.imaging import imageio
-
         src, changed, read = item["src"], None, []
         if src.startswith(("http://", "https://")):
             from batchcli.inputs.fetch import fetch_url  # inputs: URLs are fetched by the worker
@@ -212,8 +215,6 @@ class Worker:
         """Encode (unless `data` is the encoded output: path, bytes) and write one output; its
         out, bytes and sha256 go into `entry`, and its mtime: now, or, with the Writer, once the
         file is durable (the pending write is added to res["_write"]; see settle)."""
-        from batchcli.imaging import imageio
-
         if self.shards:  # the runner puts the bytes into its tar shard (engine/shards.py)
             path, blob = data or imageio.encode_to(frame, dest)
             res.setdefault("_blobs", []).append(blob)
@@ -238,7 +239,6 @@ class Worker:
         all encoded before any is written, so a failed variant writes nothing; it fails the item,
         named. The first variant's output is also the record's `out` (readers that know one
         output per item see that one)."""
-        from batchcli.imaging import imageio
         from batchcli.inputs.names import variant_stem
 
         templated = bool(self.cfg.extra.get("variant_template"))

@@ -10,7 +10,6 @@ embedded JPEG preview has, the preview is decoded instead of demosaicing the sen
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ _FLIP_TO_EXIF = {0: 1, 3: 3, 5: 8, 6: 6}  # LibRaw's sizes.flip -> EXIF orientat
 def is_raw(src: str, data: bytes) -> bool:
     """A RAW file: by its extension (URLs: the path's), or by magic bytes that only RAWs have."""
     name = src.split("?", 1)[0].rsplit("/", 1)[-1]
-    if os.path.splitext(name)[1].lower().lstrip(".") in EXTENSIONS:
+    if name.rpartition(".")[2].lower() in EXTENSIONS and "." in name.lstrip("."):
         return True
     head = data[:16]
     return (head.startswith(b"FUJIFILMCCD-RAW") or head[:4] in (b"IIRO", b"IIRS", b"MMOR", b"IIU\x00")
