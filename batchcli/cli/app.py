@@ -2,8 +2,6 @@
 
 Heavy modules (cv2, numpy, onnxruntime) are imported inside the commands that need them."""
 
-from __future__ import annotations
-
 import copy
 import os
 import sys

@@ -5,8 +5,6 @@ The flags are run flags: journaled with each run, so a resume (or `recover --res
 them. The webhook secret is the exception: it is kept in the batch folder (mode 0600), never in
 the journal or on a command line."""
 
-from __future__ import annotations
-
 import os
 import subprocess
 import sys

@@ -1,7 +1,5 @@
 """Option types and the error boundary shared by every command module."""
 
-from __future__ import annotations
-
 import functools
 import math
 from collections.abc import Callable

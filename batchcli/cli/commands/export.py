@@ -1,7 +1,5 @@
 """export and verify: results out of the tool (ZIP, folder, manifest, contact sheet), checked."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any, Optional
 
 import typer

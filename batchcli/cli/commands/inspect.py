@@ -1,7 +1,5 @@
 """status and list: read-only replays of the journal, safe while a runner writes."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

@@ -1,7 +1,5 @@
 """pause, cancel, recover, cleanup: lifecycle control from any shell, safe from cron."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

@@ -1,7 +1,5 @@
 """ops: the operations a pipeline can use, with their parameters, defaults and help."""
 
-from __future__ import annotations
-
 import typer
 
 from batchcli.cli.options import JsonOpt, handle_errors

@@ -1,7 +1,5 @@
 """priority: reorder the batches waiting for the home's worker slots."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

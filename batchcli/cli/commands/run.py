@@ -1,7 +1,5 @@
 """start and resume: the commands that run a batch (here, or detached in the background)."""
 
-from __future__ import annotations
-
 import signal
 from typing import Annotated, Optional
 

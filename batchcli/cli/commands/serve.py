@@ -1,7 +1,5 @@
 """serve: the HTTP API, live events and the dashboard over the same batches (extra `serve`)."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

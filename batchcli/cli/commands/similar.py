@@ -1,7 +1,5 @@
 """similar: near-duplicate groups from the embeddings a `model ... task=embed` batch stored."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

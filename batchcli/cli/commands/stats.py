@@ -1,7 +1,5 @@
 """stats: figures across the home's batches, for people, scripts and monitoring."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

@@ -3,8 +3,6 @@ every flag start takes (its parameters are start's, plus its own) and runs start
 which calls `create` in run.py: there sync records the up-to-date items as reused, and watch
 names the folders its runner watches (engine/watch.py)."""
 
-from __future__ import annotations
-
 import inspect
 import typing
 from contextvars import ContextVar
