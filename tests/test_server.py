@@ -172,6 +172,38 @@ def test_paths_outside_the_allowed_roots_are_400_and_never_echo_server_paths(srv
         os.unlink(srv.root / "dirlink")
 
 
+def test_files_a_pipeline_reads_are_confined_to_the_allowed_roots_too(srv, tmp_path):
+    """A LUT, a look, a profile, a model, a logo or a font named in a client's pipeline is a file
+    the server reads on its behalf: outside the roots it is 400 before anything reads it, so no
+    line of it can come back in an error, and no pixel of it in an output."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    secret.write_text("SECRET-LINE 1 2 3\n")
+    make_pngs(outside, 1)
+    cube = "LUT_3D_SIZE 2\n" + "".join(f"{r} {g} {b}\n" for b in (0, 1) for g in (0, 1) for r in (0, 1))
+    (outside / "id.cube").write_text(cube)
+    (srv.root / "luts").mkdir(exist_ok=True)
+    (srv.root / "luts" / "id.cube").write_text(cube)
+    os.symlink(outside / "id.cube", srv.root / "luts" / "out.cube")
+    try:
+        for pipeline in (f"lut {secret}", f"lut {outside}/id.cube", "lut luts/out.cube", "lut ../elsewhere/id.cube",
+                         f"watermark image={outside}/img000.png", f"watermark text=hi font={secret}",
+                         f"preset {secret}", f"profile {secret}", f"model {secret} task=classify",
+                         f"faces model={secret}"):
+            status, err = post(srv, {"inputs": ["photos/"], "pipeline": pipeline})
+            assert status == 400, (pipeline, err)
+            assert "outside the allowed folders" in err["error"] or "'..' is not allowed" in err["error"], (pipeline, err)
+            assert "SECRET" not in err["error"] and str(tmp_path) not in err["error"], err
+        status, err = post(srv, {"inputs": ["photos/"], "pipeline_toml": f'[[op]]\nname = "lut"\nfile = "{secret}"\n'})
+        assert status == 400 and "outside the allowed folders" in err["error"] and "SECRET" not in err["error"], err
+        status, made = post(srv, {"inputs": ["photos/"], "pipeline": "lut luts/id.cube | resize 16x16"})
+        assert status == 201, made  # inside a root (relative: under the first one) it is read as on the command line
+        wait_status(srv, made["batch_id"], ("completed",))
+    finally:
+        os.unlink(srv.root / "luts" / "out.cube")
+
+
 def test_pause_resume_cancel_delete_and_their_409s(srv):
     status, made = post(srv, {"inputs": ["photos/"], "pipeline": "crashtest delay=0.3 | resize 16x16",
                               "workers": 1, "name": "slow"})

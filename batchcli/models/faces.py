@@ -14,7 +14,7 @@ from batchcli.errors import ConfigError, ItemError
 from batchcli.imaging.lazy import cv2, np
 from batchcli.models.boxes import mark_boxes
 from batchcli.models.prep import drop_alpha, to_uint8
-from batchcli.ops.base import Frame, Op, Param, register
+from batchcli.ops.base import Frame, Op, Param, op_file, register
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 ACTIONS = ("blur", "pixelate", "crop", "count", "draw")
@@ -59,7 +59,7 @@ class Faces(Op):
         if self.p["model"]:
             from batchcli.models import session as onnx_session
 
-            path = os.path.abspath(os.path.expanduser(self.p["model"]))
+            path = op_file(self.p["model"], "faces model=")
             self.p["model"] = path
             info = onnx_session.inspect_model(path)  # not ONNX -> ConfigError
             if len(info.inputs) != 1 or len(info.inputs[0].shape) != 4:

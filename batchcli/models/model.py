@@ -11,7 +11,6 @@ bad image from failing its neighbours; the task reads the outputs.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from batchcli.errors import ConfigError, ItemError
@@ -19,7 +18,7 @@ from batchcli.imaging.lazy import np
 from batchcli.models.labels import read_labels
 from batchcli.models.prep import PRESETS, Geom, Prep, resolve_prep
 from batchcli.models.tasks import TASKS, Task
-from batchcli.ops.base import Frame, Op, Param, register
+from batchcli.ops.base import Frame, Op, Param, op_file, register
 
 
 def _one_line(exc: BaseException) -> str:
@@ -109,7 +108,7 @@ class Model(Op):
     def _load_labels(self, info: Any, task: type[Task]) -> list[str] | None:
         if not self.p["labels"]:
             return None
-        path = os.path.abspath(os.path.expanduser(self.p["labels"]))
+        path = op_file(self.p["labels"], "model labels=")
         self.p["labels"] = path
         labels = read_labels(path)
         assert self._prep is not None

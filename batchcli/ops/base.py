@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,6 +21,18 @@ from batchcli.imaging.frame import Frame
 from batchcli.units import parse_bytes
 
 REQUIRED = object()
+FILE_GUARD: ContextVar[Callable[[str, str], str] | None] = ContextVar("batchcli_file_guard", default=None)
+"""Set by `batchcli serve` while it builds a client's pipeline: (path as given, what it is for) ->
+the absolute path, or ConfigError (400) for one outside the server's allowed folders."""
+
+
+def op_file(raw: Any, what: str) -> str:
+    """The absolute path of a file an op reads (a LUT, a look, an ICC profile, a model, its labels,
+    a logo, a font), checked by FILE_GUARD where one is set."""
+    guard = FILE_GUARD.get()
+    if guard is not None:
+        return guard(str(raw), what)
+    return os.path.abspath(os.path.expanduser(str(raw)))
 _SIZE_RE = re.compile(r"^(\d+)?[xX](\d+)?$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -44,6 +58,8 @@ class Param:
     def parse(self, op: str, value: Any) -> Any:
         """Turn a command-line string (or TOML value) into a typed value, or raise ConfigError."""
         where = f"{op}: {self.name}"
+        if self.kind == "path":
+            return op_file(value, where)
         try:
             out = _PARSERS[self.kind](value, self)
         except ConfigError:
@@ -129,11 +145,6 @@ def _parse_color(v: Any, p: Param) -> tuple[int, int, int]:
     return (b, g, r)
 
 
-def _parse_path(v: Any, p: Param) -> str:
-    s = os.path.expanduser(str(v))
-    return os.path.abspath(s)
-
-
 def _parse_floats(v: Any, p: Param) -> tuple[float, ...]:
     if isinstance(v, (list, tuple)):
         return tuple(float(x) for x in v)
@@ -148,7 +159,6 @@ _PARSERS = {
     "choice": lambda v, p: str(v).strip().lower(),
     "size": _parse_size,
     "color": _parse_color,
-    "path": _parse_path,
     "floats": _parse_floats,
     "bytes": lambda v, p: v if isinstance(v, int) and not isinstance(v, bool) else parse_bytes(v, f"{p.name}="),
 }

@@ -17,7 +17,7 @@ from batchcli.argfiles import read_file, read_text
 from batchcli.errors import ConfigError
 from batchcli.imaging.imageio import max_value, merge_alpha, split_alpha
 from batchcli.imaging.lazy import cv2, np
-from batchcli.ops.base import Frame, Op, Param, register
+from batchcli.ops.base import Frame, Op, Param, op_file, register
 from batchcli.ops.presets import BUILTIN
 
 _LUMA_BGR = (0.114, 0.587, 0.299)
@@ -250,7 +250,7 @@ class Preset(Op):
     def check(self) -> None:
         look = self.p["look"]
         if look not in BUILTIN and is_look_file(look):
-            self.p["look"] = look = os.path.abspath(os.path.expanduser(look))
+            self.p["look"] = look = op_file(look, "preset")
         self._look = load_look(look)
 
     def apply(self, frame: Frame) -> Frame:

@@ -7,13 +7,11 @@ original alike. A logo's own alpha is respected; the image's alpha passes throug
 
 from __future__ import annotations
 
-import os
-
 from batchcli.argfiles import check_file, read_file
 from batchcli.errors import ConfigError
 from batchcli.imaging.imageio import max_value, merge_alpha, split_alpha, upright
 from batchcli.imaging.lazy import cv2, np
-from batchcli.ops.base import Frame, Op, Param, register
+from batchcli.ops.base import Frame, Op, Param, op_file, register
 
 POSITIONS = ("br", "bl", "tr", "tl", "center", "top", "bottom", "left", "right")
 _FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX, only where Pillow was built without FreeType
@@ -149,7 +147,7 @@ class Watermark(Op):
         if bool(self.p["text"]) == bool(self.p["image"]):
             raise ConfigError("watermark: give either text (watermark 'Ann Lee') or image=logo.png")
         if self.p["font"]:
-            self.p["font"] = os.path.abspath(os.path.expanduser(self.p["font"]))
+            self.p["font"] = op_file(self.p["font"], "watermark font=")
             if not _freetype():
                 raise ConfigError("watermark: font= needs Pillow built with FreeType")
             check_file(self.p["font"], "watermark font=", "font")
@@ -167,7 +165,7 @@ class Watermark(Op):
             raise ConfigError("watermark: text must be ASCII here (Pillow has no FreeType: the fallback font has no other glyphs)")
         self._logo: np.ndarray | None = None
         if self.p["image"]:
-            self.p["image"] = os.path.abspath(os.path.expanduser(self.p["image"]))
+            self.p["image"] = op_file(self.p["image"], "watermark image=")
             data = read_file(self.p["image"], "watermark image=", "image")
             logo = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
             if logo is None or logo.dtype not in (np.uint8, np.uint16):

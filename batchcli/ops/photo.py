@@ -14,7 +14,7 @@ import stat
 from batchcli.errors import ConfigError
 from batchcli.imaging import colour
 from batchcli.imaging.metadata import DROPPABLE, fits, icc_name, icc_space
-from batchcli.ops.base import Frame, Op, Param, register
+from batchcli.ops.base import Frame, Op, Param, op_file, register
 
 
 @register
@@ -63,7 +63,7 @@ class Profile(Op):
             self.p["target"] = "srgb"
             self._icc: bytes | None = None
             return
-        path = self.p["target"] = os.path.abspath(os.path.expanduser(target))
+        path = self.p["target"] = op_file(target, "profile")
         try:
             st = os.stat(path)
             if not stat.S_ISREG(st.st_mode):

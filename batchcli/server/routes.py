@@ -157,6 +157,16 @@ async def create_batch(request: Request) -> JSONResponse:
 
 
 def _create(c, paths: BatchPaths, req: BatchRequest, uploads: Uploads, started: list[int]) -> dict[str, Any]:
+    from batchcli.ops.base import FILE_GUARD
+
+    token = FILE_GUARD.set(c.guard.resolve)  # the files its ops read (a LUT, a model...) as well as its inputs
+    try:
+        return _create_guarded(c, paths, req, uploads, started)
+    finally:
+        FILE_GUARD.reset(token)
+
+
+def _create_guarded(c, paths: BatchPaths, req: BatchRequest, uploads: Uploads, started: list[int]) -> dict[str, Any]:
     from batchcli.engine.spawn import spawn_detached
     from batchcli.inputs.discover import is_url
     from batchcli.units import parse_bytes
