@@ -236,6 +236,43 @@ def test_checksum_reuses_across_a_fresh_checkout(tmp_path):
     assert set(_outputs(out)) == set(before)
 
 
+def test_checksum_keeps_broken_inputs_failed_across_a_fresh_checkout(tmp_path):
+    """README "In CI": a permanent failure whose input has not changed (by content, with
+    --checksum) is not run again after a fresh checkout; a broken file fixed is."""
+    home, src, out, seen = tmp_path / "home", tmp_path / "in", tmp_path / "out", tmp_path / "seen.log"
+    pristine = tmp_path / "pristine"
+    make_tree(pristine, n=3)
+    (pristine / "bad.png").write_bytes(b"not a png at all")
+    (pristine / "notes.jpg").write_text("plain text, not a photo\n")
+    args = ("sync", src, "--out", out, "-p", f"crashtest log={seen} | resize 32x32 | convert png", "-w", "1",
+            "--min-free-space", "0", "--checksum")
+
+    def fresh_checkout():
+        shutil.rmtree(src, ignore_errors=True)
+        time.sleep(0.01)
+        shutil.copytree(pristine, src, copy_function=shutil.copyfile)  # new inodes, new mtimes
+        seen.unlink(missing_ok=True)
+
+    fresh_checkout()
+    r = run(home, *args)
+    assert r.returncode == 1 and "completed 3, failed 2" in r.stdout, r.stdout
+    for _ in range(2):  # and again: the failures copied by the last run are matched as well
+        fresh_checkout()
+        r = run(home, *args)
+        assert r.returncode == 1, r.stderr
+        assert "3 up to date (reused), 0 to process (0 new, 0 changed) of 5; " \
+               "2 failed last time and are unchanged: still failed" in r.stdout, r.stdout
+        assert not seen.exists()  # nothing decoded
+        last = _latest(home)
+        assert (last["completed"], last["failed"]) == (3, 2)
+    make_image(pristine / "bad.png", seed=5)  # fixed: other content under the same name
+    fresh_checkout()
+    r = run(home, *args)
+    assert r.returncode == 1 and "completed 4, failed 1" in r.stdout, r.stdout + r.stderr
+    assert "3 up to date (reused), 1 to process (0 new, 1 changed) of 5; 1 failed last time" in r.stdout, r.stdout
+    assert [os.path.basename(p) for p in seen.read_text().splitlines()] == ["bad.png"]
+
+
 def _catalog_rows(home, batch_id) -> tuple[list, list]:
     """The catalog's items and outputs rows of a batch (without its key), its `reuses` rows made
     rows of their own (as before any question but sync's)."""

@@ -236,7 +236,8 @@ def plan(store: Store, paths: BatchPaths, checksum: bool = False, asked: Earlier
     """Which items of the new batch are up to date, and the records that say so (no writes).
     With `checksum`, an input whose content (sha256) equals the input of the same output name in
     the newest earlier batch that recorded contents also counts as the same input, whatever
-    its identity and mtime (a fresh checkout in CI: new inodes, new mtimes). `asked`: `ask`'s
+    its identity and mtime (a fresh checkout in CI: new inodes, new mtimes); one that failed for
+    good from that content stays failed. `asked`: `ask`'s
     answers from before the manifest was written (while the inputs were discovered), used when
     the manifest says what they were asked about; its `planner`, when it has one, has gone
     over the items written meanwhile (`follow`), and goes on from there."""
@@ -359,7 +360,12 @@ class Planner:
                 rows = earlier.get(was[1])  # that input's newest result: the one made from this content?
                 found, same_content = (rows, True) if rows and rows[0][4] == was[2] else (None, False)
             failed = failures.get(key) if not found and ino else None
-            if failed is not None and failed[:2] == (item.get("size"), item.get("mtime")):
+            if failed is None or failed[:2] != (item.get("size"), item.get("mtime")):
+                failed = None
+                if was is not None and not found and was[0] == p.contents.get(item["i"]):  # --checksum: by content
+                    failed = failures.get(was[1])  # (that input failed for good in the batch that read it so)
+                    failed = failed if failed is not None and failed[2]["reused_from"] == was[2] else None
+            if failed is not None:
                 records.append({"i": item["i"], **failed[2]})
                 p.failed_again += 1
                 continue
