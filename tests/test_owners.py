@@ -67,7 +67,7 @@ def test_a_second_runner_into_the_same_folder_is_refused_naming_the_first(tmp_pa
             assert "\n" not in line, repr(r.stderr)
             assert f"batch {a.id} (A, running) also writes 12 of these outputs:" in line, line
             assert "img000.png, img001.png, img002.png, img003.png, img004.png and 7 more" in line
-            assert f"batchcli cancel {a.id}" in line
+            assert f"batchcli cancel {a.id}" in line and "; wait for it to finish, cancel it" in line
         assert Store(str(home)).ids() == [a.id]  # B left nothing behind
         r = run(home, "start", src, "--out", out, "--name", "C", "--pipeline", "convert jpg", *RUN)
         assert r.returncode == 0, r.stderr  # other names (.jpg) in the same folder: no clash
@@ -83,6 +83,8 @@ def test_a_paused_batch_still_claims_its_outputs_and_a_resume_checks_too(tmp_pat
     assert run(home, "pause", a.id).returncode == 0
     r = run(home, "start", src, "--out", out, "--pipeline", "resize 10x10", *RUN)  # extension unknown: clashes
     assert r.returncode == 2 and f"batch {a.id} (A, paused) also writes 3" in r.stderr
+    assert f"; resume it ('batchcli resume {a.id}'), cancel it ('batchcli cancel {a.id}')" in r.stderr, r.stderr
+    assert "wait for it" not in r.stderr  # nothing runs it
     assert run(home, "cancel", a.id).returncode == 0
     b = _start(home, src, out, "B")
     (out / "img001.png").unlink()
@@ -90,6 +92,37 @@ def test_a_paused_batch_still_claims_its_outputs_and_a_resume_checks_too(tmp_pat
     c = create(home, [src], out, "convert png", name="C")  # B is completed: C may take the paths
     r = run(home, "resume", b.id, *RUN)
     assert r.returncode == 2 and f"batch {c.id} (C, pending) also writes 3 of these outputs" in r.stderr
+    assert f"; start it ('batchcli resume {c.id}'), cancel it" in r.stderr and "wait for it" not in r.stderr
+
+
+def test_a_batch_whose_runner_died_is_named_interrupted_with_advice_that_fits(tmp_path):
+    """A runner killed (kill -9, a reboot) leaves its journal saying running: the refusal names
+    the batch as `status` does, interrupted, and says how to go on, not to wait for it."""
+    import signal
+
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 6)
+    first = spawn(home, "start", src, "--out", out, "--name", "A", "--pipeline", "crashtest delay=1 | convert png",
+                  *RUN)
+    try:
+        a = wait_for(lambda: named(home, "A"), what="batch A")
+        wait_for(lambda: b"batch_started" in open(a.journal, "rb").read(), what="A's batch_started")
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    wait_for(lambda: runner_alive(a) is None, what="A's runner to be gone")
+    assert json.loads(run(home, "status", a.id, "--json").stdout)["status"] == "interrupted"
+    for cmd in ("start", "sync"):
+        r = run(home, cmd, src, "--out", out, "--pipeline", "convert png", *RUN)
+        assert r.returncode == 2, r.stderr
+        line = r.stderr.strip()
+        assert f"batch {a.id} (A, interrupted) also writes 6 of these outputs" in line, line
+        assert (f"; resume it ('batchcli resume {a.id}' or 'batchcli recover --resume'), "
+                f"cancel it ('batchcli cancel {a.id}'), or choose another --out") in line, line
+        assert "wait for it" not in line
+    assert run(home, "recover").returncode == 0  # recorded paused: said so
+    r = run(home, "start", src, "--out", out, "--pipeline", "convert png", *RUN)
+    assert r.returncode == 2 and "(A, paused) also writes 6" in r.stderr and "resume it" in r.stderr, r.stderr
 
 
 def test_claims_follow_the_journals_when_the_catalog_is_behind_them(tmp_path):

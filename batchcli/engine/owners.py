@@ -186,17 +186,31 @@ def end_state(journal: str) -> str:
 
 
 def _refusal(store: Store, rival: BatchRow, out_dir: str, clashes: list[str], count: int) -> str:
-    state = rival.state if not rival.finished else f"{rival.state}, being resumed"
-    if state == "pending":  # its runner may be up and not have written batch_started yet
-        from batchcli.engine.liveness import runner_alive
+    """The one line of a refusal: the rival batch in its real state (as `status` says it), and
+    what to do about it in that state."""
+    from batchcli.engine.liveness import runner_alive
 
-        if runner_alive(BatchPaths(os.path.join(store.batches_dir, rival.batch_id))) is not None:
-            state = "running"
-    who = f"batch {rival.batch_id} ({rival.name + ', ' if rival.name else ''}{state})"
+    bid = rival.batch_id
+    alive = runner_alive(BatchPaths(os.path.join(store.batches_dir, bid))) is not None
+    if rival.finished:
+        state = f"{rival.state}, being resumed"
+    elif rival.state == "running" and not alive:  # its runner died: status says interrupted
+        state = "interrupted"
+    elif rival.state == "pending" and alive:  # its runner is up and has not written batch_started yet
+        state = "running"
+    else:
+        state = rival.state
+    who = f"batch {bid} ({rival.name + ', ' if rival.name else ''}{state})"
     more = f" and {count - len(clashes)} more" if count > len(clashes) else ""
+    cancel = f"cancel it ('batchcli cancel {bid}')"
+    if alive:
+        advice = f"wait for it to finish, {cancel}"
+    elif state == "interrupted":  # its runner died (a crash, a reboot, kill -9)
+        advice = f"resume it ('batchcli resume {bid}' or 'batchcli recover --resume'), {cancel}"
+    else:  # paused, or pending (made, never started): nothing runs it
+        advice = f"{'resume' if state == 'paused' else 'start'} it ('batchcli resume {bid}'), {cancel}"
     return (f"--out {out_dir}: {who} also writes {count} of these outputs: "
-            f"{', '.join(clashes)}{more}; wait for it to finish, cancel it "
-            f"('batchcli cancel {rival.batch_id}'), or choose another --out")
+            f"{', '.join(clashes)}{more}; {advice}, or choose another --out")
 
 
 def writers_into(store: Store, out_id: tuple[int, int], me: str) -> list[str]:
