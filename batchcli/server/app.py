@@ -101,9 +101,9 @@ class Gate:
             problem = 401, "missing or wrong token: send Authorization: Bearer TOKEN"
         if problem is None:
             await self.app(scope, receive, send)
-        elif scope["type"] == "websocket":
+        elif scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 4000 + problem[0], "reason": problem[1][:120]})
-        else:
+        else:  # a WebSocket handshake is refused with the same HTTP status and body
             extra = {"WWW-Authenticate": "Bearer"} if problem[0] == 401 else None
             await _error(problem[0], problem[1], extra)(scope, receive, send)
 
@@ -135,7 +135,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         ctx.hub.loop = asyncio.get_running_loop()
         yield
-        ctx.hub.closing.set()
+        await ctx.hub.close_streams()
 
     app = FastAPIOffline(title="batchcli", version=__version__, lifespan=lifespan, redoc_url=None,
                          description="Batches of image operations with a durable journal. "
@@ -177,23 +177,30 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 "max_upload": cfg.max_upload, "max_upload_files": cfg.max_files}
 
     @app.websocket(PREFIX + "/batches/{batch}/events")
-    async def batch_events(ws: WebSocket, batch: str, since: Optional[int] = None) -> None:
-        """One batch's events as JSON messages until `finished`; `since=SEQ` replays the records after SEQ."""
+    async def batch_events(ws: WebSocket, batch: str, since: Optional[str] = None) -> None:
+        """One batch's events as JSON messages until the `finished` of its current run; `since=SEQ`
+        replays the records after SEQ first. An unknown batch is 404, a bad `since` 400, a
+        damaged batch 409, as over HTTP."""
         try:
-            paths = ctx.store.resolve(batch)
-        except BatchNotFound as exc:
-            await ws.close(code=4404, reason=str(exc)[:120])
+            seq = _since_seq(since)
+            paths = routes.whole(ctx, batch)
+        except BatchcliError as exc:
+            await _deny(ws, _status_of(exc), ctx.guard.scrub(str(exc)))
             return
         await ws.accept()
-        sub = await asyncio.to_thread(ctx.hub.subscribe, paths, since)
+        sub = await asyncio.to_thread(ctx.hub.subscribe, paths, seq)
         ctx.hub.ensure_polling()
         watcher = asyncio.create_task(_drain(ws))
+        closing = asyncio.create_task(ctx.hub.closing.wait())
+        ctx.hub.streams += 1
         try:
             while True:
                 getter = asyncio.ensure_future(sub.queue.get())
-                done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({getter, watcher, closing}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
+                    if closing in done:
+                        await ws.close(code=1001, reason="the server is shutting down")
                     return
                 kind, text, _seq = getter.result()
                 if kind == "overflow":
@@ -207,7 +214,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             return
         finally:
             watcher.cancel()
+            closing.cancel()
             ctx.hub.unsubscribe(sub)
+            ctx.hub.stream_ended()
 
     @app.get(PREFIX + "/events", response_class=StreamingResponse)
     async def all_events(request: Request, types: Optional[str] = Query(None)) -> StreamingResponse:
@@ -222,19 +231,28 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         ctx.hub.ensure_polling()
 
         async def stream():
+            ctx.hub.streams += 1
+            closing = asyncio.ensure_future(ctx.hub.closing.wait())
             try:
                 yield b"retry: 2000\n\n"
-                while not ctx.hub.closing.is_set():
-                    try:
-                        kind, text, _ = await asyncio.wait_for(sub.queue.get(), SSE_PING)
-                    except asyncio.TimeoutError:
+                while True:
+                    getter = asyncio.ensure_future(sub.queue.get())
+                    done, _ = await asyncio.wait({getter, closing}, timeout=SSE_PING,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if getter not in done:
+                        getter.cancel()
+                        if closing in done:  # the server stops: the stream ends (the browser reconnects)
+                            return
                         yield b": ping\n\n"
                         continue
+                    kind, text, _ = getter.result()
                     if kind == "overflow":
                         return
                     yield f"data: {text}\n\n".encode()
             finally:
+                closing.cancel()
                 ctx.hub.unsubscribe(sub)
+                ctx.hub.stream_ended()
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -255,6 +273,24 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _document(app)
     return app
+
+
+def _since_seq(since: str | None) -> int | None:
+    if since is None:
+        return None
+    try:
+        return int(since)
+    except ValueError:
+        raise ConfigError(f"since {since[:40]!r}: expected a journal seq (a whole number)") from None
+
+
+async def _deny(ws: WebSocket, status: int, msg: str) -> None:
+    """Refuse a WebSocket handshake with an HTTP status and the JSON error, as over HTTP (a
+    server without the denial-response extension can only close it: code 4000 + status)."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(_error(status, msg))
+    else:
+        await ws.close(code=4000 + status, reason=msg[:120])
 
 
 async def _drain(ws: WebSocket) -> None:
@@ -322,7 +358,14 @@ def serve(cfg: ServerConfig, on_ready=None) -> None:
     app = create_app(cfg)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, ws_ping_interval=20,
                             proxy_headers=False, server_header=False)
-    server = uvicorn.Server(config)
+    hub = app.state.ctx.hub
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Optional[list[socket.socket]] = None) -> None:
+            await hub.close_streams()  # else uvicorn waits for them, then cancels them with a traceback
+            await super().shutdown(sockets)
+
+    server = Server(config)
     if on_ready is not None:
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
         on_ready(f"http://{host}:{port}")

@@ -46,6 +46,8 @@ CACHED_FEEDS = 64
 """Feeds kept without subscribers (the status cache), least recently used dropped first."""
 
 FINAL = ("completed", "failed", "cancelled", "interrupted")
+HISTORY = "history"
+"""The kind a replayed event (`?since=SEQ`) is queued under: whatever its type, it ends no stream."""
 
 
 class Feed:
@@ -246,6 +248,24 @@ class Hub:
         self._ids_at = 0.0
         self._known: set[str] | None = None  # while anyone listens to every batch: the batches seen
         self.closing = asyncio.Event()
+        self.streams = 0  # open event streams (WebSocket, SSE)
+        self._drained: asyncio.Event | None = None
+
+    def stream_ended(self) -> None:
+        self.streams -= 1
+        if self.streams <= 0 and self._drained is not None:
+            self._drained.set()
+
+    async def close_streams(self, timeout: float = 2.0) -> None:
+        """Server shutdown: every open event stream ends (the loop's own coroutines return);
+        waits until they have, at most `timeout` seconds."""
+        self._drained = asyncio.Event()
+        self.closing.set()
+        if self.streams > 0:
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("%d event stream(s) still open at shutdown", self.streams)
 
     # -- feeds (status cache) ---------------------------------------------------------------
     def feed(self, paths: BatchPaths) -> Feed:
@@ -272,8 +292,12 @@ class Hub:
         return f is not None and f.st is not None and not f.gone
 
     def status(self, paths: BatchPaths) -> dict[str, Any]:
-        """`status --json` of a batch, from its feed (only new journal lines are read)."""
-        f = self.feed(paths)
+        """`status --json` of a batch, from its feed (only new journal lines are read). A folder
+        that is no whole batch has status `damaged` and the reason, as in `batchcli status`."""
+        try:
+            f = self.feed(paths)
+        except (OSError, ValueError, KeyError, TypeError):  # no manifest, or one that cannot be read
+            return {**batch_status(paths), "rate": None, "eta_s": None}
         with f.lock:
             self._publish(f, f.poll())
             now = time.monotonic()
@@ -314,8 +338,12 @@ class Hub:
         f = self.feed(paths)
         with f.lock:
             self._publish(f, f.poll())
-            backlog = f.history(since) if since is not None else []
-            backlog.append(f.progress_event())
+            # the records after `since` are history: a `finished` among them ended an earlier run
+            # (the batch may be running again), so it does not end the stream, unlike the last one
+            # below when the batch stands finished, or a live one
+            for ev in f.history(since) if since is not None else []:
+                sub.offer(HISTORY, _dumps(ev), ev.get("seq") or 0)
+            backlog = [f.progress_event()]
             if f.status in FINAL:
                 backlog.append(f._end("finished"))
             for ev in backlog:

@@ -22,6 +22,7 @@ from starlette.background import BackgroundTask
 
 from batchcli.engine.store import BatchPaths
 from batchcli.errors import BatchNotFound, NothingToExport
+from batchcli.server.routes import whole
 
 router = APIRouter()
 
@@ -63,7 +64,7 @@ async def export_zip(request: Request, batch: str, name_template: str | None = N
     from batchcli.results.export import export_zip as write_zip
 
     c = _ctx(request)
-    paths = c.store.resolve(batch)
+    paths = whole(c, batch)
     folder = _tmpdir(c)
     target = os.path.join(folder, "export.zip")
     try:
@@ -82,7 +83,7 @@ async def export_manifest(request: Request, batch: str, fmt: str) -> FileRespons
     if fmt not in ("csv", "jsonl"):
         raise BatchNotFound(f"no such export: manifest.{fmt} (manifest.csv or manifest.jsonl)")
     c = _ctx(request)
-    paths = c.store.resolve(batch)
+    paths = whole(c, batch)
     folder = _tmpdir(c)
     target = os.path.join(folder, f"manifest.{fmt}")
     try:
@@ -102,7 +103,7 @@ async def contact_sheet(request: Request, batch: str, compare: bool = False,
     from batchcli.results.contact import render_contact_sheet
 
     c = _ctx(request)
-    paths = c.store.resolve(batch)
+    paths = whole(c, batch)
     folder = _tmpdir(c)
     try:
         res = await run_in_threadpool(render_contact_sheet, paths, os.path.join(folder, "sheet.jpg"), compare)
@@ -199,7 +200,7 @@ def _output_path(paths: BatchPaths, i: int) -> tuple[str, dict[str, Any]]:
 @router.get("/batches/{batch}/items/{i}/output", response_class=FileResponse)
 def item_output(request: Request, batch: str, i: int) -> FileResponse:
     """The output file of item i."""
-    paths = _ctx(request).store.resolve(batch)
+    paths = whole(_ctx(request), batch)
     path, _ = _output_path(paths, i)
     return FileResponse(path, media_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
 
@@ -207,7 +208,7 @@ def item_output(request: Request, batch: str, i: int) -> FileResponse:
 @router.get("/batches/{batch}/items/{i}/thumbnail", response_class=Response)
 def item_thumbnail(request: Request, batch: str, i: int, side: str = Query("output", pattern="^(output|input)$")) -> Response:
     """A small JPEG of item i's output (or of its input: `side=input`), cached in the batch folder."""
-    paths = _ctx(request).store.resolve(batch)
+    paths = whole(_ctx(request), batch)
     if side == "output":
         path, rec = _output_path(paths, i)
         key = rec.get("sha256") or str(os.stat(path).st_mtime_ns)

@@ -24,7 +24,7 @@ from batchcli.server.uploads import Uploads
 router = APIRouter()
 
 STATES = ("pending", "scheduled", "queued", "throttled", "running", "paused", "interrupted", "completed", "failed",
-          "cancelled")
+          "cancelled", "damaged")
 ITEM_STATES = ("pending", "completed", "failed", "skipped")
 LIFECYCLE_WAIT = 5.0
 """Seconds a pause or cancel waits for a live runner to stop before answering (202 if it has not)."""
@@ -51,8 +51,9 @@ class RunFlags(BaseModel):
 class ImageSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: Optional[str] = Field(None, description="an http(s) URL, downloaded by the worker")
-    base64: Optional[str] = Field(None, description="the file's bytes, base64-encoded (give `name` too)")
-    name: Optional[str] = Field(None, description="file name for a base64 image (sanitised)")
+    base64: Optional[str] = Field(None, description="the file's bytes, base64-encoded")
+    name: Optional[str] = Field(None, description="file name for a base64 image (sanitised; default imageK, "
+                                                  "K its index in images)")
 
 
 class BatchRequest(RunFlags):
@@ -92,6 +93,32 @@ class CleanupRequest(BaseModel):
 
 def ctx(request: Request):
     return request.app.state.ctx
+
+
+def resolve(c, batch: str) -> BatchPaths:
+    """The batch a path names (an id, a unique id prefix, or a name), as the CLI resolves it: a
+    blank one or an ambiguous prefix is a 400 (the request is wrong), no such batch a 404."""
+    from batchcli.errors import BatchNotFound
+
+    try:
+        return c.store.resolve(batch)
+    except BatchNotFound as exc:
+        if not batch.strip() or sum(1 for b in c.store.ids() if b.startswith(batch)) > 1:
+            raise ConfigError(str(exc)) from None
+        raise
+
+
+def whole(c, batch: str) -> BatchPaths:
+    """`resolve`, for the endpoints that need a whole batch: a damaged folder (no manifest, or
+    left half-made by a killed upload) is a 409 with the CLI's message."""
+    from batchcli.engine.status import damage
+
+    paths = resolve(c, batch)
+    reason = damage(paths)
+    if reason is not None:
+        raise InvalidTransition(f"batch {paths.id} is damaged ({reason}); remove it with: "
+                                "batchcli cleanup --status damaged --older-than 0s")
+    return paths
 
 
 def _validated(model: type[BaseModel], data: Any) -> Any:
@@ -184,8 +211,9 @@ def _create_guarded(c, paths: BatchPaths, req: BatchRequest, uploads: Uploads, s
             inputs.append(img.url)
         else:
             uploads.add_base64(img.base64, img.name or f"image{k}")
-    if uploads.count:
-        inputs.append(uploads.folder)
+    # each upload is an input named outright, as a file named on the command line: an item
+    # whatever its name (IMG_0001, a .JPG2), never dropped by the extension filter of a folder walk
+    inputs.extend(uploads.paths)
     if not inputs:
         raise ConfigError("no images: give inputs, images or files")
     if req.pipeline and req.pipeline_toml:
@@ -294,7 +322,7 @@ async def get_batch(request: Request, batch: str) -> dict[str, Any]:
     # in the event loop: from the feed's cache, or a few new journal lines (the hot path of
     # every dashboard and poller; a thread hop would cost more than the work)
     c = ctx(request)
-    paths = c.store.resolve(batch)
+    paths = resolve(c, batch)
     if c.hub.warm(paths):
         return c.hub.status(paths)
     return await run_in_threadpool(c.hub.status, paths)  # a first fold may read a long journal
@@ -305,7 +333,7 @@ def get_items(request: Request, batch: str, status: Optional[list[str]] = Query(
               limit: int = Query(100, ge=0, le=1000), offset: int = Query(0, ge=0)) -> dict[str, Any]:
     """Items with status, output and error (`status --items --json`), filtered and paged."""
     c = ctx(request)
-    paths = c.store.resolve(batch)
+    paths = whole(c, batch)
     return api.item_rows(paths, limit=limit, offset=offset, states=_states(status, ITEM_STATES, "status") or None)
 
 
@@ -332,7 +360,7 @@ async def pause(request: Request, batch: str) -> JSONResponse:
     202 while the runner is still finishing; 409 when the batch cannot be paused."""
     c = ctx(request)
     body = await _body(request, WaitRequest)
-    paths = c.store.resolve(batch)
+    paths = whole(c, batch)
     s = await run_in_threadpool(lifecycle.pause, paths, body.now, body.wait)
     return _answer({**s, **_fresh(c, paths)}, "paused")
 
@@ -343,7 +371,7 @@ async def cancel(request: Request, batch: str) -> JSONResponse:
     """Cancel: remaining items are skipped; final. 409 when already completed or cancelled."""
     c = ctx(request)
     body = await _body(request, WaitRequest)
-    paths = c.store.resolve(batch)
+    paths = whole(c, batch)
     s = await run_in_threadpool(lifecycle.cancel, paths, body.wait)
     return _answer({**s, **_fresh(c, paths)}, "cancelled")
 
@@ -360,7 +388,7 @@ async def resume(request: Request, batch: str) -> dict[str, Any]:
     when cancelled, or when completed with nothing to redo."""
     c = ctx(request)
     body = await _body(request, ResumeRequest)
-    return await run_in_threadpool(_resume, c, c.store.resolve(batch), body)
+    return await run_in_threadpool(_resume, c, whole(c, batch), body)
 
 
 def _resume(c, paths: BatchPaths, body: ResumeRequest) -> dict[str, Any]:
@@ -384,8 +412,15 @@ def _resume(c, paths: BatchPaths, body: ResumeRequest) -> dict[str, Any]:
 @router.delete("/batches/{batch}")
 def delete_batch(request: Request, batch: str, purge_outputs: bool = False) -> dict[str, Any]:
     """Remove a batch's record (and with purge_outputs the files it wrote). 409 while it runs."""
+    from batchcli.engine.status import damage
+
     c = ctx(request)
-    return lifecycle.remove(c.store, c.store.resolve(batch), purge_outputs=purge_outputs)
+    paths = resolve(c, batch)
+    reason = damage(paths)
+    if reason is not None and purge_outputs:
+        raise InvalidTransition(f"batch {paths.id} is damaged ({reason}): which files it wrote is unknown, "
+                                "so its outputs cannot be purged; DELETE it without purge_outputs")
+    return lifecycle.remove(c.store, paths, purge_outputs=purge_outputs)
 
 
 class RecoverRequest(BaseModel):

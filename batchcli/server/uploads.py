@@ -54,6 +54,7 @@ class Uploads:
         self.max_files = max_files
         self.taken: set[str] = set()
         self.count = 0
+        self.paths: list[str] = []  # the files written, in the order they came
 
     def _open(self, raw_name: str | None) -> tuple[str, int]:
         self.count += 1
@@ -62,7 +63,9 @@ class Uploads:
         os.makedirs(self.folder, exist_ok=True)
         name = safe_name(raw_name, self.taken)
         path = os.path.join(self.folder, name)
-        return name, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.paths.append(path)
+        return name, fd
 
     def _over(self, name: str) -> TooLarge:
         return TooLarge(f"upload {name}: larger than the {format_bytes(self.max_bytes)} allowed per file (--max-upload)")
