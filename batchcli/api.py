@@ -38,6 +38,7 @@ class StartConfig:
     name_template: str | None = None  # --name-template "{stem}_{preset}.{ext}"
     max_file_size: int = 200 * 1024 * 1024
     max_pixels: int = 150_000_000
+    limits_given: dict[str, str] | None = None  # the two limits as typed ({"max_pixels": "40000000"}): failures say them so
     media: str = "image"  # --media image|video|all: which files of a folder are items
     max_duration: float = 6 * 3600.0  # --max-duration: longer videos fail their item (0 = no limit)
     segment: float = 10.0  # --video-segment: seconds of video per durable segment
@@ -242,6 +243,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
                 "batch_id": paths.id, "name": cfg.name, "created_at": now, "version": __version__,
                 "pipeline": spec, "pipeline_text": pipeline.command_text(), "options": options,
                 "fingerprint": fingerprint, "out_dir": out_dir, **out_id, **outputs,
+                **({"limits_given": cfg.limits_given} if cfg.limits_given else {}),
                 **({"shards": shards} if shards else {}),
                 "inputs": cfg.inputs, "total": total, "dedupe_skipped": stats.dedupe_skipped, "videos": stats.videos,
                 "discovery": {"excluded": stats.excluded, "duplicates": stats.duplicates,

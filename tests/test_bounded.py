@@ -165,6 +165,17 @@ def test_limits_take_and_speak_the_users_units(tiny, tmp_path):
     assert f"file is {fmt_bytes(size)}, over --max-file-size 1K" in r.stderr
     r = cli("start", str(tiny), "--out", str(tmp_path / "c"), "--max-pixels", "150M", home=home)
     assert r.returncode == 0, r.stderr
+    # as typed, not as a unit would divide it (README "Limits"); a resume says it the same way
+    r = cli("start", str(tiny / "t0.png"), "--out", str(tmp_path / "d"), "--max-pixels", "1000",
+            "--max-file-size", "1048576", home=home)
+    assert r.returncode == 1 and "64x48 = 3.1K pixels, over --max-pixels 1000" in r.stderr, r.stderr
+    batch = r.stdout.split("batch ", 1)[1].split(":", 1)[0]
+    man = json.loads((home / "batches" / batch / "manifest.json").read_text())
+    assert man["limits_given"] == {"max_file_size": "1048576", "max_pixels": "1000"}
+    r = cli("resume", batch, "--retry-failed", home=home)
+    assert r.returncode == 1 and "64x48 = 3.1K pixels, over --max-pixels 1000" in r.stderr, r.stdout + r.stderr
+    r = cli("start", str(tiny / "t0.png"), "--out", str(tmp_path / "e"), "--max-file-size", "1024", home=home)
+    assert r.returncode == 1 and f"file is {fmt_bytes(size)}, over --max-file-size 1024" in r.stderr, r.stderr
 
 
 def test_list_status_must_be_a_state(tmp_path):

@@ -566,6 +566,8 @@ def _worker_options(manifest: dict[str, Any]) -> dict[str, Any]:
 
     options = manifest.get("options") or {}
     out = {k: options[k] for k in ("max_duration", "segment") if k in options}
+    if manifest.get("limits_given"):  # --max-file-size and --max-pixels as typed: failures say them so
+        out["limits_given"] = manifest["limits_given"]
     if manifest.get("shards"):
         out["shards"] = True
     if manifest.get("variants"):

@@ -399,13 +399,15 @@ class DaskExecutor:
         src = item["src"]
         if src.startswith(("http://", "https://")):
             return dict(item)  # the worker fetches URLs itself
+        from batchcli.imaging.headers import given_limits
         from batchcli.imaging.imageio import Limits, read_bytes
 
         try:
             if item.get("video"):  # streamed from and to files, segment by segment: not shipped whole
                 raise ItemError("unsupported", "videos need the input and output folders shared with the "
                                                "workers (run without --transfer)")
-            data = read_bytes(src, Limits(self.cfg.max_file_size, self.cfg.max_pixels))
+            data = read_bytes(src, Limits(self.cfg.max_file_size, self.cfg.max_pixels,
+                                          given_limits(self.cfg.extra.get("limits_given"))))
         except ItemError as exc:
             self._events.append(Event("item", result={
                 "i": item["i"], "ok": False, "error_class": exc.error_class, "error": f"{src}: {exc}", "ms": 0.0}))

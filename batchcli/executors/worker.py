@@ -51,10 +51,11 @@ class Worker:
         import cv2
 
         cv2.setNumThreads(cfg.threads)
+        from batchcli.imaging.headers import given_limits
         from batchcli.imaging.imageio import Limits
 
         self.cfg = cfg
-        self.limits = Limits(cfg.max_file_size, cfg.max_pixels)
+        self.limits = Limits(cfg.max_file_size, cfg.max_pixels, given_limits(cfg.extra.get("limits_given")))
         self.pipeline = pickle.loads(cfg.pipeline)
         self.pipeline.prepare()
         self.writes = self.pipeline.writes_image and cfg.out_dir is not None
@@ -154,7 +155,7 @@ class Worker:
 
         t0 = time.perf_counter()
         extra = self.cfg.extra
-        limits = VideoLimits(self.cfg.max_pixels, float(extra.get("max_duration") or 0))
+        limits = VideoLimits(self.cfg.max_pixels, float(extra.get("max_duration") or 0), self.limits.given[1])
 
         def report(rec: dict[str, Any]) -> None:
             if self.on_segment is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from stat import S_ISDIR, S_ISREG
 
 from batchcli.errors import ItemError
-from batchcli.units import fmt_bytes
+from batchcli.units import fmt_bytes, fmt_count
 
 DEFAULT_MAX_FILE_SIZE = 200 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 150_000_000
@@ -33,6 +33,24 @@ _EXIF_MAKE, _EXIF_MODEL, _EXIF_DATETIME, _EXIF_IFD, _EXIF_ORIGINAL = 0x010F, 0x0
 class Limits:
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    given: tuple[str | None, str | None] = (None, None)  # the two flags as typed (--max-file-size, --max-pixels)
+
+    @property
+    def file_size_text(self) -> str:
+        """--max-file-size in the units it was given in (else as a size flag is written)."""
+        return self.given[0] or fmt_bytes(self.max_file_size, exact=True)
+
+    @property
+    def pixels_text(self) -> str:
+        """--max-pixels in the units it was given in (else as a count flag is written)."""
+        return self.given[1] or fmt_count(self.max_pixels, exact=True)
+
+
+def given_limits(given: dict | None) -> tuple[str | None, str | None]:
+    """Limits.given from a manifest's `limits_given` (the flags' text as typed; None for a batch
+    that has none)."""
+    given = given or {}
+    return given.get("max_file_size"), given.get("max_pixels")
 
 
 def open_input_fd(path: str, kind: str = "an image") -> int:
@@ -77,7 +95,7 @@ def read_bytes(path: str, limits: Limits, stat: list | None = None) -> bytes:
             stat.append(st)
         size = st.st_size
         if size > limits.max_file_size:
-            raise ItemError("too_large", f"file is {fmt_bytes(size)}, over --max-file-size {fmt_bytes(limits.max_file_size, exact=True)}")
+            raise ItemError("too_large", f"file is {fmt_bytes(size)}, over --max-file-size {limits.file_size_text}")
         # ask for the size the file has (one more byte shows it grew): a read of up to
         # --max-file-size bytes allocates that much first, 0.3 ms of a 700 KB photo's read
         data = os.read(fd, size + 1)

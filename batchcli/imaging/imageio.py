@@ -177,7 +177,7 @@ def _check_pixels(width: int, height: int, limits: Limits) -> None:
     if pixels > limits.max_pixels:
         raise ItemError(
             "too_large",
-            f"{width}x{height} = {fmt_count(pixels)} pixels, over --max-pixels {fmt_count(limits.max_pixels, exact=True)}",
+            f"{width}x{height} = {fmt_count(pixels)} pixels, over --max-pixels {limits.pixels_text}",
         )
 
 
@@ -190,9 +190,9 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
     elif not data:
         raise ItemError("decode", "empty file (0 bytes)")
     if len(data) > limits.max_file_size:
-        raise ItemError("too_large", f"file is {fmt_bytes(len(data))}, over --max-file-size {fmt_bytes(limits.max_file_size, exact=True)}")
+        raise ItemError("too_large", f"file is {fmt_bytes(len(data))}, over --max-file-size {limits.file_size_text}")
     if rawfile.is_raw(path, data):
-        frame = rawfile.load(path, data, limits.max_pixels, shrink_for, raw)
+        frame = rawfile.load(path, data, limits.max_pixels, shrink_for, raw, limits.pixels_text)
         frame.info = {"mode": "RGB", "orientation": frame.orientation, "camera": {}}
         frame.metadata = metadata.source_block(data, "raw")
         return frame  # sRGB pixels: no profile to carry

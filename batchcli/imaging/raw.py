@@ -33,8 +33,9 @@ def is_raw(src: str, data: bytes) -> bool:
 
 
 def load(src: str, data: bytes, max_pixels: int, shrink_for: Callable[[int, int], int] | None,
-         settings: dict[str, Any] | None) -> Frame:
-    """Decode a RAW (see the module docstring). Raises ItemError with a one-line reason."""
+         settings: dict[str, Any] | None, limit_text: str | None = None) -> Frame:
+    """Decode a RAW (see the module docstring). Raises ItemError with a one-line reason.
+    `limit_text`: --max-pixels as it was given."""
     import rawpy
 
     opts = {**DEFAULTS, **(settings or {})}
@@ -48,7 +49,7 @@ def load(src: str, data: bytes, max_pixels: int, shrink_for: Callable[[int, int]
         if width <= 0 or height <= 0:
             raise ItemError("decode", f"invalid size {width}x{height} in RAW header")
         if width * height > max_pixels:
-            raise ItemError("too_large", f"{width}x{height} = {width * height / 1e6:.0f} MP, over --max-pixels {max_pixels / 1e6:.0f} MP")
+            raise ItemError("too_large", f"{width}x{height} = {width * height / 1e6:.0f} MP, over --max-pixels {limit_text or f'{max_pixels / 1e6:.0f} MP'}")
         orientation = _FLIP_TO_EXIF.get(int(sizes.flip), 1)
         if opts["preview"] != "never":
             frame = _from_preview(raw, src, (width, height), orientation, opts["preview"] == "always", shrink_for)

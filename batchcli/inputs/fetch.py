@@ -57,7 +57,7 @@ def fetch_url(url: str, limits) -> bytes:
     last = ""
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            return _get(url, limits.max_file_size, timeout)
+            return _get(url, limits.max_file_size, timeout, getattr(limits, "file_size_text", None))
         except _Transient as exc:
             last = str(exc)
             if attempt < ATTEMPTS:
@@ -68,7 +68,8 @@ def fetch_url(url: str, limits) -> bytes:
     raise ItemError("network", f"{last} (after {ATTEMPTS} attempts)")
 
 
-def _get(url: str, max_size: int, timeout: float) -> bytes:
+def _get(url: str, max_size: int, timeout: float, shown: str | None = None) -> bytes:
+    """`shown`: --max-file-size as it was given."""
     from batchcli import __version__
 
     req = urllib.request.Request(_ascii_url(url), headers={
@@ -92,10 +93,10 @@ def _get(url: str, max_size: int, timeout: float) -> bytes:
         status = f"HTTP {resp.status} {resp.reason}".strip()
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > max_size:
-            raise ItemError("too_large", f"{status}: Content-Length {fmt_bytes(int(length))}, over --max-file-size {fmt_bytes(max_size, exact=True)}")
+            raise ItemError("too_large", f"{status}: Content-Length {fmt_bytes(int(length))}, over --max-file-size {shown or fmt_bytes(max_size, exact=True)}")
         ctype = (resp.headers.get_content_type() or "").lower() if resp.headers.get("Content-Type") else ""
         try:
-            data = _read(resp, max_size, ctype, status, deadline, timeout)
+            data = _read(resp, max_size, ctype, status, deadline, timeout, shown)
         except TimeoutError as exc:
             raise _Transient(f"{status}, then " + _reason(exc, timeout)) from None
         except (OSError, ValueError) as exc:  # IncompleteRead, reset mid-body
@@ -103,7 +104,8 @@ def _get(url: str, max_size: int, timeout: float) -> bytes:
     return data
 
 
-def _read(resp, max_size: int, ctype: str, status: str, deadline: float, timeout: float) -> bytes:
+def _read(resp, max_size: int, ctype: str, status: str, deadline: float, timeout: float,
+          shown: str | None = None) -> bytes:
     buf = bytearray()
     checked = not ctype or ctype.startswith(_IMAGE_TYPES)
     while True:
@@ -112,7 +114,7 @@ def _read(resp, max_size: int, ctype: str, status: str, deadline: float, timeout
             break
         buf += chunk
         if len(buf) > max_size:
-            raise ItemError("too_large", f"{status}: body over --max-file-size {fmt_bytes(max_size, exact=True)}")
+            raise ItemError("too_large", f"{status}: body over --max-file-size {shown or fmt_bytes(max_size, exact=True)}")
         if not checked and len(buf) >= SNIFF_BYTES:
             _check_type(bytes(buf), ctype, status)
             checked = True

@@ -177,10 +177,12 @@ def render_contact_sheet(paths: BatchPaths, out_file: str, compare: bool = False
 
 
 def limits_of(manifest: dict[str, Any]):
+    from batchcli.imaging.headers import given_limits
     from batchcli.imaging.imageio import Limits
 
     opts = manifest.get("options") or {}
-    return Limits(int(opts.get("max_file_size", 200 << 20)), int(opts.get("max_pixels", 150_000_000)))
+    return Limits(int(opts.get("max_file_size", 200 << 20)), int(opts.get("max_pixels", 150_000_000)),
+                  given_limits(manifest.get("limits_given")))
 
 
 def _load_tile(snap: Snapshot, item: ItemView, lay: Layout, limits) -> Tile:

@@ -24,6 +24,7 @@ _IMAGE_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", 
 class VideoLimits:
     max_pixels: int = 150_000_000  # per frame (--max-pixels)
     max_duration: float = DEFAULT_MAX_DURATION  # seconds (--max-duration); 0 = no limit
+    pixels_text: str | None = None  # --max-pixels as it was given
 
 
 @dataclass
@@ -177,7 +178,7 @@ def _info(c: Any, family: str, limits: VideoLimits) -> VideoInfo:
         raise ItemError("decode", f"invalid frame size {width}x{height} in header")
     if width * height > limits.max_pixels:
         raise ItemError("too_large", f"frames of {width}x{height} = {width * height / 1e6:.0f} MP, "
-                                     f"over --max-pixels {limits.max_pixels / 1e6:.0f} MP")
+                                     f"over --max-pixels {limits.pixels_text or f'{limits.max_pixels / 1e6:.0f} MP'}")
     tb = Fraction(vs.time_base) if vs.time_base else Fraction(1, 1000)
     if vs.duration:
         duration = float(vs.duration * tb)

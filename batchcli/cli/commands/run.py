@@ -242,6 +242,8 @@ def register(app: typer.Typer) -> None:
                               pipeline_file=pipeline_file, variants=variant, name=name, exts=ext, exclude=exclude,
                               from_file=from_file, dedupe=dedupe, name_template=name_template,
                               max_file_size=limits[0], max_pixels=limits[1],
+                              limits_given={"max_file_size": str(max_file_size).strip(),
+                                            "max_pixels": str(max_pixels).strip()},
                               media=media, max_duration=parse_time(max_duration, "--max-duration"),
                               segment=parse_time(video_segment, "--video-segment"), shards=shards, shard_size=shard_size)
         paths = create(store, cfg, opts, json_out, detach or when is not None)  # `sync` too: the up-to-date items recorded
