@@ -190,6 +190,35 @@ def test_changed_inputs_are_reprocessed_once_and_repair_redoes_bad_outputs(tmp_p
         assert hashlib.sha256((out / last[i]["out"]).read_bytes()).hexdigest() == last[i]["sha256"]
 
 
+def test_a_follower_stops_when_nobody_reads_it_and_the_batch_goes_on(tmp_path):
+    """`status --follow | head -1`: once the pipe is closed the follower exits (141, as a writer a
+    closed pipe ends), instead of following to the end of a batch that may run for hours."""
+    import subprocess
+    import sys
+
+    from crashops import cli_env
+
+    make_pngs(tmp_path / "in", 40)
+    home = tmp_path / "home"
+    r = run(home, "start", tmp_path / "in", "--out", tmp_path / "out", "-p", "crashtest delay=0.2 | convert png",
+            "-w", "1", "--detach", *NOSPACE)
+    assert r.returncode == 0, r.stderr
+    bid = r.stdout.strip()
+    f = subprocess.Popen([sys.executable, "-m", "batchcli", "status", bid, "--follow", "--json"], env=cli_env(home),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert json.loads(f.stdout.readline())["type"] == "progress"
+        f.stdout.close()  # what `| head -1` does after its line
+        assert f.wait(timeout=30) == 141
+        assert b"Traceback" not in f.stderr.read()
+        s = json.loads(run(home, "status", bid, "--json").stdout)
+        assert s["status"] == "running" and s["remaining"] > 0  # the batch is not the follower's to stop
+    finally:
+        if f.poll() is None:
+            f.kill()
+        run(home, "cancel", bid)
+
+
 def test_start_detach_returns_at_once_and_follow_streams_to_the_end(tmp_path):
     make_pngs(tmp_path / "in", 30)
     home = tmp_path / "home"

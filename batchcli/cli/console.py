@@ -57,6 +57,14 @@ def vanish(stream: TextIO, why: str) -> None:
     os.close(new)
 
 
+def gone(stream: TextIO) -> bool:
+    """Whether `stream`'s terminal or pipe has gone (its writes now go to the fallback)."""
+    try:
+        return stream.fileno() in _VANISHED
+    except (OSError, ValueError):
+        return True
+
+
 def vanish_all(why: str) -> None:
     """The terminal hung up (SIGHUP): both streams go to the log."""
     for stream in (sys.stdout, sys.stderr):

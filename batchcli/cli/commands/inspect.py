@@ -1,5 +1,6 @@
 """status and list: read-only replays of the journal, safe while a runner writes."""
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -78,6 +79,9 @@ def register(app: typer.Typer) -> None:
 
 
 FOLLOW_EXIT = {"completed": 0, "failed": 1, "paused": 3, "cancelled": 4, "interrupted": 1}
+READER_GONE = 141
+"""A follower whose reader went away (`| head -1`, `| grep -m1`) stops: 128 + SIGPIPE, as the
+shell reports a writer that a closed pipe ended. (The batch it followed goes on.)"""
 
 
 def _follow(paths, json_out: bool) -> None:
@@ -99,6 +103,8 @@ def _follow(paths, json_out: bool) -> None:
         else:
             reason = f" ({ev['reason']})" if ev.get("reason") else ""
             console.info(f"batch {ev['batch_id']}: {ev['status']}{reason}")
+        if console.gone(sys.stdout):
+            raise typer.Exit(READER_GONE)
     code = FOLLOW_EXIT.get(last["status"], 0) if last else 0
     if code == 0 and last and last.get("failed"):
         code = 1  # completed with failed items: what the runner exits with too
