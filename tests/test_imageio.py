@@ -417,6 +417,33 @@ def test_pending_orientation_is_applied_when_encoding():
     assert _decode(imageio.encode(frame)[0]).shape == (40, 20, 3)
 
 
+def _oriented(orientation: int, **save) -> bytes:
+    """A TIFF (written by Pillow) of an asymmetric picture whose EXIF orientation is `orientation`."""
+    import io
+
+    from PIL import Image
+
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(_photo(30, 50)[:, :, ::-1]).save(out, "TIFF", exif=ex, **save)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("save", [{}, {"compression": "tiff_lzw"}, {"big_tiff": True}], ids=["plain", "lzw", "bigtiff"])
+@pytest.mark.parametrize("out", ["png", "tiff"])
+def test_tiff_exif_orientation_is_applied_once(save, out):
+    """libtiff turns a TIFF upright itself; the pipeline must not turn it a second time."""
+    for n in range(1, 9):
+        frame = imageio.load("in.tif", data=_oriented(n, **save))
+        assert frame.orientation == n
+        frame.out_format = out
+        got = _decode(imageio.encode(frame)[0])
+        want = imageio.apply_orientation(_photo(30, 50), n)
+        assert got.shape == want.shape, n
+        assert np.abs(got.astype(int) - want).max() <= 1, n
+
+
 def test_save_writes_atomically_and_reports_the_hash(tmp_path):
     import hashlib
 

@@ -218,7 +218,10 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
         img = _decode_lab(data)
         meta["decode"] = {"converted": "CIE L*a*b* to sRGB"}
     else:
-        img = _imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
+        # libtiff (in OpenCV) turns a TIFF upright whatever the flags say: it is given the file with
+        # its orientation tag set to 1, so the orientation stays pending as for every other format.
+        img = _imdecode(_tiff_orientation_1(data) if head is not None and head.fmt == "tiff" else data,
+                        flags | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None or img.size == 0:
         raise _decode_failure(data, head)
     if head is None:  # decoded, though no header parser knew the size: check it now
@@ -247,6 +250,27 @@ def _imdecode(data: bytes, flags: int) -> np.ndarray | None:
             raise ItemError("too_large", "the decoder refused the image size (over its pixel or memory limit)") from None
         line = text.splitlines()[-1] if text else "decoder error"
         raise ItemError("decode", f"cannot decode: {line[:200]}") from None
+
+
+def _tiff_orientation_1(data: bytes) -> bytes:
+    """A copy of a TIFF whose first IFD says orientation 1 (top-left), or the bytes unchanged."""
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None:
+        return data
+    try:
+        big = struct.unpack(order + "H", data[2:4])[0] == 43
+        ifd = struct.unpack(order + ("Q" if big else "I"), data[8:16] if big else data[4:8])[0]
+        count_fmt, count_len, entry_len = ("Q", 8, 20) if big else ("H", 2, 12)
+        count = struct.unpack(order + count_fmt, data[ifd:ifd + count_len])[0]
+        for i in range(min(count, 4096)):
+            at = ifd + count_len + i * entry_len
+            tag, kind = struct.unpack(order + "HH", data[at:at + 4])
+            if tag == 0x0112 and kind == 3:  # Orientation, SHORT: the value sits in the entry
+                value = at + (12 if big else 8)
+                return data[:value] + struct.pack(order + "H", 1) + data[value + 2:]
+    except struct.error:
+        pass
+    return data
 
 
 def _decode_lab(data: bytes) -> np.ndarray | None:
