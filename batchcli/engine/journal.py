@@ -31,12 +31,8 @@ STATE_NAMES = {PENDING: "pending", COMPLETED: "completed", FAILED: "failed", SKI
 
 # Record types that change the batch's lifecycle state, and the state they leave it in.
 LIFECYCLE = {
-    "header": "pending",
-    "batch_started": "running",
-    "batch_resumed": "running",
-    "batch_paused": "paused",
-    "batch_interrupted": "interrupted",
-    "batch_cancelled": "cancelled",
+    "header": "pending", "batch_started": "running", "batch_resumed": "running",
+    "batch_paused": "paused", "batch_interrupted": "interrupted", "batch_cancelled": "cancelled",
     "batch_finished": None,  # its "status" field says completed or failed
     "batch_scheduled": "scheduled",  # --at / --after: created now, run later
 }
@@ -488,17 +484,12 @@ class JournalWriter:
             self._release()
 
     def append(self, type_: str, **fields: Any) -> dict[str, Any]:
-        self.seq += 1
-        return self._add({"seq": self.seq, "t": round(time.time(), 3), "type": type_, **fields})
+        return self.append_item(type_, None, fields)
 
-    def append_item(self, type_: str, i: int, fields: dict[str, Any]) -> dict[str, Any]:
-        """`append(type_, i=i, **fields)`, without building `fields` twice (the runner's per-item path)."""
+    def append_item(self, type_: str, i: int | None, fields: dict[str, Any]) -> dict[str, Any]:
+        """`append(type_, i=i, **fields)` without a copy of `fields` (the runner's per-item path)."""
         self.seq += 1
-        rec = {"seq": self.seq, "t": round(time.time(), 3), "type": type_, "i": i}
-        rec.update(fields)
-        return self._add(rec)
-
-    def _add(self, rec: dict[str, Any]) -> dict[str, Any]:
+        rec = {"seq": self.seq, "t": round(time.time(), 3), "type": type_, **({} if i is None else {"i": i}), **fields}
         self._buf.append(encode(rec))
         if self._live is not None:
             fold(self._live, rec)
