@@ -109,6 +109,34 @@ def test_a_hung_up_terminal_does_not_stop_the_batch(inputs, tmp_path):
     assert "hung up (SIGHUP)" in (_batch_dir(home) / "log.txt").read_text()
 
 
+def test_after_a_hang_up_the_log_gets_plain_lines_not_the_progress_bar(inputs, tmp_path):
+    """On a real terminal (a pty) the run draws a progress bar; once the terminal hangs up, what
+    follows in log.txt is plain text: no frame of the bar, no colour codes."""
+    import pty
+
+    home, out = tmp_path / "home", tmp_path / "out"
+    master, slave = pty.openpty()
+    env = {**cli_env(home), "TERM": "xterm-256color", "COLUMNS": "100"}
+    p = subprocess.Popen([sys.executable, "-m", "batchcli", "start", str(inputs), "--out", str(out), "-w", "1",
+                          "--pipeline", "crashtest delay=0.25 | convert png"], env=env, stdin=slave, stdout=slave,
+                         stderr=slave, start_new_session=True)
+    os.close(slave)
+    seen = b""
+    try:
+        while b"\x1b[" not in seen:  # the bar is on the terminal
+            seen += os.read(master, 4096)
+        wait_for(lambda: any(r["type"] == "item_completed" for r in records(_batch_dir(home) / "journal.jsonl")),
+                 what="a first completed item")
+        os.killpg(p.pid, signal.SIGHUP)
+    finally:
+        os.close(master)  # the terminal is gone
+    assert p.wait(timeout=120) == 0
+    assert _finished(home)["status"] == "completed"
+    log = (_batch_dir(home) / "log.txt").read_text()
+    assert "hung up (SIGHUP)" in log and "\x1b" not in log, log
+    assert "completed 12" in log  # the summary is there, as plain text
+
+
 def test_follow_exits_with_the_batch_code_and_capped_lists_say_what_they_left_out(tmp_path):
     """25 items over --max-pixels, each a different size: 25 failures with 25 different reasons."""
     folder = tmp_path / "in"

@@ -71,14 +71,17 @@ def vanish_all(why: str) -> None:
         vanish(stream, why)
 
 
-def write(stream: TextIO, text: str) -> None:
+def write(stream: TextIO, text: str, again: bool = True) -> None:
     """Write and flush; a closed pipe or a hung-up terminal never raises: the text goes to the
-    fallback instead (a failed flush drops what was buffered, so it is written again there)."""
+    fallback instead (a failed flush drops what was buffered, so it is written again there;
+    not with `again` False)."""
     try:
         stream.write(text)
         stream.flush()
     except OSError as exc:
         vanish(stream, f"closed ({exc.strerror or exc})")
+        if not again:
+            return
         try:
             stream.write(text)
             stream.flush()
@@ -95,13 +98,15 @@ def flush_at_exit() -> None:
 
 class _Guarded:
     """A stream for rich: its writes go through `write`, so a hung-up terminal never raises
-    (not even in rich's refresh thread)."""
+    (not even in rich's refresh thread); once the terminal is gone they are dropped: a progress
+    bar's frames and colour codes mean nothing in log.txt, which gets plain lines instead."""
 
     def __init__(self, stream: TextIO):
         self._stream = stream
 
     def write(self, text: str) -> int:
-        write(self._stream, text)
+        if not gone(self._stream):
+            write(self._stream, text, again=False)
         return len(text)
 
     def flush(self) -> None:
