@@ -41,6 +41,15 @@ class InvalidTransition(BatchcliError):
     exit_code = EXIT_USAGE
 
 
+class BatchDamaged(InvalidTransition):
+    """The batch folder is not a whole batch (a file missing, left half-made): no command but
+    `status`, `list` and `cleanup` touches it."""
+
+    def __init__(self, batch_id: str, reason: str):
+        super().__init__(f"batch {batch_id} is damaged ({reason}); remove it with: "
+                         "batchcli cleanup --status damaged --older-than 0s")
+
+
 class BatchLocked(BatchcliError):
     """Another live runner holds the batch lock."""
 

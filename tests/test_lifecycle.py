@@ -285,3 +285,32 @@ def test_the_batch_lock_and_filelock_s_exclude_each_other(tmp_path):
     ours.release()
     Theirs(path).acquire(timeout=0)  # free again
     assert os.path.exists(path)  # the file stays, as filelock leaves it
+
+
+def _tree(folder) -> dict[str, tuple[int, int]]:
+    return {os.path.relpath(os.path.join(d, n), folder): (os.stat(os.path.join(d, n)).st_size,
+                                                          os.stat(os.path.join(d, n)).st_mtime_ns)
+            for d, _, names in os.walk(folder) for n in names}
+
+
+@pytest.mark.parametrize("lost", ["journal.jsonl", "manifest.json", "items.jsonl"])
+def test_every_command_refuses_a_damaged_batch_and_writes_nothing_into_it(tmp_path, lost):
+    make_pngs(tmp_path / "in", 3)
+    home = tmp_path / "home"
+    r = run(home, "start", tmp_path / "in", "--out", tmp_path / "out", "--pipeline", "convert png", "-w", "1",
+            "--name", "d", *NOSPACE)
+    assert r.returncode == 0, r.stderr
+    bid = os.listdir(home / "batches")[0]
+    batch = home / "batches" / bid
+    (batch / lost).unlink()
+    before = _tree(batch)
+    want = (f"Error: batch {bid} is damaged (missing {lost}); remove it with: "
+            "batchcli cleanup --status damaged --older-than 0s")
+    for args in (["resume"], ["pause"], ["cancel"], ["verify"], ["priority", "5"],
+                 ["export", "--zip", tmp_path / "x.zip"], ["export", "--manifest", tmp_path / "x.csv"]):
+        r = run(home, args[0], bid, *args[1:])
+        assert (r.returncode, r.stderr.strip(), r.stdout) == (2, want, ""), args
+    assert _tree(batch) == before
+    assert not (tmp_path / "x.zip").exists() and not (tmp_path / "x.csv").exists()
+    r = run(home, "status", bid)
+    assert r.returncode == 0 and f"damaged - missing {lost}" in r.stdout

@@ -70,8 +70,8 @@ def describe_os_error(exc: OSError) -> tuple[str, int]:
     import os
     import re
 
-    from batchcli.engine.status import damage
-    from batchcli.engine.store import BatchPaths
+    from batchcli.engine.store import BatchPaths, damage
+    from batchcli.errors import BatchDamaged
 
     name = os.fsdecode(exc.filename) if exc.filename is not None else ""
     m = re.match(r"^(.*[/\\]batches[/\\][^/\\]+)(?:[/\\]|$)", name)
@@ -81,6 +81,5 @@ def describe_os_error(exc: OSError) -> tuple[str, int]:
             return f"batch {paths.id} was removed while this command ran (by cleanup?)", 2
         reason = damage(paths)
         if reason is not None:
-            return (f"batch {paths.id} is damaged ({reason}); remove it with: "
-                    f"batchcli cleanup --status damaged --older-than 0s"), 2
+            return str(BatchDamaged(paths.id, reason)), 2
     return f"{name or type(exc).__name__}: {exc.strerror or exc}", 1

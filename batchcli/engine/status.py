@@ -10,7 +10,7 @@ from typing import Any
 
 from batchcli.engine.journal import STATE_NAMES, Replay, iter_records, replay
 from batchcli.engine.slots import live_entry, queue_position, read_priority
-from batchcli.engine.store import BatchPaths, Store
+from batchcli.engine.store import BatchPaths, Store, damage  # noqa: F401  (damage: re-exported)
 
 
 def _iso(t: float | None) -> str | None:
@@ -38,17 +38,6 @@ def effective_state(paths: BatchPaths, st: Replay, entry: Any = None) -> tuple[s
             return "interrupted", None
         return "running", info.get("pid")
     return st.state, None
-
-
-def damage(paths: BatchPaths) -> str | None:
-    """Why a batch folder is not a whole batch (shown as status `damaged`), or None."""
-    alive = paths.creator_alive()
-    if alive is not None:
-        return ("being created (discovery is still running)" if alive else
-                "left half-made: the command creating it was killed during discovery")
-    missing = [name for name, path in (("manifest.json", paths.manifest), ("items.jsonl", paths.items),
-                                       ("journal.jsonl", paths.journal)) if not os.path.isfile(path)]
-    return f"missing {', '.join(missing)}" if missing else None
 
 
 def damaged_status(paths: BatchPaths, reason: str) -> dict[str, Any]:

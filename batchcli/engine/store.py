@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchcli.atomic import atomic_write
-from batchcli.errors import BatchNotFound, ConfigError
+from batchcli.errors import BatchDamaged, BatchNotFound, ConfigError
 
 ENV_HOME = "BATCHCLI_HOME"
 
@@ -122,6 +122,17 @@ class BatchPaths:
         atomic_write(self.manifest, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
 
 
+def damage(paths: BatchPaths) -> str | None:
+    """Why a batch folder is not a whole batch (shown as status `damaged`), or None."""
+    alive = paths.creator_alive()
+    if alive is not None:
+        return ("being created (discovery is still running)" if alive else
+                "left half-made: the command creating it was killed during discovery")
+    missing = [name for name, path in (("manifest.json", paths.manifest), ("items.jsonl", paths.items),
+                                       ("journal.jsonl", paths.journal)) if not os.path.isfile(path)]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
 def _unborn(path: str) -> bool:
     """A folder that is no batch yet: being created by a live process, just made (still empty),
     or not a folder at all. A folder left half-made, or one that lost its manifest, is not."""
@@ -132,6 +143,11 @@ def _unborn(path: str) -> bool:
     except OSError:
         return True
     return bool(BatchPaths(path).creator_alive())
+
+
+CREATION_WAIT = 5.0
+"""Seconds `resolve` waits for a batch whose creator is alive to be whole (the few
+milliseconds between its manifest and its journal's header)."""
 
 
 class Store:
@@ -182,9 +198,22 @@ class Store:
         for bid in self.ids():
             yield BatchPaths(os.path.join(self.batches_dir, bid))
 
-    def resolve(self, ref: str | None) -> BatchPaths:
+    def resolve(self, ref: str | None, damaged_ok: bool = False) -> BatchPaths:
         """A batch id, a unique prefix of one, or a batch name (the newest of that name);
-        None means the latest batch."""
+        None means the latest batch. A damaged batch (a file missing: `damage`) is BatchDamaged
+        (exit 2) before the command touches it, unless `damaged_ok` (status, removal)."""
+        paths = self._find(ref)
+        if damaged_ok:
+            return paths
+        deadline = time.monotonic() + CREATION_WAIT
+        while paths.creator_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)  # its manifest is written: only the journal's header is still to come
+        reason = damage(paths)
+        if reason is not None:
+            raise BatchDamaged(paths.id, reason)
+        return paths
+
+    def _find(self, ref: str | None) -> BatchPaths:
         if ref is not None and not ref.strip():  # `batchcli cancel "$UNSET"` must not mean the newest
             raise BatchNotFound(f"empty batch argument {ref!r}: give a batch id, a unique id prefix, or a name")
         ids = self.ids()

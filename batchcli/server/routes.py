@@ -101,7 +101,7 @@ def resolve(c, batch: str) -> BatchPaths:
     from batchcli.errors import BatchNotFound
 
     try:
-        return c.store.resolve(batch)
+        return c.store.resolve(batch, damaged_ok=True)
     except BatchNotFound as exc:
         if not batch.strip() or sum(1 for b in c.store.ids() if b.startswith(batch)) > 1:
             raise ConfigError(str(exc)) from None
@@ -112,12 +112,12 @@ def whole(c, batch: str) -> BatchPaths:
     """`resolve`, for the endpoints that need a whole batch: a damaged folder (no manifest, or
     left half-made by a killed upload) is a 409 with the CLI's message."""
     from batchcli.engine.status import damage
+    from batchcli.errors import BatchDamaged
 
     paths = resolve(c, batch)
     reason = damage(paths)
     if reason is not None:
-        raise InvalidTransition(f"batch {paths.id} is damaged ({reason}); remove it with: "
-                                "batchcli cleanup --status damaged --older-than 0s")
+        raise BatchDamaged(paths.id, reason)
     return paths
 
 

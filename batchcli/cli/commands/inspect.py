@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         from batchcli.cli import console
         from batchcli.engine.store import Store
 
-        paths = Store(home).resolve(batch)
+        paths = Store(home).resolve(batch, damaged_ok=True)
         if follow:
             _follow(paths, json_out)
         if items or failed:
