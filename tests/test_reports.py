@@ -82,3 +82,28 @@ def test_export_report_after_the_fact_and_a_paused_batch_lists_pending_as_skippe
     assert f"| remaining | {s['remaining']} |" in text and "halted" in text
     r = cli("export", s["batch_id"], "--report", str(tmp_path / "x.html"), home=home)
     assert r.returncode == 2 and "must end in .xml (JUnit) or .md (Markdown)" in r.stderr
+
+
+def test_a_sync_reusing_failures_reports_only_its_own_work(tmp_path, home):
+    """A failure reused by a sync (the input failed last time and is unchanged) is no work of
+    this run: the Markdown summary, the CI summary and `stats` count only what was processed, as
+    the terminal's "this run" does, and show the reused failure as such."""
+    import json
+
+    make_tree(tmp_path / "in", n=3)
+    (tmp_path / "in" / "bad.jpg").write_text("junk\n")
+    summary, md = tmp_path / "step_summary.md", tmp_path / "sum.md"
+    args = ("sync", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-p", "resize 32x32", "-w", "1")
+    assert cli(*args, home=home).returncode == 1
+    r = cli(*args, "--report", str(md), env={"GITHUB_STEP_SUMMARY": str(summary)}, home=home)
+    assert r.returncode == 1 and "1 failed last time and are unchanged" in r.stdout and "this run: 0 items" in r.stdout
+    for text in (md.read_text(), summary.read_text()):
+        assert "| reused (up to date) | 3 |" in text and "| failed | 1 |" in text, text
+        assert "| failed last time, unchanged (not run again) | 1 |" in text, text
+        assert "| rate | 0.0 items/s (0 items in " in text, text
+    s = json.loads(cli("stats", "--json", home=home).stdout)
+    assert s["items"] == {"completed": 6, "failed": 2, "skipped": 0, "reused": 3, "failed_again": 1,
+                          "processed": 4}  # 4 in the first run, none in the second
+    r = cli("stats", home=home)
+    assert "6 done, 2 failed, 3 of the done reused, 1 of the failed unchanged since they failed (not run again)" \
+        in r.stdout, r.stdout

@@ -235,7 +235,7 @@ def _copy(db: sqlite3.Connection, bkey: int, copies: list[tuple[int, int, int, i
 def note_plan(paths: BatchPaths, p: SyncPlan) -> None:
     """The plan's figures in the manifest (read by `stats` and the reports)."""
     man = paths.load_manifest()
-    man.update(kind="sync", reused=p.reused, sync={"new": p.new, "changed": p.changed,
+    man.update(kind="sync", reused=p.reused, sync={"new": p.new, "changed": p.changed, "failed_again": p.failed_again,
                                                    "reused_from": dict(p.from_batches)})
     paths.write_manifest(man)
 

@@ -113,11 +113,12 @@ class BatchFacts:
     runs: Runs
     top_failures: list[tuple[str, int]] = field(default_factory=list)
     failed_items: list[ItemResult] = field(default_factory=list)  # the first FAILED_ROWS
+    failed_again: int = 0  # failed: an earlier batch's failure of the same unchanged input, not run again (sync)
 
     @property
     def processed(self) -> int:
-        """Items whose result came from work (reused items excluded)."""
-        return self.completed - self.reused + self.failed
+        """Items whose result came from work (reused items, completed or failed, excluded)."""
+        return self.completed - self.reused + self.failed - self.failed_again
 
     @property
     def active_s(self) -> float:
@@ -143,6 +144,7 @@ class _Results:
         self.nbytes = array("q", bytes(8 * total))
         self.errors: dict[int, tuple[str | None, str | None]] = {}
         self.reused: dict[int, str] = {}
+        self.failed_reused: set[int] = set()  # failed by copying an earlier batch's failure (sync)
         self.runs = Runs()
         prev_t = None
         for rec in iter_records(paths.journal):
@@ -161,6 +163,10 @@ class _Results:
                     self.ms[i] = rec.get("ms") or 0.0
                     self.errors[i] = (rec.get("error_class"), rec.get("error"))
                     self.reused.pop(i, None)
+                    if rec.get("reused_from"):
+                        self.failed_reused.add(i)
+                    else:
+                        self.failed_reused.discard(i)
             elif kind in _RUN_START or kind in _RUN_END:
                 self.runs.feed(rec, prev_t)
             prev_t = rec.get("t", prev_t)
@@ -184,7 +190,8 @@ def batch_facts(paths: BatchPaths, failed_rows: int = FAILED_ROWS) -> BatchFacts
     facts = BatchFacts(paths.id, man.get("name"), state, st.reason, man.get("pipeline_text"), man.get("out_dir"),
                        st.total, st.completed, st.failed, st.skipped, st.remaining,
                        sum(1 for i in res.reused if st.items[i] == COMPLETED), 0, 0, res.runs,
-                       st.failures.most_common(5))
+                       st.failures.most_common(5),
+                       failed_again=sum(1 for i in res.failed_reused if st.items[i] == FAILED))
     for item in iter_items(paths.items):
         i = item["i"]
         state_i = st.items[i]

@@ -88,6 +88,8 @@ def markdown_summary(f: BatchFacts) -> str:
     if f.reused:
         rows.append(("reused (up to date)", f"{f.reused}"))
     rows += [("failed", f"{f.failed}")]
+    if f.failed_again:
+        rows.append(("failed last time, unchanged (not run again)", f"{f.failed_again}"))
     if f.skipped:
         rows.append(("skipped", f"{f.skipped}"))
     if f.remaining:

@@ -37,7 +37,7 @@ def home_stats(store: Store, since: float | None = None, now: float | None = Non
     now = time.time() if now is None else now
     start = now - since if since is not None else None
     by_state = dict.fromkeys(STATES, 0)
-    items = {"completed": 0, "failed": 0, "skipped": 0, "reused": 0}
+    items = {"completed": 0, "failed": 0, "skipped": 0, "reused": 0, "failed_again": 0}
     started = pauses = resumes = recoveries = 0
     active = 0.0
     durations: list[float] = []
@@ -59,6 +59,7 @@ def home_stats(store: Store, since: float | None = None, now: float | None = Non
         items["failed"] += st.failed
         items["skipped"] += st.skipped
         items["reused"] += min(int(man.get("reused") or 0), st.completed)
+        items["failed_again"] += min(int((man.get("sync") or {}).get("failed_again") or 0), st.failed)
         pauses += runs.pauses
         resumes += runs.resumes
         recoveries += runs.recoveries
@@ -66,7 +67,7 @@ def home_stats(store: Store, since: float | None = None, now: float | None = Non
         active += secs
         if state in FINAL and runs.started is not None:
             durations.append(secs)
-    processed = items["completed"] - items["reused"] + items["failed"]
+    processed = items["completed"] - items["reused"] + items["failed"] - items["failed_again"]
     done = items["completed"] + items["failed"]
     return {
         "since_seconds": since,
@@ -106,8 +107,9 @@ def prometheus_text(s: dict[str, Any], now: float | None = None) -> str:
     metric("batches", "Batches created in the window, by status.",
            [(f'{{status="{k}"}}', b[k]) for k in STATES])
     metric("batches_started", "Batches in the window that started running.", [("", b["started"])])
-    metric("items", "Items of the window's batches, by result (reused: up to date, not redone).",
-           [(f'{{status="{k}"}}', it[k]) for k in ("completed", "failed", "skipped", "reused")])
+    metric("items", "Items of the window's batches, by result (reused: up to date, not redone; failed_again: "
+                    "failed last time and unchanged, not run again).",
+           [(f'{{status="{k}"}}', it[k]) for k in ("completed", "failed", "skipped", "reused", "failed_again")])
     metric("items_per_second", "Items processed per second of running time.", [("", s["items_per_second"])])
     metric("success_ratio", "Completed items over completed and failed items.", [("", s["success_rate"])])
     d = s["duration_seconds"]

@@ -61,6 +61,8 @@ def stats_text(s: dict, since: str | None) -> str:
         ("batches", f"{b['total']}: {b['started']} started, {b['completed']} completed, {b['failed']} failed, "
                     f"{b['cancelled']} cancelled" + "".join(f", {b[k]} {k}" for k in ("paused", "running", "interrupted", "pending") if b[k])),
         ("items", f"{it['completed']} done, {it['failed']} failed" + (f", {it['reused']} of the done reused" if it["reused"] else "")
+         + (f", {it['failed_again']} of the failed unchanged since they failed (not run again)"
+            if it.get("failed_again") else "")
          + (f", {it['skipped']} skipped" if it["skipped"] else "")),
         ("rate", f"{s['items_per_second']:.1f} items/s" if s["items_per_second"] is not None else "-"),
         ("success rate", f"{s['success_rate'] * 100:.1f}%" if s["success_rate"] is not None else "-"),
