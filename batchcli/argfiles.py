@@ -19,6 +19,7 @@ CAPS = {
     "lut": 64 * MiB,  # a 65^3 .cube is about 6 MiB of text
     "font": 64 * MiB,  # the largest CJK fonts are about 30 MiB
     "image": 64 * MiB,  # watermark image=
+    "icc": 8 * MiB,  # profile: the largest real profiles are a few hundred KiB
     "list": 16 << 30,  # --from-file: streamed line by line, never held
     "model": 64 << 30,  # ONNX files, mapped by onnxruntime
 }

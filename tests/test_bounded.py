@@ -31,7 +31,7 @@ def tiny(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("step", ["lut {f}", "watermark image={f}", "watermark Hi font={f}", "preset {f}"])
+@pytest.mark.parametrize("step", ["lut {f}", "watermark image={f}", "watermark Hi font={f}", "preset {f}", "profile {f}"])
 @pytest.mark.parametrize("target", ["/dev/zero", "fifo", "folder"])
 def test_op_file_arguments_must_be_regular_files(step, target, fifo, tmp_path):
     f = {"/dev/zero": "/dev/zero", "fifo": fifo, "folder": str(tmp_path)}[target]
@@ -60,6 +60,47 @@ def test_file_arguments_over_their_cap_are_refused(tmp_path):
         read_file(str(big), "--pipeline-file", "toml")
     with pytest.raises(ConfigError, match="over the 1M limit"):
         Pipeline.parse(f"preset {big}")
+
+
+def _png_bomb(path: Path, side: int) -> Path:
+    """A real 1-bit PNG of side x side black pixels: a few KB on disk, side*side pixels decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    pack = zlib.compressobj(9)
+    row = bytes(1 + (side + 7) // 8)
+    idat = b"".join(pack.compress(row) for _ in range(side)) + pack.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_watermark_logos_are_read_like_inputs_and_refused_at_once(tiny, tmp_path):
+    """A logo's size comes from its header (a small file can hold a decompression bomb), and an
+    empty, truncated or non-image logo is a one-line usage error, before any batch exists."""
+    home = tmp_path / "home"
+    bomb = _png_bomb(tmp_path / "bomb.png", 10000)
+    assert bomb.stat().st_size < 100_000
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    cut = tmp_path / "cut.png"
+    make_image(tmp_path / "whole.png", 64, 48)
+    cut.write_bytes((tmp_path / "whole.png").read_bytes()[:200])
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture\n")
+    for logo, reason in [(bomb, "10000x10000 = 100M pixels, over the logo limit of 25M"),
+                         (empty, "empty file (0 bytes)"), (cut, "truncated PNG"),
+                         (text, "not an image: the file holds plain text")]:
+        r = cli("start", str(tiny), "--out", str(tmp_path / "out"), "--pipeline", f"watermark image={logo}",
+                home=home, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(f"Error: watermark image={logo}: {reason}"), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (home / "batches").exists() or not os.listdir(home / "batches")
+    Pipeline.parse(f"watermark image={_png_bomb(tmp_path / 'logo.png', 5000)}")  # 25M pixels: at the limit
 
 
 def test_dev_zero_and_fifos_on_the_command_line_exit_2_at_once(tiny, fifo, tmp_path):

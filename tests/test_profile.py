@@ -125,7 +125,7 @@ def test_bad_profiles_are_usage_errors(tmp_path):
     junk.write_bytes(b"not a profile" * 10)
     with pytest.raises(ConfigError, match="is not an ICC profile"):
         Pipeline.parse(f"profile {junk}")
-    with pytest.raises(ConfigError, match="is not a regular file"):
+    with pytest.raises(ConfigError, match="a folder, not a regular file"):
         Pipeline.parse(f"profile {tmp_path}")
     lab = tmp_path / "lab.icc"
     lab.write_bytes(ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes())

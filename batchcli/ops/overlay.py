@@ -8,14 +8,16 @@ original alike. A logo's own alpha is respected; the image's alpha passes throug
 from __future__ import annotations
 
 from batchcli.argfiles import check_file, read_file
-from batchcli.errors import ConfigError
-from batchcli.imaging.imageio import max_value, merge_alpha, split_alpha, upright
+from batchcli.errors import ConfigError, ItemError
+from batchcli.imaging.imageio import Limits, load, max_value, merge_alpha, split_alpha, upright
 from batchcli.imaging.lazy import cv2, np
 from batchcli.ops.base import Frame, Op, Param, op_file, register
 
 POSITIONS = ("br", "bl", "tr", "tl", "center", "top", "bottom", "left", "right")
 _FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX, only where Pillow was built without FreeType
 _FONTS: dict = {}  # (font file or "", size) -> FreeTypeFont, per process
+LOGO_PIXELS = 25_000_000
+"""The most pixels a `watermark image=` logo may have, judged from its header before decoding."""
 
 
 def _freetype() -> bool:
@@ -92,6 +94,18 @@ def _as_bgra8(logo: np.ndarray) -> np.ndarray:
     return logo
 
 
+def _read_logo(path: str) -> np.ndarray:
+    """The logo's pixels, upright, decoded as inputs are (size from the header first: a small file
+    can declare billions of pixels), under LOGO_PIXELS. ConfigError naming the file otherwise."""
+    data = read_file(path, "watermark image=", "image")
+    try:
+        frame = load(path, Limits(max_pixels=LOGO_PIXELS), data=data)
+    except ItemError as exc:
+        reason = str(exc).replace("--max-pixels", "the logo limit of")
+        raise ConfigError(f"watermark image={path}: {reason}") from None
+    return upright(frame).img
+
+
 def _origin(pos: str, outer: tuple[int, int], inner: tuple[int, int], margin: int) -> tuple[int, int]:
     (w, h), (mw, mh) = outer, inner
     x = {"l": margin, "r": w - mw - margin}.get(_side(pos, "lr"), (w - mw) // 2)
@@ -166,11 +180,7 @@ class Watermark(Op):
         self._logo: np.ndarray | None = None
         if self.p["image"]:
             self.p["image"] = op_file(self.p["image"], "watermark image=")
-            data = read_file(self.p["image"], "watermark image=", "image")
-            logo = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-            if logo is None or logo.dtype not in (np.uint8, np.uint16):
-                raise ConfigError(f"watermark: {self.p['image']} is not an image OpenCV can read")
-            self._logo = _as_bgra8(logo)
+            self._logo = _as_bgra8(_read_logo(self.p["image"]))
 
     def _mark(self, width: int) -> np.ndarray:
         if self._logo is None:

@@ -8,9 +8,7 @@ through untouched.
 
 from __future__ import annotations
 
-import os
-import stat
-
+from batchcli.argfiles import read_file
 from batchcli.errors import ConfigError
 from batchcli.imaging import colour
 from batchcli.imaging.metadata import DROPPABLE, fits, icc_name, icc_space
@@ -43,9 +41,6 @@ class Metadata(Op):
         return frame
 
 
-MAX_PROFILE = 8 * 1024 * 1024  # an ICC profile file larger than this is refused
-
-
 @register
 class Profile(Op):
     name = "profile"
@@ -64,16 +59,7 @@ class Profile(Op):
             self._icc: bytes | None = None
             return
         path = self.p["target"] = op_file(target, "profile")
-        try:
-            st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(f"profile: {path} is not a regular file")
-            if st.st_size > MAX_PROFILE:
-                raise ConfigError(f"profile: {path} is {st.st_size} bytes, over the {MAX_PROFILE // 2**20} MiB limit for ICC profiles")
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_PROFILE + 1)
-        except OSError as exc:
-            raise ConfigError(f"profile: cannot read {path}: {exc.strerror}") from None
+        data = read_file(path, "profile", "icc")
         try:
             colour.load_profile(data)
         except Exception:
