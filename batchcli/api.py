@@ -18,7 +18,7 @@ from batchcli.engine.status import (  # noqa: F401  (the read side of the API)
     list_batches,
     mark,
 )
-from batchcli.engine.store import BatchPaths, Store
+from batchcli.engine.store import BatchPaths, Store, creator_info
 from batchcli.errors import ConfigError
 from batchcli.results.notify import FINISH_DEFAULTS
 
@@ -241,6 +241,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             now = time.time()
             paths.write_manifest({
                 "batch_id": paths.id, "name": cfg.name, "created_at": now, "version": __version__,
+                "creator": creator_info(),
                 "pipeline": spec, "pipeline_text": pipeline.command_text(), "options": options,
                 "fingerprint": fingerprint, "out_dir": out_dir, **out_id, **outputs,
                 **({"limits_given": cfg.limits_given} if cfg.limits_given else {}),

@@ -164,3 +164,45 @@ def test_recover_resume_runs_detached_to_completion(tmp_path):
     f = run(home, "status", paths.id, "--follow", "--json")
     events = [json.loads(line) for line in f.stdout.splitlines()]
     assert f.returncode == 0 and events[-1]["type"] == "finished" and events[-1]["status"] == "completed"
+
+
+def _orphan(home, src, out, pipeline: str) -> str:
+    """A batch made by a process SIGKILLed once the batch was whole, before any runner took it
+    (a cron `start` or `sync` killed at that moment): its id."""
+    import subprocess
+    import sys
+
+    from crashops import cli_env
+
+    code = ("import os, signal, sys\nfrom batchcli import api\nfrom batchcli.engine.store import Store\n"
+            "p = api.create_batch(Store(sys.argv[1]), api.StartConfig(inputs=[sys.argv[2]], out_dir=sys.argv[3], "
+            "pipeline_text=sys.argv[4]))\nprint(p.id, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(home), str(src), str(out), pipeline],
+                       env=cli_env(home), capture_output=True, text=True, timeout=60)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    return r.stdout.strip()
+
+
+def test_a_batch_whose_command_died_before_its_run_is_recovered_or_superseded(tmp_path):
+    from crashops import make_pngs
+
+    home, src = tmp_path / "home", tmp_path / "in"
+    make_pngs(src, 4)
+    first = _orphan(home, src, tmp_path / "o1", "convert png")
+    s = json.loads(run(home, "status", first, "--json").stdout)
+    assert s["status"] == "interrupted" and "died before its run began" in s["reason"], s
+    r = run(home, "recover", "--resume", "--json")  # @reboot: it runs
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["batches"]
+    assert [(b["batch_id"], b["status"], b["resumed"]) for b in rows] == [(first, "paused", True)]
+    f = run(home, "status", first, "--follow", "--json")
+    assert json.loads(f.stdout.splitlines()[-1])["status"] == "completed"
+    assert sorted(p.name for p in (tmp_path / "o1").iterdir()) == [f"img{i:03d}.png" for i in range(4)]
+
+    second = _orphan(home, src, tmp_path / "o2", "convert png")  # the next cron run comes first: not blocked
+    r = run(home, "sync", src, "--out", tmp_path / "o2", "-p", "convert png", "--min-free-space", "0")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(run(home, "status", second, "--json").stdout)
+    assert s["status"] == "cancelled" and "superseded by batch" in s["reason"], s
+    assert len(list((tmp_path / "o2").iterdir())) == 4
+    assert json.loads(run(home, "recover", "--json").stdout)["batches"] == []  # nothing left to recover

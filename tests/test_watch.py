@@ -187,3 +187,100 @@ def test_a_landed_file_is_processed_once_even_when_the_journal_is_slow(tmp_path)
     assert sorted(os.path.basename(p) for p in seen.read_text().splitlines()) == ["a.png", "b.png"]
     done = [r["i"] for r in records(batch / "journal.jsonl") if r.get("type") == "item_completed"]
     assert sorted(done) == [0, 1]
+
+
+def _runner_pid(home) -> int | None:
+    return json.loads(run(home, "status", "--json").stdout)["runner_pid"]
+
+
+def test_a_watch_killed_while_idle_comes_back_with_recover_resume(tmp_path):
+    """Started on an empty folder, then resumed with nothing pending: SIGKILLed while idle each
+    time, it is interrupted, and `recover --resume` watches again."""
+    home, hot, out, log = tmp_path / "home", tmp_path / "hot", tmp_path / "out", tmp_path / "events.ndjson"
+    hot.mkdir()
+    runner = spawn(home, "watch", hot, "--out", out, "-p", "convert png", *FLAGS, "--settle", "0.3s", "--json", log=log)
+    try:
+        batch = _batch(home)
+        wait_for(lambda: log.is_file() and '"started"' in log.read_text(), what="the watch to start")
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(10)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert json.loads(run(home, "status", "--json").stdout)["status"] == "interrupted"
+    r = run(home, "recover", "--resume", "--json")  # nothing landed: resumed with nothing pending
+    assert r.returncode == 0 and json.loads(r.stdout)["recovered_count"] == 1, r.stdout + r.stderr
+    wait_for(lambda: [x["type"] for x in records(batch / "journal.jsonl")].count("batch_resumed") == 1,
+             what="the resumed watch to run")
+    pid = wait_for(lambda: _runner_pid(home), what="the resumed runner's pid")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: json.loads(run(home, "status", "--json").stdout)["status"] == "interrupted",
+             what="the killed idle watch to read interrupted")
+    make_image(hot / "a.png", seed=1)  # lands while nobody watches
+    r = run(home, "recover", "--resume", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["recovered_count"] == 1, r.stdout + r.stderr
+    try:
+        wait_for(lambda: (out / "a.png").is_file(), what="a.png, landed while the watcher was dead")
+        make_image(hot / "b.png", seed=2)
+        wait_for(lambda: (out / "b.png").is_file(), what="b.png, after the resume")
+    finally:
+        assert run(home, "cancel", batch.name).returncode == 0
+
+
+def test_a_watched_folder_deleted_and_made_again_is_watched_again(tmp_path):
+    home, hot, out = tmp_path / "home", tmp_path / "hot", tmp_path / "out"
+    hot.mkdir()
+    make_image(hot / "a.png", seed=1)
+    runner = spawn(home, "watch", hot, "--out", out, "-p", "convert png", *FLAGS, "--settle", "0.3s",
+                   log=tmp_path / "watch.log")  # inotify
+    try:
+        batch = _batch(home)
+        wait_for(lambda: (out / "a.png").is_file(), what="a.png")
+        shutil.rmtree(hot)
+        time.sleep(1.0)  # the watcher sees it gone
+        hot.mkdir()
+        make_image(hot / "early.png", seed=2)  # lands before the folder is watched again: found by a walk
+        time.sleep(1.5)
+        make_image(hot / "late.png", seed=3)  # lands once it is watched again
+        wait_for(lambda: (out / "early.png").is_file() and (out / "late.png").is_file(), timeout=20,
+                 what="files in the folder made again")
+        assert run(home, "pause", batch.name).returncode == 0
+        assert runner.wait(20) == 3
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert "watching it again" in (tmp_path / "watch.log").read_text()
+
+
+def test_a_watch_s_pause_names_the_top_failure_reasons(tmp_path):
+    home, hot, out, log = tmp_path / "home", tmp_path / "hot", tmp_path / "out", tmp_path / "watch.log"
+    hot.mkdir()
+    runner = spawn(home, "watch", hot, "--out", out, "-p", "convert png", *FLAGS, "--settle", "0.3s", log=log)
+    try:
+        batch = _batch(home)
+        (hot / "bad.png").write_text("junk")
+        wait_for(lambda: any(r.get("type") == "item_failed" for r in records(batch / "journal.jsonl")),
+                 what="bad.png failed")
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(20) == 143
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    text = log.read_text()
+    assert "top failure reasons:" in text and "not an image" in text.split("top failure reasons:")[1], text
+    events = tmp_path / "events.ndjson"
+    again = spawn(home, "resume", batch.name, *FLAGS, "--json", log=events)
+    try:
+        wait_for(lambda: events.is_file() and '"started"' in events.read_text(), what="the resume")
+        (hot / "worse.png").write_text("junk too")
+        wait_for(lambda: sum(r.get("type") == "item_failed" for r in records(batch / "journal.jsonl")) == 2,
+                 what="worse.png failed")
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(20) == 143
+    finally:
+        if again.poll() is None:
+            again.kill()
+    paused = [json.loads(line) for line in events.read_text().splitlines() if '"paused"' in line][-1]
+    status = json.loads(run(home, "status", "--json").stdout)
+    assert paused["failed"] == 2 and paused["top_failures"] == status["top_failures"] != [], (paused, status)
+    assert sum(t["count"] for t in paused["top_failures"]) == 2

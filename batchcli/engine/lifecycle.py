@@ -16,7 +16,9 @@ from typing import Any
 
 from batchcli.engine.journal import replay
 from batchcli.engine.liveness import (
+    ORPHAN_REASON,
     locked_error,
+    orphaned,
     read_runner_info,
     request,
     runner_alive,
@@ -194,7 +196,8 @@ def _recover_one(paths: BatchPaths) -> dict[str, Any] | None:
         return {"batch_id": paths.id, "status": "damaged", "reason": reason, "resumed": False}
     man = paths.load_manifest()
     st = replay(paths.journal, int(man["total"]))
-    if st.state not in ("running", "scheduled") or runner_alive(paths) is not None:
+    never_ran = orphaned(paths, st.state)  # killed before its run began: as good as interrupted
+    if not never_ran and (st.state not in ("running", "scheduled") or runner_alive(paths) is not None):
         return None
     if st.state == "scheduled":  # nothing ran: it needs only a runner to wait for it again
         from batchcli.engine.schedule import check_due
@@ -204,9 +207,9 @@ def _recover_one(paths: BatchPaths) -> dict[str, Any] | None:
                 "due": due, "reason": st.reason, "completed": st.completed, "failed": st.failed,
                 "remaining": st.remaining, "temp_files_removed": 0, "resumed": False}
     info = read_runner_info(paths) or {}
-    pid = info.get("pid") or st.runner_pid
+    pid = info.get("pid") or st.runner_pid or (man.get("creator") or {}).get("pid")
     try:
-        mark(paths, "batch_interrupted", reason=f"runner pid {pid} died", pid=pid)
+        mark(paths, "batch_interrupted", reason=ORPHAN_REASON if never_ran else f"runner pid {pid} died", pid=pid)
         mark(paths, "batch_paused", reason="recovered after the runner died")
     except BatchLocked:
         return None  # a runner took it meanwhile: nothing to recover

@@ -127,6 +127,25 @@ def runner_alive(paths: BatchPaths) -> dict[str, Any] | None:
     return None
 
 
+ORPHAN_REASON = "the command that created it died before its run began"
+"""Why a pending batch is `interrupted` (see `orphaned`)."""
+
+
+def orphaned(paths: BatchPaths, state: str) -> bool:
+    """A batch that nobody will run: pending in its journal (it never started: created, or queued
+    for a slot), no runner holds it, and the command that created it has exited (a detached
+    start's command waits until its runner holds the lock; a scheduled batch is not pending)."""
+    if state != "pending":
+        return False
+    from batchcli.engine.store import creator_gone
+
+    try:
+        man = paths.load_manifest()
+    except (OSError, ValueError):
+        return False
+    return creator_gone(man) and runner_alive(paths) is None
+
+
 def locked_error(paths: BatchPaths, info: dict[str, Any]) -> BatchLocked:
     """The refusal a second runner (or a resume) gets while a live runner holds the lock."""
     return BatchLocked(f"batch {paths.id} is being run by pid {info.get('pid', '?')}; "

@@ -94,7 +94,8 @@ def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, la
     `claims_lock`."""
     if not out_dir or out_id is None:
         return
-    rivals = [r for r in batches_into(store, out_id) if r.batch_id != me and _claiming(store, r)]
+    rivals = [r for r in batches_into(store, out_id) if r.batch_id != me and _claiming(store, r)
+              and not _superseded_orphan(store, r, me)]
     if not rivals:
         return
     from batchcli.inputs.discover import DigestSet
@@ -118,6 +119,26 @@ def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, la
                     clashes.append(stem + (f".{ext}" if ext else ".*"))
         if count:
             raise ConfigError(_refusal(store, rival, out_dir, clashes, count))
+
+
+def _superseded_orphan(store: Store, row: BatchRow, me: str) -> bool:
+    """A pending batch that will never run (liveness.orphaned: the command that created it was
+    killed before its run began, so it wrote nothing) does not keep a new batch from its outputs:
+    it is cancelled, its reason naming `me`. True when it was."""
+    if row.state != "pending":
+        return False
+    from batchcli.engine.liveness import ORPHAN_REASON, orphaned
+    from batchcli.engine.status import mark
+    from batchcli.errors import BatchLocked
+
+    paths = BatchPaths(os.path.join(store.batches_dir, row.batch_id))
+    if not orphaned(paths, "pending"):
+        return False
+    try:
+        return mark(paths, "batch_cancelled", unless=("running", "paused", "interrupted", "scheduled", "completed", "failed", "cancelled"),
+                    reason=f"{ORPHAN_REASON}; superseded by batch {me}")
+    except BatchLocked:  # a runner took it meanwhile: it claims its outputs
+        return False
 
 
 def batches_into(store: Store, out_id: tuple[int, int]) -> list[BatchRow]:

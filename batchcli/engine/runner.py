@@ -118,7 +118,7 @@ class Runner:
                 except FileNotFoundError:
                     pass
             try:  # a cache of the replay, so status of a huge batch reads only what comes after
-                checkpoint(self.paths.journal, self.total, getattr(self, "journal", None))
+                checkpoint(self.paths.journal, self.total, self._folded())
             except Exception:  # a cache: never worth failing a run for
                 log.warning("could not write the journal snapshot", exc_info=True)
             if self.manifest.get("kind") == "sync":  # the next sync asks the catalog at once
@@ -225,8 +225,8 @@ class Runner:
                      **({"forced": True} if force else {}))
             j.sync()
 
-        if gate is None:
-            announce()
+        if gate is None or watching:  # a watch has started once it watches, with or without a slot:
+            announce()                # killed while idle or queued, it is interrupted (recover resumes it)
 
         t0 = time.monotonic()
         counts = st.counts
@@ -468,7 +468,7 @@ class Runner:
             if stopping == "journal":  # records the disk refused: their items are pending again
                 counts = st.counts = replay(self.paths.journal, self.total).counts
         try:  # the reasons of the items failed now (a retried item that succeeded no longer counts)
-            top = checkpoint(self.paths.journal, self.total, self.journal).failures.most_common(5)
+            top = checkpoint(self.paths.journal, self.total, self._folded()).failures.most_common(5)
         except Exception:
             top = failures.most_common(5)
         result = RunResult(self.paths.id, status, code, self.total, counts[COMPLETED], counts[FAILED],
@@ -481,6 +481,13 @@ class Runner:
                    "rate": round(result.rate, 2), "reason": stop_reason, "out_dir": self.out_dir,
                    "top_failures": [{"reason": r, "count": c} for r, c in top], "first_frame_only": first_frames})
         return result
+
+    def _folded(self) -> JournalWriter | None:
+        """The journal writer whose own fold is the batch's state; None when a hot folder added
+        items (the fold holds the items there were when the writer opened): replay instead."""
+        if self.feed is not None and self.feed.grew:
+            return None
+        return getattr(self, "journal", None)
 
     def _check_claims(self) -> None:
         """Refuse to resume while another batch claims paths this one writes (engine/owners.py).

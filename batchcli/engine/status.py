@@ -26,12 +26,14 @@ LIVE = ("pending", "running", "paused", "interrupted", "scheduled")
 def effective_state(paths: BatchPaths, st: Replay, entry: Any = None) -> tuple[str, int | None]:
     """The journal's state, corrected by reality: a live runner's own word from the home's board
     (queued, throttled, running); 'running' with no live runner is 'interrupted'."""
-    from batchcli.engine.liveness import runner_alive
+    from batchcli.engine.liveness import orphaned, runner_alive
 
     if entry is None and st.state in LIVE:
         entry = live_entry(paths)
     if entry is not None:
         return entry.state, entry.pid
+    if orphaned(paths, st.state):
+        return "interrupted", None
     if st.state == "running":
         info = runner_alive(paths)
         if info is None:
@@ -71,6 +73,10 @@ def batch_status(paths: BatchPaths, st: Replay | None = None) -> dict[str, Any]:
     entry = live_entry(paths) if st.state in LIVE else None
     state, pid = effective_state(paths, st, entry)
     reason = entry.reason if entry is not None else st.reason
+    if state == "interrupted" and st.state == "pending":
+        from batchcli.engine.liveness import ORPHAN_REASON
+
+        reason = f"{ORPHAN_REASON}; 'batchcli recover --resume' runs it"
     if state == "scheduled":
         pid, reason = _scheduled(paths, reason)
     done = st.completed + st.failed

@@ -133,6 +133,19 @@ def damage(paths: BatchPaths) -> str | None:
     return f"missing {', '.join(missing)}" if missing else None
 
 
+def creator_info() -> dict[str, Any]:
+    """This process, as a manifest's `creator`: the command that made the batch, which runs it
+    (or starts its runner) next."""
+    pid = os.getpid()
+    return {"pid": pid, "started": process_start_time(pid)}
+
+
+def creator_gone(manifest: dict[str, Any]) -> bool:
+    """The process that created the batch has exited (False when the manifest does not say)."""
+    who = manifest.get("creator")
+    return isinstance(who, dict) and not process_alive(who.get("pid"), who.get("started"))
+
+
 def _unborn(path: str) -> bool:
     """A folder that is no batch yet: being created by a live process, just made (still empty),
     or not a folder at all. A folder left half-made, or one that lost its manifest, is not."""

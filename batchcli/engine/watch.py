@@ -35,6 +35,9 @@ RESCAN_AFTER = 1.0
 """Seconds after the start: one more walk, for files that landed while the watcher started."""
 POLL_DELAY_MS = 250
 """With --poll (or when the native watcher cannot start): milliseconds between scans."""
+ROOTS_EVERY = 0.5
+"""Seconds between looks at the watched folders themselves: one deleted (and made again) is
+watched again, as it is now (a kernel watch follows the folder it was given, not its path)."""
 
 
 def watch_spec(inputs: list[str], settle: float, poll: bool) -> dict[str, Any]:
@@ -80,7 +83,12 @@ class HotFolder:
         self._events: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._restart = threading.Event()  # the watched folders changed: watch them anew
+        self._ids = self._root_ids()
+        self._roots_at = 0.0
+        self._rescan_known = False
         self._last_look = 0.0
+        self.grew = False  # items were added: the journal writer's fold no longer holds them all
         for f in self._discover():  # landed while no runner watched
             if os.path.abspath(f.src) not in self.known:
                 self.waiting[os.path.abspath(f.src)] = None
@@ -95,14 +103,19 @@ class HotFolder:
         from watchfiles import Change, watch
 
         poll = self.poll
+        either = _Either(self._stop, self._restart)
         while not self._stop.is_set():
+            self._restart.clear()
+            roots = [r for r in self.roots if os.path.isdir(r)]  # one deleted is watched once it is back
+            if not roots:
+                self._stop.wait(ROOTS_EVERY)
+                continue
             try:
-                for changes in watch(*self.roots, watch_filter=None, debounce=100, step=20, stop_event=self._stop,
+                for changes in watch(*roots, watch_filter=None, debounce=100, step=20, stop_event=either,
                                      force_polling=poll, poll_delay_ms=POLL_DELAY_MS, raise_interrupt=False,
                                      ignore_permission_denied=True):
                     with self._lock:
                         self._events.update(os.path.abspath(p) for c, p in changes if c != Change.deleted)
-                return
             except Exception as exc:  # e.g. out of inotify watches: poll instead
                 if poll:
                     log.warning("watching %s failed: %s; retrying", ", ".join(self.roots), exc)
@@ -110,6 +123,33 @@ class HotFolder:
                 else:
                     log.warning("native file watching failed (%s); polling instead", exc)
                     poll = True
+
+    def _root_ids(self) -> list[tuple[int, int] | None]:
+        out: list[tuple[int, int] | None] = []
+        for root in self.roots:
+            try:
+                st = os.stat(root)
+                out.append((st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None)
+            except OSError:
+                out.append(None)
+        return out
+
+    def _look_at_roots(self, now: float) -> None:
+        """A watched folder deleted, or made again, is watched anew, and walked once the watcher
+        runs again (for the files that landed meanwhile)."""
+        if now - self._roots_at < ROOTS_EVERY:
+            return
+        self._roots_at = now
+        ids = self._root_ids()
+        if ids == self._ids:
+            return
+        for root, was, now_id in zip(self.roots, self._ids, ids):
+            if was != now_id:
+                log.warning("watched folder %s %s", root, "is gone; watching it again once it is back"
+                            if now_id is None else "was made again; watching it again")
+        self._ids = ids
+        self._restart.set()
+        self._rescan_at, self._rescan_known = now + RESCAN_AFTER, True
 
     def close(self) -> None:
         self._stop.set()
@@ -129,9 +169,12 @@ class HotFolder:
     def _collect(self, now: float) -> list[dict[str, Any]]:
         with self._lock:
             fresh, self._events = self._events, set()
+        self._look_at_roots(now)
         if self._rescan_at and now >= self._rescan_at:
             self._rescan_at = 0.0
-            fresh |= {os.path.abspath(f.src) for f in self._discover()} - set(self.known) - set(self.waiting)
+            seen = {os.path.abspath(f.src) for f in self._discover()} - set(self.waiting)
+            fresh |= seen if self._rescan_known else seen - set(self.known)  # (a file the batch has: redone if changed)
+            self._rescan_known = False
         for p in fresh:
             if not any(p.startswith(d.rstrip(os.sep) + os.sep) for d in self.skip):  # our own outputs
                 self.waiting[p] = None
@@ -198,9 +241,20 @@ class HotFolder:
         self.st.items.extend(bytes(grow))
         self.st.counts[PENDING] += grow
         self.st.total = self.runner.total = self.writer.n
+        self.grew = True
         for rec in recs:
             self.known[os.path.abspath(rec["src"])] = [rec["i"], rec["size"], rec["mtime"], rec]
         return [_item(rec) for rec in recs]
+
+
+class _Either:
+    """Set when either event is: the watcher's stop_event (it asks is_set() between steps)."""
+
+    def __init__(self, *events: threading.Event):
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
 
 
 def _item(rec: dict[str, Any]) -> dict[str, Any]:
