@@ -237,12 +237,13 @@ def test_a_watched_folder_deleted_and_made_again_is_watched_again(tmp_path):
         batch = _batch(home)
         wait_for(lambda: (out / "a.png").is_file(), what="a.png")
         shutil.rmtree(hot)
-        time.sleep(1.0)  # the watcher sees it gone
+        wait_for(lambda: "is gone" in (tmp_path / "watch.log").read_text(), what="the watcher to see it gone")
         hot.mkdir()
         make_image(hot / "early.png", seed=2)  # lands before the folder is watched again: found by a walk
-        time.sleep(1.5)
+        wait_for(lambda: "made again" in (tmp_path / "watch.log").read_text(), what="the watcher to see it back")
+        time.sleep(1.5)  # (the walk comes a second after)
         make_image(hot / "late.png", seed=3)  # lands once it is watched again
-        wait_for(lambda: (out / "early.png").is_file() and (out / "late.png").is_file(), timeout=20,
+        wait_for(lambda: (out / "early.png").is_file() and (out / "late.png").is_file(), timeout=40,
                  what="files in the folder made again")
         assert run(home, "pause", batch.name).returncode == 0
         assert runner.wait(20) == 3
