@@ -141,3 +141,39 @@ def test_analyze_reports_the_metadata_blocks(photo, tmp_path):
     make_image(bare)
     _, frame = run(bare, "analyze", tmp_path / "out2")
     assert frame.meta["analyze"]["metadata"] == {"exif": 0, "iptc": 0, "xmp": 0, "icc": None, "gps": False}
+
+
+def _tiff_with_profile(path, icc: bytes):
+    import numpy as np
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x013B] = ARTIST  # some EXIF to copy, beside the profile the TIFF holds in its IFD0
+    Image.fromarray(np.full((24, 32, 3), 120, np.uint8)).save(path, icc_profile=icc, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])
+def test_a_tiff_sources_profile_does_not_ride_along_in_the_exif(tmp_path, fmt):
+    """A TIFF keeps its ICC profile in an IFD0 tag (InterColorProfile); copied with the EXIF, it
+    would be a second profile that `icc=drop` does not drop and `profile` does not replace."""
+    import pyexiv2
+
+    from tests.photos import icc_profile
+
+    src = _tiff_with_profile(tmp_path / "in.tif", icc_profile("sRGB"))
+    path, _ = run(src, f"metadata keep icc=drop | convert {fmt}", tmp_path / "out")
+    with pyexiv2.ImageData(open(path, "rb").read()) as out:
+        exif, icc = out.read_exif(), out.read_icc()
+    assert exif.get("Exif.Image.Artist") == ARTIST
+    assert "Exif.Image.InterColorProfile" not in exif and not icc
+
+
+def test_profile_srgb_on_a_tagged_tiff_leaves_one_profile(tmp_path):
+    from tests.photos import icc_profile
+
+    src = _tiff_with_profile(tmp_path / "pro.tif", icc_profile("ProPhotoRGB"))
+    path, _ = run(src, "profile srgb | convert jpg", tmp_path / "out")
+    (tags,) = exiftool(path)
+    profiles = {k.split(":")[0] for k in tags if k.startswith("ICC_Profile")}
+    assert profiles == {"ICC_Profile"} and tags["ICC_Profile:ProfileDescription"] == "sRGB built-in", tags

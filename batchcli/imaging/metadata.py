@@ -27,9 +27,12 @@ DROPPABLE = ("gps", "maker", "serial", "thumbnail")
 
 # EXIF groups of the standard (everything else under Exif.* is a camera maker's note)
 _STANDARD = frozenset(("Image", "Photo", "Iop", "GPSInfo", "Thumbnail", "MpfInfo", "Image2", "Image3", "SubImage1", "SubImage2"))
-# IFD0 tags that describe a TIFF or RAW file's own pixels (layout, sensor, DNG calibration): they
-# would be false in another file, so they are not copied into JPEG, PNG or WebP outputs
+# IFD0 tags that describe a TIFF or RAW file's own pixels (layout, sensor, DNG calibration) or
+# carry its ICC profile, XMP, IPTC or Photoshop blocks (each output gets those in its own place, as
+# the policy says): they would be false in another file, so they are not copied into JPEG, PNG or
+# WebP outputs (nor HEIC or AVIF, whose EXIF is made the same way)
 _STRUCTURE = frozenset((
+    "InterColorProfile", "XMLPacket", "IPTCNAA", "ImageResources",
     "NewSubfileType", "SubfileType", "ImageWidth", "ImageLength", "BitsPerSample", "Compression", "PhotometricInterpretation",
     "StripOffsets", "SamplesPerPixel", "RowsPerStrip", "StripByteCounts", "PlanarConfiguration", "TileWidth", "TileLength",
     "TileOffsets", "TileByteCounts", "SubIFDs", "JPEGTables", "SampleFormat", "Predictor", "ExtraSamples",
