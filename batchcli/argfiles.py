@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 
 from batchcli.errors import ConfigError
 from batchcli.units import fmt_bytes
@@ -104,3 +105,24 @@ def check_writable_folder(folder: str, what: str) -> None:
         raise ConfigError(f"{what} {folder}: cannot write there: {exc.strerror}") from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def check_target(path: str, what: str, inputs: Iterable[dict] = ()) -> None:
+    """A file the tool writes whole and renames into place (`export --zip`, `--manifest`,
+    `--report`, a contact sheet, `stats --prometheus`): refused (ConfigError, exit 2, before any
+    work) when `path` is a folder, is there but is no regular file (a FIFO, a device node: the
+    rename would replace it, never write to it), or is one of `inputs` (item records with
+    `dev`, `ino`, `src`: the same device and inode, also through a link)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # nothing there yet (a dangling link is replaced, not followed)
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{what} {path}: is a folder; give the name of the file to write")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{what} {path}: {_kind(st.st_mode)}, not a regular file; it is never replaced "
+                          "(give the name of a regular file, or of a new one)")
+    for rec in inputs:
+        if (rec.get("dev"), rec.get("ino")) == (st.st_dev, st.st_ino):
+            raise ConfigError(f"{what} {path}: is the batch's input {rec['src']} (the same file, device "
+                              f"{st.st_dev} inode {st.st_ino}); writing it would replace it")

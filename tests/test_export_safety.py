@@ -4,7 +4,9 @@ stay inside the target after Unicode NFKC normalisation; manifest cells cannot i
 from __future__ import annotations
 
 import os
+import stat
 
+import pytest
 from crashops import make_pngs, run
 
 from batchcli.engine.store import Store
@@ -49,3 +51,67 @@ def test_export_to_never_replaces_an_input(tmp_path, bind_mount):
     assert r.stderr.startswith(f"Error: --to {dest}: {dest}/img000.png is the batch's input {src}/img000.png "
                                "(the same file, device ")
     assert {n: (src / n).read_bytes() for n in os.listdir(src)} == before
+
+
+def _listing(*folders) -> dict[str, tuple[int, int, bytes | None]]:
+    """Every entry of `folders`: (mode, inode, bytes of a regular file)."""
+    out = {}
+    for folder in folders:
+        for n in os.listdir(folder):
+            p = os.path.join(folder, n)
+            st = os.lstat(p)
+            data = open(p, "rb").read() if stat.S_ISREG(st.st_mode) else None
+            out[p] = (st.st_mode, st.st_ino, data)
+    return out
+
+
+FILE_FLAGS = [("--zip", "x.zip"), ("--manifest", "x.csv"), ("--report", "x.md"), ("--contact-sheet", "x.jpg")]
+
+
+@pytest.mark.parametrize("flag,name", FILE_FLAGS)
+def test_a_file_export_never_replaces_a_fifo_a_folder_or_an_input(tmp_path, flag, name):
+    home, src, out, dest = (tmp_path / n for n in ("home", "in", "out", "dest"))
+    make_pngs(src, 2)
+    _batch(home, src, out)
+    dest.mkdir()
+    os.mkfifo(dest / f"fifo{name}")
+    (dest / f"folder{name}").mkdir()
+    os.link(src / "img000.png", dest / f"hard{name}")  # the same inode as an input
+    (dest / f"sym{name}").symlink_to(src / "img001.png")
+    os.mkfifo(dest / "fifo-target")
+    (dest / f"symfifo{name}").symlink_to(dest / "fifo-target")
+    before = _listing(src, dest, out)
+    ino = os.stat(src / "img000.png").st_ino
+    want = {
+        "fifo": "a FIFO (named pipe), not a regular file; it is never replaced (give the name of a regular "
+                "file, or of a new one)",
+        "symfifo": "a FIFO (named pipe), not a regular file; it is never replaced (give the name of a regular "
+                   "file, or of a new one)",
+        "folder": "is a folder; give the name of the file to write",
+        "hard": f"is the batch's input {src}/img000.png (the same file, device {os.stat(src).st_dev} inode {ino}); "
+                "writing it would replace it",
+        "sym": f"is the batch's input {src}/img001.png (the same file, device {os.stat(src).st_dev} inode "
+               f"{os.stat(src / 'img001.png').st_ino}); writing it would replace it",
+    }
+    for kind, reason in want.items():
+        target = dest / f"{kind}{name}"
+        r = run(home, "export", "A", flag, target)
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", f"Error: {flag} {target}: {reason}\n"), kind
+        assert _listing(src, dest, out) == before, kind  # nothing replaced, no temp file left
+    assert run(home, "export", "A", flag, dest / name).returncode == 0  # a new file: written
+    assert os.path.isfile(dest / name)
+
+
+def test_report_and_prometheus_targets_are_checked_before_any_work(tmp_path):
+    home, src, out = (tmp_path / n for n in ("home", "in", "out"))
+    make_pngs(src, 2)
+    fifo = tmp_path / "fifo.md"
+    os.mkfifo(fifo)
+    r = run(home, "start", src, "--out", out, "--pipeline", "convert png", "--report", fifo, *RUN)
+    assert r.returncode == 2 and r.stderr.startswith(f"Error: --report {fifo}: a FIFO (named pipe), not a regular file")
+    assert not out.exists() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    prom = tmp_path / "fifo.prom"
+    os.mkfifo(prom)
+    r = run(home, "stats", "--prometheus", prom)
+    assert r.returncode == 2 and r.stderr.startswith(f"Error: --prometheus {prom}: a FIFO (named pipe)")
+    assert stat.S_ISFIFO(os.lstat(prom).st_mode)

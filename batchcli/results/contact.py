@@ -23,6 +23,7 @@ from batchcli.atomic import atomic_write
 from batchcli.engine.store import BatchPaths
 from batchcli.errors import ConfigError, NothingToExport
 from batchcli.imaging.noise import silenced
+from batchcli.results.dest import check_file_target
 from batchcli.results.snapshot import ItemView, Snapshot
 
 # Colours are RGB (the page is converted to BGR once, before encoding).
@@ -129,6 +130,8 @@ def render_contact_sheet(paths: BatchPaths, out_file: str, compare: bool = False
     n_tiles = st.completed + st.failed
     n_pages = max(1, -(-n_tiles // lay.per_page))
     targets = page_paths(os.path.abspath(out_file), n_pages)
+    for target in targets:
+        check_file_target(paths, "--contact-sheet", target)
     res = ContactResult(batch_id=paths.id, running=snap.running, snapshot_at=snap.taken_at)
     fonts = _Fonts()
     limits = limits_of(snap.manifest)

@@ -13,7 +13,9 @@ import errno
 import os
 import stat
 
+from batchcli.argfiles import check_target
 from batchcli.atomic import TMP_MARK
+from batchcli.engine.store import BatchPaths
 from batchcli.errors import ConfigError
 
 _DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
@@ -112,3 +114,17 @@ def lookup(dest: str, name: str) -> tuple[str | None, os.stat_result | None]:
         return None, os.stat(os.path.join(dest, *parts))
     except OSError:
         return None, None
+
+
+def check_file_target(paths: BatchPaths, what: str, path: str) -> None:
+    """`argfiles.check_target` against the inputs of the batch `paths`: a file an export or
+    report writes (temp file, then rename) never replaces a FIFO, a device or one of the inputs."""
+    from batchcli.inputs.discover import iter_items
+
+    def inputs():
+        try:
+            yield from iter_items(paths.items)
+        except FileNotFoundError:  # a damaged batch: refused elsewhere, with that reason
+            return
+
+    check_target(path, what, inputs())

@@ -24,6 +24,7 @@ from batchcli.atomic import fsync_dir, tmp_name
 from batchcli.engine.liveness import note_export
 from batchcli.engine.store import BatchPaths
 from batchcli.errors import ConfigError, NothingToExport
+from batchcli.results.dest import check_file_target
 from batchcli.results.manifest import ManifestWriter, manifest_row
 from batchcli.results.names import check_template, entry_namer
 from batchcli.results.snapshot import MANIFEST_CSV, MANIFEST_JSONL, Changed, ItemView, Snapshot, copy_verified, open_output
@@ -124,6 +125,7 @@ def export_zip(paths: BatchPaths, zip_path: str, name_template: str | None = Non
     """Write the ZIP atomically (temp file next to it, then rename)."""
     if name_template:
         check_template(name_template)
+    check_file_target(paths, "--zip", zip_path)
     snap = snapshot or Snapshot(paths)
     _require_results(snap)
     zip_path = os.path.abspath(zip_path)
@@ -167,11 +169,12 @@ def export_zip(paths: BatchPaths, zip_path: str, name_template: str | None = Non
             res.zip64 = zs.zip64
             fh.flush()
             os.fsync(fh.fileno())
+            fh.close()
+            os.replace(tmp, zip_path)
         except BaseException:
             fh.close()
             _unlink(tmp)
             raise
-    os.replace(tmp, zip_path)
     fsync_dir(folder)
     return res
 
@@ -189,6 +192,7 @@ def export_manifest(paths: BatchPaths, path: str, fmt: str | None = None,
         raise ConfigError(f"--manifest {path}: the name must end in .csv or .jsonl")
     if name_template:
         check_template(name_template)
+    check_file_target(paths, "--manifest", path)
     snap = snapshot or Snapshot(paths)
     _require_results(snap)
     path = os.path.abspath(path)

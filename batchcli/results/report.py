@@ -8,9 +8,11 @@ import re
 from typing import IO
 from xml.sax.saxutils import escape, quoteattr
 
+from batchcli.argfiles import check_target
 from batchcli.atomic import atomic_stream
 from batchcli.engine.store import BatchPaths
 from batchcli.errors import ConfigError
+from batchcli.results.dest import check_file_target
 from batchcli.results.facts import BatchFacts, batch_facts, item_results
 
 REPORT_KINDS = {".xml": "junit", ".md": "markdown"}
@@ -25,14 +27,14 @@ def report_kind(path: str, flag: str = "--report") -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ConfigError(f"{flag} {path}: no such folder {folder}")
-    if os.path.isdir(path):
-        raise ConfigError(f"{flag} {path}: is a folder")
+    check_target(path, flag)
     return kind
 
 
 def write_report(paths: BatchPaths, path: str) -> str:
     """Write the report `path` names (atomically). Returns its kind."""
     kind = report_kind(path)
+    check_file_target(paths, "--report", path)
     with atomic_stream(path) as fh:
         if kind == "junit":
             write_junit(paths, fh)

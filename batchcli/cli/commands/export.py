@@ -42,6 +42,7 @@ def register(app: typer.Typer) -> None:
         from batchcli.cli import console
         from batchcli.engine.store import Store
         from batchcli.errors import BatchcliError, ConfigError
+        from batchcli.results.dest import check_file_target
         from batchcli.results.export import _iso
         from batchcli.results.names import check_template
 
@@ -58,6 +59,10 @@ def register(app: typer.Typer) -> None:
         if name_template:
             check_template(name_template)
         paths = Store(home).resolve(batch)
+        for flag, target in (("--zip", zip_file), ("--manifest", manifest), ("--contact-sheet", contact_sheet),
+                             ("--report", report)):
+            if target:  # before any work: the export writes these last (a temp file, then a rename)
+                check_file_target(paths, flag, target)
         try:
             if report and not (zip_file or to or manifest or contact_sheet):
                 _report_only(paths, report, json_out)

@@ -25,6 +25,7 @@ def register(app: typer.Typer) -> None:
         """
         import os
 
+        from batchcli.argfiles import check_target
         from batchcli.cli import console
         from batchcli.engine.store import Store
         from batchcli.errors import BatchcliError, ConfigError
@@ -36,6 +37,7 @@ def register(app: typer.Typer) -> None:
             folder = os.path.dirname(os.path.abspath(prometheus))
             if not os.path.isdir(folder):
                 raise ConfigError(f"--prometheus {prometheus}: no such folder {folder}")
+            check_target(prometheus, "--prometheus")
         s = home_stats(Store(home), window)
         if prometheus:
             try:
