@@ -51,6 +51,32 @@ def test_cancel_wins_whichever_comes_50ms_first(tmp_path, first, second):
     assert "cancelled" in out and "paused (" not in out, out
 
 
+@pytest.mark.parametrize("how", ["cancel", "pause --now"])
+def test_an_output_written_before_a_cancel_is_recorded_never_left_behind(tmp_path, how):
+    """Items of 0.6 s: a result used to wait in its worker until the next item was done, so a
+    cancel (or pause --now) left the last output written but never recorded, owned by nobody
+    (export, verify and cleanup --purge-outputs skip it). Every output file belongs to a record."""
+    import json
+
+    folder = tmp_path / "in"
+    for k in range(20):
+        make_image(folder / f"i{k:02d}.png", 16, 16, seed=k)
+    home, out = tmp_path / "home", tmp_path / "out"
+    runner = _cli(home, "start", folder, "--out", out, "-w", "1", "--min-free-space", "0",
+                  "--pipeline", "crashtest delay=0.6 | convert png")
+    journal = wait_for(lambda: next((home / "batches").glob("*/journal.jsonl"), None), what="the batch")
+    wait_for(lambda: sum(r["type"] == "item_completed" for r in records(journal)) >= 2, what="two items")
+    time.sleep(0.3)  # the third is in hand
+    stop = _cli(home, *how.split(), journal.parent.name)
+    assert stop.wait(timeout=60) == 0, stop.stderr.read()
+    assert runner.wait(timeout=60) in (3, 4), runner.stderr.read()
+    recorded = {r["out"] for r in records(journal) if r["type"] == "item_completed"}
+    assert recorded and sorted(p.name for p in out.iterdir()) == sorted(recorded)
+    s = json.loads(subprocess.run([sys.executable, "-m", "batchcli", "status", journal.parent.name, "--json"],
+                                  env=cli_env(home), capture_output=True, text=True).stdout)
+    assert s["completed"] == len(recorded)
+
+
 def test_requests_queue_and_the_strongest_wins(tmp_path):
     paths = BatchPaths(str(tmp_path))
     assert strongest_request(paths) is None

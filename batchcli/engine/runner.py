@@ -333,6 +333,9 @@ class Runner:
                             stop_reason = f"{req} requested"
                             if req in ("cancel", "pause-now"):
                                 abandon = True
+                                for ev in pool.poll(0):  # results already sent have durable outputs: keep them
+                                    if ev.kind == "item" and ev.result.get("ok"):
+                                        finish_item(ev.result, inflight.pop(ev.result["i"], None))
                                 break
                             pool.stop()
                     if stopping is None and self.opt.min_free_space and self.out_dir and now - last_space >= SPACE_EVERY:

@@ -14,6 +14,7 @@ from typing import Any
 from batchcli.errors import ItemError
 from batchcli.executors.heap import keep_freed_memory
 from batchcli.executors.proc import PeakRss, cap_memory, die_with_parent, readable, rss
+from batchcli.executors.writer import Writer
 from batchcli.imaging.lazy import LazyModule
 from batchcli.imaging.noise import Capture, unique
 
@@ -280,82 +281,6 @@ class VariantFailed(Exception):
         self.name, self.exc = name, exc
 
 
-class Writer:
-    """A background thread that makes a worker's outputs durable in groups: the outputs queued
-    while it was busy, or within `linger` seconds of the first, are written and made durable
-    together (imageio.write_many, atomic_write_many), so a group costs about two filesystem
-    commits, not two per file, and the waiting overlaps the next images' decode. At most `depth` outputs or `max_bytes` wait.
-    Each output's future gets its mtime or its ItemError; `fileno()` becomes readable after
-    every group, so the worker can wait on it beside its pipe."""
-
-    def __init__(self, depth: int = 64, max_bytes: int = 64 << 20, linger: float = 0.005):
-        import threading
-
-        self.depth = depth
-        self.linger = linger
-        self.max_bytes = max_bytes
-        self._cond = threading.Condition()
-        self._queue: list[tuple[str, bytes, Any]] = []
-        self._count = 0  # queued or being written
-        self._bytes = 0
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        threading.Thread(target=self._run, name="batchcli-writer", daemon=True).start()
-
-    def submit(self, path: str, data: bytes) -> Any:
-        from concurrent.futures import Future
-
-        fut: Future = Future()
-        with self._cond:
-            while self._count and (self._count >= self.depth or self._bytes + len(data) > self.max_bytes):
-                self._cond.wait()
-            self._queue.append((path, data, fut))
-            self._count += 1
-            self._bytes += len(data)
-            self._cond.notify_all()
-        return fut
-
-    def fileno(self) -> int:
-        return self._r
-
-    def drain(self) -> None:
-        """Clear the wake-ups of the groups finished so far."""
-        try:
-            while os.read(self._r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _run(self) -> None:
-        from batchcli.imaging.encode import write_many
-
-        while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                deadline = time.monotonic() + self.linger  # let a group gather: each costs a commit
-                while len(self._queue) < self.depth and self._bytes < self.max_bytes // 2:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-                group, self._queue = self._queue, []
-            try:
-                outs: list[Any] = write_many([(path, data) for path, data, _ in group])
-            except Exception as exc:  # a bug here must fail these items, not hang the worker
-                outs = [exc] * len(group)
-            for (_, _, fut), out in zip(group, outs):
-                if isinstance(out, BaseException):
-                    fut.set_exception(out)
-                else:
-                    fut.set_result(out)
-            with self._cond:
-                self._count -= len(group)
-                self._bytes -= sum(len(data) for _, data, _ in group)
-                self._cond.notify_all()
-            os.write(self._w, b".")
-
-
 def settle(res: dict[str, Any], src: str, wait: bool) -> bool:
     """Fold an item's background writes into its result: False while one is still running
     (and not `wait`); a failed write turns the result into that failure."""
@@ -478,8 +403,11 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
     takes `batch=N`, and between groups of small quick images: Worker.group), so a pause waits for
     at most one item (batch, group) per worker. A result is sent
     only once its output is durable (written by the Writer thread in groups, overlapping the
-    next items, also those of the next chunk).
+    next items, also those of the next chunk), and as soon as it is: the Writer's thread sends
+    what its group made durable, so a result never waits for the next item to be processed (a
+    cancel or a kill in that wait left an output written but never recorded).
     """
+    import threading
     from multiprocessing.connection import wait as wait_for
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides what Ctrl-C means
@@ -494,6 +422,12 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
         conn.send(("init_error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready",))
+    lock = threading.RLock()  # sends, and the held results, are shared with the Writer's thread
+
+    def send_msg(msg: Any) -> None:
+        with lock:
+            conn.send(msg)
+
     if current is not None and worker.batch == 1:  # the item in hand, item by item within a group
         worker.at = lambda i: setattr(current, "value", i)
     worker.noise = Capture()  # from here, decoder warnings land in item records, not on the terminal
@@ -513,8 +447,8 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
         return bool(asked)
 
     worker.stop_requested = stop_requested
-    worker.on_segment = lambda rec: conn.send(("segment", rec))
-    worker.on_progress = lambda rec: conn.send(("progress", rec))
+    worker.on_segment = lambda rec: send_msg(("segment", rec))
+    worker.on_progress = lambda rec: send_msg(("progress", rec))
     # (result, source) in item order; (None, chunk_id) marks the end of a chunk
     held: deque[tuple[dict[str, Any] | None, Any]] = deque()
     held_since = 0.0
@@ -524,6 +458,10 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
         """Send the held results whose outputs are durable (all of them with `wait`), each with
         the worker's peak memory while it was made (`rss`, bytes, read once per flush that sends
         something), and each chunk's "done" once its last result is sent."""
+        with lock:
+            _flush(wait)
+
+    def _flush(wait: bool) -> None:
         ready: list[dict[str, Any]] = []
         rss: list[int | None] = []
 
@@ -550,6 +488,8 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
         if ready:
             send()
 
+    if writer is not None:  # (quick small images: this loop's own flushes send them in batches)
+        writer.on_group = lambda: None if worker.quick else flush(wait=False)
     try:
         while True:
             while not chunks or incoming():
@@ -569,7 +509,7 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
                 if msg == "stop":
                     flush()
                     chunks.clear()
-                    conn.send(("stopped",))
+                    send_msg(("stopped",))
                 else:
                     chunks.append([msg[0], msg[1], 0])
             chunk = chunks[0]
@@ -579,18 +519,21 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
                 current.value = group[0]["i"]
             if not held:
                 held_since = time.monotonic()
-            held.extend((res, it["src"]) for res, it in zip(worker.process_batch(group), group) if not res.get("paused"))
+            done = [(res, it["src"]) for res, it in zip(worker.process_batch(group), group) if not res.get("paused")]
+            with lock:
+                held.extend(done)
             chunk[2] = pos + len(group)
             if asked:  # a stop came while a video was in hand: its item stays unfinished
                 flush()
                 if asked.pop() is None:
                     return
                 chunks.clear()
-                conn.send(("stopped",))
+                send_msg(("stopped",))
                 continue
             if chunk[2] >= len(items):
                 chunks.popleft()
-                held.append((None, chunk_id))
+                with lock:
+                    held.append((None, chunk_id))
                 flush(wait=False)
                 held_since = time.monotonic()
             elif time.monotonic() - held_since >= FLUSH_EVERY:
