@@ -229,6 +229,10 @@ def test_a_swapped_output_folder_is_refused_and_nothing_below_it_deleted(tmp_pat
            else "is not the folder the batch wrote to")
     assert r.stderr.startswith(f"Error: kept batch {a.id}: not purged: output folder {out} {why}")
     assert r.stderr.count("\n") == 1 and "nothing below it was deleted" in r.stderr
+    r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--json")
+    assert r.returncode == 1 and r.stderr == ""  # the same exit code for a script reading JSON
+    skipped = json.loads(r.stdout)["skipped"]
+    assert [(s["batch_id"], s["refused"]) for s in skipped] == [(a.id, True)] and why in skipped[0]["reason"]
     assert len(_files(elsewhere)) == 3 and len(_files(out)) == 3
     assert Store(str(home)).ids() == [a.id]  # kept whole: purge it once the folder is back
 

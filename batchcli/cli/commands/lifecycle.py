@@ -166,15 +166,15 @@ def register(app: typer.Typer) -> None:
         wanted = parse_states(status) or lifecycle.DEFAULT_CLEANUP_STATUS
         data = lifecycle.cleanup(Store(home), older_than=parse_age(older_than, "--older-than"), keep_last=keep_last,
                                  status=wanted, purge_outputs=purge_outputs, dry_run=dry_run)
+        refused = [s for s in data["skipped"] if s.get("refused")]
         if json_out:
             console.emit_json(data)
-            return
-        verb = "would remove" if dry_run else "removed"
-        for b in data["cleaned"]:
-            extra = f", {b['outputs_removed']} output files" if purge_outputs else ""
-            console.info(f"{verb} batch {b['batch_id']} ({b['status']}{extra}){_kept(b)}")
-        refused = [s for s in data["skipped"] if s.get("refused")]
-        for s in refused:
-            console.error(f"kept batch {s['batch_id']}: {s['reason']}")
-        if refused:
+        else:
+            verb = "would remove" if dry_run else "removed"
+            for b in data["cleaned"]:
+                extra = f", {b['outputs_removed']} output files" if purge_outputs else ""
+                console.info(f"{verb} batch {b['batch_id']} ({b['status']}{extra}){_kept(b)}")
+            for s in refused:
+                console.error(f"kept batch {s['batch_id']}: {s['reason']}")
+        if refused:  # the same exit code with --json: a script must not miss a refused purge
             raise typer.Exit(1)
