@@ -282,3 +282,23 @@ def test_a_shard_the_disk_has_no_room_for_pauses_the_batch_and_resume_completes(
     filler.unlink()
     assert run(home, "resume", paths.id, "-w", "2", *NOSPACE).returncode == 0
     _check_dataset(out, paths.journal, 12)
+
+
+def test_verify_names_the_missing_shard_and_member_not_loose_files(tmp_path):
+    src, out, home = tmp_path / "in", tmp_path / "out", tmp_path / "home"
+    make_pngs(src, 6, size=16)
+    r = cli("start", str(src), "--out", str(out), "-p", "resize 8x8", "--shards", "tar", "--shard-size", "3",
+            "--name", "ds", *NOSPACE, home=home)
+    assert r.returncode == 0, r.stderr
+    gone = sorted(os.listdir(out))[1]
+    (out / gone).unlink()
+    items = {it["i"]: it for it in json.loads(cli("status", "ds", "--items", "--json", home=home).stdout)["items"]}
+    rep = json.loads(cli("verify", "ds", "--json", home=home).stdout)
+    assert rep["missing_count"] == 3
+    for row in rep["missing"]:
+        assert (row["output"], row["member"]) == (items[row["i"]]["output"], items[row["i"]]["member"])
+        assert row["output"] == str(out / gone)
+    r = cli("verify", "ds", home=home)
+    assert r.returncode == 1
+    missing = [line for line in r.stdout.splitlines() if line.lstrip().startswith("missing")]
+    assert missing == [f"  missing  #{row['i']}  {out / gone} (member {row['member']})" for row in rep["missing"]]

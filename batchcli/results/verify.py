@@ -93,6 +93,8 @@ def verify_batch(paths: BatchPaths) -> VerifyReport:
                 continue
             bad = True
             row = {"i": item.i, "input": item.src, "output": os.path.join(snap.out_dir, rel)}
+            if out.get("shard"):  # a member of a tar shard: the shard and member, as `status --items` says
+                row.update(output=os.path.join(snap.out_dir, out["shard"]), member=out.get("member"))
             if problem == "missing":
                 rep.missing_count += 1
                 if len(rep.missing) < MAX_LISTED:

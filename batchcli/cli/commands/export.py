@@ -118,7 +118,8 @@ def register(app: typer.Typer) -> None:
                      + (f", {rep.superseded_count} superseded" if rep.superseded_count else "")]
             for kind, rows in (("missing", rep.missing), ("changed", rep.changed)):
                 for row in rows[:20]:
-                    lines.append(f"  {kind:<8} #{row['i']}  {row['output']}".replace("\n", "\\n"))
+                    member = f" (member {row['member']})" if row.get("member") else ""
+                    lines.append(f"  {kind:<8} #{row['i']}  {row['output']}{member}".replace("\n", "\\n"))
             for bid, by in rep.superseded_by.items():
                 who = bid + (f" ({by['name']})" if by["name"] else "")
                 lines.append(f"  superseded by {who}: {by['count']} output(s) a later batch wrote over "
