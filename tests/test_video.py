@@ -10,6 +10,7 @@ import shutil
 import signal
 from pathlib import Path
 
+import av
 import pytest
 from conftest import cli, make_image
 from crashops import records, run, spawn, wait_for
@@ -107,6 +108,36 @@ def test_mov_from_webm_keeps_hevc_and_the_source_rate(tmp_path, clips):
     facts = video_facts(out / "clip.mov")
     assert (facts["codec"], facts["frames"], facts["width"]) == ("hevc", 36, 96)
     assert facts["audio"] == "aac"  # opus is not for mov: re-encoded
+
+
+@pytest.mark.parametrize("container", ["webm", "mp4"])
+def test_av1_encodes_and_its_segments_join(tmp_path, clips, container):
+    """The join copies the segments' packets: it must not look for an encoder named after the AV1
+    decoder (libdav1d), which has none."""
+    src = _folder(tmp_path, clips, **{"clip.mp4": "mp4"})
+    home, out = tmp_path / "home", tmp_path / "out"
+    r = cli("start", str(src), "--out", str(out), "--media", "video",
+            "--pipeline", f"convert {container} codec=av1 crf=50 preset=ultrafast", *SEG, home=home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    facts = video_facts(out / f"clip.{container}")
+    assert (facts["frames"], facts["width"], facts["height"]) == (36, 96, 64)
+    with av.open(str(out / f"clip.{container}")) as c:
+        assert c.streams.video[0].codec_context.codec.canonical_name == "av1"
+
+
+def test_a_codec_without_an_encoder_is_refused_before_any_work(monkeypatch):
+    """An installation whose PyAV lacks an encoder (here: told to look for one no FFmpeg has)."""
+    from batchcli.errors import ConfigError
+    from batchcli.pipeline import Pipeline
+    from batchcli.video import codecs
+
+    for codec in codecs.ENCODERS:
+        assert codecs.missing_encoder(codec) is None, codec  # this installation has every one
+    monkeypatch.setitem(codecs.ENCODERS, "av1", "libnothing-av1")
+    with pytest.raises(ConfigError, match=r"^convert: this installation cannot encode av1 \(PyAV has no "
+                                          r"libnothing-av1 encoder\); try codec=vp9$"):
+        Pipeline.parse("convert webm codec=av1")
+    Pipeline.parse("convert webm")
 
 
 @pytest.mark.parametrize("every, want", [("1s", [0.0, 1.0, 2.0]), ("10", [0.0, 10 / 12, 20 / 12, 30 / 12]),

@@ -54,6 +54,15 @@ class Convert(Op):
                 raise ConfigError(f"convert: codec, crf and fps are for videos (mp4, webm, mov), not {fmt}")
         elif self.p["codec"] and self.p["codec"] not in VIDEO_CODECS[fmt]:
             raise ConfigError(f"convert: {fmt} does not take {self.p['codec']} (it takes {', '.join(VIDEO_CODECS[fmt])})")
+        else:
+            from batchcli.video.codecs import missing_encoder  # PyAV, only for video pipelines
+
+            codec = self.p["codec"] or VIDEO_CODECS[fmt][0]
+            missing = missing_encoder(codec)
+            if missing:
+                others = [c for c in VIDEO_CODECS[fmt] if c != codec and not missing_encoder(c)]
+                raise ConfigError(f"convert: this installation cannot encode {codec} (PyAV has no {missing} encoder)"
+                                  + (f"; try codec={others[0]}" if others else ""))
         if self.output_format in ("avif", "heic"):
             from batchcli.imaging.heif import can_write  # the parent checks what the workers will use
 

@@ -16,6 +16,22 @@ KEEP = {"mp4": "mp4", "matroska": "mp4", "avi": "mp4"}
 are told apart by extension), else becomes mp4."""
 
 ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1"}
+
+
+def missing_encoder(codec: str) -> str | None:
+    """The FFmpeg encoder `codec` is made with, when this PyAV has none by that name; None when it
+    has one, or when PyAV itself is missing (each video then fails saying how to install it)."""
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        av.Codec(ENCODERS[codec], "w")
+    except av.codec.codec.UnknownCodecError:
+        return ENCODERS[codec]
+    return None
+
+
 DEFAULT_CRF = {"h264": 23, "hevc": 28, "vp9": 31, "av1": 35}
 _SPEEDS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 _VP9_CPU = (8, 7, 6, 5, 4, 3, 2, 1, 0)  # libvpx cpu-used for each of _SPEEDS

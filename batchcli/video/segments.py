@@ -401,7 +401,9 @@ def join(job: Job, target: Target, segments: list[dict], dest: str) -> tuple[int
     try:
         with av.open(tmp, "w", format=target.muxer, options=options) as out:
             first = av.open(os.path.join(job.out_dir, segments[0]["file"]))
-            ov = out.add_stream_from_template(first.streams.video[0])
+            # opaque: the segments' packets are copied, so no encoder is needed, and the codec
+            # PyAV would look one up by is the decoder's (libdav1d for AV1, which encodes nothing)
+            ov = out.add_stream_from_template(first.streams.video[0], opaque=True)
             first.close()
             src = open_input(job.src) if audio_mode else None
             try:
