@@ -182,6 +182,19 @@ def test_lut_matches_reference_trilinear(n, dtype):
     assert np.abs(out - ref).mean() < tol / 3
 
 
+@pytest.mark.parametrize("shape, dtype", [((2, 40000, 3), np.uint8), ((40000, 2, 3), np.uint16)])
+def test_lut_on_sides_over_32767_px_matches_the_same_pixels_in_a_block(shape, dtype):
+    """OpenCV's remap takes maps under 32767 px a side; a long panorama still gets its LUT,
+    pixel for pixel as if it were laid out as an ordinary image."""
+    top = 65535 if dtype == np.uint16 else 255
+    img = np.random.default_rng(3).integers(0, top + 1, shape, dtype)
+    applier = CubeApplier(_graded_cube(17))
+    block = applier.apply(img.reshape(200, 400, 3))
+    assert np.array_equal(applier.apply(img), block.reshape(shape))
+    assert np.abs(block.astype(float) - trilinear_reference(_graded_cube(17), img.reshape(200, 400, 3))).max() <= (
+        1.01 if dtype == np.uint8 else 300)
+
+
 def test_identity_lut_is_exact(tmp_path):
     p = tmp_path / "id.cube"
     p.write_text(cube_text(33, lambda r, g, b: (r, g, b)))

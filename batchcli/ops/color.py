@@ -363,7 +363,26 @@ class CubeApplier:
                 my = cv2.add(fy, cv2.LUT(k, self.yoff))
         else:
             mx, my = fx + self.xoff[k], fy + self.yoff[k]
-        return cv2.remap(self.atlas, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return self._remap(mx, my)
+
+    def _remap(self, mx: np.ndarray, my: np.ndarray) -> np.ndarray:
+        """`cv2.remap` of the atlas at (mx, my). remap takes maps under 32767 px a side; as every
+        pixel is looked up alone, longer maps are laid out again in rows of 4096, a block at a time."""
+        h, w = mx.shape
+        if h < 32767 and w < 32767:
+            return cv2.remap(self.atlas, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        fx, fy = mx.reshape(-1), my.reshape(-1)
+        out = np.empty((fx.size, 3), np.float32)
+        step = 4096 * 4096
+        for at in range(0, fx.size, step):
+            part = slice(at, min(at + step, fx.size))
+            n = part.stop - part.start
+            pad = -n % 4096
+            bx = np.pad(fx[part], (0, pad)).reshape(-1, 4096)
+            by = np.pad(fy[part], (0, pad)).reshape(-1, 4096)
+            got = cv2.remap(self.atlas, bx, by, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            out[part] = got.reshape(-1, 3)[:n]
+        return out.reshape(h, w, 3)
 
     def apply(self, img: np.ndarray) -> np.ndarray:
         """BGR uint8/uint16 in, same out. Gray input is looked up as neutral colour and kept gray."""
