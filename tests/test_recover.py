@@ -206,3 +206,7 @@ def test_a_batch_whose_command_died_before_its_run_is_recovered_or_superseded(tm
     assert s["status"] == "cancelled" and "superseded by batch" in s["reason"], s
     assert len(list((tmp_path / "o2").iterdir())) == 4
     assert json.loads(run(home, "recover", "--json").stdout)["batches"] == []  # nothing left to recover
+    third = _orphan(home, src, tmp_path / "o3", "convert png")
+    r = run(home, "recover")
+    assert r.stdout.startswith(f"batch {third}: ") and " died; now paused (4 remaining" in r.stdout, r.stdout
+    assert "None" not in r.stdout and len(r.stdout.splitlines()) == 1

@@ -139,6 +139,7 @@ def test_recover_resume_after_a_reboot_starts_due_batches_and_rearms_the_others(
     assert run(home, "cancel", "gate").returncode == 0  # "due" is due now, and no runner waits for it
     r = run(home, "recover")
     assert r.returncode == 0 and r.stdout.count("no runner waits for it") == 2
+    assert len(r.stdout.splitlines()) == 2 and "paused" not in r.stdout, r.stdout  # one line each, as they are
     r = run(home, "recover", "--resume", "--json")
     assert r.returncode == 0, r.stderr
     rows = {b["name"]: b for b in json.loads(r.stdout)["batches"]}

@@ -130,13 +130,15 @@ def register(app: typer.Typer) -> None:
                     what = ("due: started in the background" if b["due"] else "waiting again in the background") \
                         if b.get("resumed") else "no runner waits for it; start one with: batchcli recover --resume"
                     console.info(f"batch {b['batch_id']}: scheduled ({b['reason']}); {what}")
+                    continue
                 if b.get("status") == "damaged":
                     console.info(f"batch {b['batch_id']}: damaged, {b['reason']}; remove it with: "
                                  f"batchcli cleanup --status damaged --older-than 0s")
                     continue
                 tail = ", resumed in the background" if b.get("resumed") else \
                     f"; resume with: batchcli resume {b['batch_id']}"
-                console.info(f"batch {b['batch_id']}: runner pid {b['runner_pid']} died; now paused "
+                who = f"runner pid {b['runner_pid']}" if b.get("runner_pid") else "the command that created it"
+                console.info(f"batch {b['batch_id']}: {who} died; now paused "
                              f"({b['remaining']} remaining, {b['temp_files_removed']} temp files removed){tail}")
         if data["failed_count"]:
             raise typer.Exit(1)
