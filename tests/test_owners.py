@@ -91,8 +91,47 @@ def test_a_paused_batch_still_claims_its_outputs_and_a_resume_checks_too(tmp_pat
     assert run(home, "verify", b.id, "--repair").returncode == 1  # item 1 re-queued: B will write again
     c = create(home, [src], out, "convert png", name="C")  # B is completed: C may take the paths
     r = run(home, "resume", b.id, *RUN)
-    assert r.returncode == 2 and f"batch {c.id} (C, pending) also writes 3 of these outputs" in r.stderr
-    assert f"; start it ('batchcli resume {c.id}'), cancel it" in r.stderr and "wait for it" not in r.stderr
+    assert r.returncode == 2, r.stderr
+    assert f"batch {c.id} (C, pending) also writes 1 of the outputs this resume would write: img001.png;" in r.stderr
+    assert f"; start it ('batchcli resume {c.id}') or cancel it" in r.stderr and "wait for it" not in r.stderr
+
+
+def test_a_resume_is_refused_only_for_the_paths_it_would_write(tmp_path):
+    """A finished batch resumed after verify --repair writes only the repaired outputs: a paused
+    batch claiming other paths of the folder does not keep it from them. One that would write a
+    claimed path is still refused, naming only the paths this resume would write, with advice a
+    resume can follow (its --out cannot change)."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    make_pngs(tmp_path / "all", 6)
+    make_pngs(tmp_path / "few", 3)  # img000..img002 and zz: B claims only these
+    for folder in ("all", "few"):
+        (tmp_path / folder / "zz.png").write_text("not an image")  # fails in A
+    r = run(home, "start", tmp_path / "all", "--out", out, "--name", "A", "--pipeline", "convert png", *RUN)
+    assert r.returncode == 1, r.stderr
+    a = Store(str(home)).resolve("A")
+    b = create(home, [tmp_path / "few"], out, "convert png", name="B")
+    assert run(home, "pause", b.id).returncode == 0
+    (out / "img005.png").unlink()  # a path B never writes
+    assert run(home, "verify", a.id, "--repair").returncode == 1
+    r = run(home, "resume", a.id, *RUN)
+    assert r.returncode == 1 and "remaining 0" in r.stdout, r.stderr  # (zz still failed)
+    assert (out / "img005.png").exists()
+    r = run(home, "resume", a.id, "--retry-failed", *RUN)  # would write zz.png, which B claims
+    assert r.returncode == 2 and "also writes 1 of the outputs this resume would write: zz.png;" in r.stderr, r.stderr
+    for rel in ("img001.png", "img004.png"):  # B's path and one of A's own: the resume would write both
+        (out / rel).unlink()
+    assert run(home, "verify", a.id, "--repair").returncode == 1
+    r = run(home, "resume", a.id, *RUN)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    line = r.stderr.strip()
+    assert (f"resuming batch {a.id} into {out}: batch {b.id} (B, paused) also writes 1 of the outputs this "
+            f"resume would write: img001.png; resume it ('batchcli resume {b.id}') or cancel it ('batchcli cancel "
+            f"{b.id}'), then resume this batch again") in line, line
+    assert "--out" not in line
+    assert not (out / "img004.png").exists()  # refused before any work
+    assert run(home, "cancel", b.id).returncode == 0
+    assert run(home, "resume", a.id, *RUN).returncode == 1  # (zz still failed)
+    assert (out / "img001.png").exists() and (out / "img004.png").exists()
 
 
 def test_a_batch_whose_runner_died_is_named_interrupted_with_advice_that_fits(tmp_path):

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from batchcli.engine.catalog import STATES, BatchRow, Catalog, out_identity
@@ -67,11 +67,13 @@ def output_lanes(manifest: dict[str, Any]) -> Lanes:
     return [(partial(variant_stem, variant=v["name"], templated=templated), v.get("out_ext")) for v in variants]
 
 
-def _stems(items_path: str, lanes: Lanes) -> Iterator[tuple[str, str | None]]:
-    """(output stem, extension) of every output the items will have."""
+def _stems(items_path: str, lanes: Lanes, runs: Callable[[int], bool] | None = None) -> Iterator[tuple[str, str | None]]:
+    """(output stem, extension) of every output the items will have (of those `runs` selects)."""
     from batchcli.inputs.discover import iter_items
 
     for rec in iter_items(items_path):
+        if runs is not None and not runs(rec["i"]):
+            continue
         for to_stem, ext in lanes:
             yield (rec["stem"] if to_stem is None else to_stem(rec["stem"])), ext
 
@@ -87,11 +89,13 @@ def _claiming(store: Store, row: BatchRow) -> bool:
 
 
 def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, lanes: Lanes,
-                 out_id: tuple[int, int] | None) -> None:
+                 out_id: tuple[int, int] | None, runs: Callable[[int], bool] | None = None,
+                 resuming: bool = False) -> None:
     """Raise ConfigError (exit 2) when a batch other than `me` claims a path that the items in
-    `items_path` would write into `out_dir` (identity `out_id`) along `lanes` (output_lanes; an
-    extension None is not known before the run, so any extension may collide). Call it under
-    `claims_lock`."""
+    `items_path` (those `runs` selects by number: the items a resume will run) would write into
+    `out_dir` (identity `out_id`) along `lanes` (output_lanes; an extension None is not known
+    before the run, so any extension may collide). `resuming`: the refusal's advice is for a
+    resume (its folder cannot change). Call it under `claims_lock`."""
     if not out_dir or out_id is None:
         return
     rivals = [r for r in batches_into(store, out_id) if r.batch_id != me and _claiming(store, r)
@@ -108,7 +112,7 @@ def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, la
             continue  # every output of one ends in .png, of the other in .jpg: no common path
         exact = None not in mine_exts | their_exts
         mine = DigestSet()
-        for stem, ext in _stems(items_path, lanes):
+        for stem, ext in _stems(items_path, lanes, runs):
             mine.add(_key(stem, ext if exact else None))
         clashes: list[str] = []
         count = 0
@@ -118,7 +122,20 @@ def check_claims(store: Store, me: str, items_path: str, out_dir: str | None, la
                 if len(clashes) < SHOWN:
                     clashes.append(stem + (f".{ext}" if ext else ".*"))
         if count:
-            raise ConfigError(_refusal(store, rival, out_dir, clashes, count))
+            raise ConfigError(_refusal(store, rival, out_dir, clashes, count, me if resuming else None))
+
+
+def check_resume(paths: BatchPaths, manifest: dict[str, Any], out_dir: str | None,
+                 runs: Callable[[int], bool] | None) -> None:
+    """check_claims for a resume of the batch at `paths` that will run the items `runs` selects
+    (None: any of them). Its runner holds the batch lock, so from then on the batch claims all
+    its paths, as other batches see it (_claiming)."""
+    if not out_dir or manifest.get("out_dev") is None:
+        return
+    store = Store(paths.home)
+    with claims_lock(store):
+        check_claims(store, paths.id, paths.items, out_dir, output_lanes(manifest),
+                     (manifest["out_dev"], manifest["out_ino"]), runs, resuming=True)
 
 
 def _superseded_orphan(store: Store, row: BatchRow, me: str) -> bool:
@@ -206,9 +223,11 @@ def end_state(journal: str) -> str:
     return "pending"
 
 
-def _refusal(store: Store, rival: BatchRow, out_dir: str, clashes: list[str], count: int) -> str:
+def _refusal(store: Store, rival: BatchRow, out_dir: str, clashes: list[str], count: int,
+             resumed: str | None = None) -> str:
     """The one line of a refusal: the rival batch in its real state (as `status` says it), and
-    what to do about it in that state."""
+    what to do about it in that state; for a resume of the batch `resumed`, which cannot choose
+    another folder, to resume it once the rival is done with those paths."""
     from batchcli.engine.liveness import runner_alive
 
     bid = rival.batch_id
@@ -225,13 +244,16 @@ def _refusal(store: Store, rival: BatchRow, out_dir: str, clashes: list[str], co
     more = f" and {count - len(clashes)} more" if count > len(clashes) else ""
     cancel = f"cancel it ('batchcli cancel {bid}')"
     if alive:
-        advice = f"wait for it to finish, {cancel}"
+        advice = "wait for it to finish"
     elif state == "interrupted":  # its runner died (a crash, a reboot, kill -9)
-        advice = f"resume it ('batchcli resume {bid}' or 'batchcli recover --resume'), {cancel}"
+        advice = f"resume it ('batchcli resume {bid}' or 'batchcli recover --resume')"
     else:  # paused, or pending (made, never started): nothing runs it
-        advice = f"{'resume' if state == 'paused' else 'start'} it ('batchcli resume {bid}'), {cancel}"
+        advice = f"{'resume' if state == 'paused' else 'start'} it ('batchcli resume {bid}')"
+    if resumed is not None:
+        return (f"resuming batch {resumed} into {out_dir}: {who} also writes {count} of the outputs this "
+                f"resume would write: {', '.join(clashes)}{more}; {advice} or {cancel}, then resume this batch again")
     return (f"--out {out_dir}: {who} also writes {count} of these outputs: "
-            f"{', '.join(clashes)}{more}; {advice}, or choose another --out")
+            f"{', '.join(clashes)}{more}; {advice}, {cancel}, or choose another --out")
 
 
 def writers_into(store: Store, out_id: tuple[int, int], me: str) -> list[str]:

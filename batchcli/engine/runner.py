@@ -136,8 +136,6 @@ class Runner:
         if st.state == "cancelled":
             raise InvalidTransition(f"batch {self.paths.id} is cancelled; nothing to resume")
         check_fingerprint(self.paths, self.manifest, st, force)
-        if st.state != "pending":  # a new batch checked its claims when it was created
-            self._check_claims()
         if resume:
             requeue += changed_inputs(self.paths, st)
         requeue += [i for i in repair if 0 <= i < self.total and st.items[i] == COMPLETED]
@@ -145,6 +143,8 @@ class Runner:
         if st.state == "completed" and st.remaining == 0 and not (requeue or requeue_failed):
             raise InvalidTransition(f"batch {self.paths.id} is completed; nothing to resume "
                                     f"(--retry-failed reruns failed items, --repair missing outputs)")
+        if st.state != "pending":  # a new batch checked its claims when it was created
+            self._check_claims(st, requeue, requeue_failed)
         self._drop_stale_control()
         from batchcli.pipeline import Pipeline
 
@@ -492,19 +492,14 @@ class Runner:
             return None
         return getattr(self, "journal", None)
 
-    def _check_claims(self) -> None:
-        """Refuse to resume while another batch claims paths this one writes (engine/owners.py).
-        We hold the batch lock, so from here on this batch claims its paths too."""
-        from batchcli.engine.owners import check_claims, claims_lock, output_lanes
-        from batchcli.engine.store import Store
+    def _check_claims(self, st: Replay, requeue: list[int], requeue_failed: bool) -> None:
+        """Refuse to resume while another batch claims a path this run will write (engine/owners.py):
+        the outputs of its pending and re-queued items; any of a hot folder's (it may redo each)."""
+        from batchcli.engine.owners import check_resume
 
-        man = self.manifest
-        if not self.out_dir or man.get("out_dev") is None:
-            return
-        store = Store(self.paths.home)
-        with claims_lock(store):
-            check_claims(store, self.paths.id, self.paths.items, self.out_dir, output_lanes(man),
-                         (man["out_dev"], man["out_ino"]))
+        again = set(requeue)
+        check_resume(self.paths, self.manifest, self.out_dir, None if self.manifest.get("watch") else (
+            lambda i: st.items[i] == PENDING or i in again or (requeue_failed and st.items[i] == FAILED)))
 
     def _pending(self, st: Replay, videos: VideoGate | None = None) -> Iterator[dict[str, Any]]:
         """The items pending now, in order, read as they are needed; with `videos`, video items go
