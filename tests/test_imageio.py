@@ -444,6 +444,19 @@ def test_tiff_exif_orientation_is_applied_once(save, out):
         assert np.abs(got.astype(int) - want).max() <= 1, n
 
 
+@pytest.mark.parametrize("fmt, name, side", [("webp", "WebP", 16383), ("jpg", "JPEG", 65500)])
+def test_an_image_over_an_encoders_side_limit_says_which_limit(fmt, name, side):
+    frame = _frame(np.zeros((2, side + 1, 3), np.uint8))
+    frame.out_format = fmt
+    with pytest.raises(ItemError) as info:
+        imageio.encode(frame)
+    assert info.value.error_class == "encode"
+    assert str(info.value) == (f"cannot encode as {fmt}: the image is {side + 1}x2, over the {name} limit of {side} px "
+                               "a side (resize it, or convert png or tiff)")
+    frame.img = np.zeros((2, side, 3), np.uint8)
+    assert imageio.encode(frame)[1] == fmt  # the limit itself is fine
+
+
 def test_save_writes_atomically_and_reports_the_hash(tmp_path):
     import hashlib
 

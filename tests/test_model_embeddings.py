@@ -127,6 +127,8 @@ def test_similar_command(tmp_path):
     with EmbeddingStore(paths.dir) as s:
         for i, v in enumerate([vec(1, 0), vec(1, 0.01), vec(0, 1), vec(-1, 0)]):
             s.append(i, v)
+    open(paths.journal, "w").close()
+    paths.created()  # a whole batch (a half-made one is refused as damaged)
     runner = CliRunner()
     r = runner.invoke(app, ["similar", "pics", "--threshold", "0.99", "--json", "--home", str(home)],
                       catch_exceptions=False)

@@ -383,6 +383,11 @@ def test_unknown_provider(models, monkeypatch):
     ("route=true task=embed", "route=true needs task=classify"),
     ("threshold=high", "not a number"),
     ("target=cat", "give labels=FILE"),
+    ("dtype=uint8", "dtype=uint8 but the model's input 'x' is float32"),
+    ("mark=draw", "mark= is for task=detect, not task=classify"),
+    ("output=cutout", "output= is for task=segment, not task=classify"),
+    ("normalize=false", "normalize= is for task=embed, not task=classify"),
+    ("task=embed threshold=2", "threshold= is for task=classify or task=detect or task=segment, not task=embed"),
 ])
 def test_bad_parameters(models, extra, msg):
     path = om.classifier(models)

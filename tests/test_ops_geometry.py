@@ -229,3 +229,15 @@ def test_real_photos(name, spec, check):
     assert check(w, h, W, H)
     if "pad" not in spec:  # geometry alone keeps the average colour
         assert np.allclose(cv2.mean(out.img)[:3], before, atol=12)
+
+
+def test_a_resize_whose_output_cannot_be_allocated_fails_as_oom_in_one_line(tmp_path):
+    """65000x65000 BGR is 11.8G: under a 2G --worker-memory cap OpenCV cannot allocate it."""
+    from conftest import cli, make_image
+
+    make_image(tmp_path / "in" / "a.png", 16, 16)
+    r = cli("start", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--worker-memory", "2G", "--retries", "0",
+            "--pipeline", "resize 65000x65000 mode=exact", home=tmp_path / "home", timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = f"failed [oom] {tmp_path / 'in' / 'a.png'}: resize to 65000x65000: out of memory for its 11.8G of pixels"
+    assert line in r.stdout + r.stderr, r.stdout + r.stderr

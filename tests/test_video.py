@@ -208,6 +208,7 @@ def test_a_truncated_or_too_long_clip_fails_alone_with_a_reason(tmp_path, clips)
 
 @pytest.mark.parametrize("pipeline, message", [
     ("convert webm codec=h264", "webm does not take h264"),
+    ("convert mp4 codec=foo", "'foo' is not one of h264, hevc, vp9, av1"),
     ("frames every=1.5", "give a unit for a time"),
     ("frames | convert mp4", "convert mp4 has nothing to encode"),
     ("trim start=3 end=2", "end 2 is not after start 3"),

@@ -51,6 +51,10 @@ def encode(frame: Frame) -> tuple[bytes, str]:
     return _encode(frame, img, fmt, quality), fmt
 
 
+_MAX_SIDE = {"jpg": ("JPEG", 65500), "webp": ("WebP", 16383)}
+"""The longest side each encoder takes (libjpeg's JPEG_MAX_DIMENSION, the WebP format's 14 bits)."""
+
+
 def _encode(frame: Frame, img: np.ndarray, fmt: str, quality: int) -> bytes:
     settings = frame.encode
     if fmt in ("heic", "avif"):
@@ -66,6 +70,10 @@ def _encode(frame: Frame, img: np.ndarray, fmt: str, quality: int) -> bytes:
         params = [cv2.IMWRITE_PNG_COMPRESSION, int(settings.get("compression", 3))]
     elif fmt == "tiff":
         params = [cv2.IMWRITE_TIFF_COMPRESSION, 5]  # LZW: lossless and widely readable
+    name, side = _MAX_SIDE.get(fmt, ("", 0))
+    if side and max(img.shape[:2]) > side:
+        raise ItemError("encode", f"cannot encode as {fmt}: the image is {img.shape[1]}x{img.shape[0]}, over the "
+                                  f"{name} limit of {side} px a side (resize it, or convert png or tiff)")
     try:
         ok, buf = cv2.imencode(WRITABLE[fmt], np.ascontiguousarray(img), params)
     except cv2.error as exc:

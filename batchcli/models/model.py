@@ -26,6 +26,13 @@ def _one_line(exc: BaseException) -> str:
     return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
+TASK_PARAMS = {"top": ("classify",), "softmax": ("classify",), "threshold": ("classify", "detect", "segment"),
+               "iou": ("detect",), "decoder": ("detect",), "mark": ("detect",), "target": ("segment", "detect"),
+               "output": ("segment",), "tile": ("image2image",), "overlap": ("image2image",),
+               "normalize": ("embed",)}
+"""The parameters that mean something to some tasks only: given to another, they are a usage error."""
+
+
 @register
 class Model(Op):
     name = "model"
@@ -104,6 +111,10 @@ class Model(Op):
         self.writes_image = self._task.writes_image()
         if p["route"] and task.name != "classify":
             raise ConfigError("model: route=true needs task=classify")
+        defaults = {prm.name: prm.default for prm in self.params}
+        for name, tasks in TASK_PARAMS.items():
+            if task.name not in tasks and p[name] != defaults[name]:
+                raise ConfigError(f"model: {name}= is for task={' or task='.join(tasks)}, not task={task.name}")
 
     def _load_labels(self, info: Any, task: type[Task]) -> list[str] | None:
         if not self.p["labels"]:

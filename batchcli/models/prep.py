@@ -101,6 +101,8 @@ def resolve_prep(p: dict[str, Any], t: Any, fixed_size: bool) -> Prep:
     if fixed_size and not (w and h):
         raise ConfigError(f"model: the input size is dynamic; task={p['task']} needs size=WxH so every image gets the same shape")
     dtype = t.dtype if p["dtype"] == "auto" else p["dtype"]
+    if dtype != t.dtype and t.dtype in ("float32", "float16", "uint8", "float64"):
+        raise ConfigError(f"model: dtype={dtype} but the model's input {t.name!r} is {t.dtype} (leave dtype= out)")
     if dtype not in ("float32", "float16", "uint8", "float64"):
         raise ConfigError(f"model: input element type {dtype} is not supported (float32, float16, uint8)")
     order, scale, mean, std = PRESETS[p["preset"]]

@@ -74,7 +74,7 @@ class Param:
             if self.max is not None and out > self.max:
                 raise ConfigError(f"{where}: {out} is above the maximum {self.max:g}")
         if self.kind == "choice" and out not in self.choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(self.choices)}")
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(c for c in self.choices if c)}")
         return out
 
     def describe(self) -> dict:

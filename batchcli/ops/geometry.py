@@ -12,6 +12,7 @@ import math
 from batchcli.errors import ConfigError, ItemError
 from batchcli.imaging.lazy import LazyModule, cv2, np
 from batchcli.ops.base import Frame, Op, Param, register
+from batchcli.units import fmt_bytes
 
 imageio = LazyModule("batchcli.imaging.imageio")  # (pixels only: a pipeline is parsed without it)
 
@@ -51,7 +52,16 @@ def resize_pixels(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = img.shape[:2]
     if (w, h) == size:
         return img
-    interp = cv2.INTER_AREA if size[0] * size[1] <= w * h else cv2.INTER_LANCZOS4
+    try:
+        return _resampled(img, size, cv2.INTER_AREA if size[0] * size[1] <= w * h else cv2.INTER_LANCZOS4)
+    except cv2.error as exc:
+        if "Insufficient memory" not in str(exc):
+            raise
+    need = size[0] * size[1] * (img.shape[2] if img.ndim == 3 else 1) * img.dtype.itemsize
+    raise ItemError("oom", f"resize to {size[0]}x{size[1]}: out of memory for its {fmt_bytes(need)} of pixels")
+
+
+def _resampled(img: np.ndarray, size: tuple[int, int], interp: int) -> np.ndarray:
     if img.ndim == 3 and img.shape[2] == 4 and not (img[:, :, 3] == img[:, :, 3].max()).all():
         top = float(np.iinfo(img.dtype).max)
         f = img.astype(np.float32)
