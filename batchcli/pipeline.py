@@ -206,7 +206,11 @@ class Pipeline:
             name = step.pop("name", None)
             if not isinstance(name, str):
                 raise ConfigError(f"{where}: every [[op]] needs a name")
-            ops.append(_build(name.lower(), [], step))
+            keys = {}
+            for key, value in step.items():  # max-bytes = "300K" is max_bytes, as on the command line
+                if keys.setdefault(key.replace("-", "_"), value) is not value:
+                    raise ConfigError(f"{where}: {name}: {key.replace('-', '_')} given twice")
+            ops.append(_build(name.lower(), [], keys))
         return cls(ops, [(v["name"], cls.from_spec(v["pipeline"], where)) for v in variants or ()])
 
     @classmethod

@@ -83,12 +83,24 @@ def test_a_limit_nothing_fits_in_fails_the_item_with_the_reason(photo, tmp_path)
 @pytest.mark.parametrize("spec, message", [
     ("convert png max-bytes=300K", "convert: max-bytes needs a format with a quality (jpg, webp, avif, heic), not png"),
     ("convert webp lossless=true max-bytes=300K", "not lossless webp"),
-    ("convert jpg max-bytes=lots", "max_bytes= 'lots': expected a size such as 512M"),
+    ("convert jpg max-bytes=lots", "convert: max-bytes= 'lots': expected a size such as 512M"),
+    ("convert jpg max-bytes=-5K", "convert: max-bytes= '-5K': expected a size"),
     ("convert jpg max-bytes=10", "convert: max_bytes: 10 is below the minimum 1024"),
 ])
 def test_bad_limits_are_usage_errors(photo, tmp_path, spec, message):
     r = run(tmp_path / "home", "start", photo / "in", "--out", tmp_path / "out", "-p", spec)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_a_pipeline_file_spells_it_as_the_command_line_does(photo, tmp_path):
+    toml = tmp_path / "p.toml"
+    toml.write_text('[[op]]\nname = "convert"\nformat = "jpg"\nmax-bytes = "300K"\n')
+    from batchcli.pipeline import Pipeline
+
+    assert Pipeline.from_toml(str(toml)).spec() == Pipeline.parse("convert jpg max-bytes=300K").spec()
+    toml.write_text('[[op]]\nname = "convert"\nformat = "jpg"\nmax-bytes = "300K"\nmax_bytes = "200K"\n')
+    r = run(tmp_path / "home", "start", photo / "in", "--out", tmp_path / "out", "--pipeline-file", toml)
+    assert r.returncode == 2 and "max_bytes given twice" in r.stderr, r.stderr
 
 
 def test_pipelines_without_a_limit_keep_their_fingerprint():

@@ -62,8 +62,8 @@ class Param:
             return op_file(value, where)
         try:
             out = _PARSERS[self.kind](value, self)
-        except ConfigError:
-            raise
+        except ConfigError as exc:
+            raise ConfigError(f"{op}: {exc}") from None
         except (ValueError, TypeError, OverflowError) as exc:
             raise ConfigError(f"{where}: {value!r} is not a valid {self.kind} ({exc})") from None
         if self.kind in ("float", "floats") and not all(map(math.isfinite, out if self.kind == "floats" else (out,))):
@@ -160,7 +160,7 @@ _PARSERS = {
     "size": _parse_size,
     "color": _parse_color,
     "floats": _parse_floats,
-    "bytes": lambda v, p: v if isinstance(v, int) and not isinstance(v, bool) else parse_bytes(v, f"{p.name}="),
+    "bytes": lambda v, p: v if isinstance(v, int) and not isinstance(v, bool) else parse_bytes(v, f"{p.name.replace('_', '-')}="),
 }
 
 
