@@ -134,6 +134,29 @@ def test_max_failures_halts_as_failed_and_resume_continues(tmp_path):
     assert replay(paths.journal, 40).completed == 40
 
 
+def test_a_halt_says_how_many_items_were_not_run_and_one_on_the_last_item_ends_the_batch(tmp_path):
+    """status of a halted batch counts the items never run (not 'to repair', verify's wording)
+    and gives the resume command; a limit reached on the last item leaves the batch completed at
+    once, so a resume has nothing to do."""
+    home, paths = _batch(tmp_path, "crashtest raise match=img003 | convert png")
+    r = run(home, "resume", paths.id, "-w", "1", "--max-failures", "1", *NOSPACE)
+    assert r.returncode == 1 and f"  resume with: batchcli resume {paths.id}" in r.stdout, r.stdout
+    left = replay(paths.journal, N).remaining
+    assert left > 0
+    s = run(home, "status", paths.id).stdout
+    assert (f"failed - halted: 1 items failed in this run (--max-failures 1); {left} items not run, "
+            f"resume with: batchcli resume {paths.id}") in s, s
+    assert "to repair" not in s
+
+    home, paths = _batch(tmp_path / "last", "crashtest raise match=img011 | convert png")  # the last item
+    r = run(home, "resume", paths.id, "-w", "1", "--max-failures", "1", *NOSPACE)
+    assert r.returncode == 1 and f"batch {paths.id}: completed\n" in r.stdout and "resume with" not in r.stdout, r.stdout
+    status = json.loads(run(home, "status", paths.id, "--json").stdout)
+    assert (status["status"], status["reason"], status["completed"], status["failed"]) == ("completed", None, N - 1, 1)
+    r = run(home, "resume", paths.id, *NOSPACE)
+    assert r.returncode == 2 and "is completed; nothing to resume" in r.stderr, r.stderr
+
+
 def test_an_output_that_cannot_be_written_fails_its_item_only(tmp_path):
     """Outputs are written by a background thread while the next image decodes; a write that
     fails still fails just its own item, with the path and the reason."""

@@ -323,7 +323,7 @@ def summary(res: Any) -> None:
         if others > 0:
             lines.append(f"    and {others} more failed items with other reasons: "
                          f"batchcli status {res.batch_id} --items --failed")
-    if res.status == "paused":
+    if res.status == "paused" or res.remaining:  # (a halt: --max-failures)
         lines.append(f"  resume with: batchcli resume {res.batch_id}")
     info("\n".join(lines))
 
@@ -341,12 +341,14 @@ def status_word(s: dict[str, Any]) -> str:
 
 
 def status_view(s: dict[str, Any]) -> None:
-    state = status_word(s)
-    if state in ("completed", "failed") and s["remaining"]:  # items re-queued (verify --repair)
+    state, left = status_word(s), ""
+    if state in ("completed", "failed") and s["remaining"] and s.get("reason"):  # halted (--max-failures)
+        left = f"; {plural(s['remaining'], 'item')} not run, resume with: batchcli resume {s['batch_id']}"
+    elif state in ("completed", "failed") and s["remaining"]:  # items re-queued (verify --repair)
         state += f", {s['remaining']} to repair (batchcli resume {s['batch_id']})"
     rows = [
         ("batch", s["batch_id"] + (f"  ({s['name']})" if s.get("name") else "")),
-        ("status", state + (f" - {s['reason']}" if s.get("reason") else "")),
+        ("status", state + (f" - {s['reason']}" if s.get("reason") else "") + left),
         ("progress", f"{s['completed'] + s['failed']}/{s['total']} ({s['progress_percent']:.1f}%)"),
         ("completed", str(s["completed"])),
         ("failed", str(s["failed"])),

@@ -459,6 +459,8 @@ class Runner:
                         export_npy(self.paths.dir)
             wall = time.monotonic() - t0
             self._progress(counts, processed, t0, pending_total)
+            if stopping == "halt" and counts[PENDING] == 0 and self.feed is None:  # on the last item: it ended
+                stopping = stop_reason = None
             if stopping != "cancel" and counts[PENDING] > 0 and self._control() == "cancel":
                 stopping, stop_reason = "cancel", "cancel requested"  # came while we were stopping
             extra = {"worker_rss": gate.peak_rss} if gate is not None and gate.peak_rss else {}
