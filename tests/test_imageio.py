@@ -481,3 +481,26 @@ def test_pipelines_are_values_same_input_same_bytes(tmp_path, spec):
     again = Pipeline.parse(first.text())  # rebuilt from its canonical form, as a worker would
     outputs = {imageio.encode(pipe.run(imageio.load(str(p))))[0] for pipe in (first, first, again)}
     assert len(outputs) == 1
+
+
+@pytest.mark.parametrize("mode, depth", [("I;16", 16), ("L", 8)])
+def test_a_gray_png_with_a_transparent_key_keeps_its_transparency(tmp_path, mode, depth):
+    """A tRNS colour key in a gray PNG (OpenCV decodes it opaque): that value is transparent in
+    the output, which keeps its bit depth."""
+    from PIL import Image
+
+    from batchcli.imaging import imageio
+
+    pixels = (np.arange(32 * 32).reshape(32, 32) % 200).astype(np.uint16 if depth == 16 else np.uint8)
+    src = tmp_path / "in" / "key.png"
+    src.parent.mkdir()
+    Image.fromarray(pixels).save(src, transparency=7)
+    img = imageio.load(str(src)).img
+    assert img.shape == (32, 32, 4) and img.dtype == pixels.dtype
+    assert ((img[:, :, 3] == 0) == (pixels == 7)).all() and (img[:, :, 0] == pixels).all()
+    r = subprocess.run([sys.executable, "-m", "batchcli", "start", str(src.parent), "--out", str(tmp_path / "out"),
+                        "-p", "convert png", "--quiet"], env={**os.environ, "BATCHCLI_HOME": str(tmp_path / "home")},
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = cv2.imread(str(tmp_path / "out" / "key.png"), cv2.IMREAD_UNCHANGED)
+    assert out.shape == (32, 32, 4) and out.dtype == pixels.dtype and ((out[:, :, 3] == 0) == (pixels == 7)).all()

@@ -229,6 +229,8 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
         fmt = magic_format(data) or "img"
         head = Header(img.shape[1], img.shape[0], fmt)
     img = _normalise(img, head, meta)
+    if head.fmt == "png" and (img.ndim == 2 or img.shape[2] == 3):
+        img = _keyed_alpha(data, img)
     frame = Frame(img=img, src=path, fmt=head.fmt, orientation=head.orientation, shrink=shrink,
                   src_size=(head.width, head.height))
     frame.info = {"mode": head.mode, "orientation": head.orientation, "camera": head.camera}
@@ -238,6 +240,30 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
         meta["frames"] = {"count": head.frames, "used": 1}
     frame.meta.update(meta)
     return frame
+
+
+def _keyed_alpha(data: bytes, img: np.ndarray) -> np.ndarray:
+    """A PNG whose transparency is a colour key (a tRNS chunk in a gray image, or a 16-bit RGB
+    one), which OpenCV leaves opaque: that colour made transparent, as BGRA."""
+    end = data.find(b"IDAT")
+    at = data.find(b"tRNS", 12, end)
+    if at < 0 or end < 0:
+        return img
+    colour, depth = data[25], data[24]
+    key = data[at + 4:at + 4 + int.from_bytes(data[at - 4:at], "big")]
+    if colour == 0 and len(key) == 2 and img.ndim == 2:
+        value = int.from_bytes(key, "big")
+        if depth < 8:  # OpenCV scales 1, 2 and 4-bit gray up to 8 bits
+            value *= 255 // ((1 << depth) - 1)
+        opaque = img != value
+        img = np.dstack([img, img, img])
+    elif colour == 2 and len(key) == 6 and img.ndim == 3 and img.dtype == np.uint16:
+        r, g, b = (int.from_bytes(key[k:k + 2], "big") for k in (0, 2, 4))
+        opaque = (img != np.array([b, g, r], img.dtype)).any(axis=2)
+    else:
+        return img
+    top = np.iinfo(img.dtype).max
+    return np.dstack([img, np.where(opaque, top, 0).astype(img.dtype)])
 
 
 def _imdecode(data: bytes, flags: int) -> np.ndarray | None:
