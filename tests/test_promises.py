@@ -152,3 +152,25 @@ def test_an_input_folder_that_is_the_output_folder_is_named(tmp_path):
     assert f"left out: {folder} (it is the output folder or the batch home, never read as input; " \
            "give another --out)" in r.stderr
     assert "1 inside the output folder" not in r.stderr
+
+
+def test_the_default_extensions_are_the_ones_the_readme_lists():
+    import re
+
+    from batchcli.imaging.raw import EXTENSIONS as RAW
+    from batchcli.inputs.discover import DEFAULT_EXTENSIONS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    m = re.search(r"\(default ([a-z ]+), and the camera RAW ones: ([a-z0-9 ]+)\)", readme)
+    assert m, "the --ext sentence"
+    assert m.group(1).split() + m.group(2).split() == list(DEFAULT_EXTENSIONS)
+    assert m.group(2).split() == list(RAW)
+
+
+def test_over_failures_counts_n_at_once_and_a_percentage_from_20_processed():
+    from batchcli.engine.checks import over_failures
+
+    assert not over_failures(("n", 3), 2, 2, 100) and over_failures(("n", 3), 3, 3, 100)
+    assert not over_failures(("pct", 10.0), 19, 19, 25)  # 100% failed, but fewer than 20 processed
+    assert over_failures(("pct", 10.0), 2, 20, 25) and not over_failures(("pct", 10.0), 1, 20, 25)
+    assert over_failures(("pct", 50.0), 3, 5, 5)  # a batch of 5: all of them processed is enough
