@@ -93,7 +93,7 @@ def _left(home, out, tmp_path, bid: str, full: bool = True) -> dict:
     got = {"items": (bdir / "items.jsonl").read_bytes(), "records": recs,
            "replay": (st.state, dict(st.counts), bytes(st.items), st.last_seq, st.records),
            "snapshot": (snap.state, dict(snap.counts), bytes(snap.items), snap.last_seq, snap.offset == st.offset),
-           "manifest": {k: v for k, v in man.items() if k != "created_at"},
+           "manifest": {k: v for k, v in man.items() if k not in ("created_at", "creator")},
            "catalog": (row, reuses, items, outputs, writers), "answers": answers, "kept": kept}
     return _norm(got, {bid: "NEW"})
 
