@@ -19,7 +19,6 @@ import hashlib
 import os
 import resource
 import shutil
-import sys
 import time
 
 import orjson
@@ -69,9 +68,14 @@ def timed(fn):
 
 
 def main() -> None:
-    batches = int(sys.argv[1]) if len(sys.argv) > 1 else 100
-    per = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-    root = sys.argv[3] if len(sys.argv) > 3 else "/tmp/bench-catalog"
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("batches", nargs="?", type=int, default=100, help="synthetic batches (default 100)")
+    ap.add_argument("per", nargs="?", type=int, default=1000, help="outputs per batch (default 1000)")
+    ap.add_argument("root", nargs="?", type=str, default='/tmp/bench-catalog', help="work folder (default /tmp/bench-catalog)")
+    a = ap.parse_args()
+    batches, per, root = a.batches, a.per, a.root
     from batchcli.engine.catalog import Catalog
     from batchcli.engine.journal import JournalWriter, replay
     from batchcli.engine.store import Store

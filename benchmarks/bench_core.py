@@ -294,7 +294,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--bare-loop"]:  # the bare loop's own process (see bare_pool)
         bare_loop(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
         return
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=int(os.environ.get("BENCH_PHOTOS", 200)))
     ap.add_argument("--tiny", type=int, default=20000,
                     help="tiny PNGs for the orchestration rows (enough that the ~0.3 s start-up does not dominate)")

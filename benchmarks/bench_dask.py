@@ -90,7 +90,7 @@ def run_one(folder: Path, pipeline: str, workers: int, extra: list[str], tag: st
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=120)
     ap.add_argument("--small", type=int, default=600)
     ap.add_argument("--workers", type=int, default=0, help="processes (default: usable CPUs)")

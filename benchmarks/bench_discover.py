@@ -57,7 +57,7 @@ def measure(lines: int, spill: bool) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=10_000_000)
     ap.add_argument("--compare", type=int, default=2_000_000, help="lines for the in-memory row")
     a = ap.parse_args()

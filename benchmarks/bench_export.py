@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
-import sys
 import time
 
 import orjson
@@ -47,8 +46,13 @@ def build(root: str, n: int):
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
-    root = sys.argv[2] if len(sys.argv) > 2 else "/tmp/bench-export"
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("n", nargs="?", type=int, default=20000, help="outputs in the synthetic batch (default 20000)")
+    ap.add_argument("root", nargs="?", type=str, default='/tmp/bench-export', help="work folder (default /tmp/bench-export)")
+    a = ap.parse_args()
+    n, root = a.n, a.root
     from batchcli.results import export, verify
 
     t = time.perf_counter()

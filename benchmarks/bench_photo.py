@@ -146,7 +146,7 @@ def variants_vs_batches(files: list[Path], shared: str, variants: list[str], rou
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=12)
     ap.add_argument("--raws", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)

@@ -167,8 +167,13 @@ def subscribers(srv, root: str) -> tuple[int, int, float, float]:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 600
-    work = sys.argv[2] if len(sys.argv) > 2 else "/tmp/bench-serve"
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("n", nargs="?", type=int, default=600, help="items in the batch (default 600)")
+    ap.add_argument("work", nargs="?", type=str, default='/tmp/bench-serve', help="work folder (default /tmp/bench-serve)")
+    a = ap.parse_args()
+    n, work = a.n, a.work
     shutil.rmtree(work, ignore_errors=True)
     root, home = os.path.join(work, "root"), os.path.join(work, "home")
     make_inputs(os.path.join(root, "in"), n)

@@ -117,7 +117,7 @@ def watch_latency(env: dict, drops: int, settle: float) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--changed", type=int, default=1000)
     ap.add_argument("--drops", type=int, default=20)

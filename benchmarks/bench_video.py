@@ -103,7 +103,7 @@ def segments(journal: Path) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--size", default="1920x1080")
     ap.add_argument("--work", default="/tmp/bench-video")

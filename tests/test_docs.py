@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -118,6 +119,16 @@ def test_a_start_runs_without_the_pixel_modules_in_its_own_process(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.tar"]
     assert kept == [], r.stderr
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("bench_*.py")))
+def test_every_benchmark_explains_itself_and_refuses_what_it_does_not_know(script):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("usage: ") and "Traceback" not in r.stderr, r.stdout + r.stderr
+    first = ast.get_docstring(ast.parse((ROOT / "benchmarks" / script).read_text())).split("\n\n")[0]
+    assert " ".join(first.split()) in " ".join(r.stdout.split())  # its whole first paragraph, not a cut line
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--no-such-flag"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
 
 
 def test_bench_core_takes_the_folder_it_works_in(tmp_path):

@@ -140,3 +140,11 @@ def test_similar_command(tmp_path):
     assert r.exit_code == 0 and "/in/1.jpg" in r.output and "1 group(s) among 4" in r.output
     r = runner.invoke(app, ["similar", "nope", "--home", str(home)])
     assert r.exit_code == 2
+    other = Store(str(home)).create()  # a batch without vectors: nothing to group, exit 1 as for export
+    other.write_manifest({"name": "novec"})
+    for path in (other.items, other.journal):
+        open(path, "w").close()
+    other.created()
+    for extra in ([], ["--json"]):
+        r = runner.invoke(app, ["similar", "novec", "--home", str(home), *extra])
+        assert r.exit_code == 1 and ("has no embeddings" in r.output or '"items": 0' in r.output), r.output

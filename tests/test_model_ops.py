@@ -361,6 +361,14 @@ def test_rank_that_does_not_fit(models):
         Pipeline.parse(f"model {path} task=classify")
 
 
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_labels_as_index_comma_label_with_or_without_a_bom(tmp_path, bom):
+    """A labels file saved by Notepad starts with a UTF-8 BOM: the first line is still `0,cat`."""
+    path = tmp_path / "labels.txt"
+    path.write_bytes(bom + b"0,cat\r\n1,golden retriever\r\n2,espresso\r\n\r\n")
+    assert read_labels(str(path)) == ["cat", "golden retriever", "espresso"]
+
+
 def test_labels_with_the_wrong_count(models):
     path = om.classifier(models)
     labels = om.labels_file(models, ["a", "b", "c"], "three.txt")

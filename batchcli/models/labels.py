@@ -12,7 +12,8 @@ _LABEL_LINE = re.compile(r"^\s*(\d+)\s*[,:\t]\s*(.+?)\s*$")
 
 def read_labels(path: str) -> list[str]:
     """One label per line; `index,label` (or `index: label`) lines are accepted too."""
-    lines = [ln.rstrip("\r") for ln in read_text(path, "model labels=", "labels").split("\n")]
+    text = read_text(path, "model labels=", "labels").removeprefix("\ufeff")  # (a BOM, as Notepad writes)
+    lines = [ln.rstrip("\r") for ln in text.split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:

@@ -33,10 +33,12 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"similar: {exc}") from None
         if json_out:
             console.emit_json(data)
+            if not data["items"]:
+                raise typer.Exit(1)
             return
         if not data["items"]:
             console.info(f"batch {paths.id} has no embeddings (run a pipeline with 'model ... task=embed')")
-            return
+            raise typer.Exit(1)
         rows = [[str(n), f"{g['min_similarity']:.3f}", str(it["i"]), it["src"] or ""]
                 for n, g in enumerate(data["groups"], 1) for it in g["items"]]
         console.table(["group", "min sim", "#", "source"], rows)
