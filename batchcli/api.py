@@ -212,6 +212,9 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
             out_id = {"out_dev": st.st_dev, "out_ino": st.st_ino}
         if stats.videos and shards:
             raise ConfigError(f"{stats.videos} of the inputs are videos: --shards takes images (give --media image)")
+        if stats.videos and not (pipeline.writes_image and out_dir):
+            raise ConfigError(f"{stats.videos} of the inputs are videos: a video needs an output, and this pipeline "
+                              "writes no image (give --media image, or a pipeline that writes frames, and --out)")
         if stats.videos and pipeline.variants:
             raise ConfigError(f"{stats.videos} of the inputs are videos: --variant is for images "
                               "(give --media image, or run the videos in a batch of their own)")

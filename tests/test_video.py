@@ -488,3 +488,14 @@ def test_cancel_leaves_no_half_made_video_behind(tmp_path, clips):
             assert run(home, "cancel", name).returncode == 0
         assert replay(paths.journal, 1).state == "cancelled"
         assert not list(out.glob(".*")) and not list(out.iterdir())
+
+
+def test_videos_with_a_pipeline_that_writes_no_image_are_refused_before_any_work(tmp_path):
+    """A video's result is a video (or frames): a pipeline that writes no image (analyze, a model
+    that classifies) would fail every video at run time; it is a usage error instead."""
+    src = tmp_path / "in"
+    make_clip(src / "a.mp4", seconds=1.0)
+    home = tmp_path / "home"
+    r = cli("start", str(src), "--out", str(tmp_path / "out"), "--media", "video", "--pipeline", "analyze", home=home)
+    assert r.returncode == 2 and "1 of the inputs are videos: a video needs an output" in r.stderr, r.stdout + r.stderr
+    assert not (home / "batches").exists() or not list((home / "batches").iterdir())
