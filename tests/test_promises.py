@@ -174,3 +174,10 @@ def test_over_failures_counts_n_at_once_and_a_percentage_from_20_processed():
     assert not over_failures(("pct", 10.0), 19, 19, 25)  # 100% failed, but fewer than 20 processed
     assert over_failures(("pct", 10.0), 2, 20, 25) and not over_failures(("pct", 10.0), 1, 20, 25)
     assert over_failures(("pct", 50.0), 3, 5, 5)  # a batch of 5: all of them processed is enough
+
+
+def test_a_slow_run_s_rate_reads_as_seconds_an_item():
+    """One video in 36 s said '(0.0 items/s)'."""
+    from batchcli.cli.console import fmt_rate
+
+    assert fmt_rate(1 / 36) == "36.0 s/item" and fmt_rate(2.5) == "2.5 items/s" and fmt_rate(0.0) == "0.0 items/s"
