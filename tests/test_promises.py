@@ -178,6 +178,6 @@ def test_over_failures_counts_n_at_once_and_a_percentage_from_20_processed():
 
 def test_a_slow_run_s_rate_reads_as_seconds_an_item():
     """One video in 36 s said '(0.0 items/s)'."""
-    from batchcli.cli.console import fmt_rate
+    from batchcli.cli.console import fmt_run_rate
 
-    assert fmt_rate(1 / 36) == "36.0 s/item" and fmt_rate(2.5) == "2.5 items/s" and fmt_rate(0.0) == "0.0 items/s"
+    assert fmt_run_rate(1 / 36) == "36.0 s/item" and fmt_run_rate(2.5) == "2.5 items/s" and fmt_run_rate(0.0) == "0.0 items/s"

@@ -182,8 +182,8 @@ def fmt_secs(s: float | None) -> str:
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
-def fmt_rate(rate: float) -> str:
-    """Items a second, or seconds an item when that is under 0.1 a second (a video: 36.0 s/item)."""
+def fmt_run_rate(rate: float) -> str:
+    """A run's items a second, or seconds an item when that is under 0.1 a second (a video: 36.0 s/item)."""
     return f"{rate:.1f} items/s" if rate >= 0.1 or rate <= 0 else f"{1 / rate:.1f} s/item"
 
 
@@ -314,7 +314,7 @@ def summary(res: Any) -> None:
         f"batch {res.batch_id}: {res.status}"
         + (f" ({res.reason})" if res.reason else ""),
         f"  completed {res.completed}, failed {res.failed}, remaining {res.remaining}, of {res.total}",
-        f"  this run: {plural(res.processed_now, 'item')} in {fmt_secs(res.wall)} ({fmt_rate(res.rate)})",
+        f"  this run: {plural(res.processed_now, 'item')} in {fmt_secs(res.wall)} ({fmt_run_rate(res.rate)})",
     ]
     if res.out_dir:
         lines.append(f"  output: {res.out_dir}")
