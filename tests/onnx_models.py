@@ -72,6 +72,23 @@ def embedder(folder: Path, size: int = 8) -> str:
     return _save(graph, folder / "embedder.onnx")
 
 
+def zero_embedder(folder: Path, size: int = 8) -> str:
+    """Vector [N,3] of zeros whatever the input (a vector with no direction)."""
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+             helper.make_node("Mul", ["flat", "zero"], ["vec"])]
+    graph = helper.make_graph(nodes, "zero_embedder", [_vi("x", TensorProto.FLOAT, ["N", 3, size, size])],
+                              [_vi("vec", TensorProto.FLOAT, ["N", 3])], [_const("zero", np.zeros((), np.float32))])
+    return _save(graph, folder / "zero_embedder.onnx")
+
+
+def several_outputs(folder: Path, shapes: dict[str, tuple[int, ...]], size: tuple[int, int] = (64, 64)) -> str:
+    """A model with one image input and an output of zeros per name, of the given shape (after
+    the batch axis): YuNet's kind of outputs (scores, boxes and landmarks at several strides)."""
+    return _constant_outputs(folder, "several_" + "_".join(shapes),
+                             {k: np.zeros(v, np.float32) for k, v in shapes.items()}, size)
+
+
 def _tied_constant(name: str, arr: np.ndarray, nodes: list, inits: list) -> None:
     """`name` = arr + 0 * mean(x): a constant that still depends on the input."""
     inits.append(_const(name + "_c", arr.astype(np.float32)))
@@ -81,16 +98,31 @@ def _tied_constant(name: str, arr: np.ndarray, nodes: list, inits: list) -> None
               helper.make_node("Add", [name + "_c", name + "_z"], [name])]
 
 
-def _constant_outputs(folder: Path, name: str, outputs: dict[str, np.ndarray], size: tuple[int, int]) -> str:
-    """A model with input [1,3,H,W] whose outputs are the given arrays (with a batch axis added)."""
+def _constant_outputs(folder: Path, name: str, outputs: dict[str, np.ndarray], size: tuple[int, int],
+                      dynamic: bool = False) -> str:
+    """A model with input [1,3,H,W] whose outputs are the given arrays (with a batch axis added).
+    dynamic: the input's batch axis is dynamic and each output is tiled that many times along its
+    second axis, so the outputs' counts (that axis) are known only when the model runs (the same arrays at 1)."""
     w, h = size
     nodes: list = []
     inits: list = []
+    if dynamic:
+        inits += [_const("zero", np.array([0], np.int64)), _const("one", np.array([1], np.int64))]
+        nodes += [helper.make_node("Shape", ["x"], ["xshape"]),
+                  helper.make_node("Slice", ["xshape", "zero", "one"], ["n"])]
     for out, arr in outputs.items():
-        _tied_constant(out, arr[None], nodes, inits)
-    graph = helper.make_graph(nodes, name, [_vi("x", TensorProto.FLOAT, [1, 3, h, w])],
-                              [_vi(out, TensorProto.FLOAT, [1, *arr.shape]) for out, arr in outputs.items()], inits)
-    return _save(graph, folder / f"{name}.onnx")
+        if not dynamic:
+            _tied_constant(out, arr[None], nodes, inits)
+            continue
+        inits += [_const(out + "_c", arr[None].astype(np.float32)),
+                  _const(out + "_ones", np.ones(arr.ndim - 1, np.int64))]
+        nodes += [helper.make_node("Concat", ["one", "n", out + "_ones"], [out + "_reps"], axis=0),
+                  helper.make_node("Tile", [out + "_c", out + "_reps"], [out])]
+    def dims(out: str, arr: np.ndarray) -> list:
+        return [1, f"{out}_n", *arr.shape[1:]] if dynamic else [1, *arr.shape]
+    graph = helper.make_graph(nodes, name, [_vi("x", TensorProto.FLOAT, ["N" if dynamic else 1, 3, h, w])],
+                              [_vi(out, TensorProto.FLOAT, dims(out, arr)) for out, arr in outputs.items()], inits)
+    return _save(graph, folder / f"{name}{'_dyn' if dynamic else ''}.onnx")
 
 
 def detector_boxes(folder: Path, boxes: np.ndarray, size: tuple[int, int] = (64, 64)) -> str:
@@ -98,9 +130,10 @@ def detector_boxes(folder: Path, boxes: np.ndarray, size: tuple[int, int] = (64,
     return _constant_outputs(folder, "detector_boxes", {"dets": boxes}, size)
 
 
-def detector_ssd(folder: Path, scores: np.ndarray, boxes: np.ndarray, size: tuple[int, int] = (64, 48)) -> str:
+def detector_ssd(folder: Path, scores: np.ndarray, boxes: np.ndarray, size: tuple[int, int] = (64, 48),
+                 dynamic: bool = False) -> str:
     """UltraFace-like: scores [1,N,C] and normalised xyxy boxes [1,N,4]."""
-    return _constant_outputs(folder, "detector_ssd", {"scores": scores, "boxes": boxes}, size)
+    return _constant_outputs(folder, "detector_ssd", {"scores": scores, "boxes": boxes}, size, dynamic)
 
 
 def detector_yolo(folder: Path, rows: np.ndarray, size: tuple[int, int] = (64, 64)) -> str:

@@ -50,3 +50,14 @@ def test_classify_route_and_bad_model(tmp_path, home):
     r = cli("start", str(src), "--out", str(tmp_path / "o2"), "--pipeline", f"model {bad} task=classify", home=home)
     assert r.returncode == 2 and "not a usable ONNX model" in r.stderr
     assert json.loads(cli("list", "--json", home=home).stdout)["total"] == 1  # no batch was created
+
+
+def test_an_all_zero_embedding_fails_its_item_as_model(tmp_path, home):
+    src = tmp_path / "in"
+    solid_image(src / "a.png", (0, 0, 250))
+    r = cli("start", str(src), "--name", "zero", "--pipeline", f"model {om.zero_embedder(tmp_path)} task=embed size=8x8",
+            home=home)
+    assert r.returncode == 1
+    (item,) = cli_json("status", "zero", "--items", home=home)["items"]
+    assert item["status"] == "failed"
+    assert item["error_class"] == "model" and "a zero vector cannot be normalised" in item["error"]

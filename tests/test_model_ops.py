@@ -459,17 +459,6 @@ def test_session_is_cached_per_process(models, monkeypatch):
         onnx_session.thread_count()
 
 
-def test_an_output_that_does_not_fit_the_decoder_fails_the_item(models):
-    scores = np.array([[0.1, 0.9]], np.float32)
-    boxes = np.array([[0.1, 0.1, 0.5, 0.5]], np.float32)
-    path = om.detector_ssd(models, scores, boxes)
-    op = Pipeline.parse(f"model {path} task=detect decoder=boxes").ops[0]
-    op.prepare()
-    with pytest.raises(ItemError, match="not \\[N,6\\]") as err:
-        op.apply(frame(solid((0, 0, 0))))
-    assert err.value.error_class == "model"
-
-
 def test_a_model_file_replaced_in_place_is_inspected_anew(tmp_path):
     """inspect_model keeps its answer per file while the file is unchanged; a new file at the
     same path (a long-lived `serve` validating pipelines) is read again."""

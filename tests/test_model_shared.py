@@ -3,10 +3,14 @@ Skipped cleanly when ../shared is absent. Preprocessing follows ../shared/models
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from conftest import cli
 from onnx_models import IMAGES, MODELS, have_shared
 
+from batchcli.errors import ConfigError
 from batchcli.imaging import imageio
 from batchcli.pipeline import Pipeline
 
@@ -86,3 +90,34 @@ def test_style_transfer_whole_image():
     src = imageio.load(str(IMAGES / "hopper.jpg")).img
     assert f.img.shape == src.shape
     assert np.abs(f.img.astype(int) - src.astype(int)).mean() > 20  # restyled
+
+
+M = "model " + str(MODELS) + "/"
+
+
+@pytest.mark.parametrize("model,spec,reason", [
+    ("face_detection_yunet_2023mar.onnx", "task=detect",
+     r"cannot tell how to decode detector output cls_8\[1, 6400, 1\], .*; set decoder=boxes\|ssd\|yolo"),
+    ("face_detection_yunet_2023mar.onnx", "task=detect decoder=ssd", "decoder=ssd needs two outputs.* the model has 12"),
+    ("face_detection_yunet_2023mar.onnx", "task=classify", "has 12 outputs .*task=classify reads a single output"),
+    ("squeezenet1.0_fp16.onnx", "task=segment", r"\[1, 1000, 1, 1\] is not a spatial map"),
+    ("squeezenet1.0_fp16.onnx", "task=image2image", "output 1x1000 is not a uniform scale of 224x224"),
+    ("ultraface_version-RFB-320.onnx", "task=detect preset=ultraface decoder=yolo", r"\[1, 4420, 2\] is not \[1,4\+C,N\]"),
+    ("deeplabv3_mnv2_pascal_257.onnx", "task=segment preset=tf target=99",
+     r"segment target \[99\] does not split the model's 21 classes"),
+    ("fns_mosaic.onnx", "task=classify", r"\[None, 3, 720, 720\] is not one score vector"),
+])
+def test_a_model_that_does_not_suit_the_task_stops_before_any_item(model, spec, reason):
+    need(model)
+    with pytest.raises(ConfigError, match=reason) as err:
+        Pipeline.parse(f"{M}{model} {spec}")
+    assert "Error" not in str(err.value)
+
+
+def test_yunet_detect_exits_2_and_starts_nothing(tmp_path, home):
+    need("face_detection_yunet_2023mar.onnx")
+    r = cli("start", str(IMAGES / "astronaut.png"), "--name", "yd", "--pipeline",
+            f"{M}face_detection_yunet_2023mar.onnx task=detect", home=home)
+    assert r.returncode == 2
+    assert "cannot tell how to decode detector output" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads(cli("list", "--json", home=home).stdout)["total"] == 0

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeAlias
 
-from batchcli.errors import ConfigError
+from batchcli.errors import ConfigError, ItemError
 from batchcli.imaging.lazy import np
 from batchcli.models.labels import folder_name
 from batchcli.models.prep import Geom, Prep, image_tensor
@@ -48,6 +48,14 @@ class Task:
 
     def writes_image(self) -> bool:
         return True
+
+    def only_output(self, outputs: list[Any]) -> Any:
+        """The model's one output. A task that reads one output refuses a model with several
+        rather than pick one of them silently."""
+        if len(outputs) > 1:
+            raise ConfigError(f"model: the model has {len(outputs)} outputs ({describe(outputs)}); "
+                              f"task={self.name} reads a single output and cannot tell which one to use")
+        return outputs[0]
 
     def _dynamic_batch(self) -> bool:
         return self.prep.rank == 4 and self.prep.batch_axis is None
@@ -93,6 +101,22 @@ class Task:
     def apply(self, frame: Frame, run: Run) -> Frame:
         """For tasks with `batched = False`: the whole item, calling `run` as often as needed."""
         raise NotImplementedError
+
+
+def config_error(message: str) -> ConfigError:
+    """A model output that does not suit the task, known when the model is checked."""
+    return ConfigError(f"model: {message}")
+
+
+def item_error(message: str) -> ItemError:
+    """The same, found in a real output (a dynamic shape): the item fails."""
+    return ItemError("model", message)
+
+
+def describe(outputs: list[Any], most: int = 4) -> str:
+    """'name[1, 3, 224, 224], ...' for the first `most` outputs (None: a dynamic axis)."""
+    text = ", ".join(f"{o.name}{list(o.shape)}" for o in outputs[:most])
+    return text + (f", ... ({len(outputs) - most} more)" if len(outputs) > most else "")
 
 
 def squeeze_lead(a: np.ndarray, rank: int) -> np.ndarray:

@@ -25,7 +25,12 @@ class Classify(Task):
             raise ConfigError(f"model: {path} has {len(labels)} labels but the model gives {n} scores")
 
     def check_outputs(self, outputs: list[Any]) -> bool:
-        return self._dynamic_batch() and len(outputs[0].shape) >= 2
+        o = self.only_output(outputs)
+        s = o.shape
+        if not _score_vector(s):
+            raise ConfigError(f"model: output {o.name!r} {list(s)} is not one score vector; "
+                              "task=classify needs [N,C] or [N,C,1,1]")
+        return self._dynamic_batch() and len(s) >= 2
 
     def writes_image(self) -> bool:
         return bool(self.p["route"])  # routing files the (unchanged) image by label
@@ -52,6 +57,13 @@ class Classify(Task):
             else:
                 frame.route = folder_name(top[0]["label"]) if top[0]["label"] else str(top[0]["index"])
         return frame
+
+
+def _score_vector(s: tuple) -> bool:
+    """[C], [N,C], [N,C,1,1] or [N,1,1,C] (a dynamic axis may be anything)."""
+    if len(s) in (1, 2):
+        return True
+    return len(s) == 4 and (all(d in (1, None) for d in s[2:]) or all(d in (1, None) for d in s[1:3]))
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

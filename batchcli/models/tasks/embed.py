@@ -16,7 +16,8 @@ class Embed(Task):
     fixed_size = True
 
     def check_outputs(self, outputs: list[Any]) -> bool:
-        return self._dynamic_batch() and len(outputs[0].shape) >= 2
+        o = self.only_output(outputs)
+        return self._dynamic_batch() and len(o.shape) >= 2
 
     def writes_image(self) -> bool:
         return False
@@ -27,7 +28,8 @@ class Embed(Task):
             raise ItemError("model", "embedding has NaN or infinite values")
         if self.p["normalize"]:
             n = float(np.linalg.norm(vec))
-            if n > 0:
-                vec = vec / n
+            if n == 0:
+                raise ItemError("model", "embedding is all zeros: a zero vector cannot be normalised")
+            vec = vec / n
         frame.meta["embed"] = {"dim": int(vec.size), "vector": [float(v) for v in vec]}
         return frame

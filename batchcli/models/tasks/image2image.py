@@ -5,12 +5,13 @@ Dynamic-size models run over overlapping tiles blended with linear ramps; luma-o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from batchcli.errors import ConfigError, ItemError
 from batchcli.imaging.lazy import cv2, np
 from batchcli.models.prep import convert_order, denormalize, drop_alpha, normalize, to_uint8
-from batchcli.models.tasks.base import Run, Task
+from batchcli.models.tasks.base import Run, Task, config_error, item_error
 from batchcli.ops.base import Frame
 
 
@@ -19,9 +20,16 @@ class Image2Image(Task):
     batched = False
 
     def check_outputs(self, outputs: list[Any]) -> bool:
-        o = outputs[0]
+        o = self.only_output(outputs)
         if len(o.shape) not in (3, 4):
             raise ConfigError(f"model: output {o.name!r} {list(o.shape)} is not an image; task=image2image needs [N,C,H,W] or [N,H,W,C]")
+        chw = list(o.shape[1:] if len(o.shape) == 4 else o.shape)
+        layout = _output_layout(chw, self.prep.layout)
+        c, oh, ow = (chw[0], chw[1], chw[2]) if layout == "nchw" else (chw[2], chw[0], chw[1])
+        if c is not None and c not in (1, 3):
+            raise ConfigError(f"model: output {o.name!r} {list(o.shape)} has {c} channels; task=image2image needs an image of 1 or 3")
+        if oh and ow and self.prep.width and self.prep.height:
+            _uniform(ow, oh, self.prep.width, self.prep.height, config_error)
         return False
 
     def apply(self, frame: Frame, run: Run) -> Frame:
@@ -74,12 +82,7 @@ class Image2Image(Task):
         outs = run(x[None] if prep.rank == 4 else x)
         o = outs[0]
         o = o[0] if o.ndim == 4 else o
-        layout = prep.layout
-        if o.ndim == 3:  # the output may use another layout than the input
-            if layout == "nchw" and o.shape[0] > 4 and o.shape[2] <= 4:
-                layout = "nhwc"
-            elif layout == "nhwc" and o.shape[2] > 4 and o.shape[0] <= 4:
-                layout = "nchw"
+        layout = _output_layout(list(o.shape), prep.layout) if o.ndim == 3 else prep.layout
         return denormalize(o, prep, layout)
 
     def _tiled(self, plane: np.ndarray, run: Run) -> tuple[np.ndarray, int]:
@@ -105,9 +108,7 @@ class Image2Image(Task):
                     tile = tile if tile.ndim == 3 else tile[:, :, None]
                 out = self._run_tile(tile, run)
                 if acc is None:
-                    f = out.shape[0] / th
-                    if abs(out.shape[1] / tw - f) > 1e-6:
-                        raise ItemError("model", f"output {out.shape[1]}x{out.shape[0]} is not a uniform scale of {tw}x{th}")
+                    f = _uniform(out.shape[1], out.shape[0], tw, th, item_error)
                     acc = np.zeros((round(h * f), round(w * f), out.shape[2]), np.float32)
                     wsum = np.zeros(acc.shape[:2], np.float32)
                 elif out.shape[0] != round(th * f) or out.shape[1] != round(tw * f):
@@ -121,6 +122,26 @@ class Image2Image(Task):
         assert acc is not None and wsum is not None
         acc /= np.maximum(wsum, 1e-6)[:, :, None]
         return acc, len(xs) * len(ys)
+
+
+def _output_layout(chw: list, layout: str) -> str:
+    """The layout of a 3-axis output, which may differ from the input's: the short axis (4 or
+    under) holds the channels. A dynamic axis (None) leaves the input's layout."""
+    if None in (chw[0], chw[2]):
+        return layout
+    if layout == "nchw" and chw[0] > 4 and chw[2] <= 4:
+        return "nhwc"
+    if layout == "nhwc" and chw[2] > 4 and chw[0] <= 4:
+        return "nchw"
+    return layout
+
+
+def _uniform(ow: int, oh: int, tw: int, th: int, fail: Callable[[str], Exception]) -> float:
+    """The output's scale of a tw x th input; an error when width and height scale differently."""
+    f = oh / th
+    if abs(ow / tw - f) > 1e-6:
+        raise fail(f"output {ow}x{oh} is not a uniform scale of {tw}x{th}")
+    return f
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -4,12 +4,13 @@ replaced or blurred background."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from batchcli.errors import ConfigError, ItemError
 from batchcli.imaging.lazy import cv2, np
 from batchcli.models.prep import Geom, Prep
-from batchcli.models.tasks.base import Task, squeeze_lead
+from batchcli.models.tasks.base import Task, config_error, item_error, squeeze_lead
 from batchcli.ops.base import Frame
 
 
@@ -25,17 +26,42 @@ class Segment(Task):
                 raise ConfigError(f"model: {path} has {len(labels)} labels but the model gives {c} classes")
 
     def check_outputs(self, outputs: list[Any]) -> bool:
-        if len(outputs[0].shape) < 2:
-            raise ConfigError(f"model: output {outputs[0].name!r} {list(outputs[0].shape)} is not a map; task=segment needs [N,C,H,W], [N,H,W,C] or [N,H,W]")
-        return self._dynamic_batch() and len(outputs[0].shape) >= 3
+        o = self.only_output(outputs)
+        if len(o.shape) < 2:
+            raise ConfigError(f"model: output {o.name!r} {list(o.shape)} is not a map; task=segment needs [N,C,H,W], [N,H,W,C] or [N,H,W]")
+        m = list(o.shape[1:] if self.prep.rank == 4 else o.shape)  # without the batch axis
+        c = None
+        if len(m) == 3:
+            c, m = (m[2], m[:2]) if self._hwc(m) else (m[0], m[1:])
+        if len(m) != 2 or any(d is not None and d <= 1 for d in m):
+            raise ConfigError(f"model: output {o.name!r} {list(o.shape)} is not a spatial map; task=segment needs "
+                              "[N,C,H,W], [N,H,W,C] or [N,H,W] with H and W over 1")
+        if c and c > 1:
+            self._split(c, config_error)
+        return self._dynamic_batch() and len(o.shape) >= 3
+
+    def _hwc(self, m: list) -> bool:
+        """Whether a 3-axis map has its classes last: the short axis, else the input's layout."""
+        if None not in m:
+            c_first = m[0] < min(m[1], m[2])
+            c_last = m[2] < min(m[0], m[1])
+            if c_first != c_last:
+                return c_last
+        return self.prep.layout == "nhwc"
+
+    def _split(self, c: int, fail: Callable[[str], Exception]) -> np.ndarray:
+        """The target classes among c as a mask; an error when they do not split the classes."""
+        targets = self.targets if self.targets is not None else frozenset(range(1, c))
+        tmask = np.zeros(c, bool)
+        tmask[[t for t in targets if 0 <= t < c]] = True
+        if not tmask.any() or tmask.all() or max(targets) >= c:
+            raise fail(f"segment target {sorted(targets)} does not split the model's {c} classes (0-{c - 1})")
+        return tmask
 
     def finish(self, frame: Frame, outs: list[np.ndarray], geom: Geom) -> Frame:
         m = squeeze_lead(outs[0], 2)
         if m.ndim == 3:
-            c_first = m.shape[0] < min(m.shape[1], m.shape[2])
-            c_last = m.shape[2] < min(m.shape[0], m.shape[1])
-            hwc = c_last if c_first != c_last else self.prep.layout == "nhwc"
-            m = m if hwc else m.transpose(1, 2, 0)
+            m = m if self._hwc(list(m.shape)) else m.transpose(1, 2, 0)
             if m.shape[2] == 1:
                 m = m[:, :, 0]
         elif m.ndim != 2:
@@ -56,11 +82,7 @@ class Segment(Task):
         else:
             logits = m.astype(np.float32)
             c = logits.shape[2]
-            targets = self.targets if self.targets is not None else frozenset(range(1, c))
-            tmask = np.zeros(c, bool)
-            tmask[[t for t in targets if 0 <= t < c]] = True
-            if not tmask.any() or tmask.all():
-                raise ItemError("model", f"segment target {sorted(targets)} does not split the model's {c} classes")
+            tmask = self._split(c, item_error)
             margin = logits[:, :, tmask].max(2) - logits[:, :, ~tmask].max(2)
             ids = logits.argmax(2)
         counts = np.bincount(ids.reshape(-1).clip(0), minlength=1)
