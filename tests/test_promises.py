@@ -181,3 +181,18 @@ def test_a_slow_run_s_rate_reads_as_seconds_an_item():
     from batchcli.cli.console import fmt_run_rate
 
     assert fmt_run_rate(1 / 36) == "36.0 s/item" and fmt_run_rate(2.5) == "2.5 items/s" and fmt_run_rate(0.0) == "0.0 items/s"
+
+
+def test_max_failures_halts_close_to_its_count_when_failures_come_fast(tmp_path):
+    """25 inputs that fail in a fraction of a millisecond each: --max-failures 3 halted after 10
+    (the worker had them all in hand). It hands out no more than the failures still allowed."""
+    src = tmp_path / "bad"
+    src.mkdir()
+    for k in range(25):
+        (src / f"b{k:02d}.jpg").write_text(f"text {k}")
+    r = cli("start", str(src), "--out", str(tmp_path / "out"), "--max-failures", "3", "-w", "1", "-p", "resize 10x10",
+            "--json", home=tmp_path / "home")
+    assert r.returncode == 1, r.stderr
+    end = json.loads(r.stdout.strip().splitlines()[-1])
+    assert end["status"] == "failed" and "max-failures 3" in end["reason"]
+    assert 3 <= end["failed"] <= 5 and end["remaining"] == 25 - end["failed"], end

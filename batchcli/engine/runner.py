@@ -38,7 +38,7 @@ from batchcli.errors import (
     ItemError,
     JournalWriteError,
 )
-from batchcli.executors.base import Idle
+from batchcli.executors.base import CHUNKS_PER_WORKER, Idle
 from batchcli.executors.worker import WorkerConfig
 from batchcli.inputs.discover import iter_items
 
@@ -366,6 +366,8 @@ class Runner:
                         # chunks shrink as the end nears, so no worker idles while another
                         # still has a long queue (guided self-scheduling)
                         chunk = max(micro, min(MAX_CHUNK, (pending_total - fed) // (4 * pool.workers)), 1)
+                        if max_fail is not None and max_fail[0] == "n":  # in hand: about the failures still allowed
+                            chunk = min(chunk, max(1, int(max_fail[1] - failed_now) // (CHUNKS_PER_WORKER * pool.workers)))
                         batch_items: list[dict[str, Any]] = []
                         while retry_q and len(batch_items) < chunk:
                             batch_items.append(retry_q.pop())

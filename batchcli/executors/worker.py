@@ -146,7 +146,7 @@ class Worker:
             if warnings:  # never a reason to fail the item: recorded with it
                 res["warnings"] = warnings
             results.append(res)
-        self.quick = all(r["ms"] < QUICK_MS for r in results)
+        self.quick = all(r["ms"] < QUICK_MS and r.get("ok") for r in results)  # after a failure: one at a time
         return results + self.process_batch(rest) if rest else results
 
     def _video(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -536,8 +536,8 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
                     held.append((None, chunk_id))
                 flush(wait=False)
                 held_since = time.monotonic()
-            elif time.monotonic() - held_since >= FLUSH_EVERY:
-                flush(wait=False)
+            elif time.monotonic() - held_since >= FLUSH_EVERY or not all(res.get("ok") for res, _ in done):
+                flush(wait=False)  # (a failure goes at once: --max-failures counts as they come)
                 held_since = time.monotonic()
     except (EOFError, OSError, BrokenPipeError):
         return
