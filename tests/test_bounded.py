@@ -223,3 +223,21 @@ def test_list_status_must_be_a_state(tmp_path):
     r = cli("list", "--status", "bogus", home=tmp_path / "home")
     assert r.returncode == 2
     assert r.stderr.startswith("Error: --status bogus: expected some of pending, scheduled, queued, running")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--max-pixels", "0"], "Error: --max-pixels 0: must be above 0"),
+    (["--max-file-size", "0K"], "Error: --max-file-size 0K: must be above 0"),
+])
+def test_a_zero_limit_names_its_own_flag(args, line, tiny, tmp_path):
+    r = cli("start", str(tiny), "--out", str(tmp_path / "out"), *args, home=tmp_path / "home", timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == line, r.stderr
+
+
+def test_a_boolean_is_no_number_in_a_pipeline_file(tmp_path):
+    from batchcli.pipeline import Pipeline
+
+    toml = tmp_path / "p.toml"
+    toml.write_text('[[op]]\nname = "preset"\nlook = "warm"\nblend = true\n')
+    with pytest.raises(ConfigError, match="preset: blend: true is not a valid float"):
+        Pipeline.from_toml(str(toml))

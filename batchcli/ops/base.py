@@ -60,6 +60,8 @@ class Param:
         where = f"{op}: {self.name}"
         if self.kind == "path":
             return op_file(value, where)
+        if isinstance(value, bool) and self.kind != "bool":  # (TOML `blend = true` is no number)
+            raise ConfigError(f"{where}: {str(value).lower()} is not a valid {self.kind}")
         try:
             out = _PARSERS[self.kind](value, self)
         except ConfigError as exc:

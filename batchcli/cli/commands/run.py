@@ -236,8 +236,9 @@ def register(app: typer.Typer) -> None:
         if shards and opts.executor != "local":
             raise ConfigError(f"--executor {opts.executor}: a batch with --shards runs on the local executor")
         limits = parse_bytes(max_file_size, "--max-file-size"), parse_count(max_pixels, "--max-pixels")
-        if min(limits) < 1:
-            raise ConfigError("--max-file-size and --max-pixels must be above 0")
+        for flag, given, value in (("--max-file-size", max_file_size, limits[0]), ("--max-pixels", max_pixels, limits[1])):
+            if value < 1:
+                raise ConfigError(f"{flag} {given}: must be above 0")
         cfg = api.StartConfig(inputs=list(inputs or []), out_dir=out, pipeline_text=pipeline,
                               pipeline_file=pipeline_file, variants=variant, name=name, exts=ext, exclude=exclude,
                               from_file=from_file, dedupe=dedupe, name_template=name_template,
