@@ -314,3 +314,21 @@ def test_every_command_refuses_a_damaged_batch_and_writes_nothing_into_it(tmp_pa
     assert not (tmp_path / "x.zip").exists() and not (tmp_path / "x.csv").exists()
     r = run(home, "status", bid)
     assert r.returncode == 0 and f"damaged - missing {lost}" in r.stdout
+
+
+def test_a_detached_start_overtaken_by_a_pause_reports_the_batch_not_an_error(tmp_path):
+    """`start --detach` then, at once, `pause`: the pause can reach the new batch before its
+    runner does. The runner leaves it paused (as asked); the start still gives the batch, exit 0."""
+    from batchcli.engine.runner import RunOptions
+    from batchcli.engine.spawn import spawn_detached
+
+    make_pngs(tmp_path / "in", 4)
+    home = tmp_path / "home"
+    paths = create(home, [tmp_path / "in"], tmp_path / "out", "convert png")
+    r = run(home, "pause", paths.id)
+    assert r.returncode == 0, r.stderr
+    pid = spawn_detached(paths, RunOptions(workers=1, min_free_space=0), str(home))
+    assert isinstance(pid, int)
+    wait_for(lambda: not runner_alive(paths), what="the runner gone")
+    assert replay(paths.journal, 4).state == "paused"
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

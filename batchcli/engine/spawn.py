@@ -59,6 +59,8 @@ def spawn_detached(paths: BatchPaths, opts: RunOptions, home: str | None = None,
         if code is not None:
             if code in (0, 1, 3, 4):  # it ran to an end already (small batch)
                 return child.pid
+            if code == 2 and not resume and _overtaken(paths):  # paused or cancelled before it began: as asked
+                return child.pid
             raise BatchcliError(f"detached runner exited with code {code}: {_tail(paths.log, start)}", code)
         time.sleep(0.05)
     log.warning("detached runner pid %d has not taken the lock after %.0f s", child.pid, STARTUP_WAIT)
@@ -74,3 +76,14 @@ def _tail(path: str, start: int) -> str:
         return "(no log)"
     errs = [ln for ln in lines if ln.startswith("Error:")]
     return (errs or lines or ["(no output)"])[-1]
+
+
+def _overtaken(paths: BatchPaths) -> bool:
+    """A new batch that a pause or a cancel reached before its runner began (the runner then
+    leaves it so, and exits 2)."""
+    from batchcli.engine.journal import replay
+
+    try:
+        return replay(paths.journal, int(paths.load_manifest()["total"])).state in ("paused", "cancelled")
+    except (OSError, ValueError, KeyError):
+        return False
