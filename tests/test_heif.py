@@ -114,3 +114,20 @@ def test_a_heic_profile_is_converted_from(tmp_path):
     src = make_heic(tmp_path / "adobe.heic", photo_pixels(32, 24)[:, :, ::-1], icc_profile=icc_profile("AdobeRGB1998"))
     path, frame = run(src, "profile srgb | convert jpg", tmp_path / "out")
     assert "Adobe RGB" in frame.meta["profile"]["from"]
+
+
+def test_an_avif_keeps_a_camera_s_maker_notes_whole(tmp_path):
+    """Pillow's AVIF writer rewrote any EXIF holding an orientation tag, which moved the Canon
+    maker notes off their offsets (exiftool: 'Invalid CanonCameraSettings data'). The AVIF's EXIF
+    goes without that tag (the container says no rotation) and the notes read as in the JPEG."""
+    import shutil
+
+    from tests.conftest import shared_path
+
+    src = shutil.copy(shared_path("images", "real", "horse-cart.jpg"), tmp_path / "cam.jpg")
+    path, _ = run(src, "orient | convert avif", tmp_path / "out")
+    before, after = exiftool(src, path)
+    canon = {k: v for k, v in before.items() if k.startswith("Canon:")}
+    assert canon and {k: after.get(k) for k in canon} == canon
+    assert not any("Warning" in k for k in after) and "IFD0:Orientation" not in after
+    assert after.get("QuickTime:Rotation", 0) == 0

@@ -58,7 +58,7 @@ _MAX_SIDE = {"jpg": ("JPEG", 65500), "webp": ("WebP", 16383)}
 def _encode(frame: Frame, img: np.ndarray, fmt: str, quality: int) -> bytes:
     settings = frame.encode
     if fmt in ("heic", "avif"):
-        return heif.encode(img, fmt, quality, metadata.blocks(frame, img))
+        return heif.encode(img, fmt, quality, metadata.blocks(frame, img, fmt))
     params: list[int] = []
     if fmt == "jpg":
         params = [cv2.IMWRITE_JPEG_QUALITY, quality]

@@ -262,11 +262,16 @@ def _copy(src: Any, out: Any, fmt: str, mode: str, drop: set[str], width: int, h
     return same_icc
 
 
-def blocks(frame: Frame, img: Any) -> dict[str, bytes]:
+def blocks(frame: Frame, img: Any, fmt: str = "heic") -> dict[str, bytes]:
     """The metadata as raw blocks, for encoders that take them as arguments (HEIF and AVIF
     through Pillow): {"exif": ..., "xmp": ..., "icc_profile": ...}, each only when present. The
-    same edits as `embed`, made by exiv2 on a tiny JPEG carrier, then lifted out of it."""
+    same edits as `embed`, made by exiv2 on a tiny JPEG carrier, then lifted out of it. For AVIF
+    the EXIF goes without its orientation tag: Pillow moves that tag into the container (as a
+    rotation of none) and rewrites the EXIF to drop it, which moved the maker notes and broke
+    their offsets."""
     carrier = embed(_carrier(), "jpg", frame, img)
+    if fmt == "avif":
+        carrier = _without_orientation(carrier)
     out: dict[str, bytes] = {}
     i = 2
     while i + 4 <= len(carrier) and carrier[i] == 0xFF and carrier[i + 1] != 0xDA:
@@ -282,6 +287,17 @@ def blocks(frame: Frame, img: Any) -> dict[str, bytes]:
     if frame.icc is not None and keep.get("icc", "keep") == "keep" and fits(frame.icc, channels):
         out["icc_profile"] = frame.icc
     return out
+
+
+def _without_orientation(jpeg: bytes) -> bytes:
+    try:
+        with _exiv2().ImageData(jpeg) as img:
+            if "Exif.Image.Orientation" not in img.read_exif():
+                return jpeg
+            img.modify_exif({"Exif.Image.Orientation": None})
+            return img.get_bytes()
+    except (RuntimeError, ValueError):
+        return jpeg
 
 
 _CARRIER: list[bytes] = []
