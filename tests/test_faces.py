@@ -77,6 +77,15 @@ def test_crop_takes_the_largest_face_with_margin():
     assert f.img.shape[0] == pytest.approx(h * 1.2, abs=3) and f.img.shape[1] == pytest.approx(w * 1.2, abs=3)
 
 
+def test_crop_of_an_image_without_a_face_keeps_it_whole():
+    p = Pipeline.parse(f"faces crop margin=0.1 model={yunet()}")
+    p.prepare()
+    src = load("coffee.png")
+    before = src.img.copy()
+    f = p.run(src)
+    assert f.meta["faces"]["count"] == 0 and np.array_equal(f.img, before)
+
+
 def test_detection_on_a_reduced_copy_maps_boxes_back():
     full = Pipeline.parse(f"faces count model={yunet()} max_side=0")
     small = Pipeline.parse(f"faces count model={yunet()} max_side=512")
