@@ -332,3 +332,27 @@ def test_a_detached_start_overtaken_by_a_pause_reports_the_batch_not_an_error(tm
     wait_for(lambda: not runner_alive(paths), what="the runner gone")
     assert replay(paths.journal, 4).state == "paused"
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_resume_detach_of_a_completed_batch_is_refused_every_time_unless_an_input_changed(tmp_path):
+    """It exited 0 about 6 times in 10 (the child took the lock before it found nothing to do)."""
+    make_pngs(tmp_path / "in", 3)
+    home = tmp_path / "home"
+    r = run(home, "start", tmp_path / "in", "--out", tmp_path / "out", "-p", "convert png", "--name", "done", *NOSPACE)
+    assert r.returncode == 0, r.stderr
+    from batchcli.engine.lifecycle import check_resumable
+    from batchcli.engine.store import Store
+    from batchcli.errors import InvalidTransition
+
+    with pytest.raises(InvalidTransition, match="is completed; nothing to resume"):
+        check_resumable(Store(str(home)).resolve("done"))  # before any child is started: no race
+    check_resumable(Store(str(home)).resolve("done"), rerun=True)  # --retry-failed, --repair: allowed
+    for _ in range(3):
+        r = run(home, "resume", "done", "--detach")
+        assert r.returncode == 2 and "is completed; nothing to resume" in r.stderr, r.stdout + r.stderr
+    src = tmp_path / "in" / "img001.png"
+    os.utime(src, (time.time() + 5, time.time() + 5))  # an input changed since: that item is redone
+    r = run(home, "resume", "done", "--detach")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    f = run(home, "status", "done", "--follow", "--json")
+    assert json.loads(f.stdout.splitlines()[-1])["status"] == "completed", f.stdout

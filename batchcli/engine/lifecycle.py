@@ -131,10 +131,11 @@ def cancel(paths: BatchPaths, wait: float = 60.0) -> dict[str, Any]:
     raise BatchLocked(f"batch {paths.id}: its runner kept starting and stopping; try again")
 
 
-def check_resumable(paths: BatchPaths, force: bool = False) -> None:
+def check_resumable(paths: BatchPaths, force: bool = False, rerun: bool = False) -> None:
     """The checks a detached resume makes before it returns: no live runner, not cancelled,
-    same fingerprint (unless forced). The runner repeats them under the lock."""
-    from batchcli.engine.checks import check_fingerprint
+    same fingerprint (unless forced), something to do when completed (an input changed since, or
+    `rerun`: --retry-failed, --repair). The runner repeats them under the lock."""
+    from batchcli.engine.checks import changed_inputs, check_fingerprint
 
     info = runner_alive(paths)
     if info is not None:
@@ -144,6 +145,9 @@ def check_resumable(paths: BatchPaths, force: bool = False) -> None:
     if st.state == "cancelled":
         raise InvalidTransition(f"batch {paths.id} is cancelled; nothing to resume")
     check_fingerprint(paths, man, st, force)
+    if st.state == "completed" and st.remaining == 0 and not rerun and not changed_inputs(paths, st):
+        raise InvalidTransition(f"batch {paths.id} is completed; nothing to resume "
+                                f"(--retry-failed reruns failed items, --repair missing outputs)")
 
 
 def set_priority(paths: BatchPaths, priority: int) -> dict[str, Any]:

@@ -37,7 +37,7 @@ def spawn_detached(paths: BatchPaths, opts: RunOptions, home: str | None = None,
     if resume:
         from batchcli.engine.lifecycle import check_resumable
 
-        check_resumable(paths, force)
+        check_resumable(paths, force, rerun=retry_failed or repair)
     cmd = [sys.executable, "-m", RUNNER_MAIN, paths.dir, json.dumps(dataclasses.asdict(opts))]
     cmd += [flag for flag, on in (("--resume", resume), ("--retry-failed", retry_failed),
                                   ("--repair", repair), ("--force", force)) if on]
