@@ -324,8 +324,9 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
     and report flags given (results.notify.finish_flags), where None turns one off. `slots`:
     the home's worker budget (engine.slots.budget; default the usable CPUs), the default
     --workers and what the default --worker-memory is shared by."""
+    from batchcli.engine.checks import parse_max_failures
     from batchcli.engine.load import parse_max_load
-    from batchcli.engine.runner import RunOptions, _parse_max_failures
+    from batchcli.engine.runner import RunOptions
     from batchcli.executors.factory import usable_cpus
     from batchcli.units import parse_bytes
 
@@ -352,7 +353,7 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
                           f"least {MIN_WORKER_CEILING}); more processes than that only slow the batch down")
     n = workers or min(share, max_workers(cpus))
     try:
-        _parse_max_failures(max_failures)
+        parse_max_failures(max_failures)
     except ValueError:
         raise ConfigError(f"--max-failures {max_failures!r}: expected a count (10) or a percentage (5%)") from None
     if worker_memory is None:

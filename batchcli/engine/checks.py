@@ -55,6 +55,21 @@ def changed_inputs(paths: BatchPaths, st: Replay) -> list[int]:
     return out
 
 
+def parse_max_failures(spec: str | None) -> tuple[str, float] | None:
+    if not spec:
+        return None
+    s = spec.strip()
+    if s.endswith("%"):
+        pct = float(s[:-1])
+        if not 0 < pct <= 100:  # NaN and infinities too
+            raise ValueError(spec)
+        return ("pct", pct)
+    n = int(s)
+    if n < 1:
+        raise ValueError(spec)
+    return ("n", float(n))
+
+
 def over_failures(rule: tuple[str, float], failed: int, processed: int, total: int) -> bool:
     """Has --max-failures (`rule`, parsed) been reached?"""
     kind, val = rule

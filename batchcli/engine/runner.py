@@ -22,7 +22,7 @@ from typing import Any
 
 from batchcli import __version__
 from batchcli.atomic import atomic_write
-from batchcli.engine.checks import changed_inputs, check_fingerprint, low_space, over_failures
+from batchcli.engine.checks import changed_inputs, check_fingerprint, low_space, over_failures, parse_max_failures
 from batchcli.engine.gate import Gate
 from batchcli.engine.journal import COMPLETED, FAILED, PENDING, JournalWriter, Replay, checkpoint, failure_key, replay
 from batchcli.engine.liveness import FileLock, locked_error, process_start_time, read_runner_info, strongest_request, sweep_dead_tmp, take_lock
@@ -56,6 +56,8 @@ MAX_BATCH_CHUNK = 256
 """...unless an op takes micro-batches (`model ... batch=N`): then a chunk holds one batch."""
 IDLE_WAIT = 0.1
 """Seconds per loop while the runner has no worker (queued, throttled)."""
+ABANDON_GRACE = 0.3
+"""Seconds a cancel or pause --now waits for results whose outputs are being made durable."""
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -248,7 +250,7 @@ class Runner:
         abandon = False
         processed = failed_now = first_frames = 0
         last_progress = last_control = last_space = 0.0
-        max_fail = _parse_max_failures(self.opt.max_failures)
+        max_fail = parse_max_failures(self.opt.max_failures)
 
         def record(i: int, kind: str, fields: dict[str, Any]) -> None:
             """Journal one item's end (its record's fields besides i) and count it."""
@@ -333,9 +335,12 @@ class Runner:
                             stop_reason = f"{req} requested"
                             if req in ("cancel", "pause-now"):
                                 abandon = True
-                                for ev in pool.poll(0):  # results already sent have durable outputs: keep them
-                                    if ev.kind == "item" and ev.result.get("ok"):
-                                        finish_item(ev.result, inflight.pop(ev.result["i"], None))
+                                pool.stop()  # queued work dropped; what is written and sent meanwhile is kept
+                                grace = time.monotonic() + ABANDON_GRACE
+                                while time.monotonic() < grace and pool.busy():
+                                    for ev in pool.poll(0.02):
+                                        if ev.kind == "item" and ev.result.get("ok"):
+                                            finish_item(ev.result, inflight.pop(ev.result["i"], None))
                                 break
                             pool.stop()
                     if stopping is None and self.opt.min_free_space and self.out_dir and now - last_space >= SPACE_EVERY:
@@ -442,6 +447,8 @@ class Runner:
             finally:
                 if abandon:
                     pool.shutdown(abandon=True)
+                    if self.out_dir:  # the killed workers' half-written files (nobody would sweep them)
+                        sweep_dead_tmp(self.out_dir)
                 else:  # told to exit: the workers do while the last shard is recorded
                     pool.release()
                 problem = shards.close() if shards is not None else None
@@ -582,18 +589,3 @@ def _worker_options(manifest: dict[str, Any]) -> dict[str, Any]:
     if manifest.get("variants"):
         out["variant_template"] = template_has_variant((manifest.get("input_options") or {}).get("name_template"))
     return out
-
-
-def _parse_max_failures(spec: str | None) -> tuple[str, float] | None:
-    if not spec:
-        return None
-    s = spec.strip()
-    if s.endswith("%"):
-        pct = float(s[:-1])
-        if not 0 < pct <= 100:  # NaN and infinities too
-            raise ValueError(spec)
-        return ("pct", pct)
-    n = int(s)
-    if n < 1:
-        raise ValueError(spec)
-    return ("n", float(n))
