@@ -9,6 +9,7 @@ filesystem's journal commits), then each folder fsynced once after all its renam
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 import time
@@ -24,8 +25,18 @@ def tmp_name(path: str) -> str:
     return os.path.join(head, f".{tail}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
+_TMP_RE = re.compile(r"\..+" + re.escape(TMP_MARK) + r"(\d+)-[0-9a-f]{8}")
+
+
+def tmp_pid(name: str) -> int | None:
+    """The writer's pid of a temp file named by tmp_name (exactly that form: a user's file that
+    merely holds the mark in its name is not one); None for any other name."""
+    m = _TMP_RE.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
 def is_tmp_name(name: str) -> bool:
-    return name.startswith(".") and TMP_MARK in name
+    return tmp_pid(name) is not None
 
 
 def fsync_dir(path: str) -> None:
@@ -298,10 +309,10 @@ def sweep_tmp(root: str, pid: int | None = None) -> list[str]:
     removed = []
     if not os.path.isdir(root):
         return removed
-    mine = f"{TMP_MARK}{pid}-" if pid is not None else TMP_MARK
     for folder, _dirs, files in os.walk(root):
         for name in files:
-            if is_tmp_name(name) and mine in name:
+            writer = tmp_pid(name)
+            if writer is not None and (pid is None or writer == pid):
                 p = os.path.join(folder, name)
                 try:
                     os.unlink(p)

@@ -122,3 +122,22 @@ def test_a_slow_syncfs_turns_to_fsyncs_for_a_while(tmp_path, monkeypatch):
     group("c")
     assert len(calls) == 4
     assert len(os.listdir(tmp_path)) == 9
+
+
+def test_only_temp_files_in_the_writers_own_form_are_swept(tmp_path):
+    """`recover` swept every name holding '.batchcli-tmp-': a user's file and a completed output
+    whose input was so named went with the dead writer's temp files."""
+    from batchcli.atomic import sweep_tmp
+    from batchcli.engine.liveness import sweep_dead_tmp
+
+    (tmp_path / "sub").mkdir()
+    keep = [tmp_path / "sub" / ".notes.batchcli-tmp-mine.txt", tmp_path / ".p.batchcli-tmp-99999-1.jpg",
+            tmp_path / "plain.png"]
+    dead = [tmp_path / ".a.png.batchcli-tmp-999999999-abcdef01", tmp_path / "sub" / ".b.webp.batchcli-tmp-999999998-0123abcd"]
+    for p in keep + dead:
+        p.write_bytes(b"x")
+    assert sorted(sweep_dead_tmp(str(tmp_path))) == sorted(map(str, dead))
+    assert all(p.exists() for p in keep)
+    for p in dead:
+        p.write_bytes(b"x")
+    assert sorted(sweep_tmp(str(tmp_path))) == sorted(map(str, dead)) and all(p.exists() for p in keep)

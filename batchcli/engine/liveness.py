@@ -184,14 +184,14 @@ def sweep_dead_tmp(root: str, name: str = "*") -> list[str]:
     import contextlib
     import pathlib
 
-    from batchcli.atomic import TMP_MARK
+    from batchcli.atomic import TMP_MARK, tmp_pid
 
     removed: list[str] = []
     folder = pathlib.Path(root)
     found = folder.rglob(f".*{TMP_MARK}*") if name == "*" else folder.glob(f".{glob.escape(name)}{TMP_MARK}*")
     for p in found:
-        pid = p.name.split(TMP_MARK, 1)[1].split("-", 1)[0]
-        if p.is_file() and not (pid.isdigit() and _writer_alive(int(pid), p)):
+        pid = tmp_pid(p.name)  # (only names in tmp_name's own form: a user's file may hold the mark)
+        if pid is not None and p.is_file() and not _writer_alive(pid, p):
             with contextlib.suppress(OSError):
                 p.unlink()
                 removed.append(str(p))
