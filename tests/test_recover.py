@@ -120,7 +120,7 @@ def test_recover_is_idempotent_and_sweeps_temp_files(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     out.mkdir(exist_ok=True)
-    stray = out / f".img001.png{TMP_MARK}999999-dead"  # what a killed writer leaves
+    stray = out / f".img001.png{TMP_MARK}999999-deadbeef"  # what a killed writer leaves (tmp_name's form)
     stray.write_bytes(b"half")
     mine = out / "notes.txt"  # the user's own file: never touched
     mine.write_text("keep")
