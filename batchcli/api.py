@@ -54,6 +54,12 @@ UPLOADS = "uploads"
 """The folder of a batch that holds files sent to the server (the only part of the home read as input)."""
 
 
+def out_folder(raw: str) -> str:
+    """The output folder as the batch records it: absolute, its links resolved, so that what it
+    records is the folder itself (a purge opens it without following links)."""
+    return os.path.realpath(os.path.expanduser(raw))
+
+
 def build_pipeline(text: str | None, file: str | None, variants: list[str] | None = None):
     """The pipeline of --pipeline or --pipeline-file, with the --variant flags (after the
     file's [[variant]] tables)."""
@@ -113,7 +119,7 @@ def manifest_preview(cfg: StartConfig, paths: BatchPaths) -> dict[str, Any] | No
     None when it cannot (create_batch says why, if anything is wrong)."""
     try:
         pipeline = build_pipeline(cfg.pipeline_text, cfg.pipeline_file, cfg.variants)
-        out_dir = os.path.abspath(os.path.expanduser(cfg.out_dir)) if cfg.out_dir else None
+        out_dir = out_folder(cfg.out_dir) if cfg.out_dir else None
         st = os.stat(out_dir) if out_dir else None
         return {"batch_id": paths.id, "fingerprint": pipeline.fingerprint(_options(cfg)), "out_dir": out_dir,
                 **({"out_dev": st.st_dev, "out_ino": st.st_ino} if st is not None else {}),
@@ -146,7 +152,7 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     from batchcli.inputs import discover, names
 
     pipeline = build_pipeline(cfg.pipeline_text, cfg.pipeline_file, cfg.variants)
-    out_dir = os.path.abspath(os.path.expanduser(cfg.out_dir)) if cfg.out_dir else None
+    out_dir = out_folder(cfg.out_dir) if cfg.out_dir else None
     if pipeline.writes_image and out_dir is None:
         raise ConfigError("--out is required: this pipeline writes images")
     if out_dir is not None and os.path.exists(out_dir) and not os.path.isdir(out_dir):

@@ -110,3 +110,21 @@ def test_cleanup_never_touches_a_batch_with_a_live_runner(tmp_path):
     assert os.path.isdir(paths.dir)
     run(home, "cancel", paths.id)
     proc.wait(30)
+
+
+def test_a_batch_started_into_a_symlinked_out_is_recorded_by_its_folder_and_purged_there(tmp_path):
+    """--out given as a link to a folder: the batch records the folder itself, so the purge (which
+    opens the recorded folder without following links) works; it was refused for ever as 'now a
+    symbolic link'."""
+    make_pngs(tmp_path / "in", 3)
+    real = tmp_path / "real-out"
+    real.mkdir()
+    (tmp_path / "link-out").symlink_to(real)
+    home = tmp_path / "home"
+    r = run(home, "start", tmp_path / "in", "--out", tmp_path / "link-out", "-p", "convert png", "--min-free-space", "0")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(run(home, "status", "--json").stdout)["out_dir"] == str(real)
+    assert len(os.listdir(real)) == 3
+    r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert os.listdir(real) == [] and (tmp_path / "link-out").is_symlink()

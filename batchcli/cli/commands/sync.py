@@ -168,8 +168,7 @@ def _sync_create(store, cfg, opts, json_out: bool, detach: bool, delete: bool, d
 
 def _walk(store, cfg) -> tuple | None:
     """The walk that tells whether a sync's inputs changed since the last (engine/syncfast.py)."""
-    import os
-
+    from batchcli import api
     from batchcli.engine.syncfast import walk_spec
     from batchcli.errors import ConfigError
     from batchcli.inputs.discover import parse_exts
@@ -178,7 +177,7 @@ def _walk(store, cfg) -> tuple | None:
         exts = parse_exts(cfg.exts, cfg.media)
     except ConfigError:  # create_batch says so
         return None
-    out_dir = os.path.abspath(os.path.expanduser(cfg.out_dir)) if cfg.out_dir else None
+    out_dir = api.out_folder(cfg.out_dir) if cfg.out_dir else None
     return walk_spec(cfg.inputs, exts, [out_dir, store.home],
                      plain=not (cfg.from_file or cfg.exclude or cfg.dedupe or cfg.name_template))
 
