@@ -369,3 +369,20 @@ def test_the_claims_check_catches_the_catalog_up_once_many_batches_are_behind(tm
     assert owners.batches_into(store, (st.st_dev, st.st_ino)) == read_now
     with Catalog(str(home)) as cat:
         assert sorted(cat.indexed()) == sorted([*(b.id for b in done), c.id])
+
+
+def test_claims_are_those_of_one_home(tmp_path):
+    """README: batches of another home writing into the same folder are not seen."""
+    make_pngs(tmp_path / "in", 30)
+    out = tmp_path / "out"
+    a = spawn(tmp_path / "home-a", "start", tmp_path / "in", "--out", out, "-w", "1", "--min-free-space", "0",
+              "-p", "crashtest delay=0.2 | convert png")
+    try:
+        wait_for(lambda: out.is_dir() and any(out.iterdir()), what="the first batch writing")
+        r = run(tmp_path / "home-a", "start", tmp_path / "in", "--out", out, "-p", "convert png")
+        assert r.returncode == 2 and "also writes" in r.stderr  # the same home: refused
+        r = run(tmp_path / "home-b", "start", tmp_path / "in", "--out", out, "-p", "convert png", "--min-free-space", "0")
+        assert r.returncode == 0, r.stderr  # another home: not seen
+    finally:
+        a.kill()
+        a.wait()
