@@ -196,3 +196,9 @@ def test_max_failures_halts_close_to_its_count_when_failures_come_fast(tmp_path)
     end = json.loads(r.stdout.strip().splitlines()[-1])
     assert end["status"] == "failed" and "max-failures 3" in end["reason"]
     assert 3 <= end["failed"] <= 5 and end["remaining"] == 25 - end["failed"], end
+
+
+def test_start_s_help_gives_the_default_extensions_the_tool_uses():
+    r = cli("start", "--help")
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0 and "default jpg jpeg png webp tif tiff bmp heic heif avif gif and the camera RAW ones" in text

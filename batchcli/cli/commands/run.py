@@ -169,7 +169,8 @@ def register(app: typer.Typer) -> None:
                                                     show_default=False)] = None,
         workers: WorkersOpt = None,
         ext: Annotated[Optional[list[str]], typer.Option("--ext", metavar="EXT", show_default=False,
-                                                         help="Extensions to include (repeatable; default jpg jpeg png webp tif tiff bmp).")] = None,
+                                                         help="Extensions to include (repeatable; default jpg jpeg png webp tif tiff bmp heic heif avif gif "
+                                                              "and the camera RAW ones).")] = None,
         exclude: Annotated[Optional[list[str]], typer.Option("--exclude", metavar="GLOB", show_default=False,
                                                              help="Skip paths matching this glob (repeatable).")] = None,
         from_file: Annotated[Optional[str], typer.Option("--from-file", metavar="FILE", show_default=False,
