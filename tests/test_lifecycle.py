@@ -356,3 +356,26 @@ def test_resume_detach_of_a_completed_batch_is_refused_every_time_unless_an_inpu
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     f = run(home, "status", "done", "--follow", "--json")
     assert json.loads(f.stdout.splitlines()[-1])["status"] == "completed", f.stdout
+
+
+def test_an_output_folder_deleted_while_the_batch_runs_pauses_it_with_the_reason(tmp_path):
+    """It went on into a folder the workers made again and ended 'completed' with the first
+    outputs gone."""
+    import shutil
+    import subprocess
+    import sys
+
+    from crashops import cli_env
+
+    make_pngs(tmp_path / "in", 30)
+    home, out = tmp_path / "home", tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "batchcli", "start", str(tmp_path / "in"), "--out", str(out), "-w", "1",
+                          "--min-free-space", "0", "-p", "crashtest delay=0.2 | convert png", "--json"],
+                         env=cli_env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: out.is_dir() and len(list(out.iterdir())) >= 2, what="two outputs")
+    shutil.rmtree(out)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 3, stderr
+    end = json.loads(stdout.strip().splitlines()[-1])
+    assert end["status"] == "paused" and f"the output folder {out} was deleted" in end["reason"], end
+    assert end["remaining"] > 0

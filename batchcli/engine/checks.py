@@ -78,6 +78,29 @@ def over_failures(rule: tuple[str, float], failed: int, processed: int, total: i
     return processed >= min(20, total) and failed * 100.0 >= val * max(processed, 1) and failed > 0
 
 
+def out_moved(folder: str, seen: list) -> str | None:
+    """Why the batch must pause when its output folder was deleted or replaced during this run.
+    `seen` holds a descriptor of the folder as this run first found it (opened on the first call:
+    held open, its inode cannot be reused by a folder made again in its place); close it with
+    `seen.clear()` after `os.close(seen[0])`."""
+    if not seen:
+        try:
+            seen.append(os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)))
+        except OSError:
+            return None  # not there yet: the workers make it
+        return None
+    held = os.fstat(seen[0])
+    try:
+        st = os.stat(folder)
+        same = (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+    except OSError:
+        same = False
+    if same and held.st_nlink:
+        return None
+    what = "deleted" if not held.st_nlink else "replaced (another folder is there now)"
+    return f"the output folder {folder} was {what} while the batch ran; outputs written there are gone"
+
+
 def low_space(folder: str, need: int) -> str | None:
     """Why the batch must pause when `folder`'s disk has less than `need` bytes free (--min-free-space)."""
     import shutil

@@ -22,7 +22,7 @@ from typing import Any
 
 from batchcli import __version__
 from batchcli.atomic import atomic_write
-from batchcli.engine.checks import changed_inputs, check_fingerprint, low_space, over_failures, parse_max_failures
+from batchcli.engine.checks import changed_inputs, check_fingerprint, low_space, out_moved, over_failures, parse_max_failures
 from batchcli.engine.gate import Gate
 from batchcli.engine.journal import COMPLETED, FAILED, PENDING, JournalWriter, Replay, checkpoint, failure_key, replay
 from batchcli.engine.liveness import FileLock, locked_error, process_start_time, read_runner_info, strongest_request, sweep_dead_tmp, take_lock
@@ -250,6 +250,7 @@ class Runner:
         abandon = False
         processed = failed_now = first_frames = 0
         last_progress = last_control = last_space = 0.0
+        out_seen: list = []  # the output folder's device and inode, as this run first saw it
         max_fail = parse_max_failures(self.opt.max_failures)
 
         def record(i: int, kind: str, fields: dict[str, Any]) -> None:
@@ -343,11 +344,12 @@ class Runner:
                                             finish_item(ev.result, inflight.pop(ev.result["i"], None))
                                 break
                             pool.stop()
-                    if stopping is None and self.opt.min_free_space and self.out_dir and now - last_space >= SPACE_EVERY:
+                    if stopping is None and self.out_dir and now - last_space >= SPACE_EVERY:
                         last_space = now
-                        low = low_space(self.out_dir, self.opt.min_free_space)
-                        if low:
-                            stopping, stop_reason = "disk_full", low
+                        low = self.opt.min_free_space and low_space(self.out_dir, self.opt.min_free_space)
+                        moved = out_moved(self.out_dir, out_seen)
+                        if low or moved:
+                            stopping, stop_reason = ("disk_full", low) if low else ("pause", moved)
                             pool.stop()
                     if gate is not None and stopping is None:
                         if feed is not None and not pool.size() and not retry_q:
@@ -445,6 +447,8 @@ class Runner:
                 stopping, abandon = "journal", True
                 stop_reason = f"disk full: {exc}" if exc.full else str(exc)
             finally:
+                if out_seen:
+                    os.close(out_seen.pop())
                 if abandon:
                     pool.shutdown(abandon=True)
                     if self.out_dir:  # the killed workers' half-written files (nobody would sweep them)
