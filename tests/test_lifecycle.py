@@ -379,3 +379,8 @@ def test_an_output_folder_deleted_while_the_batch_runs_pauses_it_with_the_reason
     end = json.loads(stdout.strip().splitlines()[-1])
     assert end["status"] == "paused" and f"the output folder {out} was deleted" in end["reason"], end
     assert end["remaining"] > 0
+    bid = json.loads(stdout.strip().splitlines()[0])["batch_id"]
+    assert run(home, "verify", bid, "--repair").returncode == 1  # the lost ones, re-queued
+    r = run(home, "resume", bid, *NOSPACE)
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.iterdir())) == 30 and run(home, "verify", bid).returncode == 0
