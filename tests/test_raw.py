@@ -135,3 +135,16 @@ def test_raw_must_come_first():
         Pipeline.parse("resize 10x10 | raw")
     with pytest.raises(ConfigError, match="exposure: 9.0 is above the maximum 3"):
         Pipeline.parse("raw exposure=9")
+
+
+@pytest.mark.parametrize("data, reason", [(b"hello, not a photo\n", "not a RAW file: the file holds plain text"),
+                                          (b"II*\x00" + b"\x00" * 200, "cannot read RAW: Unsupported file format or not RAW file")])
+def test_a_raw_that_is_not_one_says_so_in_words(tmp_path, data, reason):
+    """A text file named .dng said 'cannot read RAW: LibRawIOError b'Input/output error''."""
+    from batchcli.errors import ItemError
+
+    bad = tmp_path / "r.dng"
+    bad.write_bytes(data)
+    with pytest.raises(ItemError) as err:
+        imageio.load(str(bad))
+    assert str(err.value) == reason

@@ -192,6 +192,9 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
     if len(data) > limits.max_file_size:
         raise ItemError("too_large", f"file is {fmt_bytes(len(data))}, over --max-file-size {limits.file_size_text}")
     if rawfile.is_raw(path, data):
+        kind = _text_kind(data)
+        if kind is not None:  # (LibRaw says only 'Input/output error')
+            raise ItemError("decode", f"not a RAW file: the file holds {kind}")
         frame = rawfile.load(path, data, limits.max_pixels, shrink_for, raw, limits.pixels_text)
         frame.info = {"mode": "RGB", "orientation": frame.orientation, "camera": {}}
         frame.metadata = metadata.source_block(data, "raw")

@@ -42,7 +42,10 @@ def load(src: str, data: bytes, max_pixels: int, shrink_for: Callable[[int, int]
     try:
         raw = rawpy.imread(io.BytesIO(data))
     except (rawpy.LibRawError, ValueError, OSError) as exc:
-        raise ItemError("decode", f"cannot read RAW: {type(exc).__name__} {str(exc).strip()[:120]}".strip()) from None
+        msg = str(exc).strip()
+        if msg[:2] in ("b'", 'b"') and msg[-1:] == msg[1]:  # LibRaw's messages come as bytes' repr
+            msg = msg[2:-1]
+        raise ItemError("decode", f"cannot read RAW: {msg[:120] or type(exc).__name__}") from None
     with raw:
         sizes = raw.sizes
         width, height = int(sizes.width), int(sizes.height)
