@@ -49,6 +49,19 @@ def server_env(home) -> dict:
     return env
 
 
+def serve_photos(tmp_path_factory, name: str, photos: int, *args) -> Server:
+    """A server for a test module: `photos` PNGs in root/photos, the root its allowed folder
+    (`server.root`), `args` its flags."""
+    from crashops import make_pngs
+
+    base = tmp_path_factory.mktemp(name)
+    root = base / "root"
+    make_pngs(root / "photos", photos)
+    server = start_server(base / "home", root, *args)
+    server.root = root  # type: ignore[attr-defined]
+    return server
+
+
 def start_server(home, root, *args, timeout: float = 30.0, env: dict | None = None) -> Server:
     """`batchcli serve --port 0 ARGS` run from `root` (the default allowed root)."""
     log = os.path.join(str(home), "..", f"serve-{time.monotonic_ns()}.log")

@@ -20,6 +20,7 @@ from serverkit import (
     jcall,
     multipart,
     need_serve_extra,
+    serve_photos,
     server_env,
     start_server,
     wait_status,
@@ -37,11 +38,7 @@ API = "/api/v1"
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    base = tmp_path_factory.mktemp("serve")
-    root = base / "root"
-    make_pngs(root / "photos", 6)
-    s = start_server(base / "home", root, "--max-upload", "40K", "--max-upload-files", "3")
-    s.root = root
+    s = serve_photos(tmp_path_factory, "serve", 6, "--max-upload", "40K", "--max-upload-files", "3")
     yield s
     s.stop()
 

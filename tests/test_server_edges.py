@@ -12,7 +12,7 @@ import signal
 
 import pytest
 from crashops import create, make_pngs, run, wait_for
-from serverkit import jcall, multipart, need_serve_extra, start_server, wait_status, ws_events, ws_url
+from serverkit import jcall, multipart, need_serve_extra, serve_photos, start_server, wait_status, ws_events, ws_url
 
 from batchcli.engine.store import Store
 
@@ -24,11 +24,7 @@ CLEANUP_HINT = "remove it with: batchcli cleanup --status damaged --older-than 0
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    base = tmp_path_factory.mktemp("edges")
-    root = base / "root"
-    make_pngs(root / "photos", 4)
-    s = start_server(base / "home", root)
-    s.root = root
+    s = serve_photos(tmp_path_factory, "edges", 4)
     yield s
     s.stop()
 

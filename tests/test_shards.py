@@ -173,14 +173,20 @@ def test_a_shard_renamed_before_its_records_were_written_is_adopted_not_redone(t
     _check_dataset(out, paths.journal, 8)
 
 
-def test_export_verify_and_purge_understand_shards(tmp_path):
-    import zipfile
-
+def _six_in_two_shards(tmp_path):
+    """Batch `ds`: 6 small PNGs into shards of 3 (two shards); its output folder and home."""
     src, out, home = tmp_path / "in", tmp_path / "out", tmp_path / "home"
     make_pngs(src, 6, size=16)
     r = cli("start", str(src), "--out", str(out), "-p", "resize 8x8", "--shards", "tar", "--shard-size", "3",
             "--name", "ds", *NOSPACE, home=home)
     assert r.returncode == 0, r.stderr
+    return out, home
+
+
+def test_export_verify_and_purge_understand_shards(tmp_path):
+    import zipfile
+
+    out, home = _six_in_two_shards(tmp_path)
     shards = _members(out)
     by_key = {m.split(".")[0]: data for ms in shards.values() for m, data in ms.items() if m.endswith(".png")}
     r = cli("export", "ds", "--zip", str(tmp_path / "ds.zip"), home=home)
@@ -285,11 +291,7 @@ def test_a_shard_the_disk_has_no_room_for_pauses_the_batch_and_resume_completes(
 
 
 def test_verify_names_the_missing_shard_and_member_not_loose_files(tmp_path):
-    src, out, home = tmp_path / "in", tmp_path / "out", tmp_path / "home"
-    make_pngs(src, 6, size=16)
-    r = cli("start", str(src), "--out", str(out), "-p", "resize 8x8", "--shards", "tar", "--shard-size", "3",
-            "--name", "ds", *NOSPACE, home=home)
-    assert r.returncode == 0, r.stderr
+    out, home = _six_in_two_shards(tmp_path)
     gone = sorted(os.listdir(out))[1]
     (out / gone).unlink()
     items = {it["i"]: it for it in json.loads(cli("status", "ds", "--items", "--json", home=home).stdout)["items"]}

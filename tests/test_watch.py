@@ -253,34 +253,32 @@ def test_a_watched_folder_deleted_and_made_again_is_watched_again(tmp_path):
     assert "watching it again" in (tmp_path / "watch.log").read_text()
 
 
-def test_a_watch_s_pause_names_the_top_failure_reasons(tmp_path):
-    home, hot, out, log = tmp_path / "home", tmp_path / "hot", tmp_path / "out", tmp_path / "watch.log"
-    hot.mkdir()
-    runner = spawn(home, "watch", hot, "--out", out, "-p", "convert png", *FLAGS, "--settle", "0.3s", log=log)
+def _fail_then_stop(runner, batch, junk, failures: int) -> None:
+    """Drop a file that is no image into the watched folder, wait for the batch's `failures`-th
+    failure, then SIGTERM the watch (exit 143)."""
     try:
-        batch = _batch(home)
-        (hot / "bad.png").write_text("junk")
-        wait_for(lambda: any(r.get("type") == "item_failed" for r in records(batch / "journal.jsonl")),
-                 what="bad.png failed")
+        junk.write_text(f"junk {failures}")
+        wait_for(lambda: sum(r.get("type") == "item_failed" for r in records(batch / "journal.jsonl")) == failures,
+                 what=f"{junk.name} failed")
         runner.send_signal(signal.SIGTERM)
         assert runner.wait(20) == 143
     finally:
         if runner.poll() is None:
             runner.kill()
+
+
+def test_a_watch_s_pause_names_the_top_failure_reasons(tmp_path):
+    home, hot, out, log = tmp_path / "home", tmp_path / "hot", tmp_path / "out", tmp_path / "watch.log"
+    hot.mkdir()
+    runner = spawn(home, "watch", hot, "--out", out, "-p", "convert png", *FLAGS, "--settle", "0.3s", log=log)
+    batch = _batch(home)
+    _fail_then_stop(runner, batch, hot / "bad.png", 1)
     text = log.read_text()
     assert "top failure reasons:" in text and "not an image" in text.split("top failure reasons:")[1], text
     events = tmp_path / "events.ndjson"
     again = spawn(home, "resume", batch.name, *FLAGS, "--json", log=events)
-    try:
-        wait_for(lambda: events.is_file() and '"started"' in events.read_text(), what="the resume")
-        (hot / "worse.png").write_text("junk too")
-        wait_for(lambda: sum(r.get("type") == "item_failed" for r in records(batch / "journal.jsonl")) == 2,
-                 what="worse.png failed")
-        again.send_signal(signal.SIGTERM)
-        assert again.wait(20) == 143
-    finally:
-        if again.poll() is None:
-            again.kill()
+    wait_for(lambda: events.is_file() and '"started"' in events.read_text(), what="the resume")
+    _fail_then_stop(again, batch, hot / "worse.png", 2)
     paused = [json.loads(line) for line in events.read_text().splitlines() if '"paused"' in line][-1]
     status = json.loads(run(home, "status", "--json").stdout)
     assert paused["failed"] == 2 and paused["top_failures"] == status["top_failures"] != [], (paused, status)
