@@ -227,6 +227,29 @@ def test_a_watch_killed_while_idle_comes_back_with_recover_resume(tmp_path):
         assert run(home, "cancel", batch.name).returncode == 0
 
 
+def test_a_watched_folder_deleted_as_the_watch_starts_is_waited_for_not_an_error(tmp_path):
+    """The walk a second after the start (for files that landed as the watcher started) met the
+    deleted folder and ended the watch with 'no such file or folder'."""
+    home, hot, out = tmp_path / "home", tmp_path / "hot", tmp_path / "out"
+    hot.mkdir()
+    runner = spawn(home, "watch", hot, "--out", out, "-p", "convert png", *FLAGS, "--settle", "0.3s",
+                   log=tmp_path / "watch.log")
+    try:
+        batch = _batch(home)
+        shutil.rmtree(hot)  # before the walk of the first second
+        time.sleep(2.0)
+        assert runner.poll() is None, (tmp_path / "watch.log").read_text()
+        hot.mkdir()
+        make_image(hot / "late.png", seed=3)
+        wait_for(lambda: (out / "late.png").is_file(), timeout=40, what="a file in the folder made again")
+        assert run(home, "pause", batch.name).returncode == 0
+        assert runner.wait(20) == 3
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert "no such file or folder" not in (tmp_path / "watch.log").read_text()
+
+
 def test_a_watched_folder_deleted_and_made_again_is_watched_again(tmp_path):
     home, hot, out = tmp_path / "home", tmp_path / "hot", tmp_path / "out"
     hot.mkdir()

@@ -203,9 +203,16 @@ class HotFolder:
         return out
 
     def _discover(self) -> list[discover.Found]:
-        """What discovery makes of the watched folders now (extensions, exclusions, skips)."""
-        return [f for f in discover.find(self.roots, self.exts, skip_dirs=self.skip, exclude=self.exclude)
-                if f.ino]
+        """What discovery makes of the watched folders now (extensions, exclusions, skips); a
+        folder deleted meanwhile is left out (it is walked once it is back: _look_at_roots)."""
+        from batchcli.errors import ConfigError
+
+        roots = [r for r in self.roots if os.path.isdir(r)]
+        try:
+            return [f for f in discover.find(roots, self.exts, skip_dirs=self.skip, exclude=self.exclude)
+                    if f.ino] if roots else []
+        except ConfigError:  # (deleted between the look and the walk)
+            return []
 
     def _changed(self, p: str) -> list[dict[str, Any]]:
         """A file the batch has, written again: requeued when it was done (or failed)."""
