@@ -336,11 +336,11 @@ SLOW = f"crashtest delay=0.05 | {PIPELINE}"
 loaded the machine is; the cluster's workers and every CLI process are given the op."""
 
 
-def start_runner(tmp_path, n: int, *args) -> subprocess.Popen:
+def start_runner(tmp_path, n: int, *args, pipeline: str = SLOW) -> subprocess.Popen:
     """`batchcli start` on n fresh images in the background (home: tmp_path/home), pipeline SLOW."""
     make_images(tmp_path / "in", n, size=(64, 48))
     return subprocess.Popen([sys.executable, "-m", "batchcli", "start", str(tmp_path / "in"), "--out",
-                             str(tmp_path / "out"), "-w", "2", "--pipeline", SLOW, "--quiet", *args],
+                             str(tmp_path / "out"), "-w", "2", "--pipeline", pipeline, "--quiet", *args],
                             env=cli_env(tmp_path / "home"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
 
@@ -394,7 +394,9 @@ def test_pause_then_scheduler_lost_then_local_resume(tmp_path, cluster):
     addr = cluster.addr
     n = 60
     home = tmp_path / "home"
-    runner = start_runner(tmp_path, n, "--executor", addr, "--name", "cl")
+    # items of 0.15 s: the batch outlasts the pause command's own start-up (a second or more on a
+    # loaded machine), which items of 0.05 s did not: the batch was completed before the pause came
+    runner = start_runner(tmp_path, n, "--executor", addr, "--name", "cl", pipeline=f"crashtest delay=0.15 | {PIPELINE}")
     batch = wait_for(lambda: (batch_dirs(home) or [None])[0], 60, "the batch")
     wait_for(lambda: completed_count(batch) >= 5, 120, "5 completed items")
     cli(home, "pause", "cl")
