@@ -107,9 +107,7 @@ def test_a_file_name_that_is_not_utf8_works_end_to_end(tmp_path):
                             stdin=open(next((home / "batches").iterdir()) / "journal.jsonl", "rb"), capture_output=True)
         assert jq.returncode == 0 and "caf\ufffd.png" in jq.stdout.decode()
     assert b"all match the journal" in _cli_bytes(home, "verify", "U").stdout
-    r = _cli_bytes(home, "export", "U", "--zip", tmp_path / "u.zip")
-    assert r.returncode == 0, r.stderr
-    assert "caf\ufffd.png" in zipfile.ZipFile(tmp_path / "u.zip").namelist()
+    _exports_keep_the_bytes(home, tmp_path)
     listed = _cli_bytes(home, "start", "-", "--out", tmp_path / "o2", "--pipeline", "convert png", *RUN,
                         stdin=b"caf\xe9.png\n", cwd=src)  # a list on stdin, relative to the folder
     assert listed.returncode == 0, listed.stderr
@@ -117,3 +115,47 @@ def test_a_file_name_that_is_not_utf8_works_end_to_end(tmp_path):
     r = _cli_bytes(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--status", "completed,failed")
     assert r.returncode == 0, r.stderr
     assert not os.path.exists(os.fsencode(out) + b"/caf\xe9.png")
+
+
+def _exports_keep_the_bytes(home, tmp_path):
+    """export --to, --zip and --manifest of batch U name its output caf\xe9.png by those bytes."""
+    import json
+    import shutil
+    import subprocess
+
+    name, png = b"caf\xe9.png", b"\x89PNG\r\n\x1a\n"
+    r = _cli_bytes(home, "export", "U", "--to", tmp_path / "to")
+    assert r.returncode == 0, r.stderr
+    assert open(os.fsencode(tmp_path / "to") + b"/" + name, "rb").read()[:8] == png
+    assert not [n for n in os.listdir(tmp_path / "to") if "\ufffd" in n]
+    csv_rows = (tmp_path / "to" / "manifest.csv").read_bytes().split(b"\r\n")
+    assert any(row.startswith(b"1,") and b"," + name + b",completed," + name + b"," in row for row in csv_rows)
+    rows = [json.loads(line) for line in (tmp_path / "to" / "manifest.jsonl").read_bytes().splitlines()]
+    assert os.fsdecode(name) in [row["output"] for row in rows]  # \udce9: jq shows U+FFFD, Python gets the byte
+    r = _cli_bytes(home, "export", "U", "--manifest", tmp_path / "m.csv")
+    assert r.returncode == 0 and b"," + name + b",completed," + name + b"," in (tmp_path / "m.csv").read_bytes()
+    r = _cli_bytes(home, "export", "U", "--zip", tmp_path / "u.zip")
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(tmp_path / "u.zip") as zf:  # raw bytes, no UTF-8 flag (bit 11): as Info-ZIP's zip writes it
+        info = {i.filename.encode("cp437"): i for i in zf.infolist()}
+        assert info[name].flag_bits & 0x800 == 0 and zf.read(info[name])[:8] == png
+    if shutil.which("unzip"):
+        (tmp_path / "uz").mkdir()
+        assert subprocess.run(["unzip", "-q", tmp_path / "u.zip"], cwd=tmp_path / "uz").returncode == 0
+        assert open(os.fsencode(tmp_path / "uz") + b"/" + name, "rb").read()[:8] == png
+
+
+def test_zip_entry_names_utf8_flagged_and_raw_bytes_kept():
+    from batchcli.results.names import UniqueNames, sanitize_name
+    from batchcli.results.zipstream import entry_name
+
+    assert entry_name("a.png") == (b"a.png", 0)
+    assert entry_name("caf\u00e9.png") == ("caf\u00e9.png".encode(), 0x800)
+    raw = os.fsdecode(b"caf\xe9/\xff\xfe.png")
+    assert entry_name(sanitize_name(raw)) == (b"caf\xe9/\xff\xfe.png", 0)
+    long = sanitize_name(os.fsdecode(b"\xe9" * 300 + b".png"))  # capped by bytes, each one byte
+    assert os.fsencode(long) == b"\xe9" * 236 + b".png"
+    mixed = sanitize_name("x" + "\u00e9" * 119 + os.fsdecode(b"\xe9") + ".png")  # no UTF-8 sequence cut in two
+    assert os.fsencode(mixed) == b"x" + "\u00e9".encode() * 117 + b".png"
+    u = UniqueNames()
+    assert [u.take(n) for n in (raw, raw)] == [raw, os.fsdecode(b"caf\xe9/\xff\xfe_2.png")]

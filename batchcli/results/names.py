@@ -63,31 +63,42 @@ def sanitize_name(name: str, fallback: str = "file") -> str:
 
     Unicode is NFKC-normalised first, so look-alikes that an unzip tool or a file system may
     fold into "." or "/" are folded here, before the checks ("．．／x.png" is "../x.png", then
-    "x.png"); bytes of a file name that were not UTF-8 become U+FFFD; control characters,
+    "x.png"); control characters,
     backslashes and characters Windows forbids become "_"; empty, "." and ".." components are
     dropped (so "../../x.jpg" -> "x.jpg" and "/etc/passwd" -> "etc/passwd"); a drive prefix
     ("C:") loses its colon; components are trimmed of trailing dots and spaces and capped in
-    length (the extension kept)."""
-    name = unicodedata.normalize("NFKC", name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    length (the extension kept). Bytes of a file name that are not UTF-8 (lone surrogates, as
+    os.fsdecode gives them) are kept as they are, so an export writes the name the output has:
+    none of them can be a "/", a "." or a control character."""
+    name = unicodedata.normalize("NFKC", name)
     cleaned = "".join("_" if (ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in _UNSAFE) else c for c in name)
     parts = []
     for comp in cleaned.split("/"):
         comp = comp.rstrip(" .") if comp not in (".", "..") else ""
         if not comp or set(comp) <= {"."}:
             continue
-        if len(comp.encode("utf-8")) > _MAX_COMPONENT:
+        if _size(comp) > _MAX_COMPONENT:
             comp = _shorten(comp)
         parts.append(comp)
     return "/".join(parts) or fallback
 
 
+def _size(s: str) -> int:
+    """Bytes of `s` as a file name (a byte that is not UTF-8 is one)."""
+    return len(s.encode("utf-8", "surrogateescape"))
+
+
 def _shorten(comp: str) -> str:
     stem, ext = os.path.splitext(comp)
-    if len(ext.encode()) > 16:
+    if _size(ext) > 16:
         stem, ext = comp, ""
-    budget = _MAX_COMPONENT - len(ext.encode())
-    raw = stem.encode("utf-8")[:budget]
-    return raw.decode("utf-8", "ignore") + ext
+    budget = _MAX_COMPONENT - _size(ext)
+    n = 0
+    for k, c in enumerate(stem):  # whole characters only: no UTF-8 sequence cut in two
+        n += _size(c)
+        if n > budget:
+            return stem[:k] + ext
+    return stem + ext
 
 
 class UniqueNames:
@@ -102,7 +113,7 @@ class UniqueNames:
 
     @staticmethod
     def _key(name: str) -> int:
-        return int.from_bytes(hashlib.blake2b(name.casefold().encode("utf-8"), digest_size=8).digest(), "little")
+        return int.from_bytes(hashlib.blake2b(name.casefold().encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
 
     def _free(self, name: str) -> bool:
         k = self._key(name)

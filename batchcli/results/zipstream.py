@@ -49,8 +49,7 @@ class ZipStream:
         case nothing of the entry stays in the ZIP)."""
         fh = self.fh
         start = fh.tell()
-        bname = name.encode("utf-8")
-        flags = 0x800 if not name.isascii() else 0
+        bname, flags = entry_name(name)
         limit = ZIP64_LIMIT
         need64 = size >= limit - (limit >> 12)  # leaves room for deflate's worst case
         extra = struct.pack("<HHQQ", 1, 16, 0, 0) if need64 else b""
@@ -131,6 +130,17 @@ class ZipStream:
     def abort(self) -> None:
         self._closed = True
         self._cd.close()
+
+
+def entry_name(name: str) -> tuple[bytes, int]:
+    """An entry's name as stored, and its flags: UTF-8 with the language encoding flag (bit 11)
+    when the name is UTF-8 beyond ASCII; a name that holds bytes that are not UTF-8 (lone
+    surrogates from os.fsdecode) is stored as those raw bytes without the flag, as Info-ZIP's
+    `zip` stores it, so `unzip` on a POSIX system writes the same name back."""
+    try:
+        return name.encode("utf-8"), 0 if name.isascii() else 0x800
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape"), 0
 
 
 def _copy_crc(src: IO[bytes], dst: IO[bytes]) -> tuple[int, int]:
