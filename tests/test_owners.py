@@ -250,22 +250,24 @@ def test_a_file_written_again_since_is_kept_even_when_its_writer_is_gone(tmp_pat
     assert sorted(os.listdir(out)) == ["img000.png", "img001.png"]
 
 
-@pytest.mark.parametrize("swap", ["symlink", "other folder"])
+@pytest.mark.parametrize("swap", ["symlink", "link above it"])
 def test_a_swapped_output_folder_is_refused_and_nothing_below_it_deleted(tmp_path, swap):
-    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "top" / "out"
     make_pngs(src, 3)
     a = _start(home, src, out, "A")
-    elsewhere = tmp_path / "precious"
-    shutil.copytree(out, elsewhere)  # the same names and bytes: a purge that follows would delete them
-    os.rename(out, tmp_path / "moved")
+    backup = tmp_path / "backup"
+    elsewhere = backup / "out"
+    shutil.copytree(out, elsewhere)  # the same names, bytes and mtimes: a purge that follows would delete them
     if swap == "symlink":
+        os.rename(out, tmp_path / "moved")
         out.symlink_to(elsewhere, target_is_directory=True)
-    else:
-        shutil.copytree(elsewhere, out)
+    else:  # the path now leads into the backup: a different folder, not the one made again
+        os.rename(tmp_path / "top", tmp_path / "moved")
+        (tmp_path / "top").symlink_to(backup, target_is_directory=True)
     r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs")
     assert r.returncode == 1 and r.stdout == ""
     why = ("is now a symbolic link (to " + str(elsewhere) + ")" if swap == "symlink"
-           else "is not the folder the batch wrote to")
+           else f"is not the folder the batch wrote to (its path now goes through a symbolic link, to {elsewhere})")
     assert r.stderr.startswith(f"Error: kept batch {a.id}: not purged: output folder {out} {why}")
     assert r.stderr.count("\n") == 1 and "nothing below it was deleted" in r.stderr
     r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--json")
@@ -274,6 +276,66 @@ def test_a_swapped_output_folder_is_refused_and_nothing_below_it_deleted(tmp_pat
     assert [(s["batch_id"], s["refused"]) for s in skipped] == [(a.id, True)] and why in skipped[0]["reason"]
     assert len(_files(elsewhere)) == 3 and len(_files(out)) == 3
     assert Store(str(home)).ids() == [a.id]  # kept whole: purge it once the folder is back
+
+
+def test_an_output_folder_made_again_from_a_backup_is_purged_of_the_copies(tmp_path):
+    """The folder deleted and restored at its path (same file system, another inode): the files
+    with the recorded size, sha256 and mtime (to the second: tar keeps whole seconds) go; an
+    edited one stays, and so does the user's own file."""
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 4)
+    a = _start(home, src, out, "A")
+    backup = tmp_path / "backup"
+    shutil.copytree(out, backup)  # keeps the mtimes to the nanosecond, as cp -a and rsync -a do
+    shutil.rmtree(out)
+    shutil.copytree(backup, out)
+    st = os.stat(out / "img001.png")
+    os.utime(out / "img001.png", (int(st.st_atime), int(st.st_mtime)))  # as tar restores it
+    edited = bytearray((out / "img002.png").read_bytes())
+    edited[-20] ^= 0xFF  # same size, same mtime, other bytes: only the sha256 tells
+    (out / "img002.png").write_bytes(bytes(edited))
+    os.utime(out / "img002.png", ns=(st.st_atime_ns, os.stat(backup / "img002.png").st_mtime_ns))
+    (out / "notes.txt").write_text("mine")
+    r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--dry-run")
+    assert r.returncode == 0 and r.stdout == (f"would remove batch {a.id} (completed, 3 output files) "
+                                              "(1 files kept: 1 changed since)\n"), r.stdout + r.stderr
+    assert len(os.listdir(out)) == 5
+    r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--json")
+    assert r.returncode == 0, r.stderr
+    entry = json.loads(r.stdout)["cleaned"][0]
+    assert (entry["outputs_removed"], entry["outputs_kept_reasons"]) == (3, {"changed": 1})
+    assert sorted(os.listdir(out)) == ["img002.png", "notes.txt"] and len(os.listdir(backup)) == 4
+
+
+def test_a_folder_made_again_keeps_what_a_later_batch_wrote_into_it(tmp_path):
+    """After the folder was made again, batch B wrote the same paths (known to the catalog by the
+    new folder's identity): A's purge keeps them, even with A's bytes and mtimes; while B runs
+    into the new folder, A's purge waits."""
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 3)
+    a = _start(home, src, out, "A")
+    mtimes = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)}
+    shutil.rmtree(out)
+    out.mkdir()
+    proc = spawn(home, "start", src, "--out", out, "--name", "B", "--pipeline", "crashtest delay=1 | convert png",
+                 *RUN)
+    try:
+        b = wait_for(lambda: named(home, "B"), what="batch B")
+        wait_for(lambda: runner_alive(b), what="B's runner")
+        r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--status", "completed")
+        assert r.returncode == 1 and r.stderr == (
+            f"Error: kept batch {a.id}: not purged: batch {b.id} is writing into the same output folder {out}; "
+            "purge it once that batch has finished\n")
+    finally:
+        proc.wait(60)
+    assert proc.returncode == 0
+    for n, ns in mtimes.items():  # only the catalog can tell B's files from A's now
+        os.utime(out / n, ns=(ns, ns))
+    r = run(home, "cleanup", "--older-than", "0s", "--purge-outputs", "--keep-last", "1", "--json")
+    entry = json.loads(r.stdout)["cleaned"][0]
+    assert entry["batch_id"] == a.id and entry["outputs_removed"] == 0
+    assert entry["outputs_kept_reasons"] == {"superseded": 3} and entry["superseded_by"] == {b.id: 3}
+    assert len(os.listdir(out)) == 3
 
 
 def test_a_link_inside_the_output_folder_is_not_followed(tmp_path):

@@ -340,12 +340,14 @@ def _purge(store: Store, paths: BatchPaths, dry_run: bool, entry: dict[str, Any]
     no batch starts writing into the folder meanwhile. Raises PurgeRefused with the reason when
     another batch is writing there or the folder is not the recorded one."""
     from batchcli.engine import owners
-    from batchcli.engine.purge import Refused, purge_outputs
+    from batchcli.engine.purge import Refused, current_identity, purge_outputs
 
     man = paths.load_manifest()
     with owners.claims_lock(store):
         if man.get("out_dir") and man.get("out_dev") is not None:
-            busy = owners.writers_into(store, (man["out_dev"], man["out_ino"]), paths.id)
+            now = current_identity(man["out_dir"])  # a folder made again there: batches writing into it
+            busy = [b for out_id in dict.fromkeys([(man["out_dev"], man["out_ino"]), now]) if out_id
+                    for b in owners.writers_into(store, out_id, paths.id)]
             if busy:
                 raise PurgeRefused(f"batch {busy[0]} is writing into the same output folder "
                                    f"{man['out_dir']}; purge it once that batch has finished")

@@ -9,6 +9,16 @@
   folder below it is opened the same way (a link anywhere: kept, "link"), so a folder swapped for
   a link since the run is refused with one line and nothing below it is deleted.
 
+A folder deleted and made again at the recorded path (restored from a backup, say) has another
+inode. It is purged all the same when it is on the recorded device and its path goes through no
+symbolic link (the recorded path is the folder's real path): then it is the place the batch
+wrote, not a different folder reached by the same name (another file system mounted there, a
+link swapped in above it: refused as before). Its files are not the ones the batch wrote, so
+each must prove it is a copy of one: the recorded size and sha256, and the recorded mtime to
+the second (a restore that keeps modification times; tar keeps whole seconds), and no batch may
+have written that path in the new folder since (the catalog knows it by the new identity:
+kept, "superseded").
+
 Everything is done relative to open folder descriptors (openat/unlinkat), so a link swapped in
 while the purge runs is not followed either. Folders left empty by the purge are removed.
 """
@@ -64,6 +74,33 @@ def open_out_folder(out_dir: str, dev: int | None, ino: int | None) -> int:
     return fd
 
 
+def remade_identity(out_dir: str, dev: int | None, ino: int | None) -> tuple[int, int] | None:
+    """The (device, inode) of the folder at `out_dir` when it is not the recorded one but the
+    same place made again (see the module docstring); None when it is the recorded one, or when
+    open_out_folder will say what is wrong. Raises Refused for a different folder at that path."""
+    here = current_identity(out_dir)
+    if dev is None or here is None or here == (dev, ino):
+        return None
+    real = os.path.realpath(out_dir)
+    if real != out_dir:
+        raise Refused(f"output folder {out_dir} is not the folder the batch wrote to (its path now goes through a "
+                      f"symbolic link, to {real}); nothing below it was deleted")
+    if here[0] != dev:
+        raise Refused(f"output folder {out_dir} is not the folder the batch wrote to (device/inode "
+                      f"{here[0]}/{here[1]}, recorded {dev}/{ino}: another file system); nothing below it "
+                      "was deleted")
+    return here
+
+
+def current_identity(out_dir: str) -> tuple[int, int] | None:
+    """The (device, inode) of the folder at `out_dir` now (not following a link), or None."""
+    try:
+        st = os.lstat(out_dir)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
 def _readlink(path: str) -> str:
     try:
         return os.readlink(path)
@@ -81,18 +118,23 @@ def purge_outputs(paths: BatchPaths, dry_run: bool) -> PurgeResult:
     res = PurgeResult()
     if not out_dir or not os.path.lexists(out_dir):
         return res
+    dev, ino = man.get("out_dev"), man.get("out_ino")
+    remade = remade_identity(out_dir, dev, ino)
+    owned = []
     with Catalog(paths.home) as cat:
         cat.refresh()
-        wrote = list(cat.last_writers(paths.id))
-    owned = []
-    for mine, last in wrote:
-        if last.batch_id != paths.id:
-            res.kept["superseded"] += 1
-            res.superseded_by[last.batch_id] += 1
-        else:
-            owned.append(mine)
+        for mine, last in cat.last_writers(paths.id):
+            if last.batch_id == paths.id and remade is not None:  # a batch that wrote into the new folder
+                last = cat.last_writer(*remade, mine.rel or "") or last
+            if last.batch_id != paths.id:
+                res.kept["superseded"] += 1
+                res.superseded_by[last.batch_id] += 1
+            else:
+                owned.append(mine)
     owned += _shards(paths.journal) if man.get("shards") else []
-    delete_outputs(out_dir, man.get("out_dev"), man.get("out_ino"), owned, dry_run, res)
+    if remade is not None:
+        dev, ino = remade
+    delete_outputs(out_dir, dev, ino, owned, dry_run, res, copies=remade is not None)
     return res
 
 
@@ -108,16 +150,17 @@ def _shards(journal: str) -> list:
 
 
 def delete_outputs(out_dir: str, dev: int | None, ino: int | None, outputs: list, dry_run: bool,
-                   res: PurgeResult | None = None) -> PurgeResult:
+                   res: PurgeResult | None = None, copies: bool = False) -> PurgeResult:
     """Delete these outputs of the recorded folder (each with rel, size, mtime, sha256) by the
     rules above, and the folders left empty; `res.removed_rels` names the files removed. Raises
-    Refused when the folder is not the recorded one; nothing is deleted then."""
+    Refused when the folder is not the recorded one; nothing is deleted then. `copies`: the
+    folder was made again, its files are copies (mtime to the second, sha256 required)."""
     res = res if res is not None else PurgeResult()
     root = open_out_folder(out_dir, dev, ino)
     emptied: set[str] = set()
     try:
         for out in outputs:
-            why = _delete(root, out.rel or "", out.size, out.mtime, out.sha256, dry_run)
+            why = _delete(root, out.rel or "", out.size, out.mtime, out.sha256, dry_run, copies)
             if why is None:
                 res.removed += 1
                 res.removed_rels.append(out.rel or "")
@@ -149,9 +192,11 @@ def _walk(root: int, parts: list[str]) -> int | None:
 
 
 def _delete(root: int, rel: str, size: int | None, mtime: float | None, digest: str | None,
-            dry_run: bool) -> str | None:
+            dry_run: bool, copy: bool = False) -> str | None:
     """None when deleted (or would be); else why the file is kept. A file with the recorded
-    bytes but another mtime was written again since (by a batch whose record is gone, say)."""
+    bytes but another mtime was written again since (by a batch whose record is gone, say).
+    `copy`: the file is in a folder made again, its mtime compared to the second, its sha256
+    required."""
     parts = rel.split("/")
     if not rel or os.path.isabs(rel) or any(p in ("", ".", "..") for p in parts):
         return "outside"
@@ -167,9 +212,9 @@ def _delete(root: int, rel: str, size: int | None, mtime: float | None, digest: 
         if stat.S_ISLNK(st.st_mode):
             return "link"
         if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size) \
-                or (mtime is not None and st.st_mtime != mtime):
+                or (mtime is not None and not _same_time(st.st_mtime, mtime, copy)):
             return "changed"
-        if digest and _sha256(folder, name) != digest:
+        if (digest or copy) and _sha256(folder, name) != digest:
             return "changed"
         if not dry_run:
             os.unlink(name, dir_fd=folder)
@@ -179,6 +224,10 @@ def _delete(root: int, rel: str, size: int | None, mtime: float | None, digest: 
     finally:
         if folder != root:
             os.close(folder)
+
+
+def _same_time(now: float, recorded: float, to_the_second: bool) -> bool:
+    return int(now) == int(recorded) if to_the_second else now == recorded
 
 
 def _has_link(root: int, parts: list[str]) -> bool:
