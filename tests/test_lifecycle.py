@@ -358,6 +358,35 @@ def test_resume_detach_of_a_completed_batch_is_refused_every_time_unless_an_inpu
     assert json.loads(f.stdout.splitlines()[-1])["status"] == "completed", f.stdout
 
 
+def test_the_batches_folder_deleted_while_a_batch_runs_fails_it_with_the_reason(tmp_path):
+    """It ran on into a journal nobody could read and ended 'completed' (exit 0) with no record
+    of the batch left anywhere."""
+    import shutil
+    import subprocess
+    import sys
+
+    from crashops import cli_env
+
+    make_pngs(tmp_path / "in", 8)
+    home, out, hold = tmp_path / "home", tmp_path / "out", tmp_path / "hold"
+    hold.touch()  # img004 waits while it exists: the batch cannot end before the folder goes
+    p = subprocess.Popen([sys.executable, "-m", "batchcli", "start", str(tmp_path / "in"), "--out", str(out), "-w", "1",
+                          "--min-free-space", "0", "-p", f"crashtest hold={hold} match=img004 | convert png"],
+                         env=cli_env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: out.is_dir() and len(list(out.iterdir())) >= 4, what="four outputs")
+        shutil.rmtree(home / "batches")
+    finally:
+        hold.unlink()
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 1, stdout + stderr
+    line = next(s for s in stdout.splitlines() if ": failed (" in s)
+    assert line.endswith("was deleted (or moved) while the batch ran, its journal with it: nothing of this run "
+                         "could be recorded)"), stdout
+    assert "completed" not in line and "resume with" not in stdout and "Traceback" not in stderr
+    assert len(list(out.iterdir())) >= 4  # the outputs written stay
+
+
 def test_an_output_folder_deleted_while_the_batch_runs_pauses_it_with_the_reason(tmp_path):
     """It went on into a folder the workers made again and ended 'completed' with the first
     outputs gone."""

@@ -328,7 +328,7 @@ def summary(res: Any) -> None:
         if others > 0:
             lines.append(f"    and {others} more failed items with other reasons: "
                          f"batchcli status {res.batch_id} --items --failed")
-    if res.status == "paused" or res.remaining:  # (a halt: --max-failures)
+    if (res.status == "paused" or res.remaining) and getattr(res, "resumable", True):  # (a halt: --max-failures)
         lines.append(f"  resume with: batchcli resume {res.batch_id}")
     info("\n".join(lines))
 

@@ -1,5 +1,6 @@
 """What a resume checks before it runs: the pipeline fingerprint, and inputs changed since they
-were processed; and what a run checks as it goes: --max-failures, --min-free-space."""
+were processed; and what a run checks as it goes: --max-failures, --min-free-space, its output
+folder and its journal still where they were."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import os
 from typing import Any
 
-from batchcli.engine.journal import COMPLETED, FAILED, Replay, iter_matching
+from batchcli.engine.journal import COMPLETED, FAILED, JournalWriter, Replay, iter_matching
 from batchcli.engine.store import BatchPaths
 from batchcli.errors import InvalidTransition
 from batchcli.inputs.discover import iter_items
@@ -99,6 +100,22 @@ def out_moved(folder: str, seen: list) -> str | None:
         return None
     what = "deleted" if not held.st_nlink else "replaced (another folder is there now)"
     return f"the output folder {folder} was {what} while the batch ran; outputs written there are gone"
+
+
+def journal_lost(writer: JournalWriter, batch_dir: str) -> str | None:
+    """Why the batch must stop when its journal (`writer` holds it open) was deleted, with its
+    batch folder or the home's batches/ folder, or moved or replaced while the batch ran: what
+    the runner records would reach nobody, and a batch with no journal never completed."""
+    try:  # the file it holds open cannot be freed, so its inode is not reused meanwhile
+        st = os.stat(writer.path)
+        if (st.st_dev, st.st_ino) == writer.identity:
+            return None
+    except OSError:
+        pass
+    if not os.path.isdir(batch_dir):
+        return (f"the batch folder {batch_dir} was deleted (or moved) while the batch ran, its journal with it: "
+                "nothing of this run could be recorded")
+    return f"the journal {writer.path} was deleted or replaced while the batch ran: nothing of this run could be recorded"
 
 
 def low_space(folder: str, need: int) -> str | None:

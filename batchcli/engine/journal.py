@@ -464,7 +464,8 @@ class JournalWriter:
         try:
             self._fh = open(path, "ab", buffering=0)
             # A torn tail left by a crash: start on a fresh line so new records stay valid JSONL.
-            self._size = os.fstat(self._fh.fileno()).st_size
+            st = os.fstat(self._fh.fileno())
+            self._size, self.identity = st.st_size, (st.st_dev, st.st_ino)  # of the file held (checks.journal_lost)
             if fold_from is not None and fold_from.offset == self._size and not fold_from.bad:
                 self._live = _live_copy(path, fold_from)
             if self._size:

@@ -38,6 +38,7 @@ class RunResult:
     out_dir: str | None = None
     top_failures: list[tuple[str, int]] = field(default_factory=list)
     first_frame_only: int = 0  # animated inputs (GIF, WebP, HEIC) of which only the first frame was used
+    resumable: bool = True  # False when the batch's journal was lost as it ran (nothing to resume)
 
     @property
     def rate(self) -> float:
@@ -87,12 +88,12 @@ def close_run(j: Any, counts: Any, stopping: str | None, reason: str | None, sig
     """Append the run's closing record to the journal `j` (with `extra` fields: the measured
     worker memory) and return (status, exit code). `stopping`: why the loop ended (None: out of
     work; "pause", "signal", "disk_full", "journal" (the journal could not be written: always a
-    pause), "cancel", "halt"); a hot folder (`watching`) pauses
+    pause), "cancel", "halt", "lost" (the journal was deleted or moved: failed); a hot folder (`watching`) pauses
     even with nothing pending."""
     if stopping == "cancel":
         j.append("batch_cancelled", reason=reason, **extra)
         status, code = "cancelled", EXIT_CANCELLED
-    elif stopping == "halt":
+    elif stopping in ("halt", "lost"):  # lost: the journal is gone (the record reaches a moved one, if any)
         j.append("batch_finished", status="failed", reason=reason, **extra)
         status, code = "failed", EXIT_FAILED_ITEMS
     elif stopping == "journal" or (stopping in ("pause", "signal", "disk_full") and (counts[PENDING] > 0 or watching)):

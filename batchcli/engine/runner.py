@@ -22,7 +22,7 @@ from typing import Any
 
 from batchcli import __version__
 from batchcli.atomic import atomic_write
-from batchcli.engine.checks import changed_inputs, check_fingerprint, low_space, out_moved, over_failures, parse_max_failures
+from batchcli.engine.checks import changed_inputs, check_fingerprint, journal_lost, low_space, out_moved, over_failures, parse_max_failures
 from batchcli.engine.gate import Gate
 from batchcli.engine.journal import COMPLETED, FAILED, PENDING, JournalWriter, Replay, checkpoint, failure_key, replay
 from batchcli.engine.liveness import FileLock, locked_error, process_start_time, read_runner_info, strongest_request, sweep_dead_tmp, take_lock
@@ -344,10 +344,13 @@ class Runner:
                                             finish_item(ev.result, inflight.pop(ev.result["i"], None))
                                 break
                             pool.stop()
-                    if stopping is None and self.out_dir and now - last_space >= SPACE_EVERY:
+                    if stopping is None and now - last_space >= SPACE_EVERY:
                         last_space = now
-                        low = self.opt.min_free_space and low_space(self.out_dir, self.opt.min_free_space)
-                        moved = out_moved(self.out_dir, out_seen)
+                        if lost := journal_lost(j, self.paths.dir):  # nothing can be recorded: stop at once
+                            stopping, stop_reason, abandon = "lost", lost, True
+                            break
+                        low = self.out_dir and self.opt.min_free_space and low_space(self.out_dir, self.opt.min_free_space)
+                        moved = self.out_dir and out_moved(self.out_dir, out_seen)
                         if low or moved:
                             stopping, stop_reason = ("disk_full", low) if low else ("pause", moved)
                             pool.stop()
@@ -474,7 +477,9 @@ class Runner:
             self._progress(counts, processed, t0, pending_total)
             if stopping == "halt" and counts[PENDING] == 0 and self.feed is None:  # on the last item: it ended
                 stopping = stop_reason = None
-            if stopping != "cancel" and counts[PENDING] > 0 and self._control() == "cancel":
+            if stopping != "lost" and (lost := journal_lost(j, self.paths.dir)):  # since the last look: never "completed"
+                stopping, stop_reason = "lost", lost
+            elif stopping not in ("cancel", "lost") and counts[PENDING] > 0 and self._control() == "cancel":
                 stopping, stop_reason = "cancel", "cancel requested"  # came while we were stopping
             extra = {"worker_rss": gate.peak_rss} if gate is not None and gate.peak_rss else {}
             if not announced:  # ended while queued: the next resume still reuses this run's flags
@@ -492,7 +497,7 @@ class Runner:
         result = RunResult(self.paths.id, status, code, self.total, counts[COMPLETED], counts[FAILED],
                            st.skipped if status != "cancelled" else self.total - counts[COMPLETED] - counts[FAILED],
                            counts[PENDING] if status != "cancelled" else 0, processed, wall,
-                           stop_reason, self.out_dir, top, first_frames)
+                           stop_reason, self.out_dir, top, first_frames, resumable=stopping != "lost")
         self.emit({"type": "finished" if status not in ("paused",) else "paused", "status": status,
                    "exit_code": code, "completed": result.completed, "failed": result.failed,
                    "remaining": result.remaining, "total": self.total, "wall_s": round(wall, 3),
