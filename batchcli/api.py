@@ -151,6 +151,8 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
     from batchcli.engine import owners
     from batchcli.inputs import discover, names
 
+    if cfg.name is not None and not cfg.name.strip():  # a batch no command could name (a blank BATCH is refused)
+        raise ConfigError(f"--name {cfg.name!r}: empty; give a name, or leave --name out")
     pipeline = build_pipeline(cfg.pipeline_text, cfg.pipeline_file, cfg.variants)
     out_dir = out_folder(cfg.out_dir) if cfg.out_dir else None
     if pipeline.writes_image and out_dir is None:
@@ -333,7 +335,7 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
     from batchcli.engine.checks import parse_max_failures
     from batchcli.engine.load import parse_max_load
     from batchcli.engine.runner import RunOptions
-    from batchcli.executors.factory import usable_cpus
+    from batchcli.executors.factory import check_executor, usable_cpus
     from batchcli.units import parse_bytes
 
     given = {k: v for k, v in (last or {}).items() if k in RUN_DEFAULTS and k not in _PER_RUN and v is not None}
@@ -347,6 +349,7 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
     workers, retries, item_timeout, max_failures = v["workers"], v["retries"], v["item_timeout"], v["max_failures"]
     providers, worker_memory, min_free_space = v["providers"], v["worker_memory"], v["min_free_space"]
     executor, transfer = v["executor"], v["transfer"]
+    check_executor(executor)  # a misspelt one is exit 2 before the batch is made, not after
     if providers != RUN_DEFAULTS["providers"]:  # (the model module only when it has a say)
         from batchcli.models.session import parse_providers
 

@@ -438,3 +438,9 @@ def test_worker_with_another_batchcli_is_refused_at_start(tmp_path, cluster):
     assert "install the same version on every worker" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "out") or tree(tmp_path / "out") == {}
+    # the batch it made is paused with that reason: not 'interrupted' (as if its command had died),
+    # which `recover --resume` would have run on this machine
+    status = json.loads(cli(tmp_path / "home", "status", "--json").stdout)
+    assert status["status"] == "paused" and status["remaining"] == 4, status
+    assert status["reason"].startswith(f"could not start: Dask worker {cluster.addr.rsplit(':', 1)[0]}"), status
+    assert json.loads(cli(tmp_path / "home", "recover", "--resume", "--json").stdout)["recovered_count"] == 0

@@ -65,6 +65,22 @@ def gone(stream: TextIO) -> bool:
         return True
 
 
+def reader_left(stream: TextIO) -> bool:
+    """Whether the pipe `stream` writes into has lost its reader (`| head -1` exited), known
+    without writing: poll() reports POLLERR on such a pipe (a socket whose peer left: POLLHUP).
+    False for a file, a terminal, or where poll() is missing."""
+    if gone(stream):
+        return True
+    try:
+        import select
+
+        watch = select.poll()
+        watch.register(stream.fileno(), 0)  # no events asked: only the errors, always reported
+        return any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in watch.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def vanish_all(why: str) -> None:
     """The terminal hung up (SIGHUP): both streams go to the log."""
     for stream in (sys.stdout, sys.stderr):

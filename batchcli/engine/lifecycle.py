@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from batchcli.engine.journal import replay
@@ -62,7 +62,9 @@ def _ask_runner(paths: BatchPaths, what: str, wait: float) -> dict[str, Any] | N
     request(paths, what)
     done = _wait_released(paths, wait)
     out = batch_status(paths)
-    out.update(via="runner", runner_pid=info.get("pid"), waited=done)
+    out.update(via="runner", waited=done)  # runner_pid: the runner while it lives, null once it stopped
+    if not done:
+        out["runner_pid"] = out["runner_pid"] or info.get("pid")
     return out
 
 
@@ -373,9 +375,10 @@ def _empty_trash(store: Store, dry_run: bool) -> None:
 
 # --- follow -----------------------------------------------------------------------------------
 
-def follow(paths: BatchPaths, every: float = 0.5) -> Iterator[dict[str, Any]]:
+def follow(paths: BatchPaths, every: float = 0.5, stop: Callable[[], bool] | None = None) -> Iterator[dict[str, Any]]:
     """Events of a batch seen from outside, by replaying its journal every `every` seconds:
-    `progress` when it changes, `item_failed` for new failures, then `finished` or `paused`."""
+    `progress` when it changes, `item_failed` for new failures, then `finished` or `paused`.
+    `stop`: asked before each wait; True ends the events there (the follower's reader left)."""
     offset, _ = _new_failures(paths.journal, 0)  # failures from before we started: see status --failed
     last: tuple | None = None
     while True:
@@ -394,6 +397,8 @@ def follow(paths: BatchPaths, every: float = 0.5) -> Iterator[dict[str, Any]]:
                    "failed": s["failed"], "remaining": s["remaining"], "total": s["total"],
                    "reason": s["reason"] if s["status"] != "interrupted"
                    else f"the runner died; run 'batchcli recover' then 'batchcli resume {paths.id}'"}
+            return
+        if stop is not None and stop():
             return
         time.sleep(every)
 

@@ -17,6 +17,7 @@ from batchcli.errors import (
     EXIT_PAUSED,
     EXIT_SIGINT,
     EXIT_SIGTERM,
+    ConfigError,
     JournalWriteError,
 )
 
@@ -81,6 +82,16 @@ def early_result(batch_id: str, st: Any, status: str, code: int, reason: str, wa
           "completed": st.completed, "failed": st.failed, "remaining": left, "total": st.total,
           "wall_s": round(wall, 3), "rate": 0.0, "reason": reason, "out_dir": out_dir, "top_failures": []})
     return result
+
+
+def refused(j: Any, st: Any, exc: BaseException, given: dict[str, Any]) -> None:
+    """A new (or scheduled) batch whose executor refused its first run (a Dask cluster it cannot
+    reach, or whose workers cannot see the files) is recorded paused with the reason, and the
+    run flags it was given for the resume that follows the fix: left pending, it read as
+    'interrupted' (its command died) and `recover --resume` ran it. Any other batch stays as it was."""
+    if isinstance(exc, ConfigError) and st.state in ("pending", "scheduled"):
+        j.append("batch_paused", reason=f"could not start: {exc}", options=given)
+        j.sync()
 
 
 def close_run(j: Any, counts: Any, stopping: str | None, reason: str | None, signum: int, extra: dict[str, Any],

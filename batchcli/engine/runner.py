@@ -26,7 +26,7 @@ from batchcli.engine.checks import changed_inputs, check_fingerprint, journal_lo
 from batchcli.engine.gate import Gate
 from batchcli.engine.journal import COMPLETED, FAILED, PENDING, JournalWriter, Replay, checkpoint, failure_key, replay
 from batchcli.engine.liveness import FileLock, locked_error, process_start_time, read_runner_info, strongest_request, sweep_dead_tmp, take_lock
-from batchcli.engine.outcome import RunResult, close_run
+from batchcli.engine.outcome import RunResult, close_run, refused
 from batchcli.engine.outcome import Signals as _Signals
 from batchcli.engine.shards import open_shards
 from batchcli.engine.store import BatchPaths
@@ -191,8 +191,7 @@ class Runner:
                 st.counts[PENDING] += st.counts[FAILED]
                 st.counts[FAILED] = 0
         me = os.getpid()
-        # the executor first: one that refuses to start (a cluster that cannot see the files)
-        # must leave the batch as it was, not "interrupted"
+        # the executor first: one that refuses to start (a cluster that cannot see the files) must not leave "interrupted"
         pipeline = self._pipeline
         cfg = WorkerConfig(pipeline=pickle.dumps(pipeline), out_dir=self.out_dir,
                            max_file_size=int(self.manifest["options"].get("max_file_size", 200 << 20)),
@@ -204,16 +203,17 @@ class Runner:
         if not watching:  # never more workers than items to do (a 3-item batch with --workers 64 starts 3)
             opt = dataclasses.replace(opt, workers=max(1, min(opt.workers, st.counts[PENDING])))
         local = opt.executor in ("", "local")  # local workers come with slots of the home's budget
-        pool = make_executor(opt, cfg, start=0 if local else None) if st.counts[PENDING] or watching \
-            else Idle(opt.workers)
+        pool = None
         try:
-            if hasattr(pool, "check"):
-                first = next(self._pending(st), None)
-                if first is not None:
-                    pool.check(first)
+            pool = make_executor(opt, cfg, start=0 if local else None) if st.counts[PENDING] or watching \
+                else Idle(opt.workers)
+            if hasattr(pool, "check") and (first := next(self._pending(st), None)) is not None:
+                pool.check(first)
             gate = Gate.for_run(self.paths, self.opt, pool.workers, st, self.emit) if hasattr(pool, "grow") else None
-        except BaseException:
-            pool.shutdown(abandon=True)
+        except BaseException as exc:
+            refused(j, st, exc, self.opt.given)  # a new batch stays paused with the reason, a paused one as it was
+            if pool is not None:
+                pool.shutdown(abandon=True)
             raise
         fresh = st.state in ("pending", "scheduled")
         announced = False

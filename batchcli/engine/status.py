@@ -166,7 +166,7 @@ def item_rows(paths: BatchPaths, failed_only: bool = False, limit: int | None = 
     page = wanted[offset:end]
     rows: dict[int, dict[str, Any]] = {
         i: {"i": i, "src": None, "status": STATE_NAMES[st.items[i]], "output": None,
-            "error_class": None, "error": None, "ms": None} for i in page}
+            "error_class": None, "error": None, "ms": 0.0} for i in page}  # ms: a number always (0: not run)
     if rows:
         for rec in iter_items(paths.items):
             r = rows.get(rec["i"])
@@ -183,7 +183,7 @@ def item_rows(paths: BatchPaths, failed_only: bool = False, limit: int | None = 
                     r["warnings"] = rec["warnings"]
             if kind == "item_completed":
                 r.update(output=os.path.join(man["out_dir"], rec.get("shard") or rec["out"])
-                         if rec.get("out") and man.get("out_dir") else None, error_class=None, error=None, ms=rec.get("ms"))
+                         if rec.get("out") and man.get("out_dir") else None, error_class=None, error=None, ms=rec.get("ms") or 0.0)
                 if rec.get("shard"):  # the output is this member of that tar shard
                     r["member"] = rec.get("member")
                 if man.get("variants") and man.get("out_dir"):  # every variant's output, in order
@@ -192,7 +192,7 @@ def item_rows(paths: BatchPaths, failed_only: bool = False, limit: int | None = 
                 if rec.get("meta"):
                     r["meta"] = rec["meta"]
             elif kind == "item_failed":
-                r.update(output=None, error_class=rec.get("error_class"), error=rec.get("error"), ms=rec.get("ms"))
+                r.update(output=None, error_class=rec.get("error_class"), error=rec.get("error"), ms=rec.get("ms") or 0.0)
                 r.pop("outputs", None)
     return {"items": [rows[i] for i in page], "total": count}
 

@@ -18,15 +18,21 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def check_executor(name: str) -> None:
+    """An --executor that names no executor is a usage error, before any batch is made."""
+    if name in ("", "local", "dask") or name.startswith(("dask://", "tcp://")):
+        return
+    from batchcli.errors import ConfigError
+
+    raise ConfigError(f"--executor {name!r}: expected local, dask or dask://HOST:PORT")
+
+
 def make_executor(opt: Any, cfg: WorkerConfig, start: int | None = None) -> Executor:
     """The executor named by --executor: the local process pool (with `start` workers at first,
     default all), or Dask (an optional extra)."""
+    check_executor(opt.executor)
     if opt.executor in ("", "local"):
         return local.ProcessPool(cfg, opt.workers, opt.item_timeout, start=start)
-    if opt.executor == "dask" or opt.executor.startswith(("dask://", "tcp://")):
-        from batchcli.executors import dask  # needs: pip install batchcli[dask]
+    from batchcli.executors import dask  # needs: pip install batchcli[dask]
 
-        return dask.DaskExecutor(cfg, opt)
-    from batchcli.errors import ConfigError
-
-    raise ConfigError(f"--executor {opt.executor!r}: expected local, dask or dask://HOST:PORT")
+    return dask.DaskExecutor(cfg, opt)

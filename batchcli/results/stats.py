@@ -14,7 +14,10 @@ from batchcli.engine.status import effective_state
 from batchcli.engine.store import Store
 from batchcli.results.facts import scan_runs
 
-STATES = ("pending", "running", "paused", "interrupted", "completed", "failed", "cancelled")
+STATES = ("pending", "scheduled", "queued", "running", "throttled", "paused", "interrupted", "completed", "failed",
+          "cancelled")
+"""Every state a whole batch can be in: each is a key of `batches` and a gauge, 0 or not, so the
+gauges add up to `total` and a script finds the same keys whatever the home holds."""
 FINAL = ("completed", "failed", "cancelled")
 
 

@@ -91,7 +91,7 @@ def _follow(paths, json_out: bool) -> None:
     from batchcli.engine.lifecycle import follow
 
     last = None
-    for ev in follow(paths):
+    for ev in follow(paths, stop=lambda: console.reader_left(sys.stdout)):  # a stalled batch writes nothing
         last = ev
         if json_out:
             console.emit_json(ev)
@@ -105,6 +105,8 @@ def _follow(paths, json_out: bool) -> None:
             console.info(f"batch {ev['batch_id']}: {ev['status']}{reason}")
         if console.gone(sys.stdout):
             raise typer.Exit(READER_GONE)
+    if last is None or last["type"] not in ("paused", "finished"):  # ended by `stop`: the reader left
+        raise typer.Exit(READER_GONE)
     code = FOLLOW_EXIT.get(last["status"], 0) if last else 0
     if code == 0 and last and last.get("failed"):
         code = 1  # completed with failed items: what the runner exits with too
