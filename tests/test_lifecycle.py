@@ -334,6 +334,94 @@ def test_a_detached_start_overtaken_by_a_pause_reports_the_batch_not_an_error(tm
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+def test_a_pause_run_just_after_a_background_start_finds_its_batch(tmp_path):
+    """`batchcli start ... &` then, 0.2 s later, `pause NAME`: the batch folder did not exist yet,
+    and the answer was 'no batches'."""
+    make_pngs(tmp_path / "in", 6)
+    home = tmp_path / "home"
+    proc = spawn(home, "start", tmp_path / "in", "--out", tmp_path / "out", "--name", "bg", "-w", "1", *NOSPACE,
+                 "-p", "crashtest delay=0.2 | convert png", log=tmp_path / "start.log")
+    try:
+        time.sleep(0.2)
+        r = run(home, "pause", "bg")
+        assert r.returncode == 0 and ": paused (" in r.stdout, r.stdout + r.stderr
+    finally:
+        assert proc.wait(60) == 3, (tmp_path / "start.log").read_text()
+
+
+@pytest.mark.parametrize("command", ["pause", "cancel", "status"])
+def test_a_command_waits_for_a_batch_still_being_created(tmp_path, command):
+    """Its inputs still being read (a list on stdin, not yet closed): the command waits for the
+    batch to be whole (at most 5 s from when its start began) instead of answering that no batch
+    matches."""
+    import subprocess
+    import sys
+
+    from crashops import cli_env
+
+    make_pngs(tmp_path / "in", 3)
+    home = tmp_path / "home"
+    start = subprocess.Popen([sys.executable, "-m", "batchcli", "start", "-", "--out", str(tmp_path / "out"),
+                              "--name", "bg", "-w", "1", *NOSPACE, "-p", "crashtest delay=0.3 | convert png"],
+                             env=cli_env(home), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        start.stdin.write(f"{tmp_path / 'in' / 'img000.png'}\n".encode())
+        start.stdin.flush()
+        wait_for(lambda: (home / "batches").is_dir() and any((home / "batches").iterdir()), what="the batch folder")
+        asked = subprocess.Popen([sys.executable, "-m", "batchcli", command, *(["bg"] if command != "status" else ["--json"])],
+                                 env=cli_env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        time.sleep(0.5)
+        assert asked.poll() is None, asked.communicate()  # waiting, not 'no batch matches'
+        start.stdin.write(f"{tmp_path / 'in' / 'img001.png'}\n{tmp_path / 'in' / 'img002.png'}\n".encode())
+        start.stdin.close()  # discovery ends: the batch is whole
+        out, err = asked.communicate(timeout=60)
+        assert asked.returncode == 0, err
+        if command == "status":
+            assert (json.loads(out)["name"], json.loads(out)["total"]) == ("bg", 3)
+        else:
+            assert {"pause": ": paused (", "cancel": ": cancelled ("}[command] in out, out
+    finally:
+        if not start.stdin.closed:
+            start.stdin.close()
+        start.wait(60)
+    assert start.returncode == {"pause": 3, "cancel": 4, "status": 0}[command], start.stderr.read()
+
+
+def test_a_batch_being_created_for_long_is_named_not_waited_for(tmp_path):
+    """Its start began over 5 s ago (a long discovery): the command answers at once, naming it."""
+    import subprocess
+    import sys
+
+    from crashops import cli_env
+
+    make_pngs(tmp_path / "in", 1)
+    home = tmp_path / "home"
+    start = subprocess.Popen([sys.executable, "-m", "batchcli", "start", "-", "--pipeline", "analyze", "--name", "bg"],
+                             env=cli_env(home), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        marker = wait_for(lambda: next((home / "batches").glob("*/creating"), None) if (home / "batches").is_dir() else None,
+                          what="the batch being created")
+        os.utime(marker, (time.time() - 10, time.time() - 10))
+        r = run(home, "pause", "bg")
+        assert r.returncode == 2 and r.stderr == (
+            f"Error: no batches in {home} (start one with 'batchcli start'); batch "
+            f"{marker.parent.name} is still being created (its inputs are being read): try again once it is\n")
+    finally:
+        start.stdin.write(f"{tmp_path / 'in' / 'img000.png'}\n".encode())
+        start.stdin.close()
+        assert start.wait(60) == 0
+
+
+def test_a_start_that_fails_its_checks_leaves_no_batch_folder(tmp_path):
+    make_pngs(tmp_path / "in", 1)
+    home = tmp_path / "home"
+    r = run(home, "start", tmp_path / "in", "--out", tmp_path / "out", "--name", "bad", "-p", "resize nope")
+    assert r.returncode == 2 and r.stderr.startswith("Error: ")
+    assert run(home, "start", "--help").returncode == 0 and run(home, "start", "--no-such-flag").returncode == 2
+    assert not home.exists()  # not even the home the early batch folder went in
+
+
 def test_resume_detach_of_a_completed_batch_is_refused_every_time_unless_an_input_changed(tmp_path):
     """It exited 0 about 6 times in 10 (the child took the lock before it found nothing to do)."""
     make_pngs(tmp_path / "in", 3)

@@ -7,9 +7,10 @@ def main() -> None:
     import sys
 
     from batchcli.cli import exiting
-    from batchcli.cli.warm import command_of, drop_walk, walk_early, warm_for
+    from batchcli.cli.warm import command_of, drop_walk, early_batch, walk_early, warm_for
 
     warmed = warm_for(sys.argv[1:], fork=True)  # a `start`: the workers' imports begin on another core now
+    early_batch(sys.argv[1:])  # a `start`: its batch folder, for a `pause NAME` run just after it
     walk_early(sys.argv[1:])  # a `sync`: its walk of the inputs begins on another core now
     exiting.ENDS_AT_EXIT = warmed or command_of(sys.argv[1:])[0] == "sync"
     if warmed:

@@ -5,6 +5,8 @@ parses its flags, discovers the inputs and writes the batch's files, so the work
 when the runner wants them. Only for a `start` that runs here on the local executor; the thread
 count the server's NumPy is given is worked out from the flags as run_options will
 (`forkserve.confirm` starts it again if that guess was wrong).
+
+Also first thing: a `start`'s batch folder (early_batch), and a `sync`'s walk (walk_early).
 """
 
 from __future__ import annotations
@@ -75,6 +77,62 @@ def _threads(workers: str | None, home: str | None) -> int | None:
         except Exception:  # a bad config.toml: the command itself says so
             return None
     return max(1, cpus // n) if n > 0 else None
+
+
+EARLY: list = []
+"""The batch folder a `start` made first thing (early_batch), for the batch it creates."""
+
+
+def early_batch(args: list[str]) -> None:
+    """The batch folder of a `start`, made first thing (marked as being created, with its
+    --name), so that `batchcli start ... &` then `batchcli pause NAME` (or cancel, status) finds
+    it and waits for the batch to be whole (Store.resolve) instead of answering that there is no
+    such batch: its flags and inputs take a few tenths of a second more. Removed at exit unless
+    a batch was made in it (a usage error, --help)."""
+    command, home, k = command_of(args)
+    rest = args[k + 1:]
+    if command != "start" or not rest or "--help" in rest or "-h" in rest:
+        return
+    name = None
+    for n, a in enumerate(rest):
+        if a in ("--home", "--name") and n + 1 < len(rest):
+            home, name = (rest[n + 1], name) if a == "--home" else (home, rest[n + 1])
+        elif a.startswith(("--home=", "--name=")):
+            home, name = (a[7:], name) if a.startswith("--home=") else (home, a[7:])
+    try:
+        from batchcli.engine.store import Store
+
+        store = Store(home)
+        made = [d for d in (store.batches_dir, store.home) if not os.path.isdir(d)]
+        paths = store.create(name=name)
+    except Exception:  # noqa: BLE001 (a home that cannot be used: the command itself says why)
+        return
+    import atexit
+
+    EARLY.append(paths)
+    atexit.register(_drop_unmade, paths, made, os.getpid())
+
+
+def _drop_unmade(paths, made: list[str], pid: int) -> None:
+    """At exit: the early folder goes when no batch was made in it (still marked as being created
+    by this process), and the home's folders it made, when empty; never from a child forked
+    meanwhile."""
+    if os.getpid() == pid and paths.creator_alive():
+        import shutil
+
+        shutil.rmtree(paths.dir, ignore_errors=True)
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+
+
+def early_paths(home: str):
+    """The folder early_batch made, when it is in the batch home `home` (else None: create one)."""
+    if EARLY and EARLY[0].home == home:
+        return EARLY.pop()
+    return None
 
 
 WALK: list = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ def new_batch_id(now: float | None = None) -> str:
     """Sortable by creation time: 20261120-223015-123-a3f9 (UTC, milliseconds, random)."""
     now = time.time() if now is None else now
     ms = int(now * 1000) % 1000
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"-{ms:03d}-{secrets.token_hex(2)}"
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"-{ms:03d}-{os.urandom(2).hex()}"
 
 
 def process_start_time(pid: int) -> float | None:
@@ -114,6 +113,19 @@ class BatchPaths:
             return False
         return process_alive(info.get("pid"), info.get("started"))
 
+    def being_created(self) -> tuple[float, str | None] | None:
+        """(when its creation began, the --name it will have) of a batch a live process is making
+        now; None for any other folder."""
+        try:
+            with open(self.creating, "rb") as fh:
+                info = json.load(fh)
+                began = os.fstat(fh.fileno()).st_mtime
+        except (OSError, ValueError):
+            return None
+        if not isinstance(info, dict) or not process_alive(info.get("pid"), info.get("started")):
+            return None
+        return began, info.get("name") if isinstance(info.get("name"), str) else None
+
     def load_manifest(self) -> dict[str, Any]:
         with open(self.manifest, "rb") as fh:
             return json.load(fh)
@@ -160,21 +172,26 @@ def _unborn(path: str) -> bool:
 
 CREATION_WAIT = 5.0
 """Seconds `resolve` waits for a batch whose creator is alive to be whole (the few
-milliseconds between its manifest and its journal's header)."""
+milliseconds between its manifest and its journal's header); and, counted from when its
+creation began, for a batch a `start` is still creating (its flags checked, its inputs
+discovered) that the reference may mean: `batchcli start ... &` then `batchcli pause NAME`."""
 
 
 class Store:
-    def __init__(self, home: str | None = None):
+    def __init__(self, home: str | None = None, wait_for_starts: bool = True):
         """The batch home `home` (--home), else BATCHCLI_HOME's, else the user's data folder.
         ConfigError (exit 2) when it is there but is no folder (a file, /dev/null): every command
-        would fail on it, each with another error."""
+        would fail on it, each with another error. `wait_for_starts`: `resolve` waits for a batch
+        still being created that the reference may mean (not in a server's event loop)."""
+        self.wait_for_starts = wait_for_starts
         self.home = os.path.abspath(os.path.expanduser(home)) if home else default_home()
         self.batches_dir = os.path.join(self.home, "batches")
         if not os.path.isdir(self.home) and os.path.lexists(self.home):
             raise ConfigError(f"{self.home}: the batch home (--home, BATCHCLI_HOME) is not a folder")
 
-    def create(self, now: float | None = None) -> BatchPaths:
-        """A new, empty batch folder, marked `creating` (with this process) until `created()`."""
+    def create(self, now: float | None = None, name: str | None = None) -> BatchPaths:
+        """A new, empty batch folder, marked `creating` (with this process, and the batch's
+        name when known) until `created()`."""
         try:
             os.makedirs(self.batches_dir, exist_ok=True)
             while True:
@@ -187,7 +204,7 @@ class Store:
             paths = BatchPaths(path)
             pid = os.getpid()
             with open(paths.creating, "w") as fh:
-                json.dump({"pid": pid, "started": process_start_time(pid)}, fh)
+                json.dump({"pid": pid, "started": process_start_time(pid), **({"name": name} if name else {})}, fh)
         except OSError as exc:
             raise ConfigError(f"batch home {self.home}: cannot create a batch folder: {exc.strerror}") from None
         return paths
@@ -195,17 +212,24 @@ class Store:
     def ids(self) -> list[str]:
         """Batch ids, newest first (ids sort by creation time): every batch folder, damaged ones
         too (a missing manifest never hides a journal), but not one still being created."""
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[list[str], list[str]]:
+        """(ids(), the folders left out as not yet batches)."""
         try:
             names = os.listdir(self.batches_dir)
         except FileNotFoundError:
-            return []
-        out = []
+            return [], []
+        out, unborn = [], []
         for n in names:
             path = os.path.join(self.batches_dir, n)
-            if n.startswith(".") or not os.path.isfile(os.path.join(path, "manifest.json")) and _unborn(path):
+            if n.startswith("."):
+                continue
+            if not os.path.isfile(os.path.join(path, "manifest.json")) and _unborn(path):
+                unborn.append(n)
                 continue
             out.append(n)
-        return sorted(out, reverse=True)
+        return sorted(out, reverse=True), unborn
 
     def all(self) -> Iterator[BatchPaths]:
         for bid in self.ids():
@@ -229,7 +253,20 @@ class Store:
     def _find(self, ref: str | None) -> BatchPaths:
         if ref is not None and not ref.strip():  # `batchcli cancel "$UNSET"` must not mean the newest
             raise BatchNotFound(f"empty batch argument {ref!r}: give a batch id, a unique id prefix, or a name")
-        ids = self.ids()
+        ids, unborn = self._scan()
+        starting = self._wait_for_start(ref, ids, unborn) if unborn and self.wait_for_starts else None
+        if starting is None:
+            return self._match(ref, ids)
+        try:
+            return self._match(ref, self.ids())
+        except BatchNotFound as exc:
+            still = [p.id for p in starting if p.being_created()]
+            if not still:
+                raise
+            raise BatchNotFound(f"{exc}; batch {still[0]} is still being created (its inputs are being read): "
+                                "try again once it is") from None
+
+    def _match(self, ref: str | None, ids: list[str]) -> BatchPaths:
         if not ids:
             raise BatchNotFound(f"no batches in {self.home} (start one with 'batchcli start')")
         if ref is None:
@@ -250,3 +287,22 @@ class Store:
             more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
             raise BatchNotFound(f"batch prefix {ref!r} is ambiguous: {', '.join(matches[:5])}{more}")
         raise BatchNotFound(f"no batch matches {ref!r} (an id, a unique id prefix, or a name)")
+
+    def _wait_for_start(self, ref: str | None, ids: list[str], unborn: list[str]) -> list[BatchPaths] | None:
+        """Wait while a batch that `ref` may mean is being created, for at most CREATION_WAIT
+        from when its creation began: a batch whose name is `ref`, or whose id `ref` begins; the
+        newest one for the latest (None), when newer than every batch. The batches it waited
+        for; None when there was none to wait for."""
+        deadline, waiting = 0.0, []
+        for bid in unborn:
+            paths = BatchPaths(os.path.join(self.batches_dir, bid))
+            making = paths.being_created()
+            if making is not None and ((making[1] == ref or bid.startswith(ref)) if ref is not None
+                                       else (not ids or bid > ids[0])):
+                deadline = max(deadline, making[0] + CREATION_WAIT)
+                waiting.append(paths)
+        if not waiting:
+            return None
+        while time.time() < deadline and any(p.being_created() for p in waiting):
+            time.sleep(0.02)
+        return waiting

@@ -127,7 +127,7 @@ def _presented(scope: dict) -> str | None:
 def create_app(cfg: ServerConfig) -> FastAPI:
     from fastapi_offline import FastAPIOffline
 
-    store = Store(cfg.home)
+    store = Store(cfg.home, wait_for_starts=False)  # resolved in the event loop: never waits for a `start`
     os.makedirs(store.home, exist_ok=True)
     ctx = Context(cfg, store, PathGuard(cfg.roots, store.home), Hub(store))
 

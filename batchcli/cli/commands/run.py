@@ -99,12 +99,13 @@ def create(store, cfg, opts, json_out: bool, detach: bool = False):
     its workers ready while its inputs are discovered."""
     from batchcli import api
     from batchcli.cli.commands.sync import SYNC, sync_create, watch_create
+    from batchcli.cli.warm import early_paths
 
     mode = SYNC.get()
     if mode is None:
         checked = None if detach else api.warm_workers(opts)
         try:
-            return api.create_batch(store, cfg, checked=checked)
+            return api.create_batch(store, cfg, early_paths(store.home), checked=checked)
         except BaseException:
             if checked is not None:
                 api.cold_workers()
