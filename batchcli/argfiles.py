@@ -115,6 +115,11 @@ def check_target(path: str, what: str, inputs: Iterable[dict] = ()) -> None:
     `dev`, `ino`, `src`: the same device and inode, also through a link)."""
     try:
         st = os.stat(path)
+    except NotADirectoryError:  # a file where a folder of the path should be: no write could work
+        above = os.path.dirname(os.path.abspath(path))
+        while above != os.path.dirname(above) and (os.path.isdir(above) or not os.path.lexists(above)):
+            above = os.path.dirname(above)
+        raise ConfigError(f"{what} {path}: {above} is a file, not a folder") from None
     except OSError:
         return  # nothing there yet (a dangling link is replaced, not followed)
     if stat.S_ISDIR(st.st_mode):

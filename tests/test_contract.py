@@ -97,3 +97,22 @@ def test_json_types_hold_for_scheduled_paused_and_cancelled_batches(three, tmp_p
             assert row["status"] == state and row["output"] is None and row["error"] is None
             assert isinstance(row["ms"], float) and row["ms"] == 0.0
 
+
+
+def test_a_file_where_a_folder_of_an_export_path_should_be_is_a_usage_error(three, tmp_path):
+    """--zip, --manifest, --contact-sheet under a regular file: exit 2 naming that file, before
+    any work (it was exit 1, 'cannot write ...: File exists', once the export had begun); as
+    --report and stats --prometheus already were."""
+    home = tmp_path / "home"
+    r = cli("start", str(three), "--out", str(tmp_path / "out"), "-p", "resize 8x8", "--name", "done", home=home)
+    assert r.returncode == 0, r.stderr
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a file, not a folder\n")
+    for flag, name in (("--zip", "x.zip"), ("--manifest", "m.csv"), ("--contact-sheet", "c.jpg")):
+        target = plain / "sub" / name
+        r = cli("export", "done", flag, str(target), home=home)
+        assert r.returncode == 2 and _one_error_line(r) == f"Error: {flag} {target}: {plain} is a file, not a folder"
+    for args in (["export", "done", "--report"], ["stats", "--prometheus"]):
+        r = cli(*args, str(plain / "sub" / "r.xml"), home=home)
+        assert r.returncode == 2 and _one_error_line(r).endswith(f"no such folder {plain / 'sub'}")
+    assert plain.read_text() == "a file, not a folder\n"
