@@ -280,6 +280,23 @@ def test_unreachable_scheduler_is_a_config_error(tmp_path):
         de.CONNECT_TIMEOUT = old
 
 
+@pytest.mark.slow
+def test_a_new_batch_whose_scheduler_is_unreachable_is_left_paused_with_the_reason(tmp_path):
+    """Exit 2 with the reason, and the batch it made paused with it: not 'interrupted' (as if
+    its command had died), which `recover --resume` would have run on the local pool."""
+    make_images(tmp_path / "in", 2, size=(64, 48))
+    addr = f"dask://127.0.0.1:{free_port()}"
+    proc = cli(tmp_path / "home", "start", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--pipeline", PIPELINE,
+               "--executor", addr, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"Error: --executor {addr}: no Dask worker reachable")
+    status = json.loads(cli(tmp_path / "home", "status", "--json").stdout)
+    assert (status["status"], status["remaining"]) == ("paused", 3), status
+    assert status["reason"] == "could not start: " + proc.stderr.strip()[len("Error: "):]
+    assert json.loads(cli(tmp_path / "home", "recover", "--resume", "--json").stdout)["recovered_count"] == 0
+    proc = cli(tmp_path / "home", "resume", status["batch_id"])  # on the local pool, once the user says so
+    assert proc.returncode == 1 and "completed 2, failed 1" in proc.stdout, proc.stdout + proc.stderr
+
+
 # --- a real scheduler and workers: kill a worker, then the runner ------------------------------
 
 class Cluster:
