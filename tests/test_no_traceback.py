@@ -119,6 +119,24 @@ def test_a_damaged_batch_is_listed_and_can_be_cleaned_up(many, tmp_path):
     assert r.returncode == 2 and "damaged (missing items.jsonl)" in _one_line_error(r)
     r = cli("recover", home=home)
     assert r.returncode == 0 and f"batch {newest.name}: damaged, missing items.jsonl" in r.stdout
+
+    # a manifest there but empty, or JSON that is no manifest: damaged too, never a traceback
+    older = min((home / "batches").iterdir())
+    manifest = (older / "manifest.json").read_bytes()
+    for bad, why in ((b"", "empty file"), (b"[]", "not a JSON object but list")):
+        (older / "manifest.json").write_bytes(bad)
+        r = cli("resume", older.name, home=home)
+        assert r.returncode == 2 and f"damaged (manifest.json unreadable: {why})" in _one_line_error(r)
+    r = cli("status", "no-such-name", home=home)  # a lookup by name reads every manifest
+    assert r.returncode == 2 and "no batch matches" in _one_line_error(r)
+    prom = tmp_path / "b.prom"
+    r = cli("stats", "--json", "--prometheus", str(prom), home=home)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    batches = json.loads(r.stdout)["batches"]
+    assert (batches["total"], batches["damaged"], batches["completed"]) == (2, 2, 0)
+    assert 'batchcli_batches{status="damaged"} 2' in prom.read_text().splitlines()
+    (older / "manifest.json").write_bytes(manifest)
+
     assert cli("cleanup", "--older-than", "0s", home=home).returncode == 0  # default states: the other one
     assert newest.exists() and len(list((home / "batches").iterdir())) == 1
     r = cli("cleanup", "--status", "damaged", "--older-than", "0s", home=home)

@@ -26,7 +26,7 @@ from batchcli.engine.liveness import (
     sweep_exports,
 )
 from batchcli.engine.status import batch_status, damage, mark
-from batchcli.engine.store import BatchPaths, Store
+from batchcli.engine.store import BatchPaths, Store, manifest_damage
 from batchcli.errors import BatchLocked, InvalidTransition
 
 log = logging.getLogger("batchcli.lifecycle")
@@ -197,7 +197,7 @@ def recover(store: Store, resume: bool = False, resume_fn=None) -> dict[str, Any
 
 
 def _recover_one(paths: BatchPaths) -> dict[str, Any] | None:
-    reason = damage(paths)
+    reason = damage(paths) or manifest_damage(paths)
     if reason is not None:  # nothing to resume: say so, cleanup removes it
         return {"batch_id": paths.id, "status": "damaged", "reason": reason, "resumed": False}
     man = paths.load_manifest()

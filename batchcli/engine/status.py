@@ -10,7 +10,7 @@ from typing import Any
 
 from batchcli.engine.journal import STATE_NAMES, Replay, iter_records, replay
 from batchcli.engine.slots import live_entry, queue_position, read_priority
-from batchcli.engine.store import BatchPaths, Store, damage  # noqa: F401  (damage: re-exported)
+from batchcli.engine.store import BatchPaths, Store, damage, manifest_damage  # noqa: F401  (damage: re-exported)
 
 
 def _iso(t: float | None) -> str | None:
@@ -67,7 +67,7 @@ def batch_status(paths: BatchPaths, st: Replay | None = None) -> dict[str, Any]:
         man = paths.load_manifest()
         total = int(man["total"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return damaged_status(paths, f"manifest.json unreadable: {exc}")
+        return damaged_status(paths, manifest_damage(paths) or f"manifest.json unreadable: {exc}")
     if st is None:
         st = replay(paths.journal, total)
     entry = live_entry(paths) if st.state in LIVE else None

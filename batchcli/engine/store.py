@@ -127,8 +127,12 @@ class BatchPaths:
         return began, info.get("name") if isinstance(info.get("name"), str) else None
 
     def load_manifest(self) -> dict[str, Any]:
+        """The manifest; ValueError when the file holds no JSON object (a damaged batch)."""
         with open(self.manifest, "rb") as fh:
-            return json.load(fh)
+            data = json.load(fh)
+        if not isinstance(data, dict):
+            raise ValueError(f"not a JSON object but {type(data).__name__ if data is not None else 'null'}")
+        return data
 
     def write_manifest(self, data: dict[str, Any]) -> None:
         atomic_write(self.manifest, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
@@ -143,6 +147,23 @@ def damage(paths: BatchPaths) -> str | None:
     missing = [name for name, path in (("manifest.json", paths.manifest), ("items.jsonl", paths.items),
                                        ("journal.jsonl", paths.journal)) if not os.path.isfile(path)]
     return f"missing {', '.join(missing)}" if missing else None
+
+
+def manifest_damage(paths: BatchPaths) -> str | None:
+    """Why a batch's manifest.json cannot be read as one (empty, not JSON, no item count), or
+    None. Apart from `damage`, which only looks at which files are there: read it once its
+    folder is whole and a command is about to use it."""
+    try:
+        total = paths.load_manifest().get("total")
+    except OSError as exc:
+        return f"manifest.json unreadable: {exc.strerror or exc}"
+    except json.JSONDecodeError as exc:
+        return f"manifest.json unreadable: {f'not JSON ({exc})' if exc.doc.strip() else 'empty file'}"
+    except ValueError as exc:  # JSON, but no object
+        return f"manifest.json unreadable: {exc}"
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        return "manifest.json unreadable: no item count ('total')"
+    return None
 
 
 def creator_info() -> dict[str, Any]:
@@ -237,15 +258,16 @@ class Store:
 
     def resolve(self, ref: str | None, damaged_ok: bool = False) -> BatchPaths:
         """A batch id, a unique prefix of one, or a batch name (the newest of that name);
-        None means the latest batch. A damaged batch (a file missing: `damage`) is BatchDamaged
-        (exit 2) before the command touches it, unless `damaged_ok` (status, removal)."""
+        None means the latest batch. A damaged batch (a file missing: `damage`; a manifest that
+        cannot be read: `manifest_damage`) is BatchDamaged (exit 2) before the command touches it,
+        unless `damaged_ok` (status, removal)."""
         paths = self._find(ref)
         if damaged_ok:
             return paths
         deadline = time.monotonic() + CREATION_WAIT
         while paths.creator_alive() and time.monotonic() < deadline:
             time.sleep(0.01)  # its manifest is written: only the journal's header is still to come
-        reason = damage(paths)
+        reason = damage(paths) or manifest_damage(paths)
         if reason is not None:
             raise BatchDamaged(paths.id, reason)
         return paths

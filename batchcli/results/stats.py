@@ -4,6 +4,7 @@ and in the Prometheus text format that node_exporter's textfile collector reads.
 
 from __future__ import annotations
 
+import calendar
 import math
 import time
 from typing import Any
@@ -11,18 +12,27 @@ from typing import Any
 from batchcli.atomic import atomic_write
 from batchcli.engine.journal import replay
 from batchcli.engine.status import effective_state
-from batchcli.engine.store import Store
+from batchcli.engine.store import Store, damage, manifest_damage
 from batchcli.results.facts import scan_runs
 
 STATES = ("pending", "scheduled", "queued", "running", "throttled", "paused", "interrupted", "completed", "failed",
-          "cancelled")
-"""Every state a whole batch can be in: each is a key of `batches` and a gauge, 0 or not, so the
-gauges add up to `total` and a script finds the same keys whatever the home holds."""
+          "cancelled", "damaged")
+"""Every state a batch can be in (damaged: a folder that is not a whole batch, as `list` shows
+it): each is a key of `batches` and a gauge, 0 or not, so the gauges add up to `total` and a
+script finds the same keys whatever the home holds."""
 FINAL = ("completed", "failed", "cancelled")
 
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _id_time(batch_id: str) -> float | None:
+    """When a batch was created, from its id (20261120-223015-123-a3f9); None if it is no id."""
+    try:
+        return calendar.timegm(time.strptime(batch_id[:15], "%Y%m%d-%H%M%S")) + int(batch_id[16:19]) / 1000
+    except ValueError:
+        return None
 
 
 def p95(values: list[float]) -> float | None:
@@ -45,14 +55,21 @@ def home_stats(store: Store, since: float | None = None, now: float | None = Non
     active = 0.0
     durations: list[float] = []
     for paths in store.all():  # newest first
+        if paths.creator_alive():
+            continue  # still being created: not a batch yet (nor listed)
+        if damage(paths) or manifest_damage(paths):
+            created = _id_time(paths.id)  # no manifest to ask
+            if start is None or created is None or created >= start:
+                by_state["damaged"] += 1
+            continue
         try:
             man = paths.load_manifest()
             created = float(man.get("created_at") or 0)
             if start is not None and created < start:
                 break  # ids sort by creation time: every later one is older still
-            total = int(man["total"])
-            st = replay(paths.journal, total)
-        except (OSError, ValueError, KeyError):
+            st = replay(paths.journal, int(man["total"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            by_state["damaged"] += 1  # changed or removed since the look above
             continue
         state, _pid = effective_state(paths, st)
         runs = scan_runs(paths.journal)

@@ -50,6 +50,10 @@ def register(app: typer.Typer) -> None:
         console.info(stats_text(s, since))
 
 
+OTHER_STATES = ("paused", "running", "queued", "throttled", "scheduled", "interrupted", "pending", "damaged")
+"""The states `stats` names only when a batch is in them."""
+
+
 def stats_text(s: dict, since: str | None) -> str:
     b, it, d = s["batches"], s["items"], s["duration_seconds"]
 
@@ -61,7 +65,7 @@ def stats_text(s: dict, since: str | None) -> str:
     rows = [
         ("window", f"batches created in the last {since}" if since else "all batches"),
         ("batches", f"{b['total']}: {b['started']} started, {b['completed']} completed, {b['failed']} failed, "
-                    f"{b['cancelled']} cancelled" + "".join(f", {b[k]} {k}" for k in ("paused", "running", "queued", "throttled", "scheduled", "interrupted", "pending") if b[k])),
+                    f"{b['cancelled']} cancelled" + "".join(f", {b[k]} {k}" for k in OTHER_STATES if b[k])),
         ("items", f"{it['completed']} done, {it['failed']} failed" + (f", {it['reused']} of the done reused" if it["reused"] else "")
          + (f", {it['failed_again']} of the failed unchanged since they failed (not run again)"
             if it.get("failed_again") else "")
