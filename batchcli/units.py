@@ -78,3 +78,15 @@ def fmt_bytes(n: int, exact: bool = False) -> str:
 def fmt_count(n: int, exact: bool = False) -> str:
     """A count with decimal units, as --max-pixels is written: 150M, 268.4M."""
     return _fmt(n, (("G", 1e9), ("M", 1e6), ("K", 1e3)), exact, str(n))
+
+
+def env_seconds(name: str, default: float) -> float:
+    """The environment variable `name` as seconds when it is a positive finite number, else `default`."""
+    import os
+
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw.strip() else default
+    except ValueError:
+        return default
+    return value if 0 < value < float("inf") else default

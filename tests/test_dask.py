@@ -57,8 +57,8 @@ def make_images(folder, n: int, size=(480, 360), extra: dict[str, int] | None = 
     return paths
 
 
-def cli(home, *args, check=True, timeout=180):
-    proc = subprocess.run([sys.executable, "-m", "batchcli", *args], env=cli_env(home), capture_output=True,
+def cli(home, *args, check=True, timeout=180, env=None):
+    proc = subprocess.run([sys.executable, "-m", "batchcli", *args], env=cli_env(home, **(env or {})), capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode not in (0, 1):
         raise AssertionError(f"batchcli {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -266,29 +266,31 @@ def test_probe_and_addresses(tmp_path):
     assert scheduler_address("tcp://h:9000") == "tcp://h:9000"
 
 
-def test_unreachable_scheduler_is_a_config_error(tmp_path):
-    import batchcli.executors.dask as de
+def test_unreachable_scheduler_is_a_config_error_after_batchcli_dask_timeout(tmp_path, monkeypatch):
     from batchcli.errors import ConfigError
+    from batchcli.executors.dask import CONNECT_TIMEOUT
+    from batchcli.units import env_seconds
 
+    assert CONNECT_TIMEOUT == 20.0  # the default the README gives
+    for raw in ("", "abc", "0", "-3", "inf"):  # not a positive number: the default
+        monkeypatch.setenv("BATCHCLI_DASK_TIMEOUT", raw)
+        assert env_seconds("BATCHCLI_DASK_TIMEOUT", CONNECT_TIMEOUT) == 20.0
+    monkeypatch.setenv("BATCHCLI_DASK_TIMEOUT", "1.5")
     cfg = WorkerConfig(pipeline=b"", out_dir=str(tmp_path), max_file_size=1, max_pixels=1)
     opt = RunOptions(workers=1, executor=f"dask://127.0.0.1:{free_port()}")
-    old, de.CONNECT_TIMEOUT = de.CONNECT_TIMEOUT, 2.0
-    try:
-        with pytest.raises(ConfigError, match="no Dask worker reachable"):
-            DaskExecutor(cfg, opt)
-    finally:
-        de.CONNECT_TIMEOUT = old
+    with pytest.raises(ConfigError, match="no Dask worker reachable .* within 1.5 s"):
+        DaskExecutor(cfg, opt)
 
 
-@pytest.mark.slow
 def test_a_new_batch_whose_scheduler_is_unreachable_is_left_paused_with_the_reason(tmp_path):
     """Exit 2 with the reason, and the batch it made paused with it: not 'interrupted' (as if
     its command had died), which `recover --resume` would have run on the local pool."""
     make_images(tmp_path / "in", 2, size=(64, 48))
     addr = f"dask://127.0.0.1:{free_port()}"
     proc = cli(tmp_path / "home", "start", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--pipeline", PIPELINE,
-               "--executor", addr, check=False)
+               "--executor", addr, check=False, env={"BATCHCLI_DASK_TIMEOUT": "2"})
     assert proc.returncode == 2 and proc.stderr.startswith(f"Error: --executor {addr}: no Dask worker reachable")
+    assert "within 2 s" in proc.stderr, proc.stderr
     status = json.loads(cli(tmp_path / "home", "status", "--json").stdout)
     assert (status["status"], status["remaining"]) == ("paused", 3), status
     assert status["reason"] == "could not start: " + proc.stderr.strip()[len("Error: "):]

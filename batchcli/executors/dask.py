@@ -41,11 +41,12 @@ from batchcli.atomic import atomic_write, tmp_name
 from batchcli.errors import ConfigError, ItemError
 from batchcli.executors.base import CHUNKS_PER_WORKER, Event, outputs_of
 from batchcli.executors.worker import Worker, WorkerConfig
+from batchcli.units import env_seconds
 
 log = logging.getLogger("batchcli.dask")
 
 CONNECT_TIMEOUT = 20.0
-"""Seconds to wait for the scheduler to answer and for a first worker to join it."""
+"""Seconds to wait for a scheduler and a first worker: BATCHCLI_DASK_TIMEOUT's default."""
 SLOTS_EVERY = 2.0
 """Seconds between looks at the cluster's size (workers may join or leave)."""
 PROGRESS_EVERY = 1.0
@@ -284,15 +285,16 @@ class DaskExecutor:
         else:
             self._threads = None  # each worker's own nthreads
             target = self.address
+        wait = env_seconds("BATCHCLI_DASK_TIMEOUT", CONNECT_TIMEOUT)
         try:
-            self.client = Client(target, set_as_default=False, timeout=f"{CONNECT_TIMEOUT}s")
-            self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+            self.client = Client(target, set_as_default=False, timeout=f"{wait}s")
+            self.client.wait_for_workers(1, timeout=wait)
         except (OSError, TimeoutError) as exc:
             self._close_cluster()
             self._quiet()
             where = self.address or "the local Dask cluster"
             raise ConfigError(f"--executor {opt.executor}: no Dask worker reachable at {where} "
-                              f"within {CONNECT_TIMEOUT:g} s ({type(exc).__name__}: {exc})") from None
+                              f"within {wait:g} s ({type(exc).__name__}: {exc})") from None
         self._key = config_key(cfg, self._threads, self.transfer)
         self._ac = as_completed(with_results=True, raise_errors=False, loop=self.client.loop)
         self._tasks: dict[Any, _Task] = {}

@@ -7,7 +7,6 @@ Error classes: ``http`` for 4xx answers (permanent: retrying will not help), ``n
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import urllib.error
@@ -15,7 +14,7 @@ import urllib.request
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from batchcli.errors import ItemError
-from batchcli.units import fmt_bytes
+from batchcli.units import env_seconds, fmt_bytes
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds without progress (connecting, or between two reads) before a download fails.
@@ -43,12 +42,7 @@ class _Transient(Exception):
 
 
 def timeout_seconds() -> float:
-    raw = os.environ.get("BATCHCLI_FETCH_TIMEOUT", "")
-    try:
-        value = float(raw) if raw.strip() else DEFAULT_TIMEOUT
-    except ValueError:
-        value = DEFAULT_TIMEOUT
-    return value if value > 0 else DEFAULT_TIMEOUT
+    return env_seconds("BATCHCLI_FETCH_TIMEOUT", DEFAULT_TIMEOUT)
 
 
 def fetch_url(url: str, limits) -> bytes:
