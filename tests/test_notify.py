@@ -157,15 +157,20 @@ def test_signature_is_the_hmac_sha256_of_the_body():
     assert signature("key", body) == "sha256=" + hmac.new(b"key", body, hashlib.sha256).hexdigest()
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--webhook", "ftp://example/x"), "expected an http:// or https:// URL"),
-    (("--webhook-secret", "x"), "--webhook-secret goes with --webhook URL"),
-    (("--report", "out.txt"), "must end in .xml (JUnit) or .md (Markdown)"),
-    (("--report", "no/such/folder/r.xml"), "no such folder"),
+@pytest.mark.parametrize("args, env, message", [
+    (("--webhook", "ftp://example/x"), {}, "expected an http:// or https:// URL"),
+    (("--webhook-secret", "x"), {}, "--webhook-secret goes with --webhook URL"),
+    (("--report", "out.txt"), {}, "must end in .xml (JUnit) or .md (Markdown)"),
+    (("--report", "no/such/folder/r.xml"), {}, "no such folder"),
+    # it was a traceback (and exit 1) once the batch had run; nan retried for ever
+    (("--webhook", "http://127.0.0.1:9/x"), {"BATCHCLI_WEBHOOK_DEADLINE": "abc"},
+     "BATCHCLI_WEBHOOK_DEADLINE=abc: expected the seconds a webhook is retried for, from 0 to 3600"),
+    (("--webhook", "http://127.0.0.1:9/x"), {"BATCHCLI_WEBHOOK_DEADLINE": "nan"}, "BATCHCLI_WEBHOOK_DEADLINE=nan"),
 ])
-def test_bad_notification_flags_are_usage_errors_before_any_work(tmp_path, home, args, message):
+def test_bad_notification_flags_are_usage_errors_before_any_work(tmp_path, home, args, env, message):
     make_image(tmp_path / "in" / "a.png")
-    r = cli("start", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-p", "resize 32x32", *args, home=home)
+    r = cli("start", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-p", "resize 32x32", *args, env=env,
+            home=home)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert not (home / "batches").exists() or not list((home / "batches").iterdir())
 
@@ -182,6 +187,48 @@ def test_webhook_retries_stop_at_60_s_by_default_or_at_the_deadline_set(receiver
     waits.clear()
     assert "in 5 s" in post_webhook(url, {"type": "paused"}, sleep=waits.append)
     assert sum(waits) <= 5
+    monkeypatch.setenv("BATCHCLI_WEBHOOK_DEADLINE", "nan")  # set after the start checked it: the default
+    waits.clear()
+    assert "in 60 s" in _within(10, lambda: post_webhook(url, {"type": "paused"}, sleep=waits.append))
+
+
+def _within(seconds: float, fn):
+    """fn()'s answer, or a failure when it takes longer than `seconds` (it would hang the suite)."""
+    answer: list = []
+    caller = threading.Thread(target=lambda: answer.append(fn()), daemon=True)
+    caller.start()
+    caller.join(seconds)
+    assert answer, f"still running after {seconds} s"
+    return answer[0]
+
+
+def test_a_receiver_that_answers_a_byte_at_a_time_is_given_up_at_the_deadline():
+    """The socket's timeout counts per read: a receiver that sends a header line every 0.2 s held
+    the runner for ever, far past the deadline."""
+    import socket
+    import time
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.2):
+                conn.sendall(b"X-Still: here\r\n")
+
+    threading.Thread(target=drip, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        problem = _within(15, lambda: post_webhook(f"http://127.0.0.1:{server.getsockname()[1]}/hook",
+                                                   {"type": "finished"}, deadline=2))
+    finally:
+        stop.set()
+        server.close()
+    assert problem.endswith("not delivered after 1 attempt(s) in 2 s: timed out"), problem
+    assert time.monotonic() - t0 < 5
 
 
 def test_the_secret_can_come_from_the_environment(tmp_path, home, receiver):

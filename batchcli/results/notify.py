@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import subprocess
 import time
@@ -21,10 +22,12 @@ from batchcli.errors import ConfigError
 ON_FINISH_TIMEOUT = 600.0
 """Seconds an --on-finish command may run before it is killed (it never holds a batch up longer)."""
 WEBHOOK_TIMEOUT = 10.0
-"""Seconds one webhook request may take."""
+"""Seconds one webhook request may take, from connecting to the last byte of the answer."""
 WEBHOOK_DEADLINE = 60.0
 """Seconds a webhook is retried for (connection errors, timeouts, 5xx, 429), with backoff;
-`BATCHCLI_WEBHOOK_DEADLINE` overrides it."""
+`BATCHCLI_WEBHOOK_DEADLINE` overrides it (0 to MAX_DEADLINE)."""
+DEADLINE_ENV = "BATCHCLI_WEBHOOK_DEADLINE"
+MAX_DEADLINE = 3600.0
 SECRET_FILE = "webhook.secret"
 """The webhook secret lives in the batch folder (mode 0600), never in the journal or argv."""
 SIGNATURE_HEADER = "X-Batchcli-Signature"
@@ -45,6 +48,7 @@ def finish_flags(on_finish: str | None = None, webhook: str | None = None, repor
     if webhook is not None:
         if webhook:
             check_webhook_url(webhook)
+            webhook_deadline()
         out["webhook"] = webhook or None
     if report is not None:
         if report:
@@ -61,6 +65,22 @@ def check_webhook_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"--webhook {url}: expected an http:// or https:// URL")
+
+
+def webhook_deadline() -> float:
+    """The seconds a webhook is retried for: BATCHCLI_WEBHOOK_DEADLINE, else 60. ConfigError
+    (exit 2, checked before any work when --webhook is given) for anything but 0 to 3600."""
+    raw = os.environ.get(DEADLINE_ENV, "").strip()
+    if not raw:
+        return WEBHOOK_DEADLINE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_DEADLINE:  # also NaN: a deadline never reached would retry for ever
+        raise ConfigError(f"{DEADLINE_ENV}={raw}: expected the seconds a webhook is retried for, "
+                          f"from 0 to {MAX_DEADLINE:.0f}")
+    return value
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -128,7 +148,10 @@ def post_webhook(url: str, event: dict[str, Any], secret: str | None = None,
     import urllib.request
 
     if deadline is None:
-        deadline = float(os.environ.get("BATCHCLI_WEBHOOK_DEADLINE", WEBHOOK_DEADLINE))
+        try:
+            deadline = webhook_deadline()
+        except ConfigError:  # set since the run began (a resume's environment): the default
+            deadline = WEBHOOK_DEADLINE
     body = json.dumps(event, ensure_ascii=False, default=str).encode()
     headers = {"Content-Type": "application/json", "User-Agent": f"batchcli/{__version__}",
                "X-Batchcli-Event": str(event.get("type", "")), "X-Batchcli-Delivery": str(uuid.uuid4())}
@@ -140,23 +163,48 @@ def post_webhook(url: str, event: dict[str, Any], secret: str | None = None,
         attempt += 1
         req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         t0 = time.monotonic()
-        try:
-            with urllib.request.urlopen(req, timeout=min(WEBHOOK_TIMEOUT, max(1.0, deadline - used))) as resp:
-                resp.read(1 << 16)
-                return None
-        except urllib.error.HTTPError as exc:
+        exc = _send(req, min(WEBHOOK_TIMEOUT, max(1.0, deadline - used)))
+        if exc is None:
+            return None
+        if isinstance(exc, urllib.error.HTTPError):
             problem = f"HTTP {exc.code} {exc.reason}"
             if exc.code < 500 and exc.code != 429:
                 return f"webhook {url}: {problem} (not retried)"
-        except (urllib.error.URLError, OSError) as exc:
+        elif isinstance(exc, (urllib.error.URLError, OSError)):
             reason = getattr(exc, "reason", exc)
             problem = str(getattr(reason, "strerror", None) or reason)
+        else:
+            problem = f"{type(exc).__name__}: {exc}"  # e.g. a malformed answer (http.client)
         used += time.monotonic() - t0
         if used + wait > deadline:
             return f"webhook {url}: not delivered after {attempt} attempt(s) in {deadline:.0f} s: {problem}"
         sleep(wait)
         used += wait
         wait = min(wait * 2, 10.0)
+
+
+def _send(req: Any, timeout: float) -> BaseException | None:
+    """One request, given `timeout` seconds in all: the socket's timeout counts per read, so a
+    receiver that answers a byte at a time would hold the runner for ever. It runs in a daemon
+    thread that is left behind when it overstays (it dies with the process). None for a 2xx
+    answer, else what went wrong."""
+    import threading
+    import urllib.request
+
+    outcome: list[BaseException | None] = []
+
+    def send() -> None:
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                resp.read(1 << 16)
+            outcome.append(None)
+        except Exception as exc:  # handed to the caller, which words it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=send, name="batchcli-webhook", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else TimeoutError("timed out")
 
 
 def after_run(paths: BatchPaths, event: dict[str, Any], flags: dict[str, Any],
