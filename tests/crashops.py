@@ -10,7 +10,9 @@ the op misbehaves only the first time it meets an item (a marker file remembers 
 succeeds. `flag` is a file: the op misbehaves only while it exists. `log` is a file that gets
 one line per processed item (to count redone work). `mark` is a file that gets the time just
 before a crash (to measure how long the runner takes to notice). `hold` is a file: the items
-`match` picks wait while it exists (a run that cannot finish before the test says so).
+`match` picks wait while it exists (a run that cannot finish before the test says so). `slow` is
+a file: `delay` applies only while it exists (slow items until the test has paused, cancelled or
+killed the run; the test removes it and the rest, in a resume, runs at full speed).
 
 With BATCHCLI_TEST_SYNC_LOG=FILE, every process that imports this module also logs each fsync,
 syncfs, rename and exclusive create (a temp file) it makes, after it returned ("<time> fsync
@@ -46,6 +48,7 @@ class CrashTest(Op):
         Param("mark", "str", "", "write the time here just before crashing"),
         Param("delay", "float", 0.0, "seconds to sleep on every item", min=0),
         Param("hold", "str", "", "the items picked by match wait while this file exists"),
+        Param("slow", "str", "", "sleep `delay` only while this file exists; empty = always"),
     )
     shrink_safe = True
 
@@ -55,7 +58,7 @@ class CrashTest(Op):
             fd = os.open(p["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             os.write(fd, f"{frame.src}\n".encode())
             os.close(fd)
-        if p["delay"]:
+        if p["delay"] and (not p["slow"] or os.path.exists(p["slow"])):
             time.sleep(p["delay"])
         while p["hold"] and p["match"] in frame.src and os.path.exists(p["hold"]):
             time.sleep(0.01)

@@ -350,13 +350,14 @@ def _client(addr):
         return None
 
 
-SLOW = f"crashtest delay=0.05 | {PIPELINE}"
-"""Items that take a known time (tests/crashops.py), so a kill or a pause lands mid-batch however
-loaded the machine is; the cluster's workers and every CLI process are given the op."""
-
-
-def start_runner(tmp_path, n: int, *args, pipeline: str = SLOW) -> subprocess.Popen:
-    """`batchcli start` on n fresh images in the background (home: tmp_path/home), pipeline SLOW."""
+def start_runner(tmp_path, n: int, *args, delay: float = 0.05) -> subprocess.Popen:
+    """`batchcli start` on n fresh images in the background (home: tmp_path/home): items of
+    `delay` seconds (tests/crashops.py), so a kill or a pause lands mid-batch however loaded the
+    machine is, until the test removes tmp_path/slow (then the rest runs at full speed); the
+    cluster's workers and every CLI process are given the op."""
+    slow = tmp_path / "slow"
+    slow.touch()
+    pipeline = f"crashtest delay={delay} slow={slow} | {PIPELINE}"
     make_images(tmp_path / "in", n, size=(64, 48))
     return subprocess.Popen([sys.executable, "-m", "batchcli", "start", str(tmp_path / "in"), "--out",
                              str(tmp_path / "out"), "-w", "2", "--pipeline", pipeline, "--quiet", *args],
@@ -384,6 +385,7 @@ def test_scheduler_worker_killed_then_runner_killed(tmp_path, cluster):
             runner.wait(10)
     assert completed_count(batch) < n  # it really died mid-batch
     batch_id = os.path.basename(batch)
+    (tmp_path / "slow").unlink()  # the rest at full speed
 
     rec = cli(home, "recover", "--json", check=False)
     if rec.returncode == 0:
@@ -415,7 +417,7 @@ def test_pause_then_scheduler_lost_then_local_resume(tmp_path, cluster):
     home = tmp_path / "home"
     # items of 0.15 s: the batch outlasts the pause command's own start-up (a second or more on a
     # loaded machine), which items of 0.05 s did not: the batch was completed before the pause came
-    runner = start_runner(tmp_path, n, "--executor", addr, "--name", "cl", pipeline=f"crashtest delay=0.15 | {PIPELINE}")
+    runner = start_runner(tmp_path, n, "--executor", addr, "--name", "cl", delay=0.15)
     batch = wait_for(lambda: (batch_dirs(home) or [None])[0], 60, "the batch")
     wait_for(lambda: completed_count(batch) >= 5, 120, "5 completed items")
     cli(home, "pause", "cl")
@@ -434,6 +436,7 @@ def test_pause_then_scheduler_lost_then_local_resume(tmp_path, cluster):
     st = json.loads(cli(home, "status", "cl", "--json").stdout)
     assert st["remaining"] > 0 and st["status"] in ("paused", "failed"), st
 
+    (tmp_path / "slow").unlink()  # the rest at full speed
     proc = cli(home, "resume", "cl", "-w", "2", "--quiet")  # the local pool takes over
     assert proc.returncode == 1, proc.stderr  # only the broken file failed
     recs = records(batch)

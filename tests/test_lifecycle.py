@@ -22,12 +22,20 @@ def _done(journal) -> set[int]:
 
 @pytest.fixture
 def slow_batch(tmp_path):
-    """40 images whose items take 100 ms each: long enough to act on a live runner."""
+    """40 images whose items take 100 ms each: long enough to act on a live runner (until
+    `full_speed`: what is left after the test acted runs at full speed)."""
     make_pngs(tmp_path / "in", 40)
     seen = tmp_path / "seen.log"
+    slow = tmp_path / "slow"
+    slow.touch()
     paths = create(tmp_path / "home", [tmp_path / "in"], tmp_path / "out",
-                   f"crashtest delay=0.1 log={seen} | convert png")
+                   f"crashtest delay=0.1 slow={slow} log={seen} | convert png")
     return tmp_path / "home", paths, seen
+
+
+def full_speed(home) -> None:
+    """The slow_batch's items take no time from now on."""
+    (home.parent / "slow").unlink()
 
 
 def test_pause_from_another_process_then_resume_runs_exactly_the_rest(slow_batch):
@@ -44,6 +52,7 @@ def test_pause_from_another_process_then_resume_runs_exactly_the_rest(slow_batch
     processed_before = len(seen.read_text().splitlines())
     assert processed_before == len(before), "a pause lets in-flight items finish and journals them"
 
+    full_speed(home)
     r = run(home, "resume", paths.id, "-w", "2", *NOSPACE)
     assert r.returncode == 0, r.stdout + r.stderr
     after_lines = seen.read_text().splitlines()[processed_before:]
@@ -60,6 +69,7 @@ def test_pause_now_abandons_in_flight_items_which_stay_pending(slow_batch):
     assert runner.wait(10) == 3
     st = replay(paths.journal, 40)
     assert st.state == "paused" and st.failed == 0 and st.completed + st.remaining == 40
+    full_speed(home)
     assert run(home, "resume", paths.id, *NOSPACE).returncode == 0
     assert replay(paths.journal, 40).completed == 40
 
@@ -124,6 +134,7 @@ def test_second_runner_refuses_fast_and_lock_passes_on_after_sigkill(slow_batch)
     second = spawn(home, "resume", paths.id, "-w", "2", *NOSPACE)
     wait_for(lambda: (runner_alive(paths) or {}).get("pid") == second.pid, timeout=10, what="second runner")
     took = time.monotonic() - t0
+    full_speed(home)
     print(f"\nlock: refused in {engine_refused * 1000:.1f} ms (engine), {cli_refused:.2f} s (CLI process); "
           f"free {freed * 1000:.1f} ms after SIGKILL; a new runner process held it after {took:.2f} s")
     assert freed < 1.0
@@ -141,6 +152,7 @@ def test_signal_pauses_after_in_flight_items(slow_batch, sig, code):
     assert runner.wait(10) == code
     st = replay(paths.journal, 40)
     assert st.state == "paused" and st.failed == 0 and "interrupted by" in (st.reason or "")
+    full_speed(home)
     assert run(home, "resume", paths.id, *NOSPACE).returncode == 0
     assert replay(paths.journal, 40).completed == 40
 
@@ -485,9 +497,10 @@ def test_an_output_folder_deleted_while_the_batch_runs_pauses_it_with_the_reason
     from crashops import cli_env
 
     make_pngs(tmp_path / "in", 30)
-    home, out = tmp_path / "home", tmp_path / "out"
+    home, out, slow = tmp_path / "home", tmp_path / "out", tmp_path / "slow"
+    slow.touch()
     p = subprocess.Popen([sys.executable, "-m", "batchcli", "start", str(tmp_path / "in"), "--out", str(out), "-w", "1",
-                          "--min-free-space", "0", "-p", "crashtest delay=0.2 | convert png", "--json"],
+                          "--min-free-space", "0", "-p", f"crashtest delay=0.2 slow={slow} | convert png", "--json"],
                          env=cli_env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: out.is_dir() and len(list(out.iterdir())) >= 2, what="two outputs")
     shutil.rmtree(out)
@@ -497,6 +510,7 @@ def test_an_output_folder_deleted_while_the_batch_runs_pauses_it_with_the_reason
     assert end["status"] == "paused" and f"the output folder {out} was deleted" in end["reason"], end
     assert end["remaining"] > 0
     bid = json.loads(stdout.strip().splitlines()[0])["batch_id"]
+    slow.unlink()
     assert run(home, "verify", bid, "--repair").returncode == 1  # the lost ones, re-queued
     r = run(home, "resume", bid, *NOSPACE)
     assert r.returncode == 0, r.stderr

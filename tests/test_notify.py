@@ -119,8 +119,10 @@ def test_pause_then_resume_notifies_both_and_keeps_the_flags(tmp_path, receiver)
     hook = receiver()
     log = tmp_path / "finish.log"
     cmd = f'echo "$BATCHCLI_STATUS $BATCHCLI_EXIT_CODE" >> {log}'
+    slow = tmp_path / "slow"  # items of 0.1 s until the pause
+    slow.touch()
     runner = spawn(home, "start", tmp_path / "in", "--out", tmp_path / "out", "-w", "1", "--min-free-space", "0",
-                   "-p", "crashtest delay=0.1 | convert png", "--webhook", hook.url, "--webhook-secret", SECRET,
+                   "-p", f"crashtest delay=0.1 slow={slow} | convert png", "--webhook", hook.url, "--webhook-secret", SECRET,
                    "--on-finish", cmd)
     journal = wait_for(lambda: next((home / "batches").glob("*/journal.jsonl"), None), what="a journal")
     wait_for(lambda: sum(r.get("type") == "item_completed" for r in records(journal)) >= 3, what="3 items done")
@@ -130,6 +132,7 @@ def test_pause_then_resume_notifies_both_and_keeps_the_flags(tmp_path, receiver)
     assert log.read_text().split() == ["paused", "3"]
     assert [e["type"] for e in hook.events()] == ["paused"] and _verified(hook.requests[0], SECRET)
 
+    slow.unlink()
     r = run(home, "resume", batch_id)  # no flags: the journaled ones, and the kept secret
     assert r.returncode == 0, r.stderr
     assert log.read_text().split() == ["paused", "3", "completed", "0"]
@@ -244,14 +247,16 @@ def test_recover_resume_after_sigkill_keeps_the_notification_flags(tmp_path, rec
     home = tmp_path / "home"
     make_pngs(tmp_path / "in", 12)
     hook = receiver()
-    log = tmp_path / "finish.log"
+    log, slow = tmp_path / "finish.log", tmp_path / "slow"  # items of 0.1 s until the kill
+    slow.touch()
     runner = spawn(home, "start", tmp_path / "in", "--out", tmp_path / "out", "-w", "1", "--min-free-space", "0",
-                   "-p", "crashtest delay=0.1 | convert png", "--webhook", hook.url,
+                   "-p", f"crashtest delay=0.1 slow={slow} | convert png", "--webhook", hook.url,
                    "--on-finish", f'echo "$BATCHCLI_STATUS" >> {log}')
     journal = wait_for(lambda: next((home / "batches").glob("*/journal.jsonl"), None), what="a journal")
     wait_for(lambda: any(r.get("type") == "item_completed" for r in records(journal)), what="an item done")
     runner.kill()  # SIGKILL: no notification from a runner that died
     runner.wait(10)
+    slow.unlink()
     assert not log.exists() and hook.requests == []
     r = run(home, "recover", "--resume")
     assert r.returncode == 0, r.stderr

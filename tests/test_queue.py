@@ -43,13 +43,15 @@ def env(home, slots=2, **extra):
     return e
 
 
-def start(tmp_path, home, name, n=20, delay=0.05, *flags, slots=2, extra_env=None):
-    """`batchcli start` of n slow items in the background; returns the process."""
+def start(tmp_path, home, name, n=20, delay=0.05, *flags, slots=2, extra_env=None, slow=None):
+    """`batchcli start` of n slow items in the background; returns the process. `slow`: a file
+    the items are slow only while it exists (crashtest's slow=)."""
     src = tmp_path / f"in-{name}"
     if not src.exists():
         make_pngs(src, n)
+    step = f"crashtest delay={delay}" + (f" slow={slow}" if slow else "")
     args = [sys.executable, "-m", "batchcli", "start", str(src), "--out", str(tmp_path / f"out-{name}"),
-            "--pipeline", f"crashtest delay={delay} | convert png", "--name", name, *NOSPACE, *map(str, flags)]
+            "--pipeline", f"{step} | convert png", "--name", name, *NOSPACE, *map(str, flags)]
     log = open(tmp_path / f"{name}.log", "ab")
     try:
         return subprocess.Popen(args, env=env(home, slots, **(extra_env or {})), stdin=subprocess.DEVNULL,
@@ -175,12 +177,18 @@ def test_bad_budget_and_priority_are_usage_errors_before_any_work(tmp_path):
 # --- real runners -------------------------------------------------------------------------------
 
 def test_two_batches_share_two_slots(tmp_path):
-    home = tmp_path / "home"
+    home, slow = tmp_path / "home", tmp_path / "slow"
+    slow.touch()
     with Workers(home) as w:
-        a = start(tmp_path, home, "a", 200, 0.05, "-w", "2")  # outlasts b: it takes b's slot back
+        a = start(tmp_path, home, "a", 200, 0.05, "-w", "2", slow=slow)  # outlasts b: it takes b's slot back
         wait_for(lambda: has_batch(home, "a") and status(home, "a")["slots"] == 2, what="a alone holds both slots")
         b = start(tmp_path, home, "b", 30, 0.1, "-w", "2", "--json")
-        assert a.wait(90) == 0 and b.wait(90) == 0
+        assert b.wait(90) == 0
+        seen = len(w.samples)
+        wait_for(lambda: any(list(s.values()) == [2] for s in w.samples[seen:]) or a.poll() is not None,
+                 what="a alone with two workers again")
+        slow.unlink()  # the rest of a at full speed
+        assert a.wait(90) == 0
     assert w.max <= 2, f"{w.max} workers alive at once with 2 slots"
     both = [k for k, s in enumerate(w.samples) if len(s) == 2]
     assert both and all(sorted(w.samples[k].values()) == [1, 1] for k in both), "two batches share: one slot each"
@@ -217,8 +225,9 @@ def test_kill_9_of_a_slot_holder_frees_its_slots_within_a_second(tmp_path):
 
 
 def test_priority_order_and_a_running_batch_yields_to_a_higher_one(tmp_path):
-    home = tmp_path / "home"
-    a = start(tmp_path, home, "a", 150, 0.05, "-w", "1", "--priority", "10", slots=1)
+    home, slow = tmp_path / "home", tmp_path / "slow"
+    slow.touch()
+    a = start(tmp_path, home, "a", 150, 0.05, "-w", "1", "--priority", "10", slots=1, slow=slow)
     wait_for(lambda: has_batch(home, "a") and status(home, "a")["completed"] >= 1, what="a running")
     queued = []
     for name, prio in (("b", 0), ("c", 5), ("d", 10)):  # none outranks a: they wait
@@ -229,6 +238,7 @@ def test_priority_order_and_a_running_batch_yields_to_a_higher_one(tmp_path):
     # e outranks the running a: a gives up its slot at an item boundary and waits as queued
     wait_for(lambda: has_batch(home, "e") and status(home, "a")["status"] == "queued", what="a yields")
     assert status(home, "a")["remaining"] > 0
+    slow.unlink()  # the rest of a at full speed: the queue, not a's length, orders what follows
     for p in (a, e, *queued):
         assert p.wait(90) == 0
     t = {n: finished_at(home, n) for n in "abcde"}

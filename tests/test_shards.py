@@ -99,13 +99,16 @@ def test_shards_hold_each_item_and_its_json_and_a_dataset_loader_reads_them(tmp_
 def test_a_paused_batch_seals_its_last_shard_and_resume_goes_on_with_the_next_number(tmp_path):
     src, out, home = tmp_path / "in", tmp_path / "out", tmp_path / "home"
     make_pngs(src, 14, size=16)
-    paths = _create(home, src, out, "crashtest delay=0.3 | resize 8x8", size=4)
+    slow = tmp_path / "slow"  # items of 0.3 s until the pause, then full speed
+    slow.touch()
+    paths = _create(home, src, out, f"crashtest delay=0.3 slow={slow} | resize 8x8", size=4)
     proc = spawn(home, "resume", paths.id, "-w", "1", *NOSPACE)
     wait_for(lambda: any(r.get("type") == "shard_sealed" for r in records(paths.journal)), what="a sealed shard")
     assert run(home, "pause", paths.id).returncode == 0
     assert proc.wait(timeout=60) == 3  # paused
     first = replay(paths.journal, 14).completed
     assert 4 <= first < 14 and sorted(os.listdir(out))[-1] == f"{(first - 1) // 4:05d}.tar"
+    slow.unlink()
     assert run(home, "resume", paths.id, "-w", "2", *NOSPACE).returncode == 0
     seen = _check_dataset(out, paths.journal, 14)
     assert len(seen) == 14 and len(os.listdir(out)) >= 4  # the paused run's last shard may hold fewer

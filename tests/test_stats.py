@@ -33,11 +33,14 @@ def test_stats_and_prometheus_over_real_batches(tmp_path):
     paused = create(home, [tmp_path / "in"], tmp_path / "o4", "convert png")
     assert run(home, "pause", paused.id).returncode == 0
     assert run(home, "resume", paused.id, *flags).returncode == 0
-    killed = create(home, [tmp_path / "in"], tmp_path / "o5", "crashtest delay=0.2 | convert png")
+    slow = tmp_path / "slow"  # items of 0.2 s until the kill
+    slow.touch()
+    killed = create(home, [tmp_path / "in"], tmp_path / "o5", f"crashtest delay=0.2 slow={slow} | convert png")
     runner = spawn(home, "resume", killed.id, *flags)
     wait_for(lambda: any(r.get("type") == "item_completed" for r in records(killed.journal)), what="an item done")
     runner.send_signal(signal.SIGKILL)
     runner.wait(10)
+    slow.unlink()
     assert run(home, "recover").returncode == 0
     assert run(home, "resume", killed.id, *flags).returncode == 0
 

@@ -318,8 +318,9 @@ def test_a_sync_killed_with_sigkill_and_resumed_loses_nothing(tmp_path):
     from crashops import line_count, spawn, wait_for
 
     home, src, out, seen = tmp_path / "home", tmp_path / "in", tmp_path / "out", tmp_path / "seen.log"
+    slow = tmp_path / "slow"  # items of 0.3 s only in the sync that is killed
     make_tree(src, n=6)
-    args = ("sync", src, "--out", out, "-p", f"crashtest log={seen} delay=0.3 | resize 16x16 | convert png",
+    args = ("sync", src, "--out", out, "-p", f"crashtest log={seen} delay=0.3 slow={slow} | resize 16x16 | convert png",
             "-w", "1", "--min-free-space", "0")
     assert run(home, *args).returncode == 0
     before = _outputs(out)
@@ -327,12 +328,14 @@ def test_a_sync_killed_with_sigkill_and_resumed_loses_nothing(tmp_path):
         make_image(src / f"new{k}.png", seed=60 + k)
     seen.unlink()
     first = set(os.listdir(home / "batches"))
+    slow.touch()
     proc = spawn(home, *args)
     batch = wait_for(lambda: [p for p in (home / "batches").iterdir() if p.name not in first
                               and (p / "journal.jsonl.snapshot").exists()  # the reused records' fold
                               and line_count(p / "journal.jsonl") >= 1 + 6 + 1 + 1], what="the sync to complete an item")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    slow.unlink()
     journal = batch[0] / "journal.jsonl"
     assert line_count(journal) < 1 + 6 + 1 + 5 + 1  # killed before its end
     items = {rec["i"]: os.path.basename(rec["src"]) for rec in map(json.loads, open(batch[0] / "items.jsonl"))}

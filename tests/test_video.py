@@ -241,13 +241,15 @@ def _segments(journal, i=None) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("how", ["pause", "kill"])
 def test_pause_or_kill_mid_video_then_resume_continues_from_the_last_segment(tmp_path, clips, how):
-    """A 6 s clip in 1 s segments, slowed per frame (over 4 s in all); stopped after its second segment."""
+    """A 6 s clip in 1 s segments, slowed per frame (over 4 s in all) until it is stopped after its
+    second segment; the resume runs at full speed."""
     src = tmp_path / "in"
     src.mkdir()
     shutil.copyfile(clips["long"], src / "long.mp4")
-    home, out, seen = tmp_path / "home", tmp_path / "out", tmp_path / "seen.log"
-    proc = spawn(home, "start", src, "--out", out, "--media", "video", "--name", "v", *SEG, *NOSPACE,
-                 "--pipeline", f"crashtest log={seen} delay=0.06 | resize 48x32 | convert mp4 preset=ultrafast")
+    home, out, seen, slow = tmp_path / "home", tmp_path / "out", tmp_path / "seen.log", tmp_path / "slow"
+    slow.touch()
+    proc = spawn(home, "start", src, "--out", out, "--media", "video", "--name", "v", *SEG, *NOSPACE, "--pipeline",
+                 f"crashtest log={seen} delay=0.06 slow={slow} | resize 48x32 | convert mp4 preset=ultrafast")
     paths = wait_for(lambda: _latest(home), what="the batch")
     wait_for(lambda: len(_segments(paths.journal)) >= 2 or proc.poll() is not None, what="two segments")
     assert proc.poll() is None, "the clip finished before it could be stopped"
@@ -266,6 +268,7 @@ def test_pause_or_kill_mid_video_then_resume_continues_from_the_last_segment(tmp
         assert run(home, "recover").returncode == 0
     before = _segments(paths.journal)
     assert before == [(1, k) for k in range(len(before))] and 2 <= len(before) < 6
+    slow.unlink()
     r = run(home, "resume", "v", *NOSPACE)
     assert r.returncode == 0, r.stdout + r.stderr
     after = _segments(paths.journal)[len(before):]
@@ -280,15 +283,15 @@ def test_pause_or_kill_mid_video_then_resume_continues_from_the_last_segment(tmp
 
 
 def test_item_timeout_counts_per_segment(tmp_path, clips):
-    """Each 1 s segment takes over 1.2 s (12 frames, 0.1 s each), the whole clip over 7 s: a 4 s
+    """Each 1 s segment takes over 0.84 s (12 frames, 0.07 s each), the whole clip over 5 s: a 3 s
     limit holds per segment."""
     src = tmp_path / "in"
     src.mkdir()
     shutil.copyfile(clips["long"], src / "long.mp4")
     home = tmp_path / "home"
     r = run(home, "start", src, "--out", tmp_path / "out", "--media", "video", *SEG, *NOSPACE,
-            "--item-timeout", "4", "--retries", "0",
-            "--pipeline", "crashtest delay=0.1 | convert mp4 preset=ultrafast")
+            "--item-timeout", "3", "--retries", "0",
+            "--pipeline", "crashtest delay=0.07 | convert mp4 preset=ultrafast")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
