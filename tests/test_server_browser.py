@@ -175,3 +175,43 @@ def test_the_form_starts_a_batch_and_the_token_is_asked_once(browser, tmp_path):
         assert sorted(os.listdir(tmp_path / "home" / "batches" / bid / "uploads")) == ["img000.png", "img001.png"]
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("damage", ["journal deleted", "batch removed"])
+def test_a_batch_damaged_or_removed_while_shown_says_why_once_and_stops_following(browser, tmp_path, damage):
+    """The page went on opening the batch's WebSocket every 3 s for ever (a refused handshake
+    says nothing to a browser), still showing the batch as it was."""
+    import time
+
+    from crashops import run
+
+    root, home = tmp_path / "root", tmp_path / "home"
+    make_pngs(root / "photos", 2)
+    r = run(home, "start", root / "photos", "--out", tmp_path / "out", "--name", "d", "-p", "convert png",
+            "--min-free-space", "0")
+    assert r.returncode == 0, r.stderr
+    bid = os.listdir(home / "batches")[0]
+    srv = start_server(home, root)
+    counter = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+        "window.__sockets = 0; const Real = window.WebSocket;"
+        "window.WebSocket = function (...a) { window.__sockets++; return new Real(...a); };"
+        "window.WebSocket.prototype = Real.prototype;")})
+    try:
+        browser.get(f"{srv.url}/#/batch/{bid}")
+        until(browser, lambda d: text(d, "#status") == "completed" and d.execute_script("return window.__sockets") >= 1,
+              what="the batch, followed")
+        if damage == "journal deleted":
+            os.unlink(home / "batches" / bid / "journal.jsonl")
+            until(browser, lambda d: text(d, "#status") == "damaged", timeout=20, what="damaged")
+            assert text(browser, "#b-reason") == "missing journal.jsonl"
+        else:
+            assert run(home, "cleanup", "--older-than", "0s").returncode == 0
+            until(browser, lambda d: "no batches in" in text(d, "#action-msg"), timeout=20, what="the batch gone")
+        opened = browser.execute_script("return window.__sockets")
+        time.sleep(7)  # two of the 3 s waits between tries
+        assert browser.execute_script("return window.__sockets") == opened
+        assert text(browser, "#status") == ("damaged" if damage == "journal deleted" else "completed")
+        shot(browser, tmp_path, f"dashboard-{damage.replace(' ', '-')}.png")
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": counter["identifier"]})
+        srv.stop()

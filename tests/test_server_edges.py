@@ -40,29 +40,36 @@ def _refused(url: str, **kw) -> tuple[int, dict]:
     return resp.status_code, json.loads(resp.body)
 
 
-def test_a_damaged_batch_is_listed_and_refused_with_the_cli_message(tmp_path):
+@pytest.mark.parametrize("damage", ["missing manifest.json", "manifest.json unreadable"])
+def test_a_damaged_batch_is_listed_and_refused_with_the_cli_message(tmp_path, damage):
+    """A garbled manifest (not JSON) made its other endpoints answer 500 'internal error'."""
     root = tmp_path / "root"
     make_pngs(root / "p", 2)
     home = tmp_path / "home"
     whole = create(home, [root / "p"], root / "out", "resize 8x8", name="whole")
     broken = create(home, [root / "p"], root / "out2", "resize 8x8", name="broken")
-    os.unlink(broken.manifest)
+    if damage.startswith("missing"):
+        os.unlink(broken.manifest)
+    else:
+        with open(broken.manifest, "w") as fh:
+            fh.write("{not json")
+        damage += ": not JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"
     cli = run(home, "pause", broken.id)
     assert cli.returncode == 2 and CLEANUP_HINT in cli.stderr
     message = cli.stderr.strip().removeprefix("Error: ")
-    assert message == f"batch {broken.id} is damaged (missing manifest.json); {CLEANUP_HINT}"
+    assert message == f"batch {broken.id} is damaged ({damage}); {CLEANUP_HINT}"
     s = start_server(home, root)
     try:
         listed = jcall(f"{s.url}{API}/batches")[1]
         assert listed["total"] == 2 and len(listed["batches"]) == 2  # never hidden, as in `batchcli list`
         row = next(b for b in listed["batches"] if b["batch_id"] == broken.id)
-        assert row["status"] == "damaged" and row["reason"] == "missing manifest.json"
+        assert row["status"] == "damaged" and row["reason"] == damage
         only = jcall(f"{s.url}{API}/batches?status=damaged")[1]
         assert [b["batch_id"] for b in only["batches"]] == [broken.id] and only["total"] == 1
         cli_list = json.loads(run(home, "list", "--status", "damaged", "--json").stdout)["batches"]
         assert [b["batch_id"] for b in cli_list] == [broken.id]
         status, got = jcall(f"{s.url}{API}/batches/{broken.id}")  # `status --json`: damaged, with the reason
-        assert status == 200 and got["status"] == "damaged" and got["reason"] == "missing manifest.json"
+        assert status == 200 and got["status"] == "damaged" and got["reason"] == damage
         for method, path in (("GET", "/items"), ("GET", "/export.zip"), ("GET", "/manifest.csv"),
                              ("GET", "/contact-sheet.jpg"), ("GET", "/items/0/output"), ("GET", "/items/0/thumbnail"),
                              ("POST", "/pause"), ("POST", "/resume"), ("POST", "/cancel")):

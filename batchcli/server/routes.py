@@ -109,13 +109,13 @@ def resolve(c, batch: str) -> BatchPaths:
 
 
 def whole(c, batch: str) -> BatchPaths:
-    """`resolve`, for the endpoints that need a whole batch: a damaged folder (no manifest, or
-    left half-made by a killed upload) is a 409 with the CLI's message."""
-    from batchcli.engine.status import damage
+    """`resolve`, for the endpoints that need a whole batch: a damaged folder (no manifest or one
+    that cannot be read, or left half-made by a killed upload) is a 409 with the CLI's message."""
+    from batchcli.engine.store import damage, manifest_damage
     from batchcli.errors import BatchDamaged
 
     paths = resolve(c, batch)
-    reason = damage(paths)
+    reason = damage(paths) or manifest_damage(paths)
     if reason is not None:
         raise BatchDamaged(paths.id, reason)
     return paths
@@ -412,11 +412,11 @@ def _resume(c, paths: BatchPaths, body: ResumeRequest) -> dict[str, Any]:
 @router.delete("/batches/{batch}")
 def delete_batch(request: Request, batch: str, purge_outputs: bool = False) -> dict[str, Any]:
     """Remove a batch's record (and with purge_outputs the files it wrote). 409 while it runs."""
-    from batchcli.engine.status import damage
+    from batchcli.engine.store import damage, manifest_damage
 
     c = ctx(request)
     paths = resolve(c, batch)
-    reason = damage(paths)
+    reason = damage(paths) or manifest_damage(paths)
     if reason is not None and purge_outputs:
         raise InvalidTransition(f"batch {paths.id} is damaged ({reason}): which files it wrote is unknown, "
                                 "so its outputs cannot be purged; DELETE it without purge_outputs")

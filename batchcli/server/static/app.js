@@ -38,7 +38,7 @@ async function api(path, opts = {}) {
     const resp = await fetch(API + path, Object.assign({}, opts, { headers }));
     if (resp.status === 401) { await askToken(); restartLive(); continue; }
     const body = (resp.headers.get("content-type") || "").includes("json") ? await resp.json() : null;
-    if (!resp.ok) throw new Error((body && body.error) || resp.statusText);
+    if (!resp.ok) throw Object.assign(new Error((body && body.error) || resp.statusText), { status: resp.status });
     return body;
   }
   throw new Error("no valid token");
@@ -87,16 +87,26 @@ function listen(onEvent) {
   state.sse = es;
 }
 
-function follow(id, onEvent) {
+// One batch's events. A finished batch closes the stream: it is opened again in a while, in case
+// the batch is resumed; so is one the server dropped (a restart). A batch that is gone or
+// damaged (its journal or manifest lost or unreadable: the handshake is refused, and a browser
+// does not say why) is asked about over HTTP first: `onGone(status, message)` says why, once,
+// and the stream is not opened again.
+function follow(id, onEvent, onGone) {
   const proto = location.protocol === "https:" ? "wss://" : "ws://";
   const ws = new WebSocket(withToken(proto + location.host + API + "/batches/" + encodeURIComponent(id) + "/events"));
   ws.onopen = () => $("#conn").classList.add("live");
   ws.onmessage = (m) => onEvent(JSON.parse(m.data));
-  ws.onclose = () => {
+  ws.onclose = async () => {
     $("#conn").classList.remove("live");
     state.ws = null;
-    // a finished batch closes the stream; look again in a while in case it is resumed
-    state.timers.push(setTimeout(() => { if (state.batch === id && !state.ws) follow(id, onEvent); }, 3000));
+    try {
+      const s = await api("/batches/" + encodeURIComponent(id));
+      if (s.status === "damaged") return onGone(s, null);
+    } catch (e) {
+      if (e.status >= 400 && e.status < 500) return onGone(null, e.message);  // removed (404), or refused
+    }  // else the server is away for now: try again in a while
+    state.timers.push(setTimeout(() => { if (state.batch === id && !state.ws) follow(id, onEvent, onGone); }, 3000));
   };
   state.ws = ws;
 }
@@ -172,7 +182,7 @@ async function showBatch(id, gen) {
     const reason = $("#b-reason");
     reason.hidden = !s.reason;
     reason.textContent = s.reason || "";
-    reason.className = ["failed", "interrupted"].includes(s.status) ? "reason" : "msg";
+    reason.className = ["failed", "interrupted", "damaged"].includes(s.status) ? "reason" : "msg";
     $("#btn-pause").disabled = !["running", "pending"].includes(s.status);
     $("#btn-resume").disabled = !["paused", "interrupted", "failed"].includes(s.status);
     $("#btn-cancel").disabled = ["completed", "cancelled"].includes(s.status);
@@ -238,7 +248,7 @@ async function showBatch(id, gen) {
       const s = await api(`/batches/${enc}/${what}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body || {}) });
       msg.textContent = s.message || `${what}: ${s.status}`;
       render(Object.assign(await refresh(), {}));
-      if (what === "resume" && !state.ws) follow(id, onEvent);
+      if (what === "resume" && !state.ws) follow(id, onEvent, gone);
     } catch (e) {
       msg.className = "msg error";
       msg.textContent = e.message;
@@ -265,11 +275,21 @@ async function showBatch(id, gen) {
       itemsDirty = true;
     }
   }
-  restartLive = () => { stopLive(); follow(id, onEvent); };
+  function gone(s, message) {  // the batch is damaged (s: its status) or gone (message): say so, once
+    if (state.batch !== id) return;
+    stopLive();  // (and the items' refresh)
+    for (const b of ["#btn-pause", "#btn-resume", "#btn-cancel"]) $(b).disabled = true;
+    const el = s ? $("#b-reason") : $("#action-msg");  // the counts stay as last seen
+    if (s) setBadge($("#status"), s.status);
+    el.hidden = false;
+    el.className = s ? "reason" : "msg error";
+    el.textContent = s ? s.reason : message;
+  }
+  restartLive = () => { stopLive(); follow(id, onEvent, gone); };
   state.timers.push(setInterval(() => { if (itemsDirty) loadItems().catch(() => {}); }, 1000));
   last = await refresh();
   await loadItems();
-  follow(id, onEvent);
+  follow(id, onEvent, gone);
 }
 
 // --- a new batch -------------------------------------------------------------------------------
