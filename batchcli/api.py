@@ -169,8 +169,10 @@ def create_batch(store: Store, cfg: StartConfig, paths: BatchPaths | None = None
         from batchcli.video.plan import check_pipeline
 
         check_pipeline(pipeline)
-    if cfg.max_duration < 0 or not 1 <= cfg.segment <= 3600:
-        raise ConfigError("--max-duration must be 0 (no limit) or more, --video-segment between 1 s and 1 h")
+    if cfg.max_duration < 0:
+        raise ConfigError(f"--max-duration {cfg.max_duration:g} s: expected 0 (no limit) or more")
+    if not 1 <= cfg.segment <= 3600:
+        raise ConfigError(f"--video-segment {cfg.segment:g} s: expected from 1 s to 1 h")
     discover.check_inputs(cfg.inputs, cfg.from_file)
     stdin = cfg.stdin
     if "-" in cfg.inputs or cfg.from_file == "-":

@@ -260,8 +260,8 @@ def test_priority_command_reorders_the_queue_live(tmp_path):
     assert "queued #1" in r.stdout and "queued #2" in r.stdout
     r = cli(home, "list", "--status", "queued", "--json", slots=1)
     assert sorted(b["name"] for b in json.loads(r.stdout)["batches"]) == ["b", "c"], r.stderr
-    r = cli(home, "priority", "c", "3", slots=1)
-    assert r.returncode == 0 and "priority 3" in r.stdout, r.stderr
+    r = cli(home, "priority", "c", "3", slots=1)  # the answer knows the new place (it said position 2)
+    assert r.returncode == 0 and "priority 3 (queued, position 1 in the queue)" in r.stdout, r.stdout + r.stderr
     wait_for(lambda: status(home, "c")["queue_position"] == 1, timeout=5, what="c first in the queue")
     assert status(home, "b")["queue_position"] == 2 and status(home, "c")["priority"] == 3
     r = cli(home, "priority", "b", "-4", "--json", slots=1)  # a negative number is the value

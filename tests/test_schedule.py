@@ -52,6 +52,9 @@ def test_parse_at():
                      ("+3x", "expected"), ("2030-01-01T00:00", "year")):
         with pytest.raises(ConfigError, match=why):
             parse_at(bad, now)
+    with pytest.raises(ConfigError) as err:  # named as typed ('-5m' and 'an age' before)
+        parse_at("+-5m", now)
+    assert str(err.value) == "--at '+-5m': expected a wait such as +90s, +30m, +12h, +7d or +2w"
 
 
 def test_at_creates_the_batch_now_and_runs_it_then(tmp_path):
@@ -65,6 +68,8 @@ def test_at_creates_the_batch_now_and_runs_it_then(tmp_path):
     assert "scheduled" in run(tmp_path / "home", "list").stdout
     assert "later" in run(tmp_path / "home", "list", "--status", "scheduled").stdout
     assert "scheduled - starts at " in run(tmp_path / "home", "status", "later").stdout
+    r = run(tmp_path / "home", "start", tmp_path / "in-later", "--out", tmp_path / "out-later", "-p", "convert png")
+    assert r.returncode == 2 and f"batch {s['batch_id']} (later, scheduled) also writes 4" in r.stderr, r.stderr
     assert run(tmp_path / "home", "cancel", "later").returncode == 0
 
     r = start(tmp_path, "soon", "--at", "+3s")

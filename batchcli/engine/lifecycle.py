@@ -161,7 +161,16 @@ def set_priority(paths: BatchPaths, priority: int) -> dict[str, Any]:
         raise InvalidTransition(f"batch {paths.id} is {st.state}; a priority applies to a batch that "
                                 f"is queued, running, scheduled, pending or paused")
     write_priority(paths, priority)
-    return batch_status(paths)
+    row = batch_status(paths)
+    if row.get("queue_position") is not None:  # the board has the old priority until the next tick
+        from batchcli.engine.slots import Board, queue_position
+
+        entries = Board(paths.home).entries()
+        mine = [e for e in entries if e.batch_id == paths.id]
+        if mine:
+            mine[0].priority = priority
+            row["queue_position"] = queue_position(paths, mine[0], entries)
+    return row
 
 
 # --- recover ----------------------------------------------------------------------------------

@@ -199,9 +199,14 @@ _STATE_NEEDLES = tuple(b'"type":"%s"' % t.encode() for t in STATES)
 _TAIL_BLOCK = 64 << 10
 
 
-def end_state(journal: str) -> str:
+_SCHEDULED = {**STATES, "batch_scheduled": "scheduled"}
+"""STATES and the record of a batch made to run later (the catalog counts it as pending)."""
+
+
+def end_state(journal: str, states: dict[str, str] = STATES) -> str:
     """The state a journal's records leave its batch in, as an index of it records it (pending
     before any), read backwards from its end: one block unless that state was set long ago."""
+    needles = _STATE_NEEDLES if states is STATES else tuple(b'"type":"%s"' % t.encode() for t in states)
     try:
         fh = open(journal, "rb")
     except OSError:
@@ -214,13 +219,18 @@ def end_state(journal: str) -> str:
             lines = (fh.read(end - start) + carry).split(b"\n")
             carry = lines.pop(0) if start else b""  # (its start lies in the block before)
             for raw in reversed(lines):
-                if any(n in raw for n in _STATE_NEEDLES):
+                if any(n in raw for n in needles):
                     rec = decode(raw)
                     kind = rec.get("type") if rec is not None else None
-                    if kind in STATES:
-                        return rec.get("status", "completed") if kind == "batch_finished" else STATES[kind]
+                    if kind in states:
+                        return rec.get("status", "completed") if kind == "batch_finished" else states[kind]
             end = start
     return "pending"
+
+
+def _scheduled(paths: BatchPaths) -> bool:
+    """Does the batch wait for its time (--at, --after)? Its journal's last record says so."""
+    return end_state(paths.journal, _SCHEDULED) == "scheduled"
 
 
 def _refusal(store: Store, rival: BatchRow, out_dir: str, clashes: list[str], count: int,
@@ -231,13 +241,14 @@ def _refusal(store: Store, rival: BatchRow, out_dir: str, clashes: list[str], co
     from batchcli.engine.liveness import runner_alive
 
     bid = rival.batch_id
-    alive = runner_alive(BatchPaths(os.path.join(store.batches_dir, bid))) is not None
+    paths = BatchPaths(os.path.join(store.batches_dir, bid))
+    alive = runner_alive(paths) is not None
     if rival.finished:
         state = f"{rival.state}, being resumed"
     elif rival.state == "running" and not alive:  # its runner died: status says interrupted
         state = "interrupted"
-    elif rival.state == "pending" and alive:  # its runner is up and has not written batch_started yet
-        state = "running"
+    elif rival.state == "pending" and alive:  # its runner is up: waiting for its time (--at, --after),
+        state = "scheduled" if _scheduled(paths) else "running"  # or it has not written batch_started yet
     else:
         state = rival.state
     who = f"batch {bid} ({rival.name + ', ' if rival.name else ''}{state})"

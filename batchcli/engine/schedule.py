@@ -36,7 +36,10 @@ def parse_at(text: str, now: float | None = None) -> float:
     now = time.time() if now is None else now
     s = (text or "").strip()
     if s.startswith("+"):
-        when = now + parse_age(s[1:], "--at")
+        try:
+            when = now + parse_age(s[1:], "--at")
+        except ConfigError:  # worded for the flag as typed, '+' and all
+            raise ConfigError(f"--at {text!r}: expected a wait such as +90s, +30m, +12h, +7d or +2w") from None
     elif _CLOCK.match(s):
         h, m, sec = (int(g or 0) for g in _CLOCK.match(s).groups())
         if h > 23 or m > 59 or sec > 59:

@@ -13,6 +13,7 @@ from typing import Any
 
 from batchcli.errors import ItemError
 from batchcli.imaging.headers import open_input_file, read_error
+from batchcli.units import fmt_count
 
 DEFAULT_MAX_DURATION = 6 * 3600.0
 MAX_FPS = 1000.0
@@ -177,8 +178,8 @@ def _info(c: Any, family: str, limits: VideoLimits) -> VideoInfo:
     if width <= 0 or height <= 0:
         raise ItemError("decode", f"invalid frame size {width}x{height} in header")
     if width * height > limits.max_pixels:
-        raise ItemError("too_large", f"frames of {width}x{height} = {width * height / 1e6:.0f} MP, "
-                                     f"over --max-pixels {limits.pixels_text or f'{limits.max_pixels / 1e6:.0f} MP'}")
+        raise ItemError("too_large", f"frames of {width}x{height} = {fmt_count(width * height)} pixels, "
+                                     f"over --max-pixels {limits.pixels_text or fmt_count(limits.max_pixels)}")
     tb = Fraction(vs.time_base) if vs.time_base else Fraction(1, 1000)
     if vs.duration:
         duration = float(vs.duration * tb)
