@@ -68,7 +68,10 @@ def test_throttle_steps_down_while_busy_and_up_after_a_quiet_spell():
     t = Throttle(("load", 1.0), 0, Monitor(lambda: Sample(now["load"], None, None)))
     assert t.cap(0, 4, now=0.0) == 0 and "load 5.00 per core is over --max-load 1" in t.reason  # busy at once: none
     now["load"] = 0.2
-    assert [t.cap(0, 4, now=s) for s in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)] == [0, 0, 0, 1, 2, 3, 4]
+    assert [t.cap(0, 4, now=s) for s in (1.0, 2.0, 3.0, 4.0)] == [0, 0, 0, 1]
+    assert t.reason == ("back within the limits (load 0.20 per core): a worker more each second after 3 quiet "
+                        "seconds")  # it said 'load 5.00 per core is over' until all 4 were back
+    assert [t.cap(0, 4, now=s) for s in (5.0, 6.0, 7.0)] == [2, 3, 4]
     assert t.reason is None
     now["load"] = 3.0
     assert [t.cap(4, 4, now=s) for s in (8.0, 9.0)] == [3, 2]  # one fewer per second

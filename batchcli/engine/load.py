@@ -165,6 +165,17 @@ class Throttle:
             return f"free memory {_mib(s.mem_available)} is under --min-free-memory {_mib(self.min_free)}"
         return None
 
+    def figures(self, s: Sample) -> str:
+        """The figures the limits given look at, as measured."""
+        out = []
+        if self.max_load is not None and self.max_load[0] == "load":
+            out.append(f"load {s.load:.2f} per core")
+        elif self.max_load is not None and s.cpu_pressure is not None:
+            out.append(f"CPU pressure {s.cpu_pressure:.0f}%")
+        if self.min_free and s.mem_available is not None:
+            out.append(f"free memory {_mib(s.mem_available)}")
+        return ", ".join(out)
+
     def cap(self, running: int, full: int, now: float | None = None) -> int:
         """At most this many workers. One fewer per sample while busy (from `running`), none at
         once when the machine is busy before the first worker; one more per sample after
@@ -187,6 +198,9 @@ class Throttle:
                 self._quiet = now
             if now - self._quiet >= QUIET_FOR:
                 self._cap += 1
+            seen = self.figures(s)
+            self.reason = (f"back within the limits{f' ({seen})' if seen else ''}: a worker more each second "
+                           f"after {QUIET_FOR:g} quiet seconds")  # not the busy figure of a while ago
         if self._cap >= full:
             self.reason = None
         return min(self._cap, full)
