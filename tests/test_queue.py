@@ -135,6 +135,18 @@ def test_allocate_priority_first_then_one_each_in_order_of_arrival():
     assert allocate([_e("a", since=1, want=1), _e("b", since=2, want=4)], 3) == {"a": 1, "b": 2}
 
 
+def test_forget_takes_only_a_dead_runners_line_off_the_board(tmp_path):
+    from batchcli.engine.slots import Board, Registration, forget
+
+    reg = Registration(str(tmp_path), "b1")
+    reg.publish(_e("b1"))
+    forget(str(tmp_path), "b1")  # alive: stays
+    assert [e.batch_id for e in Board(str(tmp_path)).entries()] == ["b1"]
+    os.close(reg._fd)  # as a kill -9 would: the lock drops, the files stay
+    forget(str(tmp_path), "b1")
+    assert not os.listdir(tmp_path / "queue")
+
+
 def test_budget_from_env_then_config_then_cpus(tmp_path, monkeypatch):
     monkeypatch.delenv("BATCHCLI_SLOTS", raising=False)
     assert budget(str(tmp_path)) == len(os.sched_getaffinity(0))
@@ -219,6 +231,10 @@ def test_kill_9_of_a_slot_holder_frees_its_slots_within_a_second(tmp_path):
     a.wait(10)
     assert b.wait(60) == 0
     assert status(home, "a")["status"] == "interrupted"  # and recover/resume carry on as ever
+    a_id = status(home, "a")["batch_id"]
+    assert sorted(os.listdir(home / "queue")) == [f"{a_id}.json", f"{a_id}.lock"]  # kill -9: no time to leave
+    assert cli(home, "recover").returncode == 0
+    assert not os.listdir(home / "queue"), "recover takes a dead runner's line off the board"
     events = [json.loads(line) for line in (tmp_path / "b.log").read_text().splitlines()]
     states = [(e["status"], e["queue_position"]) for e in events if e["type"] == "state"]
     assert states == [("queued", 1), ("running", None)] and events[-1]["type"] == "finished"

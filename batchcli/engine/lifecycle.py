@@ -25,6 +25,7 @@ from batchcli.engine.liveness import (
     sweep_dead_tmp,
     sweep_exports,
 )
+from batchcli.engine.slots import forget
 from batchcli.engine.status import batch_status, damage, mark
 from batchcli.engine.store import BatchPaths, Store, manifest_damage
 from batchcli.errors import BatchLocked, InvalidTransition
@@ -236,6 +237,7 @@ def _recover_one(paths: BatchPaths) -> dict[str, Any] | None:
             os.unlink(stale)
         except FileNotFoundError:
             pass
+    forget(paths.home, paths.id)  # its line on the board of the home's runners (queue/)
     st = replay(paths.journal, int(man["total"]))
     return {"batch_id": paths.id, "name": man.get("name"), "status": "paused", "previous": "interrupted",
             "runner_pid": pid, "completed": st.completed, "failed": st.failed, "remaining": st.remaining,
@@ -337,6 +339,7 @@ def _clean_one(store: Store, paths: BatchPaths, purge: bool, dry_run: bool, entr
         if dry_run:
             return
         sweep_exports(paths)  # temp files killed exports of this batch left behind
+        forget(store.home, paths.id)  # a killed runner's line on the board (queue/)
         trash = os.path.join(store.home, ".trash")
         os.makedirs(trash, exist_ok=True)
         dest = os.path.join(trash, f"{paths.id}-{os.getpid()}")

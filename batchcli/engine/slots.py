@@ -294,8 +294,15 @@ class Registration:
         os.makedirs(self.dir, exist_ok=True)
         self.json = os.path.join(self.dir, batch_id + ".json")
         self.lock = os.path.join(self.dir, batch_id + ".lock")
-        self._fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)  # readers hold it shared for microseconds only
+        while True:
+            self._fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # readers hold it shared for microseconds only
+            try:
+                if os.stat(self.lock).st_ino == os.fstat(self._fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)  # `forget` removed the file we waited for: take a new one
         self._last: dict[str, Any] | None = None
 
     def publish(self, entry: Entry) -> None:
@@ -319,6 +326,30 @@ class Registration:
             except FileNotFoundError:
                 pass
         os.close(self._fd)
+
+
+def forget(home: str, batch_id: str) -> None:
+    """Take a dead runner's record off the board (one killed with kill -9 could not): what its
+    `Registration.close` would have done. A live runner's record stays: its lock is held."""
+    folder = os.path.join(home, "queue")
+    lock = os.path.join(folder, batch_id + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return  # alive
+    try:
+        for path in (os.path.join(folder, batch_id + ".json"), lock):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
 
 
 def live_entry(paths: BatchPaths) -> Entry | None:
