@@ -68,11 +68,20 @@ def _listing(*folders) -> dict[str, tuple[int, int, bytes | None]]:
 FILE_FLAGS = [("--zip", "x.zip"), ("--manifest", "x.csv"), ("--report", "x.md"), ("--contact-sheet", "x.jpg")]
 
 
-@pytest.mark.parametrize("flag,name", FILE_FLAGS)
-def test_a_file_export_never_replaces_a_fifo_a_folder_or_an_input(tmp_path, flag, name):
-    home, src, out, dest = (tmp_path / n for n in ("home", "in", "out", "dest"))
+@pytest.fixture(scope="module")
+def two_pngs(tmp_path_factory):
+    """Batch A of two PNGs, made once for the module: (home, src, out). Its users export it only."""
+    base = tmp_path_factory.mktemp("two")
+    home, src, out = (base / n for n in ("home", "in", "out"))
     make_pngs(src, 2)
     _batch(home, src, out)
+    return home, src, out
+
+
+@pytest.mark.parametrize("flag,name", FILE_FLAGS)
+def test_a_file_export_never_replaces_a_fifo_a_folder_or_an_input(two_pngs, tmp_path, flag, name):
+    home, src, out = two_pngs
+    dest = tmp_path / "dest"
     dest.mkdir()
     os.mkfifo(dest / f"fifo{name}")
     (dest / f"folder{name}").mkdir()

@@ -114,11 +114,14 @@ def test_recover_is_idempotent_and_sweeps_temp_files(tmp_path):
 
     home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
     make_pngs(src, 40)
-    paths = create(home, [src], out, "crashtest delay=0.05 | convert png")
+    slow = tmp_path / "slow"  # items of 0.05 s until the kill
+    slow.touch()
+    paths = create(home, [src], out, f"crashtest delay=0.05 slow={slow} | convert png")
     proc = spawn(home, "resume", paths.id, "-w", "2", "--min-free-space", "0")
     wait_for(lambda: _item_records(paths.journal) >= 4, what="some items done")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    slow.unlink()
     out.mkdir(exist_ok=True)
     stray = out / f".img001.png{TMP_MARK}999999-deadbeef"  # what a killed writer leaves (tmp_name's form)
     stray.write_bytes(b"half")

@@ -70,11 +70,13 @@ def test_dashboard_follows_a_batch_to_100_percent_with_pause_and_resume(browser,
 
     root = tmp_path / "root"
     make_pngs(root / "photos", 14, size=96)
+    slow = root / "slow"  # items of 0.25 s until the resume is clicked, then full speed
+    slow.touch()
     srv = start_server(tmp_path / "home", root)
     try:
         status, made = jcall(srv.url + API + "/batches", "POST", {
             "inputs": ["photos/"], "out": "web/", "name": "holiday", "workers": 1,
-            "pipeline": "crashtest raise match=img003 | crashtest delay=0.25 | resize 64x64 | convert jpg"})
+            "pipeline": f"crashtest raise match=img003 | crashtest delay=0.25 slow={slow} | resize 64x64 | convert jpg"})
         assert status == 201, made
         bid = made["batch_id"]
         browser.get(f"{srv.url}/#/batch/{bid}")
@@ -91,6 +93,7 @@ def test_dashboard_follows_a_batch_to_100_percent_with_pause_and_resume(browser,
         shot(browser, tmp_path, "dashboard-paused.png")
         browser.find_element(By.ID, "btn-resume").click()
         until(browser, lambda d: text(d, "#status") in ("running", "completed"), what="resumed")
+        slow.unlink()
         until(browser, lambda d: percent(d) == 100.0, what="100%")
         until(browser, lambda d: text(d, "#status") == "completed", what="completed")
         assert wait_status(srv, bid)["failed"] == 1
