@@ -127,6 +127,12 @@ def test_a_scheduled_batch_paused_cancelled_and_reprioritised(tmp_path):
     assert r.returncode == 0 and status(tmp_path, "p")["status"] == "completed"
     r = run(home, "cancel", "c")
     assert r.returncode == 0 and status(tmp_path, "c")["status"] == "cancelled"
+    # --after a prefix: the start's own new batch is no candidate (it waited 5 s for itself, then
+    # answered that it was 'still being created'; `--name N --after N` waited 5 s too)
+    prefix = status(tmp_path, "c")["batch_id"][:4]
+    r = start(tmp_path, "c2", "--after", prefix)
+    assert r.returncode == 2 and f"batch prefix {prefix!r} is ambiguous" in r.stderr, r.stderr
+    assert "still being created" not in r.stderr
 
 
 def test_recover_resume_after_a_reboot_starts_due_batches_and_rearms_the_others(tmp_path):

@@ -114,8 +114,8 @@ class BatchPaths:
         return process_alive(info.get("pid"), info.get("started"))
 
     def being_created(self) -> tuple[float, str | None] | None:
-        """(when its creation began, the --name it will have) of a batch a live process is making
-        now; None for any other folder."""
+        """(when its creation began, the --name it will have) of a batch another live process is
+        making now; None for any other folder."""
         try:
             with open(self.creating, "rb") as fh:
                 info = json.load(fh)
@@ -124,6 +124,8 @@ class BatchPaths:
             return None
         if not isinstance(info, dict) or not process_alive(info.get("pid"), info.get("started")):
             return None
+        if info.get("pid") == os.getpid():
+            return None  # this command's own new batch: `start --name N --after N` waits for no one
         return began, info.get("name") if isinstance(info.get("name"), str) else None
 
     def load_manifest(self) -> dict[str, Any]:
