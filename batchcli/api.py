@@ -372,11 +372,22 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
     else:
         memory = parse_bytes(worker_memory, "--worker-memory")
     min_memory = parse_bytes(v["min_free_memory"], "--min-free-memory") if v["min_free_memory"] else 0
+    if min_memory and min_memory > _machine_memory():
+        raise ConfigError(f"--min-free-memory {v['min_free_memory']}: more than this machine's memory "
+                          f"({_machine_memory() / (1 << 30):.1f} GiB); the batch would wait for ever")
     return RunOptions(workers=n, threads=max(1, cpus // n), item_timeout=item_timeout, retries=retries,
                       max_failures=max_failures, providers=providers, memory_limit=memory,
                       min_free_space=parse_bytes(min_free_space, "--min-free-space"),
                       executor=executor, transfer=bool(transfer), given=given, slots=slots or 0,
                       max_load=v["max_load"], min_free_memory=min_memory)
+
+
+def _machine_memory() -> int:
+    """The machine's physical memory in bytes (no limit when the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 1 << 62
 
 
 WORKERS_PER_CPU = 8

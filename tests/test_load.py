@@ -27,6 +27,11 @@ def test_parse_max_load():
     for bad in ("-1", "nan", "inf", "lots", "101%"):
         with pytest.raises(ConfigError, match="--max-load"):
             parse_max_load(bad)
+    from batchcli.api import run_options
+
+    with pytest.raises(ConfigError, match=r"--min-free-memory 100T: more than this machine's memory \("):
+        run_options(min_free_memory="100T")  # it was taken, and the batch stayed throttled for ever
+    assert run_options(min_free_memory="1M").min_free_memory == 1 << 20
 
 
 def test_the_load_is_the_machines_own_per_core(monkeypatch):
