@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -111,6 +112,28 @@ def test_a_failing_on_finish_command_never_changes_the_exit_code(tmp_path, home)
             "--json", "--on-finish", "echo to-stdout", home=home)
     assert r.returncode == 0
     assert [json.loads(line)["type"] for line in r.stdout.splitlines()][-1] == "finished"  # NDJSON only
+    # SIGTERM while the command runs (a shutdown): it stops, the exit code stays the batch's (was 143)
+    log = tmp_path / "term.log"
+    p = spawn(home, "start", tmp_path / "in", "--out", tmp_path / "out3", "-p", "resize 32x32", "-w", "1",
+              "--on-finish", "echo waiting >&2; sleep 60", log=log)
+    wait_for(lambda: "waiting" in log.read_text(), what="the --on-finish command running")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(20) == 0
+    assert "warning: notifications interrupted" in log.read_text()
+    assert not _processes_with("sleep 60", home=str(home)), "what it started goes with it"
+
+
+def _processes_with(text: str, home: str) -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if text in " ".join(proc.info["cmdline"] or ()) and proc.environ().get("BATCHCLI_HOME") == home:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
 
 
 def test_pause_then_resume_notifies_both_and_keeps_the_flags(tmp_path, receiver):

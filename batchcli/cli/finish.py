@@ -6,6 +6,7 @@ them. The webhook secret is the exception: it is kept in the batch folder (mode 
 the journal or on a command line."""
 
 import os
+import signal
 import subprocess
 import sys
 from typing import Annotated, Any, Optional
@@ -89,10 +90,20 @@ class Finish:
             output = sys.stderr if sys.stderr.fileno() >= 0 else None
         except (AttributeError, OSError, ValueError):  # no real stderr: the command's output is dropped
             output = None
+        def stop(*_: Any) -> None:
+            raise KeyboardInterrupt  # as Ctrl-C: the batch has ended; its exit code stays
+
+        try:
+            term = signal.signal(signal.SIGTERM, stop)  # the default would end the process with 143
+        except ValueError:  # not the main thread
+            term = None
         try:
             problems = after_run(self.paths, event, self.flags, output=output or subprocess.DEVNULL)
         except KeyboardInterrupt:
             problems = ["notifications interrupted"]
+        finally:
+            if term is not None:
+                signal.signal(signal.SIGTERM, term)
         for p in problems:
             console.warn(p)
 

@@ -127,16 +127,32 @@ def run_on_finish(cmd: str, cwd: str | None, event: dict[str, Any], output: IO |
     env = {**os.environ, **on_finish_env(event)}
     if cwd and not os.path.isdir(cwd):
         cwd = None
-    try:
-        proc = subprocess.run(cmd, shell=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=output,
-                              stderr=output, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return f"--on-finish command killed after {timeout:.0f} s: {cmd}"
+    try:  # its own process group: what it started goes with it when it is killed
+        proc = subprocess.Popen(cmd, shell=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=output,
+                                stderr=output, start_new_session=True)
     except OSError as exc:
         return f"--on-finish command could not run ({exc.strerror or exc}): {cmd}"
-    if proc.returncode != 0:
-        return f"--on-finish command exited with code {proc.returncode}: {cmd}"
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return f"--on-finish command killed after {timeout:.0f} s: {cmd}"
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): the command goes too
+        _kill_group(proc)
+        raise
+    if code != 0:
+        return f"--on-finish command exited with code {code}: {cmd}"
     return None
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    proc.wait()
 
 
 def post_webhook(url: str, event: dict[str, Any], secret: str | None = None,
