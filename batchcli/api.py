@@ -352,6 +352,9 @@ def run_options(workers: int | None = None, retries: int | None = None, item_tim
     providers, worker_memory, min_free_space = v["providers"], v["worker_memory"], v["min_free_space"]
     executor, transfer = v["executor"], v["transfer"]
     check_executor(executor)  # a misspelt one is exit 2 before the batch is made, not after
+    if transfer and executor in ("", "local"):
+        raise ConfigError("--transfer: only with --executor dask or dask://HOST:PORT (the local pool reads the "
+                          "inputs where they are)")
     if providers != RUN_DEFAULTS["providers"]:  # (the model module only when it has a say)
         from batchcli.models.session import parse_providers
 

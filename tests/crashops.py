@@ -79,7 +79,7 @@ class CrashTest(Op):
 @register
 class FaultTest(Op):
     name = "faulttest"
-    summary = "Test only: allocate and free buffers, as decoding a photo does; record the page faults."
+    summary = "Test only: allocate and free buffers, as decoding a photo does; record the page faults and the memory cap."
     params = (Param("rounds", "int", 10, "rounds of four 4 MiB buffers, written and freed", min=1),)
     shrink_safe = True
 
@@ -93,6 +93,7 @@ class FaultTest(Op):
                 b[::4096] = bytes(len(b[::4096]))  # every page written
             del bufs
         frame.meta["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        frame.meta["rlimit_as"] = resource.getrlimit(resource.RLIMIT_AS)[0]  # the worker's --worker-memory cap
         return frame
 
 

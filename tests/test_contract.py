@@ -47,6 +47,16 @@ def test_a_misspelt_executor_is_exit_2_before_the_batch_is_made(command, three, 
     assert json.loads(cli("recover", "--resume", "--json", home=home).stdout)["recovered_count"] == 0
 
 
+def test_transfer_without_dask_is_a_usage_error(three, tmp_path):
+    """--transfer ships bytes to Dask workers; with the local pool it would be ignored, silently."""
+    home = tmp_path / "home"
+    r = cli("start", str(three), "--out", str(tmp_path / "out"), "-p", "resize 8x8", "--transfer", home=home, timeout=60)
+    assert r.returncode == 2
+    assert _one_error_line(r) == ("Error: --transfer: only with --executor dask or dask://HOST:PORT (the local pool "
+                                  "reads the inputs where they are)")
+    assert not list((home / "batches").glob("*"))
+
+
 @pytest.mark.parametrize("name", ["", "  "])
 def test_a_blank_name_is_a_usage_error(name, three, tmp_path):
     home = tmp_path / "home"

@@ -29,7 +29,7 @@ MaxFailOpt = Annotated[Optional[str], typer.Option("--max-failures", metavar="N|
 ProvidersOpt = Annotated[Optional[str], typer.Option("--providers", metavar="LIST", show_default=False,
                                                      help="ONNX execution providers in order: cpu, cuda, tensorrt, openvino, or auto (default cpu).")]
 MemoryOpt = Annotated[Optional[str], typer.Option("--worker-memory", metavar="SIZE", show_default=False,
-                                                  help="Address-space cap per worker, e.g. 2G (default: free RAM / workers).")]
+                                                  help="Address-space cap per worker, e.g. 2G, or 0 for none (default: free RAM / workers).")]
 FreeOpt = Annotated[Optional[str], typer.Option("--min-free-space", metavar="SIZE", show_default=False,
                                                 help="Pause the batch when the output disk has less free space (default 1G).")]
 ExecutorOpt = Annotated[Optional[str], typer.Option("--executor", metavar="NAME", show_default=False,
