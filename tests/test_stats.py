@@ -74,6 +74,8 @@ def test_stats_and_prometheus_over_real_batches(tmp_path):
     recent = _json(home, "--since", f"{time.time() - middle + 0.5:.3f}s")
     assert recent["batches"]["total"] == 1 and recent["batches"]["pending"] == 1
     assert recent["duration_seconds"] == {"average": None, "p95": None, "count": 0}
+    ages = _json(home, "--since", "1000000w")  # longer ago than 1970: every batch, from the epoch on
+    assert ages["window_start"] == "1970-01-01T00:00:00Z" and ages["batches"]["total"] == 6, ages
 
 
 def test_bad_stats_arguments_are_usage_errors(tmp_path):

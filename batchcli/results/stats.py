@@ -48,7 +48,7 @@ def home_stats(store: Store, since: float | None = None, now: float | None = Non
     A batch's duration is the time its runs ran (pauses and dead time excluded); averages and
     the p95 are over the batches that ended (completed, failed or cancelled)."""
     now = time.time() if now is None else now
-    start = now - since if since is not None else None
+    start = max(0.0, now - since) if since is not None else None  # (no window starts before 1970)
     by_state = dict.fromkeys(STATES, 0)
     items = {"completed": 0, "failed": 0, "skipped": 0, "reused": 0, "failed_again": 0}
     started = pauses = resumes = recoveries = 0
