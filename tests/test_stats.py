@@ -100,3 +100,18 @@ def test_a_batch_duration_is_its_running_time():
         prev = t
     assert runs.active_s == 15.0 and runs.started == 100.0 and runs.ended == 6002.0
     assert (runs.pauses, runs.resumes, runs.recoveries) == (2, 2, 1)
+
+
+def test_since_counts_a_batch_by_when_it_was_created_not_by_its_id(tmp_path):
+    """An id is made as its start begins, created_at once discovery is done: a batch whose
+    discovery took long has an older id than one started after it, yet the newer created_at."""
+    home = tmp_path / "home"
+    make_pngs(tmp_path / "in", 2)
+    slow = create(home, [tmp_path / "in"], tmp_path / "o1", "convert png")
+    quick = create(home, [tmp_path / "in"], tmp_path / "o2", "convert png")
+    assert slow.id < quick.id
+    for paths, created in ((slow, time.time()), (quick, time.time() - 3600)):  # slow's discovery took an hour
+        man = paths.load_manifest()
+        man["created_at"] = created
+        paths.write_manifest(man)
+    assert _json(home, "--since", "10m")["batches"]["total"] == 1

@@ -66,7 +66,7 @@ def home_stats(store: Store, since: float | None = None, now: float | None = Non
             man = paths.load_manifest()
             created = float(man.get("created_at") or 0)
             if start is not None and created < start:
-                break  # ids sort by creation time: every later one is older still
+                continue  # (not a break: an id is made as its start begins, created_at after discovery)
             st = replay(paths.journal, int(man["total"]))
         except (OSError, ValueError, KeyError, TypeError):
             by_state["damaged"] += 1  # changed or removed since the look above
