@@ -574,3 +574,43 @@ def test_a_sync_run_leaves_its_results_indexed_in_the_catalog(synced):
     finally:
         db.close()
     assert offset == journal.stat().st_size and rows == 6
+
+
+def test_checksum_reuses_after_a_ci_cache_restore_at_another_path(tmp_path):
+    """README "In CI": the batch home and the output folder kept in a CI cache come back as new
+    files (new inodes; a tar or zip cache keeps whole-second mtimes), at another path with a
+    fresh checkout: the sync processes nothing, and what it records is what is on disk."""
+    import tarfile
+
+    first, again = tmp_path / "ci1", tmp_path / "ci2"
+    pristine, seen = tmp_path / "pristine", tmp_path / "seen.log"
+    make_tree(pristine, n=4)
+    (pristine / "bad.png").write_bytes(b"not a png at all")
+
+    def job(root):
+        shutil.copytree(pristine, root / "src", copy_function=shutil.copyfile)  # a fresh checkout
+        seen.unlink(missing_ok=True)
+        r = run(root / "home", "sync", root / "src", "--out", root / "web", "-p",
+                f"crashtest log={seen} | resize 32x32 | convert png", "-w", "1", "--min-free-space", "0", "--checksum")
+        return r, seen.read_text().splitlines() if seen.exists() else []
+
+    r, done = job(first)
+    assert r.returncode == 1 and len(done) == 4, r.stdout  # bad.png fails at its decode
+    cache = tmp_path / "cache.tar"
+    with tarfile.open(cache, "w", format=tarfile.GNU_FORMAT) as tar:  # whole seconds, as GNU tar's default
+        tar.add(first / "home", "home")
+        tar.add(first / "web", "web")
+    shutil.rmtree(first)
+    again.mkdir()
+    with tarfile.open(cache) as tar:
+        tar.extractall(again, filter="fully_trusted")
+    r, done = job(again)
+    assert r.returncode == 1, r.stderr
+    assert "4 up to date (reused), 0 to process (0 new, 0 changed) of 5; 1 failed last time" in r.stdout
+    assert done == []
+    batch = _latest(again / "home")["batch_id"]
+    v = run(again / "home", "verify", batch)
+    assert v.returncode == 0 and "all match the journal" in v.stdout, v.stdout + v.stderr
+    shutil.rmtree(again / "src")
+    r, done = job(again)  # and the next job: the same folder now, by its identity
+    assert r.returncode == 1 and "4 up to date (reused), 0 to process" in r.stdout and done == []

@@ -61,11 +61,13 @@ def record_reused(paths: BatchPaths, records: list[dict[str, Any]], bulk: Any = 
     lock = FileLock(paths.lock)
     if not take_lock(lock, paths):
         raise BatchLocked(f"batch {paths.id} is held by a live runner")
+    # a completion without its source's rows (an output found by content, with another mtime): a refresh folds it
+    rows = bulk is not None or all("_src" in rec for rec in records if "error_class" not in rec)
     try:
         written = _append(paths, bulk.write if bulk is not None else lambda *a: _append_records(records, *a))
     finally:
         lock.release()
-    if written is not None:
+    if written is not None and rows:
         try:  # a cache: should it fail, a later refresh folds the journal
             _index(paths, *written)
         except (OSError, sqlite3.Error, RuntimeError) as exc:

@@ -196,6 +196,7 @@ class Earlier:
     present: set[tuple[int, int]]  # the inputs (device, inode) in `results` whose files are all on disk as written
     question: tuple = ()  # _question of the manifest asked about
     planner: Planner | None = None  # fed the items written so far (follow), when it was
+    moved: dict[tuple[int, int], float] = field(default_factory=dict)  # --checksum: in `present` by content, mtime now
 
 
 def _question(man: dict[str, Any]) -> tuple:
@@ -211,11 +212,13 @@ def ask(store: Store, man: dict[str, Any], checksum: bool = False) -> Earlier:
     with Catalog(store) as cat:
         cat.refresh(skip=man["batch_id"])  # the new batch: record_reused indexes it
         ids = dict(cat.db.execute("SELECT bkey, batch_id FROM batches"))
+        question, man = _question(man), _restored(store, cat, man) if checksum else man
         earlier = _earlier(store, cat, man) if man.get("out_dev") is not None or not out_dir else {}
         failures = _earlier_failures(store, cat, man, man["batch_id"])
         by_name = _earlier_contents(store, cat, man, man["batch_id"]) if checksum else {}
     out_b = os.fsencode(os.path.join(out_dir, "")) if out_dir else None
     present = set()
+    moved: dict[tuple[int, int], float] = {}
     lstat = os.lstat
     for key, rows in earlier.items():
         if len(rows) == 1 and rows[0][6] == KIND_OUT and out_b and rows[0][7]:  # _still_there, inline
@@ -226,9 +229,43 @@ def ask(store: Store, man: dict[str, Any], checksum: bool = False) -> Earlier:
                 continue
             if st.st_size == row[9] and (row[10] is None or st.st_mtime == row[10]):
                 present.add(key)
+            elif checksum and st.st_size == row[9] and _same_content(out_b + row[7], row[8]):
+                present.add(key)  # as written, by content: another mtime (a cache restored by tar or zip)
+                moved[key] = st.st_mtime
         elif all(_still_there(out_b, row) for row in rows):
             present.add(key)
-    return Earlier(ids, earlier, failures, by_name, present, _question(man))
+    return Earlier(ids, earlier, failures, by_name, present, question, moved=moved)
+
+
+def _restored(store: Store, cat: Catalog, man: dict[str, Any]) -> dict[str, Any]:
+    """sync --checksum into an output folder no batch with this pipeline wrote into (by its
+    identity): a CI cache restores the output folder and the batch home as new files, perhaps at
+    another path. The newest earlier --checksum batch with this fingerprint stands for this
+    folder: its results count where this folder holds their files with the same content (an
+    output is read only when its mtime differs). `man` as it is when another batch wrote here."""
+    me, dev, ino, fp = man["batch_id"], man.get("out_dev"), man.get("out_ino"), man.get("fingerprint")
+    if dev is None or any(bid != me for bid in cat.batches_with(dev, ino, fp)):
+        return man
+    rows = [b for b, _ in cat.indexed().values()
+            if b.fingerprint == fp and b.batch_id != me and b.out_dev is not None
+            and os.path.exists(os.path.join(store.batches_dir, b.batch_id, CONTENTS))]
+    if not rows:
+        return man
+    b = max(rows, key=lambda b: b.batch_id)
+    return {**man, "out_dev": b.out_dev, "out_ino": b.out_ino}
+
+
+def _same_content(path: bytes, sha256: str | None) -> bool:
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023 (used at once)
+                h.update(block)
+    except OSError:
+        return False
+    return sha256 is not None and h.hexdigest() == sha256
 
 
 def plan(store: Store, paths: BatchPaths, checksum: bool = False, asked: Earlier | None = None
@@ -395,7 +432,12 @@ class Planner:
             for row in found:
                 if row[6] == KIND_ROUTED:
                     rec["routed"] = fsdecode(row[7])
-            rec.update(ms=0.0, reused_from=main[4], _seq=main[5], _src=(ids[main[12]], main[13], _same_input(main, item)))
+            rec.update(ms=0.0, reused_from=main[4], _seq=main[5])
+            now = e.moved.get(was[1] if same_content else key)
+            if now is None:
+                rec["_src"] = (ids[main[12]], main[13], _same_input(main, item))
+            else:  # the file as it is now (the catalog indexes this record, not the rows it copied)
+                rec["mtime"] = now
             records.append(rec)
             sources[main[4]] += 1
         p.total += len(lines)
