@@ -238,6 +238,21 @@ def test_generated_images_decode_in_their_real_form(tmp_path, name, channels, dt
         assert np.array_equal(frame.img, img)
 
 
+def test_gray_alpha_tiff_keeps_its_alpha(tmp_path):
+    """A gray+alpha TIFF came out gray with its transparency gone (OpenCV's TIFF reader drops a
+    gray image's alpha); it decodes as BGRA like a gray+alpha PNG."""
+    from PIL import Image
+
+    la = np.dstack([_photo(channels=1), np.tile(np.arange(160, dtype=np.uint8), (120, 1))])
+    Image.fromarray(la, "LA").save(tmp_path / "la.tif", compression="tiff_lzw")
+    frame = imageio.load(str(tmp_path / "la.tif"))
+    assert frame.img.shape == (120, 160, 4)
+    assert all(np.array_equal(frame.img[:, :, k], la[:, :, 0]) for k in range(3))
+    assert np.array_equal(frame.img[:, :, 3], la[:, :, 1])
+    path, _, _ = imageio.save(frame, str(tmp_path / "out"))
+    assert Image.open(path).getchannel("A").getextrema() == (0, 159)
+
+
 def _load_error(path, data=None, limits=Limits()) -> ItemError:
     with pytest.raises(ItemError) as info:
         imageio.load(str(path), limits, data=data)

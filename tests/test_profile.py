@@ -12,6 +12,7 @@ from PIL import Image, ImageCms
 from batchcli.errors import ConfigError
 from batchcli.imaging import imageio
 from batchcli.pipeline import Pipeline
+from tests.conftest import SHARED
 from tests.photos import exiftool, icc_profile, photo_pixels
 
 INTENTS = {"perceptual": ImageCms.Intent.PERCEPTUAL, "relative": ImageCms.Intent.RELATIVE_COLORIMETRIC,
@@ -98,6 +99,23 @@ def test_untagged_is_taken_as_srgb(tmp_path):
     assert frame.meta["profile"]["from"] == "untagged (sRGB)"
     (tags,) = exiftool(path)
     assert tags["ICC_Profile:ProfileDescription"] == "sRGB built-in"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_untagged_gray_converts_to_an_rgb_profile(tmp_path, dtype):
+    """A black-and-white photo without a profile is sRGB gray: `profile AdobeRGB1998.icc` failed
+    its item ('cannot build transform', a gray image through an RGB profile)."""
+    adobe = icc_profile("AdobeRGB1998")
+    gray = photo_pixels(32, 24)[:, :, 0]
+    src = tmp_path / "bw.png"
+    cv2.imwrite(str(src), gray.astype(np.uint16) * 257 if dtype == np.uint16 else gray)
+    path, frame = run(src, f"profile {SHARED / 'icc' / 'AdobeRGB1998.icc'}", tmp_path / "out")
+    got = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    assert got.dtype == dtype and got.shape == (24, 32, 3)
+    want = lcms(np.dstack([gray, gray, gray]), icc_profile("sRGB"), adobe)
+    assert np.abs(got[:, :, ::-1] / (257.0 if dtype == np.uint16 else 1.0) - want).max() <= 1.0
+    (tags,) = exiftool(path)
+    assert "Adobe RGB (1998)" in tags["ICC_Profile:ProfileDescription"]
 
 
 def test_without_profile_op_pixels_and_profile_pass_through(tmp_path):

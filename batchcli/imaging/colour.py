@@ -52,6 +52,8 @@ def convert(img, src: bytes, dst: bytes, intent: str = "relative") -> tuple:
     alpha = img[:, :, 3] if img.ndim == 3 and img.shape[2] == 4 else None
     px = img[:, :, :3] if alpha is not None else img
     gray = px.ndim == 2
+    if gray and _space(src) == "RGB":  # gray pixels taken as RGB (untagged: sRGB) are R = G = B
+        px, gray = np.dstack([px, px, px]), False
     out_space = _space(dst)
     if img.dtype == np.uint16 and not gray:
         a, b = _matrix_shaper(src), _matrix_shaper(dst)

@@ -220,6 +220,8 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
     elif head is not None and head.mode == "LAB":
         img = _decode_lab(data)
         meta["decode"] = {"converted": "CIE L*a*b* to sRGB"}
+    elif head is not None and head.fmt == "tiff" and head.mode in ("LA", "La"):
+        img = _decode_gray_alpha(data)  # OpenCV's TIFF reader drops the alpha of gray+alpha
     else:
         # libtiff (in OpenCV) turns a TIFF upright whatever the flags say: it is given the file with
         # its orientation tag set to 1, so the orientation stays pending as for every other format.
@@ -311,6 +313,20 @@ def _decode_lab(data: bytes) -> np.ndarray | None:
     except Exception:
         return None
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _decode_gray_alpha(data: bytes) -> np.ndarray | None:
+    """A gray+alpha image as BGRA (gray in all three colour channels, as OpenCV gives a gray+alpha
+    PNG), orientation still pending."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            la = np.asarray(im.convert("LA"))
+    except Exception:
+        return None
+    gray = la[:, :, 0]
+    return np.ascontiguousarray(np.dstack([gray, gray, gray, la[:, :, 1]]))
 
 
 def _normalise(img: np.ndarray, head: Header, meta: dict) -> np.ndarray:

@@ -295,7 +295,7 @@ def parse_cube(text: str, where: str = "lut") -> Cube:
             elif word == "LUT_3D_INPUT_RANGE":
                 lo, hi = (float(v) for v in line.split()[1:3])
                 dmin, dmax = [lo] * 3, [hi] * 3
-            elif word[0].isalpha():
+            elif word[0].isalpha() and word not in ("NAN", "INF", "INFINITY"):
                 continue  # other keywords (e.g. LUT_1D_INPUT_RANGE) do not affect a 3D table
             else:
                 values = [float(v) for v in line.split()]
@@ -303,7 +303,7 @@ def parse_cube(text: str, where: str = "lut") -> Cube:
                     raise ValueError("expected 3 numbers")
                 rows.append(values)
         except (ValueError, IndexError) as exc:
-            raise ConfigError(f"{where}: line {n}: cannot read {raw.strip()[:40]!r} ({exc})") from None
+            raise ConfigError(f"{where}: line {n}: cannot read {raw.strip()[:40]!r} ({str(exc)[:80]})") from None
     if not 2 <= size <= 256:
         raise ConfigError(f"{where}: LUT_3D_SIZE missing or outside 2..256")
     if len(rows) != size ** 3:
