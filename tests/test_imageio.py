@@ -238,19 +238,35 @@ def test_generated_images_decode_in_their_real_form(tmp_path, name, channels, dt
         assert np.array_equal(frame.img, img)
 
 
-def test_gray_alpha_tiff_keeps_its_alpha(tmp_path):
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_tiff_alpha_is_read_as_stored(tmp_path, mode):
     """A gray+alpha TIFF came out gray with its transparency gone (OpenCV's TIFF reader drops a
-    gray image's alpha); it decodes as BGRA like a gray+alpha PNG."""
+    gray image's alpha), and an 8-bit RGBA TIFF as other tools write it (unassociated alpha) had its
+    colours multiplied by the alpha (200 at alpha 40 read as 31). Both decode as stored, as BGRA."""
     from PIL import Image
 
-    la = np.dstack([_photo(channels=1), np.tile(np.arange(160, dtype=np.uint8), (120, 1))])
-    Image.fromarray(la, "LA").save(tmp_path / "la.tif", compression="tiff_lzw")
-    frame = imageio.load(str(tmp_path / "la.tif"))
-    assert frame.img.shape == (120, 160, 4)
-    assert all(np.array_equal(frame.img[:, :, k], la[:, :, 0]) for k in range(3))
-    assert np.array_equal(frame.img[:, :, 3], la[:, :, 1])
+    alpha = np.tile(np.arange(160, dtype=np.uint8), (120, 1))
+    colour = [_photo(channels=1)] if mode == "LA" else list(np.moveaxis(_photo()[:, :, ::-1], 2, 0))
+    Image.fromarray(np.dstack(colour + [alpha]), mode).save(tmp_path / "a.tif", compression="tiff_lzw")
+    frame = imageio.load(str(tmp_path / "a.tif"))
+    bgr = colour * 3 if mode == "LA" else colour[::-1]
+    assert np.array_equal(frame.img, np.dstack(bgr + [alpha]))
     path, _, _ = imageio.save(frame, str(tmp_path / "out"))
     assert Image.open(path).getchannel("A").getextrema() == (0, 159)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_tiff_output_declares_its_alpha(tmp_path, dtype):
+    """OpenCV writes an RGBA TIFF without ExtraSamples: readers that follow the standard took the
+    fourth channel for an unknown one and showed the picture opaque."""
+    from PIL import Image
+
+    img = _photo(channels=4, dtype=dtype)
+    frame = imageio.load(str(_write(tmp_path, "a.png", img)))
+    frame.out_format = "tiff"
+    path, _, _ = imageio.save(frame, str(tmp_path / "out"))
+    assert Image.open(path).tag_v2.get(338) == (2,)  # ExtraSamples: unassociated alpha
+    assert np.array_equal(imageio.load(path).img, img)
 
 
 def _load_error(path, data=None, limits=Limits()) -> ItemError:

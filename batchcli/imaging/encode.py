@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import struct
 
 from batchcli.atomic import atomic_write, atomic_write_many
 from batchcli.errors import ItemError
@@ -81,7 +82,31 @@ def _encode(frame: Frame, img: np.ndarray, fmt: str, quality: int) -> bytes:
         raise ItemError("encode", f"cannot encode as {fmt}: {line[:200]}") from None
     if not ok:
         raise ItemError("encode", f"cannot encode as {fmt}")
-    return metadata.embed(buf.tobytes(), fmt, frame, img)
+    data = buf.tobytes()
+    if fmt == "tiff" and img.ndim == 3 and img.shape[2] == 4:
+        data = _tiff_alpha(data)
+    return metadata.embed(data, fmt, frame, img)
+
+
+def _tiff_alpha(data: bytes) -> bytes:
+    """OpenCV's TIFF with its fourth sample declared as alpha (ExtraSamples = 2, unassociated):
+    OpenCV writes none, so readers that follow the TIFF standard take the fourth channel for an
+    unknown extra one and show the picture opaque. The first IFD is copied to the end of the file
+    with the tag added (its values stay where they are)."""
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or struct.unpack(order + "H", data[2:4])[0] != 42:
+        return data
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    count = struct.unpack(order + "H", data[ifd:ifd + 2])[0]
+    entries = [data[ifd + 2 + 12 * k:ifd + 14 + 12 * k] for k in range(count)]
+    if any(struct.unpack(order + "H", e[:2])[0] == 338 for e in entries):
+        return data
+    entries.append(struct.pack(order + "HHIHH", 338, 3, 1, 2, 0))  # SHORT, count 1, value 2
+    entries.sort(key=lambda e: struct.unpack(order + "H", e[:2])[0])
+    following = data[ifd + 2 + 12 * count:ifd + 6 + 12 * count]
+    body = data + b"\x00" * (len(data) % 2)  # an IFD starts on a word boundary
+    new = struct.pack(order + "H", len(entries)) + b"".join(entries) + following
+    return body[:4] + struct.pack(order + "I", len(body)) + body[8:] + new
 
 
 def _within(frame: Frame, img: np.ndarray, fmt: str, top: int, limit: int) -> bytes:

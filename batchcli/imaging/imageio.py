@@ -220,8 +220,8 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
     elif head is not None and head.mode == "LAB":
         img = _decode_lab(data)
         meta["decode"] = {"converted": "CIE L*a*b* to sRGB"}
-    elif head is not None and head.fmt == "tiff" and head.mode in ("LA", "La"):
-        img = _decode_gray_alpha(data)  # OpenCV's TIFF reader drops the alpha of gray+alpha
+    elif head is not None and head.fmt == "tiff" and (head.mode in ("LA", "La") or (head.mode == "RGBA" and head.tags.get("bits") == 8)):
+        img = _decode_tiff_alpha(data)  # OpenCV drops a gray image's alpha, premultiplies an 8-bit RGBA's colours
     else:
         # libtiff (in OpenCV) turns a TIFF upright whatever the flags say: it is given the file with
         # its orientation tag set to 1, so the orientation stays pending as for every other format.
@@ -315,13 +315,15 @@ def _decode_lab(data: bytes) -> np.ndarray | None:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
-def _decode_gray_alpha(data: bytes) -> np.ndarray | None:
-    """A gray+alpha image as BGRA (gray in all three colour channels, as OpenCV gives a gray+alpha
-    PNG), orientation still pending."""
+def _decode_tiff_alpha(data: bytes) -> np.ndarray | None:
+    """A TIFF with alpha, as BGRA with the colours as stored (a gray+alpha one with the gray in all
+    three colour channels, as OpenCV gives a gray+alpha PNG), orientation still pending."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.mode == "RGBA":
+                return np.ascontiguousarray(np.asarray(im)[:, :, [2, 1, 0, 3]])
             la = np.asarray(im.convert("LA"))
     except Exception:
         return None
