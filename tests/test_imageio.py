@@ -253,6 +253,11 @@ def test_tiff_alpha_is_read_as_stored(tmp_path, mode):
     assert np.array_equal(frame.img, np.dstack(bgr + [alpha]))
     path, _, _ = imageio.save(frame, str(tmp_path / "out"))
     assert Image.open(path).getchannel("A").getextrema() == (0, 159)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned once, upright: libtiff must not turn it before the pending orientation does
+    Image.fromarray(np.dstack(colour + [alpha]), mode).save(tmp_path / "b.tif", exif=exif.tobytes())
+    path, _, _ = imageio.save(imageio.load(str(tmp_path / "b.tif")), str(tmp_path / "turned"))
+    assert np.array_equal(imageio.load(path).img, np.rot90(np.dstack(bgr + [alpha]), -1))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

@@ -221,7 +221,9 @@ def load(path: str, limits: Limits = Limits(), shrink_for: Callable[[int, int], 
         img = _decode_lab(data)
         meta["decode"] = {"converted": "CIE L*a*b* to sRGB"}
     elif head is not None and head.fmt == "tiff" and (head.mode in ("LA", "La") or (head.mode == "RGBA" and head.tags.get("bits") == 8)):
-        img = _decode_tiff_alpha(data)  # OpenCV drops a gray image's alpha, premultiplies an 8-bit RGBA's colours
+        # OpenCV drops a gray image's alpha and multiplies an 8-bit RGBA's colours by it; libtiff (in
+        # Pillow too) would turn it upright, so it is given orientation 1 as below
+        img = _decode_tiff_alpha(_tiff_orientation_1(data))
     else:
         # libtiff (in OpenCV) turns a TIFF upright whatever the flags say: it is given the file with
         # its orientation tag set to 1, so the orientation stays pending as for every other format.
