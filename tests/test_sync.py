@@ -579,7 +579,8 @@ def test_a_sync_run_leaves_its_results_indexed_in_the_catalog(synced):
 def test_checksum_reuses_after_a_ci_cache_restore_at_another_path(tmp_path):
     """README "In CI": the batch home and the output folder kept in a CI cache come back as new
     files (new inodes; a tar or zip cache keeps whole-second mtimes), at another path with a
-    fresh checkout: the sync processes nothing, and what it records is what is on disk."""
+    fresh checkout: the sync processes nothing, what it records is what is on disk, and
+    --delete removes the output of an input the checkout no longer has."""
     import tarfile
 
     first, again = tmp_path / "ci1", tmp_path / "ci2"
@@ -591,7 +592,8 @@ def test_checksum_reuses_after_a_ci_cache_restore_at_another_path(tmp_path):
         shutil.copytree(pristine, root / "src", copy_function=shutil.copyfile)  # a fresh checkout
         seen.unlink(missing_ok=True)
         r = run(root / "home", "sync", root / "src", "--out", root / "web", "-p",
-                f"crashtest log={seen} | resize 32x32 | convert png", "-w", "1", "--min-free-space", "0", "--checksum")
+                f"crashtest log={seen} | resize 32x32 | convert png", "-w", "1", "--min-free-space", "0", "--checksum",
+                "--delete")
         return r, seen.read_text().splitlines() if seen.exists() else []
 
     r, done = job(first)
@@ -601,16 +603,19 @@ def test_checksum_reuses_after_a_ci_cache_restore_at_another_path(tmp_path):
         tar.add(first / "home", "home")
         tar.add(first / "web", "web")
     shutil.rmtree(first)
+    gone = next(pristine.rglob("img003.*"))
+    gone.unlink()  # a commit removed it
     again.mkdir()
     with tarfile.open(cache) as tar:
         tar.extractall(again, filter="fully_trusted")
     r, done = job(again)
     assert r.returncode == 1, r.stderr
-    assert "4 up to date (reused), 0 to process (0 new, 0 changed) of 5; 1 failed last time" in r.stdout
-    assert done == []
+    assert "3 up to date (reused), 0 to process (0 new, 0 changed) of 4; 1 failed last time" in r.stdout
+    assert done == [] and "removed 1 output(s) whose inputs are gone" in r.stdout
+    assert sorted(p.stem for p in (again / "web").rglob("*.png")) == ["img000", "img001", "img002"]
     batch = _latest(again / "home")["batch_id"]
     v = run(again / "home", "verify", batch)
     assert v.returncode == 0 and "all match the journal" in v.stdout, v.stdout + v.stderr
     shutil.rmtree(again / "src")
     r, done = job(again)  # and the next job: the same folder now, by its identity
-    assert r.returncode == 1 and "4 up to date (reused), 0 to process" in r.stdout and done == []
+    assert r.returncode == 1 and "3 up to date (reused), 0 to process" in r.stdout and done == []

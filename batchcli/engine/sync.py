@@ -45,6 +45,7 @@ from batchcli.engine.syncplan import (  # noqa: F401  (what callers take from he
     results_of,
     save_contents,
 )
+from batchcli.inputs.discover import iter_items
 
 log = logging.getLogger("batchcli.sync")
 
@@ -239,6 +240,8 @@ def note_plan(paths: BatchPaths, p: SyncPlan) -> None:
     man = paths.load_manifest()
     man.update(kind="sync", reused=p.reused, sync={"new": p.new, "changed": p.changed, "failed_again": p.failed_again,
                                                    "reused_from": dict(p.from_batches)})
+    if p.stood_for is not None:
+        man["sync"]["stood_for"] = p.stood_for
     paths.write_manifest(man)
 
 
@@ -246,14 +249,18 @@ def dumps(p: SyncPlan) -> bytes:
     return orjson.dumps(p.as_dict())
 
 
-def delete_stale(store: Store, paths: BatchPaths, dry_run: bool = False):
+def delete_stale(store: Store, paths: BatchPaths, dry_run: bool = False, stood_for: str | None = None):
     """`sync --delete`: remove the outputs in this batch's folder whose inputs are gone, by the
     purge rules (engine/purge.py): only a file whose batch is its last writer in the catalog,
     unchanged (size, mtime and sha256 as recorded), inside the recorded folder with no link on
-    the way; folders left empty go too. Returns a PurgeResult."""
+    the way; folders left empty go too. A `sync --checksum` into a restored folder (the plan's
+    `stood_for`, from the manifest when not given): also the files of the batch whose folder
+    it stands for that no item of this batch is named for, as copies (mtime to the second,
+    sha256). Returns a PurgeResult."""
     from batchcli.engine.purge import PurgeResult, delete_outputs
 
     man = paths.load_manifest()
+    stood_for = stood_for or (man.get("sync") or {}).get("stood_for")
     out_dir = man.get("out_dir")
     if not out_dir or man.get("out_dev") is None or not os.path.isdir(out_dir):
         return PurgeResult()
@@ -269,4 +276,16 @@ def delete_stale(store: Store, paths: BatchPaths, dry_run: bool = False):
                 if mine.src is None or os.path.lexists(mine.src):
                     continue  # its input is still there
                 stale.append(mine)
-    return delete_outputs(out_dir, man["out_dev"], man["out_ino"], stale, dry_run)
+        copies = _orphans(cat, paths, stood_for) if stood_for else []
+    res = delete_outputs(out_dir, man["out_dev"], man["out_ino"], stale, dry_run)
+    return delete_outputs(out_dir, man["out_dev"], man["out_ino"], copies, dry_run, res, copies=True) if copies else res
+
+
+def _orphans(cat: Catalog, paths: BatchPaths, stood_for: str) -> list:
+    """The files `stood_for` wrote last (in its folder) that no item of this batch is named for:
+    their inputs are gone from this checkout."""
+    stems = {item["stem"] for item in iter_items(paths.items)}
+    mine_now = {out.rel for out in cat.outputs_of(paths.id)}
+    return [mine for mine, last in cat.last_writers(stood_for)
+            if mine.kind == KIND_OUT and last.batch_id == stood_for and last.seq == mine.seq
+            and mine.rel not in mine_now and os.path.splitext(mine.rel or "")[0] not in stems]

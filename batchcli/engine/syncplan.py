@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from batchcli import jsonio
-from batchcli.engine.catalog import KIND_NONE, KIND_OUT, KIND_ROUTED, Catalog
+from batchcli.engine.catalog import KIND_NONE, KIND_OUT, KIND_ROUTED, BatchRow, Catalog
 from batchcli.engine.journal import (
     FAILED,
     decode,
@@ -37,6 +37,7 @@ class SyncPlan:
     from_batches: Counter = field(default_factory=Counter)  # batch id -> items reused from it
     todo: list[str] = field(default_factory=list)  # inputs to process (the first TODO_LISTED)
     contents: dict[int, str] = field(default_factory=dict)  # --checksum: item -> its input's sha256
+    stood_for: str | None = None  # --checksum into a restored folder: the batch whose folder this one stands for
 
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total, "reused": self.reused, "to_process": self.new + self.changed,
@@ -197,6 +198,7 @@ class Earlier:
     question: tuple = ()  # _question of the manifest asked about
     planner: Planner | None = None  # fed the items written so far (follow), when it was
     moved: dict[tuple[int, int], float] = field(default_factory=dict)  # --checksum: in `present` by content, mtime now
+    stood_for: str | None = None  # _restored's batch
 
 
 def _question(man: dict[str, Any]) -> tuple:
@@ -212,7 +214,9 @@ def ask(store: Store, man: dict[str, Any], checksum: bool = False) -> Earlier:
     with Catalog(store) as cat:
         cat.refresh(skip=man["batch_id"])  # the new batch: record_reused indexes it
         ids = dict(cat.db.execute("SELECT bkey, batch_id FROM batches"))
-        question, man = _question(man), _restored(store, cat, man) if checksum else man
+        question, stood_for = _question(man), _restored(store, cat, man) if checksum else None
+        if stood_for is not None:
+            man = {**man, "out_dev": stood_for.out_dev, "out_ino": stood_for.out_ino}
         earlier = _earlier(store, cat, man) if man.get("out_dev") is not None or not out_dir else {}
         failures = _earlier_failures(store, cat, man, man["batch_id"])
         by_name = _earlier_contents(store, cat, man, man["batch_id"]) if checksum else {}
@@ -234,25 +238,23 @@ def ask(store: Store, man: dict[str, Any], checksum: bool = False) -> Earlier:
                 moved[key] = st.st_mtime
         elif all(_still_there(out_b, row) for row in rows):
             present.add(key)
-    return Earlier(ids, earlier, failures, by_name, present, question, moved=moved)
+    return Earlier(ids, earlier, failures, by_name, present, question, moved=moved,
+                   stood_for=stood_for.batch_id if stood_for is not None else None)
 
 
-def _restored(store: Store, cat: Catalog, man: dict[str, Any]) -> dict[str, Any]:
+def _restored(store: Store, cat: Catalog, man: dict[str, Any]) -> BatchRow | None:
     """sync --checksum into an output folder no batch with this pipeline wrote into (by its
     identity): a CI cache restores the output folder and the batch home as new files, perhaps at
     another path. The newest earlier --checksum batch with this fingerprint stands for this
     folder: its results count where this folder holds their files with the same content (an
-    output is read only when its mtime differs). `man` as it is when another batch wrote here."""
+    output is read only when its mtime differs). None when a batch with this pipeline wrote here."""
     me, dev, ino, fp = man["batch_id"], man.get("out_dev"), man.get("out_ino"), man.get("fingerprint")
     if dev is None or any(bid != me for bid in cat.batches_with(dev, ino, fp)):
-        return man
+        return None
     rows = [b for b, _ in cat.indexed().values()
             if b.fingerprint == fp and b.batch_id != me and b.out_dev is not None
             and os.path.exists(os.path.join(store.batches_dir, b.batch_id, CONTENTS))]
-    if not rows:
-        return man
-    b = max(rows, key=lambda b: b.batch_id)
-    return {**man, "out_dev": b.out_dev, "out_ino": b.out_ino}
+    return max(rows, key=lambda b: b.batch_id) if rows else None
 
 
 def _same_content(path: bytes, sha256: str | None) -> bool:
@@ -335,7 +337,7 @@ class Planner:
         self.e, self.checksum, self.lanes = e, checksum, output_lanes(man)
         self.writes = WrittenOutputs(out_dir, self.lanes)  # the output-on-input check, for the items that will write
         self.out_b = os.fsencode(os.path.join(out_dir, "")) if out_dir else None
-        self.p = SyncPlan(contents=contents or {})
+        self.p = SyncPlan(contents=contents or {}, stood_for=e.stood_for)
         self.records: list[dict[str, Any]] = []
         self.sources: Counter = Counter()
         self.single = not checksum and len(self.lanes) == 1 and self.lanes[0][0] is None

@@ -110,7 +110,7 @@ def _sync_create(store, cfg, opts, json_out: bool, detach: bool, delete: bool, d
         try:
             paths = api.create_batch(Store(scratch), cfg, meanwhile=meanwhile)
             p, _records = plan(store, paths, checksum, asked[0] if asked else None)
-            gone = delete_stale(store, paths, dry_run=True) if delete else None
+            gone = delete_stale(store, paths, dry_run=True, stood_for=p.stood_for) if delete else None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if json_out:
