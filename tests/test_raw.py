@@ -77,6 +77,19 @@ def test_a_dng_runs_through_resize_and_convert(tmp_path, home):
     assert not [k for k in tags if k in ("IFD0:TileOffsets", "IFD0:CFAPattern2", "IFD0:DNGVersion", "IFD0:ColorMatrix1")]
 
 
+def test_a_tiff_developed_from_a_dng_is_not_a_dng(tmp_path):
+    """A DNG developed to a 16-bit TIFF kept the DNG's IFD0 tags (DNGVersion, WhiteLevel 4095,
+    ColorMatrix1, AsShotNeutral): exiftool called the output 'DNG' and raw developers would read
+    its finished pixels as sensor data."""
+    path, _ = run(make_dng(tmp_path / "a.dng"), "raw preview=never | convert tiff", tmp_path / "out")
+    (tags,) = exiftool(path)
+    assert tags["File:FileType"] == "TIFF" and tags["IFD0:BitsPerSample"] == "16 16 16"
+    assert not [k for k in tags if k.rsplit(":", 1)[-1] in ("DNGVersion", "DNGBackwardVersion", "WhiteLevel", "BlackLevel", "ColorMatrix1",
+                                                       "AsShotNeutral", "CalibrationIlluminant1")]
+    assert tags["IFD0:Make"] == "Batch" and tags["IFD0:Model"] == "Test Cam"
+    assert imageio.load(path).img.shape == (192, 256, 3)
+
+
 def test_demosaic_is_sixteen_bit_with_the_camera_white_balance(tmp_path):
     path, frame = run(make_dng(tmp_path / "a.dng"), "convert png", tmp_path / "out")
     assert frame.meta["raw"] == {"decoded": "full", "wb": "camera", "exposure": 0.0}

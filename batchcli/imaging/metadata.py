@@ -46,6 +46,15 @@ _STRUCTURE = frozenset((
     "ProfileName", "ProfileHueSatMapDims", "ProfileHueSatMapData1", "ProfileHueSatMapData2", "ProfileToneCurve",
     "ProfileEmbedPolicy", "ProfileCopyright", "ProfileLookTableDims", "ProfileLookTableData", "NoiseProfile",
 ))
+# those a TIFF output has of its own (its encoder's layout, and the places of its ICC profile, XMP and
+# IPTC): the rest of _STRUCTURE (a DNG's version, sensor and calibration tags) would make a TIFF
+# output claim to be a raw DNG, with the white level of the sensor
+_TIFF_OWN = frozenset((
+    "InterColorProfile", "XMLPacket", "IPTCNAA", "ImageResources", "ImageWidth", "ImageLength", "BitsPerSample",
+    "Compression", "PhotometricInterpretation", "StripOffsets", "SamplesPerPixel", "RowsPerStrip", "StripByteCounts",
+    "PlanarConfiguration", "TileWidth", "TileLength", "TileOffsets", "TileByteCounts", "SubIFDs", "JPEGTables",
+    "SampleFormat", "Predictor", "ExtraSamples",
+))
 # `metadata minimal`: copyright, artist, capture date, camera
 MINIMAL = (
     "Exif.Image.Artist", "Exif.Image.Copyright", "Exif.Image.Make", "Exif.Image.Model",
@@ -244,7 +253,8 @@ def _copy(src: Any, out: Any, fmt: str, mode: str, drop: set[str], width: int, h
                 or ("maker" in drop and (group not in _STANDARD or key in ("Exif.Photo.MakerNote", "Exif.MakerNote")))
                 or ("serial" in drop and "SerialNumber" in key)
                 or group == "Thumbnail"  # the embedded thumbnail shows the pixels before the pipeline
-                or (fmt != "tiff" and (group.startswith("SubImage") or (group == "Image" and (key[11:] in _STRUCTURE or key[11:].startswith("DNG")))))):
+                or (fmt != "tiff" and group.startswith("SubImage"))
+                or (group == "Image" and (key[11:] in _STRUCTURE or key[11:].startswith("DNG")) and (fmt != "tiff" or key[11:] not in _TIFF_OWN))):
             edits[key] = None
     for key, value in (("Exif.Image.Orientation", 1), ("Exif.Photo.PixelXDimension", width), ("Exif.Photo.PixelYDimension", height)):
         if key in exif:
