@@ -118,6 +118,18 @@ def test_untagged_gray_converts_to_an_rgb_profile(tmp_path, dtype):
     assert "Adobe RGB (1998)" in tags["ICC_Profile:ProfileDescription"]
 
 
+@pytest.mark.parametrize("name", ["cut.png", "cut.jpg"])
+def test_a_damaged_embedded_profile_counts_as_untagged(tmp_path, name):
+    """A PNG whose profile was cut short failed `profile srgb` ('cannot open profile from string'),
+    while the same profile in a JPEG was ignored: both are now taken as untagged, sRGB."""
+    rgb = photo_pixels(32, 24)
+    src = tmp_path / name
+    Image.fromarray(rgb).save(src, icc_profile=icc_profile("AdobeRGB1998")[:172], **({"quality": 100} if name.endswith("jpg") else {}))
+    path, frame = run(src, "profile srgb | convert png", tmp_path / "out")
+    assert frame.meta["profile"]["from"] == "untagged (sRGB)"
+    assert np.abs(cv2.imread(path)[:, :, ::-1].astype(int) - np.asarray(Image.open(src).convert("RGB"))).max() == 0
+
+
 def test_without_profile_op_pixels_and_profile_pass_through(tmp_path):
     pro, rgb = icc_profile("ProPhotoRGB"), photo_pixels(32, 24)
     path, _ = run(tagged_png(tmp_path / "pro.png", rgb, pro), "convert png", tmp_path / "out")

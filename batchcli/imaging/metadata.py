@@ -150,7 +150,10 @@ def read_icc(block: bytes | None) -> bytes | None:
     except (RuntimeError, ValueError) as exc:
         log.debug("no ICC profile read: %s", exc)
         return None
-    return bytes(icc) or None
+    icc = bytes(icc)
+    if icc and (len(icc) < 132 or icc[36:40] != b"acsp" or int.from_bytes(icc[:4], "big") > len(icc)):
+        return None  # damaged or cut short (exiv2 refuses such a profile in a JPEG, not in a PNG): untagged
+    return icc or None
 
 
 def icc_space(icc: bytes | None) -> str:
