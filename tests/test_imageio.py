@@ -453,9 +453,11 @@ def test_pending_orientation_is_applied_when_encoding():
     assert _decode(imageio.encode(frame)[0]).shape == (40, 20, 3)
 
 
-def _oriented(orientation: int, **save) -> bytes:
-    """A TIFF (written by Pillow) of an asymmetric picture whose EXIF orientation is `orientation`."""
+def _oriented(orientation: int, long: bool = False, **save) -> bytes:
+    """A TIFF (written by Pillow) of an asymmetric picture whose EXIF orientation is `orientation`;
+    `long`: the tag stored as a LONG, as some writers do (libtiff obeys it all the same)."""
     import io
+    import struct
 
     from PIL import Image
 
@@ -463,10 +465,16 @@ def _oriented(orientation: int, **save) -> bytes:
     ex[0x0112] = orientation
     out = io.BytesIO()
     Image.fromarray(_photo(30, 50)[:, :, ::-1]).save(out, "TIFF", exif=ex, **save)
-    return out.getvalue()
+    data = bytearray(out.getvalue())
+    if long:  # little-endian classic TIFF: the value's low bytes stay where they are
+        ifd = struct.unpack("<I", data[4:8])[0]
+        for at in range(ifd + 2, ifd + 2 + 12 * struct.unpack("<H", data[ifd:ifd + 2])[0], 12):
+            if struct.unpack("<H", data[at:at + 2])[0] == 0x0112:
+                data[at + 2:at + 4] = struct.pack("<H", 4)
+    return bytes(data)
 
 
-@pytest.mark.parametrize("save", [{}, {"compression": "tiff_lzw"}, {"big_tiff": True}], ids=["plain", "lzw", "bigtiff"])
+@pytest.mark.parametrize("save", [{}, {"compression": "tiff_lzw"}, {"big_tiff": True}, {"long": True}], ids=["plain", "lzw", "bigtiff", "long"])
 @pytest.mark.parametrize("out", ["png", "tiff"])
 def test_tiff_exif_orientation_is_applied_once(save, out):
     """libtiff turns a TIFF upright itself; the pipeline must not turn it a second time."""

@@ -298,9 +298,9 @@ def _tiff_orientation_1(data: bytes) -> bytes:
         for i in range(min(count, 4096)):
             at = ifd + count_len + i * entry_len
             tag, kind = struct.unpack(order + "HH", data[at:at + 4])
-            if tag == 0x0112 and kind == 3:  # Orientation, SHORT: the value sits in the entry
-                value = at + (12 if big else 8)
-                return data[:value] + struct.pack(order + "H", 1) + data[value + 2:]
+            if tag == 0x0112 and kind in (3, 4):  # Orientation, SHORT (or LONG, which libtiff also obeys): in the entry
+                value, one = at + (12 if big else 8), struct.pack(order + ("H" if kind == 3 else "I"), 1)
+                return data[:value] + one + data[value + len(one):]
     except struct.error:
         pass
     return data
