@@ -157,6 +157,32 @@ def test_signal_pauses_after_in_flight_items(slow_batch, sig, code):
     assert replay(paths.journal, 40).completed == 40
 
 
+def test_sigterm_to_the_whole_process_group_pauses_too(slow_batch):
+    """`timeout` and a systemd stop send SIGTERM to every process of the group, the fork server
+    and the workers too: the batch still pauses after its in-flight items (exit 143)."""
+    import subprocess
+    import sys
+
+    from crashops import cli_env
+
+    home, paths, _ = slow_batch
+    runner = subprocess.Popen([sys.executable, "-m", "batchcli", "resume", paths.id, "-w", "2", *NOSPACE],
+                              env=cli_env(home), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for(lambda: len(_done(paths.journal)) >= 2, what="2 items done")
+    before = len(_done(paths.journal))
+    runner.send_signal(signal.SIGTERM)  # as `timeout` does: the command, then its whole group
+    os.killpg(runner.pid, signal.SIGTERM)
+    _, err = runner.communicate(timeout=30)
+    assert runner.returncode == 143, err
+    st = replay(paths.journal, 40)
+    assert st.state == "paused" and st.failed == 0 and "interrupted by SIGTERM" in (st.reason or ""), err
+    assert st.completed > before  # the items in the workers' hands were finished, not lost with them
+    full_speed(home)
+    assert run(home, "resume", paths.id, *NOSPACE).returncode == 0
+    assert replay(paths.journal, 40).completed == 40
+
+
 def test_fingerprint_change_refused_unless_forced(tmp_path):
     make_pngs(tmp_path / "in", 4)
     home = tmp_path / "home"

@@ -28,6 +28,10 @@ _GUESS: list[int] = []
 """The thread count of a server started on a guess (`guessed`), until a call confirms it."""
 
 
+SHIELDED = {signal.SIGHUP, signal.SIGTERM}
+"""Blocked in the fork server and its workers: signals sent to the whole process group."""
+
+
 def warm_up(modules: Iterable[str] = (), threads: int = 1, guessed: bool = False, fork: bool = False) -> None:
     """Start the fork server now, importing PRELOAD and `modules` (the pipeline's op modules)
     while the caller goes on with its own work. Its
@@ -56,10 +60,11 @@ def warm_up(modules: Iterable[str] = (), threads: int = 1, guessed: bool = False
     unset = "OMP_NUM_THREADS" not in os.environ
     if unset:
         os.environ["OMP_NUM_THREADS"] = str(threads)
-    # SIGHUP blocked while it starts, so the server and its resource tracker inherit it blocked: a
-    # hung-up terminal signals the whole process group, and the server's death would take the
-    # workers with it (they ignore SIGHUP themselves). It exits with the runner all the same.
-    masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    # SIGHUP and SIGTERM blocked while it starts, so the server and its resource tracker (and the
+    # workers it forks) inherit them blocked: a hung-up terminal, `timeout` and a systemd stop
+    # signal the whole process group, and the server's death would take the workers with it
+    # (the runner decides what SIGTERM means). It exits with the runner all the same.
+    masked = signal.pthread_sigmask(signal.SIG_BLOCK, SHIELDED)
     try:
         _untracked()
         forkserver.ensure_running()
@@ -92,7 +97,7 @@ def _fork_first(preload: list[str], threads: int) -> bool:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             stream.flush()
-    masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # (see warm_up)
+    masked = signal.pthread_sigmask(signal.SIG_BLOCK, SHIELDED)  # (see warm_up)
     try:
         pid = os.fork()
         if pid == 0:

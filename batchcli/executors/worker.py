@@ -412,7 +412,7 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides what Ctrl-C means
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and a hung-up terminal means nothing to a batch
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # nor `timeout`'s or systemd's, sent to the whole group
     die_with_parent()
     cap_memory(cfg.memory_limit)
     keep_freed_memory()
