@@ -18,7 +18,8 @@ With BATCHCLI_TEST_SYNC_LOG=FILE, every process that imports this module also lo
 syncfs, rename and exclusive create (a temp file) it makes, after it returned ("<time> fsync
 <path>", "<time> syncfs <path>", "<time> replace <from> <to>", "<time> create <path>"), and
 BATCHCLI_TEST_SYNC_DELAY=S makes each fsync and syncfs take S seconds longer (a slow disk), so
-the order of durable writes and journal records can be checked under real kills.
+the order of durable writes and journal records can be checked under real kills;
+BATCHCLI_TEST_SYNC_UNDER=FOLDER slows only those of files in FOLDER and of FOLDER itself.
 BATCHCLI_TEST_SYNCFS=0 makes groups of outputs use fsyncs instead of syncfs, =1 syncfs always.
 """
 
@@ -121,7 +122,7 @@ def _misbehave(action: str, src: str, mark: str) -> None:
         raise RuntimeError("injected op failure")
 
 
-def _spy_on_syncs(log: str, delay: float) -> None:
+def _spy_on_syncs(log: str, delay: float, under: str) -> None:
     import batchcli.atomic
 
     real_fsync, real_replace, real_open = os.fsync, os.replace, os.open
@@ -131,22 +132,26 @@ def _spy_on_syncs(log: str, delay: float) -> None:
     def note(*words: str) -> None:
         os.write(out, (" ".join((f"{time.time():.6f}", *words)) + "\n").encode())  # one write: whole lines
 
+    def slow(path: str) -> None:
+        if delay and (not under or path == under or path.startswith(under + os.sep)):
+            time.sleep(delay)
+
     def fsync(fd) -> None:
         fd = fd if isinstance(fd, int) else fd.fileno()
-        if delay:
-            time.sleep(delay)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        slow(path)
         real_fsync(fd)
-        note("fsync", os.readlink(f"/proc/self/fd/{fd}"))
+        note("fsync", path)
 
     def replace(src, dst, **kw) -> None:
         real_replace(src, dst, **kw)
         note("replace", os.fspath(src), os.fspath(dst))
 
     def syncfs(fd: int) -> None:
-        if delay:
-            time.sleep(delay)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        slow(path)
         real_syncfs(fd)
-        note("syncfs", os.readlink(f"/proc/self/fd/{fd}"))
+        note("syncfs", path)
 
     def open_(path, flags, *args, **kw) -> int:
         fd = real_open(path, flags, *args, **kw)
@@ -166,7 +171,8 @@ if os.environ.get("BATCHCLI_TEST_SYNCFS") in ("0", "1"):
 
 
 if os.environ.get("BATCHCLI_TEST_SYNC_LOG"):
-    _spy_on_syncs(os.environ["BATCHCLI_TEST_SYNC_LOG"], float(os.environ.get("BATCHCLI_TEST_SYNC_DELAY") or 0))
+    _spy_on_syncs(os.environ["BATCHCLI_TEST_SYNC_LOG"], float(os.environ.get("BATCHCLI_TEST_SYNC_DELAY") or 0),
+                  os.environ.get("BATCHCLI_TEST_SYNC_UNDER", ""))
 
 
 # --- helpers for the lifecycle tests (real processes; polling conditions, never fixed sleeps) ---

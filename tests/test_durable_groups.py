@@ -116,3 +116,27 @@ def test_kill9_mid_group_every_recorded_output_is_durable(tmp_path, sync):
     assert replay(paths.journal, n).completed == n
     assert sorted(os.listdir(out)) == sorted(f"img{k:03d}.png" for k in range(n))
     _check_at_kill(out, paths.journal, synclog)
+
+
+def test_a_pause_while_groups_are_written_and_queued_pauses(tmp_path):
+    """Outputs slow to make durable (their syncs 0.3 s longer), items quick to make: while one
+    group is written the next gathers, and the pause comes then. The worker's flush before it
+    stops waited for the queued group while holding the lock the writer's thread takes after a
+    group: each waited for the other and the runner hung, 'pause requested', for ever."""
+    home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    make_pngs(src, 60, size=16)
+    env = {"BATCHCLI_TEST_SYNC_LOG": str(tmp_path / "sync.log"), "BATCHCLI_TEST_SYNC_DELAY": "0.3",
+           "BATCHCLI_TEST_SYNC_UNDER": str(out)}
+    paths = create(home, [src], out, "crashtest delay=0.05 | convert png")  # 3 s of items, a group 0.6 s
+    proc = spawn(home, "resume", paths.id, "-w", "1", "--quiet", "--min-free-space", "0", env=env)
+    try:
+        wait_for(lambda: _completed(paths.journal), what="a first group recorded")
+        assert run(home, "pause", paths.id).returncode == 0
+        assert proc.wait(timeout=30) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = _completed(paths.journal)
+    assert 0 < len(done) < 60 and sorted(os.listdir(out)) == sorted(r["out"] for r in done)  # each one recorded
+    assert run(home, "resume", paths.id, "--min-free-space", "0").returncode == 0
+    assert replay(paths.journal, 60).completed == 60

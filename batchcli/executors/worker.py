@@ -457,7 +457,15 @@ def worker_main(conn, cfg: WorkerConfig, current: Any = None) -> None:
     def flush(wait: bool = True) -> None:
         """Send the held results whose outputs are durable (all of them with `wait`), each with
         the worker's peak memory while it was made (`rss`, bytes, read once per flush that sends
-        something), and each chunk's "done" once its last result is sent."""
+        something), and each chunk's "done" once its last result is sent. With `wait`, the writes
+        are waited for before the lock is taken: the Writer's thread takes it after each group
+        (on_group), so a later group waited for under the lock would never be written."""
+        if wait:
+            from concurrent.futures import wait as wait_all
+
+            with lock:  # only this thread adds to `held`: nothing joins it while we wait
+                pending = [fut for res, _ in held if res is not None for _, fut in res.get("_write", ())]
+            wait_all(pending)
         with lock:
             _flush(wait)
 
