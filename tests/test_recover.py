@@ -33,8 +33,9 @@ def _kill_cycles(tmp_path, n_items: int, kills: int, seed: int, delay: float = 0
     from crashops import make_pngs
 
     make_pngs(src, n_items)
-    seen = tmp_path / "seen.log"
-    paths = create(home, [src], out, f"crashtest log={seen} delay={delay} | resize 48x48")
+    seen, slow = tmp_path / "seen.log", tmp_path / "slow"  # items of `delay` s while the kills go on
+    slow.touch()
+    paths = create(home, [src], out, f"crashtest log={seen} delay={delay} slow={slow} | resize 48x48")
     survived = 0
     late = 0  # kills that landed after the batch's final record (nothing left to interrupt)
     for k in range(kills):
@@ -61,6 +62,7 @@ def _kill_cycles(tmp_path, n_items: int, kills: int, seed: int, delay: float = 0
         rec = recover(Store(str(home)))  # the engine of `batchcli recover` (the CLI is tested below)
         assert [b["batch_id"] for b in rec["batches"]] == [paths.id], rec
         assert rec["batches"][0]["status"] == "paused"
+    slow.unlink()  # the rest at full speed
     if replay(paths.journal, n_items).state != "completed":
         r = run(home, "resume", paths.id, "-w", "2", "--min-free-space", "0")
         assert r.returncode == 0, r.stdout + r.stderr

@@ -211,7 +211,7 @@ def test_a_batch_damaged_or_removed_while_shown_says_why_once_and_stops_followin
             assert run(home, "cleanup", "--older-than", "0s").returncode == 0
             until(browser, lambda d: "no batches in" in text(d, "#action-msg"), timeout=20, what="the batch gone")
         opened = browser.execute_script("return window.__sockets")
-        time.sleep(7)  # two of the 3 s waits between tries
+        time.sleep(4)  # more than one of the 3 s waits between tries
         assert browser.execute_script("return window.__sockets") == opened
         assert text(browser, "#status") == ("damaged" if damage == "journal deleted" else "completed")
         shot(browser, tmp_path, f"dashboard-{damage.replace(' ', '-')}.png")
