@@ -76,7 +76,8 @@ def test_a_usage_error_after_the_server_started_leaves_no_process(tmp_path):
     refused = spawn(home, "start", src, "-w", "2", "--pipeline", "resize 8x8", "--no-such-flag", env=env)
     assert refused.wait(60) == 2  # (not run(): a pipe would wait for the server to go as well)
     wait_for(lambda: not _marked(mark), timeout=3, what="no process left (the server would sleep 5 s)")
-    ok = run(home, "start", src, "--out", tmp_path / "out", "-w", "2", "--pipeline", "resize 8x8", env=env)
+    ok = run(home, "start", src, "--out", tmp_path / "out", "-w", "2", "--pipeline", "resize 8x8",
+             env={"BATCHCLI_TEST_MARK": tmp_path.name})  # (a run that goes on waits for its server anyway)
     assert ok.returncode == 0, ok.stderr
     wait_for(lambda: not _marked(mark), timeout=3, what="no process left")
 
