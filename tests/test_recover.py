@@ -153,16 +153,22 @@ def test_recover_is_idempotent_and_sweeps_temp_files(tmp_path):
     assert replay(paths.journal, 40).completed == 40
 
 
-def test_recover_resume_runs_detached_to_completion(tmp_path):
+def _killed_runner(tmp_path, delay: float):
+    """30 items, their runner SIGKILLed once two are done: (home, the batch's paths)."""
     from crashops import make_pngs
 
     home, src, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
     make_pngs(src, 30)
-    paths = create(home, [src], out, "crashtest delay=0.03 | convert png")
+    paths = create(home, [src], out, f"crashtest delay={delay} | convert png")
     proc = spawn(home, "resume", paths.id, "-w", "2", "--min-free-space", "0")
     wait_for(lambda: _item_records(paths.journal) >= 2, what="some items done")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    return home, paths
+
+
+def test_recover_resume_runs_detached_to_completion(tmp_path):
+    home, paths = _killed_runner(tmp_path, 0.03)
     r = run(home, "recover", "--resume", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["batches"][0]["resumed"] is True
@@ -215,3 +221,29 @@ def test_a_batch_whose_command_died_before_its_run_is_recovered_or_superseded(tm
     r = run(home, "recover")
     assert r.stdout.startswith(f"batch {third}: ") and " died; now paused (4 remaining" in r.stdout, r.stdout
     assert "None" not in r.stdout and len(r.stdout.splitlines()) == 1
+
+
+def test_two_recover_resume_at_once_is_no_failure(tmp_path):
+    """Two `recover --resume` at the same moment (two cron entries, @reboot and a systemd unit):
+    both recover the batch, one's runner takes it and the other's is refused. That one reports
+    the batch resumed by the other runner's pid, and no failure (exit 0)."""
+    from batchcli.api import run_options
+    from batchcli.engine.liveness import runner_alive
+    from batchcli.engine.slots import budget
+    from batchcli.engine.spawn import spawn_detached
+
+    home, paths = _killed_runner(tmp_path, 0.05)
+    others = []
+
+    def resume_fn(p):  # the CLI's, with the other recover's runner starting first
+        others.append(spawn(home, "resume", p.id, "-w", "1", "--min-free-space", "0"))
+        wait_for(lambda: runner_alive(p), what="the other runner")
+        st = replay(p.journal, 30)
+        spawn_detached(p, run_options(last=st.options, slots=budget(str(home))), str(home), resume=True)
+
+    data = recover(Store(str(home)), resume=True, resume_fn=resume_fn)
+    assert data["failed_count"] == 0, data
+    row = data["batches"][0]
+    assert row["resumed"] is True and row["resumed_by"] in (others[0].pid, 0) and "error" not in row
+    assert others[0].wait(60) == 0
+    assert replay(paths.journal, 30).completed == 30

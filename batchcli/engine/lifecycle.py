@@ -198,12 +198,29 @@ def recover(store: Store, resume: bool = False, resume_fn=None) -> dict[str, Any
                 resume_fn(paths)
                 row["resumed"] = True
             except Exception as exc:
-                row["resumed"] = False
-                row["error"] = str(exc)
-                failed += 1
+                other = _resumed_meanwhile(paths)
+                if other is not None:  # by another recover (two cron jobs, or @reboot and a unit at once)
+                    row.update(resumed=True, resumed_by=other)
+                else:
+                    row["resumed"] = False
+                    row["error"] = str(exc)
+                    failed += 1
         rows.append(row)
     return {"recovered_count": sum(1 for r in rows if r.get("status") == "paused"),
             "failed_count": failed, "batches": rows}
+
+
+def _resumed_meanwhile(paths: BatchPaths) -> int | None:
+    """The pid of the runner another process started on this batch since it was recovered here
+    (0 when that run has ended already), or None: nobody did."""
+    info = runner_alive(paths)
+    if info is not None:
+        return int(info.get("pid") or 0)
+    try:
+        st = replay(paths.journal, int(paths.load_manifest()["total"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    return 0 if st.state not in ("paused", "interrupted", "running") else None
 
 
 def _recover_one(paths: BatchPaths) -> dict[str, Any] | None:

@@ -137,6 +137,9 @@ def register(app: typer.Typer) -> None:
                     continue
                 tail = ", resumed in the background" if b.get("resumed") else \
                     f"; resume with: batchcli resume {b['batch_id']}"
+                if b.get("resumed_by") is not None:
+                    tail = (f", resumed meanwhile by pid {b['resumed_by']}" if b["resumed_by"]
+                            else ", resumed meanwhile by another command (it has ended)")
                 who = f"runner pid {b['runner_pid']}" if b.get("runner_pid") else "the command that created it"
                 console.info(f"batch {b['batch_id']}: {who} died; now paused "
                              f"({b['remaining']} remaining, {b['temp_files_removed']} temp files removed){tail}")
