@@ -81,12 +81,14 @@ def atomic_write(path: str, data: bytes | memoryview, *, durable: bool = True) -
             view = view[n:]
         if durable:
             os.fsync(fd)
-    except BaseException:
+    except BaseException as exc:
         os.close(fd)
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:  # a full disk: say which file
+            raise OSError(exc.errno, exc.strerror, path) from None
         raise
     os.close(fd)
     try:

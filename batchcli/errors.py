@@ -97,3 +97,16 @@ class ItemError(Exception):
     @property
     def transient(self) -> bool:
         return self.error_class in self.TRANSIENT
+
+
+def sqlite_disk_error(path: str, exc: Exception) -> OSError | None:
+    """The OSError naming `path` for SQLite's "database or disk is full" and "disk I/O error"
+    (the disk's trouble, not the file's: a catalog is not rebuilt for it); None otherwise."""
+    import errno
+
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == 13 if code is not None else "disk is full" in str(exc):  # SQLITE_FULL
+        return OSError(errno.ENOSPC, "cannot write the catalog: no space left on device", path)
+    if code & 0xFF == 10 if code is not None else "disk I/O error" in str(exc):  # SQLITE_IOERR
+        return OSError(errno.EIO, f"cannot write the catalog: {exc}", path)
+    return None

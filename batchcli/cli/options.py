@@ -67,6 +67,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def describe_os_error(exc: OSError) -> tuple[str, int]:
     """A file error that escaped the engine, as one line and an exit code. A batch folder that
     went away (`cleanup` racing `resume`) or lost its files is said as such (exit 2)."""
+    import errno
     import os
     import re
 
@@ -75,7 +76,7 @@ def describe_os_error(exc: OSError) -> tuple[str, int]:
 
     name = os.fsdecode(exc.filename) if exc.filename is not None else ""
     m = re.match(r"^(.*[/\\]batches[/\\][^/\\]+)(?:[/\\]|$)", name)
-    if m:
+    if m and exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # a full disk is said as such
         paths = BatchPaths(m.group(1))
         if not os.path.isdir(paths.dir):
             return f"batch {paths.id} was removed while this command ran (by cleanup?)", 2

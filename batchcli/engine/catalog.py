@@ -31,8 +31,10 @@ from typing import Any
 from batchcli import jsonio
 from batchcli.engine.journal import iter_records
 from batchcli.engine.reuses import materialize as _materialize
+from batchcli.engine.reuses import rollback as _rollback
 from batchcli.engine.reuses import unlink as _unlink
 from batchcli.engine.store import Store
+from batchcli.errors import sqlite_disk_error
 from batchcli.executors.base import outputs_of
 
 log = logging.getLogger("batchcli.catalog")
@@ -196,7 +198,10 @@ class Catalog:
     def _connect(self) -> sqlite3.Connection:
         os.makedirs(self.store.home, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as exc:  # a full disk is no reason to make the file again
+            raise sqlite_disk_error(self.path, exc) or exc from None
         db.execute("PRAGMA synchronous=NORMAL")  # derived data: a crash may lose the last refresh only
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages while a rebuild writes millions of rows
         return db
@@ -252,8 +257,8 @@ class Catalog:
         try:
             return self._refresh(skip)
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc) or sqlite_disk_error(self.path, exc):
+                raise sqlite_disk_error(self.path, exc) or exc from None  # a full disk: the file is fine
             log.warning("catalog %s: %s; rebuilding it from the journals", self.path, exc)
             return self.rebuild()
 
@@ -283,7 +288,7 @@ class Catalog:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('indexed', 1)")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         return stats
 
@@ -305,7 +310,7 @@ class Catalog:
                 _materialize(db, bkey)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
 
     def _index(self, bid: str, known: tuple | None) -> int:

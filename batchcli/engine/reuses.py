@@ -41,3 +41,10 @@ def unlink(db: sqlite3.Connection, bkey: int, touched: set[int]) -> None:
     order = sorted(touched)
     for owner in {b for b, start, n in ranges if (k := bisect_left(order, start)) < len(order) and order[k] < start + n}:
         materialize(db, owner)
+
+
+def rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any: SQLite ends it itself on a full disk, and a
+    ROLLBACK then would fail with "no transaction is active", hiding why."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
