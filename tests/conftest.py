@@ -86,6 +86,28 @@ def make_image(path: Path, w: int = 64, h: int = 48, seed: int = 0, ext: str | N
     return path
 
 
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 2 MiB tmpfs (a disk about to be full), unmounted afterwards; skipped where it cannot
+    be mounted (not root)."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(fs)],
+                                           capture_output=True).returncode:
+        pytest.skip("needs a small tmpfs (mount, as root)")
+    yield fs
+    subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+
+
+def fill(fs: Path, leave: int = 0) -> Path:
+    """Fill the file system of `fs` but `leave` bytes with a file; its path."""
+    st = os.statvfs(fs)
+    filler = fs / "filler"
+    with open(filler, "ab") as fh:
+        fh.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
 def make_tree(root: Path, n: int = 20, size: tuple[int, int] = (64, 48)) -> list[Path]:
     """n images over nested folders in a few formats."""
     exts = [".jpg", ".png", ".webp", ".bmp", ".tif"]

@@ -107,3 +107,19 @@ def test_a_sync_reusing_failures_reports_only_its_own_work(tmp_path, home):
     r = cli("stats", home=home)
     assert "6 done, 2 failed, 3 of the done reused, 1 of the failed unchanged since they failed (not run again)" \
         in r.stdout, r.stdout
+
+
+def test_a_report_that_cannot_be_written_leaves_no_earlier_one_behind(tmp_path, tiny_fs):
+    """--report on a full disk: a warning, the exit code stays the batch's, and the earlier
+    run's report at that path is removed, so a CI's test reporter does not read it as this run's."""
+    from conftest import fill
+
+    make_tree(tmp_path / "in", n=3, size=(32, 24))
+    report = tiny_fs / "results.xml"
+    report.write_text('<testsuites tests="99" failures="0"></testsuites>')
+    fill(tiny_fs)
+    r = cli("start", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-p", "resize 8x8", "--min-free-space", "0",
+            "--report", str(report), home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    assert f"could not write the report {report}" in r.stderr and "the earlier report there was removed" in r.stderr
+    assert not report.exists()

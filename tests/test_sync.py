@@ -621,32 +621,23 @@ def test_checksum_reuses_after_a_ci_cache_restore_at_another_path(tmp_path):
     assert r.returncode == 1 and "3 up to date (reused), 0 to process" in r.stdout and done == []
 
 
-def test_a_batch_home_filling_up_is_one_error_line_never_a_traceback(tmp_path):
+def test_a_batch_home_filling_up_is_one_error_line_never_a_traceback(tmp_path, tiny_fs):
     """README "One line, never a traceback": a sync whose batch home (a 2 MiB tmpfs) is nearly
     full ends with at most one `Error:` line naming a file, whatever it was writing (the
     catalog, the manifest, the journal), and once space is freed the next sync runs."""
-    import subprocess
+    from conftest import fill
 
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(fs)],
-                                           capture_output=True).returncode:
-        pytest.skip("needs a small tmpfs (mount, as root)")
-    try:
-        home, src, out, filler = fs / "home", tmp_path / "in", tmp_path / "out", fs / "filler"
-        make_tree(src, n=80, size=(16, 12))
-        args = ("sync", src, "--out", out, "-p", "convert png", "--min-free-space", "0")
+    home, src, out = tiny_fs / "home", tmp_path / "in", tmp_path / "out"
+    make_tree(src, n=80, size=(16, 12))
+    args = ("sync", src, "--out", out, "-p", "convert png", "--min-free-space", "0")
+    assert run(home, *args).returncode == 0
+    for free in (40, 60, 80):
+        for p in src.rglob("*.*"):
+            os.utime(p)  # changed inputs: work to do, records to write
+        filler = fill(tiny_fs, leave=free * 1024)
+        r = run(home, *args)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+        assert "Traceback" not in r.stderr and len(errors) <= 1, r.stderr
+        assert all(f"{tiny_fs}/" in line for line in errors), r.stderr  # names the file (or the home)
+        filler.unlink()
         assert run(home, *args).returncode == 0
-        for free in (40, 60, 80):
-            for p in src.rglob("*.*"):
-                os.utime(p)  # changed inputs: work to do, records to write
-            st = os.statvfs(fs)
-            filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - free * 1024))
-            r = run(home, *args)
-            errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
-            assert "Traceback" not in r.stderr and len(errors) <= 1, r.stderr
-            assert all(f"{fs}/" in line for line in errors), r.stderr  # names the file (or the home)
-            filler.unlink()
-            assert run(home, *args).returncode == 0
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], capture_output=True)

@@ -244,7 +244,13 @@ def after_run(paths: BatchPaths, event: dict[str, Any], flags: dict[str, Any],
         try:
             write_report(paths, flags["report"])
         except (OSError, ConfigError) as exc:
-            problems.append(f"could not write the report {flags['report']}: {getattr(exc, 'strerror', None) or exc}")
+            why = f"could not write the report {flags['report']}: {getattr(exc, 'strerror', None) or exc}"
+            try:  # an earlier run's report left there would be read as this one's (a CI's test reporter)
+                os.unlink(flags["report"])
+                why += "; the earlier report there was removed"
+            except OSError:
+                pass
+            problems.append(why)
     on_finish = flags.get("on_finish")
     if on_finish and on_finish.get("cmd"):
         problems.append(run_on_finish(on_finish["cmd"], on_finish.get("cwd"), event, output) or "")
