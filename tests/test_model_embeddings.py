@@ -120,7 +120,7 @@ def test_similar_command(tmp_path):
 
     home = tmp_path / "home"
     paths = Store(str(home)).create()
-    paths.write_manifest({"name": "pics"})
+    paths.write_manifest({"name": "pics", "total": 4})
     with open(paths.items, "w") as fh:
         for i in range(4):
             fh.write(json.dumps({"i": i, "src": f"/in/{i}.jpg", "rel": f"{i}.jpg"}) + "\n")
@@ -141,7 +141,7 @@ def test_similar_command(tmp_path):
     r = runner.invoke(app, ["similar", "nope", "--home", str(home)])
     assert r.exit_code == 2
     other = Store(str(home)).create()  # a batch without vectors: nothing to group, exit 1 as for export
-    other.write_manifest({"name": "novec"})
+    other.write_manifest({"name": "novec", "total": 0})
     for path in (other.items, other.journal):
         open(path, "w").close()
     other.created()
