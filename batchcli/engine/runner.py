@@ -1,9 +1,6 @@
 """The parent side of a run: hold the lock, replay the journal, feed the executor, journal results.
-
-The runner is the journal's only writer. It streams items.jsonl (it never holds the item list),
-keeps one byte of state per item, and records `item_completed` only after the worker reports
-the output durable on disk.
-"""
+The runner is the journal's only writer. It streams items.jsonl (never holding the item list), keeps
+one byte of state per item, and records `item_completed` only once the output is durable on disk."""
 
 from __future__ import annotations
 
@@ -32,12 +29,7 @@ from batchcli.engine.shards import open_shards
 from batchcli.engine.store import BatchPaths
 from batchcli.engine.videos import VideoGate, discard_segments, segment_chains
 from batchcli.engine.watch import HotFolder
-from batchcli.errors import (
-    ConfigError,
-    InvalidTransition,
-    ItemError,
-    JournalWriteError,
-)
+from batchcli.errors import ConfigError, InvalidTransition, ItemError, JournalWriteError
 from batchcli.executors.base import CHUNKS_PER_WORKER, Idle
 from batchcli.executors.worker import WorkerConfig
 from batchcli.inputs.discover import iter_items
@@ -46,6 +38,7 @@ log = logging.getLogger("batchcli.runner")
 
 PROGRESS_EVERY = 0.5
 """Seconds between progress events."""
+IDLE_PROGRESS_EVERY = 60.0  # seconds between progress events of a watch whose counts stay (waiting for files)
 CONTROL_EVERY = 0.1
 """Seconds between looks at the control file (pause / cancel requests from other shells)."""
 SPACE_EVERY = 1.0
@@ -444,8 +437,11 @@ class Runner:
                         pool.stop()
                     j.maybe_sync()
                     if now - last_progress >= PROGRESS_EVERY:
-                        last_progress = now
-                        self._progress(counts, processed, t0, pending_total)
+                        seen = (counts[COMPLETED], counts[FAILED], counts[PENDING], self.total)
+                        if feed is None or videos is not None or seen != getattr(self, "_seen", None) \
+                                or now - last_progress >= IDLE_PROGRESS_EVERY:
+                            last_progress, self._seen = now, seen
+                            self._progress(counts, processed, t0, pending_total)
             except JournalWriteError as exc:  # a full (or failing) disk under the journal: pause
                 stopping, abandon = "journal", True
                 stop_reason = f"disk full: {exc}" if exc.full else str(exc)
