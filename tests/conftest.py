@@ -86,6 +86,13 @@ def make_image(path: Path, w: int = 64, h: int = 48, seed: int = 0, ext: str | N
     return path
 
 
+def make_images(folder: Path, n: int, w: int = 64, h: int = 48, prefix: str = "p") -> Path:
+    """`folder` with n images PREFIX000.png... (make_image, seeds 0..n-1)."""
+    for k in range(n):
+        make_image(folder / f"{prefix}{k:03d}.png", w, h, seed=k)
+    return folder
+
+
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 2 MiB tmpfs (a disk about to be full), unmounted afterwards; skipped where it cannot

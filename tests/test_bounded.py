@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import cli, make_image
+from conftest import cli, make_image, make_images
 
 from batchcli.argfiles import CAPS, read_file
 from batchcli.errors import ConfigError
@@ -25,10 +25,7 @@ def fifo(tmp_path) -> str:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    for k in range(3):
-        make_image(folder / f"t{k}.png", 64, 48, seed=k)
-    return folder
+    return make_images(tmp_path_factory.mktemp("tiny"), 3, prefix="t")
 
 
 @pytest.mark.parametrize("step", ["lut {f}", "watermark image={f}", "watermark Hi font={f}", "preset {f}", "profile {f}"])
@@ -197,17 +194,17 @@ def test_limits_take_and_speak_the_users_units(tiny, tmp_path):
         ("200M", "1000 bytes", "250.3M")
     assert (fmt_count(150_000_000, exact=True), fmt_count(268_402_689)) == ("150M", "268.4M")
     home = tmp_path / "home"
-    r = cli("start", str(tiny / "t0.png"), "--out", str(tmp_path / "a"), "--max-pixels", "1K", home=home)
+    r = cli("start", str(tiny / "t000.png"), "--out", str(tmp_path / "a"), "--max-pixels", "1K", home=home)
     assert r.returncode == 1
     assert "64x48 = 3.1K pixels, over --max-pixels 1K" in r.stderr
-    size = (tiny / "t0.png").stat().st_size
-    r = cli("start", str(tiny / "t0.png"), "--out", str(tmp_path / "b"), "--max-file-size", "1K", home=home)
+    size = (tiny / "t000.png").stat().st_size
+    r = cli("start", str(tiny / "t000.png"), "--out", str(tmp_path / "b"), "--max-file-size", "1K", home=home)
     assert r.returncode == 1
     assert f"file is {fmt_bytes(size)}, over --max-file-size 1K" in r.stderr
     r = cli("start", str(tiny), "--out", str(tmp_path / "c"), "--max-pixels", "150M", home=home)
     assert r.returncode == 0, r.stderr
     # as typed, not as a unit would divide it (README "Limits"); a resume says it the same way
-    r = cli("start", str(tiny / "t0.png"), "--out", str(tmp_path / "d"), "--max-pixels", "1000",
+    r = cli("start", str(tiny / "t000.png"), "--out", str(tmp_path / "d"), "--max-pixels", "1000",
             "--max-file-size", "1048576", home=home)
     assert r.returncode == 1 and "64x48 = 3.1K pixels, over --max-pixels 1000" in r.stderr, r.stderr
     batch = r.stdout.split("batch ", 1)[1].split(":", 1)[0]
@@ -215,7 +212,7 @@ def test_limits_take_and_speak_the_users_units(tiny, tmp_path):
     assert man["limits_given"] == {"max_file_size": "1048576", "max_pixels": "1000"}
     r = cli("resume", batch, "--retry-failed", home=home)
     assert r.returncode == 1 and "64x48 = 3.1K pixels, over --max-pixels 1000" in r.stderr, r.stdout + r.stderr
-    r = cli("start", str(tiny / "t0.png"), "--out", str(tmp_path / "e"), "--max-file-size", "1024", home=home)
+    r = cli("start", str(tiny / "t000.png"), "--out", str(tmp_path / "e"), "--max-file-size", "1024", home=home)
     assert r.returncode == 1 and f"file is {fmt_bytes(size)}, over --max-file-size 1024" in r.stderr, r.stderr
 
 

@@ -11,15 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, make_image
+from conftest import cli, make_images
 
 
 @pytest.fixture(scope="module")
 def three(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("three")
-    for k in range(3):
-        make_image(folder / f"p{k}.png", 16, 16, seed=k)
-    return folder
+    return make_images(tmp_path_factory.mktemp("three"), 3, 16, 16)
 
 
 def _env(home: Path) -> dict:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, make_image
+from conftest import cli, make_images
 from crashops import wait_for
 
 from batchcli.engine.journal import replay
@@ -47,10 +47,7 @@ def _batch(home: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def many(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("many")
-    for k in range(300):
-        make_image(folder / f"m{k:03d}.png", 16, 16, seed=k)
-    return folder
+    return make_images(tmp_path_factory.mktemp("many"), 300, 16, 16, prefix="m")
 
 
 def test_a_full_disk_under_the_journal_pauses_and_resume_completes(many, tmp_path):
