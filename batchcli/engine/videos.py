@@ -8,6 +8,7 @@ holds one more such worker (never more than the pool's workers)."""
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections import deque
 from typing import Any
@@ -34,6 +35,9 @@ def segment_chains(journal: str, wanted: set[int] | None = None) -> dict[int, li
     return chains
 
 
+_SEGMENT = re.compile(r"^\d{5,}\.[a-z0-9]+$")  # a segment file's name (video/segments.py: 00003.mp4)
+
+
 def discard_segments(paths: Any, st: Any, out_dir: str | None) -> None:
     """A cancelled batch leaves no half-made video behind: the segment files of its unfinished
     videos are deleted, with their hidden folders once empty (temp files of dead writers too)."""
@@ -56,6 +60,10 @@ def discard_segments(paths: Any, st: Any, out_dir: str | None) -> None:
                     os.unlink(path)
         for folder in folders:
             sweep_dead_tmp(folder)
+            with contextlib.suppress(OSError):  # segments made but never recorded (the run stopped first) too
+                for name in os.listdir(folder):
+                    if _SEGMENT.match(name):
+                        os.unlink(os.path.join(folder, name))
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
 
